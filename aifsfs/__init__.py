@@ -1,0 +1,1 @@
+"""AIFS-FS: the FUSE driver, the client SDK and the `aifs` command."""

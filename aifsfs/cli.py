@@ -1,0 +1,5 @@
+"""The `aifs` command (placeholder until the CLI lands)."""
+
+
+def main() -> int:
+    return 0

@@ -1,0 +1,1 @@
+"""Generated gRPC code for aifs.v1 (scripts/gen_proto.sh). Do not edit."""

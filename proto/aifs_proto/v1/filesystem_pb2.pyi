@@ -1,0 +1,248 @@
+from aifs_proto.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class LookupRequest(_message.Message):
+    __slots__ = ("parent", "name")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    parent: int
+    name: bytes
+    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ...) -> None: ...
+
+class InodeRequest(_message.Message):
+    __slots__ = ("ino",)
+    INO_FIELD_NUMBER: _ClassVar[int]
+    ino: int
+    def __init__(self, ino: _Optional[int] = ...) -> None: ...
+
+class EntryReply(_message.Message):
+    __slots__ = ("attr",)
+    ATTR_FIELD_NUMBER: _ClassVar[int]
+    attr: _common_pb2.Attr
+    def __init__(self, attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ...) -> None: ...
+
+class AttrReply(_message.Message):
+    __slots__ = ("attr",)
+    ATTR_FIELD_NUMBER: _ClassVar[int]
+    attr: _common_pb2.Attr
+    def __init__(self, attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ...) -> None: ...
+
+class SetAttrRequest(_message.Message):
+    __slots__ = ("ino", "fields", "mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "ctime_ns")
+    INO_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    ATIME_NS_FIELD_NUMBER: _ClassVar[int]
+    MTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    CTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    ino: int
+    fields: int
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    def __init__(self, ino: _Optional[int] = ..., fields: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., size: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ...) -> None: ...
+
+class ReadDirRequest(_message.Message):
+    __slots__ = ("ino", "cookie", "limit")
+    INO_FIELD_NUMBER: _ClassVar[int]
+    COOKIE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    ino: int
+    cookie: int
+    limit: int
+    def __init__(self, ino: _Optional[int] = ..., cookie: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class DirEntry(_message.Message):
+    __slots__ = ("name", "attr", "cookie")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ATTR_FIELD_NUMBER: _ClassVar[int]
+    COOKIE_FIELD_NUMBER: _ClassVar[int]
+    name: bytes
+    attr: _common_pb2.Attr
+    cookie: int
+    def __init__(self, name: _Optional[bytes] = ..., attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., cookie: _Optional[int] = ...) -> None: ...
+
+class ReadDirReply(_message.Message):
+    __slots__ = ("entries", "eof")
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    EOF_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[DirEntry]
+    eof: bool
+    def __init__(self, entries: _Optional[_Iterable[_Union[DirEntry, _Mapping]]] = ..., eof: _Optional[bool] = ...) -> None: ...
+
+class MkDirRequest(_message.Message):
+    __slots__ = ("parent", "name", "mode", "uid", "gid")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    parent: int
+    name: bytes
+    mode: int
+    uid: int
+    gid: int
+    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ...) -> None: ...
+
+class CreateRequest(_message.Message):
+    __slots__ = ("parent", "name", "mode", "uid", "gid", "rdev")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    RDEV_FIELD_NUMBER: _ClassVar[int]
+    parent: int
+    name: bytes
+    mode: int
+    uid: int
+    gid: int
+    rdev: int
+    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., rdev: _Optional[int] = ...) -> None: ...
+
+class NameRequest(_message.Message):
+    __slots__ = ("parent", "name")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    parent: int
+    name: bytes
+    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ...) -> None: ...
+
+class RenameRequest(_message.Message):
+    __slots__ = ("parent", "name", "new_parent", "new_name", "flags")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    NEW_PARENT_FIELD_NUMBER: _ClassVar[int]
+    NEW_NAME_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    parent: int
+    name: bytes
+    new_parent: int
+    new_name: bytes
+    flags: int
+    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., new_parent: _Optional[int] = ..., new_name: _Optional[bytes] = ..., flags: _Optional[int] = ...) -> None: ...
+
+class SymlinkRequest(_message.Message):
+    __slots__ = ("parent", "name", "target", "uid", "gid")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    parent: int
+    name: bytes
+    target: bytes
+    uid: int
+    gid: int
+    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., target: _Optional[bytes] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ...) -> None: ...
+
+class ReadLinkReply(_message.Message):
+    __slots__ = ("target",)
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    target: bytes
+    def __init__(self, target: _Optional[bytes] = ...) -> None: ...
+
+class LinkRequest(_message.Message):
+    __slots__ = ("ino", "new_parent", "new_name")
+    INO_FIELD_NUMBER: _ClassVar[int]
+    NEW_PARENT_FIELD_NUMBER: _ClassVar[int]
+    NEW_NAME_FIELD_NUMBER: _ClassVar[int]
+    ino: int
+    new_parent: int
+    new_name: bytes
+    def __init__(self, ino: _Optional[int] = ..., new_parent: _Optional[int] = ..., new_name: _Optional[bytes] = ...) -> None: ...
+
+class XattrRequest(_message.Message):
+    __slots__ = ("ino", "name", "value", "flags")
+    INO_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    ino: int
+    name: bytes
+    value: bytes
+    flags: int
+    def __init__(self, ino: _Optional[int] = ..., name: _Optional[bytes] = ..., value: _Optional[bytes] = ..., flags: _Optional[int] = ...) -> None: ...
+
+class XattrReply(_message.Message):
+    __slots__ = ("value",)
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    value: bytes
+    def __init__(self, value: _Optional[bytes] = ...) -> None: ...
+
+class ListXattrReply(_message.Message):
+    __slots__ = ("names",)
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, names: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class StatFsReply(_message.Message):
+    __slots__ = ("block_size", "blocks", "blocks_free", "blocks_avail", "files", "files_free", "name_max", "stored_bytes", "logical_bytes")
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_FREE_FIELD_NUMBER: _ClassVar[int]
+    BLOCKS_AVAIL_FIELD_NUMBER: _ClassVar[int]
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    FILES_FREE_FIELD_NUMBER: _ClassVar[int]
+    NAME_MAX_FIELD_NUMBER: _ClassVar[int]
+    STORED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOGICAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    block_size: int
+    blocks: int
+    blocks_free: int
+    blocks_avail: int
+    files: int
+    files_free: int
+    name_max: int
+    stored_bytes: int
+    logical_bytes: int
+    def __init__(self, block_size: _Optional[int] = ..., blocks: _Optional[int] = ..., blocks_free: _Optional[int] = ..., blocks_avail: _Optional[int] = ..., files: _Optional[int] = ..., files_free: _Optional[int] = ..., name_max: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., logical_bytes: _Optional[int] = ...) -> None: ...
+
+class ChunkMapRequest(_message.Message):
+    __slots__ = ("ino", "first_index", "count")
+    INO_FIELD_NUMBER: _ClassVar[int]
+    FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    ino: int
+    first_index: int
+    count: int
+    def __init__(self, ino: _Optional[int] = ..., first_index: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+
+class ChunkMapReply(_message.Message):
+    __slots__ = ("attr", "chunk_size", "chunks")
+    ATTR_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    attr: _common_pb2.Attr
+    chunk_size: int
+    chunks: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChunkRef]
+    def __init__(self, attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., chunk_size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[_common_pb2.ChunkRef, _Mapping]]] = ...) -> None: ...
+
+class CommitFileRequest(_message.Message):
+    __slots__ = ("ino", "chunks", "size", "truncated", "mtime_ns", "asset_id")
+    INO_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    MTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    ASSET_ID_FIELD_NUMBER: _ClassVar[int]
+    ino: int
+    chunks: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChunkRef]
+    size: int
+    truncated: bool
+    mtime_ns: int
+    asset_id: str
+    def __init__(self, ino: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[_common_pb2.ChunkRef, _Mapping]]] = ..., size: _Optional[int] = ..., truncated: _Optional[bool] = ..., mtime_ns: _Optional[int] = ..., asset_id: _Optional[str] = ...) -> None: ...

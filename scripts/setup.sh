@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Idempotent set-up on a fresh Debian machine: system packages, .venv, the project with test extras.
+# Usage: scripts/setup.sh [--peers]   (--peers also installs the benchmark peers)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_pkgs=(fuse3 libfuse3-dev pkg-config rsync git attr fio)
+if [[ "${1:-}" == "--peers" || "${AIFS_SETUP_PEERS:-}" == 1 ]]; then
+  need_pkgs+=(bindfs gocryptfs rclone borgbackup)
+fi
+missing=()
+for p in "${need_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if (( ${#missing[@]} )); then
+  echo "setup: installing Debian packages: ${missing[*]}"
+  SUDO=""; [[ $(id -u) -ne 0 ]] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+[[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+if [[ ! -f "$stamp" ]]; then
+  echo "setup: installing the project into .venv"
+  .venv/bin/pip install -q --upgrade pip >/dev/null
+  # torch: the CPU build, pinned (an unpinned torch pulls several GB of CUDA packages).
+  # The machine image ships that wheel locally (pip's find-links), so this pulls no CUDA packages.
+  .venv/bin/pip install -q "torch==2.13.0"
+  .venv/bin/pip install -q -e ".[test]"
+  rm -f .venv/.installed-*; touch "$stamp"
+fi
+echo "setup: ready (.venv/bin/aifs)"

@@ -1,0 +1,1 @@
+"""The AIFS server: storage core (codec, envelope, KMS, chunk store, metadata) and gRPC services."""

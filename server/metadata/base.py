@@ -1,0 +1,177 @@
+"""The metadata engine interface: namespaces, branch trees, chunk records and assets.
+
+Two implementations are planned: `sqlite.SQLiteMetadata` (embedded default) and a PostgreSQL
+one. The servicers and `AssetManager` use only what is declared here.
+
+Rules every implementation keeps:
+- Every call that changes more than one row runs in one transaction.
+- A tree is one (namespace, branch); its root directory is inode 1 (`ROOT_INO`), created by
+  `ensure_tree`. Inode numbers are unique within a tree and never reused.
+- Names are bytes, at most `NAME_MAX` (255) bytes, never empty, never containing b"/" or NUL,
+  never b"." or b".." -> `NameTooLong` / `InvalidArgument`.
+- Chunk records are per namespace (dedup within a namespace: no cross-tenant "is this content
+  stored?" oracle). A chunk map or an asset may only name chunks recorded in its namespace
+  (`MissingChunk` otherwise). Reference counts count chunk-map slots and asset chunk-list
+  entries; a chunk whose count drops to 0 stays recorded until `gc_candidates` + `forget_chunk`
+  remove it (so a commit racing a GC never loses data: GC only takes chunks unreferenced for
+  longer than a grace period).
+- An unlinked inode that is still open stays (nlink 0) until `forget` is called for it.
+- Errors are `aifs_server.errors` classes: NotFound, AlreadyExists, NotEmpty, NotADirectory,
+  IsADirectory, NameTooLong, InvalidArgument, MissingChunk, ParentNotCommitted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+ROOT_INO = 1
+NAME_MAX = 255
+
+# SetAttr field bits (same values as the wire's SetAttrRequest.fields)
+SET_MODE, SET_UID, SET_GID, SET_SIZE, SET_ATIME, SET_MTIME, SET_CTIME = 1, 2, 4, 8, 16, 32, 64
+# rename flags (Linux values)
+RENAME_NOREPLACE, RENAME_EXCHANGE = 1, 2
+# setxattr flags
+XATTR_CREATE, XATTR_REPLACE = 1, 2
+
+
+@dataclass(frozen=True)
+class TreeRef:
+    namespace: str
+    branch: str = "main"
+
+
+@dataclass
+class Namespace:
+    name: str
+    chunk_size: int
+    zstd_level: int
+    kms_key_id: str
+    created_ns: int = 0
+
+
+@dataclass
+class Attr:
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    rdev: int
+    size: int
+    atime_ns: int
+    mtime_ns: int
+    ctime_ns: int
+    blocks: int = 0       # 512-byte blocks of stored logical data (holes excluded)
+    generation: int = 0   # bumps on every content change
+
+
+@dataclass
+class DirEntry:
+    name: bytes
+    attr: Attr
+    cookie: int           # pass back to readdir to continue after this entry
+
+
+@dataclass
+class ChunkRef:
+    index: int
+    chunk_id: bytes       # 32-byte BLAKE3 of the plaintext; b"" in a commit clears the slot
+    length: int
+
+
+@dataclass
+class ParentEdge:
+    parent_id: str
+    transform: str = ""
+    transform_digest: str = ""
+
+
+@dataclass
+class AssetRecord:
+    asset_id: str
+    kind: str
+    size: int
+    chunks: list[ChunkRef]
+    metadata_json: str = "{}"
+    parents: list[ParentEdge] = field(default_factory=list)
+    stored_bytes: int = 0
+    created_ns: int = 0
+
+
+@dataclass
+class TreeStats:
+    files: int            # inodes in the tree
+    logical_bytes: int    # sum of file sizes
+
+
+@dataclass
+class ChunkStats:
+    chunks: int
+    raw_bytes: int        # plaintext bytes of recorded chunks
+    stored_bytes: int     # envelope bytes on the chunk store
+
+
+class MetadataEngine(Protocol):
+    # --- namespaces -------------------------------------------------------------------------
+    def create_namespace(self, ns: Namespace) -> Namespace: ...          # AlreadyExists
+    def get_namespace(self, name: str) -> Namespace: ...                 # NotFound
+    def list_namespaces(self) -> list[Namespace]: ...
+
+    # --- trees ------------------------------------------------------------------------------
+    def ensure_tree(self, tree: TreeRef, uid: int = 0, gid: int = 0) -> Attr: ...  # root attr
+    def lookup(self, tree: TreeRef, parent: int, name: bytes) -> Attr: ...
+    def getattr(self, tree: TreeRef, ino: int) -> Attr: ...
+    def setattr(self, tree: TreeRef, ino: int, fields: int, *, mode: int = 0, uid: int = 0,
+                gid: int = 0, size: int = 0, atime_ns: int = 0, mtime_ns: int = 0,
+                ctime_ns: int = 0) -> Attr: ...
+    def readdir(self, tree: TreeRef, ino: int, cookie: int, limit: int
+                ) -> tuple[list[DirEntry], bool]: ...                      # (entries, eof)
+    def mkdir(self, tree: TreeRef, parent: int, name: bytes, mode: int, uid: int, gid: int
+              ) -> Attr: ...
+    def create(self, tree: TreeRef, parent: int, name: bytes, mode: int, uid: int, gid: int,
+               rdev: int = 0) -> Attr: ...
+    def unlink(self, tree: TreeRef, parent: int, name: bytes) -> Attr: ...  # attr after unlink
+    def rmdir(self, tree: TreeRef, parent: int, name: bytes) -> None: ...
+    def rename(self, tree: TreeRef, parent: int, name: bytes, new_parent: int,
+               new_name: bytes, flags: int = 0) -> None: ...
+    def symlink(self, tree: TreeRef, parent: int, name: bytes, target: bytes, uid: int,
+                gid: int) -> Attr: ...
+    def readlink(self, tree: TreeRef, ino: int) -> bytes: ...
+    def link(self, tree: TreeRef, ino: int, new_parent: int, new_name: bytes) -> Attr: ...
+    def getxattr(self, tree: TreeRef, ino: int, name: bytes) -> bytes: ...  # NotFound (ENODATA)
+    def setxattr(self, tree: TreeRef, ino: int, name: bytes, value: bytes, flags: int = 0
+                 ) -> None: ...
+    def listxattr(self, tree: TreeRef, ino: int) -> list[bytes]: ...
+    def removexattr(self, tree: TreeRef, ino: int, name: bytes) -> None: ...
+    def forget(self, tree: TreeRef, ino: int) -> None: ...   # drop an unlinked (nlink 0) inode
+    def tree_stats(self, tree: TreeRef) -> TreeStats: ...
+
+    # --- file contents ----------------------------------------------------------------------
+    def get_chunk_map(self, tree: TreeRef, ino: int, first_index: int = 0, count: int = 0
+                      ) -> tuple[Attr, list[ChunkRef]]: ...               # count 0 = all
+    def commit_file(self, tree: TreeRef, ino: int, changed: list[ChunkRef], size: int,
+                    truncated: bool = False, mtime_ns: int = 0, asset_id: str = "") -> Attr: ...
+    def get_file_asset_id(self, tree: TreeRef, ino: int) -> tuple[str, int]: ...  # (id or "", generation)
+    def set_file_asset_id(self, tree: TreeRef, ino: int, generation: int, asset_id: str
+                          ) -> None: ...   # ignored when the generation moved on meanwhile
+
+    # --- chunk records ----------------------------------------------------------------------
+    def record_chunk(self, namespace: str, chunk_id: bytes, raw_len: int, stored_len: int
+                     ) -> bool: ...        # True when new, False when already recorded
+    def has_chunks(self, namespace: str, chunk_ids: list[bytes]) -> list[bool]: ...
+    def chunk_stats(self, namespace: str) -> ChunkStats: ...
+    def gc_candidates(self, namespace: str, unreferenced_before_ns: int) -> list[bytes]: ...
+    def forget_chunk(self, namespace: str, chunk_id: bytes) -> bool: ...  # only if still unreferenced
+    def orphan_inodes(self, tree: TreeRef) -> list[int]: ...   # nlink 0 (for GC after a crash)
+
+    # --- assets -----------------------------------------------------------------------------
+    def put_asset(self, namespace: str, asset: AssetRecord) -> AssetRecord: ...  # idempotent
+    def get_asset(self, namespace: str, asset_id: str) -> AssetRecord: ...
+    def list_assets(self, namespace: str, kind: str = "", limit: int = 100, after: str = ""
+                    ) -> list[AssetRecord]: ...
+    def delete_asset(self, namespace: str, asset_id: str) -> None: ...
+    def lineage(self, namespace: str, asset_id: str) -> list[AssetRecord]: ...  # ancestors, nearest first
+
+    def close(self) -> None: ...
