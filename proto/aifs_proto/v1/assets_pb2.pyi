@@ -28,7 +28,7 @@ class PutAssetRequest(_message.Message):
     def __init__(self, header: _Optional[_Union[AssetHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class AssetInfo(_message.Message):
-    __slots__ = ("asset_id", "kind", "size", "stored_bytes", "metadata_json", "parents", "uri", "created_ns", "chunk_count")
+    __slots__ = ("asset_id", "kind", "size", "stored_bytes", "metadata_json", "parents", "uri", "created_ns", "chunk_count", "chunk_size", "chunks")
     ASSET_ID_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -38,6 +38,8 @@ class AssetInfo(_message.Message):
     URI_FIELD_NUMBER: _ClassVar[int]
     CREATED_NS_FIELD_NUMBER: _ClassVar[int]
     CHUNK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
     asset_id: str
     kind: str
     size: int
@@ -47,7 +49,9 @@ class AssetInfo(_message.Message):
     uri: str
     created_ns: int
     chunk_count: int
-    def __init__(self, asset_id: _Optional[str] = ..., kind: _Optional[str] = ..., size: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., metadata_json: _Optional[str] = ..., parents: _Optional[_Iterable[_Union[_common_pb2.ParentEdge, _Mapping]]] = ..., uri: _Optional[str] = ..., created_ns: _Optional[int] = ..., chunk_count: _Optional[int] = ...) -> None: ...
+    chunk_size: int
+    chunks: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChunkRef]
+    def __init__(self, asset_id: _Optional[str] = ..., kind: _Optional[str] = ..., size: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., metadata_json: _Optional[str] = ..., parents: _Optional[_Iterable[_Union[_common_pb2.ParentEdge, _Mapping]]] = ..., uri: _Optional[str] = ..., created_ns: _Optional[int] = ..., chunk_count: _Optional[int] = ..., chunk_size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[_common_pb2.ChunkRef, _Mapping]]] = ...) -> None: ...
 
 class GetAssetRequest(_message.Message):
     __slots__ = ("asset_id", "info_only", "accept_encodings")

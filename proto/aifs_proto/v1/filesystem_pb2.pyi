@@ -246,3 +246,17 @@ class CommitFileRequest(_message.Message):
     mtime_ns: int
     asset_id: str
     def __init__(self, ino: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[_common_pb2.ChunkRef, _Mapping]]] = ..., size: _Optional[int] = ..., truncated: _Optional[bool] = ..., mtime_ns: _Optional[int] = ..., asset_id: _Optional[str] = ...) -> None: ...
+
+class FileInfoReply(_message.Message):
+    __slots__ = ("asset_id", "uri", "kind", "stored_bytes", "logical_bytes")
+    ASSET_ID_FIELD_NUMBER: _ClassVar[int]
+    URI_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    STORED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOGICAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    asset_id: str
+    uri: str
+    kind: str
+    stored_bytes: int
+    logical_bytes: int
+    def __init__(self, asset_id: _Optional[str] = ..., uri: _Optional[str] = ..., kind: _Optional[str] = ..., stored_bytes: _Optional[int] = ..., logical_bytes: _Optional[int] = ...) -> None: ...

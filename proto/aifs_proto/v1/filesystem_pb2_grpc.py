@@ -138,6 +138,11 @@ class FilesystemStub:
                 request_serializer=aifs_dot_v1_dot_filesystem__pb2.InodeRequest.SerializeToString,
                 response_deserializer=aifs_dot_v1_dot_common__pb2.Empty.FromString,
                 _registered_method=True)
+        self.GetFileInfo = channel.unary_unary(
+                '/aifs.v1.Filesystem/GetFileInfo',
+                request_serializer=aifs_dot_v1_dot_filesystem__pb2.InodeRequest.SerializeToString,
+                response_deserializer=aifs_dot_v1_dot_filesystem__pb2.FileInfoReply.FromString,
+                _registered_method=True)
 
 
 class FilesystemServicer:
@@ -270,6 +275,13 @@ class FilesystemServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetFileInfo(self, request, context):
+        """What the mount shows as user.aifs.* xattrs; the asset id is computed lazily and cached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FilesystemServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -372,6 +384,11 @@ def add_FilesystemServicer_to_server(servicer, server):
                     servicer.Forget,
                     request_deserializer=aifs_dot_v1_dot_filesystem__pb2.InodeRequest.FromString,
                     response_serializer=aifs_dot_v1_dot_common__pb2.Empty.SerializeToString,
+            ),
+            'GetFileInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFileInfo,
+                    request_deserializer=aifs_dot_v1_dot_filesystem__pb2.InodeRequest.FromString,
+                    response_serializer=aifs_dot_v1_dot_filesystem__pb2.FileInfoReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -917,6 +934,33 @@ class Filesystem:
             '/aifs.v1.Filesystem/Forget',
             aifs_dot_v1_dot_filesystem__pb2.InodeRequest.SerializeToString,
             aifs_dot_v1_dot_common__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFileInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aifs.v1.Filesystem/GetFileInfo',
+            aifs_dot_v1_dot_filesystem__pb2.InodeRequest.SerializeToString,
+            aifs_dot_v1_dot_filesystem__pb2.FileInfoReply.FromString,
             options,
             channel_credentials,
             insecure,
