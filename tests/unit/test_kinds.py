@@ -10,6 +10,7 @@ from pathlib import Path
 import blake3
 import numpy as np
 import pytest
+
 from aifs_server import kinds
 from aifs_server.errors import InvalidArgument
 from aifs_server.kinds import (

@@ -1,0 +1,164 @@
+"""Schema of the SQLite metadata engine and its migration hook.
+
+Interface:
+    SCHEMA_VERSION          the version this code writes (stored in PRAGMA user_version)
+    migrate(conn)           bring a database to SCHEMA_VERSION (creates it when empty); raises
+                            InvalidArgument for a database written by a newer version
+
+A later schema change adds an entry to `MIGRATIONS` (version reached -> statements) and bumps
+`SCHEMA_VERSION`; `migrate` applies the missing steps in order, in one transaction.
+
+Layout notes (why the tables look the way they do):
+- `inodes.data_bytes` is the sum of the file's chunk-map slot lengths, kept up to date by every
+  change of the map, so getattr computes `blocks` from one row (no aggregate on the hot path).
+- `inodes.parent` is the parent directory of a directory (directories have exactly one name);
+  rename walks it upwards to refuse moving a directory into its own subtree.
+- `dentries.id` (AUTOINCREMENT: never reused) is the readdir cookie; the (tree_id, parent, id)
+  index serves paged readdir in cookie order.
+- Chunk records carry `unreferenced_since_ns` (set when recorded and whenever the count drops
+  to 0, cleared while referenced); GC takes only chunks unreferenced for longer than a grace
+  period, so a commit racing a GC never loses data.
+- Lineage rows (`asset_parents.parent_id`) have no foreign key on purpose: deleting an asset
+  leaves its children's edges naming it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from aifs_server.errors import InvalidArgument
+
+SCHEMA_VERSION = 1
+
+_V1 = [
+    """CREATE TABLE IF NOT EXISTS namespaces (
+        name TEXT PRIMARY KEY,
+        chunk_size INTEGER NOT NULL,
+        zstd_level INTEGER NOT NULL,
+        kms_key_id TEXT NOT NULL,
+        created_ns INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS trees (
+        tree_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        branch TEXT NOT NULL,
+        next_ino INTEGER NOT NULL,
+        created_ns INTEGER NOT NULL,
+        UNIQUE (namespace, branch)
+    )""",
+    """CREATE TABLE IF NOT EXISTS inodes (
+        tree_id INTEGER NOT NULL REFERENCES trees(tree_id),
+        ino INTEGER NOT NULL,
+        mode INTEGER NOT NULL,
+        nlink INTEGER NOT NULL CHECK (nlink >= 0),
+        uid INTEGER NOT NULL,
+        gid INTEGER NOT NULL,
+        rdev INTEGER NOT NULL DEFAULT 0,
+        size INTEGER NOT NULL DEFAULT 0,
+        atime_ns INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        ctime_ns INTEGER NOT NULL,
+        data_bytes INTEGER NOT NULL DEFAULT 0,
+        generation INTEGER NOT NULL DEFAULT 0,
+        parent INTEGER NOT NULL DEFAULT 0,
+        symlink BLOB,
+        asset_id TEXT NOT NULL DEFAULT '',
+        asset_gen INTEGER NOT NULL DEFAULT -1,
+        PRIMARY KEY (tree_id, ino)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS inodes_orphans ON inodes(tree_id, ino) WHERE nlink = 0",
+    """CREATE TABLE IF NOT EXISTS dentries (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        tree_id INTEGER NOT NULL REFERENCES trees(tree_id),
+        parent INTEGER NOT NULL,
+        name BLOB NOT NULL,
+        ino INTEGER NOT NULL,
+        UNIQUE (tree_id, parent, name)
+    )""",
+    "CREATE INDEX IF NOT EXISTS dentries_readdir ON dentries(tree_id, parent, id)",
+    """CREATE TABLE IF NOT EXISTS xattrs (
+        tree_id INTEGER NOT NULL,
+        ino INTEGER NOT NULL,
+        name BLOB NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (tree_id, ino, name),
+        FOREIGN KEY (tree_id, ino) REFERENCES inodes(tree_id, ino) ON DELETE CASCADE
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS chunk_maps (
+        tree_id INTEGER NOT NULL,
+        ino INTEGER NOT NULL,
+        idx INTEGER NOT NULL,
+        chunk_id BLOB NOT NULL,
+        length INTEGER NOT NULL,
+        PRIMARY KEY (tree_id, ino, idx),
+        FOREIGN KEY (tree_id, ino) REFERENCES inodes(tree_id, ino) ON DELETE CASCADE
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS chunks (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        chunk_id BLOB NOT NULL,
+        raw_len INTEGER NOT NULL,
+        stored_len INTEGER NOT NULL,
+        refcount INTEGER NOT NULL DEFAULT 0 CHECK (refcount >= 0),
+        recorded_ns INTEGER NOT NULL,
+        unreferenced_since_ns INTEGER,
+        PRIMARY KEY (namespace, chunk_id)
+    ) WITHOUT ROWID""",
+    """CREATE INDEX IF NOT EXISTS chunks_unreferenced
+        ON chunks(namespace, unreferenced_since_ns) WHERE refcount = 0""",
+    """CREATE TABLE IF NOT EXISTS assets (
+        namespace TEXT NOT NULL REFERENCES namespaces(name),
+        asset_id TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        stored_bytes INTEGER NOT NULL,
+        metadata_json TEXT NOT NULL,
+        created_ns INTEGER NOT NULL,
+        PRIMARY KEY (namespace, asset_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS assets_kind ON assets(namespace, kind, asset_id)",
+    """CREATE TABLE IF NOT EXISTS asset_chunks (
+        namespace TEXT NOT NULL,
+        asset_id TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        chunk_id BLOB NOT NULL,
+        length INTEGER NOT NULL,
+        PRIMARY KEY (namespace, asset_id, idx),
+        FOREIGN KEY (namespace, asset_id) REFERENCES assets(namespace, asset_id)
+            ON DELETE CASCADE
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS asset_parents (
+        namespace TEXT NOT NULL,
+        asset_id TEXT NOT NULL,
+        pos INTEGER NOT NULL,
+        parent_id TEXT NOT NULL,
+        transform TEXT NOT NULL,
+        transform_digest TEXT NOT NULL,
+        PRIMARY KEY (namespace, asset_id, pos),
+        FOREIGN KEY (namespace, asset_id) REFERENCES assets(namespace, asset_id)
+            ON DELETE CASCADE
+    ) WITHOUT ROWID""",
+]
+
+# version reached -> statements that take the previous version there
+MIGRATIONS: dict[int, list[str]] = {1: _V1}
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Create or upgrade the schema; `conn` must be in autocommit mode (isolation_level None)."""
+    conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file; cheap when already set
+    conn.execute("BEGIN IMMEDIATE")  # re-read the version under the write lock: two openers race
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise InvalidArgument(
+                f"metadata database schema version {version} is newer than this server "
+                f"understands ({SCHEMA_VERSION}); upgrade aifs-fs before opening it")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for stmt in MIGRATIONS[target]:
+                conn.execute(stmt)
+        if version != SCHEMA_VERSION:
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
