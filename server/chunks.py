@@ -1,0 +1,146 @@
+"""ChunkService: the one place chunks are verified, sealed, named, stored and opened.
+
+Interface:
+    ChunkService(store, keys, codec, storage_key, frame_size=65536)
+        store: chunkstore.ChunkStore; keys: kms.KeyProvider (e.g. NamespaceKeyCache);
+        codec: codec.CompressionService; storage_key: 32-byte secret of the store.
+        .name_for(scope, chunk_id) -> str           the chunk's stored name (64 hex)
+        .put(scope, chunk_id, plaintext, level=None) -> (newly_stored, stored_len)
+                BLAKE3(plaintext) must equal chunk_id (else InvalidArgument); a chunk already
+                stored in `scope` is not sealed again (newly_stored False, its stored length)
+        .has(scope, ids) -> list[bool]
+        .read(scope, chunk_id, offset=0, length=None) -> bytes   NotFound if absent
+        .frames(scope, chunk_id, offset=0, length=None) -> Iterator[envelope.Frame]
+        .delete(scope, chunk_id) -> bool
+        .stored_size(scope, chunk_id) -> int
+
+`scope` is the namespace. The stored name is BLAKE3 keyed by storage_key over
+(len(scope) u16 big-endian, scope UTF-8, chunk id): whoever lists the store learns nothing about
+content, and dedup (and the namespace key that protects a chunk) is per namespace.
+Thread-safe: no mutable state of its own; the store, key cache and codec are thread-safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from blake3 import blake3
+
+from aifs_server.chunkstore import ChunkStore
+from aifs_server.codec import CompressionService, validate_level
+from aifs_server.envelope import (
+    DEFAULT_FRAME_SIZE,
+    MAX_CHUNK_BYTES,
+    Frame,
+    iter_frames,
+    open_chunk,
+    seal_chunk,
+)
+from aifs_server.errors import InvalidArgument, NotFound
+from aifs_server.kms import KeyProvider
+
+CHUNK_ID_BYTES = 32
+
+
+class ChunkService:
+    def __init__(
+        self,
+        store: ChunkStore,
+        keys: KeyProvider,
+        codec: CompressionService,
+        storage_key: bytes,
+        frame_size: int = DEFAULT_FRAME_SIZE,
+    ) -> None:
+        if len(storage_key) != 32:
+            raise InvalidArgument(
+                f"storage key must be 32 bytes, got {len(storage_key)}: the data dir's "
+                f"storage key file is damaged"
+            )
+        self.store, self.keys, self.codec = store, keys, codec
+        self._storage_key = bytes(storage_key)
+        self.frame_size = frame_size
+
+    @staticmethod
+    def _check_id(chunk_id: bytes) -> bytes:
+        if not isinstance(chunk_id, bytes | bytearray) or len(chunk_id) != CHUNK_ID_BYTES:
+            raise InvalidArgument(
+                f"chunk id must be {CHUNK_ID_BYTES} bytes (a BLAKE3-256 digest), got "
+                f"{len(chunk_id) if isinstance(chunk_id, bytes | bytearray) else type(chunk_id).__name__}"
+            )
+        return bytes(chunk_id)
+
+    def name_for(self, scope: str, chunk_id: bytes) -> str:
+        s = scope.encode("utf-8")
+        if len(s) > 0xFFFF:
+            raise InvalidArgument("namespace name longer than 65535 bytes")
+        h = blake3(key=self._storage_key)
+        h.update(len(s).to_bytes(2, "big"))
+        h.update(s)
+        h.update(self._check_id(chunk_id))
+        return h.hexdigest()
+
+    def put(
+        self,
+        scope: str,
+        chunk_id: bytes,
+        plaintext: bytes | bytearray | memoryview,
+        level: int | None = None,
+    ) -> tuple[bool, int]:
+        cid = self._check_id(chunk_id)
+        if level is not None:
+            try:
+                validate_level(level)
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from None
+        if len(plaintext) > MAX_CHUNK_BYTES:
+            raise InvalidArgument(
+                f"chunk of {len(plaintext)} bytes exceeds the maximum {MAX_CHUNK_BYTES}"
+            )
+        if blake3(plaintext).digest() != cid:
+            raise InvalidArgument(
+                f"chunk id {cid.hex()} is not the BLAKE3 of the {len(plaintext)} bytes sent "
+                f"(it is {blake3(plaintext).hexdigest()}): the data was damaged in transit or "
+                f"the client computed the id wrongly; send it again"
+            )
+        name = self.name_for(scope, cid)
+        if self.store.exists(name):
+            return False, self.store.size(name)
+        envelope = seal_chunk(
+            cid, plaintext, self.keys.for_namespace(scope), self.codec, self.frame_size, level
+        )
+        created = self.store.put(name, envelope)
+        return created, len(envelope) if created else self.store.size(name)
+
+    def has(self, scope: str, ids: Iterable[bytes]) -> list[bool]:
+        return [self.store.exists(self.name_for(scope, cid)) for cid in ids]
+
+    def _get(self, scope: str, chunk_id: bytes) -> bytes:
+        try:
+            return self.store.get(self.name_for(scope, chunk_id))
+        except NotFound:
+            raise NotFound(
+                f"chunk {bytes(chunk_id).hex()} is not stored in namespace {scope!r}"
+            ) from None
+
+    def read(
+        self, scope: str, chunk_id: bytes, offset: int = 0, length: int | None = None
+    ) -> bytes:
+        envelope = self._get(scope, chunk_id)
+        return open_chunk(chunk_id, envelope, self.keys.for_namespace(scope), offset, length)
+
+    def frames(
+        self, scope: str, chunk_id: bytes, offset: int = 0, length: int | None = None
+    ) -> Iterator[Frame]:
+        envelope = self._get(scope, chunk_id)
+        return iter_frames(chunk_id, envelope, self.keys.for_namespace(scope), offset, length)
+
+    def delete(self, scope: str, chunk_id: bytes) -> bool:
+        return self.store.delete(self.name_for(scope, chunk_id))
+
+    def stored_size(self, scope: str, chunk_id: bytes) -> int:
+        try:
+            return self.store.size(self.name_for(scope, chunk_id))
+        except NotFound:
+            raise NotFound(
+                f"chunk {bytes(chunk_id).hex()} is not stored in namespace {scope!r}"
+            ) from None
