@@ -1,0 +1,243 @@
+"""The Admin service: Format, Introspect, ListNamespaces, Fsck, GC.
+
+Interface:
+    AdminServicer(backend: rpc_filesystem.Backend)
+    FEATURES                      what Introspect advertises
+    GC_GRACE_DEFAULT = 3600       seconds a chunk / orphan inode must have been unreferenced
+
+Scope: the interceptor checks the namespace named in call metadata; Admin calls that act on
+other namespaces (Format of a named namespace, Introspect, ListNamespaces, Fsck, GC) are limited
+here to the namespaces the caller's token allows (a "*" token sees them all).
+
+GC deletes (a) orphan inodes (nlink 0, left by a mount that crashed while a file was open)
+whose ctime is older than the grace, then (b) chunks unreferenced for longer than the grace.
+The grace protects an unlinked file still open by a live mount and a commit racing the GC.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+import grpc
+
+from aifs_proto.v1 import admin_pb2, admin_pb2_grpc
+from aifs_server.auth import call_scope, current_grant
+from aifs_server.errors import AIFSError, InvalidArgument, NotFound, PermissionDenied
+from aifs_server.grpc_errors import rpc
+from aifs_server.metadata.base import ROOT_INO, Namespace, TreeRef
+from aifs_server.rpc_filesystem import Backend
+
+FEATURES = ["zstd-wire", "frames", "macaroons", "keyed-chunk-names", "health", "reflection",
+            "metrics", "file-info"]
+GC_GRACE_DEFAULT = 3600
+_SECRET_WORDS = ("key", "secret", "token", "password")
+
+
+def _version() -> str:
+    try:
+        return importlib_metadata.version("aifs-fs")
+    except importlib_metadata.PackageNotFoundError:  # pragma: no cover - not installed
+        return "0+unknown"
+
+
+def _redact(obj: Any) -> Any:
+    """Config without secrets: values of keys that look secret are dropped (file names kept)."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if any(w in str(k).lower() for w in _SECRET_WORDS) and not isinstance(v, str | dict):
+                continue
+            if isinstance(v, bytes | bytearray):
+                continue
+            out[k] = _redact(v)
+        return out
+    if isinstance(obj, list):
+        return [_redact(v) for v in obj]
+    return obj
+
+
+class AdminServicer(admin_pb2_grpc.AdminServicer):
+    def __init__(self, backend: Backend) -> None:
+        self.b = backend
+        self.meta = backend.meta
+
+    # --- helpers ---------------------------------------------------------------------------
+    def _allowed(self) -> list[Namespace]:
+        grant = current_grant()
+        return [ns for ns in self.meta.list_namespaces()
+                if grant is None or grant.allows_namespace(ns.name)]
+
+    def _info(self, ns: Namespace) -> Any:
+        cs = self.meta.chunk_stats(ns.name)
+        return admin_pb2.NamespaceInfo(
+            name=ns.name, chunk_size=ns.chunk_size, zstd_level=ns.zstd_level,
+            kms_key_id=ns.kms_key_id, stored_bytes=cs.stored_bytes, logical_bytes=cs.raw_bytes,
+            chunk_count=cs.chunks)
+
+    # --- RPCs ------------------------------------------------------------------------------
+    @rpc
+    def Format(self, request: Any, context: grpc.ServicerContext) -> Any:
+        name = request.namespace or call_scope(context)[0]
+        grant = current_grant()
+        if grant is not None and not grant.allows_namespace(name):
+            raise PermissionDenied(f"token does not allow admin on namespace {name}")
+        cfg = self.b.datadir.config
+        chunk_size = request.chunk_size or int(cfg.get("chunk_size", 1 << 20))
+        level = request.zstd_level or int(cfg.get("zstd_level", 1))
+        try:
+            existing: Namespace | None = self.meta.get_namespace(name)
+        except NotFound:
+            existing = None
+        if existing is not None:
+            note = ""
+            if (request.chunk_size and request.chunk_size != existing.chunk_size) or (
+                    request.zstd_level and request.zstd_level != existing.zstd_level):
+                note = (f" (its policy is fixed at format: chunk size {existing.chunk_size}, "
+                        f"zstd level {existing.zstd_level}; the requested values were ignored)")
+            if not request.dry_run:
+                self.meta.ensure_tree(TreeRef(name, "main"))
+            return admin_pb2.FormatReply(
+                created=False, message=f"namespace {name!r} already exists; nothing was "
+                                       f"changed{note}",
+                namespace=self._info(existing))
+        # validate with the data dir's own rules before touching anything
+        from aifs_server import datadir as dd
+        from aifs_server.codec import validate_level
+        try:
+            dd.validate_namespace_name(name)
+            dd.validate_chunk_size(chunk_size)
+            validate_level(level)
+        except AIFSError:
+            raise
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
+        if request.dry_run:
+            return admin_pb2.FormatReply(
+                created=False,
+                message=f"dry run: would create namespace {name!r} (chunk size {chunk_size}, "
+                        f"zstd level {level}) and its 'main' tree; nothing was written",
+                namespace=admin_pb2.NamespaceInfo(name=name, chunk_size=chunk_size,
+                                                  zstd_level=level))
+        ns = self.b.datadir.ensure_namespace(name, chunk_size, level)
+        self.b.forget_namespace(name)
+        return admin_pb2.FormatReply(
+            created=True, message=f"created namespace {name!r} (chunk size {ns.chunk_size}, "
+                                  f"zstd level {ns.zstd_level}) and its 'main' tree",
+            namespace=self._info(ns))
+
+    @rpc
+    def Introspect(self, request: Any, context: grpc.ServicerContext) -> Any:
+        cfg = _redact(dict(self.b.datadir.config))
+        return admin_pb2.IntrospectReply(
+            version=_version(), features=FEATURES,
+            config_json=json.dumps(cfg, sort_keys=True, default=str),
+            namespaces=[self._info(ns) for ns in self._allowed()])
+
+    @rpc
+    def ListNamespaces(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return admin_pb2.ListNamespacesReply(namespaces=[self._info(ns)
+                                                         for ns in self._allowed()])
+
+    def _recorded_chunks(self, ns: str) -> Iterator[bytes]:
+        """Every chunk id recorded in `ns` (engine listing when it has one, else a walk)."""
+        it = getattr(self.meta, "iter_chunks", None)
+        if callable(it):
+            for item in it(ns):
+                yield item[0] if isinstance(item, tuple) else item
+            return
+        seen: set[bytes] = set()
+        for cid in self.meta.gc_candidates(ns, time.time_ns() + 10**18):
+            if cid not in seen:
+                seen.add(cid)
+                yield cid
+        after = ""
+        while True:
+            recs = self.meta.list_assets(ns, limit=500, after=after)
+            for r in recs:
+                for c in r.chunks:
+                    if c.chunk_id and c.chunk_id not in seen:
+                        seen.add(c.chunk_id)
+                        yield c.chunk_id
+            if len(recs) < 500:
+                break
+            after = recs[-1].asset_id
+        tree = TreeRef(ns, "main")
+        stack = [ROOT_INO]
+        while stack:
+            d = stack.pop()
+            cookie = 0
+            while True:
+                entries, eof = self.meta.readdir(tree, d, cookie, 1024)
+                for e in entries:
+                    cookie = e.cookie
+                    if e.attr.mode & 0o170000 == 0o040000:
+                        stack.append(e.attr.ino)
+                    elif e.attr.mode & 0o170000 == 0o100000:
+                        _a, refs = self.meta.get_chunk_map(tree, e.attr.ino, 0, 0)
+                        for r in refs:
+                            if r.chunk_id and r.chunk_id not in seen:
+                                seen.add(r.chunk_id)
+                                yield r.chunk_id
+                if eof or not entries:
+                    break
+
+    @rpc
+    def Fsck(self, request: Any, context: grpc.ServicerContext) -> Any:
+        problems: list[str] = []
+        checked = 0
+        for ns in self._allowed():
+            for cid in self._recorded_chunks(ns.name):
+                checked += 1
+                try:
+                    if not self.b.chunks.has(ns.name, [cid])[0]:
+                        problems.append(f"namespace {ns.name}: chunk {cid.hex()} is recorded "
+                                        f"but missing from the chunk store")
+                        continue
+                    if request.read_data:
+                        self.b.chunks.read(ns.name, cid, 0, None)  # opens, decrypts, verifies
+                except AIFSError as e:
+                    problems.append(f"namespace {ns.name}: chunk {cid.hex()}: {e.message}")
+                except (ValueError, OSError) as e:
+                    problems.append(f"namespace {ns.name}: chunk {cid.hex()}: {e}")
+                if len(problems) >= 1000:
+                    problems.append("more than 1000 problems; stopped listing")
+                    return admin_pb2.FsckReply(ok=False, problems=problems,
+                                               chunks_checked=checked)
+        return admin_pb2.FsckReply(ok=not problems, problems=problems, chunks_checked=checked)
+
+    @rpc
+    def GC(self, request: Any, context: grpc.ServicerContext) -> Any:
+        grace = request.grace_seconds or GC_GRACE_DEFAULT
+        cutoff = time.time_ns() - grace * 1_000_000_000
+        chunks_deleted = bytes_freed = orphans = 0
+        for ns in self._allowed():
+            tree = TreeRef(ns.name, "main")
+            for ino in self.meta.orphan_inodes(tree):
+                try:
+                    a = self.meta.getattr(tree, ino)
+                except NotFound:
+                    continue
+                if a.ctime_ns >= cutoff:
+                    continue  # may still be open by a mount: wait for the grace
+                orphans += 1
+                if not request.dry_run:
+                    self.meta.forget(tree, ino)
+            for cid in self.meta.gc_candidates(ns.name, cutoff):
+                if request.dry_run:
+                    chunks_deleted += 1
+                    continue
+                if not self.meta.forget_chunk(ns.name, cid):
+                    continue  # referenced again meanwhile
+                try:
+                    size = int(self.b.chunks.stored_size(ns.name, cid))
+                except NotFound:
+                    size = 0
+                if self.b.chunks.delete(ns.name, cid):
+                    bytes_freed += size
+                chunks_deleted += 1
+        return admin_pb2.GCReply(chunks_deleted=chunks_deleted, bytes_freed=bytes_freed,
+                                 orphans_deleted=orphans)

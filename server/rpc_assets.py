@@ -1,0 +1,132 @@
+"""The Assets service: immutable content-addressed assets over `AssetStore`.
+
+Interface:
+    AssetsServicer(backend: rpc_filesystem.Backend)     backend.assets is the AssetStore
+    asset_info_pb(namespace, AssetRecord) -> assets_pb2.AssetInfo
+    PIECE_MAX = 1 MiB                                   largest data piece GetAsset sends
+
+PutAsset streams the request's data pieces into AssetStore.put through a generator, so memory
+stays bounded whatever the asset size; the asset becomes visible only when the whole stream
+has arrived and its record is committed. A stream cut in the middle raises out of the
+generator, AssetStore.put commits nothing, and the chunks it had stored are unreferenced
+(GC collects them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from aifs_proto.v1 import assets_pb2, assets_pb2_grpc, common_pb2
+from aifs_server.auth import call_scope
+from aifs_server.errors import InvalidArgument
+from aifs_server.grpc_errors import rpc
+from aifs_server.metadata.base import AssetRecord, ParentEdge
+from aifs_server.rpc_filesystem import Backend
+
+PIECE_MAX = 1 << 20
+LIST_DEFAULT = 100
+LIST_MAX = 1000
+
+
+def asset_info_pb(namespace: str, rec: AssetRecord) -> Any:
+    return assets_pb2.AssetInfo(
+        asset_id=rec.asset_id, kind=rec.kind, size=rec.size, stored_bytes=rec.stored_bytes,
+        metadata_json=rec.metadata_json or "{}",
+        parents=[common_pb2.ParentEdge(parent_id=p.parent_id, transform=p.transform,
+                                       transform_digest=p.transform_digest)
+                 for p in rec.parents],
+        uri=f"aifs://{namespace}/{rec.asset_id}", created_ns=rec.created_ns,
+        chunk_count=len(rec.chunks))
+
+
+class AssetsServicer(assets_pb2_grpc.AssetsServicer):
+    def __init__(self, backend: Backend) -> None:
+        self.b = backend
+        self.meta = backend.meta
+
+    def _store(self) -> Any:
+        if self.b.assets is None:
+            raise InvalidArgument("this server has no asset store configured")
+        return self.b.assets
+
+    def _ns(self, context: grpc.ServicerContext) -> str:
+        ns, _ = call_scope(context)
+        self.b.namespace(ns)
+        return ns
+
+    def _count(self, direction: str, n: int) -> None:
+        if self.b.metrics is not None:
+            self.b.metrics.add_bytes(direction, n)
+
+    @rpc
+    def PutAsset(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        ns = self._ns(context)
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise InvalidArgument("PutAsset: the first message must be the AssetHeader "
+                                  "(kind, metadata, parents), then data pieces")
+        h = first.header
+        metadata = h.metadata_json or "{}"  # AssetStore validates it (a JSON object)
+        parents = [ParentEdge(p.parent_id, p.transform, p.transform_digest) for p in h.parents]
+
+        def data() -> Iterator[bytes]:
+            # a client that goes away makes the request iterator raise: the exception travels
+            # through AssetStore.put, which then commits nothing
+            for req in request_iterator:
+                part = req.WhichOneof("part")
+                if part == "data":
+                    self._count("in", len(req.data))
+                    if req.data:
+                        yield req.data
+                elif part == "header":
+                    raise InvalidArgument("PutAsset: a second header arrived mid-stream")
+
+        rec = self._store().put(ns, h.kind or "blob", data(), metadata, parents)
+        return asset_info_pb(ns, rec)
+
+    @rpc
+    def GetAsset(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        ns = self._ns(context)
+        if request.info_only:
+            rec = self._store().info(ns, request.asset_id)
+            yield assets_pb2.GetAssetReply(info=asset_info_pb(ns, rec))
+            return
+        rec, pieces = self._store().open(ns, request.asset_id)
+        yield assets_pb2.GetAssetReply(info=asset_info_pb(ns, rec))
+        for piece in pieces:
+            view = memoryview(piece)
+            for pos in range(0, len(view), PIECE_MAX):
+                out = bytes(view[pos:pos + PIECE_MAX])
+                self._count("out", len(out))
+                yield assets_pb2.GetAssetReply(data=out)
+
+    @rpc
+    def ListAssets(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ns = self._ns(context)
+        limit = min(request.limit or LIST_DEFAULT, LIST_MAX)
+        recs = self._store().list_assets(ns, kind=request.kind, limit=limit, after=request.after)
+        next_after = recs[-1].asset_id if len(recs) == limit else ""
+        return assets_pb2.ListAssetsReply(assets=[asset_info_pb(ns, r) for r in recs],
+                                          next_after=next_after)
+
+    @rpc
+    def DeleteAsset(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ns = self._ns(context)
+        self._store().delete(ns, request.asset_id)
+        return common_pb2.Empty()
+
+    @rpc
+    def VerifyAsset(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ns = self._ns(context)
+        ok, detail = self._store().verify(ns, request.asset_id)
+        return assets_pb2.VerifyAssetReply(ok=ok, detail=detail)
+
+    @rpc
+    def GetLineage(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ns = self._ns(context)
+        return assets_pb2.LineageReply(
+            ancestors=[asset_info_pb(ns, r)
+                       for r in self._store().lineage(ns, request.asset_id)])

@@ -1,0 +1,206 @@
+"""The Data service: chunks by id (HasChunks, PutChunks, GetChunks).
+
+Interface:
+    DataServicer(backend: rpc_filesystem.Backend)
+    PIECE_MAX = 1 MiB          the largest data payload of one GetChunks message
+
+Rules:
+- Chunk records are per namespace: a chunk not recorded in the caller's namespace is NOT_FOUND
+  (even if another namespace stores the same bytes), so no cross-tenant "is it stored?" oracle.
+- PutChunks: one whole chunk per message; a ZSTD upload is decompressed with a limit of the
+  namespace's chunk size (a zstd bomb is refused); BLAKE3(plaintext) must equal the id
+  (ChunkService verifies); the chunk is sealed at the namespace's zstd level, then recorded.
+- GetChunks with "zstd" accepted: the stored frames covering the range go out as they are
+  (compressed frames as ZSTD, raw frames as IDENTITY, sliced to the range) — no recompression.
+  Without: identity bytes covering exactly the range, in pieces of at most PIECE_MAX.
+- A corrupt chunk is DATA_LOSS naming the chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import zstandard
+
+from aifs_proto.v1 import data_pb2, data_pb2_grpc
+from aifs_server.auth import call_scope
+from aifs_server.errors import AIFSError, CorruptChunk, InvalidArgument, NotFound
+from aifs_server.grpc_errors import rpc
+from aifs_server.rpc_filesystem import Backend
+
+PIECE_MAX = 1 << 20
+HAS_CHUNKS_MAX = 100_000
+
+
+def _check_id(chunk_id: bytes) -> bytes:
+    if len(chunk_id) != 32:
+        raise InvalidArgument(
+            f"chunk id is {len(chunk_id)} bytes; ids are 32-byte BLAKE3 digests of the plaintext")
+    return bytes(chunk_id)
+
+
+def _decompress_limited(data: bytes, limit: int, chunk_hex: str) -> bytes:
+    """Decompress one uploaded zstd chunk, refusing more than `limit` bytes of output."""
+    try:
+        reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
+        out = reader.read(limit + 1)
+        # stream_reader.read may return less than asked before the end: keep reading
+        parts = [out]
+        total = len(out)
+        while total <= limit:
+            more = reader.read(limit + 1 - total)
+            if not more:
+                break
+            parts.append(more)
+            total += len(more)
+    except zstandard.ZstdError as e:
+        raise InvalidArgument(f"chunk {chunk_hex}: upload marked ZSTD is not valid zstd ({e})"
+                              ) from None
+    if total > limit:
+        raise InvalidArgument(
+            f"chunk {chunk_hex}: decompresses to more than the namespace's chunk size "
+            f"({limit} bytes); refused")
+    return b"".join(parts)
+
+
+class DataServicer(data_pb2_grpc.DataServicer):
+    def __init__(self, backend: Backend) -> None:
+        self.b = backend
+        self.meta = backend.meta
+        self.chunks = backend.chunks
+
+    def _count(self, direction: str, n: int) -> None:
+        if self.b.metrics is not None:
+            self.b.metrics.add_bytes(direction, n)
+
+    @rpc
+    def HasChunks(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ns, _ = call_scope(context)
+        self.b.namespace(ns)
+        if len(request.chunk_ids) > HAS_CHUNKS_MAX:
+            raise InvalidArgument(f"HasChunks takes at most {HAS_CHUNKS_MAX} ids per call; "
+                                  f"got {len(request.chunk_ids)}: split the request")
+        ids = [_check_id(c) for c in request.chunk_ids]
+        return data_pb2.HasChunksReply(present=self.meta.has_chunks(ns, ids) if ids else [])
+
+    @rpc
+    def PutChunks(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        ns_name, _ = call_scope(context)
+        ns = self.b.namespace(ns_name)
+        stored = dedup = 0
+        stored_bytes = 0
+        for req in request_iterator:
+            cid = _check_id(req.chunk_id)
+            hexid = cid.hex()
+            self._count("in", len(req.data))
+            if req.encoding == data_pb2.ZSTD:
+                plain = _decompress_limited(req.data, ns.chunk_size, hexid)
+            elif req.encoding == data_pb2.IDENTITY:
+                plain = req.data
+            else:
+                raise InvalidArgument(f"chunk {hexid}: unknown encoding {req.encoding}")
+            if len(plain) > ns.chunk_size:
+                raise InvalidArgument(
+                    f"chunk {hexid} is {len(plain)} bytes; namespace {ns_name!r} takes chunks "
+                    f"of at most {ns.chunk_size} bytes")
+            if req.raw_length and req.raw_length != len(plain):
+                raise InvalidArgument(
+                    f"chunk {hexid}: raw_length says {req.raw_length} bytes but the data is "
+                    f"{len(plain)}")
+            _new, stored_len = self.chunks.put(ns_name, cid, plain, ns.zstd_level)
+            if self.meta.record_chunk(ns_name, cid, len(plain), int(stored_len)):
+                stored += 1
+                stored_bytes += int(stored_len)
+            else:
+                dedup += 1
+        return data_pb2.PutChunksReply(stored=stored, deduplicated=dedup,
+                                       stored_bytes=stored_bytes)
+
+    @rpc
+    def GetChunks(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        ns, _ = call_scope(context)
+        self.b.namespace(ns)
+        ranges = list(request.ranges)
+        ids = [_check_id(r.chunk_id) for r in ranges]
+        if ids:
+            present = self.meta.has_chunks(ns, ids)
+            for cid, ok in zip(ids, present, strict=True):
+                if not ok:
+                    raise NotFound(f"chunk {cid.hex()} is not stored in namespace {ns!r}")
+        zstd_ok = any(e.lower() == "zstd" for e in request.accept_encodings)
+        for i, (r, cid) in enumerate(zip(ranges, ids, strict=True)):
+            length = r.length or None
+            try:
+                if zstd_ok:
+                    yield from self._frames(ns, i, cid, r.offset, length)
+                else:
+                    yield from self._identity(ns, i, cid, r.offset, length)
+            except AIFSError:
+                raise
+            except (ValueError, OSError) as e:
+                raise CorruptChunk(f"chunk {cid.hex()} could not be read ({e}); run "
+                                   f"`aifs fsck --read-data`") from e
+
+    def _identity(self, ns: str, index: int, cid: bytes, offset: int, length: int | None
+                  ) -> Iterator[Any]:
+        data = self.chunks.read(ns, cid, offset, length)
+        view = memoryview(data)
+        pos = 0
+        while True:
+            piece = view[pos:pos + PIECE_MAX]
+            self._count("out", len(piece))
+            yield data_pb2.ChunkPiece(range_index=index, offset=offset + pos,
+                                      raw_length=len(piece), encoding=data_pb2.IDENTITY,
+                                      data=bytes(piece))
+            pos += len(piece)
+            if pos >= len(data):
+                break
+
+    def _frames(self, ns: str, index: int, cid: bytes, offset: int, length: int | None
+                ) -> Iterator[Any]:
+        end = None if length is None else offset + length
+        # contiguous raw (uncompressed) pieces are coalesced into one message up to PIECE_MAX
+        pend_off = -1
+        pend: list[bytes] = []
+        pend_len = 0
+
+        def flush() -> Iterator[Any]:
+            nonlocal pend, pend_len, pend_off
+            if pend:
+                blob = b"".join(pend)
+                self._count("out", len(blob))
+                yield data_pb2.ChunkPiece(range_index=index, offset=pend_off,
+                                          raw_length=len(blob), encoding=data_pb2.IDENTITY,
+                                          data=blob)
+            pend, pend_len, pend_off = [], 0, -1
+
+        sent = False
+        for f in self.chunks.frames(ns, cid, offset, length):
+            if f.compressed:
+                yield from flush()
+                self._count("out", len(f.data))
+                sent = True
+                yield data_pb2.ChunkPiece(range_index=index, offset=f.offset,
+                                          raw_length=f.raw_length, encoding=data_pb2.ZSTD,
+                                          data=bytes(f.data))
+                continue
+            lo = max(offset, f.offset)
+            hi = f.offset + f.raw_length if end is None else min(end, f.offset + f.raw_length)
+            if hi <= lo:
+                continue
+            piece = bytes(memoryview(f.data)[lo - f.offset:hi - f.offset])
+            if pend and (pend_off + pend_len != lo or pend_len + len(piece) > PIECE_MAX):
+                yield from flush()
+            if not pend:
+                pend_off = lo
+            pend.append(piece)
+            pend_len += len(piece)
+            sent = True
+        if pend:
+            yield from flush()
+        elif not sent:
+            # an empty range (or an empty chunk): one empty piece so the client sees the range
+            yield data_pb2.ChunkPiece(range_index=index, offset=offset, raw_length=0,
+                                      encoding=data_pb2.IDENTITY, data=b"")

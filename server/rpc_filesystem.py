@@ -1,0 +1,266 @@
+"""The Filesystem service: the live tree of one branch, a thin layer over the MetadataEngine.
+
+Interface:
+    Backend(datadir, assets=None, metrics=None)   what every servicer shares:
+        .meta .chunks .namespace(name) -> Namespace (cached; NotFound says how to create it)
+        .tree(context) -> TreeRef                 namespace + branch from call metadata; the
+                                                  main branch's tree is created on first use
+        .usage() -> (used_bytes, free_bytes)      of the chunk store
+    attr_pb(Attr) -> common_pb2.Attr
+    FilesystemServicer(backend)                   every RPC of filesystem.proto
+
+Namespace and branch come from call metadata (`aifs-namespace`, `aifs-branch`), already
+checked against the caller's token by `auth.AuthInterceptor`.
+"""
+
+from __future__ import annotations
+
+import stat as stat_mod
+import threading
+from typing import Any
+
+import grpc
+
+from aifs_proto.v1 import common_pb2, filesystem_pb2, filesystem_pb2_grpc
+from aifs_server.auth import call_scope
+from aifs_server.errors import InvalidArgument, NameTooLong, NotFound
+from aifs_server.grpc_errors import rpc
+from aifs_server.metadata.base import NAME_MAX, Attr, ChunkRef, Namespace, TreeRef
+
+READDIR_DEFAULT = 256
+READDIR_MAX = 4096
+BLOCK_SIZE = 4096
+
+
+def attr_pb(a: Attr) -> common_pb2.Attr:
+    return common_pb2.Attr(
+        ino=a.ino, mode=a.mode, nlink=a.nlink, uid=a.uid, gid=a.gid, rdev=a.rdev, size=a.size,
+        atime_ns=a.atime_ns, mtime_ns=a.mtime_ns, ctime_ns=a.ctime_ns, blocks=a.blocks,
+        generation=a.generation)
+
+
+class Backend:
+    """Storage handles shared by the servicers, plus per-call scope resolution."""
+
+    def __init__(self, datadir: Any, assets: Any = None, metrics: Any = None) -> None:
+        self.datadir = datadir
+        self.meta = datadir.meta
+        self.chunks = datadir.chunks
+        self.assets = assets
+        self.metrics = metrics
+        self._lock = threading.Lock()
+        self._namespaces: dict[str, Namespace] = {}
+        self._trees: set[TreeRef] = set()
+
+    def namespace(self, name: str) -> Namespace:
+        ns = self._namespaces.get(name)
+        if ns is not None:
+            return ns
+        try:
+            ns = self.meta.get_namespace(name)
+        except NotFound:
+            raise NotFound(f"namespace {name!r} does not exist; create it with "
+                           f"`aifs format --namespace {name}` (Admin.Format)") from None
+        with self._lock:  # namespace policy is fixed at format time: safe to cache
+            self._namespaces[name] = ns
+        return ns
+
+    def forget_namespace(self, name: str) -> None:
+        with self._lock:
+            self._namespaces.pop(name, None)
+
+    def tree_ref(self, namespace: str, branch: str) -> TreeRef:
+        tree = TreeRef(namespace, branch)
+        if tree in self._trees:
+            return tree
+        self.namespace(namespace)
+        if branch == "main":
+            self.meta.ensure_tree(tree)
+        with self._lock:
+            self._trees.add(tree)
+        return tree
+
+    def tree(self, context: grpc.ServicerContext) -> TreeRef:
+        ns, branch = call_scope(context)
+        return self.tree_ref(ns, branch)
+
+    def usage(self) -> tuple[int, int]:
+        """(bytes used, bytes free) of the chunk store."""
+        used, free = self.datadir.store.usage()
+        return int(used), int(free)
+
+
+def _name(name: bytes) -> bytes:
+    # the engine validates too; checking here gives the wire a precise reason early
+    if len(name) > NAME_MAX:
+        raise NameTooLong(f"name is {len(name)} bytes; the limit is {NAME_MAX}")
+    return bytes(name)
+
+
+class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
+    def __init__(self, backend: Backend) -> None:
+        self.b = backend
+        self.meta = backend.meta
+
+    @rpc
+    def Lookup(self, request: Any, context: grpc.ServicerContext) -> Any:
+        a = self.meta.lookup(self.b.tree(context), request.parent, _name(request.name))
+        return filesystem_pb2.EntryReply(attr=attr_pb(a))
+
+    @rpc
+    def GetAttr(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return filesystem_pb2.AttrReply(attr=attr_pb(self.meta.getattr(self.b.tree(context),
+                                                                       request.ino)))
+
+    @rpc
+    def SetAttr(self, request: Any, context: grpc.ServicerContext) -> Any:
+        a = self.meta.setattr(
+            self.b.tree(context), request.ino, request.fields, mode=request.mode,
+            uid=request.uid, gid=request.gid, size=request.size, atime_ns=request.atime_ns,
+            mtime_ns=request.mtime_ns, ctime_ns=request.ctime_ns)
+        return filesystem_pb2.AttrReply(attr=attr_pb(a))
+
+    @rpc
+    def ReadDir(self, request: Any, context: grpc.ServicerContext) -> Any:
+        limit = min(request.limit or READDIR_DEFAULT, READDIR_MAX)
+        entries, eof = self.meta.readdir(self.b.tree(context), request.ino, request.cookie,
+                                         limit)
+        return filesystem_pb2.ReadDirReply(
+            entries=[filesystem_pb2.DirEntry(name=e.name, attr=attr_pb(e.attr), cookie=e.cookie)
+                     for e in entries],
+            eof=eof)
+
+    @rpc
+    def MkDir(self, request: Any, context: grpc.ServicerContext) -> Any:
+        a = self.meta.mkdir(self.b.tree(context), request.parent, _name(request.name),
+                            request.mode, request.uid, request.gid)
+        return filesystem_pb2.EntryReply(attr=attr_pb(a))
+
+    @rpc
+    def Create(self, request: Any, context: grpc.ServicerContext) -> Any:
+        mode = request.mode
+        if stat_mod.S_IFMT(mode) == 0:
+            mode |= stat_mod.S_IFREG
+        a = self.meta.create(self.b.tree(context), request.parent, _name(request.name), mode,
+                             request.uid, request.gid, request.rdev)
+        return filesystem_pb2.EntryReply(attr=attr_pb(a))
+
+    @rpc
+    def Unlink(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.meta.unlink(self.b.tree(context), request.parent, _name(request.name))
+        return common_pb2.Empty()
+
+    @rpc
+    def RmDir(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.meta.rmdir(self.b.tree(context), request.parent, _name(request.name))
+        return common_pb2.Empty()
+
+    @rpc
+    def Rename(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.meta.rename(self.b.tree(context), request.parent, _name(request.name),
+                         request.new_parent, _name(request.new_name), request.flags)
+        return common_pb2.Empty()
+
+    @rpc
+    def Symlink(self, request: Any, context: grpc.ServicerContext) -> Any:
+        a = self.meta.symlink(self.b.tree(context), request.parent, _name(request.name),
+                              request.target, request.uid, request.gid)
+        return filesystem_pb2.EntryReply(attr=attr_pb(a))
+
+    @rpc
+    def ReadLink(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return filesystem_pb2.ReadLinkReply(
+            target=self.meta.readlink(self.b.tree(context), request.ino))
+
+    @rpc
+    def Link(self, request: Any, context: grpc.ServicerContext) -> Any:
+        a = self.meta.link(self.b.tree(context), request.ino, request.new_parent,
+                           _name(request.new_name))
+        return filesystem_pb2.EntryReply(attr=attr_pb(a))
+
+    @rpc
+    def GetXattr(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return filesystem_pb2.XattrReply(
+            value=self.meta.getxattr(self.b.tree(context), request.ino, request.name))
+
+    @rpc
+    def SetXattr(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.meta.setxattr(self.b.tree(context), request.ino, request.name, request.value,
+                           request.flags)
+        return common_pb2.Empty()
+
+    @rpc
+    def ListXattr(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return filesystem_pb2.ListXattrReply(
+            names=self.meta.listxattr(self.b.tree(context), request.ino))
+
+    @rpc
+    def RemoveXattr(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.meta.removexattr(self.b.tree(context), request.ino, request.name)
+        return common_pb2.Empty()
+
+    @rpc
+    def StatFs(self, request: Any, context: grpc.ServicerContext) -> Any:
+        tree = self.b.tree(context)
+        used, free = self.b.usage()
+        ts = self.meta.tree_stats(tree)
+        cs = self.meta.chunk_stats(tree.namespace)
+        total_blocks = (used + free) // BLOCK_SIZE
+        free_blocks = free // BLOCK_SIZE
+        return filesystem_pb2.StatFsReply(
+            block_size=BLOCK_SIZE, blocks=total_blocks, blocks_free=free_blocks,
+            blocks_avail=free_blocks, files=ts.files, files_free=max(0, 2**32 - ts.files),
+            name_max=NAME_MAX, stored_bytes=cs.stored_bytes, logical_bytes=ts.logical_bytes)
+
+    @rpc
+    def GetChunkMap(self, request: Any, context: grpc.ServicerContext) -> Any:
+        tree = self.b.tree(context)
+        a, refs = self.meta.get_chunk_map(tree, request.ino, request.first_index, request.count)
+        return filesystem_pb2.ChunkMapReply(
+            attr=attr_pb(a), chunk_size=self.b.namespace(tree.namespace).chunk_size,
+            chunks=[common_pb2.ChunkRef(index=r.index, chunk_id=r.chunk_id, length=r.length)
+                    for r in refs])
+
+    @rpc
+    def CommitFile(self, request: Any, context: grpc.ServicerContext) -> Any:
+        tree = self.b.tree(context)
+        chunk_size = self.b.namespace(tree.namespace).chunk_size
+        changed: list[ChunkRef] = []
+        for c in request.chunks:
+            if c.chunk_id and len(c.chunk_id) != 32:
+                raise InvalidArgument(
+                    f"chunk id at index {c.index} is {len(c.chunk_id)} bytes; ids are 32-byte "
+                    f"BLAKE3 digests")
+            if c.length > chunk_size:
+                raise InvalidArgument(
+                    f"chunk slot {c.index} claims {c.length} bytes; the namespace's chunk size "
+                    f"is {chunk_size}")
+            changed.append(ChunkRef(index=c.index, chunk_id=bytes(c.chunk_id), length=c.length))
+        a = self.meta.commit_file(tree, request.ino, changed, request.size,
+                                  truncated=request.truncated, mtime_ns=request.mtime_ns,
+                                  asset_id=request.asset_id)
+        return filesystem_pb2.AttrReply(attr=attr_pb(a))
+
+    @rpc
+    def Forget(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.meta.forget(self.b.tree(context), request.ino)
+        return common_pb2.Empty()
+
+    @rpc
+    def GetFileInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
+        tree = self.b.tree(context)
+        a, refs = self.meta.get_chunk_map(tree, request.ino, 0, 0)
+        if not stat_mod.S_ISREG(a.mode):
+            return filesystem_pb2.FileInfoReply(kind="", logical_bytes=a.size)
+        if self.b.assets is None:
+            raise InvalidArgument("this server has no asset store configured")
+        asset_id = self.b.assets.compute_file_asset_id(tree, request.ino)
+        stored = 0
+        for cid in {r.chunk_id for r in refs if r.chunk_id}:
+            try:
+                stored += int(self.b.chunks.stored_size(tree.namespace, cid))
+            except NotFound:
+                pass  # fsck reports missing chunks; info stays answerable
+        return filesystem_pb2.FileInfoReply(
+            asset_id=asset_id, uri=f"aifs://{tree.namespace}/{asset_id}", kind="blob",
+            stored_bytes=stored, logical_bytes=a.size)

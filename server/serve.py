@@ -1,0 +1,318 @@
+"""`aifs server`: the gRPC server process.
+
+Interface:
+    build_server(datadir, listen, *, tls=None, max_workers=32, metrics=None) -> Server
+        listen: addresses "unix:PATH" or "HOST:PORT"; tls: (cert_pem, key_pem) for TCP.
+        Server.start() binds and serves; .addresses (actual, TCP port 0 resolved);
+        .token_files; .stop(grace) -> None (idempotent; closes nothing it does not own).
+    main(argv=None) -> int / run(args) -> int
+        aifs server --data DIR --listen ADDR [--listen ADDR2] [--tls-cert F --tls-key F]
+                    [--metrics-port N] [--max-workers N] [--format-if-needed] [--grace S]
+    max_message_bytes() -> int    MAX_CHUNK + 1 MiB (at least 8 MiB)
+
+Unix sockets: created 0600 (a parent directory the server creates is 0700); a stale socket file
+(nothing answering) is removed, a live one is an error. Next to each socket the server writes
+PATH.token (0600): an admin token for ALL namespaces and all methods, without expiry — the
+embedded default, so a local user never handles tokens. Whoever can read that file could
+already connect to the 0600 socket, so it grants nothing the file mode does not. It is minted
+fresh at every start; rotate the data dir's macaroon key to revoke old ones.
+
+Shutdown (SIGTERM/SIGINT): stop accepting, let in-flight calls finish within the grace (10 s),
+close the metadata engine, remove the socket files. Calls cut at the grace commit nothing.
+Keys and tokens never reach logs or argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat as stat_mod
+import sys
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from aifs_proto.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    assets_pb2,
+    assets_pb2_grpc,
+    data_pb2,
+    data_pb2_grpc,
+    filesystem_pb2,
+    filesystem_pb2_grpc,
+)
+from aifs_server.auth import AuthInterceptor, mint_token
+from aifs_server.metrics import Metrics
+from aifs_server.rpc_admin import AdminServicer
+from aifs_server.rpc_assets import AssetsServicer
+from aifs_server.rpc_data import DataServicer
+from aifs_server.rpc_filesystem import Backend, FilesystemServicer
+
+log = logging.getLogger("aifs.server")
+
+MAX_CHUNK = 64 << 20
+DEFAULT_WORKERS = 32
+DEFAULT_GRACE = 10.0
+SERVICE_NAMES = tuple(
+    mod.DESCRIPTOR.services_by_name[name].full_name
+    for mod, name in ((filesystem_pb2, "Filesystem"), (data_pb2, "Data"),
+                      (assets_pb2, "Assets"), (admin_pb2, "Admin")))
+
+
+def max_message_bytes(max_chunk: int = MAX_CHUNK) -> int:
+    return max(8 << 20, max_chunk + (1 << 20))
+
+
+def _unix_path(addr: str) -> str | None:
+    if addr.startswith("unix://"):
+        return addr[len("unix://"):]
+    if addr.startswith("unix:"):
+        return addr[len("unix:"):]
+    return None
+
+
+def _prepare_unix_socket(path: str) -> None:
+    if len(path.encode()) >= 108:
+        raise SystemExit(f"aifs server: unix socket path {path!r} is {len(path.encode())} bytes; "
+                         f"the limit is 107: choose a shorter path")
+    parent = Path(path).parent
+    if not parent.exists():
+        parent.mkdir(parents=True, mode=0o700)
+        os.chmod(parent, 0o700)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat_mod.S_ISSOCK(st.st_mode):
+        raise SystemExit(f"aifs server: {path} exists and is not a socket; move it away or "
+                         f"choose another --listen path")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.settimeout(1.0)
+        s.connect(path)
+    except OSError:
+        os.unlink(path)  # stale: nothing answers
+        log.info("removed stale socket %s", path)
+        return
+    finally:
+        s.close()
+    raise SystemExit(f"aifs server: another server is already listening on {path}; stop it "
+                     f"first (or choose another --listen path)")
+
+
+def _write_secret(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def _open_asset_store(datadir: Any) -> Any:
+    from aifs_server.asset_store import AssetStore
+
+    return AssetStore(datadir)
+
+
+@dataclass
+class Server:
+    datadir: Any
+    grpc_server: grpc.Server
+    health: health.HealthServicer
+    metrics: Metrics
+    listen: list[str]
+    addresses: list[str] = field(default_factory=list)
+    token_files: list[str] = field(default_factory=list)
+    socket_paths: list[str] = field(default_factory=list)
+    tls: tuple[bytes, bytes] | None = None
+    _stopped: bool = False
+
+    def start(self) -> None:
+        root_key = self.datadir.root_key
+        for addr in self.listen:
+            upath = _unix_path(addr)
+            if upath is not None:
+                upath = os.path.abspath(upath)
+                _prepare_unix_socket(upath)
+                old = os.umask(0o177)  # the socket file is born 0600
+                try:
+                    self.grpc_server.add_insecure_port(f"unix:{upath}")
+                finally:
+                    os.umask(old)
+                self.socket_paths.append(upath)
+                self.addresses.append(f"unix:{upath}")
+                continue
+            if self.tls is not None:
+                creds = grpc.ssl_server_credentials([(self.tls[1], self.tls[0])])
+                port = self.grpc_server.add_secure_port(addr, creds)
+            else:
+                port = self.grpc_server.add_insecure_port(addr)
+            if port == 0:
+                raise SystemExit(f"aifs server: cannot listen on {addr} (in use or not "
+                                 f"allowed)")
+            host = addr.rsplit(":", 1)[0]
+            self.addresses.append(f"{host}:{port}")
+        self.grpc_server.start()
+        for upath in self.socket_paths:
+            os.chmod(upath, 0o600)
+            tok_path = upath + ".token"
+            _write_secret(tok_path, mint_token(root_key, "*", "all", None) + "\n")
+            self.token_files.append(tok_path)
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        for name in SERVICE_NAMES:
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def stop(self, grace: float = DEFAULT_GRACE) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        self.health.enter_graceful_shutdown()
+        done = self.grpc_server.stop(grace)
+        done.wait(grace + 5)
+        self.metrics.stop()
+        for upath in self.socket_paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(upath)
+
+
+def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | None = None,
+                 max_workers: int = DEFAULT_WORKERS, metrics: Metrics | None = None,
+                 assets: Any = None) -> Server:
+    """A configured, not yet started server over an opened data dir."""
+    meta = datadir.meta
+
+    def stats() -> dict[str, tuple[int, int]]:
+        out = {}
+        for ns in meta.list_namespaces():
+            cs = meta.chunk_stats(ns.name)
+            out[ns.name] = (cs.stored_bytes, cs.raw_bytes)
+        return out
+
+    metrics = metrics or Metrics(stats)
+    if assets is None:
+        assets = _open_asset_store(datadir)
+    backend = Backend(datadir, assets=assets, metrics=metrics)
+    limit = max_message_bytes()
+    gserver = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="aifs-rpc"),
+        interceptors=[metrics.interceptor(), AuthInterceptor(datadir.root_key)],
+        options=[
+            ("grpc.max_send_message_length", limit),
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    filesystem_pb2_grpc.add_FilesystemServicer_to_server(FilesystemServicer(backend), gserver)
+    data_pb2_grpc.add_DataServicer_to_server(DataServicer(backend), gserver)
+    assets_pb2_grpc.add_AssetsServicer_to_server(AssetsServicer(backend), gserver)
+    admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(backend), gserver)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, gserver)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), gserver)
+    return Server(datadir=datadir, grpc_server=gserver, health=health_servicer, metrics=metrics,
+                  listen=list(listen), tls=tls)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="aifs server", description="Run the AIFS gRPC server.")
+    p.add_argument("--data", required=True, help="the data directory (see `aifs format`)")
+    p.add_argument("--listen", action="append", default=[],
+                   help="unix:PATH or HOST:PORT; repeatable (default unix:<data>/aifs.sock)")
+    p.add_argument("--tls-cert", help="PEM certificate for TCP listeners")
+    p.add_argument("--tls-key", help="PEM private key for TCP listeners")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus metrics on 127.0.0.1:N (0 = any free port)")
+    p.add_argument("--max-workers", type=int, default=DEFAULT_WORKERS)
+    p.add_argument("--format-if-needed", action="store_true",
+                   help="format --data first when it is not an AIFS data directory yet")
+    p.add_argument("--grace", type=float, default=DEFAULT_GRACE,
+                   help="seconds in-flight calls get to finish at shutdown")
+    p.add_argument("--log-level", default=os.environ.get("AIFS_LOG_LEVEL", "INFO"))
+    return p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    from aifs_server import datadir as dd
+
+    data = os.path.abspath(args.data)
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("aifs server: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    if not dd.is_formatted(data):
+        if args.format_if_needed:
+            res = dd.format_data_dir(data)
+            print(f"aifs server: {res.message}", file=sys.stderr, flush=True)
+        else:
+            print(f"aifs server: {data} is not a formatted AIFS data directory; run "
+                  f"`aifs format --data {data}` first (or start with --format-if-needed)",
+                  file=sys.stderr)
+            return 2
+    try:
+        datadir = dd.open_data_dir(data)
+    except dd.DataDirError as e:
+        print(f"aifs server: {e.message}", file=sys.stderr)
+        return 2
+    tls = None
+    if args.tls_cert:
+        tls = (Path(args.tls_cert).read_bytes(), Path(args.tls_key).read_bytes())
+    listen = args.listen or [f"unix:{os.path.join(data, 'aifs.sock')}"]
+    stop_event = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("received %s: shutting down", signal.Signals(signum).name)
+        stop_event.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        srv = build_server(datadir, listen, tls=tls, max_workers=args.max_workers)
+        srv.start()
+    except SystemExit as e:
+        datadir.close()
+        print(str(e.code), file=sys.stderr)
+        return 1
+    except Exception as e:
+        datadir.close()
+        log.exception("cannot start")
+        print(f"aifs server: cannot start: {e}", file=sys.stderr)
+        return 1
+    extra = ""
+    if args.metrics_port is not None:
+        mport = srv.metrics.serve(args.metrics_port)
+        extra = f" (metrics on http://127.0.0.1:{mport}/metrics)"
+    print(f"aifs server: listening on {', '.join(srv.addresses)}{extra}", flush=True)
+    for tok in srv.token_files:
+        log.info("admin token for local clients written to %s", tok)
+    while not stop_event.wait(1.0):
+        pass
+    srv.stop(args.grace)
+    datadir.close()
+    log.info("stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
