@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from importlib import metadata as importlib_metadata
 from typing import Any
 
@@ -28,7 +27,7 @@ from aifs_proto.v1 import admin_pb2, admin_pb2_grpc
 from aifs_server.auth import call_scope, current_grant
 from aifs_server.errors import AIFSError, InvalidArgument, NotFound, PermissionDenied
 from aifs_server.grpc_errors import rpc
-from aifs_server.metadata.base import ROOT_INO, Namespace, TreeRef
+from aifs_server.metadata.base import Namespace, TreeRef
 from aifs_server.rpc_filesystem import Backend
 
 FEATURES = ["zstd-wire", "frames", "macaroons", "keyed-chunk-names", "health", "reflection",
@@ -142,55 +141,12 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
         return admin_pb2.ListNamespacesReply(namespaces=[self._info(ns)
                                                          for ns in self._allowed()])
 
-    def _recorded_chunks(self, ns: str) -> Iterator[bytes]:
-        """Every chunk id recorded in `ns` (engine listing when it has one, else a walk)."""
-        it = getattr(self.meta, "iter_chunks", None)
-        if callable(it):
-            for item in it(ns):
-                yield item[0] if isinstance(item, tuple) else item
-            return
-        seen: set[bytes] = set()
-        for cid in self.meta.gc_candidates(ns, time.time_ns() + 10**18):
-            if cid not in seen:
-                seen.add(cid)
-                yield cid
-        after = ""
-        while True:
-            recs = self.meta.list_assets(ns, limit=500, after=after)
-            for r in recs:
-                for c in r.chunks:
-                    if c.chunk_id and c.chunk_id not in seen:
-                        seen.add(c.chunk_id)
-                        yield c.chunk_id
-            if len(recs) < 500:
-                break
-            after = recs[-1].asset_id
-        tree = TreeRef(ns, "main")
-        stack = [ROOT_INO]
-        while stack:
-            d = stack.pop()
-            cookie = 0
-            while True:
-                entries, eof = self.meta.readdir(tree, d, cookie, 1024)
-                for e in entries:
-                    cookie = e.cookie
-                    if e.attr.mode & 0o170000 == 0o040000:
-                        stack.append(e.attr.ino)
-                    elif e.attr.mode & 0o170000 == 0o100000:
-                        _a, refs = self.meta.get_chunk_map(tree, e.attr.ino, 0, 0)
-                        for r in refs:
-                            if r.chunk_id and r.chunk_id not in seen:
-                                seen.add(r.chunk_id)
-                                yield r.chunk_id
-                if eof or not entries:
-                    break
-
     @rpc
     def Fsck(self, request: Any, context: grpc.ServicerContext) -> Any:
         problems: list[str] = []
         checked = 0
         for ns in self._allowed():
-            for cid in self._recorded_chunks(ns.name):
+            for cid in self.meta.iter_chunks(ns.name):
                 checked += 1
                 try:
                     if not self.b.chunks.has(ns.name, [cid])[0]:

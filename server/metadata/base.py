@@ -22,6 +22,7 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -162,6 +163,7 @@ class MetadataEngine(Protocol):
                      ) -> bool: ...        # True when new, False when already recorded
     def has_chunks(self, namespace: str, chunk_ids: list[bytes]) -> list[bool]: ...
     def chunk_stats(self, namespace: str) -> ChunkStats: ...
+    def iter_chunks(self, namespace: str) -> Iterator[bytes]: ...   # every recorded chunk id
     def gc_candidates(self, namespace: str, unreferenced_before_ns: int) -> list[bytes]: ...
     def forget_chunk(self, namespace: str, chunk_id: bytes) -> bool: ...  # only if still unreferenced
     def orphan_inodes(self, tree: TreeRef) -> list[int]: ...   # nlink 0 (for GC after a crash)

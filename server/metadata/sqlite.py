@@ -873,6 +873,19 @@ class SQLiteMetadata:
                                  (namespace,)).fetchone()
         return ChunkStats(chunks=r[0], raw_bytes=r[1], stored_bytes=r[2])
 
+    def iter_chunks(self, namespace: str) -> Iterator[bytes]:
+        """Every chunk id recorded in `namespace`, paged so a huge store is never one list."""
+        self._need_namespace(namespace)
+        after = b""
+        while True:
+            rows = self._conn().execute(
+                "SELECT chunk_id FROM chunks WHERE namespace = ? AND chunk_id > ? "
+                "ORDER BY chunk_id LIMIT 1000", (namespace, after)).fetchall()
+            yield from (bytes(r[0]) for r in rows)
+            if len(rows) < 1000:
+                return
+            after = bytes(rows[-1][0])
+
     def gc_candidates(self, namespace: str, unreferenced_before_ns: int) -> list[bytes]:
         self._need_namespace(namespace)
         rows = self._conn().execute(

@@ -475,3 +475,19 @@ def test_connection_per_thread(md: SQLiteMetadata) -> None:
     assert errors == [] and len(set(seen)) == 4
     ents, eof = md.readdir(T, ROOT_INO, 0, 1000)
     assert eof and len(ents) == 80 and len({e.attr.ino for e in ents}) == 80
+
+
+def test_iter_chunks_lists_every_recorded_chunk_of_its_namespace_only(tmp_path):
+    from aifs_server.metadata.base import Namespace
+    from aifs_server.metadata.sqlite import SQLiteMetadata
+
+    meta = SQLiteMetadata(tmp_path / "meta.db")
+    meta.create_namespace(Namespace("a", 1 << 20, 1, "local:1"))
+    meta.create_namespace(Namespace("b", 1 << 20, 1, "local:1"))
+    ids = sorted(bytes([i % 256, i // 256]) * 16 for i in range(2500))  # more than one page
+    for cid in ids:
+        meta.record_chunk("a", cid, 10, 20)
+    meta.record_chunk("b", b"\xff" * 32, 10, 20)
+    assert list(meta.iter_chunks("a")) == ids
+    assert list(meta.iter_chunks("b")) == [b"\xff" * 32]
+    meta.close()
