@@ -259,7 +259,7 @@ class AssetStore:
                 pass
         except AIFSError as e:
             return False, e.message
-        return True, f"ok: {len(record.chunks)} chunks, {record.size} bytes, BLAKE3 matches"
+        return True, f"{len(record.chunks)} chunks, {record.size} bytes, BLAKE3 matches"
 
     # --- files as assets --------------------------------------------------------------------
     def compute_file_asset_id(self, tree: TreeRef, ino: int) -> str:

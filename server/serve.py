@@ -167,12 +167,15 @@ class Server:
                                  f"allowed)")
             host = addr.rsplit(":", 1)[0]
             self.addresses.append(f"{host}:{port}")
-        self.grpc_server.start()
+        # The token file exists before the first call can arrive, so a client that connects
+        # the moment the socket appears always finds it.
         for upath in self.socket_paths:
-            os.chmod(upath, 0o600)
             tok_path = upath + ".token"
             _write_secret(tok_path, mint_token(root_key, "*", "all", None) + "\n")
             self.token_files.append(tok_path)
+        self.grpc_server.start()
+        for upath in self.socket_paths:
+            os.chmod(upath, 0o600)
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in SERVICE_NAMES:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
