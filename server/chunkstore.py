@@ -2,7 +2,11 @@
 
 Interface:
     ChunkStore (Protocol)
-        put(name, data) -> bool         atomic and idempotent: False if `name` was already there
+        put(name, data, sync_dir=True) -> bool
+                                        atomic and idempotent: False if `name` was already there;
+                                        sync_dir=False leaves the directory entry to a later
+                                        sync_dirs() (how a batch pays one directory fsync)
+        sync_dirs(names)                fsync the directories holding these names, once each
         get(name) -> bytes              errors.NotFound if absent
         exists(name) -> bool
         size(name) -> int               stored bytes; errors.NotFound if absent
@@ -26,7 +30,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from aifs_server.errors import InvalidArgument, NoSpace, NotFound
@@ -36,7 +40,8 @@ _TMP_PREFIX = ".tmp-"
 
 
 class ChunkStore(Protocol):
-    def put(self, name: str, data: bytes) -> bool: ...
+    def put(self, name: str, data: bytes, sync_dir: bool = True) -> bool: ...
+    def sync_dirs(self, names: Iterable[str]) -> None: ...
     def get(self, name: str) -> bytes: ...
     def exists(self, name: str) -> bool: ...
     def size(self, name: str) -> int: ...
@@ -81,7 +86,7 @@ class LocalChunkStore:
             f"or move the store to a larger one; nothing was written"
         )
 
-    def put(self, name: str, data: bytes | bytearray | memoryview) -> bool:
+    def put(self, name: str, data: bytes | bytearray | memoryview, sync_dir: bool = True) -> bool:
         path = self._path(name)
         if os.path.exists(path):
             return False
@@ -114,7 +119,8 @@ class LocalChunkStore:
                         self._used += nbytes
                 except FileExistsError:
                     created = False
-            _fsync_dir(directory)
+            if sync_dir:
+                _fsync_dir(directory)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise self._no_space(name, exc) from None
@@ -125,6 +131,10 @@ class LocalChunkStore:
             except FileNotFoundError:
                 pass
         return created
+
+    def sync_dirs(self, names: Iterable[str]) -> None:
+        for directory in sorted({os.path.dirname(self._path(n)) for n in names}):
+            _fsync_dir(directory)
 
     def get(self, name: str) -> bytes:
         try:

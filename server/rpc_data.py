@@ -65,6 +65,11 @@ def _decompress_limited(data: bytes, limit: int, chunk_hex: str) -> bytes:
     return b"".join(parts)
 
 
+# A PutChunks stream is stored in batches: sealed in parallel, one directory fsync per batch.
+# Bounded so a stream holds at most this much plaintext in memory.
+PUT_BATCH_CHUNKS = 8
+PUT_BATCH_BYTES = 16 << 20
+
 class DataServicer(data_pb2_grpc.DataServicer):
     def __init__(self, backend: Backend) -> None:
         self.b = backend
@@ -89,34 +94,53 @@ class DataServicer(data_pb2_grpc.DataServicer):
     def PutChunks(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
         ns_name, _ = call_scope(context)
         ns = self.b.namespace(ns_name)
-        stored = dedup = 0
-        stored_bytes = 0
+        reply = data_pb2.PutChunksReply()
+        batch: list[tuple[bytes, bytes]] = []
+        batch_bytes = 0
+
+        def store_batch() -> None:
+            # Chunks are recorded only once the whole batch is durable, so a record never
+            # names a chunk a crash could lose (dedup would then skip re-uploading it).
+            results = self.chunks.put_batch(ns_name, batch, ns.zstd_level)
+            for (cid, plain), (_new, stored_len) in zip(batch, results, strict=True):
+                if self.meta.record_chunk(ns_name, cid, len(plain), int(stored_len)):
+                    reply.stored += 1
+                    reply.stored_bytes += int(stored_len)
+                else:
+                    reply.deduplicated += 1
+            batch.clear()
+
         for req in request_iterator:
             cid = _check_id(req.chunk_id)
-            hexid = cid.hex()
-            self._count("in", len(req.data))
-            if req.encoding == data_pb2.ZSTD:
-                plain = _decompress_limited(req.data, ns.chunk_size, hexid)
-            elif req.encoding == data_pb2.IDENTITY:
-                plain = req.data
-            else:
-                raise InvalidArgument(f"chunk {hexid}: unknown encoding {req.encoding}")
-            if len(plain) > ns.chunk_size:
-                raise InvalidArgument(
-                    f"chunk {hexid} is {len(plain)} bytes; namespace {ns_name!r} takes chunks "
-                    f"of at most {ns.chunk_size} bytes")
-            if req.raw_length and req.raw_length != len(plain):
-                raise InvalidArgument(
-                    f"chunk {hexid}: raw_length says {req.raw_length} bytes but the data is "
-                    f"{len(plain)}")
-            _new, stored_len = self.chunks.put(ns_name, cid, plain, ns.zstd_level)
-            if self.meta.record_chunk(ns_name, cid, len(plain), int(stored_len)):
-                stored += 1
-                stored_bytes += int(stored_len)
-            else:
-                dedup += 1
-        return data_pb2.PutChunksReply(stored=stored, deduplicated=dedup,
-                                       stored_bytes=stored_bytes)
+            plain = self._plaintext(req, cid, ns_name, ns.chunk_size)
+            batch.append((cid, plain))
+            batch_bytes += len(plain)
+            if len(batch) >= PUT_BATCH_CHUNKS or batch_bytes >= PUT_BATCH_BYTES:
+                store_batch()
+                batch_bytes = 0
+        if batch:
+            store_batch()
+        return reply
+
+    def _plaintext(self, req: Any, cid: bytes, ns_name: str, chunk_size: int) -> bytes:
+        """The uploaded chunk's plaintext, its encoding undone and its size checked."""
+        hexid = cid.hex()
+        self._count("in", len(req.data))
+        if req.encoding == data_pb2.ZSTD:
+            plain = _decompress_limited(req.data, chunk_size, hexid)
+        elif req.encoding == data_pb2.IDENTITY:
+            plain = req.data
+        else:
+            raise InvalidArgument(f"chunk {hexid}: unknown encoding {req.encoding}")
+        if len(plain) > chunk_size:
+            raise InvalidArgument(
+                f"chunk {hexid} is {len(plain)} bytes; namespace {ns_name!r} takes chunks "
+                f"of at most {chunk_size} bytes")
+        if req.raw_length and req.raw_length != len(plain):
+            raise InvalidArgument(
+                f"chunk {hexid}: raw_length says {req.raw_length} bytes but the data is "
+                f"{len(plain)}")
+        return bytes(plain)
 
     @rpc
     def GetChunks(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:

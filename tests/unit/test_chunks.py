@@ -244,3 +244,21 @@ def test_a_kms_key_missing_from_the_keyring_is_key_unavailable(env: Env) -> None
         svc.read("default", cid(old))
     assert exc.value.reason == "KEY_UNAVAILABLE"
     assert svc.read("default", cid(new)) == new  # chunks under the current key still read
+
+
+def test_put_batch_stores_every_chunk_once_and_reads_back(env: Env) -> None:
+    datas = [text(MiB, seed=i) for i in range(6)] + [os.urandom(1000)]
+    datas.append(datas[0])  # a duplicate inside the batch is stored once
+    results = env.svc.put_batch("default", [(cid(d), d) for d in datas], 3)
+    assert [new for new, _ in results[:7]] == [True] * 7
+    assert results[7] == (False, results[0][1])
+    assert len(env.stored_files()) == 7
+    for d in datas:
+        assert env.svc.read("default", cid(d)) == d
+
+
+def test_put_batch_refuses_a_chunk_whose_id_does_not_match(env: Env) -> None:
+    good, bad = text(4096, seed=1), text(4096, seed=2)
+    with pytest.raises(InvalidArgument, match="not the BLAKE3"):
+        env.svc.put_batch("default", [(cid(good), good), (cid(good), bad)])
+    assert env.svc.has("default", [cid(bad)]) == [False]
