@@ -808,11 +808,12 @@ class AIFSClient:
 
     def commit_file(self, ino: int, chunks: Iterable[ChunkRef | tuple[int, bytes, int]],
                     size: int, truncated: bool = False, mtime_ns: int = 0,
-                    asset_id: str = "") -> Attr:
+                    asset_id: str = "", durable: bool = False) -> Attr:
         # Idempotent: the same slots and size applied twice give the same file.
+        # durable=True (fsync) returns only once the commit is on the server's stable storage.
         r = self._unary(self._fs.CommitFile, filesystem_pb2.CommitFileRequest(
             ino=ino, chunks=[chunkref_to_pb(c) for c in chunks], size=size,
-            truncated=truncated, mtime_ns=mtime_ns, asset_id=asset_id))
+            truncated=truncated, mtime_ns=mtime_ns, asset_id=asset_id, durable=durable))
         return attr_from_pb(r.attr)
 
     def forget(self, ino: int) -> None:

@@ -238,7 +238,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
             changed.append(ChunkRef(index=c.index, chunk_id=bytes(c.chunk_id), length=c.length))
         a = self.meta.commit_file(tree, request.ino, changed, request.size,
                                   truncated=request.truncated, mtime_ns=request.mtime_ns,
-                                  asset_id=request.asset_id)
+                                  asset_id=request.asset_id, durable=request.durable)
         return filesystem_pb2.AttrReply(attr=attr_pb(a))
 
     @rpc

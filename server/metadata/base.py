@@ -153,7 +153,9 @@ class MetadataEngine(Protocol):
     def get_chunk_map(self, tree: TreeRef, ino: int, first_index: int = 0, count: int = 0
                       ) -> tuple[Attr, list[ChunkRef]]: ...               # count 0 = all
     def commit_file(self, tree: TreeRef, ino: int, changed: list[ChunkRef], size: int,
-                    truncated: bool = False, mtime_ns: int = 0, asset_id: str = "") -> Attr: ...
+                    truncated: bool = False, mtime_ns: int = 0, asset_id: str = "",
+                    durable: bool = False) -> Attr: ...
+    # durable: on stable storage (not only safe from a process crash) when it returns
     def get_file_asset_id(self, tree: TreeRef, ino: int) -> tuple[str, int]: ...  # (id or "", generation)
     def set_file_asset_id(self, tree: TreeRef, ino: int, generation: int, asset_id: str
                           ) -> None: ...   # ignored when the generation moved on meanwhile

@@ -150,15 +150,23 @@ class SQLiteMetadata:
         return c
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def _write(self, durable: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction. durable: this commit fsyncs the WAL (synchronous=FULL for it
+        alone; in WAL mode that also makes every earlier commit durable), for fsync callers."""
         c = self._conn()
-        c.execute("BEGIN IMMEDIATE")
+        if durable and self._sync != "FULL":
+            c.execute("PRAGMA synchronous=FULL")
         try:
-            yield c
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
-        c.execute("COMMIT")
+            c.execute("BEGIN IMMEDIATE")
+            try:
+                yield c
+            except BaseException:
+                c.execute("ROLLBACK")
+                raise
+            c.execute("COMMIT")
+        finally:
+            if durable and self._sync != "FULL":
+                c.execute(f"PRAGMA synchronous={self._sync}")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -718,7 +726,8 @@ class SQLiteMetadata:
         return delta
 
     def commit_file(self, tree: TreeRef, ino: int, changed: list[ChunkRef], size: int,
-                    truncated: bool = False, mtime_ns: int = 0, asset_id: str = "") -> Attr:
+                    truncated: bool = False, mtime_ns: int = 0, asset_id: str = "",
+                    durable: bool = False) -> Attr:
         t = self._tree(tree)
         if size < 0:
             raise InvalidArgument(f"size must not be negative, got {size}")
@@ -735,7 +744,7 @@ class SQLiteMetadata:
                                           f"1..{t.chunk_size} (the namespace chunk size)")
             slots[ref.index] = ref
         now = _now()
-        with self._write() as c:
+        with self._write(durable) as c:
             r = self._row(c, t, ino)
             if stat.S_ISDIR(r[1]):
                 raise IsADirectory(f"inode {ino} in {t.where()} is a directory, not a file")

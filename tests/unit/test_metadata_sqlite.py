@@ -491,3 +491,18 @@ def test_iter_chunks_lists_every_recorded_chunk_of_its_namespace_only(tmp_path):
     assert list(meta.iter_chunks("a")) == ids
     assert list(meta.iter_chunks("b")) == [b"\xff" * 32]
     meta.close()
+
+
+def test_durable_commit_syncs_that_transaction_only(md: SQLiteMetadata, db: Path) -> None:
+    f = new_file(md)
+    record(md, 1)
+    conn = md._conn()
+    seen: list[int] = []
+    # observe the connection's synchronous level while the durable transaction runs
+    conn.set_trace_callback(lambda sql: seen.append(conn.execute("PRAGMA synchronous")
+                                                    .fetchone()[0]) if sql == "COMMIT" else None)
+    md.commit_file(T, f, [ChunkRef(0, cid(1), CS)], CS, durable=True)
+    md.commit_file(T, f, [ChunkRef(0, cid(1), CS)], CS)
+    conn.set_trace_callback(None)
+    assert seen == [2, 1]  # FULL for the durable commit, NORMAL again afterwards
+    assert md.get_chunk_map(T, f)[1] == [ChunkRef(0, cid(1), CS)]

@@ -232,20 +232,22 @@ class ChunkMapReply(_message.Message):
     def __init__(self, attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., chunk_size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[_common_pb2.ChunkRef, _Mapping]]] = ...) -> None: ...
 
 class CommitFileRequest(_message.Message):
-    __slots__ = ("ino", "chunks", "size", "truncated", "mtime_ns", "asset_id")
+    __slots__ = ("ino", "chunks", "size", "truncated", "mtime_ns", "asset_id", "durable")
     INO_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     MTIME_NS_FIELD_NUMBER: _ClassVar[int]
     ASSET_ID_FIELD_NUMBER: _ClassVar[int]
+    DURABLE_FIELD_NUMBER: _ClassVar[int]
     ino: int
     chunks: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChunkRef]
     size: int
     truncated: bool
     mtime_ns: int
     asset_id: str
-    def __init__(self, ino: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[_common_pb2.ChunkRef, _Mapping]]] = ..., size: _Optional[int] = ..., truncated: _Optional[bool] = ..., mtime_ns: _Optional[int] = ..., asset_id: _Optional[str] = ...) -> None: ...
+    durable: bool
+    def __init__(self, ino: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[_common_pb2.ChunkRef, _Mapping]]] = ..., size: _Optional[int] = ..., truncated: _Optional[bool] = ..., mtime_ns: _Optional[int] = ..., asset_id: _Optional[str] = ..., durable: _Optional[bool] = ...) -> None: ...
 
 class FileInfoReply(_message.Message):
     __slots__ = ("asset_id", "uri", "kind", "stored_bytes", "logical_bytes")
