@@ -1,0 +1,309 @@
+"""Mounting and unmounting: the mount process itself, its detached start, and `up`/`down`.
+
+Interface:
+    MountOptions(address, mountpoint, namespace="default", branch="main", token_file=None,
+                 allow_other=False, read_only=False, cache_size=128 MiB, attr_timeout=1.0,
+                 entry_timeout=None (= attr_timeout), retry_for=30.0, timeout=30.0,
+                 max_dirty=64 MiB, debug=False)
+    check_server(opts) -> None                  health check; raises MountError with a clear message
+    run_mount(opts) -> int                      the mount, in this process, until unmounted or
+                                                SIGTERM/SIGINT (both commit everything first)
+    spawn_mount(opts, log_path, wait=30.0) -> int (pid)
+                                                start `python -m aifsfs.fuse.mounter` detached (own
+                                                session, output to log_path) and return once the
+                                                mountpoint answers; MountError with the log tail if not
+    wait_mounted(path, proc=None, timeout=30.0) -> None
+    unmount(mountpoint, timeout=10.0) -> None   fusermount3 -u, retried, then -uz; MountError if
+                                                it is still mounted
+    is_mounted(path) -> bool
+    main(argv)                                  `python -m aifsfs.fuse.mounter` (the detached child)
+
+The mount process flushes everything it buffered when the kernel unmounts it (pyfuse3.main
+returns) and when it gets SIGTERM/SIGINT (then it unmounts itself).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("aifsfs.mount")
+
+
+class MountError(Exception):
+    """Mounting or unmounting failed; the message says why and what to do."""
+
+
+@dataclass
+class MountOptions:
+    address: str
+    mountpoint: str
+    namespace: str = "default"
+    branch: str = "main"
+    token_file: str | None = None
+    allow_other: bool = False
+    read_only: bool = False
+    cache_size: int = 128 << 20
+    attr_timeout: float = 1.0
+    entry_timeout: float | None = None
+    retry_for: float = 30.0
+    timeout: float = 30.0
+    max_dirty: int = 64 << 20
+    debug: bool = False
+
+    def to_argv(self) -> list[str]:
+        argv = [self.address, self.mountpoint, "--namespace", self.namespace,
+                "--branch", self.branch, "--cache-size", str(self.cache_size),
+                "--attr-timeout", str(self.attr_timeout), "--retry-for", str(self.retry_for),
+                "--timeout", str(self.timeout), "--max-dirty", str(self.max_dirty)]
+        if self.entry_timeout is not None:
+            argv += ["--entry-timeout", str(self.entry_timeout)]
+        if self.token_file:
+            argv += ["--token-file", self.token_file]
+        if self.allow_other:
+            argv.append("--allow-other")
+        if self.read_only:
+            argv.append("--read-only")
+        if self.debug:
+            argv.append("--debug")
+        return argv
+
+
+def _client(opts: MountOptions, retry_for: float | None = None) -> Any:
+    from aifsfs.client import AIFSClient
+
+    return AIFSClient(opts.address, token_file=opts.token_file, namespace=opts.namespace,
+                      branch=opts.branch, timeout=opts.timeout,
+                      retry_for=opts.retry_for if retry_for is None else retry_for)
+
+
+def check_server(opts: MountOptions, retry_for: float = 5.0) -> None:
+    """The server must answer before we mount: fail fast with a clear message."""
+    from aifs_server.errors import AIFSError
+
+    try:
+        client = _client(opts, retry_for)
+    except AIFSError as exc:
+        raise MountError(f"cannot mount: {exc}") from None
+    try:
+        status = client.health()
+        if status != "SERVING":
+            raise MountError(f"the AIFS server at {opts.address} is {status}, not SERVING")
+        client.getattr(1)   # the token and namespace are good for this tree
+    except AIFSError as exc:
+        raise MountError(f"cannot mount {opts.mountpoint}: the AIFS server at {opts.address} "
+                         f"did not answer: {exc}") from None
+    finally:
+        client.close()
+
+
+def is_mounted(path: str | os.PathLike[str]) -> bool:
+    try:
+        return os.path.ismount(path)
+    except OSError:
+        return False
+
+
+def _check_mountpoint(path: str) -> None:
+    p = Path(path)
+    if not p.is_dir():
+        raise MountError(f"mountpoint {path} is not a directory (create it with mkdir -p)")
+    if is_mounted(p):
+        raise MountError(f"{path} is already a mount point (unmount it with `aifs umount {path}`)")
+
+
+def run_mount(opts: MountOptions) -> int:
+    """Mount in this process and serve until unmounted; returns the exit code."""
+    import pyfuse3
+    import trio
+
+    from aifsfs.fuse.ops import AIFSOperations
+
+    _check_mountpoint(opts.mountpoint)
+    client = _client(opts)
+    ops = AIFSOperations(
+        client, attr_timeout=opts.attr_timeout,
+        entry_timeout=opts.attr_timeout if opts.entry_timeout is None else opts.entry_timeout,
+        cache_bytes=opts.cache_size, max_dirty_bytes=opts.max_dirty, read_only=opts.read_only)
+    options = {"fsname=aifs", "subtype=aifs", "default_permissions"}
+    if opts.allow_other:
+        options.add("allow_other")
+    if opts.read_only:
+        options.add("ro")
+    if opts.debug:
+        options.add("debug")
+    pyfuse3.init(ops, opts.mountpoint, options)
+    stopped_by_signal = False
+
+    async def serve() -> None:
+        nonlocal stopped_by_signal
+        async with trio.open_nursery() as nursery:
+            ops.start(nursery)
+
+            async def on_signal() -> None:
+                nonlocal stopped_by_signal
+                with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as sigs:
+                    async for signum in sigs:
+                        log.info("signal %d: committing buffered data, then unmounting", signum)
+                        stopped_by_signal = True
+                        await ops.flush_all()
+                        pyfuse3.terminate()
+                        return
+
+            nursery.start_soon(on_signal)
+            await pyfuse3.main(min_tasks=4, max_tasks=64)
+            await ops.shutdown()
+            nursery.cancel_scope.cancel()
+
+    code = 0
+    try:
+        print(f"aifs: mounted {opts.address} ({opts.namespace}/{opts.branch}) on "
+              f"{opts.mountpoint}", flush=True)
+        trio.run(serve)
+    except BaseException:
+        log.exception("the mount stopped with an error")
+        code = 1
+        raise
+    finally:
+        # unmount=True unmounts when we stop on our own (signal); after an external
+        # unmount it is a no-op.
+        with contextlib.suppress(Exception):
+            pyfuse3.close(unmount=True)
+        client.close()
+    if stopped_by_signal:
+        log.info("unmounted %s", opts.mountpoint)
+    return code
+
+
+def wait_mounted(path: str, proc: subprocess.Popen[bytes] | None = None,
+                 timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise MountError(f"the mount process exited with code {proc.returncode}")
+        if is_mounted(path):
+            with contextlib.suppress(OSError):
+                os.stat(path)
+                return
+        time.sleep(0.05)
+    raise MountError(f"{path} did not become a mount within {timeout:.0f} s")
+
+
+def spawn_mount(opts: MountOptions, log_path: str | os.PathLike[str],
+                wait: float = 30.0) -> int:
+    """Start the mount as a detached child; return its pid once the mount answers."""
+    _check_mountpoint(opts.mountpoint)
+    cmd = [sys.executable, "-m", "aifsfs.fuse.mounter", *opts.to_argv()]
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                start_new_session=True, close_fds=True)
+    try:
+        wait_mounted(opts.mountpoint, proc, wait)
+    except MountError as exc:
+        if proc.poll() is None:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
+        tail = ""
+        with contextlib.suppress(OSError):
+            tail = Path(log_path).read_text(errors="replace")[-2000:]
+        raise MountError(f"{exc}; mount log {log_path}:\n{tail}") from None
+    return proc.pid
+
+
+def unmount(mountpoint: str | os.PathLike[str], timeout: float = 10.0) -> None:
+    """fusermount3 -u (retried while busy), then lazy -uz; MountError if still mounted."""
+    mp = os.fspath(mountpoint)
+    if not is_mounted(mp):
+        raise MountError(f"{mp} is not mounted")
+    last = ""
+    deadline = time.monotonic() + timeout
+    while True:
+        r = subprocess.run(["fusermount3", "-u", mp], capture_output=True, text=True)
+        if r.returncode == 0 or not is_mounted(mp):
+            return
+        last = r.stderr.strip()
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    r = subprocess.run(["fusermount3", "-uz", mp], capture_output=True, text=True)
+    if r.returncode != 0 and is_mounted(mp):
+        raise MountError(f"cannot unmount {mp}: {last or r.stderr.strip()} "
+                         f"(close the files open there and retry)")
+
+
+def wait_pid_exit(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        with contextlib.suppress(ChildProcessError):
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def add_mount_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("address", help="server address: unix:PATH or HOST:PORT")
+    p.add_argument("mountpoint", help="an empty directory to mount on")
+    p.add_argument("--namespace", default="default")
+    p.add_argument("--branch", default="main")
+    p.add_argument("--token-file", default=None,
+                   help="file holding the capability token (default: next to a unix socket)")
+    p.add_argument("--allow-other", action="store_true",
+                   help="let other users use the mount (needs user_allow_other for non-root)")
+    p.add_argument("--read-only", action="store_true")
+    p.add_argument("--cache-size", type=int, default=128 << 20,
+                   help="chunk cache bytes (default 128 MiB)")
+    p.add_argument("--attr-timeout", type=float, default=1.0,
+                   help="seconds the kernel may cache attributes and entries (default 1)")
+    p.add_argument("--entry-timeout", type=float, default=None)
+    p.add_argument("--retry-for", type=float, default=30.0,
+                   help="seconds to retry an unreachable server before EIO (default 30)")
+    p.add_argument("--timeout", type=float, default=30.0, help="per-call deadline, seconds")
+    p.add_argument("--max-dirty", type=int, default=64 << 20,
+                   help="bytes of unwritten data the mount may buffer (default 64 MiB)")
+    p.add_argument("--debug", action="store_true")
+
+
+def options_from_args(a: argparse.Namespace) -> MountOptions:
+    return MountOptions(
+        address=a.address, mountpoint=os.path.abspath(a.mountpoint), namespace=a.namespace,
+        branch=a.branch, token_file=a.token_file, allow_other=a.allow_other,
+        read_only=a.read_only, cache_size=a.cache_size, attr_timeout=a.attr_timeout,
+        entry_timeout=a.entry_timeout, retry_for=a.retry_for, timeout=a.timeout,
+        max_dirty=a.max_dirty, debug=a.debug)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m aifsfs.fuse.mounter",
+                                description="the AIFS mount process (foreground)")
+    add_mount_arguments(p)
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if a.debug else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    opts = options_from_args(a)
+    try:
+        check_server(opts)
+        return run_mount(opts)
+    except MountError as exc:
+        print(f"aifs mount: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

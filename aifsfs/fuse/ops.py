@@ -1,0 +1,745 @@
+"""pyfuse3 operations of the AIFS mount: POSIX calls -> AIFS client calls.
+
+Interface:
+    AIFSOperations(client, *, attr_timeout=1.0, entry_timeout=1.0, cache_bytes=128 MiB,
+                   max_dirty_bytes=64 MiB, readahead_chunks=8, threads=32, read_only=False)
+        a `pyfuse3.Operations`; before `pyfuse3.main()` runs, call `.start(nursery)` (background
+        uploads and read-ahead run there); after it returns, `await .shutdown()` commits
+        everything still buffered. `await .flush_all()` commits without stopping.
+
+How it behaves (see DESIGN.md section 5):
+- Every client call runs in a worker thread (`trio.to_thread.run_sync`, one CapacityLimiter),
+  so many requests overlap. Client exceptions become errno via `aifsfs.errors.errno_for`; a
+  server that stays unreachable past the client's bounded retries gives EIO, never a hang.
+- Close-to-open: `open` fetches a fresh chunk map (attr + generation) unless this mount already
+  holds the file open or dirty; `keep_cache` when the generation is the one this mount last saw.
+  `flush` (close) and `fsync` upload and CommitFile; writes are visible at once in this mount
+  because reads overlay the write buffer.
+- Unlinked-but-open files: the server keeps nlink-0 inodes until Forget; we call Forget when the
+  last handle closes (or at once when none is open).
+- Names longer than 255 bytes fail with ENAMETOOLONG before any call. `/.aifs/` is synthetic
+  (see synthetic.py) and hidden from the root's listing; `user.aifs.*` xattrs come from
+  GetFileInfo.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar, cast
+
+import pyfuse3
+import trio
+
+from aifs_server.metadata.base import (
+    NAME_MAX,
+    ROOT_INO,
+    SET_ATIME,
+    SET_CTIME,
+    SET_GID,
+    SET_MODE,
+    SET_MTIME,
+    SET_SIZE,
+    SET_UID,
+    Attr,
+    ChunkRef,
+)
+from aifsfs.errors import errno_for, xattr_errno_for
+from aifsfs.fuse.chunk_cache import ChunkCache, split_range
+from aifsfs.fuse.readahead import ChunkReader, ReadPattern
+from aifsfs.fuse.synthetic import SYN_ROOT, Synthetic, is_synthetic
+from aifsfs.fuse.write_buffer import FileState, WriteBuffers
+
+log = logging.getLogger("aifsfs.fuse")
+
+AIFS_XATTRS = (b"user.aifs.asset_id", b"user.aifs.uri", b"user.aifs.kind",
+               b"user.aifs.stored_bytes", b"user.aifs.logical_bytes")
+SYN_NAME = b".aifs"
+READDIR_PAGE = 1000
+_TRACE = bool(os.environ.get("AIFS_FUSE_TRACE"))   # log every operation's duration
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def _errors(xattr: bool = False) -> Callable[[F], F]:
+    """Turn any exception of a handler into FUSEError(errno); log the unexpected ones."""
+    mapper = xattr_errno_for if xattr else errno_for
+
+    def deco(fn: F) -> F:
+        @functools.wraps(fn)
+        async def wrapper(*args: Any, **kw: Any) -> Any:
+            t0 = time.perf_counter() if _TRACE else 0.0
+            try:
+                return await fn(*args, **kw)
+            except pyfuse3.FUSEError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every error must become an errno
+                num = mapper(exc)
+                if num == errno.EIO:
+                    log.warning("%s: %s: %s", fn.__name__, type(exc).__name__, exc)
+                else:
+                    log.debug("%s: %s", fn.__name__, exc)
+                raise pyfuse3.FUSEError(num) from None
+            finally:
+                if _TRACE:
+                    log.info("op %s %.3f ms", fn.__name__, (time.perf_counter() - t0) * 1e3)
+        return cast(F, wrapper)
+    return deco
+
+
+def _check_name(name: bytes) -> None:
+    if len(name) > NAME_MAX:
+        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+
+
+def _stale_if_gone(exc: BaseException) -> None:
+    """An inode the kernel still knows is gone on the server: ESTALE, so that the kernel
+    revalidates the name (path walks retry once with a fresh lookup) instead of ENOENT."""
+    if errno_for(exc) == errno.ENOENT:
+        raise pyfuse3.FUSEError(errno.ESTALE) from None
+
+
+class _Handle:
+    __slots__ = ("ino", "state", "pattern", "prefetched", "synthetic")
+
+    def __init__(self, ino: int, state: FileState | None, synthetic: bool = False) -> None:
+        self.ino = ino
+        self.state = state
+        self.pattern = ReadPattern()
+        self.prefetched = -1          # highest slot read-ahead was started for
+        self.synthetic = synthetic
+
+
+class _DirHandle:
+    __slots__ = ("ino", "buf", "buf_cookie", "eof")
+
+    def __init__(self, ino: int) -> None:
+        self.ino = ino
+        self.buf: list[Any] = []        # entries fetched but not yet returned to the kernel
+        self.buf_cookie = -1            # the cookie the kernel will resume from to get `buf`
+        self.eof = False
+
+
+class AIFSOperations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+
+    def __init__(self, client: Any, *, attr_timeout: float = 1.0, entry_timeout: float = 1.0,
+                 cache_bytes: int = 128 << 20, max_dirty_bytes: int = 64 << 20,
+                 readahead_chunks: int = 8, threads: int = 32, read_only: bool = False) -> None:
+        super().__init__()
+        self.client = client
+        self.attr_timeout = attr_timeout
+        self.entry_timeout = entry_timeout
+        self.read_only = read_only
+        self.readahead_chunks = readahead_chunks
+        self.limiter = trio.CapacityLimiter(threads)
+        self.cache = ChunkCache(cache_bytes)
+        self.reader = ChunkReader(client, self.cache, self.limiter, readahead_chunks)
+        self.buffers = WriteBuffers(client, self.limiter, self._read_base, max_dirty_bytes)
+        self.synthetic = Synthetic(client, self._call, self.reader)
+        self.chunk_size = 0                       # learnt from the first chunk map
+        self.states: dict[int, FileState] = {}    # open or dirty regular files
+        self.lookups: dict[int, int] = {}         # kernel lookup counts
+        self.seen_gen: dict[int, int] = {}        # generation of the page cache per inode
+        self.kernel_gen: dict[int, int] = {}      # generation of the attrs the kernel holds
+        self.handles: dict[int, _Handle] = {}
+        self.dirs: dict[int, _DirHandle] = {}
+        self._next_fh = 1
+        self._nursery: trio.Nursery | None = None
+        self._retry_pending: set[int] = set()     # inodes whose commit at release failed
+
+    # --- plumbing ---------------------------------------------------------------------------
+    def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        self.buffers.start(nursery)
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        return await trio.to_thread.run_sync(functools.partial(fn, *args, **kw),
+                                             limiter=self.limiter)
+
+    async def _read_base(self, ref: ChunkRef, n: int) -> bytes:
+        return await self.reader.read(ref, 0, n, whole=True)
+
+    def _fh(self) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        return fh
+
+    def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        st = self.states.get(a.ino)
+        size = a.size
+        if st is not None and (st.handles or st.is_dirty()):
+            size = st.size       # this mount's writes are visible at once
+        if stat.S_ISREG(a.mode):
+            self.kernel_gen[a.ino] = a.generation
+        e.st_ino = cast(pyfuse3.InodeT, a.ino)
+        e.generation = 0
+        e.entry_timeout = self.entry_timeout
+        e.attr_timeout = self.attr_timeout
+        e.st_mode = cast(pyfuse3.ModeT, a.mode)
+        e.st_nlink = a.nlink
+        e.st_uid = a.uid
+        e.st_gid = a.gid
+        e.st_rdev = a.rdev
+        e.st_size = size
+        e.st_blksize = self.chunk_size or 1 << 20    # cp & co. size their buffers by this
+        e.st_blocks = a.blocks
+        e.st_atime_ns = a.atime_ns
+        e.st_mtime_ns = a.mtime_ns
+        e.st_ctime_ns = a.ctime_ns
+        return e
+
+    def _looked_up(self, ino: int) -> None:
+        self.lookups[ino] = self.lookups.get(ino, 0) + 1
+
+    async def _forget_remote(self, ino: int) -> None:
+        """The server drops an nlink-0 inode on Forget (a linked one is left alone)."""
+        try:
+            await self._call(self.client.forget, ino)
+        except Exception as exc:  # noqa: BLE001 - GC collects orphans if this fails
+            log.info("forget %d: %s", ino, exc)
+
+    # --- lookups and attributes -------------------------------------------------------------
+    @_errors()
+    async def lookup(self, parent_inode: pyfuse3.InodeT, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        _check_name(name)
+        if parent_inode == ROOT_INO and name == SYN_NAME:
+            a = self.synthetic.root_entry()
+        elif is_synthetic(parent_inode):
+            a = await self.synthetic.lookup(parent_inode, name)
+        else:
+            a = await self._call(self.client.lookup, parent_inode, name)
+        self._looked_up(a.ino)
+        return self._entry(a)
+
+    async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
+        for ino, n in inode_list:
+            left = self.lookups.get(ino, 0) - n
+            if left > 0:
+                self.lookups[ino] = left
+                continue
+            self.lookups.pop(ino, None)
+            self.kernel_gen.pop(ino, None)
+            if is_synthetic(ino):
+                self.synthetic.forget(ino)
+
+    @_errors()
+    async def getattr(self, inode: pyfuse3.InodeT,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if is_synthetic(inode):
+            return self._entry(await self.synthetic.getattr(inode))
+        st = self.states.get(inode)
+        try:
+            a = await self._call(self.client.getattr, inode)
+        except Exception as exc:
+            if st is not None:   # open here (maybe unlinked and forgotten): what we know
+                return self._entry(st.attr)
+            _stale_if_gone(exc)
+            raise
+        return self._entry(a)
+
+    @_errors()
+    async def setattr(self, inode: pyfuse3.InodeT, attr: pyfuse3.EntryAttributes,
+                      fields: pyfuse3.SetattrFields, fh: pyfuse3.FileHandleT | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if is_synthetic(inode) or self.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        bits = 0
+        kw: dict[str, int] = {}
+        if fields.update_mode:
+            bits |= SET_MODE
+            kw["mode"] = attr.st_mode & 0o7777
+        if fields.update_uid:
+            bits |= SET_UID
+            kw["uid"] = attr.st_uid
+        if fields.update_gid:
+            bits |= SET_GID
+            kw["gid"] = attr.st_gid
+        if fields.update_size:
+            bits |= SET_SIZE
+            kw["size"] = attr.st_size
+        if fields.update_atime:
+            bits |= SET_ATIME
+            kw["atime_ns"] = attr.st_atime_ns
+        if fields.update_mtime:
+            bits |= SET_MTIME
+            kw["mtime_ns"] = attr.st_mtime_ns
+        if fields.update_ctime:
+            bits |= SET_CTIME
+            kw["ctime_ns"] = attr.st_ctime_ns
+        st = self.states.get(inode)
+        if st is not None and st.is_dirty() and bits & (SET_SIZE | SET_MTIME | SET_ATIME):
+            # Commit first: a later commit must not undo a truncate or a preserved mtime.
+            await self._commit(st)
+        if not bits:
+            return self._entry(await self._call(self.client.getattr, inode))
+        a: Attr = await self._call(self.client.setattr, inode, bits, **kw)
+        if st is not None:
+            st.attr = a
+            if bits & SET_SIZE:
+                await self._reload(st)
+        if bits & SET_SIZE:
+            self.seen_gen[inode] = a.generation
+        return self._entry(a)
+
+    async def _reload(self, st: FileState) -> None:
+        """Refresh a clean state's chunk map (after a truncate)."""
+        a, cs, refs = await self._call(self.client.get_chunk_map, st.ino)
+        st.attr, st.size, st.generation = a, a.size, a.generation
+        st.refs = {r.index: r for r in refs if r.chunk_id}
+        st.chunk_size = cs or st.chunk_size
+        st.hasher = None
+        if a.size == 0:
+            import blake3
+            st.hasher, st.hashed = blake3.blake3(), 0
+
+    # --- directory entries ------------------------------------------------------------------
+    @_errors()
+    async def mkdir(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._check_writable(parent_inode, name)
+        a = await self._call(self.client.mkdir, parent_inode, name, mode & 0o7777,
+                             ctx.uid, ctx.gid)
+        self._looked_up(a.ino)
+        return self._entry(a)
+
+    @_errors()
+    async def mknod(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._check_writable(parent_inode, name)
+        a = await self._call(self.client.create, parent_inode, name, mode, ctx.uid, ctx.gid,
+                             rdev)
+        self._looked_up(a.ino)
+        return self._entry(a)
+
+    @_errors()
+    async def symlink(self, parent_inode: pyfuse3.InodeT, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._check_writable(parent_inode, name)
+        a = await self._call(self.client.symlink, parent_inode, name, target, ctx.uid, ctx.gid)
+        self._looked_up(a.ino)
+        return self._entry(a)
+
+    @_errors()
+    async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
+        if is_synthetic(inode):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        return cast(bytes, await self._call(self.client.readlink, inode))
+
+    @_errors()
+    async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT,
+                   new_name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self._check_writable(new_parent_inode, new_name)
+        if is_synthetic(inode):
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        a = await self._call(self.client.link, inode, new_parent_inode, new_name)
+        self._looked_up(a.ino)
+        return self._entry(a)
+
+    def _check_writable(self, parent: int, name: bytes) -> None:
+        _check_name(name)
+        if self.read_only or is_synthetic(parent):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if parent == ROOT_INO and name == SYN_NAME:
+            raise pyfuse3.FUSEError(errno.EEXIST)
+
+    async def _lookup_quiet(self, parent: int, name: bytes) -> Attr | None:
+        try:
+            return cast(Attr, await self._call(self.client.lookup, parent, name))
+        except Exception as exc:  # noqa: BLE001
+            if errno_for(exc) == errno.ENOENT:
+                return None
+            raise
+
+    async def _after_unlink(self, a: Attr | None) -> None:
+        """`a` lost one link: if that was its last, drop it now or when its last handle closes."""
+        if a is None or (not stat.S_ISDIR(a.mode) and a.nlink > 1):
+            return
+        st = self.states.get(a.ino)
+        if st is not None and st.handles > 0:
+            st.unlinked = True          # Forget at the last release
+            return
+        if st is not None:
+            self.buffers.drop(st)
+            del self.states[a.ino]
+        self.seen_gen.pop(a.ino, None)
+        await self._forget_remote(a.ino)
+
+    @_errors()
+    async def unlink(self, parent_inode: pyfuse3.InodeT, name: bytes,
+                     ctx: pyfuse3.RequestContext) -> None:
+        self._check_writable(parent_inode, name)
+        a = await self._lookup_quiet(parent_inode, name)
+        await self._call(self.client.unlink, parent_inode, name)
+        await self._after_unlink(a)
+
+    @_errors()
+    async def rmdir(self, parent_inode: pyfuse3.InodeT, name: bytes,
+                    ctx: pyfuse3.RequestContext) -> None:
+        self._check_writable(parent_inode, name)
+        a = await self._lookup_quiet(parent_inode, name)
+        await self._call(self.client.rmdir, parent_inode, name)
+        await self._after_unlink(a)
+
+    @_errors()
+    async def rename(self, parent_inode_old: pyfuse3.InodeT, name_old: bytes,
+                     parent_inode_new: pyfuse3.InodeT, name_new: bytes, flags: int,
+                     ctx: pyfuse3.RequestContext) -> None:
+        self._check_writable(parent_inode_old, name_old)
+        self._check_writable(parent_inode_new, name_new)
+        replaced = None
+        if not flags & pyfuse3.RENAME_EXCHANGE:
+            replaced = await self._lookup_quiet(parent_inode_new, name_new)
+        await self._call(self.client.rename, parent_inode_old, name_old, parent_inode_new,
+                         name_new, flags)
+        if replaced is not None:
+            moved = await self._lookup_quiet(parent_inode_new, name_new)
+            if moved is None or moved.ino != replaced.ino:
+                await self._after_unlink(replaced)
+
+    # --- directories ------------------------------------------------------------------------
+    @_errors()
+    async def opendir(self, inode: pyfuse3.InodeT,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
+        fh = self._fh()
+        self.dirs[fh] = _DirHandle(inode)
+        return cast(pyfuse3.FileHandleT, fh)
+
+    @_errors()
+    async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int,
+                      token: pyfuse3.ReaddirToken) -> None:
+        dh = self.dirs[fh]
+        if is_synthetic(dh.ino):
+            items = await self.synthetic.listdir(dh.ino)
+            for i, (name, a) in enumerate(items[start_id:], start=start_id):
+                if not pyfuse3.readdir_reply(token, name, self._entry(a), i + 1):
+                    return
+                self._looked_up(a.ino)
+            return
+        cookie = start_id
+        while True:
+            if dh.buf and dh.buf_cookie == cookie:
+                entries, eof = dh.buf, dh.eof
+            else:
+                entries, eof = await self._call(self.client.readdir, dh.ino, cookie,
+                                                READDIR_PAGE)
+            dh.buf = []
+            for i, e in enumerate(entries):
+                if dh.ino == ROOT_INO and e.name == SYN_NAME:
+                    continue
+                if not pyfuse3.readdir_reply(token, e.name, self._entry(e.attr), e.cookie):
+                    dh.buf, dh.buf_cookie, dh.eof = entries[i:], cookie, eof
+                    return
+                self._looked_up(e.attr.ino)
+                cookie = e.cookie
+            if eof or not entries:
+                return
+            cookie = entries[-1].cookie
+
+    async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
+        self.dirs.pop(fh, None)
+
+    async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        return None   # metadata calls are durable on the server when they return
+
+    # --- files ------------------------------------------------------------------------------
+    async def _load_state(self, ino: int) -> tuple[FileState, bool]:
+        """The file's state for a new handle, and whether the kernel may keep its page cache."""
+        st = self.states.get(ino)
+        if st is not None and (st.handles > 0 or st.is_dirty()):
+            return st, True
+        try:
+            a, cs, refs = await self._call(self.client.get_chunk_map, ino)
+        except Exception as exc:
+            _stale_if_gone(exc)
+            raise
+        if a.nlink == 0 and ino not in self.states:
+            # Reached through a dentry the kernel cached before another mount replaced or
+            # removed the name: ESTALE makes the kernel look the name up again (close-to-open).
+            raise pyfuse3.FUSEError(errno.ESTALE)
+        if cs:
+            self.chunk_size = self.chunk_size or cs
+        st = FileState(ino, cs or self.chunk_size or (1 << 20), a, refs)
+        self.states[ino] = st
+        keep = self.seen_gen.get(ino) == a.generation
+        self.seen_gen[ino] = a.generation
+        if self.kernel_gen.get(ino, a.generation) != a.generation:
+            # Another mount changed the file since the kernel cached its attributes: make it
+            # fetch them again, or reads would stop at the old size (close-to-open).
+            self.kernel_gen[ino] = a.generation
+            try:
+                pyfuse3.invalidate_inode(cast(pyfuse3.InodeT, ino), attr_only=True)
+            except OSError as exc:
+                log.debug("invalidate_inode %d: %s", ino, exc)
+        return st, keep
+
+    @_errors()
+    async def open(self, inode: pyfuse3.InodeT, flags: int,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if is_synthetic(inode):
+            if flags & (os.O_WRONLY | os.O_RDWR):
+                raise pyfuse3.FUSEError(errno.EROFS)
+            await self.synthetic.open(inode)
+            fh = self._fh()
+            self.handles[fh] = _Handle(inode, None, synthetic=True)
+            return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh), keep_cache=True)
+        if self.read_only and flags & (os.O_WRONLY | os.O_RDWR):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        st, keep = await self._load_state(inode)
+        if flags & os.O_TRUNC:
+            # libfuse enables atomic O_TRUNC: the truncation arrives here, not as a setattr.
+            if st.is_dirty():
+                await self._commit(st)
+            a = await self._call(self.client.setattr, inode, SET_SIZE, size=0)
+            st.attr = a
+            await self._reload(st)
+            self.seen_gen[inode] = st.generation
+            keep = False
+        st.handles += 1
+        fh = self._fh()
+        self.handles[fh] = _Handle(inode, st)
+        return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh), keep_cache=keep)
+
+    @_errors()
+    async def create(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext
+                     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        self._check_writable(parent_inode, name)
+        a: Attr = await self._call(self.client.create, parent_inode, name, mode, ctx.uid,
+                                   ctx.gid)
+        if not self.chunk_size:
+            _, cs, _ = await self._call(self.client.get_chunk_map, a.ino)
+            self.chunk_size = cs or (1 << 20)
+        st = FileState(a.ino, self.chunk_size, a, [])
+        self.states[a.ino] = st
+        self.seen_gen[a.ino] = a.generation
+        st.handles += 1
+        fh = self._fh()
+        self.handles[fh] = _Handle(a.ino, st)
+        self._looked_up(a.ino)
+        return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh)), self._entry(a)
+
+    @_errors()
+    async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
+        h = self.handles[fh]
+        if h.synthetic:
+            return await self.synthetic.read(h.ino, off, size)
+        st = h.state
+        assert st is not None
+        end = min(off + size, st.size)
+        if off >= end:
+            return b""
+        seq = h.pattern.observe(off, size)
+        cs = st.chunk_size
+        parts = [await self._read_slot(st, idx, o, n, seq)
+                 for idx, o, n in split_range(off, end - off, cs)]
+        if seq and self._nursery is not None and self.readahead_chunks > 0:
+            last = (end - 1) // cs
+            upto = min(last + self.readahead_chunks, (st.size - 1) // cs)
+            if upto > h.prefetched:
+                first = max(last + 1, h.prefetched + 1)
+                refs = [st.refs[i] for i in range(first, upto + 1)
+                        if i in st.refs and i not in st.dirty and i not in st.inflight]
+                self.reader.prefetch(self._nursery, refs)
+                h.prefetched = upto
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def _read_slot(self, st: FileState, idx: int, off: int, n: int,
+                         whole: bool) -> bytes:
+        dc = st.dirty.get(idx)
+        if dc is not None:
+            for a, b in dc.intervals:
+                if a <= off and off + n <= b:        # all of it is freshly written
+                    return bytes(dc.data[off:off + n])
+        inflight = st.inflight.get(idx)
+        if inflight is not None:
+            base = inflight[off:off + n]
+            if len(base) < n:
+                base += bytes(n - len(base))
+        else:
+            ref = st.refs.get(idx)
+            base = (await self.reader.read(ref, off, n, whole)) if ref is not None else bytes(n)
+        # Writes that landed (or were handed to an upload) while we waited go on top.
+        if dc is not None:
+            base = dc.overlay_range(base, off)
+        now = st.dirty.get(idx)
+        if now is not None and now is not dc:
+            base = now.overlay_range(base, off)
+        return base
+
+    @_errors()
+    async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
+        h = self.handles[fh]
+        if h.synthetic or self.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        st = h.state
+        assert st is not None
+        await self.buffers.write(st, off, buf)
+        return len(buf)
+
+    async def _commit(self, st: FileState) -> None:
+        a = await self.buffers.flush(st)
+        if a is not None:
+            self.seen_gen[st.ino] = a.generation
+            self.kernel_gen[st.ino] = a.generation
+
+    @_errors()
+    async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        h = self.handles.get(fh)
+        if h is None or h.state is None or not h.state.is_dirty():
+            return
+        await self._commit(h.state)
+
+    @_errors()
+    async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
+        h = self.handles.get(fh)
+        if h is None or h.state is None:
+            return
+        await self._commit(h.state)
+
+    async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        h = self.handles.pop(fh, None)
+        if h is None or h.state is None:
+            return
+        st = h.state
+        st.handles -= 1
+        if st.is_dirty():
+            try:
+                await self._commit(st)
+            except Exception as exc:  # noqa: BLE001 - nobody to report to: keep and retry
+                log.warning("commit of inode %d at close failed (%s); kept, will retry",
+                            st.ino, exc)
+                self._schedule_retry(st)
+                return
+        await self._maybe_drop(st)
+
+    async def _maybe_drop(self, st: FileState) -> None:
+        if st.handles > 0 or st.is_dirty() or self.states.get(st.ino) is not st:
+            return
+        del self.states[st.ino]
+        if st.unlinked:
+            self.seen_gen.pop(st.ino, None)
+            await self._forget_remote(st.ino)
+
+    def _schedule_retry(self, st: FileState) -> None:
+        if st.ino in self._retry_pending or self._nursery is None:
+            return
+        self._retry_pending.add(st.ino)
+        self._nursery.start_soon(self._retry_commit, st)
+
+    async def _retry_commit(self, st: FileState) -> None:
+        delay = 1.0
+        try:
+            while st.is_dirty() and self.states.get(st.ino) is st:
+                await trio.sleep(delay)
+                try:
+                    await self._commit(st)
+                except Exception as exc:  # noqa: BLE001
+                    log.info("retrying commit of inode %d: %s", st.ino, exc)
+                    delay = min(delay * 2, 30.0)
+            await self._maybe_drop(st)
+        finally:
+            self._retry_pending.discard(st.ino)
+
+    async def flush_all(self) -> list[tuple[int, BaseException]]:
+        """Commit every buffered file; returns the failures (inode, error)."""
+        failed: list[tuple[int, BaseException]] = []
+        for st in list(self.states.values()):
+            if st.is_dirty():
+                try:
+                    await self._commit(st)
+                except Exception as exc:  # noqa: BLE001
+                    failed.append((st.ino, exc))
+        return failed
+
+    async def shutdown(self) -> None:
+        """After unmount: commit what is left, then forget unlinked inodes."""
+        failed = await self.flush_all()
+        for ino, exc in failed:
+            log.error("inode %d: could not commit buffered data at unmount: %s", ino, exc)
+        for st in list(self.states.values()):
+            if st.unlinked:
+                await self._forget_remote(st.ino)
+
+    # --- extended attributes ----------------------------------------------------------------
+    async def _is_regular(self, ino: int) -> bool:
+        if ino in self.states:
+            return True
+        a = await self._call(self.client.getattr, ino)
+        return stat.S_ISREG(a.mode)
+
+    @_errors(xattr=True)
+    async def getxattr(self, inode: pyfuse3.InodeT, name: bytes,
+                       ctx: pyfuse3.RequestContext) -> bytes:
+        if is_synthetic(inode):
+            raise pyfuse3.FUSEError(errno.ENODATA)
+        if name in AIFS_XATTRS:
+            if not await self._is_regular(inode):
+                raise pyfuse3.FUSEError(errno.ENODATA)
+            st = self.states.get(inode)
+            if st is not None and st.is_dirty():
+                await self._commit(st)
+            info = await self._call(self.client.file_info, inode)
+            key = name[len(b"user.aifs."):].decode()
+            return str(getattr(info, key)).encode()
+        return cast(bytes, await self._call(self.client.getxattr, inode, name))
+
+    @_errors()
+    async def listxattr(self, inode: pyfuse3.InodeT,
+                        ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
+        if is_synthetic(inode):
+            return []
+        names: list[bytes] = list(await self._call(self.client.listxattr, inode))
+        if await self._is_regular(inode):
+            names.extend(n for n in AIFS_XATTRS if n not in names)
+        return names
+
+    @_errors(xattr=True)
+    async def setxattr(self, inode: pyfuse3.InodeT, name: bytes, value: bytes,
+                       ctx: pyfuse3.RequestContext) -> None:
+        if is_synthetic(inode) or self.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if name.startswith(b"user.aifs."):
+            raise pyfuse3.FUSEError(errno.EPERM)   # computed by the server, not settable
+        await self._call(self.client.setxattr, inode, name, value, 0)
+
+    @_errors(xattr=True)
+    async def removexattr(self, inode: pyfuse3.InodeT, name: bytes,
+                          ctx: pyfuse3.RequestContext) -> None:
+        if is_synthetic(inode) or self.read_only:
+            raise pyfuse3.FUSEError(errno.EROFS)
+        if name.startswith(b"user.aifs."):
+            raise pyfuse3.FUSEError(errno.EPERM)
+        await self._call(self.client.removexattr, inode, name)
+
+    # --- filesystem -------------------------------------------------------------------------
+    @_errors()
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = await self._call(self.client.statfs)
+        d = pyfuse3.StatvfsData()
+        bsize = s.block_size or 4096
+        d.f_bsize = bsize
+        d.f_frsize = bsize
+        d.f_blocks = s.blocks
+        d.f_bfree = s.blocks_free
+        d.f_bavail = s.blocks_avail
+        d.f_files = s.files
+        d.f_ffree = s.files_free
+        d.f_favail = s.files_free
+        d.f_namemax = s.name_max or NAME_MAX
+        return d
+
+    async def access(self, inode: pyfuse3.InodeT, mode: int,
+                     ctx: pyfuse3.RequestContext) -> bool:
+        return True   # default_permissions: the kernel checks modes itself
+
+
+__all__ = ["AIFSOperations", "SYN_ROOT"]

@@ -1,0 +1,401 @@
+"""Per-inode write buffers with bounded memory and uploads behind the writer.
+
+Interface:
+    DirtyChunk()                    bytes written into one chunk slot since its last upload
+        .write(pos, data)           copy `data` in at `pos` (grows lazily, gaps are zeros)
+        .intervals                  merged, sorted [start, end) written ranges
+        .covers(n) -> bool          [0, n) fully written (no old content needed)
+        .overlay(base, n) -> bytes  the slot's new n bytes: `base` (old content) under the writes
+        .nbytes                     memory held
+    FileState(ino, chunk_size, attr, refs)   what the mount knows of one open/dirty file:
+        .size, .refs {index: ChunkRef} (server map + uploaded-but-uncommitted slots), .dirty,
+        .inflight (snapshots being uploaded, readable meanwhile), .handles, .generation
+        .is_dirty()                 anything not yet committed
+    WriteBuffers(client, limiter, read_base, max_dirty_bytes=64 MiB)
+        .start(nursery)                         where background uploads run
+        await .write(st, offset, data)          buffer; full slots upload in the background;
+                                                waits while the mount holds too much dirty data
+        await .flush(st) -> Attr | None         upload what is left, CommitFile the changed slots
+                                                (+ size, + whole-file BLAKE3 when known)
+        .dirty_bytes, .inflight_bytes
+
+Why it is shaped this way:
+- A slot written from its start to its end needs no old content, so sequential writes never
+  read-modify-write; a partly written slot is merged with its old chunk only when uploaded.
+- Uploaded-but-uncommitted slots are kept as ChunkRefs (the chunk is on the server, named by
+  nothing yet): that is how dirty data "spills" when memory is short. If the mount dies, GC
+  collects those chunks; nothing committed refers to them.
+- All-zero slots are not stored: they commit as holes.
+- A failed upload (server down, ENOSPC) puts the bytes back as dirty data, so a later flush can
+  retry; the error is reported by the next write/flush/fsync.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import blake3
+import trio
+
+from aifs_server.metadata.base import Attr, ChunkRef
+from aifsfs.fuse.chunk_cache import slot_length
+
+DEFAULT_MAX_DIRTY = 64 << 20
+
+
+class DirtyChunk:
+    __slots__ = ("data", "intervals")
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.intervals: list[list[int]] = []
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.data)
+
+    def write(self, pos: int, buf: bytes | bytearray | memoryview) -> None:
+        n = len(buf)
+        if n == 0:
+            return
+        cur = len(self.data)
+        if pos > cur:
+            self.data.extend(bytes(pos - cur))
+        self.data[pos:pos + n] = buf
+        self._add(pos, pos + n)
+
+    def _add(self, s: int, e: int) -> None:
+        iv = self.intervals
+        if not iv or iv[-1][1] < s:          # fast path: appending past everything
+            iv.append([s, e])
+            return
+        if iv[-1][0] <= s:                    # touches/overlaps the last one (sequential)
+            iv[-1][1] = max(iv[-1][1], e)
+            return
+        out: list[list[int]] = []
+        placed = False
+        for a, b in iv:
+            if b < s:
+                out.append([a, b])
+            elif e < a:
+                if not placed:
+                    out.append([s, e])
+                    placed = True
+                out.append([a, b])
+            else:
+                s, e = min(s, a), max(e, b)
+        if not placed:
+            out.append([s, e])
+        out.sort()
+        self.intervals = out
+
+    def covers(self, n: int) -> bool:
+        return n == 0 or (len(self.intervals) == 1 and self.intervals[0][0] == 0
+                          and self.intervals[0][1] >= n)
+
+    def overlay(self, base: bytes, n: int) -> bytes:
+        """The slot's new first n bytes: `base` with the written intervals on top."""
+        if self.covers(n):
+            out = bytes(self.data[:n])
+            return out if len(out) == n else out + bytes(n - len(out))
+        buf = bytearray(base[:n])
+        if len(buf) < n:
+            buf.extend(bytes(n - len(buf)))
+        for a, b in self.intervals:
+            if a >= n:
+                break
+            b = min(b, n)
+            buf[a:b] = self.data[a:b]
+        return bytes(buf)
+
+    def overlay_range(self, base: bytes, offset: int) -> bytes:
+        """`base` holds slot bytes [offset, offset+len(base)); put the written bytes on top."""
+        end = offset + len(base)
+        buf: bytearray | None = None
+        for a, b in self.intervals:
+            if b <= offset or a >= end:
+                continue
+            if buf is None:
+                buf = bytearray(base)
+            s, e = max(a, offset), min(b, end)
+            buf[s - offset:e - offset] = self.data[s:e]
+        return base if buf is None else bytes(buf)
+
+    def truncate(self, n: int) -> None:
+        """Forget everything written at or past slot offset n."""
+        del self.data[n:]
+        iv = [[a, min(b, n)] for a, b in self.intervals if a < n]
+        self.intervals = iv
+
+
+class FileState:
+    """The mount's view of one regular file while it is open or has uncommitted data."""
+
+    def __init__(self, ino: int, chunk_size: int, attr: Attr, refs: list[ChunkRef]) -> None:
+        self.ino = ino
+        self.chunk_size = chunk_size
+        self.attr = attr
+        self.size = attr.size
+        self.generation = attr.generation
+        self.refs: dict[int, ChunkRef] = {r.index: r for r in refs if r.chunk_id}
+        self.dirty: dict[int, DirtyChunk] = {}
+        self.inflight: dict[int, bytes] = {}
+        self.uploading: dict[int, trio.Event] = {}
+        self.changed: dict[int, int] = {}      # slot -> version; committed when unchanged since
+        self.version = 0
+        self.meta_dirty = False                # size or content changed since the last commit
+        self.error: BaseException | None = None
+        self.handles = 0
+        self.unlinked = False
+        self.commit_lock = trio.Lock()
+        self.mtime_ns = 0
+        # Whole-file BLAKE3 while the file is written sequentially from offset 0.
+        self.hasher: Any = blake3.blake3() if attr.size == 0 else None
+        self.hashed = 0
+
+    def is_dirty(self) -> bool:
+        return bool(self.dirty or self.uploading or self.changed or self.meta_dirty)
+
+    def mark_changed(self, idx: int) -> None:
+        self.version += 1
+        self.changed[idx] = self.version
+
+
+def _is_zero(data: bytes, _zero: dict[int, bytes] = {}) -> bool:  # noqa: B006 - a cache
+    z = _zero.get(len(data))
+    if z is None:
+        z = bytes(len(data))
+        if len(data) <= 16 << 20:
+            _zero[len(data)] = z
+    return data == z
+
+
+def store_chunk(client: Any, idx: int, data: bytes) -> ChunkRef:
+    """Blocking: hash, dedup-check and upload one slot's bytes; an all-zero slot is a hole."""
+    if not data or _is_zero(data):
+        return ChunkRef(idx, b"", 0)
+    cid = blake3.blake3(data).digest()
+    # Over a network, ask first (dedup saves the transfer); over a local unix socket the
+    # extra round trip costs more than sending: the server deduplicates on put anyway.
+    local = str(getattr(client, "address", "")).startswith("unix:")
+    if local or not client.has_chunks([cid])[0]:
+        client.put_chunks([(cid, data)])
+    return ChunkRef(idx, cid, len(data))
+
+
+class WriteBuffers:
+    def __init__(self, client: Any, limiter: trio.CapacityLimiter,
+                 read_base: Callable[[ChunkRef, int], Awaitable[bytes]],
+                 max_dirty_bytes: int = DEFAULT_MAX_DIRTY) -> None:
+        self.client = client
+        self.limiter = limiter
+        self.read_base = read_base          # (ref, n) -> first n bytes of the stored chunk
+        self.max_dirty_bytes = max_dirty_bytes
+        self.dirty_bytes = 0
+        self.inflight_bytes = 0
+        self._nursery: trio.Nursery | None = None
+        self._progress = trio.Event()
+        self._states: dict[int, FileState] = {}   # states with dirty chunks (for spilling)
+        self.uploads = 0
+        self.failures = 0
+        self.last_error: BaseException | None = None
+
+    def start(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    def _kick(self) -> None:
+        self._progress.set()
+        self._progress = trio.Event()
+
+    # --- writing ------------------------------------------------------------------------------
+    async def write(self, st: FileState, offset: int, buf: bytes) -> None:
+        if st.error is not None:
+            err, st.error = st.error, None
+            raise err
+        cs = st.chunk_size
+        n = len(buf)
+        if n == 0:
+            return
+        mv = memoryview(buf)
+        end = offset + n
+        if st.hasher is not None:
+            if offset == st.hashed:
+                st.hasher.update(buf)
+                st.hashed = end
+            elif end > st.hashed or offset < st.hashed:
+                st.hasher = None   # not sequential from 0 any more
+        if end > st.size:
+            st.size = end
+        st.meta_dirty = True
+        st.mtime_ns = time.time_ns()
+        pos = offset
+        while pos < end:
+            idx = pos // cs
+            in_off = pos - idx * cs
+            take = min(cs - in_off, end - pos)
+            dc = st.dirty.get(idx)
+            if dc is None:
+                dc = st.dirty[idx] = DirtyChunk()
+            before = dc.nbytes
+            dc.write(in_off, mv[pos - offset:pos - offset + take])
+            self.dirty_bytes += dc.nbytes - before
+            if dc.covers(cs):
+                self._start_upload(st, idx)
+            pos += take
+        self._states[st.ino] = st
+        if self.dirty_bytes + self.inflight_bytes > self.max_dirty_bytes:
+            await self._reclaim(st)
+
+    async def _reclaim(self, st: FileState) -> None:
+        """Wait until dirty + uploading bytes are under the limit, spilling partial slots."""
+        failures = self.failures
+        while self.dirty_bytes + self.inflight_bytes > self.max_dirty_bytes:
+            if self.failures != failures and self.last_error is not None:
+                raise self.last_error   # uploads are failing (server down, full): say so
+            if self.inflight_bytes < self.max_dirty_bytes // 2 and self.dirty_bytes > 0:
+                victim = self._pick_victim()
+                if victim is not None:
+                    self._start_upload(*victim)
+            if st.error is not None:
+                err, st.error = st.error, None
+                raise err
+            await self._progress.wait()
+
+    def _pick_victim(self) -> tuple[FileState, int] | None:
+        best: tuple[int, FileState, int] | None = None
+        for s in list(self._states.values()):
+            if not s.dirty:
+                self._states.pop(s.ino, None)
+                continue
+            for idx, dc in s.dirty.items():
+                if idx in s.uploading:
+                    continue
+                if best is None or dc.nbytes > best[0]:
+                    best = (dc.nbytes, s, idx)
+        return None if best is None else (best[1], best[2])
+
+    def _start_upload(self, st: FileState, idx: int) -> None:
+        assert self._nursery is not None, "WriteBuffers.start(nursery) was not called"
+        self._nursery.start_soon(self._upload_bg, st, idx)
+
+    async def _upload_bg(self, st: FileState, idx: int) -> None:
+        try:
+            await self.upload_slot(st, idx)
+        except Exception as exc:  # noqa: BLE001 - kept and reported by the next write/flush
+            st.error = exc
+            self.failures += 1
+            self.last_error = exc
+
+    # --- uploading ----------------------------------------------------------------------------
+    async def upload_slot(self, st: FileState, idx: int) -> None:
+        while idx in st.uploading:           # one upload per slot at a time, in order
+            await st.uploading[idx].wait()
+        popped = st.dirty.pop(idx, None)
+        if popped is None:
+            return
+        dc: DirtyChunk | None = popped
+        ev = st.uploading[idx] = trio.Event()
+        self.dirty_bytes -= popped.nbytes
+        n = slot_length(st.size, idx, st.chunk_size)
+        data: bytes | None = None
+        try:
+            if popped.covers(n):
+                base = b""
+            else:
+                old = st.refs.get(idx)
+                base = await self.read_base(old, n) if old is not None else b""
+            data = popped.overlay(base, n)
+            dc = popped = None  # type: ignore[assignment]  # free the buffer before uploading
+            st.inflight[idx] = data
+            self.inflight_bytes += len(data)
+            ref = await trio.to_thread.run_sync(store_chunk, self.client, idx, data,
+                                                limiter=self.limiter)
+            self.uploads += 1
+            if ref.chunk_id:
+                st.refs[idx] = ref
+            else:
+                st.refs.pop(idx, None)
+            st.mark_changed(idx)
+        except BaseException:
+            # Put the bytes back under any newer writes, so nothing is lost.
+            back = DirtyChunk()
+            if data is not None:
+                back.write(0, data)
+            elif dc is not None:
+                back = dc
+            newer = st.dirty.get(idx)
+            if newer is not None:
+                for a, b in newer.intervals:
+                    back.write(a, newer.data[a:b])
+                self.dirty_bytes -= newer.nbytes
+            st.dirty[idx] = back
+            self.dirty_bytes += back.nbytes
+            self._states[st.ino] = st
+            raise
+        finally:
+            if idx in st.inflight:
+                self.inflight_bytes -= len(st.inflight.pop(idx))
+            del st.uploading[idx]
+            ev.set()
+            self._kick()
+
+    async def flush(self, st: FileState) -> Attr | None:
+        """Upload every dirty slot and commit; returns the committed attributes (None if clean)."""
+        async with st.commit_lock:
+            if st.error is not None:
+                err, st.error = st.error, None
+                raise err
+            errors: list[BaseException] = []
+
+            async def one(idx: int) -> None:
+                try:
+                    await self.upload_slot(st, idx)
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                for idx in list(st.dirty):
+                    nursery.start_soon(one, idx)
+            while st.uploading:
+                await next(iter(st.uploading.values())).wait()
+            if st.error is not None:
+                err, st.error = st.error, None
+                errors.append(err)
+            if errors:
+                raise errors[0]
+            if st.dirty:    # written meanwhile; those bytes are in a later flush
+                pass
+            if not st.changed and not st.meta_dirty:
+                return None
+            changed = dict(st.changed)
+            refs = [st.refs.get(i) or ChunkRef(i, b"", 0) for i in sorted(changed)]
+            asset_id = ""
+            if st.hasher is not None and st.hashed == st.size and not st.dirty:
+                asset_id = st.hasher.hexdigest()
+            size = st.size
+            attr: Attr = await trio.to_thread.run_sync(
+                lambda: self.client.commit_file(st.ino, refs, size, truncated=False,
+                                                mtime_ns=st.mtime_ns, asset_id=asset_id),
+                limiter=self.limiter)
+            for i, v in changed.items():
+                if st.changed.get(i) == v:
+                    del st.changed[i]
+            if not st.dirty and not st.changed and st.size == size:
+                st.meta_dirty = False
+            st.attr = attr
+            st.generation = attr.generation
+            if not st.dirty:
+                self._states.pop(st.ino, None)
+            return attr
+
+    def drop(self, st: FileState) -> None:
+        """Forget a state's buffers (its inode is gone)."""
+        for dc in st.dirty.values():
+            self.dirty_bytes -= dc.nbytes
+        st.dirty.clear()
+        st.changed.clear()
+        st.meta_dirty = False
+        self._states.pop(st.ino, None)
+        self._kick()

@@ -1,0 +1,136 @@
+"""End-to-end fixtures: a real `aifs server` and real FUSE mounts of it (always unmounted).
+
+Fixtures:
+    mount_factory(server=None, *extra_args) -> Mount   mount a server (default: the test's
+                    `server`) on a fresh directory; every mount made is unmounted at teardown
+                    with `fusermount3 -u`, then `-uz`, and its process stopped, even on failure
+    aifs_mount / mount   one mount of the function-scoped `server`
+    Mount: .path (Path), .server (ServerProc), .proc (Popen), .log(), .unmount()
+
+Skips the module when /dev/fuse or fusermount3 is missing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ServerProc
+
+if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
+    pytest.skip("needs /dev/fuse and fusermount3", allow_module_level=True)
+
+pytestmark = pytest.mark.e2e
+
+
+@dataclass
+class Mount:
+    path: Path
+    server: ServerProc
+    proc: subprocess.Popen[bytes]
+    log_path: str
+    tmpdir: str
+
+    def log(self) -> str:
+        with contextlib.suppress(OSError):
+            return Path(self.log_path).read_text(errors="replace")
+        return ""
+
+    def unmount(self) -> None:
+        """Unmount and wait for the mount process (it commits what it holds, then exits)."""
+        teardown_mount(self)
+
+
+def _is_mount(path: Path) -> bool:
+    with contextlib.suppress(OSError):
+        return os.path.ismount(path)
+    # a dead FUSE server makes stat fail (ENOTCONN): still mounted
+    return True
+
+
+def start_mount(server: ServerProc, *extra: str, wait: float = 30.0) -> Mount:
+    tmpdir = tempfile.mkdtemp(prefix="aifs-mnt-", dir="/tmp")
+    mp = Path(tmpdir) / "m"
+    mp.mkdir()
+    log_path = os.path.join(tmpdir, "mount.log")
+    cmd = [sys.executable, "-m", "aifsfs.fuse.mounter", server.address, str(mp),
+           "--token-file", server.token_file, *extra]
+    with open(log_path, "wb") as logf:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                                start_new_session=True)
+    m = Mount(path=mp, server=server, proc=proc, log_path=log_path, tmpdir=tmpdir)
+    deadline = time.monotonic() + wait
+    while not os.path.ismount(mp):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            teardown_mount(m)
+            raise RuntimeError(f"mount did not come up (rc={proc.poll()}):\n{m.log()}")
+        time.sleep(0.05)
+    return m
+
+
+def teardown_mount(m: Mount) -> None:
+    try:
+        if _is_mount(m.path):
+            r = subprocess.run(["fusermount3", "-u", str(m.path)], capture_output=True)
+            if r.returncode != 0:
+                time.sleep(0.5)
+                r = subprocess.run(["fusermount3", "-u", str(m.path)], capture_output=True)
+            if r.returncode != 0:
+                subprocess.run(["fusermount3", "-uz", str(m.path)], capture_output=True)
+        try:
+            m.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                m.proc.send_signal(signal.SIGKILL)
+            m.proc.wait(10)
+    finally:
+        if m.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                m.proc.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                m.proc.wait(10)
+        if not _is_mount(m.path):
+            shutil.rmtree(m.tmpdir, ignore_errors=True)
+
+
+@pytest.fixture
+def mount_factory(server: ServerProc) -> Iterator[Callable[..., Mount]]:
+    made: list[Mount] = []
+
+    def make(srv: ServerProc | None = None, *extra: str) -> Mount:
+        m = start_mount(srv or server, *extra)
+        made.append(m)
+        return m
+
+    try:
+        yield make
+    finally:
+        errors = []
+        for m in reversed(made):
+            try:
+                teardown_mount(m)
+            except Exception as exc:  # noqa: BLE001 - unmount the others anyway
+                errors.append(exc)
+        if errors:
+            raise errors[0]
+
+
+@pytest.fixture
+def aifs_mount(mount_factory: Callable[..., Mount]) -> Mount:
+    return mount_factory()
+
+
+@pytest.fixture
+def mount(aifs_mount: Mount) -> Mount:
+    return aifs_mount
