@@ -237,6 +237,8 @@ def asset_info_from_pb(info: assets_pb2.AssetInfo) -> dict[str, Any]:
         "uri": info.uri,
         "created_ns": info.created_ns,
         "chunk_count": info.chunk_count,
+        "chunk_size": info.chunk_size,
+        "chunks": [chunkref_from_pb(c) for c in info.chunks],
     }
 
 

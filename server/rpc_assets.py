@@ -31,8 +31,13 @@ LIST_DEFAULT = 100
 LIST_MAX = 1000
 
 
-def asset_info_pb(namespace: str, rec: AssetRecord) -> Any:
+def asset_info_pb(namespace: str, rec: AssetRecord, chunk_size: int = 0) -> Any:
+    """AssetInfo; with the namespace's chunk_size also the chunk list (GetAsset only: it is
+    what byte-range readers such as the mount's /.aifs/assets need; listings stay small)."""
+    chunks = ([common_pb2.ChunkRef(index=c.index, chunk_id=c.chunk_id, length=c.length)
+               for c in rec.chunks] if chunk_size else [])
     return assets_pb2.AssetInfo(
+        chunk_size=chunk_size, chunks=chunks,
         asset_id=rec.asset_id, kind=rec.kind, size=rec.size, stored_bytes=rec.stored_bytes,
         metadata_json=rec.metadata_json or "{}",
         parents=[common_pb2.ParentEdge(parent_id=p.parent_id, transform=p.transform,
@@ -90,12 +95,13 @@ class AssetsServicer(assets_pb2_grpc.AssetsServicer):
     @rpc
     def GetAsset(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         ns = self._ns(context)
+        chunk_size = self.b.namespace(ns).chunk_size
         if request.info_only:
             rec = self._store().info(ns, request.asset_id)
-            yield assets_pb2.GetAssetReply(info=asset_info_pb(ns, rec))
+            yield assets_pb2.GetAssetReply(info=asset_info_pb(ns, rec, chunk_size))
             return
         rec, pieces = self._store().open(ns, request.asset_id)
-        yield assets_pb2.GetAssetReply(info=asset_info_pb(ns, rec))
+        yield assets_pb2.GetAssetReply(info=asset_info_pb(ns, rec, chunk_size))
         for piece in pieces:
             view = memoryview(piece)
             for pos in range(0, len(view), PIECE_MAX):

@@ -585,8 +585,8 @@ class AIFSOperations(pyfuse3.Operations):
         await self.buffers.write(st, off, buf)
         return len(buf)
 
-    async def _commit(self, st: FileState) -> None:
-        a = await self.buffers.flush(st)
+    async def _commit(self, st: FileState, durable: bool = False) -> None:
+        a = await self.buffers.flush(st, durable=durable)
         if a is not None:
             self.seen_gen[st.ino] = a.generation
             self.kernel_gen[st.ino] = a.generation
@@ -603,7 +603,7 @@ class AIFSOperations(pyfuse3.Operations):
         h = self.handles.get(fh)
         if h is None or h.state is None:
             return
-        await self._commit(h.state)
+        await self._commit(h.state, durable=True)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         h = self.handles.pop(fh, None)

@@ -15,7 +15,9 @@ Interface:
         .start(nursery)                         where background uploads run
         await .write(st, offset, data)          buffer; full slots upload in the background;
                                                 waits while the mount holds too much dirty data
-        await .flush(st) -> Attr | None         upload what is left, CommitFile the changed slots
+        await .flush(st, durable=False) -> Attr | None
+                                                upload what is left, CommitFile the changed slots
+                                                (durable for fsync)
                                                 (+ size, + whole-file BLAKE3 when known)
         .dirty_bytes, .inflight_bytes
 
@@ -341,8 +343,9 @@ class WriteBuffers:
             ev.set()
             self._kick()
 
-    async def flush(self, st: FileState) -> Attr | None:
-        """Upload every dirty slot and commit; returns the committed attributes (None if clean)."""
+    async def flush(self, st: FileState, durable: bool = False) -> Attr | None:
+        """Upload every dirty slot and commit; returns the committed attributes (None if clean).
+        durable (fsync): the commit is on the server's stable storage when this returns."""
         async with st.commit_lock:
             if st.error is not None:
                 err, st.error = st.error, None
@@ -377,7 +380,8 @@ class WriteBuffers:
             size = st.size
             attr: Attr = await trio.to_thread.run_sync(
                 lambda: self.client.commit_file(st.ino, refs, size, truncated=False,
-                                                mtime_ns=st.mtime_ns, asset_id=asset_id),
+                                                mtime_ns=st.mtime_ns, asset_id=asset_id,
+                                                durable=durable),
                 limiter=self.limiter)
             for i, v in changed.items():
                 if st.changed.get(i) == v:

@@ -162,3 +162,18 @@ def test_token_file_next_to_unix_socket_is_found(live_server: ServerProc) -> Non
             assert isinstance(c.list_assets(), list)
     finally:
         os.environ.update(env)
+
+
+def test_asset_info_carries_its_chunk_list_for_range_reads(client: AIFSClient) -> None:
+    data = os.urandom((1 << 20) + 12345)  # two chunks at the default 1 MiB chunk size
+    aid = client.put_asset(data, "blob")
+    info = client.stat_asset(aid)
+    assert info["chunk_size"] == 1 << 20
+    chunks = info["chunks"]
+    assert [c.index for c in chunks] == [0, 1]
+    assert [c.length for c in chunks] == [1 << 20, 12345]
+    # a byte range of the asset, read through its chunk list alone
+    (piece,) = client.get_chunks([(chunks[1].chunk_id, 100, 1000)])
+    assert piece == data[(1 << 20) + 100:(1 << 20) + 1100]
+    listed = [a for a in client.list_assets() if a["asset_id"] == aid]
+    assert listed and listed[0]["chunks"] == []  # listings stay small
