@@ -1,0 +1,172 @@
+"""Smoke test of `aifs bench --quick`: real mounts of AIFS and every installed peer.
+
+Checks that the command runs, that every target that ran produced every figure it should,
+that the AIFS/peer ratios are computed from those figures, that a plot is written, and that
+nothing is left mounted or running afterwards (also after Ctrl-C). Not speeds: the figures of
+a --quick run are too small to mean anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+AIFS = [str(Path(sys.executable).with_name("aifs"))]
+PEER_TOOLS = {"bindfs": "bindfs", "gocryptfs": "gocryptfs", "rclone": "rclone", "borg": "borg"}
+
+if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
+    pytest.skip("FUSE is not available on this machine", allow_module_level=True)
+
+
+def _aifs_up_available() -> bool:
+    r = subprocess.run([*AIFS, "up", "--help"], capture_output=True)
+    return r.returncode == 0
+
+
+def _mounts_under(d: Path) -> list[str]:
+    out = []
+    for line in Path("/proc/mounts").read_text().splitlines():
+        mp = line.split()[1].replace("\\040", " ")
+        if mp.startswith(str(d)):
+            out.append(mp)
+    return out
+
+
+def _procs_mentioning(d: Path) -> list[str]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(d) in cmd and "pytest" not in cmd:
+            found.append(f"{pid}: {cmd}")
+    return found
+
+
+def _cleanup(d: Path) -> None:
+    for mp in _mounts_under(d):
+        subprocess.run(["fusermount3", "-u", mp], capture_output=True)
+        subprocess.run(["fusermount3", "-uz", mp], capture_output=True)
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    # Short, under /tmp: the AIFS server's unix socket lives below it (108-byte path limit).
+    d = Path(tempfile.mkdtemp(prefix="abq-", dir="/tmp"))
+    try:
+        yield d
+    finally:
+        _cleanup(d)
+
+
+def test_bench_quick_json_has_every_figure_and_ratio(workdir: Path, tmp_path: Path) -> None:
+    out_json = tmp_path / "bench.json"
+    out_png = tmp_path / "ratios.png"
+    peers = ["aifs", "native", *PEER_TOOLS]
+    r = subprocess.run(
+        [*AIFS, "bench", "--quick", "--no-progress", "--peers", ",".join(peers),
+         "--json", str(out_json), "--plot", str(out_png), "--workdir", str(workdir / "w")],
+        capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert r.returncode == 0, f"aifs bench failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+    doc = json.loads(out_json.read_text())
+
+    assert doc["schema"] == "aifs-bench/1"
+    for key in ("cpu_model", "cores", "memory_gib", "kernel"):
+        assert doc["machine"][key], f"machine description lacks {key}"
+
+    must_run = ["native"] + [p for p, tool in PEER_TOOLS.items() if shutil.which(tool)]
+    if _aifs_up_available():
+        must_run.append("aifs")
+    else:
+        assert doc["targets"]["aifs"]["status"] == "skipped"
+        assert "aifs up" in doc["targets"]["aifs"]["reason"]
+    for name in must_run:
+        st = doc["targets"][name]
+        assert st["status"] == "ran", f"{name} did not run: {st}"
+        assert st["expected_figures"], name
+        figs = doc["figures"][name]
+        missing = [f for f in st["expected_figures"] if f not in figs]
+        assert not missing, f"{name} lacks figures {missing}"
+        for f in st["expected_figures"]:
+            med = figs[f]["median"]
+            assert math.isfinite(med) and med > 0, f"{name}.{f} = {med}"
+            assert figs[f]["runs"] == [med]  # one repeat: the median is that run
+    # A read-only target never reports write figures; memory is per mount process.
+    if "borg" in must_run:
+        assert "seq_write" not in doc["figures"]["borg"]
+    assert "mem_fuse" not in doc["figures"]["native"]
+    # Each figure of a target comes out once in the table (the stdout), by label.
+    assert "seq read, cold" in r.stdout
+
+    if "aifs" in must_run:
+        assert "mem_server" in doc["figures"]["aifs"], "the AIFS server's memory was not measured"
+        base = doc["figures"]["aifs"]
+        for peer in must_run:
+            if peer == "aifs":
+                continue
+            ratios = doc["ratios"][peer]
+            common = set(base) & set(doc["figures"][peer])
+            assert set(ratios) == common, f"aifs/{peer} ratios cover {set(ratios) ^ common} wrongly"
+            for f, ratio in ratios.items():
+                want = base[f]["median"] / doc["figures"][peer][f]["median"]
+                assert math.isfinite(ratio) and ratio > 0
+                assert ratio == pytest.approx(want), f"aifs/{peer} {f}"
+        assert "aifs/native" in r.stdout
+        assert out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert doc["ratios"] == {}
+
+    assert _mounts_under(workdir) == [], "aifs bench left mounts behind"
+    assert _procs_mentioning(workdir) == [], "aifs bench left processes behind"
+    assert not (workdir / "w").exists() or not any((workdir / "w").iterdir())
+
+
+def test_bench_ctrl_c_unmounts_and_stops_everything(workdir: Path) -> None:
+    target = "bindfs" if shutil.which("bindfs") else "aifs"
+    if target == "aifs" and not _aifs_up_available():
+        pytest.skip("needs bindfs or a working `aifs up` to have a mount to interrupt")
+    w = workdir / "w"
+    proc = subprocess.Popen(
+        [*AIFS, "bench", "--peers", target, "--size", "8M", "--files", "200000",
+         "--no-progress", "--workdir", str(w)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        # Interrupt while the mount is live (the small-file phase is long with 200k files).
+        while time.monotonic() < deadline and not (w / f"{target}-r0" / "mnt" / "small").exists():
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.1)
+        assert _mounts_under(workdir), "the benchmark never mounted"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, f"{proc.returncode}\n{out}\n{err}"
+    assert "interrupted" in err
+    assert _mounts_under(workdir) == []
+    assert _procs_mentioning(workdir) == []
+
+
+def test_bench_rejects_unknown_target() -> None:
+    r = subprocess.run([*AIFS, "bench", "--peers", "native,zfs"], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "zfs" in r.stderr and "choose from" in r.stderr
