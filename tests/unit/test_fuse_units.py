@@ -1,21 +1,17 @@
 """Pure parts of the mount: chunk/frame arithmetic, the byte-bounded chunk cache, dirty-chunk
-interval bookkeeping and overlays, the sequential-read detector, and the write buffer's
-upload/commit logic against a small in-memory chunk server (a real object, not a mock: it
-stores what it is given and answers from it)."""
+interval bookkeeping and overlays (against a bytearray model), and the sequential-read detector.
+
+The write buffer's upload/commit logic (WriteBuffers, FileState, store_chunk) talks to a server,
+so it is tested against a real one in tests/integration/test_write_buffer.py."""
 
 from __future__ import annotations
 
 import os
 import random
 
-import blake3
-import pytest
-import trio
-
-from aifs_server.metadata.base import Attr, ChunkRef
 from aifsfs.fuse.chunk_cache import ChunkCache, frame_align, slot_length, split_range
 from aifsfs.fuse.readahead import ReadPattern
-from aifsfs.fuse.write_buffer import DirtyChunk, FileState, WriteBuffers, store_chunk
+from aifsfs.fuse.write_buffer import DirtyChunk
 
 
 def test_split_range() -> None:
@@ -102,166 +98,3 @@ def test_read_pattern() -> None:
     assert p.observe(4096, 4096)
     assert not p.observe(1 << 20, 4096)  # a jump
     assert p.observe((1 << 20) + 4096, 4096)
-
-
-class ChunkServer:
-    """A tiny in-memory implementation of the calls the write buffer makes."""
-
-    def __init__(self, cs: int) -> None:
-        self.cs = cs
-        self.chunks: dict[bytes, bytes] = {}
-        self.puts = 0
-        self.commits: list[tuple[list[ChunkRef], int, str]] = []
-        self.fail = False
-
-    def has_chunks(self, ids: list[bytes]) -> list[bool]:
-        return [i in self.chunks for i in ids]
-
-    def put_chunks(self, items: list[tuple[bytes, bytes]]) -> None:
-        if self.fail:
-            raise OSError(28, "No space left on device")
-        for cid, data in items:
-            assert blake3.blake3(data).digest() == cid
-            self.chunks[cid] = bytes(data)
-            self.puts += 1
-
-    def commit_file(self, ino: int, refs: list[ChunkRef], size: int, truncated: bool = False,
-                    mtime_ns: int = 0, asset_id: str = "") -> Attr:
-        self.commits.append((list(refs), size, asset_id))
-        return Attr(ino, 0o100644, 1, 0, 0, 0, size, 0, 0, 0, 0, len(self.commits))
-
-
-def _state(cs: int, size: int = 0, refs: list[ChunkRef] | None = None) -> FileState:
-    return FileState(2, cs, Attr(2, 0o100644, 1, 0, 0, 0, size, 0, 0, 0), refs or [])
-
-
-def _file(server: ChunkServer, refs: list[ChunkRef], size: int) -> bytes:
-    out = bytearray(size)
-    for r in refs:
-        data = server.chunks[r.chunk_id][:r.length]
-        out[r.index * server.cs:r.index * server.cs + len(data)] = data
-    return bytes(out[:size])
-
-
-def test_store_chunk_holes_and_dedup() -> None:
-    s = ChunkServer(16)
-    assert store_chunk(s, 3, bytes(16)) == ChunkRef(3, b"", 0)
-    r1 = store_chunk(s, 0, b"a" * 16)
-    r2 = store_chunk(s, 5, b"a" * 16)
-    assert r1.chunk_id == r2.chunk_id and s.puts == 1
-
-
-def _run(fn: object) -> None:
-    trio.run(fn)  # type: ignore[arg-type]
-
-
-def test_sequential_write_uploads_behind_and_commits() -> None:
-    cs = 64
-    srv = ChunkServer(cs)
-
-    async def main() -> None:
-        async def read_base(ref: ChunkRef, n: int) -> bytes:
-            raise AssertionError("sequential writes must not read old content")
-
-        async with trio.open_nursery() as n:
-            wb = WriteBuffers(srv, trio.CapacityLimiter(4), read_base, max_dirty_bytes=256)
-            wb.start(n)
-            st = _state(cs)
-            data = os.urandom(10 * cs + 7)
-            for i in range(0, len(data), 20):
-                await wb.write(st, i, data[i:i + 20])
-                assert wb.dirty_bytes + wb.inflight_bytes <= 256 + 20
-            attr = await wb.flush(st)
-            assert attr is not None and attr.size == len(data)
-            refs = {r.index: r for c in srv.commits for r in c[0]}
-            assert _file(srv, list(refs.values()), len(data)) == data
-            assert srv.commits[-1][2] == blake3.blake3(data).hexdigest()  # whole-file id
-            assert not st.is_dirty()
-            assert await wb.flush(st) is None     # nothing more to commit
-    _run(main)
-
-
-def test_partial_write_merges_with_old_content() -> None:
-    cs = 64
-    srv = ChunkServer(cs)
-    old = os.urandom(2 * cs)
-    refs = [store_chunk(srv, 0, old[:cs]), store_chunk(srv, 1, old[cs:])]
-
-    async def main() -> None:
-        async def read_base(ref: ChunkRef, n: int) -> bytes:
-            return srv.chunks[ref.chunk_id][:n]
-
-        async with trio.open_nursery() as n:
-            wb = WriteBuffers(srv, trio.CapacityLimiter(4), read_base)
-            wb.start(n)
-            st = _state(cs, 2 * cs, refs)
-            await wb.write(st, 10, b"hello")
-            await wb.write(st, 2 * cs, b"tail")     # extends the file
-            await wb.flush(st)
-            changed, size, asset = srv.commits[-1]
-            assert sorted(r.index for r in changed) == [0, 2]   # slot 1 untouched
-            assert size == 2 * cs + 4 and asset == ""           # not sequential from 0
-            allrefs = {r.index: r for r in refs}
-            allrefs.update({r.index: r for r in changed})
-            expect = old[:10] + b"hello" + old[15:] + b"tail"
-            assert _file(srv, list(allrefs.values()), size) == expect
-    _run(main)
-
-
-def test_failed_upload_keeps_data_and_reports() -> None:
-    cs = 32
-    srv = ChunkServer(cs)
-    srv.fail = True
-
-    async def main() -> None:
-        async def read_base(ref: ChunkRef, n: int) -> bytes:
-            return srv.chunks[ref.chunk_id][:n]
-
-        async with trio.open_nursery() as n:
-            wb = WriteBuffers(srv, trio.CapacityLimiter(4), read_base)
-            wb.start(n)
-            st = _state(cs)
-            data = os.urandom(3 * cs)
-            await wb.write(st, 0, data)
-            with pytest.raises(OSError):
-                await wb.flush(st)
-            assert st.is_dirty()          # nothing lost
-            srv.fail = False
-            await wb.flush(st)
-            refs = {r.index: r for c in srv.commits for r in c[0]}
-            assert _file(srv, list(refs.values()), 3 * cs) == data
-    _run(main)
-
-
-def test_spill_when_memory_is_short() -> None:
-    """Random partial writes over many slots: the buffer spills them (uploads partial slots,
-    merged with old content) instead of growing past its bound."""
-    cs = 64
-    srv = ChunkServer(cs)
-    old = os.urandom(20 * cs)
-    refs = [store_chunk(srv, i, old[i * cs:(i + 1) * cs]) for i in range(20)]
-
-    async def main() -> None:
-        async def read_base(ref: ChunkRef, n: int) -> bytes:
-            return srv.chunks[ref.chunk_id][:n]
-
-        async with trio.open_nursery() as n:
-            wb = WriteBuffers(srv, trio.CapacityLimiter(2), read_base, max_dirty_bytes=3 * cs)
-            wb.start(n)
-            st = _state(cs, 20 * cs, refs)
-            model = bytearray(old)
-            rng = random.Random(1)
-            peak = 0
-            for _ in range(200):
-                off = rng.randrange(20 * cs - 8)
-                buf = os.urandom(8)
-                await wb.write(st, off, buf)
-                model[off:off + 8] = buf
-                peak = max(peak, wb.dirty_bytes + wb.inflight_bytes)
-            assert peak <= 3 * cs + cs
-            await wb.flush(st)
-            allrefs = {r.index: r for r in refs}
-            for c in srv.commits:
-                allrefs.update({r.index: r for r in c[0]})
-            assert _file(srv, list(allrefs.values()), 20 * cs) == bytes(model)
-    _run(main)
