@@ -145,6 +145,9 @@ class AIFSOperations(pyfuse3.Operations):
         self.synthetic = Synthetic(client, self._call, self.reader)
         self.chunk_size = 0                       # learnt from the first chunk map
         self.states: dict[int, FileState] = {}    # open or dirty regular files
+        # One state load at a time per inode: two opens racing must share one FileState, or
+        # each would buffer and commit its own view of the slots and undo the other's writes.
+        self._load_locks: dict[int, trio.Lock] = {}
         self.lookups: dict[int, int] = {}         # kernel lookup counts
         self.seen_gen: dict[int, int] = {}        # generation of the page cache per inode
         self.kernel_gen: dict[int, int] = {}      # generation of the attrs the kernel holds
@@ -453,6 +456,15 @@ class AIFSOperations(pyfuse3.Operations):
     # --- files ------------------------------------------------------------------------------
     async def _load_state(self, ino: int) -> tuple[FileState, bool]:
         """The file's state for a new handle, and whether the kernel may keep its page cache."""
+        lock = self._load_locks.setdefault(ino, trio.Lock())
+        try:
+            async with lock:
+                return await self._load_state_locked(ino)
+        finally:
+            if not lock.locked() and not lock.statistics().tasks_waiting:
+                self._load_locks.pop(ino, None)
+
+    async def _load_state_locked(self, ino: int) -> tuple[FileState, bool]:
         st = self.states.get(ino)
         if st is not None and (st.handles > 0 or st.is_dirty()):
             return st, True
@@ -554,6 +566,20 @@ class AIFSOperations(pyfuse3.Operations):
 
     async def _read_slot(self, st: FileState, idx: int, off: int, n: int,
                          whole: bool) -> bytes:
+        # A write to this slot while we awaited the server may have been uploaded and left the
+        # dirty map already, so neither overlay below would show it: read the slot again.
+        # (Returning the stale bytes would let the kernel cache them as clean and write them
+        # back with the next partial page write.) Bounded: a slot rewritten without pause
+        # gets the newest overlay we saw.
+        for _attempt in range(8):
+            seen = st.slot_writes.get(idx, 0)
+            base = await self._read_slot_once(st, idx, off, n, whole)
+            if st.slot_writes.get(idx, 0) == seen:
+                break
+        return base
+
+    async def _read_slot_once(self, st: FileState, idx: int, off: int, n: int,
+                              whole: bool) -> bytes:
         dc = st.dirty.get(idx)
         if dc is not None:
             for a, b in dc.intervals:
