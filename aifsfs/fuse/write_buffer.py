@@ -294,20 +294,26 @@ class WriteBuffers:
     async def upload_slot(self, st: FileState, idx: int) -> None:
         while idx in st.uploading:           # one upload per slot at a time, in order
             await st.uploading[idx].wait()
-        popped = st.dirty.pop(idx, None)
-        if popped is None:
+        if idx not in st.dirty:
             return
-        dc: DirtyChunk | None = popped
         ev = st.uploading[idx] = trio.Event()
-        self.dirty_bytes -= popped.nbytes
-        n = slot_length(st.size, idx, st.chunk_size)
+        dc: DirtyChunk | None = None
         data: bytes | None = None
         try:
-            if popped.covers(n):
-                base = b""
-            else:
+            # The slot stays in st.dirty (readers overlay it, writers add to it) while the old
+            # content is fetched; it leaves st.dirty and enters st.inflight with no await in
+            # between, so a reader always finds the newest bytes in one of the two.
+            n = slot_length(st.size, idx, st.chunk_size)
+            base = b""
+            if not st.dirty[idx].covers(n):
                 old = st.refs.get(idx)
-                base = await self.read_base(old, n) if old is not None else b""
+                if old is not None:
+                    base = await self.read_base(old, n)
+            popped = dc = st.dirty.pop(idx, None)
+            if popped is None:       # truncated away while we waited: nothing left to send
+                return
+            self.dirty_bytes -= popped.nbytes
+            n = slot_length(st.size, idx, st.chunk_size)   # the file may have grown meanwhile
             data = popped.overlay(base, n)
             dc = popped = None  # type: ignore[assignment]  # free the buffer before uploading
             st.inflight[idx] = data
