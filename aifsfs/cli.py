@@ -25,6 +25,7 @@ for expected errors.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import os
@@ -105,8 +106,17 @@ def _fmt_time(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _jsonable(o: Any) -> Any:
+    """JSON for what json cannot encode itself: dataclasses (ChunkRef, ...) and bytes (hex)."""
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
+    if isinstance(o, bytes | bytearray):
+        return bytes(o).hex()
+    raise TypeError(f"cannot show a {type(o).__name__} as JSON")
+
+
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True))
+    print(json.dumps(value, indent=2, sort_keys=True, default=_jsonable))
 
 
 # --- common flags and the client ------------------------------------------------------------
