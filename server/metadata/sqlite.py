@@ -347,7 +347,8 @@ class SQLiteMetadata:
                     deltas: Counter[bytes] = Counter()
                     data_delta = self._trim(c, t, ino, size, deltas)
                     self._adjust_refs(c, t.namespace, deltas, now)
-                if size != r[6] and not fields & SET_MTIME:
+                if not fields & SET_MTIME:
+                    # POSIX: truncate/O_TRUNC change mtime even when the size stays the same
                     mtime = now
                 new_size, gen_bump = size, 1
             ctime = ctime_ns if fields & SET_CTIME else now

@@ -33,10 +33,6 @@ if os.geteuid() != 0:
                 allow_module_level=True)
 
 KNOWN: dict[str, str] = {
-    "same_size_truncates_update_mtime":
-        "BUG: O_TRUNC of an empty file and truncate/ftruncate to the current size leave mtime "
-        "unchanged (server/metadata/sqlite.py setattr bumps mtime only `if size != r[6]`; "
-        "the kernel sends no MTIME for O_TRUNC/ftruncate)",
     "chown_noop_updates_ctime":
         "BUG: chown(f, -1, -1) must update ctime (Linux; pjdfstest chown/00.t); the kernel "
         "sends a SETATTR with no fields and ops.setattr returns getattr without a change",
@@ -47,8 +43,8 @@ KNOWN: dict[str, str] = {
         "BUG: fstat on an open, removed directory gives ESTALE (Linux: nlink 0); "
         "ops._after_unlink forgets a removed directory at once although opendir holds it",
     "read_updates_atime":
-        "BUG (undocumented difference): a read never updates atime, Linux relatime does when "
-        "atime <= mtime; if intended, document it in DESIGN.md and keep this xfail",
+        "INTENDED: the mount is noatime (as JuiceFS by default): a read never writes "
+        "metadata; atime changes only when set explicitly (docs/DECISIONS.md)",
     "readdir_dots":
         "BUG: readdir omits '.' and '..' (ls -a, readdir(3)); FUSE filesystems must return "
         "them themselves; ops.readdir lists only server dentries",
