@@ -26,6 +26,12 @@ Interface:
         lookup, getattr, setattr, readdir -> (entries, eof), mkdir, create, unlink, rmdir,
         rename, symlink, readlink, link, getxattr, setxattr, listxattr, removexattr, statfs,
         get_chunk_map -> (attr, chunk_size, chunks), commit_file -> Attr, forget, file_info.
+        Fast paths the mount uses (one round trip each): create_entry / mkdir_entry /
+        symlink_entry / link_entry -> (attr, parent attr | None); remove(parent, name,
+        directory=, forget=) -> Removed(attr, parent); rename_entry(..., forget=) ->
+        Renamed(replaced, parent, new_parent); open_chunk_map(ino, inline_max,
+        cached_generation) -> (attr, chunk_size, chunks, inline bytes of slot 0 or b"");
+        commit_file(..., inline=[(id, data)]) stores small chunks with the commit.
     Data: has_chunks(ids) -> [bool]; put_chunks(iterable of (id, data)) -> PutChunksResult;
         get_chunks([(id, offset, length)]) -> [bytes] (exact; length 0 = to the chunk's end).
         `wire_stats` counts payload bytes sent/received (zstd vs identity).
@@ -147,6 +153,25 @@ class FileInfo:
 
 
 @dataclass
+class Removed:
+    """What Unlink/RmDir removed: the inode after the call (nlink decremented; None from a
+    server too old to say) and its parent directory after it."""
+
+    attr: Attr | None
+    parent: Attr | None
+
+
+@dataclass
+class Renamed:
+    """What a Rename changed: the inode it unlinked from the new name (None when none) and
+    both directories after it."""
+
+    replaced: Attr | None
+    parent: Attr | None
+    new_parent: Attr | None
+
+
+@dataclass
 class StatFs:
     block_size: int
     blocks: int
@@ -195,6 +220,11 @@ def attr_from_pb(a: common_pb2.Attr) -> Attr:
     return Attr(ino=a.ino, mode=a.mode, nlink=a.nlink, uid=a.uid, gid=a.gid, rdev=a.rdev,
                 size=a.size, atime_ns=a.atime_ns, mtime_ns=a.mtime_ns, ctime_ns=a.ctime_ns,
                 blocks=a.blocks, generation=a.generation)
+
+
+def _opt_attr(msg: Any, name: str) -> Attr | None:
+    """An optional Attr field of a reply (None when unset)."""
+    return attr_from_pb(getattr(msg, name)) if msg.HasField(name) else None
 
 
 def chunkref_from_pb(c: common_pb2.ChunkRef) -> ChunkRef:
@@ -279,6 +309,23 @@ def _pieces(data: bytes | bytearray | memoryview | BinaryIO | Iterable[bytes],
             mv = memoryview(piece)
             for i in range(0, len(mv), size):
                 yield bytes(mv[i:i + size])
+
+
+def _unzstd(dctx: zstandard.ZstdDecompressor, data: bytes, raw_length: int) -> bytes:
+    """A GetChunks ZSTD piece: one zstd frame, or (we accept "zstd-frames") several back to
+    back, `raw_length` bytes in all. Never more than raw_length + 1 bytes are produced."""
+    if zstandard.frame_content_size(data) == raw_length:
+        return dctx.decompress(data, max_output_size=raw_length)
+    reader = dctx.stream_reader(data, read_across_frames=True, read_size=len(data))
+    parts = []
+    total = 0
+    while total <= raw_length:
+        more = reader.read(raw_length + 1 - total)
+        if not more:
+            break
+        parts.append(more)
+        total += len(more)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class AIFSClient:
@@ -741,43 +788,72 @@ class AIFSClient:
 
     def mkdir(self, parent: int, name: bytes, mode: int = 0o755, uid: int = 0, gid: int = 0
               ) -> Attr:
+        return self.mkdir_entry(parent, name, mode, uid, gid)[0]
+
+    def mkdir_entry(self, parent: int, name: bytes, mode: int = 0o755, uid: int = 0,
+                    gid: int = 0) -> tuple[Attr, Attr | None]:
         r = self._unary(self._fs.MkDir, filesystem_pb2.MkDirRequest(
             parent=parent, name=name, mode=mode, uid=uid, gid=gid), idempotent=False)
-        return attr_from_pb(r.attr)
+        return attr_from_pb(r.attr), _opt_attr(r, "parent_attr")
 
     def create(self, parent: int, name: bytes, mode: int = 0o100644, uid: int = 0,
                gid: int = 0, rdev: int = 0) -> Attr:
+        return self.create_entry(parent, name, mode, uid, gid, rdev)[0]
+
+    def create_entry(self, parent: int, name: bytes, mode: int = 0o100644, uid: int = 0,
+                     gid: int = 0, rdev: int = 0) -> tuple[Attr, Attr | None]:
         r = self._unary(self._fs.Create, filesystem_pb2.CreateRequest(
             parent=parent, name=name, mode=mode, uid=uid, gid=gid, rdev=rdev), idempotent=False)
-        return attr_from_pb(r.attr)
+        return attr_from_pb(r.attr), _opt_attr(r, "parent_attr")
 
     def unlink(self, parent: int, name: bytes) -> None:
-        self._unary(self._fs.Unlink, filesystem_pb2.NameRequest(parent=parent, name=name),
-                    idempotent=False)
+        self.remove(parent, name)
 
     def rmdir(self, parent: int, name: bytes) -> None:
-        self._unary(self._fs.RmDir, filesystem_pb2.NameRequest(parent=parent, name=name),
-                    idempotent=False)
+        self.remove(parent, name, directory=True)
+
+    def remove(self, parent: int, name: bytes, *, directory: bool = False,
+               forget: bool = False) -> Removed:
+        """Unlink (or RmDir with directory=True). forget: drop the inode at once if this was
+        its last link -- only when the caller holds no handle of it."""
+        method = self._fs.RmDir if directory else self._fs.Unlink
+        r = self._unary(method, filesystem_pb2.NameRequest(parent=parent, name=name,
+                                                           forget=forget), idempotent=False)
+        return Removed(_opt_attr(r, "attr"), _opt_attr(r, "parent_attr"))
 
     def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes,
                flags: int = 0) -> None:
-        self._unary(self._fs.Rename, filesystem_pb2.RenameRequest(
-            parent=parent, name=name, new_parent=new_parent, new_name=new_name, flags=flags),
-            idempotent=False)
+        self.rename_entry(parent, name, new_parent, new_name, flags)
+
+    def rename_entry(self, parent: int, name: bytes, new_parent: int, new_name: bytes,
+                     flags: int = 0, forget: bool = False) -> Renamed:
+        r = self._unary(self._fs.Rename, filesystem_pb2.RenameRequest(
+            parent=parent, name=name, new_parent=new_parent, new_name=new_name, flags=flags,
+            forget=forget), idempotent=False)
+        return Renamed(_opt_attr(r, "replaced"), _opt_attr(r, "parent_attr"),
+                       _opt_attr(r, "new_parent_attr"))
 
     def symlink(self, parent: int, name: bytes, target: bytes, uid: int = 0, gid: int = 0
                 ) -> Attr:
+        return self.symlink_entry(parent, name, target, uid, gid)[0]
+
+    def symlink_entry(self, parent: int, name: bytes, target: bytes, uid: int = 0,
+                      gid: int = 0) -> tuple[Attr, Attr | None]:
         r = self._unary(self._fs.Symlink, filesystem_pb2.SymlinkRequest(
             parent=parent, name=name, target=target, uid=uid, gid=gid), idempotent=False)
-        return attr_from_pb(r.attr)
+        return attr_from_pb(r.attr), _opt_attr(r, "parent_attr")
 
     def readlink(self, ino: int) -> bytes:
         return bytes(self._unary(self._fs.ReadLink, filesystem_pb2.InodeRequest(ino=ino)).target)
 
     def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
+        return self.link_entry(ino, new_parent, new_name)[0]
+
+    def link_entry(self, ino: int, new_parent: int, new_name: bytes
+                   ) -> tuple[Attr, Attr | None]:
         r = self._unary(self._fs.Link, filesystem_pb2.LinkRequest(
             ino=ino, new_parent=new_parent, new_name=new_name), idempotent=False)
-        return attr_from_pb(r.attr)
+        return attr_from_pb(r.attr), _opt_attr(r, "parent_attr")
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
         r = self._unary(self._fs.GetXattr, filesystem_pb2.XattrRequest(ino=ino, name=name))
@@ -808,14 +884,38 @@ class AIFSClient:
             ino=ino, first_index=first, count=count))
         return attr_from_pb(r.attr), r.chunk_size, [chunkref_from_pb(c) for c in r.chunks]
 
+    def open_chunk_map(self, ino: int, inline_max: int = 0,
+                       cached_generation: int | None = None
+                       ) -> tuple[Attr, int, list[ChunkRef], bytes]:
+        """The whole chunk map, plus slot 0's bytes when the file is at most `inline_max`
+        bytes in slot 0 alone and not still at `cached_generation` (else b"")."""
+        req = filesystem_pb2.ChunkMapRequest(ino=ino, inline_max=inline_max)
+        if cached_generation is not None:
+            req.cached_generation = cached_generation
+        r = self._unary(self._fs.GetChunkMap, req)
+        if r.inline_data:
+            self.wire_stats.add(received_bytes=len(r.inline_data),
+                                received_raw_bytes=len(r.inline_data))
+        return (attr_from_pb(r.attr), r.chunk_size, [chunkref_from_pb(c) for c in r.chunks],
+                bytes(r.inline_data))
+
     def commit_file(self, ino: int, chunks: Iterable[ChunkRef | tuple[int, bytes, int]],
                     size: int, truncated: bool = False, mtime_ns: int = 0,
-                    asset_id: str = "", durable: bool = False) -> Attr:
-        # Idempotent: the same slots and size applied twice give the same file.
+                    asset_id: str = "", durable: bool = False,
+                    inline: Sequence[tuple[bytes, bytes]] = ()) -> Attr:
+        """Apply changed slots. `inline`: (chunk id, data) of small chunks to store with this
+        commit instead of by put_chunks (at most 16 MiB in all)."""
+        # Idempotent: the same slots and size applied twice give the same file (and storing a
+        # chunk twice is a no-op), so a retry after a lost reply is safe.
         # durable=True (fsync) returns only once the commit is on the server's stable storage.
         r = self._unary(self._fs.CommitFile, filesystem_pb2.CommitFileRequest(
             ino=ino, chunks=[chunkref_to_pb(c) for c in chunks], size=size,
-            truncated=truncated, mtime_ns=mtime_ns, asset_id=asset_id, durable=durable))
+            truncated=truncated, mtime_ns=mtime_ns, asset_id=asset_id, durable=durable,
+            inline_chunks=[filesystem_pb2.InlineChunk(chunk_id=bytes(c), data=bytes(d))
+                           for c, d in inline]))
+        if inline:
+            n = sum(len(d) for _, d in inline)
+            self.wire_stats.add(sent_bytes=n, sent_raw_bytes=n)
         return attr_from_pb(r.attr)
 
     def forget(self, ino: int) -> None:
@@ -879,14 +979,18 @@ class AIFSClient:
         req = data_pb2.GetChunksRequest(
             ranges=[data_pb2.ChunkRange(chunk_id=bytes(c), offset=o, length=n)
                     for c, o, n in ranges],
-            accept_encodings=["zstd"] if zstd else [])
+            accept_encodings=["zstd", "zstd-frames"] if zstd else [])
         t = timeout or self.timeout
         return self._retrying(lambda: self._get_chunks_once(req, ranges, t), True, t)
 
     def _get_chunks_once(self, req: data_pb2.GetChunksRequest,
                          ranges: Sequence[tuple[bytes, int, int]], timeout: float
                          ) -> list[bytes]:
-        bufs = [bytearray() for _ in ranges]
+        # Pieces are kept as received and joined once per range at the end (one copy); a range
+        # that arrives as a single exact piece (a whole 1 MiB chunk, a 64 KiB frame) is
+        # returned as that very object: no copy at all.
+        parts: list[list[bytes | memoryview]] = [[] for _ in ranges]
+        sizes = [0] * len(ranges)
         # where the next byte of each range must start (chunk offset)
         nexts = [int(o) for _, o, _ in ranges]
         ends = [int(o) + int(n) if n else None for _, o, n in ranges]
@@ -897,10 +1001,11 @@ class AIFSClient:
             if i >= len(ranges):
                 raise RemoteError(f"GetChunks sent a piece for range {i} of {len(ranges)}",
                                   grpc.StatusCode.INTERNAL, "PROTOCOL", self.address)
-            received += len(piece.data)
+            data = piece.data  # each access of a bytes field copies it: once only
+            received += len(data)
             if piece.encoding == data_pb2.ZSTD:
                 zpieces += 1
-                raw = dctx.decompress(piece.data, max_output_size=piece.raw_length)
+                raw = _unzstd(dctx, data, piece.raw_length)
                 if len(raw) != piece.raw_length:
                     raise IncompleteRead(
                         f"chunk {bytes(ranges[i][0]).hex()}: a zstd frame at offset "
@@ -908,7 +1013,7 @@ class AIFSClient:
                         address=self.address)
             else:
                 ipieces += 1
-                raw = piece.data
+                raw = data
             raw_received += len(raw)
             start, end = piece.offset, piece.offset + len(raw)
             want_end = ends[i]
@@ -919,17 +1024,21 @@ class AIFSClient:
                     f"chunk {bytes(ranges[i][0]).hex()}: GetChunks skipped bytes "
                     f"{nexts[i]}..{lo}", address=self.address)
             if hi > lo:
-                bufs[i] += memoryview(raw)[lo - start:hi - start]
+                parts[i].append(raw if (lo, hi) == (start, end)
+                                else memoryview(raw)[lo - start:hi - start])
+                sizes[i] += hi - lo
                 nexts[i] = hi
         self.wire_stats.add(received_bytes=received, received_raw_bytes=raw_received,
                             zstd_pieces=zpieces, identity_pieces=ipieces)
         out: list[bytes] = []
         for i, (cid, off, n) in enumerate(ranges):
-            if n and len(bufs[i]) != n:
+            if n and sizes[i] != n:
                 raise IncompleteRead(
                     f"chunk {bytes(cid).hex()}: asked for {n} bytes at offset {off}, got "
-                    f"{len(bufs[i])} (is the range past the chunk's end?)", address=self.address)
-            out.append(bytes(bufs[i]))
+                    f"{sizes[i]} (is the range past the chunk's end?)", address=self.address)
+            got = parts[i]
+            one = got[0] if len(got) == 1 else None
+            out.append(one if isinstance(one, bytes) else b"".join(got))
         return out
 
 

@@ -12,11 +12,16 @@ Interface:
     Grant(namespaces, methods, expires)     what a verified token allows; .allows_namespace(ns)
     METHOD_VERBS: full RPC name -> verb     RPCs missing from it are denied (fail closed)
     UNAUTHENTICATED_METHODS                 health and reflection: no token needed
-    AuthInterceptor(root_key)               grpc.ServerInterceptor
+    GrantCache(ttl=30.0, max_entries=1024)  verified grants by token bytes, for a short time
+    AuthInterceptor(root_key, cache=None)   grpc.ServerInterceptor (a GrantCache by default)
     call_scope(context) -> (namespace, branch)   from call metadata, defaults "default"/"main"
     current_grant() -> Grant | None         the grant of the RPC running in this context
 
 Call metadata: `authorization: Bearer <token>`, `aifs-namespace`, `aifs-branch`.
+
+Verification (HMAC chain + caveat parsing, ~80 us) is cached per token for `ttl` seconds: the
+signature and caveats of a token's bytes cannot change, and the expiry, namespace and verb are
+still checked exactly on every call against the cached grant.
 
 Attenuation: a holder may add caveats to a token (pymacaroons `add_first_party_caveat`); every
 caveat must hold, so two `namespace` caveats allow only their intersection.
@@ -27,7 +32,9 @@ from __future__ import annotations
 import contextvars
 import datetime as _dt
 import secrets
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -212,10 +219,47 @@ def parse_grant(root_key: bytes, token: str) -> Grant:
     return Grant(namespaces=namespaces, methods=methods or frozenset(), expires=expires)
 
 
+class GrantCache:
+    """Grants of tokens whose signature and caveats were verified, by token bytes, kept for
+    `ttl` seconds (LRU, bounded). Only successful verifications are cached; failures are
+    re-checked every time (they are cheap to repeat and must report precisely)."""
+
+    def __init__(self, ttl: float = 30.0, max_entries: int = 1024) -> None:
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._items: OrderedDict[tuple[bytes, str], tuple[float, Grant]] = OrderedDict()
+
+    def grant(self, root_key: bytes, token: str) -> Grant:
+        key = (root_key, token)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._items.get(key)
+            if hit is not None and hit[0] > now:
+                self._items.move_to_end(key)
+                return hit[1]
+        grant = parse_grant(root_key, token)
+        with self._lock:
+            self._items[key] = (now + self.ttl, grant)
+            self._items.move_to_end(key)
+            while len(self._items) > self.max_entries:
+                self._items.popitem(last=False)
+        return grant
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
 def verify_token(root_key: bytes, token: str | None, namespace: str, verb: str,
-                 now: float | None = None) -> Grant:
-    """Raise unless `token` allows `verb` on `namespace` right now; return the grant."""
-    grant = parse_grant(root_key, token or "")
+                 now: float | None = None, cache: GrantCache | None = None) -> Grant:
+    """Raise unless `token` allows `verb` on `namespace` right now; return the grant.
+    `cache` skips re-verifying the signature of a token seen recently (expiry, namespace and
+    verb are always checked here)."""
+    if cache is not None and token:
+        grant = cache.grant(root_key, token)
+    else:
+        grant = parse_grant(root_key, token or "")
     t = time.time() if now is None else now
     if grant.expires is not None and t >= grant.expires:
         raise TokenExpired(f"token expired at {_utc(grant.expires)}; {_RENEW}")
@@ -291,10 +335,11 @@ def _denying_handler(handler: grpc.RpcMethodHandler, err: AIFSError) -> grpc.Rpc
 class AuthInterceptor(grpc.ServerInterceptor):
     """Checks the caller's macaroon on every RPC except health and reflection."""
 
-    def __init__(self, root_key: bytes, on_denied: Callable[[str, AIFSError], None] | None = None
-                 ) -> None:
+    def __init__(self, root_key: bytes, on_denied: Callable[[str, AIFSError], None] | None = None,
+                 cache: GrantCache | None = None) -> None:
         self._root_key = root_key
         self._on_denied = on_denied
+        self._cache = cache if cache is not None else GrantCache()
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],
                           handler_call_details: grpc.HandlerCallDetails) -> Any:
@@ -308,7 +353,8 @@ class AuthInterceptor(grpc.ServerInterceptor):
             verb = METHOD_VERBS.get(method)
             if verb is None:
                 raise PermissionDenied(f"method {method} has no access rule; refused")
-            grant = verify_token(self._root_key, _bearer(md), namespace, verb)
+            grant = verify_token(self._root_key, _bearer(md), namespace, verb,
+                                 cache=self._cache)
         except AIFSError as err:
             if self._on_denied is not None:
                 self._on_denied(method, err)

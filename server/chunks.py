@@ -15,6 +15,7 @@ Interface:
         .has(scope, ids) -> list[bool]
         .read(scope, chunk_id, offset=0, length=None) -> bytes   NotFound if absent
         .frames(scope, chunk_id, offset=0, length=None) -> Iterator[envelope.Frame]
+                both read only the envelope header and the frames the range covers
         .delete(scope, chunk_id) -> bool
         .stored_size(scope, chunk_id) -> int
 
@@ -31,14 +32,14 @@ from concurrent.futures import ThreadPoolExecutor
 
 from blake3 import blake3
 
-from aifs_server.chunkstore import ChunkStore
+from aifs_server.chunkstore import ChunkStore, RangeReader
 from aifs_server.codec import CompressionService, validate_level
 from aifs_server.envelope import (
     DEFAULT_FRAME_SIZE,
     MAX_CHUNK_BYTES,
     Frame,
-    iter_frames,
-    open_chunk,
+    iter_frames_at,
+    open_chunk_at,
     seal_chunk,
 )
 from aifs_server.errors import InvalidArgument, NotFound
@@ -135,25 +136,30 @@ class ChunkService:
     def has(self, scope: str, ids: Iterable[bytes]) -> list[bool]:
         return [self.store.exists(self.name_for(scope, cid)) for cid in ids]
 
-    def _get(self, scope: str, chunk_id: bytes) -> bytes:
+    def _reader(self, scope: str, chunk_id: bytes) -> RangeReader:
         try:
-            return self.store.get(self.name_for(scope, chunk_id))
+            return self.store.reader(self.name_for(scope, chunk_id))
         except NotFound:
             raise NotFound(
                 f"chunk {bytes(chunk_id).hex()} is not stored in namespace {scope!r}"
             ) from None
 
+    # Reads go through the store's ranged reader: only the envelope's header and the frames a
+    # range covers are read (a 4 KiB read of a 1 MiB chunk reads ~70 KiB, not 1 MiB).
     def read(
         self, scope: str, chunk_id: bytes, offset: int = 0, length: int | None = None
     ) -> bytes:
-        envelope = self._get(scope, chunk_id)
-        return open_chunk(chunk_id, envelope, self.keys.for_namespace(scope), offset, length)
+        keys = self.keys.for_namespace(scope)
+        with self._reader(scope, chunk_id) as r:
+            return open_chunk_at(chunk_id, r.read_at, r.size, keys, offset, length)
 
     def frames(
         self, scope: str, chunk_id: bytes, offset: int = 0, length: int | None = None
     ) -> Iterator[Frame]:
-        envelope = self._get(scope, chunk_id)
-        return iter_frames(chunk_id, envelope, self.keys.for_namespace(scope), offset, length)
+        keys = self.keys.for_namespace(scope)
+        with self._reader(scope, chunk_id) as r:
+            # iter_frames_at reads before it returns: the file may be closed after
+            return iter_frames_at(chunk_id, r.read_at, r.size, keys, offset, length)
 
     def delete(self, scope: str, chunk_id: bytes) -> bool:
         return self.store.delete(self.name_for(scope, chunk_id))

@@ -9,12 +9,19 @@ Interface:
     attr_pb(Attr) -> common_pb2.Attr
     FilesystemServicer(backend)                   every RPC of filesystem.proto
 
+Fast paths for the mount (each saves it a round trip): replies that change a directory carry
+the directory's attributes after the change (`parent_attr`); Unlink/RmDir/Rename say which inode
+they removed and may drop it at once (`forget`); CommitFile may carry small chunks inline
+(stored exactly as PutChunks stores them, before the commit applies); GetChunkMap may carry a
+small file's bytes (`inline_max`), unless the caller's cache already holds that generation.
+
 Namespace and branch come from call metadata (`aifs-namespace`, `aifs-branch`), already
 checked against the caller's token by `auth.AuthInterceptor`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import stat as stat_mod
 import threading
 from typing import Any
@@ -23,11 +30,13 @@ import grpc
 
 from aifs_proto.v1 import common_pb2, filesystem_pb2, filesystem_pb2_grpc
 from aifs_server.auth import call_scope
-from aifs_server.errors import InvalidArgument, NameTooLong, NotFound
+from aifs_server.errors import AIFSError, InvalidArgument, NameTooLong, NotFound
 from aifs_server.grpc_errors import rpc
 from aifs_server.metadata.base import NAME_MAX, Attr, ChunkRef, Namespace, TreeRef
 
 READDIR_DEFAULT = 256
+INLINE_COMMIT_MAX = 16 << 20    # inline chunk bytes one CommitFile may carry
+INLINE_READ_MAX = 4 << 20       # the most GetChunkMap inlines, whatever the caller asks
 READDIR_MAX = 4096
 BLOCK_SIZE = 4096
 
@@ -132,40 +141,95 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
 
     @rpc
     def MkDir(self, request: Any, context: grpc.ServicerContext) -> Any:
-        a = self.meta.mkdir(self.b.tree(context), request.parent, _name(request.name),
-                            request.mode, request.uid, request.gid)
-        return filesystem_pb2.EntryReply(attr=attr_pb(a))
+        tree = self.b.tree(context)
+        a = self.meta.mkdir(tree, request.parent, _name(request.name), request.mode,
+                            request.uid, request.gid)
+        return self._entry_reply(tree, a, request.parent)
 
     @rpc
     def Create(self, request: Any, context: grpc.ServicerContext) -> Any:
         mode = request.mode
         if stat_mod.S_IFMT(mode) == 0:
             mode |= stat_mod.S_IFREG
-        a = self.meta.create(self.b.tree(context), request.parent, _name(request.name), mode,
-                             request.uid, request.gid, request.rdev)
-        return filesystem_pb2.EntryReply(attr=attr_pb(a))
+        tree = self.b.tree(context)
+        a = self.meta.create(tree, request.parent, _name(request.name), mode, request.uid,
+                             request.gid, request.rdev)
+        return self._entry_reply(tree, a, request.parent)
+
+    def _entry_reply(self, tree: TreeRef, a: Attr, parent: int) -> Any:
+        return filesystem_pb2.EntryReply(attr=attr_pb(a), parent_attr=self._attr_or_none(tree,
+                                                                                        parent))
+
+    def _attr_or_none(self, tree: TreeRef, ino: int) -> common_pb2.Attr | None:
+        """The inode's attributes for a reply's optional field (None when it is gone)."""
+        try:
+            return attr_pb(self.meta.getattr(tree, ino))
+        except NotFound:
+            return None
+
+    def _drop_if_unlinked(self, tree: TreeRef, a: Attr) -> None:
+        """`forget` in a request: the caller holds no handle, so an nlink-0 inode goes now."""
+        if a.nlink == 0:
+            self.meta.forget(tree, a.ino)
 
     @rpc
     def Unlink(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self.meta.unlink(self.b.tree(context), request.parent, _name(request.name))
-        return common_pb2.Empty()
+        tree = self.b.tree(context)
+        # the SQLite engine drops an nlink-0 inode in the unlink's own transaction
+        a = (self.meta.unlink(tree, request.parent, _name(request.name), forget=True)
+             if request.forget else self.meta.unlink(tree, request.parent, _name(request.name)))
+        return filesystem_pb2.RemoveReply(attr=attr_pb(a),
+                                          parent_attr=self._attr_or_none(tree, request.parent))
 
     @rpc
     def RmDir(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self.meta.rmdir(self.b.tree(context), request.parent, _name(request.name))
-        return common_pb2.Empty()
+        tree = self.b.tree(context)
+        name = _name(request.name)
+        try:
+            before: Attr | None = self.meta.lookup(tree, request.parent, name)
+        except AIFSError:
+            before = None   # rmdir itself reports the precise error
+        self.meta.rmdir(tree, request.parent, name)
+        reply = filesystem_pb2.RemoveReply(parent_attr=self._attr_or_none(tree, request.parent))
+        if before is not None:
+            reply.attr.CopyFrom(attr_pb(dataclasses.replace(before, nlink=0)))
+            if request.forget:
+                self.meta.forget(tree, before.ino)
+        return reply
 
     @rpc
     def Rename(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self.meta.rename(self.b.tree(context), request.parent, _name(request.name),
-                         request.new_parent, _name(request.new_name), request.flags)
-        return common_pb2.Empty()
+        tree = self.b.tree(context)
+        name, new_name = _name(request.name), _name(request.new_name)
+        replaced: Attr | None = None
+        if not request.flags & 2:   # RENAME_EXCHANGE unlinks nothing
+            try:
+                replaced = self.meta.lookup(tree, request.new_parent, new_name)
+            except AIFSError:
+                replaced = None
+        self.meta.rename(tree, request.parent, name, request.new_parent, new_name,
+                         request.flags)
+        reply = filesystem_pb2.RenameReply(
+            parent_attr=self._attr_or_none(tree, request.parent),
+            new_parent_attr=self._attr_or_none(tree, request.new_parent))
+        if replaced is not None:
+            try:
+                after = self.meta.getattr(tree, replaced.ino)
+            except NotFound:
+                after = None
+            # renamed onto itself (same inode, or a hard link of it): nothing was unlinked
+            if after is not None and after.nlink < replaced.nlink:
+                reply.replaced.CopyFrom(attr_pb(after))
+                if request.forget:
+                    self._drop_if_unlinked(tree, after)
+        return reply
 
     @rpc
     def Symlink(self, request: Any, context: grpc.ServicerContext) -> Any:
-        a = self.meta.symlink(self.b.tree(context), request.parent, _name(request.name),
-                              request.target, request.uid, request.gid)
-        return filesystem_pb2.EntryReply(attr=attr_pb(a))
+        tree = self.b.tree(context)
+        a = self.meta.symlink(tree, request.parent, _name(request.name), request.target,
+                              request.uid, request.gid)
+        return self._entry_reply(tree, a, request.parent)
 
     @rpc
     def ReadLink(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -174,9 +238,9 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
 
     @rpc
     def Link(self, request: Any, context: grpc.ServicerContext) -> Any:
-        a = self.meta.link(self.b.tree(context), request.ino, request.new_parent,
-                           _name(request.new_name))
-        return filesystem_pb2.EntryReply(attr=attr_pb(a))
+        tree = self.b.tree(context)
+        a = self.meta.link(tree, request.ino, request.new_parent, _name(request.new_name))
+        return self._entry_reply(tree, a, request.new_parent)
 
     @rpc
     def GetXattr(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -216,10 +280,21 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     def GetChunkMap(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
         a, refs = self.meta.get_chunk_map(tree, request.ino, request.first_index, request.count)
-        return filesystem_pb2.ChunkMapReply(
+        reply = filesystem_pb2.ChunkMapReply(
             attr=attr_pb(a), chunk_size=self.b.namespace(tree.namespace).chunk_size,
             chunks=[common_pb2.ChunkRef(index=r.index, chunk_id=r.chunk_id, length=r.length)
                     for r in refs])
+        limit = min(request.inline_max, INLINE_READ_MAX)
+        if (limit and 0 < a.size <= limit and len(refs) == 1 and refs[0].index == 0
+                and refs[0].chunk_id and request.first_index == 0
+                and not (request.HasField("cached_generation")
+                         and request.cached_generation == a.generation)):
+            try:
+                reply.inline_data = self.b.chunks.read(tree.namespace, refs[0].chunk_id, 0,
+                                                       refs[0].length)
+            except AIFSError:
+                pass   # a missing or damaged chunk: the read path reports it precisely
+        return reply
 
     @rpc
     def CommitFile(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -236,10 +311,44 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
                     f"chunk slot {c.index} claims {c.length} bytes; the namespace's chunk size "
                     f"is {chunk_size}")
             changed.append(ChunkRef(index=c.index, chunk_id=bytes(c.chunk_id), length=c.length))
+        if request.inline_chunks:
+            self._store_inline(tree.namespace, request.inline_chunks)
         a = self.meta.commit_file(tree, request.ino, changed, request.size,
                                   truncated=request.truncated, mtime_ns=request.mtime_ns,
                                   asset_id=request.asset_id, durable=request.durable)
         return filesystem_pb2.AttrReply(attr=attr_pb(a))
+
+    def _store_inline(self, ns_name: str, items: Any) -> None:
+        """Store CommitFile's inline chunks as PutChunks would: verified against their ids,
+        sealed, durable, and recorded only once durable (a record never names a chunk a crash
+        could lose)."""
+        ns = self.b.namespace(ns_name)
+        total = 0
+        batch: list[tuple[bytes, bytes]] = []
+        for item in items:
+            cid = bytes(item.chunk_id)
+            if len(cid) != 32:
+                raise InvalidArgument(f"inline chunk id is {len(cid)} bytes; ids are 32-byte "
+                                      f"BLAKE3 digests of the plaintext")
+            if len(item.data) > ns.chunk_size:
+                raise InvalidArgument(
+                    f"inline chunk {cid.hex()} is {len(item.data)} bytes; the namespace's chunk "
+                    f"size is {ns.chunk_size}")
+            total += len(item.data)
+            if total > INLINE_COMMIT_MAX:
+                raise InvalidArgument(
+                    f"CommitFile carries more than {INLINE_COMMIT_MAX} bytes of inline chunks; "
+                    f"upload the larger ones with PutChunks first")
+            batch.append((cid, bytes(item.data)))
+        if len(batch) == 1:
+            cid, plain = batch[0]
+            results = [self.b.chunks.put(ns_name, cid, plain, ns.zstd_level)]
+        else:
+            results = self.b.chunks.put_batch(ns_name, batch, ns.zstd_level)
+        for (cid, plain), (_new, stored_len) in zip(batch, results, strict=True):
+            self.meta.record_chunk(ns_name, cid, len(plain), int(stored_len))
+        if self.b.metrics is not None:
+            self.b.metrics.add_bytes("in", total)
 
     @rpc
     def Forget(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -18,6 +18,8 @@ Interface:
     is_mounted(path) -> bool
     main(argv)                                  `python -m aifsfs.fuse.mounter` (the detached child)
 
+As root, the mount raises its kernel read-ahead window to READ_AHEAD_KB (bigger FUSE reads).
+
 The mount process flushes everything it buffered when the kernel unmounts it (pyfuse3.main
 returns) and when it gets SIGTERM/SIGINT (then it unmounts itself).
 """
@@ -121,6 +123,32 @@ def _check_mountpoint(path: str) -> None:
         raise MountError(f"{path} is already a mount point (unmount it with `aifs umount {path}`)")
 
 
+# The kernel never sends a FUSE read bigger than the mount's read-ahead window (the bdi's
+# read_ahead_kb, 128 KiB by default): a sequential reader then costs one request per 128 KiB
+# and has at most one read-ahead request out. 4 MiB lets it send 1 MiB reads (the FUSE
+# maximum), several at a time (measured: 1 GiB cold read 143 -> 195 MiB/s). Random readers are
+# unaffected: read-ahead only grows on sequential access (and fadvise RANDOM turns it off).
+READ_AHEAD_KB = 4096
+
+
+async def _raise_read_ahead(mountpoint: str, kb: int = READ_AHEAD_KB) -> None:
+    """Set the mount's read_ahead_kb (root only; otherwise the kernel default stays)."""
+    import trio
+
+    def apply() -> None:
+        # stat returns once the kernel's INIT is answered: a value written before that
+        # would be clamped back to the kernel's proposal by the INIT reply.
+        st = os.stat(mountpoint)
+        path = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
+        with open(path, "w") as f:
+            f.write(str(kb))
+
+    try:
+        await trio.to_thread.run_sync(apply)
+    except OSError as exc:  # not root, or no sysfs: slower sequential reads, nothing else
+        log.debug("read_ahead_kb of %s left at the default: %s", mountpoint, exc)
+
+
 def run_mount(opts: MountOptions) -> int:
     """Mount in this process and serve until unmounted; returns the exit code."""
     import pyfuse3
@@ -160,6 +188,7 @@ def run_mount(opts: MountOptions) -> int:
                         return
 
             nursery.start_soon(on_signal)
+            nursery.start_soon(_raise_read_ahead, opts.mountpoint)
             await pyfuse3.main(min_tasks=4, max_tasks=64)
             await ops.shutdown()
             nursery.cancel_scope.cancel()

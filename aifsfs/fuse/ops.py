@@ -16,7 +16,22 @@ How it behaves (see DESIGN.md section 5):
   `flush` (close) and `fsync` upload and CommitFile; writes are visible at once in this mount
   because reads overlay the write buffer.
 - Unlinked-but-open files: the server keeps nlink-0 inodes until Forget; we call Forget when the
-  last handle closes (or at once when none is open).
+  last handle closes. When no file is open in this mount at all, Unlink/RmDir/Rename ask the
+  server to drop a removed inode in the same call (`forget`), and say which inode they removed
+  (no Lookup first).
+- Round trips saved (DESIGN.md section 8: a call costs ~0.5 ms, more under load):
+  * security.* and system.posix_acl_* getxattr (the kernel asks security.capability before
+    every write) answer ENODATA here: this filesystem stores neither (setxattr refuses them).
+  * The kernel drops a directory's cached attributes after each create/unlink in it and asks
+    again (default_permissions checks the parent), and a file's after every read (atime):
+    replies of our own calls (create/unlink/rename carry the parent's new attributes; open,
+    commit, setattr the file's) are kept and getattr serves them for what is left of
+    attr_timeout -- exactly what the kernel's own cache would have allowed had it kept them.
+  * The first open of a file in this mount keeps the page cache (there can be none yet): no
+    invalidation, so the kernel does not drop and re-ask the attributes.
+  * open asks GetChunkMap to inline a small file's bytes (unless the page cache we keep
+    already holds that generation): they go to the chunk cache, so the first read is local.
+  * close of a small file commits its data inside CommitFile (write_buffer.py `inline_max`).
 - Names longer than 255 bytes fail with ENAMETOOLONG before any call. `/.aifs/` is synthetic
   (see synthetic.py) and hidden from the root's listing; `user.aifs.*` xattrs come from
   GetFileInfo.
@@ -60,6 +75,9 @@ log = logging.getLogger("aifsfs.fuse")
 AIFS_XATTRS = (b"user.aifs.asset_id", b"user.aifs.uri", b"user.aifs.kind",
                b"user.aifs.stored_bytes", b"user.aifs.logical_bytes")
 SYN_NAME = b".aifs"
+INLINE_MAX = 1 << 20          # small-file bytes that ride along with GetChunkMap / CommitFile
+# Not stored by this filesystem: answered locally (a round trip per write() otherwise).
+_LOCAL_XATTR_PREFIXES = (b"security.", b"system.posix_acl_")
 READDIR_PAGE = 1000
 _TRACE = bool(os.environ.get("AIFS_FUSE_TRACE"))   # log every operation's duration
 
@@ -141,7 +159,8 @@ class AIFSOperations(pyfuse3.Operations):
         self.limiter = trio.CapacityLimiter(threads)
         self.cache = ChunkCache(cache_bytes)
         self.reader = ChunkReader(client, self.cache, self.limiter, readahead_chunks)
-        self.buffers = WriteBuffers(client, self.limiter, self._read_base, max_dirty_bytes)
+        self.buffers = WriteBuffers(client, self.limiter, self._read_base, max_dirty_bytes,
+                                    inline_max=INLINE_MAX)
         self.synthetic = Synthetic(client, self._call, self.reader)
         self.chunk_size = 0                       # learnt from the first chunk map
         self.states: dict[int, FileState] = {}    # open or dirty regular files
@@ -151,6 +170,9 @@ class AIFSOperations(pyfuse3.Operations):
         self.lookups: dict[int, int] = {}         # kernel lookup counts
         self.seen_gen: dict[int, int] = {}        # generation of the page cache per inode
         self.kernel_gen: dict[int, int] = {}      # generation of the attrs the kernel holds
+        # Attrs from the replies of our own calls (open, commit, create, unlink, ...):
+        # ino -> (valid until, attr); getattr serves them, see _note_attr
+        self.fresh_attrs: dict[int, tuple[float, Attr]] = {}
         self.handles: dict[int, _Handle] = {}
         self.dirs: dict[int, _DirHandle] = {}
         self._next_fh = 1
@@ -202,6 +224,33 @@ class AIFSOperations(pyfuse3.Operations):
     def _looked_up(self, ino: int) -> None:
         self.lookups[ino] = self.lookups.get(ino, 0) + 1
 
+    def _note_attr(self, a: Attr | None, asked_at: float) -> None:
+        """Keep an inode's attrs from the reply to a call made at `asked_at` (monotonic),
+        valid until asked_at + attr_timeout: what the kernel's own cache would allow had it
+        kept them. The kernel drops its copy when it knows something changed locally (a
+        directory after create/unlink in it; a file's atime after every read) and asks again;
+        the server's answer would be these same attrs, so getattr gives them without a call.
+        Whatever else this mount changes pops or refreshes the entry."""
+        if a is None or self.attr_timeout <= 0:
+            return
+        until = asked_at + self.attr_timeout
+        if len(self.fresh_attrs) > 4096:   # bounded: drop the expired ones
+            now = time.monotonic()
+            self.fresh_attrs = {k: v for k, v in self.fresh_attrs.items() if v[0] > now}
+        self.fresh_attrs[a.ino] = (until, a)
+
+    def _cached_attr(self, ino: int) -> pyfuse3.EntryAttributes | None:
+        hit = self.fresh_attrs.get(ino)
+        if hit is None:
+            return None
+        left = hit[0] - time.monotonic()
+        if left <= 0:
+            del self.fresh_attrs[ino]
+            return None
+        e = self._entry(hit[1])
+        e.attr_timeout = min(e.attr_timeout, left)   # no longer than from the reply's time
+        return e
+
     async def _forget_remote(self, ino: int) -> None:
         """The server drops an nlink-0 inode on Forget (a linked one is left alone)."""
         try:
@@ -239,6 +288,9 @@ class AIFSOperations(pyfuse3.Operations):
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if is_synthetic(inode):
             return self._entry(await self.synthetic.getattr(inode))
+        cached = self._cached_attr(inode)
+        if cached is not None:
+            return cached
         st = self.states.get(inode)
         try:
             a = await self._call(self.client.getattr, inode)
@@ -255,6 +307,7 @@ class AIFSOperations(pyfuse3.Operations):
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if is_synthetic(inode) or self.read_only:
             raise pyfuse3.FUSEError(errno.EROFS)
+        self.fresh_attrs.pop(inode, None)
         bits = 0
         kw: dict[str, int] = {}
         if fields.update_mode:
@@ -284,7 +337,9 @@ class AIFSOperations(pyfuse3.Operations):
             await self._commit(st)
         if not bits:
             return self._entry(await self._call(self.client.getattr, inode))
+        t0 = time.monotonic()
         a: Attr = await self._call(self.client.setattr, inode, bits, **kw)
+        self._note_attr(a, t0)
         if st is not None:
             st.attr = a
             if bits & SET_SIZE:
@@ -295,7 +350,9 @@ class AIFSOperations(pyfuse3.Operations):
 
     async def _reload(self, st: FileState) -> None:
         """Refresh a clean state's chunk map (after a truncate)."""
+        t0 = time.monotonic()
         a, cs, refs = await self._call(self.client.get_chunk_map, st.ino)
+        self._note_attr(a, t0)
         st.attr, st.size, st.generation = a, a.size, a.generation
         st.refs = {r.index: r for r in refs if r.chunk_id}
         st.chunk_size = cs or st.chunk_size
@@ -309,8 +366,10 @@ class AIFSOperations(pyfuse3.Operations):
     async def mkdir(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._check_writable(parent_inode, name)
-        a = await self._call(self.client.mkdir, parent_inode, name, mode & 0o7777,
-                             ctx.uid, ctx.gid)
+        t0 = time.monotonic()
+        a, pa = await self._call(self.client.mkdir_entry, parent_inode, name, mode & 0o7777,
+                                 ctx.uid, ctx.gid)
+        self._note_attr(pa, t0)
         self._looked_up(a.ino)
         return self._entry(a)
 
@@ -318,8 +377,10 @@ class AIFSOperations(pyfuse3.Operations):
     async def mknod(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, rdev: int,
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._check_writable(parent_inode, name)
-        a = await self._call(self.client.create, parent_inode, name, mode, ctx.uid, ctx.gid,
-                             rdev)
+        t0 = time.monotonic()
+        a, pa = await self._call(self.client.create_entry, parent_inode, name, mode, ctx.uid,
+                                 ctx.gid, rdev)
+        self._note_attr(pa, t0)
         self._looked_up(a.ino)
         return self._entry(a)
 
@@ -327,7 +388,10 @@ class AIFSOperations(pyfuse3.Operations):
     async def symlink(self, parent_inode: pyfuse3.InodeT, name: bytes, target: bytes,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._check_writable(parent_inode, name)
-        a = await self._call(self.client.symlink, parent_inode, name, target, ctx.uid, ctx.gid)
+        t0 = time.monotonic()
+        a, pa = await self._call(self.client.symlink_entry, parent_inode, name, target,
+                                 ctx.uid, ctx.gid)
+        self._note_attr(pa, t0)
         self._looked_up(a.ino)
         return self._entry(a)
 
@@ -343,7 +407,10 @@ class AIFSOperations(pyfuse3.Operations):
         self._check_writable(new_parent_inode, new_name)
         if is_synthetic(inode):
             raise pyfuse3.FUSEError(errno.EXDEV)
-        a = await self._call(self.client.link, inode, new_parent_inode, new_name)
+        t0 = time.monotonic()
+        a, pa = await self._call(self.client.link_entry, inode, new_parent_inode, new_name)
+        self._note_attr(pa, t0)
+        self._note_attr(a, t0)
         self._looked_up(a.ino)
         return self._entry(a)
 
@@ -354,17 +421,18 @@ class AIFSOperations(pyfuse3.Operations):
         if parent == ROOT_INO and name == SYN_NAME:
             raise pyfuse3.FUSEError(errno.EEXIST)
 
-    async def _lookup_quiet(self, parent: int, name: bytes) -> Attr | None:
-        try:
-            return cast(Attr, await self._call(self.client.lookup, parent, name))
-        except Exception as exc:  # noqa: BLE001
-            if errno_for(exc) == errno.ENOENT:
-                return None
-            raise
+    def _nothing_open(self) -> bool:
+        """No file of this mount has an open handle: none can be unlinked-but-open here, so
+        the server may drop a removed inode in the removing call itself."""
+        return not any(st.handles > 0 for st in self.states.values())
 
-    async def _after_unlink(self, a: Attr | None) -> None:
-        """`a` lost one link: if that was its last, drop it now or when its last handle closes."""
-        if a is None or (not stat.S_ISDIR(a.mode) and a.nlink > 1):
+    async def _after_unlink(self, a: Attr | None, forgotten: bool) -> None:
+        """`a` (its attrs after the call) lost one link: if that was its last, drop it now or
+        when its last handle closes. `forgotten`: the server already dropped it."""
+        if a is None:
+            return
+        self.fresh_attrs.pop(a.ino, None)
+        if not stat.S_ISDIR(a.mode) and a.nlink > 0:
             return
         st = self.states.get(a.ino)
         if st is not None and st.handles > 0:
@@ -374,23 +442,27 @@ class AIFSOperations(pyfuse3.Operations):
             self.buffers.drop(st)
             del self.states[a.ino]
         self.seen_gen.pop(a.ino, None)
-        await self._forget_remote(a.ino)
+        if not forgotten:
+            await self._forget_remote(a.ino)
+
+    async def _remove(self, parent: int, name: bytes, directory: bool) -> None:
+        self._check_writable(parent, name)
+        forget = self._nothing_open()
+        t0 = time.monotonic()
+        r = await self._call(self.client.remove, parent, name, directory=directory,
+                             forget=forget)
+        self._note_attr(r.parent, t0)
+        await self._after_unlink(r.attr, forget)
 
     @_errors()
     async def unlink(self, parent_inode: pyfuse3.InodeT, name: bytes,
                      ctx: pyfuse3.RequestContext) -> None:
-        self._check_writable(parent_inode, name)
-        a = await self._lookup_quiet(parent_inode, name)
-        await self._call(self.client.unlink, parent_inode, name)
-        await self._after_unlink(a)
+        await self._remove(parent_inode, name, directory=False)
 
     @_errors()
     async def rmdir(self, parent_inode: pyfuse3.InodeT, name: bytes,
                     ctx: pyfuse3.RequestContext) -> None:
-        self._check_writable(parent_inode, name)
-        a = await self._lookup_quiet(parent_inode, name)
-        await self._call(self.client.rmdir, parent_inode, name)
-        await self._after_unlink(a)
+        await self._remove(parent_inode, name, directory=True)
 
     @_errors()
     async def rename(self, parent_inode_old: pyfuse3.InodeT, name_old: bytes,
@@ -398,15 +470,15 @@ class AIFSOperations(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext) -> None:
         self._check_writable(parent_inode_old, name_old)
         self._check_writable(parent_inode_new, name_new)
-        replaced = None
-        if not flags & pyfuse3.RENAME_EXCHANGE:
-            replaced = await self._lookup_quiet(parent_inode_new, name_new)
-        await self._call(self.client.rename, parent_inode_old, name_old, parent_inode_new,
-                         name_new, flags)
-        if replaced is not None:
-            moved = await self._lookup_quiet(parent_inode_new, name_new)
-            if moved is None or moved.ino != replaced.ino:
-                await self._after_unlink(replaced)
+        forget = self._nothing_open()
+        t0 = time.monotonic()
+        r = await self._call(self.client.rename_entry, parent_inode_old, name_old,
+                             parent_inode_new, name_new, flags, forget=forget)
+        # a moved directory's ctime changed and we do not know its inode: forget them all
+        self.fresh_attrs.clear()
+        self._note_attr(r.parent, t0)
+        self._note_attr(r.new_parent, t0)
+        await self._after_unlink(r.replaced, forget)
 
     # --- directories ------------------------------------------------------------------------
     @_errors()
@@ -454,25 +526,34 @@ class AIFSOperations(pyfuse3.Operations):
         return None   # metadata calls are durable on the server when they return
 
     # --- files ------------------------------------------------------------------------------
-    async def _load_state(self, ino: int) -> tuple[FileState, bool]:
-        """The file's state for a new handle, and whether the kernel may keep its page cache."""
+    async def _load_state(self, ino: int, want_data: bool = False) -> tuple[FileState, bool]:
+        """The file's state for a new handle, and whether the kernel may keep its page cache.
+        want_data: the handle will read, so a small file's bytes may come with the map."""
         lock = self._load_locks.setdefault(ino, trio.Lock())
         try:
             async with lock:
-                return await self._load_state_locked(ino)
+                return await self._load_state_locked(ino, want_data)
         finally:
             if not lock.locked() and not lock.statistics().tasks_waiting:
                 self._load_locks.pop(ino, None)
 
-    async def _load_state_locked(self, ino: int) -> tuple[FileState, bool]:
+    async def _load_state_locked(self, ino: int, want_data: bool = False
+                                 ) -> tuple[FileState, bool]:
         st = self.states.get(ino)
         if st is not None and (st.handles > 0 or st.is_dirty()):
             return st, True
+        t0 = time.monotonic()
         try:
-            a, cs, refs = await self._call(self.client.get_chunk_map, ino)
+            a, cs, refs, data = await self._call(
+                self.client.open_chunk_map, ino, INLINE_MAX if want_data else 0,
+                self.seen_gen.get(ino))
         except Exception as exc:
             _stale_if_gone(exc)
             raise
+        self._note_attr(a, t0)
+        if data and len(refs) == 1 and refs[0].index == 0 and len(data) == refs[0].length:
+            # content-addressed: these bytes stay right for this chunk id whatever happens next
+            self.cache.put(refs[0].chunk_id, 0, data)
         if a.nlink == 0 and ino not in self.states:
             # Reached through a dentry the kernel cached before another mount replaced or
             # removed the name: ESTALE makes the kernel look the name up again (close-to-open).
@@ -481,7 +562,11 @@ class AIFSOperations(pyfuse3.Operations):
             self.chunk_size = self.chunk_size or cs
         st = FileState(ino, cs or self.chunk_size or (1 << 20), a, refs)
         self.states[ino] = st
-        keep = self.seen_gen.get(ino) == a.generation
+        # keep_cache when the kernel's pages are of this generation -- or when it can hold
+        # none: pages come only through an open here, which records the generation, and
+        # inode numbers are never reused. (Without keep_cache the kernel also drops the
+        # attributes and asks for them again: a round trip per first open.)
+        keep = self.seen_gen.get(ino, a.generation) == a.generation
         self.seen_gen[ino] = a.generation
         if self.kernel_gen.get(ino, a.generation) != a.generation:
             # Another mount changed the file since the kernel cached its attributes: make it
@@ -505,7 +590,8 @@ class AIFSOperations(pyfuse3.Operations):
             return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh), keep_cache=True)
         if self.read_only and flags & (os.O_WRONLY | os.O_RDWR):
             raise pyfuse3.FUSEError(errno.EROFS)
-        st, keep = await self._load_state(inode)
+        st, keep = await self._load_state(
+            inode, want_data=not flags & (os.O_WRONLY | os.O_TRUNC))
         if flags & os.O_TRUNC:
             # libfuse enables atomic O_TRUNC: the truncation arrives here, not as a setattr.
             if st.is_dirty():
@@ -525,8 +611,11 @@ class AIFSOperations(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._check_writable(parent_inode, name)
-        a: Attr = await self._call(self.client.create, parent_inode, name, mode, ctx.uid,
-                                   ctx.gid)
+        t0 = time.monotonic()
+        a, pa = await self._call(self.client.create_entry, parent_inode, name, mode, ctx.uid,
+                                 ctx.gid)
+        self._note_attr(pa, t0)
+        self._note_attr(a, t0)
         if not self.chunk_size:
             _, cs, _ = await self._call(self.client.get_chunk_map, a.ino)
             self.chunk_size = cs or (1 << 20)
@@ -612,8 +701,10 @@ class AIFSOperations(pyfuse3.Operations):
         return len(buf)
 
     async def _commit(self, st: FileState, durable: bool = False) -> None:
+        t0 = time.monotonic()
         a = await self.buffers.flush(st, durable=durable)
         if a is not None:
+            self._note_attr(a, t0)
             self.seen_gen[st.ino] = a.generation
             self.kernel_gen[st.ino] = a.generation
 
@@ -705,7 +796,7 @@ class AIFSOperations(pyfuse3.Operations):
     @_errors(xattr=True)
     async def getxattr(self, inode: pyfuse3.InodeT, name: bytes,
                        ctx: pyfuse3.RequestContext) -> bytes:
-        if is_synthetic(inode):
+        if is_synthetic(inode) or name.startswith(_LOCAL_XATTR_PREFIXES):
             raise pyfuse3.FUSEError(errno.ENODATA)
         if name in AIFS_XATTRS:
             if not await self._is_regular(inode):
@@ -735,6 +826,11 @@ class AIFSOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         if name.startswith(b"user.aifs."):
             raise pyfuse3.FUSEError(errno.EPERM)   # computed by the server, not settable
+        if name.startswith(_LOCAL_XATTR_PREFIXES):
+            # capabilities, security labels and ACLs are not stored (getxattr answers ENODATA
+            # for them without asking the server): refuse, as a filesystem without them does
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+        self.fresh_attrs.pop(inode, None)
         await self._call(self.client.setxattr, inode, name, value, 0)
 
     @_errors(xattr=True)
@@ -744,6 +840,7 @@ class AIFSOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         if name.startswith(b"user.aifs."):
             raise pyfuse3.FUSEError(errno.EPERM)
+        self.fresh_attrs.pop(inode, None)
         await self._call(self.client.removexattr, inode, name)
 
     # --- filesystem -------------------------------------------------------------------------

@@ -12,16 +12,24 @@ Interface:
     ReadPattern()                  per-handle sequential detector: .observe(offset, length) -> bool
 
 Every gRPC call leaves the trio thread with `trio.to_thread.run_sync(..., limiter=limiter)`, so
-many readers (DataLoader workers, parallel cp) overlap. Two readers wanting the same range share
-one fetch (the second awaits the first's event).
+many readers (DataLoader workers, parallel cp) overlap; a cache hit never leaves the trio thread.
+Two readers wanting the same range share one fetch (the second awaits the first's event). Small
+ranges (<= BATCH_RANGE_MAX) go out at once while fewer than SMALL_CALLS_MAX such calls are out;
+past that they queue and leave together as one multi-range GetChunks call (per-call cost paid
+once per batch). Whole-chunk fetches (sequential reads, read-ahead) always get their own call,
+so the server reads and decrypts them in parallel. `.calls` counts calls, `.fetches` ranges.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 from typing import Any
 
 import trio
 
+from aifs_server.chunkstore import tune_malloc
+from aifsfs.errors import DeadlineExceeded, ServerUnavailable
 from aifsfs.fuse.chunk_cache import ChunkCache, frame_align
 
 
@@ -31,6 +39,18 @@ class _Fetch:
     def __init__(self, start: int, end: int) -> None:
         self.start = start
         self.end = end
+        self.done = trio.Event()
+        self.data: bytes | None = None
+        self.error: BaseException | None = None
+
+
+class _Req:
+    """One small range waiting for a (possibly shared) GetChunks call."""
+
+    __slots__ = ("rng", "done", "data", "error")
+
+    def __init__(self, rng: tuple[bytes, int, int]) -> None:
+        self.rng = rng
         self.done = trio.Event()
         self.data: bytes | None = None
         self.error: BaseException | None = None
@@ -49,6 +69,15 @@ class ReadPattern:
         return seq
 
 
+# Ranges up to this size (random reads: one or a few 64 KiB frames) may share a call.
+BATCH_RANGE_MAX = 256 << 10
+# Small-range calls out at once before further small ranges wait to go together in one call:
+# about what the server's cores can work on at once (fio 16 jobs, 2 cores: 1, 2 or 4 gave
+# 700-980 IOPS against ~605 with no batching; the machine was shared, so +-30%).
+SMALL_CALLS_MAX = max(2, os.cpu_count() or 2)
+BATCH_RANGES_MAX = 32
+
+
 def fetch_ranges(client: Any, ranges: list[tuple[bytes, int, int]]) -> list[bytes]:
     """Blocking: byte ranges (chunk_id, offset, length) of stored chunks, in order."""
     return list(client.get_chunks(ranges))
@@ -57,13 +86,19 @@ def fetch_ranges(client: Any, ranges: list[tuple[bytes, int, int]]) -> list[byte
 class ChunkReader:
     def __init__(self, client: Any, cache: ChunkCache, limiter: trio.CapacityLimiter,
                  readahead_chunks: int = 8) -> None:
+        tune_malloc()  # every fetch allocates MiB-sized messages: keep them off mmap
         self.client = client
         self.cache = cache
         self.limiter = limiter
         self.readahead_chunks = readahead_chunks
         self._inflight: dict[bytes, list[_Fetch]] = {}
-        self.fetches = 0          # calls made (for tests and stats)
+        self.fetches = 0          # ranges fetched (for tests and stats)
         self.fetched_bytes = 0
+        self.calls = 0            # GetChunks calls made for them
+        # Small fetches (random reads) share calls when many are waiting: see _batched.
+        self._queue: list[_Req] = []
+        self._small_calls = 0
+        self._slot_free = trio.Event()
 
     async def read(self, ref: Any, offset: int, length: int, whole: bool = False) -> bytes:
         if length <= 0:
@@ -103,9 +138,13 @@ class ChunkReader:
         if f is None:
             f = self._register(chunk_id, start, stop)
         try:
-            (data,) = await trio.to_thread.run_sync(
-                fetch_ranges, self.client, [(chunk_id, start, stop - start)],
-                limiter=self.limiter)
+            rng = (chunk_id, start, stop - start)
+            if stop - start <= BATCH_RANGE_MAX:
+                data = await self._batched(rng)
+            else:
+                (data,) = await trio.to_thread.run_sync(fetch_ranges, self.client, [rng],
+                                                        limiter=self.limiter)
+                self.calls += 1
             data = bytes(data)
             if len(data) != stop - start:
                 raise OSError(5, f"chunk {chunk_id.hex()[:16]}: server sent {len(data)} bytes "
@@ -125,6 +164,59 @@ class ChunkReader:
                 if not lst:
                     del self._inflight[chunk_id]
             f.done.set()
+
+    async def _batched(self, rng: tuple[bytes, int, int]) -> bytes:
+        """Fetch a small range. While fewer than SMALL_CALLS_MAX small calls are out, it goes
+        at once, alone (no added latency for one reader); beyond that, ranges queue and the
+        next free slot takes everything queued as ONE call: with 16 random readers, the
+        per-call cost (gRPC setup, auth, a worker thread on each side) is paid once per batch
+        instead of once per 4 KiB read."""
+        req = _Req(rng)
+        self._queue.append(req)
+        while not req.done.is_set():
+            if self._small_calls < SMALL_CALLS_MAX and self._queue:
+                batch = self._queue[:BATCH_RANGES_MAX]
+                del self._queue[:len(batch)]
+                await self._call_batch(batch)
+            else:
+                await self._slot_free.wait()  # a call ended: ours may be done, or a slot free
+        if req.error is not None:
+            raise req.error
+        assert req.data is not None
+        return req.data
+
+    async def _call_batch(self, batch: list[_Req]) -> None:
+        self._small_calls += 1
+        try:
+            try:
+                datas = await trio.to_thread.run_sync(
+                    fetch_ranges, self.client, [r.rng for r in batch], limiter=self.limiter)
+                self.calls += 1
+                for r, d in zip(batch, datas, strict=True):
+                    r.data = d
+            except (ServerUnavailable, DeadlineExceeded) as exc:
+                for r in batch:
+                    r.error = exc
+            except Exception as exc:  # noqa: BLE001 - handed to the waiting readers
+                if len(batch) == 1:
+                    batch[0].error = exc
+                else:
+                    # a missing or damaged chunk must fail only the reads of that chunk
+                    for r in batch:
+                        try:
+                            (r.data,) = await trio.to_thread.run_sync(
+                                fetch_ranges, self.client, [r.rng], limiter=self.limiter)
+                            self.calls += 1
+                        except Exception as one:  # noqa: BLE001
+                            r.error = one
+        finally:
+            self._small_calls -= 1
+            for r in batch:
+                if r.data is None and r.error is None:  # cancelled before the answer
+                    r.error = OSError(errno.EIO, "chunk read interrupted")
+                r.done.set()
+            ended, self._slot_free = self._slot_free, trio.Event()
+            ended.set()
 
     def prefetch(self, nursery: trio.Nursery, refs: list[Any]) -> None:
         for ref in refs:

@@ -11,7 +11,7 @@ Interface:
         .size, .refs {index: ChunkRef} (server map + uploaded-but-uncommitted slots), .dirty,
         .inflight (snapshots being uploaded, readable meanwhile), .handles, .generation
         .is_dirty()                 anything not yet committed
-    WriteBuffers(client, limiter, read_base, max_dirty_bytes=64 MiB)
+    WriteBuffers(client, limiter, read_base, max_dirty_bytes=64 MiB, inline_max=0)
         .start(nursery)                         where background uploads run
         await .write(st, offset, data)          buffer; full slots upload in the background;
                                                 waits while the mount holds too much dirty data
@@ -19,6 +19,10 @@ Interface:
                                                 upload what is left, CommitFile the changed slots
                                                 (durable for fsync)
                                                 (+ size, + whole-file BLAKE3 when known)
+                                                slots of at most `inline_max` bytes still dirty
+                                                at flush travel inside the CommitFile (no
+                                                PutChunks round trip: a small file's close is
+                                                one call)
         .dirty_bytes, .inflight_bytes
 
 Why it is shaped this way:
@@ -28,6 +32,8 @@ Why it is shaped this way:
   nothing yet): that is how dirty data "spills" when memory is short. If the mount dies, GC
   collects those chunks; nothing committed refers to them.
 - All-zero slots are not stored: they commit as holes.
+- An inline slot stays in `.inflight` (readable) and `.uploading` (no newer upload of it can
+  overtake) until its commit returns: its chunk exists on the server only from then on.
 - A failed upload (server down, ENOSPC) puts the bytes back as dirty data, so a later flush can
   retry; the error is reported by the next write/flush/fsync.
 """
@@ -45,6 +51,7 @@ from aifs_server.metadata.base import Attr, ChunkRef
 from aifsfs.fuse.chunk_cache import slot_length
 
 DEFAULT_MAX_DIRTY = 64 << 20
+INLINE_TOTAL_MAX = 8 << 20     # inline bytes per CommitFile (the server takes up to 16 MiB)
 
 
 class DirtyChunk:
@@ -173,11 +180,29 @@ def _is_zero(data: bytes) -> bool:
     return data == bytes(len(data))
 
 
-def store_chunk(client: Any, idx: int, data: bytes) -> ChunkRef:
-    """Blocking: hash, dedup-check and upload one slot's bytes; an all-zero slot is a hole."""
+def chunk_ref(idx: int, data: bytes) -> ChunkRef:
+    """The slot's ref by content: BLAKE3 id and length; an all-zero slot is a hole."""
     if not data or _is_zero(data):
         return ChunkRef(idx, b"", 0)
-    cid = blake3.blake3(data).digest()
+    return ChunkRef(idx, blake3.blake3(data).digest(), len(data))
+
+
+class _Staged:
+    """An inline slot taken out of the dirty map, waiting for its commit."""
+
+    __slots__ = ("idx", "ref", "data", "event", "prev")
+
+    def __init__(self, idx: int, ref: ChunkRef, data: bytes, event: trio.Event,
+                 prev: ChunkRef | None) -> None:
+        self.idx, self.ref, self.data, self.event, self.prev = idx, ref, data, event, prev
+
+
+def store_chunk(client: Any, idx: int, data: bytes) -> ChunkRef:
+    """Blocking: hash, dedup-check and upload one slot's bytes; an all-zero slot is a hole."""
+    ref = chunk_ref(idx, data)
+    if not ref.chunk_id:
+        return ref
+    cid = ref.chunk_id
     # Over a network, ask first (dedup saves the transfer); over a local unix socket the
     # extra round trip costs more than sending: the server deduplicates on put anyway.
     local = str(getattr(client, "address", "")).startswith("unix:")
@@ -186,11 +211,16 @@ def store_chunk(client: Any, idx: int, data: bytes) -> ChunkRef:
     return ChunkRef(idx, cid, len(data))
 
 
+class _Nothing(Exception):
+    """The slot left the dirty map while we waited (truncated away): nothing to stage."""
+
+
 class WriteBuffers:
     def __init__(self, client: Any, limiter: trio.CapacityLimiter,
                  read_base: Callable[[ChunkRef, int], Awaitable[bytes]],
-                 max_dirty_bytes: int = DEFAULT_MAX_DIRTY) -> None:
+                 max_dirty_bytes: int = DEFAULT_MAX_DIRTY, inline_max: int = 0) -> None:
         self.client = client
+        self.inline_max = inline_max
         self.limiter = limiter
         self.read_base = read_base          # (ref, n) -> first n bytes of the stored chunk
         self.max_dirty_bytes = max_dirty_bytes
@@ -364,29 +394,59 @@ class WriteBuffers:
                 except Exception as exc:  # noqa: BLE001
                     errors.append(exc)
 
+            staged: dict[int, _Staged] = {}
+
+            async def stage(idx: int) -> None:
+                try:
+                    await self._stage_inline(st, idx, staged)
+                except Exception as exc:  # noqa: BLE001
+                    errors.append(exc)
+
+            budget = INLINE_TOTAL_MAX
             async with trio.open_nursery() as nursery:
                 for idx in list(st.dirty):
-                    nursery.start_soon(one, idx)
-            while st.uploading:
-                await next(iter(st.uploading.values())).wait()
-            if st.error is not None:
-                err, st.error = st.error, None
-                errors.append(err)
-            if errors:
-                raise errors[0]
-            if not st.changed and not st.meta_dirty:
-                return None
-            changed = dict(st.changed)
-            refs = [st.refs.get(i) or ChunkRef(i, b"", 0) for i in sorted(changed)]
-            asset_id = ""
-            if st.hasher is not None and st.hashed == st.size and not st.dirty:
-                asset_id = st.hasher.hexdigest()
-            size = st.size
-            attr: Attr = await trio.to_thread.run_sync(
-                lambda: self.client.commit_file(st.ino, refs, size, truncated=False,
-                                                mtime_ns=st.mtime_ns, asset_id=asset_id,
-                                                durable=durable),
-                limiter=self.limiter)
+                    n = slot_length(st.size, idx, st.chunk_size)
+                    if 0 < n <= min(self.inline_max, budget) and idx not in st.uploading:
+                        budget -= n
+                        nursery.start_soon(stage, idx)
+                    else:
+                        nursery.start_soon(one, idx)
+            try:
+                while any(i not in staged for i in st.uploading):
+                    await next(ev for i, ev in st.uploading.items() if i not in staged).wait()
+                if st.error is not None:
+                    err, st.error = st.error, None
+                    errors.append(err)
+                if errors:
+                    raise errors[0]
+                for sg in staged.values():
+                    if sg.ref.chunk_id:
+                        st.refs[sg.idx] = sg.ref
+                    else:
+                        st.refs.pop(sg.idx, None)
+                    st.mark_changed(sg.idx)
+                if not st.changed and not st.meta_dirty:
+                    return None
+                changed = dict(st.changed)
+                refs = [st.refs.get(i) or ChunkRef(i, b"", 0) for i in sorted(changed)]
+                inline = [(sg.ref.chunk_id, sg.data) for sg in staged.values()
+                          if sg.ref.chunk_id]
+                asset_id = ""
+                if st.hasher is not None and st.hashed == st.size and not st.dirty:
+                    asset_id = st.hasher.hexdigest()
+                size = st.size
+                attr: Attr = await trio.to_thread.run_sync(
+                    lambda: self.client.commit_file(st.ino, refs, size, truncated=False,
+                                                    mtime_ns=st.mtime_ns, asset_id=asset_id,
+                                                    durable=durable, inline=inline),
+                    limiter=self.limiter)
+            except BaseException:
+                for sg in staged.values():
+                    self._unstage(st, sg, failed=True)
+                raise
+            for sg in staged.values():
+                self._unstage(st, sg, failed=False)
+                self.uploads += 1
             for i, v in changed.items():
                 if st.changed.get(i) == v:
                     del st.changed[i]
@@ -397,6 +457,65 @@ class WriteBuffers:
             if not st.dirty:
                 self._states.pop(st.ino, None)
             return attr
+
+    async def _stage_inline(self, st: FileState, idx: int, staged: dict[int, _Staged]) -> None:
+        """Take slot `idx` out of the dirty map for an inline commit (see upload_slot: the same
+        steps, but the bytes go with the CommitFile and stay readable until it returns)."""
+        while idx in st.uploading:
+            await st.uploading[idx].wait()
+        if idx not in st.dirty:
+            return
+        ev = st.uploading[idx] = trio.Event()
+        try:
+            n = slot_length(st.size, idx, st.chunk_size)
+            base = b""
+            if not st.dirty[idx].covers(n):
+                old = st.refs.get(idx)
+                if old is not None:
+                    base = await self.read_base(old, n)
+            popped = st.dirty.pop(idx, None)
+            if popped is None:
+                raise _Nothing
+            self.dirty_bytes -= popped.nbytes
+            data = popped.overlay(base, slot_length(st.size, idx, st.chunk_size))
+            del popped
+            st.inflight[idx] = data
+            self.inflight_bytes += len(data)
+        except BaseException as exc:
+            del st.uploading[idx]
+            ev.set()
+            self._kick()
+            if isinstance(exc, _Nothing):
+                return
+            raise
+        # hashing a slot of at most inline_max bytes takes well under a millisecond
+        staged[idx] = _Staged(idx, chunk_ref(idx, data), data, ev, st.refs.get(idx))
+
+    def _unstage(self, st: FileState, sg: _Staged, failed: bool) -> None:
+        """After the commit: release the slot; if it failed, its bytes become dirty again
+        (under any newer writes) and the slot's previous ref is restored."""
+        if failed:
+            if sg.prev is not None:
+                st.refs[sg.idx] = sg.prev
+            else:
+                st.refs.pop(sg.idx, None)
+            back = DirtyChunk()
+            back.write(0, sg.data)
+            newer = st.dirty.get(sg.idx)
+            if newer is not None:
+                for a, b in newer.intervals:
+                    back.write(a, newer.data[a:b])
+                self.dirty_bytes -= newer.nbytes
+            st.dirty[sg.idx] = back
+            self.dirty_bytes += back.nbytes
+            self._states[st.ino] = st
+        if st.inflight.get(sg.idx) is sg.data:
+            del st.inflight[sg.idx]
+        self.inflight_bytes -= len(sg.data)
+        if st.uploading.get(sg.idx) is sg.event:
+            del st.uploading[sg.idx]
+        sg.event.set()
+        self._kick()
 
     def drop(self, st: FileState) -> None:
         """Forget a state's buffers (its inode is gone)."""

@@ -469,7 +469,10 @@ class SQLiteMetadata:
             self._touch_dir(c, t, new_parent, now)
         return _attr(row)
 
-    def unlink(self, tree: TreeRef, parent: int, name: bytes) -> Attr:
+    def unlink(self, tree: TreeRef, parent: int, name: bytes, forget: bool = False) -> Attr:
+        """Remove a name; returns the inode's attrs after it. forget: if that was its last
+        link, drop the inode in the same transaction (as `forget` would; the caller holds no
+        handle of it)."""
         _check_name(name)
         t = self._tree(tree)
         now = _now()
@@ -485,6 +488,8 @@ class SQLiteMetadata:
                             f"WHERE tree_id = ? AND ino = ? RETURNING {_ATTR}",
                             (now, t.tree_id, e[1])).fetchone()
             self._touch_dir(c, t, parent, now)
+            if forget and row[2] == 0:
+                self._drop_inode(c, t, e[1], now)
         return _attr(row)
 
     def _is_empty(self, c: sqlite3.Connection, t: _Tree, ino: int) -> bool:
@@ -664,15 +669,21 @@ class SQLiteMetadata:
                           (t.tree_id, ino)).fetchone()
             if r is None or r[0] > 0 or ino == ROOT_INO:
                 return  # still linked (or already gone): nothing to drop
-            deltas: Counter[bytes] = Counter()
-            for cid, n in c.execute("SELECT chunk_id, COUNT(*) FROM chunk_maps "
-                                    "WHERE tree_id = ? AND ino = ? GROUP BY chunk_id",
-                                    (t.tree_id, ino)):
-                deltas[bytes(cid)] -= n
-            self._adjust_refs(c, t.namespace, deltas, now)
-            c.execute("DELETE FROM chunk_maps WHERE tree_id = ? AND ino = ?", (t.tree_id, ino))
-            c.execute("DELETE FROM xattrs WHERE tree_id = ? AND ino = ?", (t.tree_id, ino))
-            c.execute("DELETE FROM inodes WHERE tree_id = ? AND ino = ?", (t.tree_id, ino))
+            self._drop_inode(c, t, ino, now)
+
+    def _drop_inode(self, c: sqlite3.Connection, t: _Tree, ino: int, now: int) -> None:
+        """Delete an nlink-0 inode with its chunk map (releasing its chunk refs) and xattrs."""
+        if ino == ROOT_INO:
+            return
+        deltas: Counter[bytes] = Counter()
+        for cid, n in c.execute("SELECT chunk_id, COUNT(*) FROM chunk_maps "
+                                "WHERE tree_id = ? AND ino = ? GROUP BY chunk_id",
+                                (t.tree_id, ino)):
+            deltas[bytes(cid)] -= n
+        self._adjust_refs(c, t.namespace, deltas, now)
+        c.execute("DELETE FROM chunk_maps WHERE tree_id = ? AND ino = ?", (t.tree_id, ino))
+        c.execute("DELETE FROM xattrs WHERE tree_id = ? AND ino = ?", (t.tree_id, ino))
+        c.execute("DELETE FROM inodes WHERE tree_id = ? AND ino = ?", (t.tree_id, ino))
 
     def orphan_inodes(self, tree: TreeRef) -> list[int]:
         t = self._tree(tree)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import stat
 from collections.abc import Iterator
 
@@ -11,6 +12,8 @@ import pytest
 import zstandard
 
 from aifs_proto.v1 import common_pb2, data_pb2, data_pb2_grpc, filesystem_pb2, filesystem_pb2_grpc
+from aifsfs.client import AIFSClient
+from aifsfs.errors import IncompleteRead
 from tests.helpers import ServerProc, call_md, error_info
 
 MiB = 1 << 20
@@ -269,3 +272,360 @@ def test_file_info_gives_the_asset_id(fs: Fs) -> None:
     assert info.asset_id == blake3.blake3(content).hexdigest()
     assert info.uri == f"aifs://default/{info.asset_id}" and info.kind == "blob"
     assert info.logical_bytes == len(content) and 0 < info.stored_bytes < len(content)
+
+
+# -- read path: AIFSClient.get_chunks and the mount's ChunkReader over the real server ---------
+
+
+def _client(sp: ServerProc) -> AIFSClient:
+    return AIFSClient(sp.address, token_file=sp.token_file)
+
+
+def test_get_chunks_ranges_match_slices(server_module: ServerProc) -> None:
+    import os
+    import random
+
+    c = _client(server_module)
+    try:
+        chunks = [os.urandom(MiB), _compressible(MiB), _compressible(300_000) + os.urandom(5000)]
+        ids = [blake3.blake3(b).digest() for b in chunks]
+        c.put_chunks(list(zip(ids, chunks, strict=True)))
+        rng = random.Random(3)
+        for zstd in (True, False):
+            for _ in range(20):
+                k = rng.randrange(len(chunks))
+                n = len(chunks[k])
+                ranges = [(ids[k], 0, 0), (ids[k], 0, n)]
+                for _ in range(3):
+                    off = rng.randrange(n)
+                    ranges.append((ids[k], off, rng.randrange(1, n - off + 1)))
+                got = c.get_chunks(ranges, accept_zstd=zstd)
+                assert got == [chunks[k][o:o + ln] if ln else chunks[k][o:]
+                               for _, o, ln in ranges]
+        with pytest.raises(IncompleteRead, match="past the chunk's end"):
+            c.get_chunks([(ids[2], 0, len(chunks[2]) + 1)])
+    finally:
+        c.close()
+
+
+def test_chunk_reader_fetches_one_frame_for_a_small_read_then_hits_the_cache(
+        server_module: ServerProc) -> None:
+    import os
+
+    import trio
+
+    from aifs_server.metadata.base import ChunkRef
+    from aifsfs.fuse.chunk_cache import FRAME_SIZE, ChunkCache
+    from aifsfs.fuse.readahead import ChunkReader
+
+    c = _client(server_module)
+    try:
+        data = os.urandom(MiB)
+        cid = blake3.blake3(data).digest()
+        c.put_chunks([(cid, data)])
+        reader = ChunkReader(c, ChunkCache(8 * MiB), trio.CapacityLimiter(4))
+        ref = ChunkRef(0, cid, MiB)
+
+        async def main() -> None:
+            off = 5 * FRAME_SIZE + 1000
+            assert await reader.read(ref, off, 4096) == data[off:off + 4096]
+            assert (reader.fetches, reader.fetched_bytes) == (1, FRAME_SIZE)
+            # more 4 KiB reads in the same frame: from the cache, no call
+            for o in (off + 4096, 5 * FRAME_SIZE, 6 * FRAME_SIZE - 4096):
+                assert await reader.read(ref, o, 4096) == data[o:o + 4096]
+            assert reader.fetches == 1
+            # a read across a frame boundary fetches the two frames it covers
+            o = 8 * FRAME_SIZE - 100
+            assert await reader.read(ref, o, 200) == data[o:o + 200]
+            assert (reader.fetches, reader.fetched_bytes) == (2, 3 * FRAME_SIZE)
+            # concurrent readers of one range share a single fetch
+            async with trio.open_nursery() as n:
+                for _ in range(4):
+                    n.start_soon(reader.read, ref, 12 * FRAME_SIZE, 4096)
+            assert reader.fetches == 3
+            # a whole-chunk (sequential) read, then everything is a hit
+            assert await reader.read(ref, 0, MiB, whole=True) == data
+            assert reader.fetches == 4
+            assert await reader.read(ref, MiB - 10, 100) == data[-10:] + bytes(90)
+
+        trio.run(main)
+    finally:
+        c.close()
+
+
+# -- fast paths of the mount: replies that save round trips ------------------------------------
+
+def test_entry_replies_carry_the_parent_attrs(server_module: ServerProc) -> None:
+    c = _client(server_module)
+    try:
+        d = c.mkdir(1, b"fp-parent")
+        a, pa = c.create_entry(d.ino, b"f", 0o100644)
+        assert pa is not None and pa == c.getattr(d.ino)       # the parent after the create
+        assert pa.mtime_ns >= d.mtime_ns
+        sub, pa = c.mkdir_entry(d.ino, b"sub", 0o755)
+        assert pa is not None and pa.nlink == 3 and pa == c.getattr(d.ino)
+        _s, pa = c.symlink_entry(d.ino, b"ln", b"f")
+        assert pa == c.getattr(d.ino)
+        linked, pa = c.link_entry(a.ino, sub.ino, b"hard")
+        assert linked.nlink == 2 and pa == c.getattr(sub.ino)
+    finally:
+        c.close()
+
+
+def test_unlink_and_rmdir_say_what_they_removed_and_may_drop_it(
+        server_module: ServerProc) -> None:
+    from aifsfs.errors import RemoteError
+
+    c = _client(server_module)
+    try:
+        d = c.mkdir(1, b"fp-remove")
+        a = c.create(d.ino, b"one")
+        c.link(a.ino, d.ino, b"two")
+        r = c.remove(d.ino, b"one", forget=True)
+        assert r.attr is not None and (r.attr.ino, r.attr.nlink) == (a.ino, 1)
+        assert r.parent == c.getattr(d.ino)
+        assert c.getattr(a.ino).nlink == 1                # still linked: forget left it alone
+        r = c.remove(d.ino, b"two", forget=True)
+        assert r.attr is not None and r.attr.nlink == 0
+        with pytest.raises(RemoteError) as err:            # dropped in the same call
+            c.getattr(a.ino)
+        assert err.value.code == grpc.StatusCode.NOT_FOUND
+        # without forget the inode stays (nlink 0, an open handle may still read it) until Forget
+        b = c.create(d.ino, b"kept")
+        r = c.remove(d.ino, b"kept")
+        assert r.attr is not None and r.attr.nlink == 0 and c.getattr(b.ino).nlink == 0
+        c.forget(b.ino)
+        with pytest.raises(RemoteError):
+            c.getattr(b.ino)
+        sub = c.mkdir(d.ino, b"sub")
+        r = c.remove(d.ino, b"sub", directory=True, forget=True)
+        assert r.attr is not None and (r.attr.ino, r.attr.nlink) == (sub.ino, 0)
+        assert r.parent is not None and r.parent.nlink == 2
+        with pytest.raises(RemoteError):
+            c.getattr(sub.ino)
+        with pytest.raises(RemoteError) as err:            # errors are unchanged
+            c.remove(d.ino, b"missing", forget=True)
+        assert err.value.code == grpc.StatusCode.NOT_FOUND
+    finally:
+        c.close()
+
+
+def test_rename_says_which_inode_it_replaced(server_module: ServerProc) -> None:
+    from aifsfs.errors import RemoteError
+
+    c = _client(server_module)
+    try:
+        d = c.mkdir(1, b"fp-rename")
+        e = c.mkdir(1, b"fp-rename-2")
+        src = c.create(d.ino, b"src")
+        dst = c.create(e.ino, b"dst")
+        r = c.rename_entry(d.ino, b"src", e.ino, b"dst", forget=True)
+        assert r.replaced is not None and (r.replaced.ino, r.replaced.nlink) == (dst.ino, 0)
+        assert r.parent == c.getattr(d.ino) and r.new_parent == c.getattr(e.ino)
+        assert c.lookup(e.ino, b"dst").ino == src.ino
+        with pytest.raises(RemoteError):
+            c.getattr(dst.ino)                             # dropped with the rename
+        # no target, a hard link of itself, an exchange: nothing replaced
+        assert c.rename_entry(e.ino, b"dst", d.ino, b"back").replaced is None
+        c.link(src.ino, d.ino, b"alias")
+        assert c.rename_entry(d.ino, b"back", d.ino, b"alias").replaced is None
+        other = c.create(d.ino, b"other")
+        r = c.rename_entry(d.ino, b"alias", d.ino, b"other", flags=2)   # RENAME_EXCHANGE
+        assert r.replaced is None and c.getattr(other.ino).nlink == 1
+        # replacing one of two links: reported with the link it has left
+        r = c.rename_entry(d.ino, b"alias", d.ino, b"back", forget=True)
+        assert r.replaced is not None and (r.replaced.ino, r.replaced.nlink) == (src.ino, 1)
+        assert c.getattr(src.ino).nlink == 1
+        # replaced without forget: kept (nlink 0) for a mount that still has it open
+        y = c.create(d.ino, b"y")
+        r = c.rename_entry(d.ino, b"back", d.ino, b"y")
+        assert r.replaced is not None and r.replaced.ino == y.ino
+        assert c.getattr(y.ino).nlink == 0
+    finally:
+        c.close()
+
+
+def test_commit_file_stores_inline_chunks(server_module: ServerProc) -> None:
+    from aifs_server.metadata.base import ChunkRef
+    from aifsfs.errors import RemoteError
+
+    c = _client(server_module)
+    try:
+        a = c.create(1, b"fp-inline-commit")
+        data = b"small file body " * 300
+        cid = blake3.blake3(data).digest()
+        attr = c.commit_file(a.ino, [ChunkRef(0, cid, len(data))], len(data),
+                             inline=[(cid, data)])
+        assert attr.size == len(data) and attr.generation == a.generation + 1
+        assert c.has_chunks([cid]) == [True]
+        assert c.get_chunks([(cid, 0, 0)]) == [data]
+        # a damaged inline chunk is refused and the file keeps its content
+        bad = b"other bytes"
+        with pytest.raises(RemoteError) as err:
+            c.commit_file(a.ino, [ChunkRef(0, cid, len(bad))], len(bad),
+                          inline=[(cid, bad)], truncated=True)
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "BLAKE3" in str(err.value)
+        with pytest.raises(RemoteError) as err:
+            c.commit_file(a.ino, [], 1, inline=[(b"short", b"x")])
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        _a, _cs, refs = c.get_chunk_map(a.ino)
+        assert c.getattr(a.ino).size == len(data) and refs[0].chunk_id == cid
+    finally:
+        c.close()
+
+
+def test_open_chunk_map_inlines_small_files_only(server_module: ServerProc) -> None:
+    from aifs_server.metadata.base import ChunkRef
+
+    c = _client(server_module)
+    try:
+        def make(name: bytes, data: bytes) -> int:
+            ino = c.create(1, name).ino
+            refs, inline = [], []
+            for i in range(0, len(data), MiB):
+                piece = data[i:i + MiB]
+                cid = blake3.blake3(piece).digest()
+                refs.append(ChunkRef(i // MiB, cid, len(piece)))
+                inline.append((cid, piece))
+            c.commit_file(ino, refs, len(data), inline=inline)
+            return ino
+
+        small = b"0123456789" * 15000                        # 150 kB, one chunk
+        ino = make(b"fp-open-small", small)
+        attr, _cs, refs, data = c.open_chunk_map(ino, inline_max=MiB)
+        assert data == small and len(refs) == 1
+        # the caller's cache holds this generation already: no bytes
+        assert c.open_chunk_map(ino, MiB, cached_generation=attr.generation)[3] == b""
+        assert c.open_chunk_map(ino, MiB, cached_generation=attr.generation - 1)[3] == small
+        assert c.open_chunk_map(ino, 0)[3] == b""                   # not asked for
+        assert c.open_chunk_map(ino, 1000)[3] == b""                # bigger than asked
+        big = make(b"fp-open-big", bytes(range(256)) * 4097)      # two chunks
+        assert c.open_chunk_map(big, 2 * MiB)[3] == b""
+        empty = c.create(1, b"fp-open-empty").ino
+        assert c.open_chunk_map(empty, MiB)[3] == b""
+    finally:
+        c.close()
+
+
+def test_grant_cache_keeps_expiry_namespace_and_verb_exact() -> None:
+    import os
+    import time
+
+    from aifs_server.auth import GrantCache, mint_token, verify_token
+    from aifs_server.errors import PermissionDenied, TokenExpired, Unauthenticated
+
+    key = os.urandom(32)
+    cache = GrantCache(ttl=60)
+    tok = mint_token(key, "ns1", "get", ttl_seconds=100)
+    g = verify_token(key, tok, "ns1", "get", cache=cache)
+    assert g.expires is not None
+    assert verify_token(key, tok, "ns1", "get", cache=cache) == g          # cached
+    with pytest.raises(TokenExpired):          # cached, yet the expiry is checked every call
+        verify_token(key, tok, "ns1", "get", now=g.expires, cache=cache)
+    with pytest.raises(PermissionDenied):
+        verify_token(key, tok, "ns1", "put", cache=cache)
+    with pytest.raises(PermissionDenied):
+        verify_token(key, tok, "ns2", "get", cache=cache)
+    with pytest.raises(Unauthenticated):       # another root key: not the cached grant
+        verify_token(os.urandom(32), tok, "ns1", "get", cache=cache)
+    with pytest.raises(Unauthenticated):       # a tampered token is verified, never cached
+        verify_token(key, tok[:-4] + "AAAA", "ns1", "get", cache=cache)
+    short = GrantCache(ttl=0.01, max_entries=1)
+    verify_token(key, tok, "ns1", "get", cache=short)
+    time.sleep(0.02)                           # expired entries are verified again
+    other = mint_token(key, "ns1", "get", ttl_seconds=100)
+    verify_token(key, other, "ns1", "get", cache=short)
+    assert len(short._items) == 1              # bounded
+
+
+def test_chunk_reader_batches_concurrent_small_reads_and_isolates_a_bad_chunk(
+        server_module: ServerProc) -> None:
+    import os
+
+    import trio
+
+    from aifs_server.metadata.base import ChunkRef
+    from aifsfs.errors import errno_for
+    from aifsfs.fuse import readahead
+    from aifsfs.fuse.chunk_cache import FRAME_SIZE, ChunkCache
+    from aifsfs.fuse.readahead import ChunkReader
+
+    c = _client(server_module)
+    try:
+        chunks = [os.urandom(MiB) for _ in range(3)]
+        refs = [ChunkRef(i, blake3.blake3(b).digest(), MiB) for i, b in enumerate(chunks)]
+        c.put_chunks([(r.chunk_id, b) for r, b in zip(refs, chunks, strict=True)])
+        missing = ChunkRef(9, blake3.blake3(b"never stored").digest(), MiB)
+        got: dict[tuple[int, int], bytes] = {}
+        errors: list[int] = []
+
+        def run(reader: ChunkReader, reads: list[tuple[ChunkRef, int]]) -> None:
+            async def one(ref: ChunkRef, frame: int) -> None:
+                try:
+                    got[ref.index, frame] = await reader.read(ref, frame * FRAME_SIZE + 7, 4096)
+                except Exception as exc:  # noqa: BLE001 - collected and checked below
+                    errors.append(errno_for(exc))
+
+            async def main() -> None:
+                async with trio.open_nursery() as n:
+                    for ref, frame in reads:
+                        n.start_soon(one, ref, frame)
+
+            trio.run(main)
+
+        def check() -> None:
+            for (i, frame), data in got.items():
+                assert data == chunks[i][frame * FRAME_SIZE + 7:frame * FRAME_SIZE + 4103]
+
+        reader = ChunkReader(c, ChunkCache(64 * MiB), trio.CapacityLimiter(32))
+        run(reader, [(ref, frame) for ref in refs for frame in range(16)])
+        assert len(got) == 48 and errors == []
+        check()
+        # 48 ranges: at most SMALL_CALLS_MAX went alone, the rest shared calls
+        assert reader.fetches == 48
+        assert reader.calls < 48 - readahead.SMALL_CALLS_MAX, reader.calls
+        # a batch holding a range of a missing chunk: only that read fails (ENOENT)
+        got.clear()
+        reader = ChunkReader(c, ChunkCache(64 * MiB), trio.CapacityLimiter(32))
+        run(reader, [(ref, frame) for ref in refs for frame in range(4)] + [(missing, 3)] +
+            [(ref, frame) for ref in refs for frame in range(4, 8)])
+        assert errors == [errno.ENOENT]
+        assert len(got) == 24
+        check()
+    finally:
+        c.close()
+
+
+def test_zstd_frames_go_together_only_for_clients_that_accept_them(fs: Fs) -> None:
+    import os
+
+    from aifsfs.client import _unzstd
+
+    text = _compressible(MiB)
+    mixed = _compressible(4 * 65536) + os.urandom(65536) + _compressible(3 * 65536)
+    for data in (text, mixed):
+        cid = blake3.blake3(data).digest()
+        fs.data.PutChunks(iter([data_pb2.PutChunkRequest(chunk_id=cid, data=data)]),
+                          metadata=fs.md)
+        for accept in (["zstd"], ["zstd", "zstd-frames"]):
+            req = data_pb2.GetChunksRequest(ranges=[data_pb2.ChunkRange(chunk_id=cid)],
+                                            accept_encodings=accept)
+            pieces = list(fs.data.GetChunks(req, metadata=fs.md))
+            kinds = [p.encoding for p in pieces]
+            out = b"".join(_unzstd(zstandard.ZstdDecompressor(), p.data, p.raw_length)
+                           if p.encoding == data_pb2.ZSTD else p.data for p in pieces)
+            assert out == data
+            assert [p.offset for p in pieces] == [
+                sum(q.raw_length for q in pieces[:k]) for k in range(len(pieces))]
+            if accept == ["zstd"]:  # one stored frame per ZSTD piece, as before
+                assert all(p.raw_length <= 65536 for p in pieces if p.encoding == data_pb2.ZSTD)
+            elif data is text:
+                assert kinds == [data_pb2.ZSTD] and pieces[0].raw_length == MiB
+            else:
+                assert kinds == [data_pb2.ZSTD, data_pb2.IDENTITY, data_pb2.ZSTD]
+                assert [p.raw_length for p in pieces] == [4 * 65536, 65536, 3 * 65536]
+    # a piece claiming fewer bytes than its frames hold is caught (never more than +1 made)
+    two = zstandard.ZstdCompressor(write_content_size=True).compress(b"a" * 1000) * 2
+    assert len(_unzstd(zstandard.ZstdDecompressor(), two, 2000)) == 2000
+    assert len(_unzstd(zstandard.ZstdDecompressor(), two, 1500)) == 1501

@@ -12,10 +12,10 @@ import pytest
 from blake3 import blake3
 
 from aifs_server.chunks import ChunkService
-from aifs_server.chunkstore import LocalChunkStore
+from aifs_server.chunkstore import LocalChunkStore, tune_malloc
 from aifs_server.codec import CompressionService, is_zstd_frame
 from aifs_server.envelope import ENVELOPE_STATS, MAGIC, decode_frame
-from aifs_server.errors import InvalidArgument, KeyUnavailable, NotFound
+from aifs_server.errors import CorruptChunk, InvalidArgument, KeyUnavailable, NotFound
 from aifs_server.kms import LocalKeyring, NamespaceKeyCache
 
 MiB = 1 << 20
@@ -264,3 +264,71 @@ def test_put_batch_refuses_a_chunk_whose_id_does_not_match(env: Env) -> None:
     with pytest.raises(InvalidArgument, match="not the BLAKE3"):
         env.svc.put_batch("default", [(cid(good), good), (cid(good), bad)])
     assert env.svc.has("default", [cid(bad)]) == [False]
+
+
+def test_store_ranged_reads(tmp_path: Path) -> None:
+    store = LocalChunkStore(tmp_path / "chunks")
+    name = "ab" * 32
+    blob = os.urandom(300_000)
+    assert store.put(name, blob)
+    assert store.read_range(name, 0, 10) == blob[:10]
+    assert store.read_range(name, 123_456, 70_000) == blob[123_456:193_456]
+    assert store.read_range(name, 299_990, 100) == blob[299_990:]  # clipped at the end
+    assert store.read_range(name, 400_000, 10) == b""
+    with store.reader(name) as r:
+        assert r.size == len(blob)
+        assert r.read_at(5, 5) == blob[5:10]
+        # still readable after the name is deleted: the open descriptor keeps the file
+        assert store.delete(name)
+        assert r.read_at(299_000, 1000) == blob[299_000:]
+    with pytest.raises(NotFound, match="cd" * 32):
+        store.reader("cd" * 32)
+    with pytest.raises(InvalidArgument):
+        store.read_range("../etc/passwd", 0, 1)
+    assert store.put(name, blob)
+    with pytest.raises(InvalidArgument, match="offset=-1"):
+        store.read_range(name, -1, 5)
+
+
+def test_4kib_read_of_a_stored_1mib_chunk_reads_about_one_frame(env: Env) -> None:
+    data = os.urandom(MiB)
+    env.svc.put("default", cid(data), data)
+    (stored,) = env.stored_files()
+    for off in (0, 700_000, MiB - 4096):
+        ENVELOPE_STATS.reset()
+        assert env.svc.read("default", cid(data), off, 4096) == data[off:off + 4096]
+        # the header probe and one 64 KiB frame: not the whole ~1 MiB file
+        assert ENVELOPE_STATS.bytes_read <= 4096 + 65536 + 16, ENVELOPE_STATS.snapshot()
+        ENVELOPE_STATS.reset()
+        frames = list(env.svc.frames("default", cid(data), off, 4096))
+        assert len(frames) == 1 and ENVELOPE_STATS.bytes_read <= 4096 + 65536 + 16
+    ENVELOPE_STATS.reset()
+    assert env.svc.read("default", cid(data)) == data
+    assert ENVELOPE_STATS.bytes_read == stored.stat().st_size  # a whole read: every byte once
+    with pytest.raises(NotFound, match=cid(b"nope").hex()):
+        env.svc.read("default", cid(b"nope"), 0, 10)
+
+
+def test_a_damaged_stored_chunk_is_corrupt_on_ranged_reads(env: Env) -> None:
+    data = os.urandom(MiB)
+    env.svc.put("default", cid(data), data)
+    (stored,) = env.stored_files()
+    raw = bytearray(stored.read_bytes())
+    raw[-5] ^= 1  # inside the last frame
+    stored.chmod(0o600)
+    stored.write_bytes(bytes(raw))
+    assert env.svc.read("default", cid(data), 0, 4096) == data[:4096]
+    with pytest.raises(CorruptChunk, match=cid(data).hex()):
+        env.svc.read("default", cid(data), MiB - 4096, 4096)
+    stored.write_bytes(bytes(raw[:-1000]))  # truncated
+    with pytest.raises(CorruptChunk, match=cid(data).hex()):
+        env.svc.read("default", cid(data), 0, 4096)
+
+
+def test_tune_malloc_applies_on_glibc_and_is_idempotent() -> None:
+    import platform
+
+    applied = tune_malloc()
+    if platform.libc_ver()[0] == "glibc":
+        assert applied is True
+    assert tune_malloc() is applied

@@ -17,10 +17,13 @@ from blake3 import blake3
 from aifs_server.codec import CompressionService, is_zstd_frame
 from aifs_server.envelope import (
     ENVELOPE_STATS,
+    HEADER_PROBE,
     MAGIC,
     decode_frame,
     iter_frames,
+    iter_frames_at,
     open_chunk,
+    open_chunk_at,
     seal_chunk,
 )
 from aifs_server.errors import CorruptChunk, InvalidArgument, KeyUnavailable
@@ -352,3 +355,112 @@ def test_legacy_chunks_read_as_plaintext(keys, codec) -> None:
     damaged[7] ^= 1
     _expect_corrupt(cid(raw), bytes(damaged), keys)
     assert open_chunk(cid(b""), b"", keys) == b""
+
+
+# -- ranged reads (open_chunk_at / iter_frames_at): only the header and covered frames ---------
+
+
+class CountingSource:
+    """An envelope behind a pread-like read_at that records every read (offset, length)."""
+
+    def __init__(self, env: bytes) -> None:
+        self.env = env
+        self.reads: list[tuple[int, int]] = []
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        self.reads.append((offset, n))
+        return self.env[offset : offset + n]
+
+    @property
+    def bytes_read(self) -> int:
+        return sum(n for _, n in self.reads)
+
+
+def test_ranged_reads_match_open_chunk(keys, codec) -> None:
+    data = prose(MiB // 2) + os.urandom(MiB // 2)  # compressed and raw frames
+    env = seal_chunk(cid(data), data, keys, codec)
+    rng = random.Random(7)
+    cases = [(0, None), (0, 0), (FRAME - 1, 2), (FRAME, FRAME), (MiB - 3, 10), (MiB, 5),
+             (MiB + 100, None), (5, MiB * 4), (0, MiB // 2 + 1)]
+    cases += [(rng.randrange(MiB), rng.randrange(1, 3 * FRAME)) for _ in range(40)]
+    for off, ln in cases:
+        want = data[off:] if ln is None else data[off : off + ln]
+        src = CountingSource(env)
+        assert open_chunk_at(cid(data), src.read_at, len(env), keys, off, ln) == want, (off, ln)
+        frames = list(iter_frames_at(cid(data), src.read_at, len(env), keys, off, ln))
+        assert frames == list(iter_frames(cid(data), env, keys, off, ln))
+    with pytest.raises(InvalidArgument):
+        open_chunk_at(cid(data), CountingSource(env).read_at, len(env), keys, -1, 5)
+
+
+def test_4kib_ranged_read_reads_the_header_and_one_frame(keys, codec) -> None:
+    data = os.urandom(MiB)  # raw frames: each is FRAME + 16 bytes on disk
+    env = seal_chunk(cid(data), data, keys, codec)
+    for off in (0, 5 * FRAME + 100, MiB - 4096):
+        src = CountingSource(env)
+        ENVELOPE_STATS.reset()
+        assert open_chunk_at(cid(data), src.read_at, len(env), keys, off, 4096) == \
+            data[off : off + 4096]
+        # one read for the header, one for the frame: 4 KiB + 64 KiB of a ~1 MiB envelope
+        assert len(src.reads) == 2, src.reads
+        assert src.bytes_read == HEADER_PROBE + FRAME + 16
+        assert ENVELOPE_STATS.bytes_read == src.bytes_read
+        assert ENVELOPE_STATS.frames_decrypted == 1
+    # a read of most of the chunk is one read of the whole envelope
+    src = CountingSource(env)
+    assert open_chunk_at(cid(data), src.read_at, len(env), keys, 0, MiB) == data
+    assert src.reads == [(0, len(env))]
+
+
+def test_long_header_takes_a_second_header_read(keys, codec) -> None:
+    data = os.urandom(300 * 1024)
+    env = seal_chunk(cid(data), data, keys, codec, frame_size=1024)  # 300 frames: ~11 KiB header
+    src = CountingSource(env)
+    assert open_chunk_at(cid(data), src.read_at, len(env), keys, 200_000, 100) == \
+        data[200_000:200_100]
+    assert len(src.reads) == 3 and src.reads[0] == (0, HEADER_PROBE)
+    assert src.bytes_read < 40 * 1024  # header (~2 reads) + one 1 KiB frame, not 300 KiB
+
+
+def test_ranged_reads_catch_damage_like_whole_reads(keys, codec) -> None:
+    data = os.urandom(MiB)
+    env = seal_chunk(cid(data), data, keys, codec)
+    lay = layout(env)
+    # a flipped frame byte fails that frame's tag
+    bad = bytearray(env)
+    bad[len(env) - 10] ^= 1
+    with pytest.raises(CorruptChunk, match=cid(data).hex()):
+        open_chunk_at(cid(data), CountingSource(bytes(bad)).read_at, len(bad), keys,
+                      MiB - 4096, 4096)
+    # frames before it are still readable on their own (nothing else was read)
+    assert open_chunk_at(cid(data), CountingSource(bytes(bad)).read_at, len(bad), keys,
+                         0, 4096) == data[:4096]
+    # a flipped header byte is caught by the header digest
+    bad = bytearray(env)
+    bad[lay.digest[0] - 5] ^= 1
+    with pytest.raises(CorruptChunk, match=cid(data).hex()):
+        open_chunk_at(cid(data), CountingSource(bytes(bad)).read_at, len(bad), keys, 0, 4096)
+    # truncated (size from the file) or a source that returns fewer bytes than it should
+    short = env[:-100]
+    with pytest.raises(CorruptChunk, match=cid(data).hex()):
+        open_chunk_at(cid(data), CountingSource(short).read_at, len(short), keys, 0, 4096)
+    with pytest.raises(CorruptChunk, match="ended early"):
+        open_chunk_at(cid(data), CountingSource(short).read_at, len(env), keys,
+                      MiB - 4096, 4096)
+
+
+def test_ranged_reads_of_legacy_chunks(keys, codec) -> None:
+    raw = prose(200_000)
+    src = CountingSource(raw)
+    assert open_chunk_at(cid(raw), src.read_at, len(raw), keys, 1000, 50) == raw[1000:1050]
+    legacy_zstd = codec.compress(raw)
+    assert open_chunk_at(cid(raw), CountingSource(legacy_zstd).read_at, len(legacy_zstd),
+                         keys) == raw
+    tricky = MAGIC + b"\x01\x00" + os.urandom(300)
+    assert open_chunk_at(cid(tricky), CountingSource(tricky).read_at, len(tricky), keys,
+                         5, 10) == tricky[5:15]
+    damaged = bytearray(raw)
+    damaged[7] ^= 1
+    with pytest.raises(CorruptChunk, match=cid(raw).hex()):
+        open_chunk_at(cid(raw), CountingSource(bytes(damaged)).read_at, len(damaged), keys)
+    assert open_chunk_at(cid(b""), CountingSource(b"").read_at, 0, keys) == b""

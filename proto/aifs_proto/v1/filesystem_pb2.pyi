@@ -22,10 +22,12 @@ class InodeRequest(_message.Message):
     def __init__(self, ino: _Optional[int] = ...) -> None: ...
 
 class EntryReply(_message.Message):
-    __slots__ = ("attr",)
+    __slots__ = ("attr", "parent_attr")
     ATTR_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ATTR_FIELD_NUMBER: _ClassVar[int]
     attr: _common_pb2.Attr
-    def __init__(self, attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ...) -> None: ...
+    parent_attr: _common_pb2.Attr
+    def __init__(self, attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., parent_attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ...) -> None: ...
 
 class AttrReply(_message.Message):
     __slots__ = ("attr",)
@@ -114,26 +116,48 @@ class CreateRequest(_message.Message):
     def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., rdev: _Optional[int] = ...) -> None: ...
 
 class NameRequest(_message.Message):
-    __slots__ = ("parent", "name")
+    __slots__ = ("parent", "name", "forget")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    FORGET_FIELD_NUMBER: _ClassVar[int]
     parent: int
     name: bytes
-    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ...) -> None: ...
+    forget: bool
+    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., forget: _Optional[bool] = ...) -> None: ...
+
+class RemoveReply(_message.Message):
+    __slots__ = ("attr", "parent_attr")
+    ATTR_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ATTR_FIELD_NUMBER: _ClassVar[int]
+    attr: _common_pb2.Attr
+    parent_attr: _common_pb2.Attr
+    def __init__(self, attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., parent_attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ...) -> None: ...
 
 class RenameRequest(_message.Message):
-    __slots__ = ("parent", "name", "new_parent", "new_name", "flags")
+    __slots__ = ("parent", "name", "new_parent", "new_name", "flags", "forget")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     NEW_PARENT_FIELD_NUMBER: _ClassVar[int]
     NEW_NAME_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
+    FORGET_FIELD_NUMBER: _ClassVar[int]
     parent: int
     name: bytes
     new_parent: int
     new_name: bytes
     flags: int
-    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., new_parent: _Optional[int] = ..., new_name: _Optional[bytes] = ..., flags: _Optional[int] = ...) -> None: ...
+    forget: bool
+    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., new_parent: _Optional[int] = ..., new_name: _Optional[bytes] = ..., flags: _Optional[int] = ..., forget: _Optional[bool] = ...) -> None: ...
+
+class RenameReply(_message.Message):
+    __slots__ = ("replaced", "parent_attr", "new_parent_attr")
+    REPLACED_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ATTR_FIELD_NUMBER: _ClassVar[int]
+    NEW_PARENT_ATTR_FIELD_NUMBER: _ClassVar[int]
+    replaced: _common_pb2.Attr
+    parent_attr: _common_pb2.Attr
+    new_parent_attr: _common_pb2.Attr
+    def __init__(self, replaced: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., parent_attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., new_parent_attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ...) -> None: ...
 
 class SymlinkRequest(_message.Message):
     __slots__ = ("parent", "name", "target", "uid", "gid")
@@ -212,27 +236,33 @@ class StatFsReply(_message.Message):
     def __init__(self, block_size: _Optional[int] = ..., blocks: _Optional[int] = ..., blocks_free: _Optional[int] = ..., blocks_avail: _Optional[int] = ..., files: _Optional[int] = ..., files_free: _Optional[int] = ..., name_max: _Optional[int] = ..., stored_bytes: _Optional[int] = ..., logical_bytes: _Optional[int] = ...) -> None: ...
 
 class ChunkMapRequest(_message.Message):
-    __slots__ = ("ino", "first_index", "count")
+    __slots__ = ("ino", "first_index", "count", "inline_max", "cached_generation")
     INO_FIELD_NUMBER: _ClassVar[int]
     FIRST_INDEX_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    INLINE_MAX_FIELD_NUMBER: _ClassVar[int]
+    CACHED_GENERATION_FIELD_NUMBER: _ClassVar[int]
     ino: int
     first_index: int
     count: int
-    def __init__(self, ino: _Optional[int] = ..., first_index: _Optional[int] = ..., count: _Optional[int] = ...) -> None: ...
+    inline_max: int
+    cached_generation: int
+    def __init__(self, ino: _Optional[int] = ..., first_index: _Optional[int] = ..., count: _Optional[int] = ..., inline_max: _Optional[int] = ..., cached_generation: _Optional[int] = ...) -> None: ...
 
 class ChunkMapReply(_message.Message):
-    __slots__ = ("attr", "chunk_size", "chunks")
+    __slots__ = ("attr", "chunk_size", "chunks", "inline_data")
     ATTR_FIELD_NUMBER: _ClassVar[int]
     CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    INLINE_DATA_FIELD_NUMBER: _ClassVar[int]
     attr: _common_pb2.Attr
     chunk_size: int
     chunks: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChunkRef]
-    def __init__(self, attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., chunk_size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[_common_pb2.ChunkRef, _Mapping]]] = ...) -> None: ...
+    inline_data: bytes
+    def __init__(self, attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., chunk_size: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[_common_pb2.ChunkRef, _Mapping]]] = ..., inline_data: _Optional[bytes] = ...) -> None: ...
 
 class CommitFileRequest(_message.Message):
-    __slots__ = ("ino", "chunks", "size", "truncated", "mtime_ns", "asset_id", "durable")
+    __slots__ = ("ino", "chunks", "size", "truncated", "mtime_ns", "asset_id", "durable", "inline_chunks")
     INO_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -240,6 +270,7 @@ class CommitFileRequest(_message.Message):
     MTIME_NS_FIELD_NUMBER: _ClassVar[int]
     ASSET_ID_FIELD_NUMBER: _ClassVar[int]
     DURABLE_FIELD_NUMBER: _ClassVar[int]
+    INLINE_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     ino: int
     chunks: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChunkRef]
     size: int
@@ -247,7 +278,16 @@ class CommitFileRequest(_message.Message):
     mtime_ns: int
     asset_id: str
     durable: bool
-    def __init__(self, ino: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[_common_pb2.ChunkRef, _Mapping]]] = ..., size: _Optional[int] = ..., truncated: _Optional[bool] = ..., mtime_ns: _Optional[int] = ..., asset_id: _Optional[str] = ..., durable: _Optional[bool] = ...) -> None: ...
+    inline_chunks: _containers.RepeatedCompositeFieldContainer[InlineChunk]
+    def __init__(self, ino: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[_common_pb2.ChunkRef, _Mapping]]] = ..., size: _Optional[int] = ..., truncated: _Optional[bool] = ..., mtime_ns: _Optional[int] = ..., asset_id: _Optional[str] = ..., durable: _Optional[bool] = ..., inline_chunks: _Optional[_Iterable[_Union[InlineChunk, _Mapping]]] = ...) -> None: ...
+
+class InlineChunk(_message.Message):
+    __slots__ = ("chunk_id", "data")
+    CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    chunk_id: bytes
+    data: bytes
+    def __init__(self, chunk_id: _Optional[bytes] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class FileInfoReply(_message.Message):
     __slots__ = ("asset_id", "uri", "kind", "stored_bytes", "logical_bytes")

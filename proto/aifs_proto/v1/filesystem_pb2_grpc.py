@@ -71,17 +71,17 @@ class FilesystemStub:
         self.Unlink = channel.unary_unary(
                 '/aifs.v1.Filesystem/Unlink',
                 request_serializer=aifs_dot_v1_dot_filesystem__pb2.NameRequest.SerializeToString,
-                response_deserializer=aifs_dot_v1_dot_common__pb2.Empty.FromString,
+                response_deserializer=aifs_dot_v1_dot_filesystem__pb2.RemoveReply.FromString,
                 _registered_method=True)
         self.RmDir = channel.unary_unary(
                 '/aifs.v1.Filesystem/RmDir',
                 request_serializer=aifs_dot_v1_dot_filesystem__pb2.NameRequest.SerializeToString,
-                response_deserializer=aifs_dot_v1_dot_common__pb2.Empty.FromString,
+                response_deserializer=aifs_dot_v1_dot_filesystem__pb2.RemoveReply.FromString,
                 _registered_method=True)
         self.Rename = channel.unary_unary(
                 '/aifs.v1.Filesystem/Rename',
                 request_serializer=aifs_dot_v1_dot_filesystem__pb2.RenameRequest.SerializeToString,
-                response_deserializer=aifs_dot_v1_dot_common__pb2.Empty.FromString,
+                response_deserializer=aifs_dot_v1_dot_filesystem__pb2.RenameReply.FromString,
                 _registered_method=True)
         self.Symlink = channel.unary_unary(
                 '/aifs.v1.Filesystem/Symlink',
@@ -188,7 +188,9 @@ class FilesystemServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Unlink(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Unlink/RmDir/Rename answer with what they changed (the fields are empty in the replies of
+        older servers, which sent Empty: both decode the same on the wire).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -318,17 +320,17 @@ def add_FilesystemServicer_to_server(servicer, server):
             'Unlink': grpc.unary_unary_rpc_method_handler(
                     servicer.Unlink,
                     request_deserializer=aifs_dot_v1_dot_filesystem__pb2.NameRequest.FromString,
-                    response_serializer=aifs_dot_v1_dot_common__pb2.Empty.SerializeToString,
+                    response_serializer=aifs_dot_v1_dot_filesystem__pb2.RemoveReply.SerializeToString,
             ),
             'RmDir': grpc.unary_unary_rpc_method_handler(
                     servicer.RmDir,
                     request_deserializer=aifs_dot_v1_dot_filesystem__pb2.NameRequest.FromString,
-                    response_serializer=aifs_dot_v1_dot_common__pb2.Empty.SerializeToString,
+                    response_serializer=aifs_dot_v1_dot_filesystem__pb2.RemoveReply.SerializeToString,
             ),
             'Rename': grpc.unary_unary_rpc_method_handler(
                     servicer.Rename,
                     request_deserializer=aifs_dot_v1_dot_filesystem__pb2.RenameRequest.FromString,
-                    response_serializer=aifs_dot_v1_dot_common__pb2.Empty.SerializeToString,
+                    response_serializer=aifs_dot_v1_dot_filesystem__pb2.RenameReply.SerializeToString,
             ),
             'Symlink': grpc.unary_unary_rpc_method_handler(
                     servicer.Symlink,
@@ -582,7 +584,7 @@ class Filesystem:
             target,
             '/aifs.v1.Filesystem/Unlink',
             aifs_dot_v1_dot_filesystem__pb2.NameRequest.SerializeToString,
-            aifs_dot_v1_dot_common__pb2.Empty.FromString,
+            aifs_dot_v1_dot_filesystem__pb2.RemoveReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -609,7 +611,7 @@ class Filesystem:
             target,
             '/aifs.v1.Filesystem/RmDir',
             aifs_dot_v1_dot_filesystem__pb2.NameRequest.SerializeToString,
-            aifs_dot_v1_dot_common__pb2.Empty.FromString,
+            aifs_dot_v1_dot_filesystem__pb2.RemoveReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -636,7 +638,7 @@ class Filesystem:
             target,
             '/aifs.v1.Filesystem/Rename',
             aifs_dot_v1_dot_filesystem__pb2.RenameRequest.SerializeToString,
-            aifs_dot_v1_dot_common__pb2.Empty.FromString,
+            aifs_dot_v1_dot_filesystem__pb2.RenameReply.FromString,
             options,
             channel_credentials,
             insecure,
