@@ -271,9 +271,12 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         cs = self.meta.chunk_stats(tree.namespace)
         total_blocks = (used + free) // BLOCK_SIZE
         free_blocks = free // BLOCK_SIZE
+        # Inodes are not preallocated: report a nominal 2**32 total (or what is in use, if
+        # more), so that f_ffree <= f_files and `df -i` shows used = files - ffree.
+        total_files = max(2**32, ts.files)
         return filesystem_pb2.StatFsReply(
             block_size=BLOCK_SIZE, blocks=total_blocks, blocks_free=free_blocks,
-            blocks_avail=free_blocks, files=ts.files, files_free=max(0, 2**32 - ts.files),
+            blocks_avail=free_blocks, files=total_files, files_free=total_files - ts.files,
             name_max=NAME_MAX, stored_bytes=cs.stored_bytes, logical_bytes=ts.logical_bytes)
 
     @rpc

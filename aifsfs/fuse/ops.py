@@ -18,7 +18,13 @@ How it behaves (see DESIGN.md section 5):
 - Unlinked-but-open files: the server keeps nlink-0 inodes until Forget; we call Forget when the
   last handle closes. When no file is open in this mount at all, Unlink/RmDir/Rename ask the
   server to drop a removed inode in the same call (`forget`), and say which inode they removed
-  (no Lookup first).
+  (no Lookup first). RmDir/Rename do not while a directory is open here: a removed directory
+  still open is kept (fstat gives nlink 0) and forgotten at its last releasedir.
+- readdir gives "." and ".." first (offsets 1, 2; server cookie c is offset c + 2); ".." is the
+  parent learnt from lookup/mkdir/readdir, or the directory itself when unknown (after a move
+  across directories, until the name is looked up or listed again).
+- write(2) shows new mtime/ctime at once (a dirty file's times are overlaid, as its size);
+  a commit invalidates the kernel's attributes so it takes the server's.
 - Round trips saved (DESIGN.md section 8: a call costs ~0.5 ms, more under load):
   * security.* and system.posix_acl_* getxattr (the kernel asks security.capability before
     every write) answer ENODATA here: this filesystem stores neither (setxattr refuses them).
@@ -79,6 +85,9 @@ INLINE_MAX = 1 << 20          # small-file bytes that ride along with GetChunkMa
 # Not stored by this filesystem: answered locally (a round trip per write() otherwise).
 _LOCAL_XATTR_PREFIXES = (b"security.", b"system.posix_acl_")
 READDIR_PAGE = 1000
+# readdir offsets: 1 and 2 resume after "." and ".."; a server cookie c is offset c + _DOTS
+# (server cookies are dentry ids, stable while entries come and go).
+_DOTS = 2
 _TRACE = bool(os.environ.get("AIFS_FUSE_TRACE"))   # log every operation's duration
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -168,6 +177,9 @@ class AIFSOperations(pyfuse3.Operations):
         # each would buffer and commit its own view of the slots and undo the other's writes.
         self._load_locks: dict[int, trio.Lock] = {}
         self.lookups: dict[int, int] = {}         # kernel lookup counts
+        # directory -> its parent, for readdir's "..": learnt from lookup/mkdir/readdir,
+        # dropped when the kernel forgets the directory (so bounded by the kernel's cache)
+        self.parents: dict[int, int] = {ROOT_INO: ROOT_INO}
         self.seen_gen: dict[int, int] = {}        # generation of the page cache per inode
         self.kernel_gen: dict[int, int] = {}      # generation of the attrs the kernel holds
         # Attrs from the replies of our own calls (open, commit, create, unlink, ...):
@@ -175,6 +187,9 @@ class AIFSOperations(pyfuse3.Operations):
         self.fresh_attrs: dict[int, tuple[float, Attr]] = {}
         self.handles: dict[int, _Handle] = {}
         self.dirs: dict[int, _DirHandle] = {}
+        # Removed directories still open here (fstat gives nlink 0 until the last
+        # releasedir): the server keeps them until we Forget them then.
+        self._dead_dirs: set[int] = set()
         self._next_fh = 1
         self._nursery: trio.Nursery | None = None
         self._retry_pending: set[int] = set()     # inodes whose commit at release failed
@@ -199,9 +214,12 @@ class AIFSOperations(pyfuse3.Operations):
     def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         st = self.states.get(a.ino)
-        size = a.size
+        size, mtime, ctime = a.size, a.mtime_ns, a.ctime_ns
         if st is not None and (st.handles or st.is_dirty()):
             size = st.size       # this mount's writes are visible at once
+            if st.mtime_ns and st.is_dirty():
+                # write(2) marks mtime/ctime at once; the commit stores this mtime later
+                mtime, ctime = st.mtime_ns, max(ctime, st.mtime_ns)
         if stat.S_ISREG(a.mode):
             self.kernel_gen[a.ino] = a.generation
         e.st_ino = cast(pyfuse3.InodeT, a.ino)
@@ -217,12 +235,28 @@ class AIFSOperations(pyfuse3.Operations):
         e.st_blksize = self.chunk_size or 1 << 20    # cp & co. size their buffers by this
         e.st_blocks = a.blocks
         e.st_atime_ns = a.atime_ns
-        e.st_mtime_ns = a.mtime_ns
-        e.st_ctime_ns = a.ctime_ns
+        e.st_mtime_ns = mtime
+        e.st_ctime_ns = ctime
         return e
 
     def _looked_up(self, ino: int) -> None:
         self.lookups[ino] = self.lookups.get(ino, 0) + 1
+
+    def _seen_in(self, a: Attr, parent: int) -> None:
+        """`a` was named in directory `parent`: remember a directory's parent (for "..")."""
+        if stat.S_ISDIR(a.mode) and a.ino != ROOT_INO:
+            self.parents[a.ino] = parent
+
+    @staticmethod
+    def _dot_entry(ino: int) -> pyfuse3.EntryAttributes:
+        # readdirplus: the kernel takes no lookup reference for "." and ".." and ignores their
+        # attributes; only the inode number and the type (d_ino, d_type) reach readdir(3).
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = cast(pyfuse3.InodeT, ino)
+        e.st_mode = cast(pyfuse3.ModeT, stat.S_IFDIR | 0o755)
+        e.entry_timeout = 0
+        e.attr_timeout = 0
+        return e
 
     def _note_attr(self, a: Attr | None, asked_at: float) -> None:
         """Keep an inode's attrs from the reply to a call made at `asked_at` (monotonic),
@@ -270,6 +304,7 @@ class AIFSOperations(pyfuse3.Operations):
         else:
             a = await self._call(self.client.lookup, parent_inode, name)
         self._looked_up(a.ino)
+        self._seen_in(a, parent_inode)
         return self._entry(a)
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
@@ -280,6 +315,8 @@ class AIFSOperations(pyfuse3.Operations):
                 continue
             self.lookups.pop(ino, None)
             self.kernel_gen.pop(ino, None)
+            if ino != ROOT_INO:
+                self.parents.pop(ino, None)
             if is_synthetic(ino):
                 self.synthetic.forget(ino)
 
@@ -336,7 +373,10 @@ class AIFSOperations(pyfuse3.Operations):
             # Commit first: a later commit must not undo a truncate or a preserved mtime.
             await self._commit(st)
         if not bits:
-            return self._entry(await self._call(self.client.getattr, inode))
+            # chown(f, -1, -1) and the like: the kernel asks for a change of nothing, which
+            # still marks ctime for update (Linux's notify_change with ATTR_CTIME only).
+            bits = SET_CTIME
+            kw["ctime_ns"] = time.time_ns()
         t0 = time.monotonic()
         a: Attr = await self._call(self.client.setattr, inode, bits, **kw)
         self._note_attr(a, t0)
@@ -371,6 +411,7 @@ class AIFSOperations(pyfuse3.Operations):
                                  ctx.uid, ctx.gid)
         self._note_attr(pa, t0)
         self._looked_up(a.ino)
+        self._seen_in(a, parent_inode)
         return self._entry(a)
 
     @_errors()
@@ -426,6 +467,9 @@ class AIFSOperations(pyfuse3.Operations):
         the server may drop a removed inode in the removing call itself."""
         return not any(st.handles > 0 for st in self.states.values())
 
+    def _dir_open(self, ino: int) -> bool:
+        return any(dh.ino == ino for dh in self.dirs.values())
+
     async def _after_unlink(self, a: Attr | None, forgotten: bool) -> None:
         """`a` (its attrs after the call) lost one link: if that was its last, drop it now or
         when its last handle closes. `forgotten`: the server already dropped it."""
@@ -433,6 +477,9 @@ class AIFSOperations(pyfuse3.Operations):
             return
         self.fresh_attrs.pop(a.ino, None)
         if not stat.S_ISDIR(a.mode) and a.nlink > 0:
+            return
+        if stat.S_ISDIR(a.mode) and not forgotten and self._dir_open(a.ino):
+            self._dead_dirs.add(a.ino)      # Forget at its last releasedir
             return
         st = self.states.get(a.ino)
         if st is not None and st.handles > 0:
@@ -447,7 +494,9 @@ class AIFSOperations(pyfuse3.Operations):
 
     async def _remove(self, parent: int, name: bytes, directory: bool) -> None:
         self._check_writable(parent, name)
-        forget = self._nothing_open()
+        # A removed directory may be one of the open ones (we do not know its inode before
+        # the call): then the server must keep it, _after_unlink decides.
+        forget = self._nothing_open() and not (directory and self.dirs)
         t0 = time.monotonic()
         r = await self._call(self.client.remove, parent, name, directory=directory,
                              forget=forget)
@@ -470,12 +519,18 @@ class AIFSOperations(pyfuse3.Operations):
                      ctx: pyfuse3.RequestContext) -> None:
         self._check_writable(parent_inode_old, name_old)
         self._check_writable(parent_inode_new, name_new)
-        forget = self._nothing_open()
+        forget = self._nothing_open() and not self.dirs   # the replaced one may be an open dir
         t0 = time.monotonic()
         r = await self._call(self.client.rename_entry, parent_inode_old, name_old,
                              parent_inode_new, name_new, flags, forget=forget)
         # a moved directory's ctime changed and we do not know its inode: forget them all
         self.fresh_attrs.clear()
+        if parent_inode_old != parent_inode_new:
+            # a directory may have moved (or two swapped): its ".." is unknown until the next
+            # lookup or listing names it again (readdir then gives its own inode)
+            gone = {parent_inode_old, parent_inode_new}
+            self.parents = {k: v for k, v in self.parents.items()
+                            if v not in gone or k == ROOT_INO}
         self._note_attr(r.parent, t0)
         self._note_attr(r.new_parent, t0)
         await self._after_unlink(r.replaced, forget)
@@ -492,14 +547,22 @@ class AIFSOperations(pyfuse3.Operations):
     async def readdir(self, fh: pyfuse3.FileHandleT, start_id: int,
                       token: pyfuse3.ReaddirToken) -> None:
         dh = self.dirs[fh]
+        # "." and ".." first (readdir(3), ls -a): offsets 1 and 2, no lookup reference
+        if start_id < 1 and not pyfuse3.readdir_reply(token, b".", self._dot_entry(dh.ino), 1):
+            return
+        if start_id < 2 and not pyfuse3.readdir_reply(
+                token, b"..", self._dot_entry(self.parents.get(dh.ino, dh.ino)), 2):
+            return
+        start = max(0, start_id - _DOTS)
         if is_synthetic(dh.ino):
             items = await self.synthetic.listdir(dh.ino)
-            for i, (name, a) in enumerate(items[start_id:], start=start_id):
-                if not pyfuse3.readdir_reply(token, name, self._entry(a), i + 1):
+            for i, (name, a) in enumerate(items[start:], start=start):
+                if not pyfuse3.readdir_reply(token, name, self._entry(a), i + 1 + _DOTS):
                     return
                 self._looked_up(a.ino)
+                self._seen_in(a, dh.ino)
             return
-        cookie = start_id
+        cookie = start
         while True:
             if dh.buf and dh.buf_cookie == cookie:
                 entries, eof = dh.buf, dh.eof
@@ -510,17 +573,22 @@ class AIFSOperations(pyfuse3.Operations):
             for i, e in enumerate(entries):
                 if dh.ino == ROOT_INO and e.name == SYN_NAME:
                     continue
-                if not pyfuse3.readdir_reply(token, e.name, self._entry(e.attr), e.cookie):
+                if not pyfuse3.readdir_reply(token, e.name, self._entry(e.attr),
+                                             e.cookie + _DOTS):
                     dh.buf, dh.buf_cookie, dh.eof = entries[i:], cookie, eof
                     return
                 self._looked_up(e.attr.ino)
+                self._seen_in(e.attr, dh.ino)
                 cookie = e.cookie
             if eof or not entries:
                 return
             cookie = entries[-1].cookie
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
-        self.dirs.pop(fh, None)
+        dh = self.dirs.pop(fh, None)
+        if dh is not None and dh.ino in self._dead_dirs and not self._dir_open(dh.ino):
+            self._dead_dirs.discard(dh.ino)
+            await self._forget_remote(dh.ino)
 
     async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
         return None   # metadata calls are durable on the server when they return
@@ -707,6 +775,13 @@ class AIFSOperations(pyfuse3.Operations):
             self._note_attr(a, t0)
             self.seen_gen[st.ino] = a.generation
             self.kernel_gen[st.ino] = a.generation
+            # The kernel may hold the times overlaid while the data was buffered (_entry):
+            # the server's ctime is the commit's, so make it ask again (getattr then serves
+            # the attrs just noted, without a call). attr_only: no page-cache lock taken.
+            try:
+                pyfuse3.invalidate_inode(cast(pyfuse3.InodeT, st.ino), attr_only=True)
+            except OSError as exc:      # not mounted (any more): nothing cached to fix
+                log.debug("invalidate_inode %d: %s", st.ino, exc)
 
     @_errors()
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
@@ -785,6 +860,9 @@ class AIFSOperations(pyfuse3.Operations):
         for st in list(self.states.values()):
             if st.unlinked:
                 await self._forget_remote(st.ino)
+        for ino in list(self._dead_dirs):
+            await self._forget_remote(ino)
+        self._dead_dirs.clear()
 
     # --- extended attributes ----------------------------------------------------------------
     async def _is_regular(self, ino: int) -> bool:

@@ -379,8 +379,15 @@ class SQLiteMetadata:
     def _new_inode(self, c: sqlite3.Connection, t: _Tree, parent: int, name: bytes, mode: int,
                    nlink: int, uid: int, gid: int, rdev: int, now: int,
                    symlink: bytes | None = None) -> Attr:
-        """Allocate an inode, name it `name` in `parent` and touch the parent (one transaction)."""
-        self._dir(c, t, parent)
+        """Allocate an inode, name it `name` in `parent` and touch the parent (one transaction).
+        A setgid parent gives the new inode its gid, and a new subdirectory its S_ISGID bit
+        (BSD group semantics, as Linux's inode_init_owner): decided here, where the parent's
+        row is read anyway, so that it is atomic and costs the client no extra call."""
+        pr = self._dir(c, t, parent)
+        if pr[1] & stat.S_ISGID:
+            gid = pr[4]
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
         ino = c.execute("UPDATE trees SET next_ino = next_ino + 1 WHERE tree_id = ? "
                         "RETURNING next_ino - 1", (t.tree_id,)).fetchone()[0]
         is_dir = stat.S_ISDIR(mode)

@@ -33,29 +33,9 @@ if os.geteuid() != 0:
                 allow_module_level=True)
 
 KNOWN: dict[str, str] = {
-    "chown_noop_updates_ctime":
-        "BUG: chown(f, -1, -1) must update ctime (Linux; pjdfstest chown/00.t); the kernel "
-        "sends a SETATTR with no fields and ops.setattr returns getattr without a change",
-    "setgid_dir_inheritance":
-        "BUG: new entries in a setgid directory must take the directory's gid, and new "
-        "subdirectories its S_ISGID bit; ops.mkdir/create/mknod pass ctx.gid and the mode as is",
-    "rmdir_open_dir":
-        "BUG: fstat on an open, removed directory gives ESTALE (Linux: nlink 0); "
-        "ops._after_unlink forgets a removed directory at once although opendir holds it",
     "read_updates_atime":
         "INTENDED: the mount is noatime (as JuiceFS by default): a read never writes "
         "metadata; atime changes only when set explicitly (docs/DECISIONS.md)",
-    "readdir_dots":
-        "BUG: readdir omits '.' and '..' (ls -a, readdir(3)); FUSE filesystems must return "
-        "them themselves; ops.readdir lists only server dentries",
-    "write_times_before_close":
-        "BUG: after write(2), stat/fstat show the old mtime/ctime, and still do after close "
-        "until attr_timeout (1 s) expires: ops._entry overlays the buffered size but not the "
-        "times of a dirty file, and the commit at flush does not invalidate the kernel's "
-        "cached attributes (ops._commit / flush)",
-    "statvfs":
-        "BUG: statvfs f_ffree > f_files (df -i shows negative use): server/rpc_filesystem.py "
-        "StatFs sets files = files in use, files_free = 2**32 - used; f_files must be the total",
 }
 
 # Cases whose oracle is tmpfs (/dev/shm), not the local disk: where ext4's own limits, not

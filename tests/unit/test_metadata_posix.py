@@ -481,3 +481,29 @@ def test_xattrs(md: SQLiteMetadata) -> None:
     d = md.mkdir(T, ROOT_INO, b"d", 0o755, 0, 0)
     md.setxattr(T, d.ino, b"user.dir", b"ok")
     assert md.listxattr(T, d.ino) == [b"user.dir"]
+
+
+# --- setgid directories ----------------------------------------------------------------------
+
+def test_setgid_directory_gives_gid_and_bit(md: SQLiteMetadata) -> None:
+    plain = md.mkdir(T, ROOT_INO, b"plain", 0o755, 10, 20)
+    d = md.mkdir(T, ROOT_INO, b"sg", 0o755, 10, 20)
+    d = md.setattr(T, d.ino, SET_GID | SET_MODE, gid=4321, mode=0o2775)
+    assert d.gid == 4321 and d.mode & stat.S_ISGID
+    f = md.create(T, d.ino, b"f", 0o644, 30, 40)
+    sub = md.mkdir(T, d.ino, b"sub", 0o755, 30, 40)
+    fifo = md.create(T, d.ino, b"p", stat.S_IFIFO | 0o600, 30, 40)
+    ln = md.symlink(T, d.ino, b"l", b"f", 30, 40)
+    for a in (f, sub, fifo, ln):
+        assert (a.uid, a.gid) == (30, 4321)            # the owner stays the creator
+        assert md.getattr(T, a.ino).gid == 4321        # stored, not only in the reply
+    assert stat.S_IMODE(f.mode) == 0o644 and stat.S_IMODE(fifo.mode) == 0o600
+    assert stat.S_IMODE(sub.mode) == 0o2755            # subdirectories inherit S_ISGID
+    assert md.getattr(T, sub.ino).mode == stat.S_IFDIR | 0o2755
+    # inherited further down through the new subdirectory
+    deeper = md.mkdir(T, sub.ino, b"deeper", 0o700, 30, 40)
+    assert deeper.gid == 4321 and stat.S_IMODE(deeper.mode) == 0o2700
+    # a directory without the bit changes nothing
+    g = md.create(T, plain.ino, b"g", 0o644, 30, 40)
+    e = md.mkdir(T, plain.ino, b"e", 0o755, 30, 40)
+    assert g.gid == 40 and e.gid == 40 and not e.mode & stat.S_ISGID
