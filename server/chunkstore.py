@@ -12,7 +12,6 @@ Interface:
                                         manager: .size, .read_at(offset, n) -> bytes, a pread;
                                         .close()); errors.NotFound if absent
         read_range(name, offset, length) -> bytes   up to `length` bytes at `offset`
-    tune_malloc() -> bool               process-wide: glibc malloc keeps freed MiB-sized buffers
                                         (chunks, gRPC messages) instead of returning them to the
                                         kernel and faulting fresh pages in for the next one
         exists(name) -> bool
@@ -32,11 +31,9 @@ Names are chosen by chunks.ChunkService (64 lowercase hex digits); a store accep
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import re
-import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -68,39 +65,6 @@ class ChunkStore(Protocol):
     def delete(self, name: str) -> bool: ...
     def iter_names(self) -> Iterator[str]: ...
     def usage(self) -> tuple[int, int]: ...
-
-
-# glibc's malloc gives blocks over its (dynamic) mmap threshold back to the kernel when they
-# are freed, and trims the heap top above 128 KiB: every 1 MiB message protobuf and gRPC build
-# then costs fresh pages, i.e. ~256 page faults (measured here: serialising one fresh 1 MiB
-# ChunkPiece took 1.5-3.5 ms instead of ~0.1 ms). Keeping such blocks in the heap fixes it.
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-# Above a 1 MiB chunk or message and the ~2 MiB buffers built for it; small enough that each
-# thread's arena keeps little (8 threads building 1 MiB messages: 4/16 MiB gave 2.8 ms per
-# message, 32/64 MiB 2.3 ms, glibc's defaults 16.9 ms).
-MALLOC_MMAP_THRESHOLD = 4 << 20
-MALLOC_TRIM_THRESHOLD = 16 << 20
-_malloc_tuned = False
-
-
-def tune_malloc() -> bool:
-    """Make glibc malloc keep freed MiB-sized buffers for reuse (process-wide, idempotent).
-    The data service (server/rpc_data.py) and the mount's ChunkReader call it when built.
-    True if applied (glibc), False where there is no mallopt to call."""
-    global _malloc_tuned
-    if _malloc_tuned:
-        return True
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    ok = bool(mallopt(M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD)) and bool(
-        mallopt(M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD))
-    _malloc_tuned = ok
-    return ok
 
 
 def _fsync_dir(path: str) -> None:

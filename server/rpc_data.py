@@ -30,7 +30,6 @@ import zstandard
 
 from aifs_proto.v1 import data_pb2, data_pb2_grpc
 from aifs_server.auth import call_scope
-from aifs_server.chunkstore import tune_malloc
 from aifs_server.errors import AIFSError, CorruptChunk, InvalidArgument, NotFound
 from aifs_server.grpc_errors import rpc
 from aifs_server.rpc_filesystem import Backend
@@ -77,7 +76,6 @@ PUT_BATCH_BYTES = 16 << 20
 
 class DataServicer(data_pb2_grpc.DataServicer):
     def __init__(self, backend: Backend) -> None:
-        tune_malloc()
         self.b = backend
         self.meta = backend.meta
         self.chunks = backend.chunks

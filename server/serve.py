@@ -255,7 +255,9 @@ def run(args: argparse.Namespace) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     from aifs_server import datadir as dd
+    from aifs_server.malloc_tuning import tune_malloc
 
+    tune_malloc()  # every chunk sent or received is a MiB-sized message: keep them off mmap
     data = os.path.abspath(args.data)
     if (args.tls_cert is None) != (args.tls_key is None):
         print("aifs server: --tls-cert and --tls-key go together", file=sys.stderr)

@@ -154,8 +154,10 @@ def run_mount(opts: MountOptions) -> int:
     import pyfuse3
     import trio
 
+    from aifs_server.malloc_tuning import tune_malloc
     from aifsfs.fuse.ops import AIFSOperations
 
+    tune_malloc()  # every chunk fetch builds MiB-sized messages: keep them off fresh mmaps
     _check_mountpoint(opts.mountpoint)
     client = _client(opts)
     ops = AIFSOperations(

@@ -28,7 +28,6 @@ from typing import Any
 
 import trio
 
-from aifs_server.chunkstore import tune_malloc
 from aifsfs.errors import DeadlineExceeded, ServerUnavailable
 from aifsfs.fuse.chunk_cache import ChunkCache, frame_align
 
@@ -86,7 +85,6 @@ def fetch_ranges(client: Any, ranges: list[tuple[bytes, int, int]]) -> list[byte
 class ChunkReader:
     def __init__(self, client: Any, cache: ChunkCache, limiter: trio.CapacityLimiter,
                  readahead_chunks: int = 8) -> None:
-        tune_malloc()  # every fetch allocates MiB-sized messages: keep them off mmap
         self.client = client
         self.cache = cache
         self.limiter = limiter
