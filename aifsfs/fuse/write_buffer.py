@@ -211,10 +211,6 @@ def store_chunk(client: Any, idx: int, data: bytes) -> ChunkRef:
     return ChunkRef(idx, cid, len(data))
 
 
-class _Nothing(Exception):
-    """The slot left the dirty map while we waited (truncated away): nothing to stage."""
-
-
 class WriteBuffers:
     def __init__(self, client: Any, limiter: trio.CapacityLimiter,
                  read_base: Callable[[ChunkRef, int], Awaitable[bytes]],
@@ -321,33 +317,66 @@ class WriteBuffers:
             self.last_error = exc
 
     # --- uploading ----------------------------------------------------------------------------
-    async def upload_slot(self, st: FileState, idx: int) -> None:
+    async def _claim_slot(self, st: FileState, idx: int) -> tuple[trio.Event, bytes] | None:
+        """Move slot `idx`'s dirty bytes (merged with its old content when only partly
+        written) into st.inflight; None when nothing is dirty there. The caller then owns
+        st.uploading[idx] (the returned event) and must release it.
+
+        The slot stays in st.dirty (readers overlay it, writers add to it) while the old
+        content is fetched; it leaves st.dirty and enters st.inflight with no await in
+        between, so a reader always finds the newest bytes in one of the two."""
         while idx in st.uploading:           # one upload per slot at a time, in order
             await st.uploading[idx].wait()
         if idx not in st.dirty:
-            return
+            return None
         ev = st.uploading[idx] = trio.Event()
-        dc: DirtyChunk | None = None
-        data: bytes | None = None
         try:
-            # The slot stays in st.dirty (readers overlay it, writers add to it) while the old
-            # content is fetched; it leaves st.dirty and enters st.inflight with no await in
-            # between, so a reader always finds the newest bytes in one of the two.
             n = slot_length(st.size, idx, st.chunk_size)
             base = b""
             if not st.dirty[idx].covers(n):
                 old = st.refs.get(idx)
                 if old is not None:
                     base = await self.read_base(old, n)
-            popped = dc = st.dirty.pop(idx, None)
-            if popped is None:       # truncated away while we waited: nothing left to send
-                return
-            self.dirty_bytes -= popped.nbytes
-            n = slot_length(st.size, idx, st.chunk_size)   # the file may have grown meanwhile
-            data = popped.overlay(base, n)
-            dc = popped = None  # type: ignore[assignment]  # free the buffer before uploading
-            st.inflight[idx] = data
-            self.inflight_bytes += len(data)
+            popped = st.dirty.pop(idx, None)
+            if popped is not None:
+                self.dirty_bytes -= popped.nbytes
+                # the file may have grown while we waited
+                data = popped.overlay(base, slot_length(st.size, idx, st.chunk_size))
+                st.inflight[idx] = data
+                self.inflight_bytes += len(data)
+                return ev, data
+        except BaseException:
+            self._release_slot(st, idx, ev)
+            raise
+        self._release_slot(st, idx, ev)     # truncated away while we waited: nothing to send
+        return None
+
+    def _release_slot(self, st: FileState, idx: int, ev: trio.Event) -> None:
+        if st.uploading.get(idx) is ev:
+            del st.uploading[idx]
+        ev.set()
+        self._kick()
+
+    def _restore_dirty(self, st: FileState, idx: int, data: bytes) -> None:
+        """A slot's bytes that did not reach the server become dirty again, under any newer
+        writes, so nothing is lost."""
+        back = DirtyChunk()
+        back.write(0, data)
+        newer = st.dirty.get(idx)
+        if newer is not None:
+            for a, b in newer.intervals:
+                back.write(a, newer.data[a:b])
+            self.dirty_bytes -= newer.nbytes
+        st.dirty[idx] = back
+        self.dirty_bytes += back.nbytes
+        self._states[st.ino] = st
+
+    async def upload_slot(self, st: FileState, idx: int) -> None:
+        claimed = await self._claim_slot(st, idx)
+        if claimed is None:
+            return
+        ev, data = claimed
+        try:
             ref = await trio.to_thread.run_sync(store_chunk, self.client, idx, data,
                                                 limiter=self.limiter)
             self.uploads += 1
@@ -357,27 +386,13 @@ class WriteBuffers:
                 st.refs.pop(idx, None)
             st.mark_changed(idx)
         except BaseException:
-            # Put the bytes back under any newer writes, so nothing is lost.
-            back = DirtyChunk()
-            if data is not None:
-                back.write(0, data)
-            elif dc is not None:
-                back = dc
-            newer = st.dirty.get(idx)
-            if newer is not None:
-                for a, b in newer.intervals:
-                    back.write(a, newer.data[a:b])
-                self.dirty_bytes -= newer.nbytes
-            st.dirty[idx] = back
-            self.dirty_bytes += back.nbytes
-            self._states[st.ino] = st
+            self._restore_dirty(st, idx, data)
             raise
         finally:
-            if idx in st.inflight:
-                self.inflight_bytes -= len(st.inflight.pop(idx))
-            del st.uploading[idx]
-            ev.set()
-            self._kick()
+            if st.inflight.get(idx) is data:
+                del st.inflight[idx]
+            self.inflight_bytes -= len(data)
+            self._release_slot(st, idx, ev)
 
     async def flush(self, st: FileState, durable: bool = False) -> Attr | None:
         """Upload every dirty slot and commit; returns the committed attributes (None if clean).
@@ -459,35 +474,12 @@ class WriteBuffers:
             return attr
 
     async def _stage_inline(self, st: FileState, idx: int, staged: dict[int, _Staged]) -> None:
-        """Take slot `idx` out of the dirty map for an inline commit (see upload_slot: the same
-        steps, but the bytes go with the CommitFile and stay readable until it returns)."""
-        while idx in st.uploading:
-            await st.uploading[idx].wait()
-        if idx not in st.dirty:
+        """Take slot `idx` out of the dirty map for an inline commit: the bytes go with the
+        CommitFile and stay readable (in st.inflight) until it returns."""
+        claimed = await self._claim_slot(st, idx)
+        if claimed is None:
             return
-        ev = st.uploading[idx] = trio.Event()
-        try:
-            n = slot_length(st.size, idx, st.chunk_size)
-            base = b""
-            if not st.dirty[idx].covers(n):
-                old = st.refs.get(idx)
-                if old is not None:
-                    base = await self.read_base(old, n)
-            popped = st.dirty.pop(idx, None)
-            if popped is None:
-                raise _Nothing
-            self.dirty_bytes -= popped.nbytes
-            data = popped.overlay(base, slot_length(st.size, idx, st.chunk_size))
-            del popped
-            st.inflight[idx] = data
-            self.inflight_bytes += len(data)
-        except BaseException as exc:
-            del st.uploading[idx]
-            ev.set()
-            self._kick()
-            if isinstance(exc, _Nothing):
-                return
-            raise
+        ev, data = claimed
         # hashing a slot of at most inline_max bytes takes well under a millisecond
         staged[idx] = _Staged(idx, chunk_ref(idx, data), data, ev, st.refs.get(idx))
 
@@ -499,23 +491,11 @@ class WriteBuffers:
                 st.refs[sg.idx] = sg.prev
             else:
                 st.refs.pop(sg.idx, None)
-            back = DirtyChunk()
-            back.write(0, sg.data)
-            newer = st.dirty.get(sg.idx)
-            if newer is not None:
-                for a, b in newer.intervals:
-                    back.write(a, newer.data[a:b])
-                self.dirty_bytes -= newer.nbytes
-            st.dirty[sg.idx] = back
-            self.dirty_bytes += back.nbytes
-            self._states[st.ino] = st
+            self._restore_dirty(st, sg.idx, sg.data)
         if st.inflight.get(sg.idx) is sg.data:
             del st.inflight[sg.idx]
         self.inflight_bytes -= len(sg.data)
-        if st.uploading.get(sg.idx) is sg.event:
-            del st.uploading[sg.idx]
-        sg.event.set()
-        self._kick()
+        self._release_slot(st, sg.idx, sg.event)
 
     def drop(self, st: FileState) -> None:
         """Forget a state's buffers (its inode is gone)."""
