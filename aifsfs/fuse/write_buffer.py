@@ -281,7 +281,10 @@ class WriteBuffers:
         failures = self.failures
         while self.dirty_bytes + self.inflight_bytes > self.max_dirty_bytes:
             if self.failures != failures and self.last_error is not None:
-                raise self.last_error   # uploads are failing (server down, full): say so
+                # uploads are failing (server down, full): say so. The one error object is
+                # raised to every waiting writer: start its traceback afresh each time, or a
+                # long outage grows it without bound.
+                raise self.last_error.with_traceback(None)
             if self.inflight_bytes < self.max_dirty_bytes // 2 and self.dirty_bytes > 0:
                 victim = self._pick_victim()
                 if victim is not None:
