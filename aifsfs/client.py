@@ -67,6 +67,7 @@ from aifs_proto.v1 import (
     filesystem_pb2,
     filesystem_pb2_grpc,
 )
+from aifs_server.codec import decompress_bounded, thread_compressor, thread_decompressor
 from aifs_server.errors import PermissionDenied, Unauthenticated
 from aifs_server.metadata.base import Attr, ChunkRef, DirEntry, ParentEdge
 
@@ -282,14 +283,6 @@ def _is_tcp(address: str) -> bool:
     return not address.startswith("unix:")
 
 
-class _ThreadZstd(threading.local):
-    """zstd contexts must not be shared between threads: one pair per thread."""
-
-    def __init__(self) -> None:
-        self.dctx = zstandard.ZstdDecompressor()
-        self.cctx = zstandard.ZstdCompressor(level=1)
-
-
 def _pieces(data: bytes | bytearray | memoryview | BinaryIO | Iterable[bytes],
             size: int = PIECE_SIZE) -> Iterator[bytes]:
     if isinstance(data, (bytes, bytearray, memoryview)):
@@ -311,21 +304,12 @@ def _pieces(data: bytes | bytearray | memoryview | BinaryIO | Iterable[bytes],
                 yield bytes(mv[i:i + size])
 
 
-def _unzstd(dctx: zstandard.ZstdDecompressor, data: bytes, raw_length: int) -> bytes:
+def _unzstd(data: bytes, raw_length: int) -> bytes:
     """A GetChunks ZSTD piece: one zstd frame, or (we accept "zstd-frames") several back to
     back, `raw_length` bytes in all. Never more than raw_length + 1 bytes are produced."""
     if zstandard.frame_content_size(data) == raw_length:
-        return dctx.decompress(data, max_output_size=raw_length)
-    reader = dctx.stream_reader(data, read_across_frames=True, read_size=len(data))
-    parts = []
-    total = 0
-    while total <= raw_length:
-        more = reader.read(raw_length + 1 - total)
-        if not more:
-            break
-        parts.append(more)
-        total += len(more)
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+        return thread_decompressor().decompress(data, max_output_size=raw_length)
+    return decompress_bounded(data, raw_length)
 
 
 class AIFSClient:
@@ -351,7 +335,6 @@ class AIFSClient:
         self._token: str | None = token.strip() if token else None
         self._token_source = "token=" if token else ""
         self._token_file = Path(token_file) if token_file else None
-        self._zstd = _ThreadZstd()
         self._closed = False
         self._seen_server = False   # a call succeeded once: streams need not wait for ready
 
@@ -954,7 +937,7 @@ class AIFSClient:
                 raw = bytes(data)
                 payload, enc = raw, data_pb2.IDENTITY
                 if zstd and raw:
-                    packed = self._zstd.cctx.compress(raw)
+                    packed = thread_compressor(1).compress(raw)
                     if len(packed) < len(raw):  # only when it pays
                         payload, enc = packed, data_pb2.ZSTD
                 result.sent_bytes += len(payload)
@@ -995,7 +978,6 @@ class AIFSClient:
         nexts = [int(o) for _, o, _ in ranges]
         ends = [int(o) + int(n) if n else None for _, o, n in ranges]
         received = raw_received = zpieces = ipieces = 0
-        dctx = self._zstd.dctx
         for piece in self._data.GetChunks(req, metadata=self._metadata(), timeout=timeout):
             i = piece.range_index
             if i >= len(ranges):
@@ -1005,7 +987,7 @@ class AIFSClient:
             received += len(data)
             if piece.encoding == data_pb2.ZSTD:
                 zpieces += 1
-                raw = _unzstd(dctx, data, piece.raw_length)
+                raw = _unzstd(data, piece.raw_length)
                 if len(raw) != piece.raw_length:
                     raise IncompleteRead(
                         f"chunk {bytes(ranges[i][0]).hex()}: a zstd frame at offset "

@@ -22,6 +22,12 @@ Interface:
         .is_zstd_frame(data) -> bool            (also a module function)
     decompress_exact(data, size) -> bytes       one frame whose header must state `size`;
                                                 used by the envelope (ValueError otherwise)
+    decompress_bounded(data, limit) -> bytes    all frames back to back, never more than
+                                                limit + 1 bytes (so a caller can tell "too
+                                                long" from "exact"); not zstd -> ValueError
+    thread_compressor(level), thread_decompressor()
+                                                this thread's zstd contexts (zstd objects
+                                                must not be shared between threads)
     validate_level(level) -> int
 
 Thread safety: zstd compressor/decompressor contexts are not shareable between threads, so each
@@ -63,7 +69,7 @@ def is_zstd_frame(data: bytes | bytearray | memoryview) -> bool:
     return bytes(data[:4]) == ZSTD_MAGIC
 
 
-def _compressor(level: int) -> zstandard.ZstdCompressor:
+def thread_compressor(level: int) -> zstandard.ZstdCompressor:
     cache: dict[int, zstandard.ZstdCompressor] | None = getattr(_tls, "cctx", None)
     if cache is None:
         cache = _tls.cctx = {}
@@ -75,11 +81,30 @@ def _compressor(level: int) -> zstandard.ZstdCompressor:
     return cctx
 
 
-def _decompressor() -> zstandard.ZstdDecompressor:
+def thread_decompressor() -> zstandard.ZstdDecompressor:
     dctx: zstandard.ZstdDecompressor | None = getattr(_tls, "dctx", None)
     if dctx is None:
         dctx = _tls.dctx = zstandard.ZstdDecompressor()
     return dctx
+
+
+def decompress_bounded(data: bytes | memoryview, limit: int) -> bytes:
+    """Every frame of `data` back to back, but at most limit + 1 bytes: a zstd bomb costs no
+    more than that, and a caller sees whether the data holds more than `limit`."""
+    try:
+        reader = thread_decompressor().stream_reader(data, read_across_frames=True,
+                                                     read_size=len(data))
+        parts: list[bytes] = []
+        total = 0
+        while total <= limit:  # stream_reader.read may return less than asked before the end
+            more = reader.read(limit + 1 - total)
+            if not more:
+                break
+            parts.append(more)
+            total += len(more)
+    except zstandard.ZstdError as exc:
+        raise ValueError(f"corrupt zstd data: {exc}") from None
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def decompress_exact(data: bytes | memoryview, size: int) -> bytes:
@@ -95,7 +120,7 @@ def decompress_exact(data: bytes | memoryview, size: int) -> bytes:
     if declared != size:
         raise ValueError(f"zstd frame declares {declared} bytes, expected {size}")
     try:
-        out = _decompressor().decompress(data, max_output_size=size, allow_extra_data=False)
+        out = thread_decompressor().decompress(data, max_output_size=size, allow_extra_data=False)
     except zstandard.ZstdError as exc:
         raise ValueError(f"corrupt zstd frame: {exc}") from None
     if len(out) != size:
@@ -239,7 +264,7 @@ class _IterReader(io.RawIOBase):
 def _decompress_pieces(chunks: Iterable[bytes] | BinaryIO) -> Iterator[bytes]:
     tracker = _FrameTracker()
     reader = _IterReader(chunks, tracker)
-    stream = _decompressor().stream_reader(
+    stream = thread_decompressor().stream_reader(
         cast(BinaryIO, reader), read_size=STREAM_READ_SIZE, read_across_frames=True
     )
     try:
@@ -323,7 +348,7 @@ class CompressionService:
     # -- whole buffers ------------------------------------------------------------------------
 
     def compress(self, data: bytes | bytearray | memoryview, level: int | None = None) -> bytes:
-        out: bytes = _compressor(self._level(level)).compress(data)
+        out: bytes = thread_compressor(self._level(level)).compress(data)
         self._count(len(data), len(out), compressed=1)
         return out
 
@@ -331,7 +356,7 @@ class CompressionService:
         self, data: bytes | bytearray | memoryview, level: int | None = None
     ) -> tuple[bytes | bytearray | memoryview, bool]:
         """(zstd frame, True) if that is smaller than `data`, else (data, False) unchanged."""
-        out: bytes = _compressor(self._level(level)).compress(data)
+        out: bytes = thread_compressor(self._level(level)).compress(data)
         if len(out) < len(data):
             self._count(len(data), len(out), compressed=1)
             return out, True
@@ -354,7 +379,7 @@ class CompressionService:
             # the header claims, so a larger claim goes the streaming way and is believed
             # only as far as real data backs it).
             try:
-                out = _decompressor().decompress(data, allow_extra_data=False)
+                out = thread_decompressor().decompress(data, allow_extra_data=False)
             except zstandard.ZstdError:
                 out = None
         if out is None:
@@ -368,7 +393,7 @@ class CompressionService:
 
     def compress_stream(self, src: BinaryIO, dst: BinaryIO, level: int | None = None) -> int:
         """Compress file-like `src` into `dst` as one zstd frame; return bytes written."""
-        cctx = _compressor(self._level(level))
+        cctx = thread_compressor(self._level(level))
         read, written = cctx.copy_stream(
             src, dst, read_size=STREAM_READ_SIZE, write_size=STREAM_WRITE_SIZE
         )
@@ -387,7 +412,7 @@ class CompressionService:
         self, chunks: Iterable[bytes | bytearray | memoryview], level: int | None = None
     ) -> Iterator[bytes]:
         """Yield one zstd frame, in pieces, for the concatenation of `chunks`."""
-        cobj = _compressor(self._level(level)).compressobj()
+        cobj = thread_compressor(self._level(level)).compressobj()
         read = written = 0
         for chunk in chunks:
             read += len(chunk)

@@ -26,10 +26,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
-import zstandard
 
 from aifs_proto.v1 import data_pb2, data_pb2_grpc
 from aifs_server.auth import call_scope
+from aifs_server.codec import decompress_bounded
 from aifs_server.errors import AIFSError, CorruptChunk, InvalidArgument, NotFound
 from aifs_server.grpc_errors import rpc
 from aifs_server.rpc_filesystem import Backend
@@ -48,25 +48,15 @@ def _check_id(chunk_id: bytes) -> bytes:
 def _decompress_limited(data: bytes, limit: int, chunk_hex: str) -> bytes:
     """Decompress one uploaded zstd chunk, refusing more than `limit` bytes of output."""
     try:
-        reader = zstandard.ZstdDecompressor().stream_reader(data, read_across_frames=True)
-        out = reader.read(limit + 1)
-        # stream_reader.read may return less than asked before the end: keep reading
-        parts = [out]
-        total = len(out)
-        while total <= limit:
-            more = reader.read(limit + 1 - total)
-            if not more:
-                break
-            parts.append(more)
-            total += len(more)
-    except zstandard.ZstdError as e:
+        out = decompress_bounded(data, limit)
+    except ValueError as e:
         raise InvalidArgument(f"chunk {chunk_hex}: upload marked ZSTD is not valid zstd ({e})"
                               ) from None
-    if total > limit:
+    if len(out) > limit:
         raise InvalidArgument(
             f"chunk {chunk_hex}: decompresses to more than the namespace's chunk size "
             f"({limit} bytes); refused")
-    return b"".join(parts)
+    return out
 
 
 # A PutChunks stream is stored in batches: sealed in parallel, one directory fsync per batch.

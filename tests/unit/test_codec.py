@@ -263,7 +263,7 @@ def test_threads_use_their_own_contexts_and_agree() -> None:
     def work(n: int) -> None:
         try:
             barrier.wait()
-            contexts[n] = codec_mod._compressor(1)
+            contexts[n] = codec_mod.thread_compressor(1)
             for i in range(30):
                 data = TEXT[i * 100 :] + bytes([n]) * i
                 level = 1 + (n + i) % 5
@@ -306,3 +306,15 @@ def test_lying_content_size_is_not_believed() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 8 << 20
+
+
+def test_decompress_bounded_reads_across_frames_and_stops_one_past_the_limit() -> None:
+    import zstandard
+
+    from aifs_server.codec import decompress_bounded
+
+    two = zstandard.ZstdCompressor(write_content_size=False).compress(b"a" * 1000) * 2
+    assert decompress_bounded(two, 2000) == b"a" * 2000
+    assert decompress_bounded(two, 1500) == b"a" * 1501     # "more than allowed", no more
+    with pytest.raises(ValueError, match="corrupt zstd"):
+        decompress_bounded(b"\x28\xb5\x2f\xfd" + b"\xff" * 20, 100)
