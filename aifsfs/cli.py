@@ -37,6 +37,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from aifs_server.auth import VERBS, normalise_methods
 from aifs_server.errors import AIFSError
 
 from .client import AIFSClient, default_data_dir, default_socket
@@ -49,7 +50,6 @@ __all__ = [
 ]
 
 PLUGINS: tuple[str, ...] = ("aifsfs.fuse.commands", "aifsfs.bench.cli")
-VERBS: tuple[str, ...] = ("get", "put", "list", "stat", "delete", "snapshot", "admin")
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -72,19 +72,11 @@ def parse_ttl(text: str) -> int:
 
 
 def parse_methods(text: str) -> list[str]:
-    out: list[str] = []
-    for m in text.split(","):
-        m = m.strip().lower()
-        if not m:
-            continue
-        if m != "all" and m not in VERBS:
-            raise UsageError(f"unknown method verb {m!r} in --methods: use one or more of "
-                             f"{', '.join(VERBS)} (comma separated), or all")
-        if m not in out:
-            out.append(m)
-    if not out:
-        raise UsageError("--methods names no verb: use e.g. --methods get,list,stat or all")
-    return out
+    """--methods as a list of verbs: the same rules mint_token applies (case-insensitive here)."""
+    try:
+        return normalise_methods(text.lower())
+    except ValueError as e:
+        raise UsageError(f"--methods: {e}") from None
 
 
 def _parse_metadata(text: str | None) -> dict[str, Any]:
@@ -401,7 +393,7 @@ def build_parser(plugins: Sequence[str] = PLUGINS) -> argparse.ArgumentParser:
     t.add_argument("--namespace", dest="token_namespace", default="default", metavar="NS",
                    help="namespace the token is for; '*' = every namespace (default 'default')")
     t.add_argument("--methods", required=True, metavar="VERBS",
-                   help="comma-separated verbs: get, put, list, stat, delete, snapshot, admin, all")
+                   help=f"comma-separated verbs: {', '.join(VERBS)}, all")
     t.add_argument("--ttl", default="30d", metavar="TTL",
                    help="lifetime with unit s/m/h/d, e.g. 1h (default 30d; 'never' = no expiry)")
     t.add_argument("-o", "--output", metavar="FILE",

@@ -3,6 +3,7 @@
 Interface:
     VERBS                                   the method verbs: get put list stat delete snapshot admin
     mint_token(root_key, namespace, methods, ttl_seconds, location="aifs") -> str
+    normalise_methods("get,put" | [verbs]) -> [verbs]   checked against VERBS (+ "all")
         `namespace` is a name or "*" (every namespace); `methods` an iterable of verbs or "all";
         `ttl_seconds` None/0 = no expiry caveat. Caveats are first-party and plain text:
         "namespace = X", "methods = get,put", "expires = <unix seconds>".
@@ -118,7 +119,9 @@ class Grant:
         return ALL in self.methods or verb in self.methods
 
 
-def _normalise_methods(methods: Iterable[str] | str) -> list[str]:
+def normalise_methods(methods: Iterable[str] | str) -> list[str]:
+    """Verbs from "get,put" or a list of them: known verbs or "all", duplicates dropped;
+    ValueError naming the valid verbs otherwise (shared by mint_token and the CLI)."""
     items = [methods] if isinstance(methods, str) else list(methods)
     out: list[str] = []
     for item in items:
@@ -143,7 +146,7 @@ def mint_token(root_key: bytes, namespace: str, methods: Iterable[str] | str,
         raise ValueError("root key is empty: the data dir is not formatted")
     if not namespace or any(c in namespace for c in ", \n"):
         raise ValueError(f"bad namespace {namespace!r} for a token: use a name or '*'")
-    verbs = _normalise_methods(methods)
+    verbs = normalise_methods(methods)
     m = Macaroon(location=location, identifier=secrets.token_hex(16), key=root_key)
     m.add_first_party_caveat(f"namespace = {namespace}")
     m.add_first_party_caveat(f"methods = {','.join(verbs)}")
