@@ -3,10 +3,10 @@
 Interface:
     VERBS                                   the method verbs: get put list stat delete snapshot admin
     mint_token(root_key, namespace, methods, ttl_seconds, location="aifs") -> str
-    normalise_methods("get,put" | [verbs]) -> [verbs]   checked against VERBS (+ "all")
         `namespace` is a name or "*" (every namespace); `methods` an iterable of verbs or "all";
         `ttl_seconds` None/0 = no expiry caveat. Caveats are first-party and plain text:
         "namespace = X", "methods = get,put", "expires = <unix seconds>".
+    normalise_methods("get,put" | [verbs]) -> [verbs]   checked against VERBS (+ "all")
     verify_token(root_key, token, namespace, verb) -> Grant
         raises Unauthenticated (no token, garbage, tampered, unknown caveat), TokenExpired,
         PermissionDenied (namespace or verb not allowed).
