@@ -39,6 +39,7 @@ from typing import Any
 
 from aifs_server.auth import VERBS, normalise_methods
 from aifs_server.errors import AIFSError
+from aifs_server.fileutil import write_file_atomic
 
 from .client import AIFSClient, default_data_dir, default_socket
 from .errors import LocalError
@@ -195,18 +196,12 @@ def cmd_token_create(args: argparse.Namespace) -> int:
                          f"{e.strerror} (run as the user that owns the data directory)") from e
     token = mint_token(root_key, args.token_namespace, methods, ttl or None)
     if args.output:
-        _write_private(Path(args.output), (token + "\n").encode())
+        write_file_atomic(args.output, (token + "\n").encode())
         print(f"wrote a token for namespace {args.token_namespace!r} "
               f"({','.join(methods)}) to {args.output}", file=sys.stderr)
     else:
         print(token)
     return 0
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
 
 
 def cmd_put(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from aifs_server.errors import InvalidArgument, NoSpace, NotFound
+from aifs_server.fileutil import fsync_dir
 
 _NAME = re.compile(r"[0-9a-z]{4,128}")
 _TMP_PREFIX = ".tmp-"
@@ -65,14 +66,6 @@ class ChunkStore(Protocol):
     def delete(self, name: str) -> bool: ...
     def iter_names(self) -> Iterator[str]: ...
     def usage(self) -> tuple[int, int]: ...
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _FileRange:
@@ -156,8 +149,8 @@ class LocalChunkStore:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             except FileNotFoundError:
                 os.makedirs(directory, mode=0o700, exist_ok=True)
-                _fsync_dir(os.path.dirname(directory))
-                _fsync_dir(os.path.dirname(os.path.dirname(directory)))
+                fsync_dir(os.path.dirname(directory))
+                fsync_dir(os.path.dirname(os.path.dirname(directory)))
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             view = memoryview(data).cast("B")
             nbytes = len(view)
@@ -179,7 +172,7 @@ class LocalChunkStore:
                 except FileExistsError:
                     created = False
             if sync_dir:
-                _fsync_dir(directory)
+                fsync_dir(directory)
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise self._no_space(name, exc) from None
@@ -193,7 +186,7 @@ class LocalChunkStore:
 
     def sync_dirs(self, names: Iterable[str]) -> None:
         for directory in sorted({os.path.dirname(self._path(n)) for n in names}):
-            _fsync_dir(directory)
+            fsync_dir(directory)
 
     def get(self, name: str) -> bytes:
         try:

@@ -51,6 +51,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from .errors import AIFSError, AlreadyExists, InvalidArgument
+from .fileutil import fsync_dir, write_file_atomic
 from .metadata.base import MetadataEngine, Namespace, TreeRef
 
 FORMAT_NAME = "aifs-data-dir"
@@ -133,27 +134,6 @@ def _read_config(root: Path) -> dict[str, Any]:
     return config
 
 
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """temp + fsync + rename, with the final mode set before the name appears."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)  # the umask must not widen or narrow it
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _check_target(root: Path) -> str | None:
     """Validate a format target. Returns 'formatted', 'resume' or None (fresh); raises if bad."""
     if root.exists() or root.is_symlink():
@@ -226,12 +206,12 @@ def format_data_dir(path: str | os.PathLike[str], *, dry_run: bool = False,
         keyring = LocalKeyring.create(root / KEYRING)
     for name in (STORAGE_KEY, MACAROON_KEY):
         if not (root / name).exists():
-            _write_atomic(root / name, secrets.token_bytes(32), 0o600)
+            write_file_atomic(root / name, secrets.token_bytes(32), 0o600)
     if not (root / SIGNING_KEY).exists():
         sk = Ed25519PrivateKey.generate()
-        _write_atomic(root / SIGNING_PUB,
+        write_file_atomic(root / SIGNING_PUB,
                       sk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw), 0o644)
-        _write_atomic(root / SIGNING_KEY, sk.private_bytes_raw(), 0o600)
+        write_file_atomic(root / SIGNING_KEY, sk.private_bytes_raw(), 0o600)
     (root / CHUNKS).mkdir(exist_ok=True, mode=0o700)
     os.chmod(root / CHUNKS, 0o700)
     meta = _open_meta(root)
@@ -239,10 +219,10 @@ def format_data_dir(path: str | os.PathLike[str], *, dry_run: bool = False,
         _ensure_namespace(meta, namespace, chunk_size, zstd_level, keyring.current_key_id())
     finally:
         meta.close()
-    _fsync_dir(root)
-    _write_atomic(root / CONFIG, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
+    fsync_dir(root)
+    write_file_atomic(root / CONFIG, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode(),
                   0o600)
-    _fsync_dir(root)
+    fsync_dir(root)
     return FormatResult(True, f"formatted {root} as an AIFS data directory (namespace "
                         f"{namespace!r}, chunk size {chunk_size}, zstd level {zstd_level})",
                         str(root), False, actions, config)

@@ -35,7 +35,6 @@ import base64
 import json
 import os
 import stat
-import tempfile
 import threading
 import time
 from typing import Any, Protocol
@@ -44,6 +43,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from aifs_server.errors import InvalidArgument, KeyUnavailable, PermissionDenied
+from aifs_server.fileutil import write_file_atomic
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -84,29 +84,10 @@ def _seal(key: bytes, plaintext: bytes, aad: bytes) -> bytes:
 
 
 def _write_private_json(path: str, doc: dict[str, Any], *, exclusive: bool = False) -> None:
-    """Write `doc` to `path` atomically (temp + fsync + rename) with mode 0600."""
-    directory = os.path.dirname(os.path.abspath(path))
+    """Write `doc` to `path` atomically with mode 0600."""
     if exclusive and os.path.exists(path):
         raise InvalidArgument(f"{path} already exists; refusing to overwrite a key file")
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=directory)
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    dfd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_file_atomic(path, json.dumps(doc, indent=1, sort_keys=True).encode("utf-8"))
 
 
 def _read_private_json(path: str, what: str) -> dict[str, Any]:

@@ -53,6 +53,7 @@ from aifs_proto.v1 import (
     filesystem_pb2_grpc,
 )
 from aifs_server.auth import AuthInterceptor, mint_token
+from aifs_server.fileutil import write_file_atomic
 from aifs_server.metrics import Metrics
 from aifs_server.rpc_admin import AdminServicer
 from aifs_server.rpc_assets import AssetsServicer
@@ -111,18 +112,6 @@ def _prepare_unix_socket(path: str) -> None:
                      f"first (or choose another --listen path)")
 
 
-def _write_secret(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
-
-
 def _open_asset_store(datadir: Any) -> Any:
     from aifs_server.asset_store import AssetStore
 
@@ -171,7 +160,7 @@ class Server:
         # the moment the socket appears always finds it.
         for upath in self.socket_paths:
             tok_path = upath + ".token"
-            _write_secret(tok_path, mint_token(root_key, "*", "all", None) + "\n")
+            write_file_atomic(tok_path, (mint_token(root_key, "*", "all", None) + "\n").encode())
             self.token_files.append(tok_path)
         self.grpc_server.start()
         for upath in self.socket_paths:
