@@ -12,7 +12,7 @@ Interface:
         Every call has a deadline (`timeout`); UNAVAILABLE (and DEADLINE_EXCEEDED for reads) is
         retried with exponential backoff + jitter for up to `retry_for` seconds, then
         `ServerUnavailable` / `DeadlineExceeded`. Server errors arrive as `aifsfs.errors`
-        classes that are also the `aifs_server.errors` class of their reason.
+        classes that are also the `aifs_core.errors` class of their reason.
         Thread-safe: one channel, stubs shared, per-thread zstd contexts. Context manager.
 
     Assets (the seed's names): put_asset(data, kind="blob", metadata=None, parents=None) -> id;
@@ -56,6 +56,19 @@ import grpc
 import zstandard
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from aifs_core.codec import decompress_bounded, thread_compressor, thread_decompressor
+from aifs_core.errors import PermissionDenied, Unauthenticated
+from aifs_core.types import Attr, ChunkRef, DirEntry, ParentEdge
+from aifs_core.verbs import DEFAULT_BRANCH, DEFAULT_NAMESPACE
+from aifs_core.wire import (
+    asset_info_from_pb,
+    attr_from_pb,
+    chunkref_from_pb,
+    chunkref_to_pb,
+    namespace_from_pb,
+    opt_attr,
+    parent_to_pb,
+)
 from aifs_proto.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -67,9 +80,6 @@ from aifs_proto.v1 import (
     filesystem_pb2,
     filesystem_pb2_grpc,
 )
-from aifs_server.codec import decompress_bounded, thread_compressor, thread_decompressor
-from aifs_server.errors import PermissionDenied, Unauthenticated
-from aifs_server.metadata.base import Attr, ChunkRef, DirEntry, ParentEdge
 
 from .errors import (
     DeadlineExceeded,
@@ -84,8 +94,6 @@ T = TypeVar("T")
 
 PIECE_SIZE = 1 << 20            # PutAsset data pieces
 MAX_MESSAGE = 72 << 20          # room for a 64 MiB chunk plus framing
-DEFAULT_NAMESPACE = "default"
-DEFAULT_BRANCH = "main"
 
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -213,70 +221,6 @@ class WireStats:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return {k: int(getattr(self, k)) for k in self._FIELDS}
-
-
-# --- protobuf <-> dataclasses (the one place) -----------------------------------------------
-
-def attr_from_pb(a: common_pb2.Attr) -> Attr:
-    return Attr(ino=a.ino, mode=a.mode, nlink=a.nlink, uid=a.uid, gid=a.gid, rdev=a.rdev,
-                size=a.size, atime_ns=a.atime_ns, mtime_ns=a.mtime_ns, ctime_ns=a.ctime_ns,
-                blocks=a.blocks, generation=a.generation)
-
-
-def _opt_attr(msg: Any, name: str) -> Attr | None:
-    """An optional Attr field of a reply (None when unset)."""
-    return attr_from_pb(getattr(msg, name)) if msg.HasField(name) else None
-
-
-def chunkref_from_pb(c: common_pb2.ChunkRef) -> ChunkRef:
-    return ChunkRef(index=c.index, chunk_id=bytes(c.chunk_id), length=c.length)
-
-
-def chunkref_to_pb(c: ChunkRef | tuple[int, bytes, int]) -> common_pb2.ChunkRef:
-    if isinstance(c, ChunkRef):
-        return common_pb2.ChunkRef(index=c.index, chunk_id=c.chunk_id, length=c.length)
-    index, chunk_id, length = c
-    return common_pb2.ChunkRef(index=index, chunk_id=chunk_id, length=length)
-
-
-def parent_to_pb(p: str | ParentEdge | Mapping[str, Any]) -> common_pb2.ParentEdge:
-    if isinstance(p, str):
-        return common_pb2.ParentEdge(parent_id=p)
-    if isinstance(p, ParentEdge):
-        return common_pb2.ParentEdge(parent_id=p.parent_id, transform=p.transform,
-                                     transform_digest=p.transform_digest)
-    if isinstance(p, Mapping) and "parent_id" in p:
-        return common_pb2.ParentEdge(parent_id=str(p["parent_id"]),
-                                     transform=str(p.get("transform", "")),
-                                     transform_digest=str(p.get("transform_digest", "")))
-    raise LocalError(f"parent {p!r} must be an asset id, a ParentEdge or a dict with parent_id")
-
-
-def asset_info_from_pb(info: assets_pb2.AssetInfo) -> dict[str, Any]:
-    try:
-        metadata = json.loads(info.metadata_json) if info.metadata_json else {}
-    except ValueError:
-        metadata = {"_raw": info.metadata_json}  # never lose what the server holds
-    return {
-        "asset_id": info.asset_id,
-        "kind": info.kind,
-        "size": info.size,
-        "stored_bytes": info.stored_bytes,
-        "metadata": metadata,
-        "parents": [{"parent_id": p.parent_id, "transform": p.transform,
-                     "transform_digest": p.transform_digest} for p in info.parents],
-        "uri": info.uri,
-        "created_ns": info.created_ns,
-        "chunk_count": info.chunk_count,
-        "chunk_size": info.chunk_size,
-        "chunks": [chunkref_from_pb(c) for c in info.chunks],
-    }
-
-
-def namespace_from_pb(n: admin_pb2.NamespaceInfo) -> dict[str, Any]:
-    return {"name": n.name, "chunk_size": n.chunk_size, "zstd_level": n.zstd_level,
-            "kms_key_id": n.kms_key_id, "stored_bytes": n.stored_bytes,
-            "logical_bytes": n.logical_bytes, "chunk_count": n.chunk_count}
 
 
 def _is_tcp(address: str) -> bool:
@@ -695,11 +639,11 @@ class AIFSClient:
         reply = self._unary(self._assets.GetLineage, assets_pb2.AssetRequest(asset_id=asset_id))
         return [asset_info_from_pb(a) for a in reply.ancestors]
 
-    # kinds: the payload encoders are shared with the server (aifs_server.kinds)
+    # kinds: the payload encoders are shared with the server (aifs_core.kinds)
 
     def put_tensor(self, tensor: Any, parents: Iterable[Any] | None = None,
                    metadata: Mapping[str, Any] | None = None) -> str:
-        from aifs_server import kinds
+        from aifs_core import kinds
         if not isinstance(tensor, kinds.TensorData):
             tensor = kinds.TensorData(data=tensor)
         meta = dict(tensor.metadata or {})
@@ -708,21 +652,21 @@ class AIFSClient:
                               parents=parents)
 
     def get_tensor(self, asset_id: str) -> Any:
-        from aifs_server import kinds
+        from aifs_core import kinds
         a = self.get_asset(asset_id)
         self._expect_kind(a, "tensor")
         return kinds.decode_tensor(a["data"], a["metadata"])
 
     def put_embedding(self, embedding: Any, parents: Iterable[Any] | None = None,
                       metadata: Mapping[str, Any] | None = None) -> str:
-        from aifs_server import kinds
+        from aifs_core import kinds
         meta = dict(embedding.metadata or {})
         meta.update(metadata or {})
         return self.put_asset(kinds.encode_embedding(embedding), kind="embed", metadata=meta,
                               parents=parents)
 
     def get_embedding(self, asset_id: str) -> Any:
-        from aifs_server import kinds
+        from aifs_core import kinds
         a = self.get_asset(asset_id)
         self._expect_kind(a, "embed")
         return kinds.decode_embedding(a["data"], a["metadata"])
@@ -730,12 +674,12 @@ class AIFSClient:
     def put_artifact(self, files: Mapping[str, bytes] | str | os.PathLike[str],
                      parents: Iterable[Any] | None = None,
                      metadata: Mapping[str, Any] | None = None) -> str:
-        from aifs_server import kinds
+        from aifs_core import kinds
         return self.put_asset(kinds.encode_artifact(files), kind="artifact",
                               metadata=metadata, parents=parents)
 
     def get_artifact(self, asset_id: str) -> dict[str, bytes]:
-        from aifs_server import kinds
+        from aifs_core import kinds
         a = self.get_asset(asset_id)
         self._expect_kind(a, "artifact")
         return dict(kinds.decode_artifact(a["data"]))
@@ -777,7 +721,7 @@ class AIFSClient:
                     gid: int = 0) -> tuple[Attr, Attr | None]:
         r = self._unary(self._fs.MkDir, filesystem_pb2.MkDirRequest(
             parent=parent, name=name, mode=mode, uid=uid, gid=gid), idempotent=False)
-        return attr_from_pb(r.attr), _opt_attr(r, "parent_attr")
+        return attr_from_pb(r.attr), opt_attr(r, "parent_attr")
 
     def create(self, parent: int, name: bytes, mode: int = 0o100644, uid: int = 0,
                gid: int = 0, rdev: int = 0) -> Attr:
@@ -787,7 +731,7 @@ class AIFSClient:
                      gid: int = 0, rdev: int = 0) -> tuple[Attr, Attr | None]:
         r = self._unary(self._fs.Create, filesystem_pb2.CreateRequest(
             parent=parent, name=name, mode=mode, uid=uid, gid=gid, rdev=rdev), idempotent=False)
-        return attr_from_pb(r.attr), _opt_attr(r, "parent_attr")
+        return attr_from_pb(r.attr), opt_attr(r, "parent_attr")
 
     def unlink(self, parent: int, name: bytes) -> None:
         self.remove(parent, name)
@@ -802,7 +746,7 @@ class AIFSClient:
         method = self._fs.RmDir if directory else self._fs.Unlink
         r = self._unary(method, filesystem_pb2.NameRequest(parent=parent, name=name,
                                                            forget=forget), idempotent=False)
-        return Removed(_opt_attr(r, "attr"), _opt_attr(r, "parent_attr"))
+        return Removed(opt_attr(r, "attr"), opt_attr(r, "parent_attr"))
 
     def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes,
                flags: int = 0) -> None:
@@ -813,8 +757,8 @@ class AIFSClient:
         r = self._unary(self._fs.Rename, filesystem_pb2.RenameRequest(
             parent=parent, name=name, new_parent=new_parent, new_name=new_name, flags=flags,
             forget=forget), idempotent=False)
-        return Renamed(_opt_attr(r, "replaced"), _opt_attr(r, "parent_attr"),
-                       _opt_attr(r, "new_parent_attr"))
+        return Renamed(opt_attr(r, "replaced"), opt_attr(r, "parent_attr"),
+                       opt_attr(r, "new_parent_attr"))
 
     def symlink(self, parent: int, name: bytes, target: bytes, uid: int = 0, gid: int = 0
                 ) -> Attr:
@@ -824,7 +768,7 @@ class AIFSClient:
                       gid: int = 0) -> tuple[Attr, Attr | None]:
         r = self._unary(self._fs.Symlink, filesystem_pb2.SymlinkRequest(
             parent=parent, name=name, target=target, uid=uid, gid=gid), idempotent=False)
-        return attr_from_pb(r.attr), _opt_attr(r, "parent_attr")
+        return attr_from_pb(r.attr), opt_attr(r, "parent_attr")
 
     def readlink(self, ino: int) -> bytes:
         return bytes(self._unary(self._fs.ReadLink, filesystem_pb2.InodeRequest(ino=ino)).target)
@@ -836,7 +780,7 @@ class AIFSClient:
                    ) -> tuple[Attr, Attr | None]:
         r = self._unary(self._fs.Link, filesystem_pb2.LinkRequest(
             ino=ino, new_parent=new_parent, new_name=new_name), idempotent=False)
-        return attr_from_pb(r.attr), _opt_attr(r, "parent_attr")
+        return attr_from_pb(r.attr), opt_attr(r, "parent_attr")
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
         r = self._unary(self._fs.GetXattr, filesystem_pb2.XattrRequest(ino=ino, name=name))

@@ -3,10 +3,10 @@
 Interface:
     RemoteError(message, code=None, reason=None, address="")
         base of every error the SDK raises for a failed call; subclass of
-        `aifs_server.errors.AIFSError`; `.code` (grpc.StatusCode), `.reason`, `.message`.
+        `aifs_core.errors.AIFSError`; `.code` (grpc.StatusCode), `.reason`, `.message`.
     remote_class(reason) -> type   the RemoteError subclass that is also the server's class for
         that reason (`REASONS`), e.g. `remote_class("NOT_FOUND")` is a subclass of both
-        `RemoteError` and `aifs_server.errors.NotFound` — so `except NotFound` works client side.
+        `RemoteError` and `aifs_core.errors.NotFound` — so `except NotFound` works client side.
     from_rpc_error(err, address="") -> RemoteError
         read the `google.rpc.Status` details (ErrorInfo reason) of a failed call and build the
         matching error; a status without details falls back on the gRPC code.
@@ -24,28 +24,24 @@ import errno
 
 import grpc
 
-from aifs_server import errors as server_errors
-from aifs_server.errors import AIFSError
-
-try:  # grpcio-status is a declared dependency; keep the import failure readable anyway
-    from google.rpc import error_details_pb2
-    from grpc_status import rpc_status
-except ImportError as exc:  # pragma: no cover - only on a broken install
-    raise ImportError(f"aifsfs needs grpcio-status ({exc}); run `pip install grpcio-status`") from exc
+from aifs_core import errors as server_errors
+from aifs_core.errors import AIFSError
+from aifs_core.status import REASON_BY_CODE, code_for, reason_of
 
 
 class RemoteError(AIFSError):
     """A call to the AIFS server failed; carries the status code, reason and server message."""
 
+    code: grpc.StatusCode | None = None
+
     def __init__(self, message: str, code: grpc.StatusCode | None = None,
                  reason: str | None = None, address: str = "") -> None:
         super().__init__(message)
         # Instance attributes, so that a subclass mixing in a server class keeps the server
-        # class's defaults unless the status says otherwise.
-        if code is not None:
-            self.code = code
+        # class's reason unless the status says otherwise.
         if reason is not None:
             self.reason = reason
+        self.code = code or type(self).code or code_for(self.reason)
         self.address = address
 
     def __str__(self) -> str:
@@ -85,42 +81,13 @@ def remote_class(reason: str) -> type[RemoteError]:
     return cls
 
 
-# Without ErrorInfo (e.g. an error raised by grpc itself or a proxy) the code decides.
-_BY_CODE: dict[grpc.StatusCode, str] = {
-    grpc.StatusCode.NOT_FOUND: "NOT_FOUND",
-    grpc.StatusCode.ALREADY_EXISTS: "ALREADY_EXISTS",
-    grpc.StatusCode.INVALID_ARGUMENT: "INVALID_ARGUMENT",
-    grpc.StatusCode.PERMISSION_DENIED: "PERMISSION_DENIED",
-    grpc.StatusCode.UNAUTHENTICATED: "UNAUTHENTICATED",
-    grpc.StatusCode.DATA_LOSS: "CORRUPT_CHUNK",
-}
-
-
-def _reason_of(err: grpc.RpcError) -> str | None:
-    try:
-        status = rpc_status.from_call(err)  # type: ignore[arg-type]
-    except (ValueError, AttributeError, TypeError):
-        # from_call refuses a status whose code/message disagree with the call's; a
-        # non-Call RpcError has no trailing metadata.
-        return None
-    if status is None:
-        return None
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            if info.reason:
-                return str(info.reason)
-    return None
-
-
 def from_rpc_error(err: grpc.RpcError, address: str = "") -> RemoteError:
     """Rebuild the server's error from a failed call."""
     code_fn = getattr(err, "code", None)
     code: grpc.StatusCode = code_fn() if callable(code_fn) else grpc.StatusCode.UNKNOWN
     details_fn = getattr(err, "details", None)
     message = (details_fn() if callable(details_fn) else None) or str(err)
-    reason = _reason_of(err) or _BY_CODE.get(code)
+    reason = reason_of(err) or REASON_BY_CODE.get(code)
     if code == grpc.StatusCode.UNAVAILABLE and reason is None:
         return ServerUnavailable(message, code, "UNAVAILABLE", address)
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and reason is None:

@@ -6,5 +6,5 @@ scripts/setup.sh
 . .venv/bin/activate
 scripts/gen_proto.sh --check
 ruff check .
-mypy aifsfs server
+mypy core aifsfs server cli
 pytest -q -p no:cacheprovider "$@"

@@ -4,7 +4,7 @@ Public names (loaded lazily, so `import aifs_server` stays cheap for submodules 
     AssetManager, AssetNotFound, VerifyResult              (assets.py, asset_store.py)
     TensorData, EmbeddingData, KINDS, KindError, ArtifactError, encode_tensor, decode_tensor,
     encode_embedding, decode_embedding, encode_artifact, decode_artifact, asset_id_of,
-    asset_uri, parse_asset_uri, is_asset_id, check_kind, normalize_parents   (kinds.py)
+    asset_uri, parse_asset_uri, is_asset_id, check_kind, normalize_parents   (aifs_core.kinds)
     format_data_dir, open_data_dir                         (datadir.py)
 
     from aifs_server import AssetManager, TensorData
@@ -18,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "AssetManager": "assets", "VerifyResult": "assets", "AssetNotFound": "asset_store",
     "AssetStore": "asset_store",
-    "TensorData": "kinds", "EmbeddingData": "kinds", "KINDS": "kinds", "KindError": "kinds",
-    "ArtifactError": "kinds", "encode_tensor": "kinds", "decode_tensor": "kinds",
-    "encode_embedding": "kinds", "decode_embedding": "kinds", "encode_artifact": "kinds",
-    "decode_artifact": "kinds", "asset_id_of": "kinds", "asset_uri": "kinds",
-    "check_kind": "kinds", "normalize_parents": "kinds", "is_asset_id": "kinds",
-    "parse_asset_uri": "kinds",
+    "TensorData": "aifs_core.kinds", "EmbeddingData": "aifs_core.kinds", "KINDS": "aifs_core.kinds", "KindError": "aifs_core.kinds",
+    "ArtifactError": "aifs_core.kinds", "encode_tensor": "aifs_core.kinds", "decode_tensor": "aifs_core.kinds",
+    "encode_embedding": "aifs_core.kinds", "decode_embedding": "aifs_core.kinds", "encode_artifact": "aifs_core.kinds",
+    "decode_artifact": "aifs_core.kinds", "asset_id_of": "aifs_core.kinds", "asset_uri": "aifs_core.kinds",
+    "check_kind": "aifs_core.kinds", "normalize_parents": "aifs_core.kinds", "is_asset_id": "aifs_core.kinds",
+    "parse_asset_uri": "aifs_core.kinds",
     "format_data_dir": "datadir", "open_data_dir": "datadir",
 }
 
@@ -54,10 +54,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .asset_store import AssetNotFound, AssetStore
-    from .assets import AssetManager, VerifyResult
-    from .datadir import format_data_dir, open_data_dir
-    from .kinds import (
+    from aifs_core.kinds import (
         KINDS,
         ArtifactError,
         EmbeddingData,
@@ -77,12 +74,16 @@ if TYPE_CHECKING:
         parse_asset_uri,
     )
 
+    from .asset_store import AssetNotFound, AssetStore
+    from .assets import AssetManager, VerifyResult
+    from .datadir import format_data_dir, open_data_dir
+
 
 def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'aifs_server' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    value = getattr(importlib.import_module(module if "." in module else f".{module}", __name__), name)
     globals()[name] = value
     return value
 

@@ -38,9 +38,16 @@ from typing import Any, BinaryIO
 
 import blake3
 
-from .errors import AIFSError, CorruptChunk, InvalidArgument, NotFound, ParentNotCommitted
-from .kinds import asset_uri, check_kind, check_payload_head, is_asset_id, normalize_parents
-from .metadata.base import AssetRecord, ChunkRef, MetadataEngine, ParentEdge, TreeRef
+from aifs_core.errors import AIFSError, CorruptChunk, InvalidArgument, NotFound, ParentNotCommitted
+from aifs_core.kinds import (
+    asset_uri,
+    check_kind,
+    check_payload_head,
+    is_asset_id,
+    normalize_parents,
+)
+from aifs_core.types import AssetRecord, ChunkRef, ParentEdge, TreeRef
+from aifs_server.metadata.base import MetadataEngine
 
 READ_PIECE = 1 << 20        # read size for file-like inputs
 _ZEROS = bytes(1 << 20)     # shared zero buffer for holes

@@ -23,7 +23,7 @@ Interface:
         .get_lineage(id) -> list[info dict]           ancestors, nearest first
         .stats() -> dict                              chunks, raw and stored bytes
 
-Errors: an unknown asset id raises `AssetNotFound`, which is both `aifs_server.errors.NotFound`
+Errors: an unknown asset id raises `AssetNotFound`, which is both `aifs_core.errors.NotFound`
 and `KeyError`. An unknown kind or a payload of the wrong kind raises `KindError` (a
 ValueError). A parent that is not committed raises `ParentNotCommitted` naming it, and nothing
 of the refused asset is stored. Parents may be asset ids, ParentEdge or dicts
@@ -40,10 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from .asset_store import AssetNotFound, AssetStore, DataSource
-from .codec import CompressionService, validate_level
-from .datadir import DataDir, format_data_dir, is_formatted, open_data_dir
-from .kinds import (
+from aifs_core.codec import CompressionService, validate_level
+from aifs_core.kinds import (
     EmbeddingData,
     KindError,
     TensorData,
@@ -54,7 +52,10 @@ from .kinds import (
     encode_embedding,
     encode_tensor,
 )
-from .metadata.base import AssetRecord, ParentEdge
+from aifs_core.types import AssetRecord, ParentEdge
+
+from .asset_store import AssetNotFound, AssetStore, DataSource
+from .datadir import DataDir, format_data_dir, is_formatted, open_data_dir
 
 Parents = Iterable[str | ParentEdge | Mapping[str, Any]] | None
 

@@ -1,12 +1,11 @@
 """Capability tokens (macaroons) and the interceptor that checks one on every RPC.
 
 Interface:
-    VERBS                                   the method verbs: get put list stat delete snapshot admin
+    (VERBS, normalise_methods: `aifs_core.verbs`, shared with the CLI)
     mint_token(root_key, namespace, methods, ttl_seconds, location="aifs") -> str
         `namespace` is a name or "*" (every namespace); `methods` an iterable of verbs or "all";
         `ttl_seconds` None/0 = no expiry caveat. Caveats are first-party and plain text:
         "namespace = X", "methods = get,put", "expires = <unix seconds>".
-    normalise_methods("get,put" | [verbs]) -> [verbs]   checked against VERBS (+ "all")
     verify_token(root_key, token, namespace, verb) -> Grant
         raises Unauthenticated (no token, garbage, tampered, unknown caveat), TokenExpired,
         PermissionDenied (namespace or verb not allowed).
@@ -44,14 +43,11 @@ import grpc
 from pymacaroons import Macaroon, Verifier
 from pymacaroons.exceptions import MacaroonException
 
-from aifs_server.errors import AIFSError, PermissionDenied, TokenExpired, Unauthenticated
-from aifs_server.grpc_errors import status_for
+from aifs_core.errors import AIFSError, PermissionDenied, TokenExpired, Unauthenticated
+from aifs_core.status import status_for
+from aifs_core.verbs import ALL, DEFAULT_BRANCH, DEFAULT_NAMESPACE, normalise_methods
 
-VERBS = ("get", "put", "list", "stat", "delete", "snapshot", "admin")
-ALL = "all"
 LOCATION = "aifs"
-DEFAULT_NAMESPACE = "default"
-DEFAULT_BRANCH = "main"
 
 _FS = "/aifs.v1.Filesystem/"
 _DATA = "/aifs.v1.Data/"
@@ -117,26 +113,6 @@ class Grant:
 
     def allows_verb(self, verb: str) -> bool:
         return ALL in self.methods or verb in self.methods
-
-
-def normalise_methods(methods: Iterable[str] | str) -> list[str]:
-    """Verbs from "get,put" or a list of them: known verbs or "all", duplicates dropped;
-    ValueError naming the valid verbs otherwise (shared by mint_token and the CLI)."""
-    items = [methods] if isinstance(methods, str) else list(methods)
-    out: list[str] = []
-    for item in items:
-        for m in item.split(","):
-            m = m.strip()
-            if not m:
-                continue
-            if m != ALL and m not in VERBS:
-                raise ValueError(
-                    f"unknown method verb {m!r}: use one or more of {', '.join(VERBS)} or 'all'")
-            if m not in out:
-                out.append(m)
-    if not out:
-        raise ValueError("a token needs at least one method verb (or 'all')")
-    return out
 
 
 def mint_token(root_key: bytes, namespace: str, methods: Iterable[str] | str,

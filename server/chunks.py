@@ -32,8 +32,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 from blake3 import blake3
 
+from aifs_core.codec import CompressionService, validate_level
+from aifs_core.errors import InvalidArgument, NotFound
 from aifs_server.chunkstore import ChunkStore, RangeReader
-from aifs_server.codec import CompressionService, validate_level
 from aifs_server.envelope import (
     DEFAULT_FRAME_SIZE,
     MAX_CHUNK_BYTES,
@@ -42,7 +43,6 @@ from aifs_server.envelope import (
     open_chunk_at,
     seal_chunk,
 )
-from aifs_server.errors import InvalidArgument, NotFound
 from aifs_server.kms import KeyProvider
 
 CHUNK_ID_BYTES = 32

@@ -39,8 +39,8 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Protocol
 
-from aifs_server.errors import InvalidArgument, NoSpace, NotFound
-from aifs_server.fileutil import fsync_dir
+from aifs_core.errors import InvalidArgument, NoSpace, NotFound
+from aifs_core.fileutil import fsync_dir
 
 _NAME = re.compile(r"[0-9a-z]{4,128}")
 _TMP_PREFIX = ".tmp-"

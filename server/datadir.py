@@ -50,9 +50,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from .errors import AIFSError, AlreadyExists, InvalidArgument
-from .fileutil import fsync_dir, write_file_atomic
-from .metadata.base import MetadataEngine, Namespace, TreeRef
+from aifs_core.errors import AIFSError, AlreadyExists, InvalidArgument
+from aifs_core.fileutil import fsync_dir, write_file_atomic
+from aifs_core.types import Namespace, TreeRef
+from aifs_server.metadata.base import MetadataEngine
 
 FORMAT_NAME = "aifs-data-dir"
 FORMAT_VERSION = 1
@@ -166,7 +167,7 @@ def _check_target(root: Path) -> str | None:
 def format_data_dir(path: str | os.PathLike[str], *, dry_run: bool = False,
                     chunk_size: int = 1 << 20, zstd_level: int = 1,
                     namespace: str = "default") -> FormatResult:
-    from .codec import validate_level
+    from aifs_core.codec import validate_level
 
     root = Path(path).absolute()
     validate_chunk_size(chunk_size)
@@ -304,9 +305,10 @@ def open_data_dir(path: str | os.PathLike[str], *, codec: Any = None) -> DataDir
     """Open a formatted data directory. `codec`: a CompressionService to seal chunks with
     (default: a new one at the config's zstd level), e.g. the AssetManager's own, so its
     statistics and level are the ones in use."""
+    from aifs_core.codec import CompressionService
+
     from .chunks import ChunkService
     from .chunkstore import LocalChunkStore
-    from .codec import CompressionService
     from .kms import LocalKeyring, NamespaceKeyCache
 
     root = Path(path).absolute()

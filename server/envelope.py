@@ -45,8 +45,8 @@ from blake3 import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from aifs_server.codec import CompressionService, decompress_exact, is_zstd_frame
-from aifs_server.errors import CorruptChunk, InvalidArgument
+from aifs_core.codec import CompressionService, decompress_exact, is_zstd_frame
+from aifs_core.errors import CorruptChunk, InvalidArgument
 from aifs_server.kms import ChunkKeys
 
 MAGIC = b"\x89AIFSCK\n"

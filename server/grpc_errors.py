@@ -1,16 +1,13 @@
 """Mapping of storage-core errors to gRPC statuses with a `google.rpc.ErrorInfo`.
 
-Interface:
-    DOMAIN = "aifs"
-    status_for(err: AIFSError) -> grpc.Status      code, message, ErrorInfo(reason, domain)
-    status_of(code, message, reason) -> grpc.Status
+Interface (the status tables themselves are `aifs_core.status`):
     abort(context, err) -> NoReturn                 fail the RPC with `err`
     rpc(fn)                                         decorator for servicer methods (unary or
                                                     generator): AIFSError -> its status;
                                                     anything else -> INTERNAL, traceback logged
 
 The client side rebuilds the error with `grpc_status.rpc_status.from_call(call)` and the
-`ErrorInfo.reason` (see `aifs_server.errors.REASONS`).
+`ErrorInfo.reason` (see `aifs_core.status.reason_of`).
 """
 
 from __future__ import annotations
@@ -22,29 +19,13 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
-from aifs_server.errors import AIFSError
+from aifs_core.errors import AIFSError
+from aifs_core.status import status_for, status_of
 
-DOMAIN = "aifs"
 log = logging.getLogger("aifs.server")
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def status_of(code: grpc.StatusCode, message: str, reason: str,
-              metadata: dict[str, str] | None = None) -> grpc.Status:
-    info = error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {})
-    detail = any_pb2.Any()
-    detail.Pack(info)
-    st = status_pb2.Status(code=code.value[0], message=message, details=[detail])
-    return rpc_status.to_status(st)
-
-
-def status_for(err: AIFSError) -> grpc.Status:
-    return status_of(err.code, err.message, err.reason)
 
 
 def abort(context: grpc.ServicerContext, err: AIFSError) -> NoReturn:

@@ -42,8 +42,8 @@ from typing import Any, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from aifs_server.errors import InvalidArgument, KeyUnavailable, PermissionDenied
-from aifs_server.fileutil import write_file_atomic
+from aifs_core.errors import InvalidArgument, KeyUnavailable, PermissionDenied
+from aifs_core.fileutil import write_file_atomic
 
 KEY_BYTES = 32
 NONCE_BYTES = 12

@@ -23,11 +23,11 @@ from typing import Any
 
 import grpc
 
+from aifs_core.errors import AIFSError, InvalidArgument, NotFound, PermissionDenied
+from aifs_core.types import Namespace, TreeRef
 from aifs_proto.v1 import admin_pb2, admin_pb2_grpc
 from aifs_server.auth import call_scope, current_grant
-from aifs_server.errors import AIFSError, InvalidArgument, NotFound, PermissionDenied
 from aifs_server.grpc_errors import rpc
-from aifs_server.metadata.base import Namespace, TreeRef
 from aifs_server.rpc_filesystem import Backend
 
 FEATURES = ["zstd-wire", "frames", "macaroons", "keyed-chunk-names", "health", "reflection",
@@ -104,8 +104,8 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                                        f"changed{note}",
                 namespace=self._info(existing))
         # validate with the data dir's own rules before touching anything
+        from aifs_core.codec import validate_level
         from aifs_server import datadir as dd
-        from aifs_server.codec import validate_level
         try:
             dd.validate_namespace_name(name)
             dd.validate_chunk_size(chunk_size)

@@ -2,7 +2,6 @@
 
 Interface:
     AssetsServicer(backend: rpc_filesystem.Backend)     backend.assets is the AssetStore
-    asset_info_pb(namespace, AssetRecord) -> assets_pb2.AssetInfo
     PIECE_MAX = 1 MiB                                   largest data piece GetAsset sends
 
 PutAsset streams the request's data pieces into AssetStore.put through a generator, so memory
@@ -19,32 +18,16 @@ from typing import Any
 
 import grpc
 
+from aifs_core.errors import InvalidArgument
+from aifs_core.wire import asset_info_to_pb, parent_from_pb
 from aifs_proto.v1 import assets_pb2, assets_pb2_grpc, common_pb2
 from aifs_server.auth import call_scope
-from aifs_server.errors import InvalidArgument
 from aifs_server.grpc_errors import rpc
-from aifs_server.metadata.base import AssetRecord, ParentEdge
 from aifs_server.rpc_filesystem import Backend
 
 PIECE_MAX = 1 << 20
 LIST_DEFAULT = 100
 LIST_MAX = 1000
-
-
-def asset_info_pb(namespace: str, rec: AssetRecord, chunk_size: int = 0) -> Any:
-    """AssetInfo; with the namespace's chunk_size also the chunk list (GetAsset only: it is
-    what byte-range readers such as the mount's /.aifs/assets need; listings stay small)."""
-    chunks = ([common_pb2.ChunkRef(index=c.index, chunk_id=c.chunk_id, length=c.length)
-               for c in rec.chunks] if chunk_size else [])
-    return assets_pb2.AssetInfo(
-        chunk_size=chunk_size, chunks=chunks,
-        asset_id=rec.asset_id, kind=rec.kind, size=rec.size, stored_bytes=rec.stored_bytes,
-        metadata_json=rec.metadata_json or "{}",
-        parents=[common_pb2.ParentEdge(parent_id=p.parent_id, transform=p.transform,
-                                       transform_digest=p.transform_digest)
-                 for p in rec.parents],
-        uri=f"aifs://{namespace}/{rec.asset_id}", created_ns=rec.created_ns,
-        chunk_count=len(rec.chunks))
 
 
 class AssetsServicer(assets_pb2_grpc.AssetsServicer):
@@ -75,7 +58,7 @@ class AssetsServicer(assets_pb2_grpc.AssetsServicer):
                                   "(kind, metadata, parents), then data pieces")
         h = first.header
         metadata = h.metadata_json or "{}"  # AssetStore validates it (a JSON object)
-        parents = [ParentEdge(p.parent_id, p.transform, p.transform_digest) for p in h.parents]
+        parents = [parent_from_pb(p) for p in h.parents]
 
         def data() -> Iterator[bytes]:
             # a client that goes away makes the request iterator raise: the exception travels
@@ -90,7 +73,7 @@ class AssetsServicer(assets_pb2_grpc.AssetsServicer):
                     raise InvalidArgument("PutAsset: a second header arrived mid-stream")
 
         rec = self._store().put(ns, h.kind or "blob", data(), metadata, parents)
-        return asset_info_pb(ns, rec)
+        return asset_info_to_pb(ns, rec)
 
     @rpc
     def GetAsset(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
@@ -98,10 +81,10 @@ class AssetsServicer(assets_pb2_grpc.AssetsServicer):
         chunk_size = self.b.namespace(ns).chunk_size
         if request.info_only:
             rec = self._store().info(ns, request.asset_id)
-            yield assets_pb2.GetAssetReply(info=asset_info_pb(ns, rec, chunk_size))
+            yield assets_pb2.GetAssetReply(info=asset_info_to_pb(ns, rec, chunk_size))
             return
         rec, pieces = self._store().open(ns, request.asset_id)
-        yield assets_pb2.GetAssetReply(info=asset_info_pb(ns, rec, chunk_size))
+        yield assets_pb2.GetAssetReply(info=asset_info_to_pb(ns, rec, chunk_size))
         for piece in pieces:
             view = memoryview(piece)
             for pos in range(0, len(view), PIECE_MAX):
@@ -115,7 +98,7 @@ class AssetsServicer(assets_pb2_grpc.AssetsServicer):
         limit = min(request.limit or LIST_DEFAULT, LIST_MAX)
         recs = self._store().list_assets(ns, kind=request.kind, limit=limit, after=request.after)
         next_after = recs[-1].asset_id if len(recs) == limit else ""
-        return assets_pb2.ListAssetsReply(assets=[asset_info_pb(ns, r) for r in recs],
+        return assets_pb2.ListAssetsReply(assets=[asset_info_to_pb(ns, r) for r in recs],
                                           next_after=next_after)
 
     @rpc
@@ -134,5 +117,5 @@ class AssetsServicer(assets_pb2_grpc.AssetsServicer):
     def GetLineage(self, request: Any, context: grpc.ServicerContext) -> Any:
         ns = self._ns(context)
         return assets_pb2.LineageReply(
-            ancestors=[asset_info_pb(ns, r)
+            ancestors=[asset_info_to_pb(ns, r)
                        for r in self._store().lineage(ns, request.asset_id)])

@@ -27,10 +27,10 @@ from typing import Any
 
 import grpc
 
+from aifs_core.codec import decompress_bounded
+from aifs_core.errors import AIFSError, CorruptChunk, InvalidArgument, NotFound
 from aifs_proto.v1 import data_pb2, data_pb2_grpc
 from aifs_server.auth import call_scope
-from aifs_server.codec import decompress_bounded
-from aifs_server.errors import AIFSError, CorruptChunk, InvalidArgument, NotFound
 from aifs_server.grpc_errors import rpc
 from aifs_server.rpc_filesystem import Backend
 

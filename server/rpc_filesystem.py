@@ -6,7 +6,7 @@ Interface:
         .tree(context) -> TreeRef                 namespace + branch from call metadata; the
                                                   main branch's tree is created on first use
         .usage() -> (used_bytes, free_bytes)      of the chunk store
-    attr_pb(Attr) -> common_pb2.Attr
+    attr_to_pb(Attr) -> common_pb2.Attr
     FilesystemServicer(backend)                   every RPC of filesystem.proto
 
 Fast paths for the mount (each saves it a round trip): replies that change a directory carry
@@ -28,24 +28,18 @@ from typing import Any
 
 import grpc
 
+from aifs_core.errors import AIFSError, InvalidArgument, NameTooLong, NotFound
+from aifs_core.types import NAME_MAX, Attr, ChunkRef, Namespace, TreeRef
+from aifs_core.wire import attr_to_pb, chunkref_from_pb, chunkref_to_pb
 from aifs_proto.v1 import common_pb2, filesystem_pb2, filesystem_pb2_grpc
 from aifs_server.auth import call_scope
-from aifs_server.errors import AIFSError, InvalidArgument, NameTooLong, NotFound
 from aifs_server.grpc_errors import rpc
-from aifs_server.metadata.base import NAME_MAX, Attr, ChunkRef, Namespace, TreeRef
 
 READDIR_DEFAULT = 256
 INLINE_COMMIT_MAX = 16 << 20    # inline chunk bytes one CommitFile may carry
 INLINE_READ_MAX = 4 << 20       # the most GetChunkMap inlines, whatever the caller asks
 READDIR_MAX = 4096
 BLOCK_SIZE = 4096
-
-
-def attr_pb(a: Attr) -> common_pb2.Attr:
-    return common_pb2.Attr(
-        ino=a.ino, mode=a.mode, nlink=a.nlink, uid=a.uid, gid=a.gid, rdev=a.rdev, size=a.size,
-        atime_ns=a.atime_ns, mtime_ns=a.mtime_ns, ctime_ns=a.ctime_ns, blocks=a.blocks,
-        generation=a.generation)
 
 
 class Backend:
@@ -114,11 +108,11 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     @rpc
     def Lookup(self, request: Any, context: grpc.ServicerContext) -> Any:
         a = self.meta.lookup(self.b.tree(context), request.parent, _name(request.name))
-        return filesystem_pb2.EntryReply(attr=attr_pb(a))
+        return filesystem_pb2.EntryReply(attr=attr_to_pb(a))
 
     @rpc
     def GetAttr(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return filesystem_pb2.AttrReply(attr=attr_pb(self.meta.getattr(self.b.tree(context),
+        return filesystem_pb2.AttrReply(attr=attr_to_pb(self.meta.getattr(self.b.tree(context),
                                                                        request.ino)))
 
     @rpc
@@ -127,7 +121,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
             self.b.tree(context), request.ino, request.fields, mode=request.mode,
             uid=request.uid, gid=request.gid, size=request.size, atime_ns=request.atime_ns,
             mtime_ns=request.mtime_ns, ctime_ns=request.ctime_ns)
-        return filesystem_pb2.AttrReply(attr=attr_pb(a))
+        return filesystem_pb2.AttrReply(attr=attr_to_pb(a))
 
     @rpc
     def ReadDir(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -135,7 +129,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         entries, eof = self.meta.readdir(self.b.tree(context), request.ino, request.cookie,
                                          limit)
         return filesystem_pb2.ReadDirReply(
-            entries=[filesystem_pb2.DirEntry(name=e.name, attr=attr_pb(e.attr), cookie=e.cookie)
+            entries=[filesystem_pb2.DirEntry(name=e.name, attr=attr_to_pb(e.attr), cookie=e.cookie)
                      for e in entries],
             eof=eof)
 
@@ -157,13 +151,13 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         return self._entry_reply(tree, a, request.parent)
 
     def _entry_reply(self, tree: TreeRef, a: Attr, parent: int) -> Any:
-        return filesystem_pb2.EntryReply(attr=attr_pb(a), parent_attr=self._attr_or_none(tree,
+        return filesystem_pb2.EntryReply(attr=attr_to_pb(a), parent_attr=self._attr_or_none(tree,
                                                                                         parent))
 
     def _attr_or_none(self, tree: TreeRef, ino: int) -> common_pb2.Attr | None:
         """The inode's attributes for a reply's optional field (None when it is gone)."""
         try:
-            return attr_pb(self.meta.getattr(tree, ino))
+            return attr_to_pb(self.meta.getattr(tree, ino))
         except NotFound:
             return None
 
@@ -178,7 +172,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         # the SQLite engine drops an nlink-0 inode in the unlink's own transaction
         a = (self.meta.unlink(tree, request.parent, _name(request.name), forget=True)
              if request.forget else self.meta.unlink(tree, request.parent, _name(request.name)))
-        return filesystem_pb2.RemoveReply(attr=attr_pb(a),
+        return filesystem_pb2.RemoveReply(attr=attr_to_pb(a),
                                           parent_attr=self._attr_or_none(tree, request.parent))
 
     @rpc
@@ -192,7 +186,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         self.meta.rmdir(tree, request.parent, name)
         reply = filesystem_pb2.RemoveReply(parent_attr=self._attr_or_none(tree, request.parent))
         if before is not None:
-            reply.attr.CopyFrom(attr_pb(dataclasses.replace(before, nlink=0)))
+            reply.attr.CopyFrom(attr_to_pb(dataclasses.replace(before, nlink=0)))
             if request.forget:
                 self.meta.forget(tree, before.ino)
         return reply
@@ -219,7 +213,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
                 after = None
             # renamed onto itself (same inode, or a hard link of it): nothing was unlinked
             if after is not None and after.nlink < replaced.nlink:
-                reply.replaced.CopyFrom(attr_pb(after))
+                reply.replaced.CopyFrom(attr_to_pb(after))
                 if request.forget:
                     self._drop_if_unlinked(tree, after)
         return reply
@@ -284,8 +278,8 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         tree = self.b.tree(context)
         a, refs = self.meta.get_chunk_map(tree, request.ino, request.first_index, request.count)
         reply = filesystem_pb2.ChunkMapReply(
-            attr=attr_pb(a), chunk_size=self.b.namespace(tree.namespace).chunk_size,
-            chunks=[common_pb2.ChunkRef(index=r.index, chunk_id=r.chunk_id, length=r.length)
+            attr=attr_to_pb(a), chunk_size=self.b.namespace(tree.namespace).chunk_size,
+            chunks=[chunkref_to_pb(r)
                     for r in refs])
         limit = min(request.inline_max, INLINE_READ_MAX)
         if (limit and 0 < a.size <= limit and len(refs) == 1 and refs[0].index == 0
@@ -313,13 +307,13 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
                 raise InvalidArgument(
                     f"chunk slot {c.index} claims {c.length} bytes; the namespace's chunk size "
                     f"is {chunk_size}")
-            changed.append(ChunkRef(index=c.index, chunk_id=bytes(c.chunk_id), length=c.length))
+            changed.append(chunkref_from_pb(c))
         if request.inline_chunks:
             self._store_inline(tree.namespace, request.inline_chunks)
         a = self.meta.commit_file(tree, request.ino, changed, request.size,
                                   truncated=request.truncated, mtime_ns=request.mtime_ns,
                                   asset_id=request.asset_id, durable=request.durable)
-        return filesystem_pb2.AttrReply(attr=attr_pb(a))
+        return filesystem_pb2.AttrReply(attr=attr_to_pb(a))
 
     def _store_inline(self, ns_name: str, items: Any) -> None:
         """Store CommitFile's inline chunks as PutChunks would: verified against their ids,

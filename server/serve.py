@@ -42,6 +42,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from aifs_core.fileutil import write_file_atomic
 from aifs_proto.v1 import (
     admin_pb2,
     admin_pb2_grpc,
@@ -53,7 +54,6 @@ from aifs_proto.v1 import (
     filesystem_pb2_grpc,
 )
 from aifs_server.auth import AuthInterceptor, mint_token
-from aifs_server.fileutil import write_file_atomic
 from aifs_server.metrics import Metrics
 from aifs_server.rpc_admin import AdminServicer
 from aifs_server.rpc_assets import AssetsServicer
@@ -243,8 +243,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    from aifs_core.malloc_tuning import tune_malloc
     from aifs_server import datadir as dd
-    from aifs_server.malloc_tuning import tune_malloc
 
     tune_malloc()  # every chunk sent or received is a MiB-sized message: keep them off mmap
     data = os.path.abspath(args.data)

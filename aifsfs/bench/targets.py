@@ -386,7 +386,7 @@ class AifsTarget(Target):
         if exe.exists():
             return [str(exe)]
         found = shutil.which("aifs")
-        return [found] if found else [sys.executable, "-m", "aifsfs.cli"]
+        return [found] if found else [sys.executable, "-m", "aifs_cli.main"]
 
     def unavailable(self) -> str | None:
         if shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"):

@@ -90,7 +90,7 @@ def _client(opts: MountOptions, retry_for: float | None = None) -> Any:
 
 def check_server(opts: MountOptions, retry_for: float = 5.0) -> None:
     """The server must answer before we mount: fail fast with a clear message."""
-    from aifs_server.errors import AIFSError
+    from aifs_core.errors import AIFSError
 
     try:
         client = _client(opts, retry_for)
@@ -154,7 +154,7 @@ def run_mount(opts: MountOptions) -> int:
     import pyfuse3
     import trio
 
-    from aifs_server.malloc_tuning import tune_malloc
+    from aifs_core.malloc_tuning import tune_malloc
     from aifsfs.fuse.ops import AIFSOperations
 
     tune_malloc()  # every chunk fetch builds MiB-sized messages: keep them off fresh mmaps

@@ -57,7 +57,7 @@ from typing import Any, TypeVar, cast
 import pyfuse3
 import trio
 
-from aifs_server.metadata.base import (
+from aifs_core.types import (
     NAME_MAX,
     ROOT_INO,
     SET_ATIME,

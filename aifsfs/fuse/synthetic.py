@@ -28,7 +28,7 @@ from typing import Any
 
 import pyfuse3
 
-from aifs_server.metadata.base import Attr, ChunkRef
+from aifs_core.types import Attr, ChunkRef
 from aifsfs.fuse.chunk_cache import split_range
 
 SYN_BASE = 1 << 60

@@ -47,7 +47,7 @@ from typing import Any
 import blake3
 import trio
 
-from aifs_server.metadata.base import Attr, ChunkRef
+from aifs_core.types import Attr, ChunkRef
 from aifsfs.fuse.chunk_cache import slot_length
 
 DEFAULT_MAX_DIRTY = 64 << 20

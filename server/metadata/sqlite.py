@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from aifs_server.errors import (
+from aifs_core.errors import (
     AlreadyExists,
     InvalidArgument,
     IsADirectory,
@@ -47,7 +47,7 @@ from aifs_server.errors import (
     ParentNotCommitted,
     PermissionDenied,
 )
-from aifs_server.metadata.base import (
+from aifs_core.types import (
     NAME_MAX,
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,

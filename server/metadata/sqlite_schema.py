@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from aifs_server.errors import InvalidArgument
+from aifs_core.errors import InvalidArgument
 
 SCHEMA_VERSION = 1
 

@@ -8,7 +8,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
-from aifs_server.metadata.base import ROOT_INO, TreeRef
+from aifs_core.types import ROOT_INO, TreeRef
 from aifs_server.metadata.sqlite import SQLiteMetadata
 from tests.e2e.conftest import Mount, start_mount, teardown_mount
 from tests.helpers import make_data_dir, short_tmpdir, start_server, stop_server

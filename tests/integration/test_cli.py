@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from aifsfs import cli
+from aifs_cli import main as cli
 from tests.helpers import ServerProc, short_tmpdir, start_server, stop_server
 
 AIFS = str(Path(sys.executable).parent / "aifs")

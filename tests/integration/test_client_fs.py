@@ -11,15 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import blake3
 import pytest
 
-from aifs_server import errors as server_errors
-from aifs_server.metadata.base import (
-    RENAME_NOREPLACE,
-    ROOT_INO,
-    SET_MODE,
-    SET_SIZE,
-    XATTR_CREATE,
-    ChunkRef,
-)
+from aifs_core import errors as server_errors
+from aifs_core.types import RENAME_NOREPLACE, ROOT_INO, SET_MODE, SET_SIZE, XATTR_CREATE, ChunkRef
 from aifsfs.client import AIFSClient
 from aifsfs.errors import errno_for, xattr_errno_for
 from tests.helpers import ServerProc, make_data_dir, start_server, stop_server

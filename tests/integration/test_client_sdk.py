@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from aifs_server import errors as server_errors
-from aifs_server.kinds import EmbeddingData, TensorData
-from aifs_server.metadata.base import ParentEdge
+from aifs_core import errors as server_errors
+from aifs_core.kinds import EmbeddingData, TensorData
+from aifs_core.types import ParentEdge
 from aifsfs.client import AIFSClient
 from aifsfs.errors import RemoteError
 from tests.helpers import ServerProc, make_data_dir, start_server, stop_server

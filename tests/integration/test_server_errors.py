@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
-from aifs_server.errors import MissingChunk, NotEmpty
+from aifs_core.errors import MissingChunk, NotEmpty
 from aifs_server.grpc_errors import rpc
 from tests.helpers import error_info, open_channel, short_tmpdir
 

@@ -314,7 +314,7 @@ def test_chunk_reader_fetches_one_frame_for_a_small_read_then_hits_the_cache(
 
     import trio
 
-    from aifs_server.metadata.base import ChunkRef
+    from aifs_core.types import ChunkRef
     from aifsfs.fuse.chunk_cache import FRAME_SIZE, ChunkCache
     from aifsfs.fuse.readahead import ChunkReader
 
@@ -446,7 +446,7 @@ def test_rename_says_which_inode_it_replaced(server_module: ServerProc) -> None:
 
 
 def test_commit_file_stores_inline_chunks(server_module: ServerProc) -> None:
-    from aifs_server.metadata.base import ChunkRef
+    from aifs_core.types import ChunkRef
     from aifsfs.errors import RemoteError
 
     c = _client(server_module)
@@ -476,7 +476,7 @@ def test_commit_file_stores_inline_chunks(server_module: ServerProc) -> None:
 
 
 def test_open_chunk_map_inlines_small_files_only(server_module: ServerProc) -> None:
-    from aifs_server.metadata.base import ChunkRef
+    from aifs_core.types import ChunkRef
 
     c = _client(server_module)
     try:
@@ -512,8 +512,8 @@ def test_grant_cache_keeps_expiry_namespace_and_verb_exact() -> None:
     import os
     import time
 
+    from aifs_core.errors import PermissionDenied, TokenExpired, Unauthenticated
     from aifs_server.auth import GrantCache, mint_token, verify_token
-    from aifs_server.errors import PermissionDenied, TokenExpired, Unauthenticated
 
     key = os.urandom(32)
     cache = GrantCache(ttl=60)
@@ -545,7 +545,7 @@ def test_chunk_reader_batches_concurrent_small_reads_and_isolates_a_bad_chunk(
 
     import trio
 
-    from aifs_server.metadata.base import ChunkRef
+    from aifs_core.types import ChunkRef
     from aifsfs.errors import errno_for
     from aifsfs.fuse import readahead
     from aifsfs.fuse.chunk_cache import FRAME_SIZE, ChunkCache

@@ -28,9 +28,9 @@ import blake3
 import pytest
 import trio
 
-from aifs_server import errors as server_errors
+from aifs_core import errors as server_errors
+from aifs_core.types import ROOT_INO, ChunkRef, TreeRef
 from aifs_server.datadir import META_DB
-from aifs_server.metadata.base import ROOT_INO, ChunkRef, TreeRef
 from aifs_server.metadata.sqlite import SQLiteMetadata
 from aifsfs.client import AIFSClient
 from aifsfs.errors import ServerUnavailable, errno_for

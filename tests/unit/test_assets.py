@@ -13,12 +13,12 @@ import blake3
 import numpy as np
 import pytest
 
+from aifs_core.errors import AIFSError, InvalidArgument, NotFound, ParentNotCommitted
+from aifs_core.kinds import ArtifactError, EmbeddingData, KindError, encode_artifact
+from aifs_core.types import ChunkRef, ParentEdge, TreeRef
 from aifs_server import AssetManager, TensorData
 from aifs_server.asset_store import AssetNotFound, AssetStore
 from aifs_server.datadir import format_data_dir, open_data_dir
-from aifs_server.errors import AIFSError, InvalidArgument, NotFound, ParentNotCommitted
-from aifs_server.kinds import ArtifactError, EmbeddingData, KindError, encode_artifact
-from aifs_server.metadata.base import ChunkRef, ParentEdge, TreeRef
 from tests.unit.test_kinds import _arrays, _rezip
 
 MARKER = b"zebra-quokka-7f3a"

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from blake3 import blake3
 
+from aifs_core.codec import CompressionService, is_zstd_frame
+from aifs_core.errors import CorruptChunk, InvalidArgument, KeyUnavailable, NotFound
+from aifs_core.malloc_tuning import tune_malloc
 from aifs_server.chunks import ChunkService
 from aifs_server.chunkstore import LocalChunkStore
-from aifs_server.codec import CompressionService, is_zstd_frame
 from aifs_server.envelope import ENVELOPE_STATS, MAGIC, decode_frame
-from aifs_server.errors import CorruptChunk, InvalidArgument, KeyUnavailable, NotFound
 from aifs_server.kms import LocalKeyring, NamespaceKeyCache
-from aifs_server.malloc_tuning import tune_malloc
 
 MiB = 1 << 20
 STORAGE_KEY = bytes(range(32))

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
+from aifs_core.errors import InvalidArgument, NoSpace, NotFound
 from aifs_server.chunkstore import LocalChunkStore
-from aifs_server.errors import InvalidArgument, NoSpace, NotFound
 
 NAME = "ab" + "cd" + "0123456789abcdef" * 3 + "0123456789ab"
 

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import pytest
 import zstandard
 
-from aifs_server import codec as codec_mod
-from aifs_server.codec import CompressionService, decompress_exact, is_zstd_frame
+from aifs_core import codec as codec_mod
+from aifs_core.codec import CompressionService, decompress_exact, is_zstd_frame
 
 TEXT = b"".join(
     b"line %d: the quick brown fox jumps over the lazy dog %d times\n" % (i, i * 7)
@@ -311,7 +311,7 @@ def test_lying_content_size_is_not_believed() -> None:
 def test_decompress_bounded_reads_across_frames_and_stops_one_past_the_limit() -> None:
     import zstandard
 
-    from aifs_server.codec import decompress_bounded
+    from aifs_core.codec import decompress_bounded
 
     two = zstandard.ZstdCompressor(write_content_size=False).compress(b"a" * 1000) * 2
     assert decompress_bounded(two, 2000) == b"a" * 2000

@@ -12,11 +12,11 @@ import blake3
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from aifs_core.errors import InvalidArgument
+from aifs_core.types import ROOT_INO, TreeRef
 from aifs_server import datadir
 from aifs_server.datadir import DataDirError, format_data_dir, open_data_dir
-from aifs_server.errors import InvalidArgument
 from aifs_server.kms import LocalKeyring
-from aifs_server.metadata.base import ROOT_INO, TreeRef
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int, str]]:

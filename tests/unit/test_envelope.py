@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import pytest
 from blake3 import blake3
 
-from aifs_server.codec import CompressionService, is_zstd_frame
+from aifs_core.codec import CompressionService, is_zstd_frame
+from aifs_core.errors import CorruptChunk, InvalidArgument, KeyUnavailable
 from aifs_server.envelope import (
     ENVELOPE_STATS,
     HEADER_PROBE,
@@ -26,7 +27,6 @@ from aifs_server.envelope import (
     open_chunk_at,
     seal_chunk,
 )
-from aifs_server.errors import CorruptChunk, InvalidArgument, KeyUnavailable
 from aifs_server.kms import LocalKeyring, NamespaceKeyCache
 
 MiB = 1 << 20

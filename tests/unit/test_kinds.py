@@ -11,9 +11,9 @@ import blake3
 import numpy as np
 import pytest
 
-from aifs_server import kinds
-from aifs_server.errors import InvalidArgument
-from aifs_server.kinds import (
+from aifs_core import kinds
+from aifs_core.errors import InvalidArgument
+from aifs_core.kinds import (
     ArtifactError,
     EmbeddingData,
     KindError,
@@ -25,7 +25,7 @@ from aifs_server.kinds import (
     encode_embedding,
     encode_tensor,
 )
-from aifs_server.metadata.base import ParentEdge
+from aifs_core.types import ParentEdge
 
 
 def _arrays() -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ import stat
 
 import pytest
 
-from aifs_server.errors import InvalidArgument, KeyUnavailable, PermissionDenied
+from aifs_core.errors import InvalidArgument, KeyUnavailable, PermissionDenied
 from aifs_server.kms import DirectKeys, LocalKeyring, NamespaceKeyCache
 
 

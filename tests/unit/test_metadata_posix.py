@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aifs_server.errors import (
+from aifs_core.errors import (
     AlreadyExists,
     InvalidArgument,
     IsADirectory,
@@ -19,7 +19,7 @@ from aifs_server.errors import (
     NotFound,
     PermissionDenied,
 )
-from aifs_server.metadata.base import (
+from aifs_core.types import (
     RENAME_EXCHANGE,
     RENAME_NOREPLACE,
     ROOT_INO,

@@ -12,7 +12,7 @@ from pathlib import Path
 import blake3
 import pytest
 
-from aifs_server.errors import (
+from aifs_core.errors import (
     AlreadyExists,
     InvalidArgument,
     IsADirectory,
@@ -20,7 +20,7 @@ from aifs_server.errors import (
     NotFound,
     ParentNotCommitted,
 )
-from aifs_server.metadata.base import (
+from aifs_core.types import (
     ROOT_INO,
     SET_SIZE,
     AssetRecord,
@@ -478,7 +478,7 @@ def test_connection_per_thread(md: SQLiteMetadata) -> None:
 
 
 def test_iter_chunks_lists_every_recorded_chunk_of_its_namespace_only(tmp_path):
-    from aifs_server.metadata.base import Namespace
+    from aifs_core.types import Namespace
     from aifs_server.metadata.sqlite import SQLiteMetadata
 
     meta = SQLiteMetadata(tmp_path / "meta.db")

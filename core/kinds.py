@@ -60,7 +60,7 @@ import blake3
 import numpy as np
 
 from .errors import InvalidArgument
-from .metadata.base import ParentEdge
+from .types import ParentEdge
 
 KINDS: tuple[str, ...] = ("blob", "tensor", "embed", "artifact")
 
@@ -94,7 +94,7 @@ def check_payload_head(kind: str, head: bytes) -> None:
     if magic is not None and not head.startswith(magic):
         raise KindError(
             f"data is not a {kind} payload (it does not start with {magic!r}); encode it with "
-            f"aifs_server.kinds.encode_{'embedding' if kind == 'embed' else kind}() "
+            f"aifs_core.kinds.encode_{'embedding' if kind == 'embed' else kind}() "
             f"or store it as kind 'blob'"
         )
 

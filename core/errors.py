@@ -1,7 +1,8 @@
-"""Errors of the storage core and the server.
+"""Errors shared by the server and the client: a class per reason, nothing about transport.
 
 Interface:
-    AIFSError(message)          base; `.code` (grpc.StatusCode), `.reason` (ErrorInfo reason)
+    AIFSError(message)          base; `.reason` (the `google.rpc.ErrorInfo` reason on the wire),
+                                `.message`; the gRPC code for a reason is `aifs_core.status`'s
     NotFound, AlreadyExists, NotEmpty, NotADirectory, IsADirectory, NameTooLong, NoSpace,
     InvalidArgument, CorruptChunk, KeyUnavailable, MissingChunk, ParentNotCommitted,
     PermissionDenied, Unauthenticated, TokenExpired, CrossDevice
@@ -12,11 +13,8 @@ Every message says what happened and, where it helps, what to do about it.
 
 from __future__ import annotations
 
-import grpc
-
 
 class AIFSError(Exception):
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     reason: str = "INTERNAL"
 
     def __init__(self, message: str) -> None:
@@ -25,63 +23,63 @@ class AIFSError(Exception):
 
 
 class NotFound(AIFSError):
-    code, reason = grpc.StatusCode.NOT_FOUND, "NOT_FOUND"
+    reason = "NOT_FOUND"
 
 
 class AlreadyExists(AIFSError):
-    code, reason = grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS"
+    reason = "ALREADY_EXISTS"
 
 
 class NotEmpty(AIFSError):
-    code, reason = grpc.StatusCode.FAILED_PRECONDITION, "NOT_EMPTY"
+    reason = "NOT_EMPTY"
 
 
 class NotADirectory(AIFSError):
-    code, reason = grpc.StatusCode.FAILED_PRECONDITION, "NOT_DIR"
+    reason = "NOT_DIR"
 
 
 class IsADirectory(AIFSError):
-    code, reason = grpc.StatusCode.FAILED_PRECONDITION, "IS_DIR"
+    reason = "IS_DIR"
 
 
 class CrossDevice(AIFSError):
-    code, reason = grpc.StatusCode.FAILED_PRECONDITION, "CROSS_DEVICE"
+    reason = "CROSS_DEVICE"
 
 
 class NameTooLong(AIFSError):
-    code, reason = grpc.StatusCode.INVALID_ARGUMENT, "NAME_TOO_LONG"
+    reason = "NAME_TOO_LONG"
 
 
 class InvalidArgument(AIFSError):
-    code, reason = grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT"
+    reason = "INVALID_ARGUMENT"
 
 
 class NoSpace(AIFSError):
-    code, reason = grpc.StatusCode.RESOURCE_EXHAUSTED, "NO_SPACE"
+    reason = "NO_SPACE"
 
 
 class CorruptChunk(AIFSError):
-    code, reason = grpc.StatusCode.DATA_LOSS, "CORRUPT_CHUNK"
+    reason = "CORRUPT_CHUNK"
 
 
 class KeyUnavailable(AIFSError):
-    code, reason = grpc.StatusCode.FAILED_PRECONDITION, "KEY_UNAVAILABLE"
+    reason = "KEY_UNAVAILABLE"
 
 
 class MissingChunk(AIFSError):
-    code, reason = grpc.StatusCode.FAILED_PRECONDITION, "MISSING_CHUNK"
+    reason = "MISSING_CHUNK"
 
 
 class ParentNotCommitted(AIFSError):
-    code, reason = grpc.StatusCode.FAILED_PRECONDITION, "PARENT_NOT_COMMITTED"
+    reason = "PARENT_NOT_COMMITTED"
 
 
 class PermissionDenied(AIFSError):
-    code, reason = grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED"
+    reason = "PERMISSION_DENIED"
 
 
 class Unauthenticated(AIFSError):
-    code, reason = grpc.StatusCode.UNAUTHENTICATED, "UNAUTHENTICATED"
+    reason = "UNAUTHENTICATED"
 
 
 class TokenExpired(Unauthenticated):

@@ -1,4 +1,4 @@
-"""The `aifs` command.
+"""The `aifs` command: the one place that composes the server and the client side.
 
 Interface:
     main(argv=None) -> int          console script `aifs`
@@ -37,20 +37,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aifs_server.auth import VERBS, normalise_methods
-from aifs_server.errors import AIFSError
-from aifs_server.fileutil import write_file_atomic
-
-from .client import AIFSClient, default_data_dir, default_socket
-from .errors import LocalError
-from .progress import progress
+from aifs_core.errors import AIFSError
+from aifs_core.fileutil import write_file_atomic
+from aifs_core.verbs import VERBS, normalise_methods
+from aifsfs.client import AIFSClient, default_data_dir, default_socket
+from aifsfs.errors import LocalError
+from aifsfs.progress import progress
 
 __all__ = [
     "PLUGINS", "add_common_flags", "build_parser", "client_from_args", "default_data_dir",
     "default_socket", "main", "parse_methods", "parse_ttl",
 ]
 
-PLUGINS: tuple[str, ...] = ("aifsfs.fuse.commands", "aifsfs.bench.cli")
+PLUGINS: tuple[str, ...] = ("aifs_cli.mount_commands", "aifsfs.bench.cli")
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

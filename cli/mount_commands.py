@@ -1,7 +1,7 @@
 """`aifs mount`, `aifs umount`, `aifs up` and `aifs down`.
 
 Interface:
-    register(subparsers)        adds the four subcommands to the `aifs` CLI (aifsfs/cli.py)
+    register(subparsers)        adds the four subcommands to the `aifs` CLI (aifs_cli.main)
     cmd_mount(args), cmd_umount(args), cmd_up(args), cmd_down(args) -> int
     state_path() -> Path        the small JSON file remembering which server `up` started for
                                 which mount ($XDG_STATE_HOME/aifs/mounts.json)
@@ -108,7 +108,7 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 # --- up / down --------------------------------------------------------------------------------
 def _health(address: str, retry_for: float) -> bool:
-    from aifs_server.errors import AIFSError
+    from aifs_core.errors import AIFSError
     from aifsfs.client import AIFSClient
 
     try:
