@@ -45,6 +45,7 @@ class MetadataEngine(Protocol):
 
     # --- trees ------------------------------------------------------------------------------
     def ensure_tree(self, tree: TreeRef, uid: int = 0, gid: int = 0) -> Attr: ...  # root attr
+    def list_trees(self, namespace: str) -> list[TreeRef]: ...   # every branch, by name; NotFound
     def lookup(self, tree: TreeRef, parent: int, name: bytes) -> Attr: ...
     def getattr(self, tree: TreeRef, ino: int) -> Attr: ...
     def setattr(self, tree: TreeRef, ino: int, fields: int, *, mode: int = 0, uid: int = 0,

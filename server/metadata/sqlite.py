@@ -258,6 +258,12 @@ class SQLiteMetadata:
                     (tid, ROOT_INO, stat.S_IFDIR | 0o755, uid, gid, now, now, now, ROOT_INO))
         return self.getattr(tree, ROOT_INO)
 
+    def list_trees(self, namespace: str) -> list[TreeRef]:
+        self._need_namespace(namespace)
+        rows = self._conn().execute("SELECT branch FROM trees WHERE namespace = ? ORDER BY branch",
+                                    (namespace,)).fetchall()
+        return [TreeRef(namespace, r[0]) for r in rows]
+
     def _row(self, c: sqlite3.Connection, t: _Tree, ino: int) -> tuple[int, ...]:
         r = c.execute(f"SELECT {_ATTR} FROM inodes WHERE tree_id = ? AND ino = ?",
                       (t.tree_id, ino)).fetchone()

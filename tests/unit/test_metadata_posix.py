@@ -507,3 +507,13 @@ def test_setgid_directory_gives_gid_and_bit(md: SQLiteMetadata) -> None:
     g = md.create(T, plain.ino, b"g", 0o644, 30, 40)
     e = md.mkdir(T, plain.ino, b"e", 0o755, 30, 40)
     assert g.gid == 40 and e.gid == 40 and not e.mode & stat.S_ISGID
+
+
+def test_list_trees_names_every_branch_of_one_namespace(md: SQLiteMetadata) -> None:
+    md.create_namespace(Namespace("ns2", 1 << 20, 3, "key-2"))
+    md.ensure_tree(TreeRef("ns1", "exp"))
+    md.ensure_tree(TreeRef("ns2", "other"))
+    assert md.list_trees("ns1") == [TreeRef("ns1", "exp"), TreeRef("ns1", "main")]
+    assert md.list_trees("ns2") == [TreeRef("ns2", "other")]
+    with pytest.raises(NotFound):
+        md.list_trees("nope")
