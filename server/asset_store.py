@@ -122,11 +122,15 @@ def _metadata_json(metadata: Mapping[str, Any] | str | None) -> str:
             metadata = json.loads(metadata)
         except ValueError as e:
             raise InvalidArgument(f"asset metadata is not valid JSON: {e}") from e
+        except RecursionError:
+            raise InvalidArgument("asset metadata is nested too deeply") from None
     if not isinstance(metadata, Mapping):
         raise InvalidArgument("asset metadata must be a JSON object (a dict)")
     try:
         return json.dumps(dict(metadata), sort_keys=True, separators=(",", ":"),
                           allow_nan=False)
+    except RecursionError:
+        raise InvalidArgument("asset metadata is nested too deeply") from None
     except (TypeError, ValueError) as e:
         raise InvalidArgument(
             f"asset metadata must be JSON-serialisable (str, numbers, bool, None, lists, "

@@ -143,6 +143,11 @@ def _utc(ts: int) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+# An expiry must be a time a datetime can show: year 1970 to 9999 (a larger or negative value
+# is no token we minted, and formatting it would raise inside the interceptor).
+_EXPIRY_MAX = 253402300799
+
+
 def parse_grant(root_key: bytes, token: str) -> Grant:
     """Check the token's signature and caveat syntax; return what it allows (expiry unchecked)."""
     if not token:
@@ -189,8 +194,9 @@ def parse_grant(root_key: bytes, token: str) -> Grant:
             try:
                 ts = int(value)
             except ValueError:
-                raise Unauthenticated(f"token has a malformed expiry {value!r}; {_RENEW}"
-                                      ) from None
+                ts = -1
+            if not 0 <= ts <= _EXPIRY_MAX:
+                raise Unauthenticated(f"token has a malformed expiry {value[:40]!r}; {_RENEW}")
             expires = ts if expires is None else min(expires, ts)
     if not saw_namespace:
         # a token with no namespace caveat is not one we minted: refuse rather than allow all

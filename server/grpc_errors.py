@@ -3,7 +3,8 @@
 Interface (the status tables themselves are `aifs_core.status`):
     abort(context, err) -> NoReturn                 fail the RPC with `err`
     rpc(fn)                                         decorator for servicer methods (unary or
-                                                    generator): AIFSError -> its status;
+                                                    generator): checks the request's numbers
+                                                    (`request_limits`); AIFSError -> its status;
                                                     anything else -> INTERNAL, traceback logged
 
 The client side rebuilds the error with `grpc_status.rpc_status.from_call(call)` and the
@@ -22,6 +23,7 @@ import grpc
 
 from aifs_core.errors import AIFSError
 from aifs_core.status import status_for, status_of
+from aifs_server.request_limits import check_request, checked_stream
 
 log = logging.getLogger("aifs.server")
 
@@ -59,6 +61,14 @@ def _fail(context: grpc.ServicerContext, exc: Exception, name: str) -> NoReturn:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _checked(request: Any) -> Any:
+    """The request, its numbers checked (a client stream is checked message by message)."""
+    if hasattr(request, "DESCRIPTOR"):
+        check_request(request)
+        return request
+    return checked_stream(request)
+
+
 def rpc(fn: F) -> F:
     """Run a servicer method and turn its errors into statuses (works for generators too)."""
     name = fn.__qualname__
@@ -68,7 +78,7 @@ def rpc(fn: F) -> F:
         def gen_wrapper(self: Any, request: Any, context: grpc.ServicerContext
                         ) -> Iterator[Any]:
             try:
-                yield from fn(self, request, context)
+                yield from fn(self, _checked(request), context)
             except Exception as exc:  # noqa: BLE001 - mapped to a status
                 _fail(context, exc, name)
         return gen_wrapper  # type: ignore[return-value]
@@ -76,7 +86,7 @@ def rpc(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         try:
-            return fn(self, request, context)
+            return fn(self, _checked(request), context)
         except Exception as exc:  # noqa: BLE001 - mapped to a status
             _fail(context, exc, name)
     return wrapper  # type: ignore[return-value]
