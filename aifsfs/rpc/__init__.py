@@ -1,0 +1,1 @@
+"""Per-service gRPC clients over one retrying channel (see channel.py)."""

@@ -1,0 +1,168 @@
+"""Client of the Data service: content-addressed chunks in and out.
+
+Interface:
+    GrpcData(channel)                     an `aifsfs.protocols.DataClient` over a `Channel`
+        .address                          the server's address (store_chunk asks first over TCP)
+        has_chunks(ids) -> [bool]
+        put_chunks(iterable of (id, data), compress=None, timeout=None) -> PutChunksResult
+        get_chunks([(id, offset, length)], accept_zstd=None, timeout=None) -> [bytes]
+            exact ranges, in order; length 0 = to the chunk's end
+    PutChunksResult                       what an upload stored, deduplicated and sent
+    unzstd(data, raw_length) -> bytes     one GetChunks ZSTD piece, bounded to raw_length
+
+Payload bytes are counted in the channel's `wire_stats` (zstd vs identity). get_chunks is the
+mount's hot path: one retrying call, pieces joined once per range (no copy for a range that
+arrives as one exact piece).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import grpc
+import zstandard
+
+from aifs_core.codec import decompress_bounded, thread_compressor, thread_decompressor
+from aifs_proto.v1 import data_pb2, data_pb2_grpc
+
+from ..errors import IncompleteRead, RemoteError
+from .channel import Channel
+
+
+@dataclass
+class PutChunksResult:
+    stored: int = 0
+    deduplicated: int = 0
+    stored_bytes: int = 0
+    sent_bytes: int = 0      # payload bytes on the wire (after optional zstd)
+    raw_bytes: int = 0       # plaintext bytes of the chunks sent
+
+
+def unzstd(data: bytes, raw_length: int) -> bytes:
+    """A GetChunks ZSTD piece: one zstd frame, or (we accept "zstd-frames") several back to
+    back, `raw_length` bytes in all. Never more than raw_length + 1 bytes are produced."""
+    if zstandard.frame_content_size(data) == raw_length:
+        return thread_decompressor().decompress(data, max_output_size=raw_length)
+    return decompress_bounded(data, raw_length)
+
+
+class GrpcData:
+    """The Data service's calls (thread-safe)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._ch = channel
+        self._data = data_pb2_grpc.DataStub(channel.grpc)
+        self.address = channel.address
+
+    def has_chunks(self, chunk_ids: Sequence[bytes]) -> list[bool]:
+        if not chunk_ids:
+            return []
+        r = self._ch.unary(self._data.HasChunks,
+                        data_pb2.HasChunksRequest(chunk_ids=list(chunk_ids)))
+        present = list(r.present)
+        if len(present) != len(chunk_ids):
+            raise RemoteError(f"HasChunks answered {len(present)} flags for {len(chunk_ids)} ids",
+                              grpc.StatusCode.INTERNAL, "PROTOCOL", self._ch.address)
+        return present
+
+    def put_chunks(self, chunks: Iterable[tuple[bytes, bytes | bytearray | memoryview]],
+                   compress: bool | None = None, timeout: float | None = None
+                   ) -> PutChunksResult:
+        """Upload whole chunks (id = BLAKE3 of the data). A list is retried on UNAVAILABLE; a
+        one-shot iterator is sent once the channel is up."""
+        zstd = self._ch.compress_uploads if compress is None else compress
+        result = PutChunksResult()
+        replayable = isinstance(chunks, Sequence)
+
+        def requests() -> Iterator[data_pb2.PutChunkRequest]:
+            result.sent_bytes = result.raw_bytes = 0
+            for chunk_id, data in chunks:
+                raw = bytes(data)
+                payload, enc = raw, data_pb2.IDENTITY
+                if zstd and raw:
+                    packed = thread_compressor(1).compress(raw)
+                    if len(packed) < len(raw):  # only when it pays
+                        payload, enc = packed, data_pb2.ZSTD
+                result.sent_bytes += len(payload)
+                result.raw_bytes += len(raw)
+                yield data_pb2.PutChunkRequest(chunk_id=bytes(chunk_id), data=payload,
+                                               encoding=enc, raw_length=len(raw))
+
+        r = self._ch.client_stream(self._data.PutChunks, requests, replayable,
+                                timeout or max(self._ch.timeout, 600.0))
+        self._ch.wire_stats.add(sent_bytes=result.sent_bytes, sent_raw_bytes=result.raw_bytes)
+        result.stored, result.deduplicated, result.stored_bytes = (
+            r.stored, r.deduplicated, r.stored_bytes)
+        return result
+
+    def get_chunks(self, ranges: Sequence[tuple[bytes, int, int]],
+                   accept_zstd: bool | None = None, timeout: float | None = None
+                   ) -> list[bytes]:
+        """Bytes of each (chunk_id, offset, length) range, in order; length 0 = to the end."""
+        if not ranges:
+            return []
+        zstd = self._ch.accept_zstd if accept_zstd is None else accept_zstd
+        req = data_pb2.GetChunksRequest(
+            ranges=[data_pb2.ChunkRange(chunk_id=bytes(c), offset=o, length=n)
+                    for c, o, n in ranges],
+            accept_encodings=["zstd", "zstd-frames"] if zstd else [])
+        t = timeout or self._ch.timeout
+        return self._ch.retrying(lambda: self._get_chunks_once(req, ranges, t), True, t)
+
+    def _get_chunks_once(self, req: data_pb2.GetChunksRequest,
+                         ranges: Sequence[tuple[bytes, int, int]], timeout: float
+                         ) -> list[bytes]:
+        # Pieces are kept as received and joined once per range at the end (one copy); a range
+        # that arrives as a single exact piece (a whole 1 MiB chunk, a 64 KiB frame) is
+        # returned as that very object: no copy at all.
+        parts: list[list[bytes | memoryview]] = [[] for _ in ranges]
+        sizes = [0] * len(ranges)
+        # where the next byte of each range must start (chunk offset)
+        nexts = [int(o) for _, o, _ in ranges]
+        ends = [int(o) + int(n) if n else None for _, o, n in ranges]
+        received = raw_received = zpieces = ipieces = 0
+        for piece in self._data.GetChunks(req, metadata=self._ch.metadata(), timeout=timeout):
+            i = piece.range_index
+            if i >= len(ranges):
+                raise RemoteError(f"GetChunks sent a piece for range {i} of {len(ranges)}",
+                                  grpc.StatusCode.INTERNAL, "PROTOCOL", self._ch.address)
+            data = piece.data  # each access of a bytes field copies it: once only
+            received += len(data)
+            if piece.encoding == data_pb2.ZSTD:
+                zpieces += 1
+                raw = unzstd(data, piece.raw_length)
+                if len(raw) != piece.raw_length:
+                    raise IncompleteRead(
+                        f"chunk {bytes(ranges[i][0]).hex()}: a zstd frame at offset "
+                        f"{piece.offset} gave {len(raw)} bytes, expected {piece.raw_length}",
+                        address=self._ch.address)
+            else:
+                ipieces += 1
+                raw = data
+            raw_received += len(raw)
+            start, end = piece.offset, piece.offset + len(raw)
+            want_end = ends[i]
+            lo = max(start, nexts[i])
+            hi = end if want_end is None else min(end, want_end)
+            if lo > nexts[i]:
+                raise IncompleteRead(
+                    f"chunk {bytes(ranges[i][0]).hex()}: GetChunks skipped bytes "
+                    f"{nexts[i]}..{lo}", address=self._ch.address)
+            if hi > lo:
+                parts[i].append(raw if (lo, hi) == (start, end)
+                                else memoryview(raw)[lo - start:hi - start])
+                sizes[i] += hi - lo
+                nexts[i] = hi
+        self._ch.wire_stats.add(received_bytes=received, received_raw_bytes=raw_received,
+                            zstd_pieces=zpieces, identity_pieces=ipieces)
+        out: list[bytes] = []
+        for i, (cid, off, n) in enumerate(ranges):
+            if n and sizes[i] != n:
+                raise IncompleteRead(
+                    f"chunk {bytes(cid).hex()}: asked for {n} bytes at offset {off}, got "
+                    f"{sizes[i]} (is the range past the chunk's end?)", address=self._ch.address)
+            got = parts[i]
+            one = got[0] if len(got) == 1 else None
+            out.append(one if isinstance(one, bytes) else b"".join(got))
+        return out

@@ -1,0 +1,240 @@
+"""Client of the Filesystem service: POSIX metadata calls, chunk maps and commits.
+
+Interface:
+    GrpcFilesystem(channel)              an `aifsfs.protocols.FsClient` over a `Channel`
+        lookup, getattr, setattr, readdir -> (entries, eof), mkdir, create, unlink, rmdir,
+        rename, symlink, readlink, link, getxattr, setxattr, listxattr, removexattr, statfs,
+        get_chunk_map -> (attr, chunk_size, chunks), commit_file -> Attr, forget, file_info.
+        Fast paths the mount uses (one round trip each): create_entry / mkdir_entry /
+        symlink_entry / link_entry -> (attr, parent attr | None); remove(parent, name,
+        directory=, forget=) -> Removed(attr, parent); rename_entry(..., forget=) ->
+        Renamed(replaced, parent, new_parent); open_chunk_map(ino, inline_max,
+        cached_generation) -> (attr, chunk_size, chunks, inline bytes of slot 0 or b"");
+        commit_file(..., inline=[(id, data)]) stores small chunks with the commit.
+    FileInfo, Removed, Renamed, StatFs   its plain results
+
+Attr, DirEntry and ChunkRef are `aifs_core.types`; the messages are converted by
+`aifs_core.wire` only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from aifs_core.types import Attr, ChunkRef, DirEntry
+from aifs_core.wire import attr_from_pb, chunkref_from_pb, chunkref_to_pb, opt_attr
+from aifs_proto.v1 import common_pb2, filesystem_pb2, filesystem_pb2_grpc
+
+from .channel import Channel
+
+
+@dataclass
+class FileInfo:
+    asset_id: str
+    uri: str
+    kind: str
+    stored_bytes: int
+    logical_bytes: int
+
+
+@dataclass
+class Removed:
+    """What Unlink/RmDir removed: the inode after the call (nlink decremented; None from a
+    server too old to say) and its parent directory after it."""
+
+    attr: Attr | None
+    parent: Attr | None
+
+
+@dataclass
+class Renamed:
+    """What a Rename changed: the inode it unlinked from the new name (None when none) and
+    both directories after it."""
+
+    replaced: Attr | None
+    parent: Attr | None
+    new_parent: Attr | None
+
+
+@dataclass
+class StatFs:
+    block_size: int
+    blocks: int
+    blocks_free: int
+    blocks_avail: int
+    files: int
+    files_free: int
+    name_max: int
+    stored_bytes: int
+    logical_bytes: int
+
+
+class GrpcFilesystem:
+    """The Filesystem service's calls (thread-safe: the stub and channel are)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._ch = channel
+        self._fs = filesystem_pb2_grpc.FilesystemStub(channel.grpc)
+
+    def lookup(self, parent: int, name: bytes) -> Attr:
+        r = self._ch.unary(self._fs.Lookup, filesystem_pb2.LookupRequest(parent=parent, name=name))
+        return attr_from_pb(r.attr)
+
+    def getattr(self, ino: int) -> Attr:
+        return attr_from_pb(self._ch.unary(self._fs.GetAttr,
+                                        filesystem_pb2.InodeRequest(ino=ino)).attr)
+
+    def setattr(self, ino: int, fields: int, *, mode: int = 0, uid: int = 0, gid: int = 0,
+                size: int = 0, atime_ns: int = 0, mtime_ns: int = 0, ctime_ns: int = 0) -> Attr:
+        r = self._ch.unary(self._fs.SetAttr, filesystem_pb2.SetAttrRequest(
+            ino=ino, fields=fields, mode=mode, uid=uid, gid=gid, size=size, atime_ns=atime_ns,
+            mtime_ns=mtime_ns, ctime_ns=ctime_ns))
+        return attr_from_pb(r.attr)
+
+    def readdir(self, ino: int, cookie: int = 0, limit: int = 1000
+                ) -> tuple[list[DirEntry], bool]:
+        r = self._ch.unary(self._fs.ReadDir, filesystem_pb2.ReadDirRequest(
+            ino=ino, cookie=cookie, limit=limit))
+        return [DirEntry(name=bytes(e.name), attr=attr_from_pb(e.attr), cookie=e.cookie)
+                for e in r.entries], r.eof
+
+    def mkdir(self, parent: int, name: bytes, mode: int = 0o755, uid: int = 0, gid: int = 0
+              ) -> Attr:
+        return self.mkdir_entry(parent, name, mode, uid, gid)[0]
+
+    def mkdir_entry(self, parent: int, name: bytes, mode: int = 0o755, uid: int = 0,
+                    gid: int = 0) -> tuple[Attr, Attr | None]:
+        r = self._ch.unary(self._fs.MkDir, filesystem_pb2.MkDirRequest(
+            parent=parent, name=name, mode=mode, uid=uid, gid=gid), idempotent=False)
+        return attr_from_pb(r.attr), opt_attr(r, "parent_attr")
+
+    def create(self, parent: int, name: bytes, mode: int = 0o100644, uid: int = 0,
+               gid: int = 0, rdev: int = 0) -> Attr:
+        return self.create_entry(parent, name, mode, uid, gid, rdev)[0]
+
+    def create_entry(self, parent: int, name: bytes, mode: int = 0o100644, uid: int = 0,
+                     gid: int = 0, rdev: int = 0) -> tuple[Attr, Attr | None]:
+        r = self._ch.unary(self._fs.Create, filesystem_pb2.CreateRequest(
+            parent=parent, name=name, mode=mode, uid=uid, gid=gid, rdev=rdev), idempotent=False)
+        return attr_from_pb(r.attr), opt_attr(r, "parent_attr")
+
+    def unlink(self, parent: int, name: bytes) -> None:
+        self.remove(parent, name)
+
+    def rmdir(self, parent: int, name: bytes) -> None:
+        self.remove(parent, name, directory=True)
+
+    def remove(self, parent: int, name: bytes, *, directory: bool = False,
+               forget: bool = False) -> Removed:
+        """Unlink (or RmDir with directory=True). forget: drop the inode at once if this was
+        its last link -- only when the caller holds no handle of it."""
+        method = self._fs.RmDir if directory else self._fs.Unlink
+        r = self._ch.unary(method, filesystem_pb2.NameRequest(parent=parent, name=name,
+                                                           forget=forget), idempotent=False)
+        return Removed(opt_attr(r, "attr"), opt_attr(r, "parent_attr"))
+
+    def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes,
+               flags: int = 0) -> None:
+        self.rename_entry(parent, name, new_parent, new_name, flags)
+
+    def rename_entry(self, parent: int, name: bytes, new_parent: int, new_name: bytes,
+                     flags: int = 0, forget: bool = False) -> Renamed:
+        r = self._ch.unary(self._fs.Rename, filesystem_pb2.RenameRequest(
+            parent=parent, name=name, new_parent=new_parent, new_name=new_name, flags=flags,
+            forget=forget), idempotent=False)
+        return Renamed(opt_attr(r, "replaced"), opt_attr(r, "parent_attr"),
+                       opt_attr(r, "new_parent_attr"))
+
+    def symlink(self, parent: int, name: bytes, target: bytes, uid: int = 0, gid: int = 0
+                ) -> Attr:
+        return self.symlink_entry(parent, name, target, uid, gid)[0]
+
+    def symlink_entry(self, parent: int, name: bytes, target: bytes, uid: int = 0,
+                      gid: int = 0) -> tuple[Attr, Attr | None]:
+        r = self._ch.unary(self._fs.Symlink, filesystem_pb2.SymlinkRequest(
+            parent=parent, name=name, target=target, uid=uid, gid=gid), idempotent=False)
+        return attr_from_pb(r.attr), opt_attr(r, "parent_attr")
+
+    def readlink(self, ino: int) -> bytes:
+        return bytes(self._ch.unary(self._fs.ReadLink, filesystem_pb2.InodeRequest(ino=ino)).target)
+
+    def link(self, ino: int, new_parent: int, new_name: bytes) -> Attr:
+        return self.link_entry(ino, new_parent, new_name)[0]
+
+    def link_entry(self, ino: int, new_parent: int, new_name: bytes
+                   ) -> tuple[Attr, Attr | None]:
+        r = self._ch.unary(self._fs.Link, filesystem_pb2.LinkRequest(
+            ino=ino, new_parent=new_parent, new_name=new_name), idempotent=False)
+        return attr_from_pb(r.attr), opt_attr(r, "parent_attr")
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        r = self._ch.unary(self._fs.GetXattr, filesystem_pb2.XattrRequest(ino=ino, name=name))
+        return bytes(r.value)
+
+    def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
+        self._ch.unary(self._fs.SetXattr, filesystem_pb2.XattrRequest(
+            ino=ino, name=name, value=value, flags=flags), idempotent=False)
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        r = self._ch.unary(self._fs.ListXattr, filesystem_pb2.InodeRequest(ino=ino))
+        return [bytes(n) for n in r.names]
+
+    def removexattr(self, ino: int, name: bytes) -> None:
+        self._ch.unary(self._fs.RemoveXattr, filesystem_pb2.XattrRequest(ino=ino, name=name),
+                    idempotent=False)
+
+    def statfs(self) -> StatFs:
+        r = self._ch.unary(self._fs.StatFs, common_pb2.Empty())
+        return StatFs(block_size=r.block_size, blocks=r.blocks, blocks_free=r.blocks_free,
+                      blocks_avail=r.blocks_avail, files=r.files, files_free=r.files_free,
+                      name_max=r.name_max, stored_bytes=r.stored_bytes,
+                      logical_bytes=r.logical_bytes)
+
+    def get_chunk_map(self, ino: int, first: int = 0, count: int = 0
+                      ) -> tuple[Attr, int, list[ChunkRef]]:
+        r = self._ch.unary(self._fs.GetChunkMap, filesystem_pb2.ChunkMapRequest(
+            ino=ino, first_index=first, count=count))
+        return attr_from_pb(r.attr), r.chunk_size, [chunkref_from_pb(c) for c in r.chunks]
+
+    def open_chunk_map(self, ino: int, inline_max: int = 0,
+                       cached_generation: int | None = None
+                       ) -> tuple[Attr, int, list[ChunkRef], bytes]:
+        """The whole chunk map, plus slot 0's bytes when the file is at most `inline_max`
+        bytes in slot 0 alone and not still at `cached_generation` (else b"")."""
+        req = filesystem_pb2.ChunkMapRequest(ino=ino, inline_max=inline_max)
+        if cached_generation is not None:
+            req.cached_generation = cached_generation
+        r = self._ch.unary(self._fs.GetChunkMap, req)
+        if r.inline_data:
+            self._ch.wire_stats.add(received_bytes=len(r.inline_data),
+                                received_raw_bytes=len(r.inline_data))
+        return (attr_from_pb(r.attr), r.chunk_size, [chunkref_from_pb(c) for c in r.chunks],
+                bytes(r.inline_data))
+
+    def commit_file(self, ino: int, chunks: Iterable[ChunkRef | tuple[int, bytes, int]],
+                    size: int, truncated: bool = False, mtime_ns: int = 0,
+                    asset_id: str = "", durable: bool = False,
+                    inline: Sequence[tuple[bytes, bytes]] = ()) -> Attr:
+        """Apply changed slots. `inline`: (chunk id, data) of small chunks to store with this
+        commit instead of by put_chunks (at most 16 MiB in all)."""
+        # Idempotent: the same slots and size applied twice give the same file (and storing a
+        # chunk twice is a no-op), so a retry after a lost reply is safe.
+        # durable=True (fsync) returns only once the commit is on the server's stable storage.
+        r = self._ch.unary(self._fs.CommitFile, filesystem_pb2.CommitFileRequest(
+            ino=ino, chunks=[chunkref_to_pb(c) for c in chunks], size=size,
+            truncated=truncated, mtime_ns=mtime_ns, asset_id=asset_id, durable=durable,
+            inline_chunks=[filesystem_pb2.InlineChunk(chunk_id=bytes(c), data=bytes(d))
+                           for c, d in inline]))
+        if inline:
+            n = sum(len(d) for _, d in inline)
+            self._ch.wire_stats.add(sent_bytes=n, sent_raw_bytes=n)
+        return attr_from_pb(r.attr)
+
+    def forget(self, ino: int) -> None:
+        self._ch.unary(self._fs.Forget, filesystem_pb2.InodeRequest(ino=ino))
+
+    def file_info(self, ino: int) -> FileInfo:
+        r = self._ch.unary(self._fs.GetFileInfo, filesystem_pb2.InodeRequest(ino=ino))
+        return FileInfo(asset_id=r.asset_id, uri=r.uri, kind=r.kind,
+                        stored_bytes=r.stored_bytes, logical_bytes=r.logical_bytes)
