@@ -9,10 +9,11 @@ Interface:
                 BLAKE3(plaintext) must equal chunk_id (else InvalidArgument); a chunk already
                 stored in `scope` is not sealed again (newly_stored False, its stored length)
         .put_batch(scope, items, level=None) -> list[(newly_stored, stored_len)]
-                items: (chunk_id, plaintext) pairs. Seals and writes them in parallel (zstd,
-                AES-GCM, BLAKE3 and fsync release the GIL) and fsyncs each directory once:
-                when it returns, every chunk of the batch is durable.
-        .has(scope, ids) -> list[bool]
+                items: (chunk_id, plaintext) pairs. One has_many for the batch; the absent
+                ones are verified and sealed in parallel (zstd, AES-GCM and BLAKE3 release
+                the GIL) and handed to the store's put_many as each is sealed: when it
+                returns, every chunk of the batch is durable (the store's put_many contract).
+        .has(scope, ids) -> list[bool]              one has_many
         .read(scope, chunk_id, offset=0, length=None) -> bytes   NotFound if absent
         .frames(scope, chunk_id, offset=0, length=None) -> Iterator[envelope.Frame]
                 both read only the envelope header and the frames the range covers
@@ -88,20 +89,8 @@ class ChunkService:
         h.update(self._check_id(chunk_id))
         return h.hexdigest()
 
-    def put(
-        self,
-        scope: str,
-        chunk_id: bytes,
-        plaintext: bytes | bytearray | memoryview,
-        level: int | None = None,
-        sync_dir: bool = True,
-    ) -> tuple[bool, int]:
+    def _verify(self, chunk_id: bytes, plaintext: bytes | bytearray | memoryview) -> bytes:
         cid = self._check_id(chunk_id)
-        if level is not None:
-            try:
-                validate_level(level)
-            except ValueError as exc:
-                raise InvalidArgument(str(exc)) from None
         if len(plaintext) > MAX_CHUNK_BYTES:
             raise InvalidArgument(
                 f"chunk of {len(plaintext)} bytes exceeds the maximum {MAX_CHUNK_BYTES}"
@@ -112,13 +101,36 @@ class ChunkService:
                 f"(it is {blake3(plaintext).hexdigest()}): the data was damaged in transit or "
                 f"the client computed the id wrongly; send it again"
             )
-        name = self.name_for(scope, cid)
-        if self.store.exists(name):
-            return False, self.store.size(name)
-        envelope = seal_chunk(
+        return cid
+
+    @staticmethod
+    def _check_level(level: int | None) -> None:
+        if level is not None:
+            try:
+                validate_level(level)
+            except ValueError as exc:
+                raise InvalidArgument(str(exc)) from None
+
+    def _seal(self, scope: str, cid: bytes, plaintext: bytes | bytearray | memoryview,
+              level: int | None) -> bytes:
+        return seal_chunk(
             cid, plaintext, self.keys.for_namespace(scope), self.codec, self.frame_size, level
         )
-        created = self.store.put(name, envelope, sync_dir=sync_dir)
+
+    def put(
+        self,
+        scope: str,
+        chunk_id: bytes,
+        plaintext: bytes | bytearray | memoryview,
+        level: int | None = None,
+    ) -> tuple[bool, int]:
+        self._check_level(level)
+        cid = self._verify(chunk_id, plaintext)
+        name = self.name_for(scope, cid)
+        if self.store.has_many([name])[0]:
+            return False, self.store.size(name)  # stored already: not sealed again
+        envelope = self._seal(scope, cid, plaintext, level)
+        created = self.store.put(name, envelope)
         return created, len(envelope) if created else self.store.size(name)
 
     def put_batch(
@@ -127,14 +139,41 @@ class ChunkService:
         items: Sequence[tuple[bytes, bytes | bytearray | memoryview]],
         level: int | None = None,
     ) -> list[tuple[bool, int]]:
-        futures = [self._pool.submit(self.put, scope, cid, data, level, False)
-                   for cid, data in items]
-        results = [f.result() for f in futures]  # re-raises the first failure
-        self.store.sync_dirs(self.name_for(scope, cid) for cid, _ in items)
+        self._check_level(level)
+        names = [self.name_for(scope, cid) for cid, _ in items]
+        present = self.store.has_many(names)
+
+        def verify_and_seal(cid: bytes, data: bytes | bytearray | memoryview) -> bytes:
+            return self._seal(scope, self._verify(cid, data), data, level)
+
+        todo = [i for i, there in enumerate(present) if not there]
+        sealing = [self._pool.submit(verify_and_seal, *items[i]) for i in todo]
+        # a chunk stored already is not sealed again, but its upload is still checked
+        checks = [self._pool.submit(self._verify, *items[i])
+                  for i, there in enumerate(present) if there]
+        lengths: dict[int, int] = {}
+
+        def sealed() -> Iterator[tuple[str, bytes]]:
+            # in order, as each is sealed: the store starts writing the first ones while
+            # the rest are still being sealed (the first failure re-raises here)
+            for i, fut in zip(todo, sealing, strict=True):
+                envelope = fut.result()
+                lengths[i] = len(envelope)
+                yield names[i], envelope
+
+        created = dict(zip(todo, self.store.put_many(sealed()), strict=True))
+        for fut in checks:
+            fut.result()
+        results: list[tuple[bool, int]] = []
+        for i, name in enumerate(names):
+            if created.get(i):
+                results.append((True, lengths[i]))
+            else:  # there already, or a copy in this batch (or another) linked it first
+                results.append((False, self.store.size(name)))
         return results
 
     def has(self, scope: str, ids: Iterable[bytes]) -> list[bool]:
-        return [self.store.exists(self.name_for(scope, cid)) for cid in ids]
+        return self.store.has_many([self.name_for(scope, cid) for cid in ids])
 
     def _reader(self, scope: str, chunk_id: bytes) -> RangeReader:
         try:

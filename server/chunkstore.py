@@ -1,32 +1,41 @@
-"""Chunk stores: where sealed chunk envelopes are kept, by stored name.
+"""Chunk stores: where sealed chunk envelopes are kept, by stored name (object-shaped).
 
 Interface:
-    ChunkStore (Protocol)
-        put(name, data, sync_dir=True) -> bool
-                                        atomic and idempotent: False if `name` was already there;
-                                        sync_dir=False leaves the directory entry to a later
-                                        sync_dirs() (how a batch pays one directory fsync)
-        sync_dirs(names)                fsync the directories holding these names, once each
-        get(name) -> bytes              errors.NotFound if absent
-        reader(name) -> RangeReader     an open stored object for ranged reads (a context
-                                        manager: .size, .read_at(offset, n) -> bytes, a pread;
-                                        .close()); errors.NotFound if absent
-        read_range(name, offset, length) -> bytes   up to `length` bytes at `offset`
-                                        (chunks, gRPC messages) instead of returning them to the
-                                        kernel and faulting fresh pages in for the next one
-        exists(name) -> bool
-        size(name) -> int               stored bytes; errors.NotFound if absent
-        delete(name) -> bool            False if it was not there
-        iter_names() -> Iterator[str]
-        usage() -> (bytes_used, bytes_free_on_device)
-    LocalChunkStore(root)               a directory: root/ab/cd/<name>; writes go to a temp file
-                                        in the final directory, fsync, then link into place
-                                        (so concurrent puts of one name store it once), then
-                                        fsync of the directory. ENOSPC/EDQUOT -> errors.NoSpace
-                                        saying where; temp files never outlive a failed put.
+    ChunkStore (Protocol)            shaped like an object store (Put, Get with a range, Head,
+                                     Delete, List), so that a remote store pays one request
+                                     per batch or per object, never a directory fsync or a stat
+        url: str                     where it is (file:///..., s3://...): for messages
+        put_many(items) -> list[bool]
+                items: (name, data) pairs, possibly a lazy iterable (a store may start writing
+                before it ends). Atomic and idempotent per name: False if the name was already
+                there. Durable when it returns, for every name of the batch (also those that
+                were already there). A failure raises after the rest of the batch settled.
+        put(name, data) -> bool      put_many of one item
+        get(name, offset=0, length=None) -> bytes
+                                     up to `length` bytes at `offset` (to the end if None;
+                                     fewer only past the end); errors.NotFound if absent
+        reader(name) -> RangeReader  the object open for several ranged reads (a context
+                                     manager: .size, .read_at(offset, n) -> bytes, .close());
+                                     what the read path uses: an envelope's header, then its
+                                     frames, on one open object. errors.NotFound if absent
+        has_many(names) -> list[bool]   a name reported present is durable
+        size(name) -> int            stored bytes (a HEAD); errors.NotFound if absent
+        delete(name) -> bool         False if it was not there
+        list_names() -> Iterator[str]   every stored name
+        usage() -> StoreUsage(stored_bytes, free)   free: bytes left for the store, or None
+                                     where that is unknown or unbounded (an object store);
+                                     a tuple, so `used, free = store.usage()` works
+    StoreUsage(stored_bytes, free)
+    LocalChunkStore(root)            a directory: root/ab/cd/<name>. A put writes a temp file
+                                     in the final directory, fsyncs it, links it into place
+                                     (so concurrent puts of one name store it once); a batch
+                                     then fsyncs each fan-out directory it touched once.
+                                     ENOSPC/EDQUOT -> errors.NoSpace saying where; temp files
+                                     never outlive a failed put.
+        .remove_stale_temp(older_than=3600) -> int   temp files a crash left behind
 
 Names are chosen by chunks.ChunkService (64 lowercase hex digits); a store accepts names of
-[0-9a-z] and at least 4 characters, anything else is InvalidArgument.
+[0-9a-z] and 4-128 characters, anything else is InvalidArgument.
 """
 
 from __future__ import annotations
@@ -37,13 +46,23 @@ import re
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import Protocol
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import NamedTuple, Protocol
 
 from aifs_core.errors import InvalidArgument, NoSpace, NotFound
 from aifs_core.fileutil import fsync_dir
 
 _NAME = re.compile(r"[0-9a-z]{4,128}")
 _TMP_PREFIX = ".tmp-"
+# Threads writing one batch's files: their fsyncs overlap (they release the GIL).
+WRITE_WORKERS = 4
+
+Data = bytes | bytearray | memoryview
+
+
+class StoreUsage(NamedTuple):
+    stored_bytes: int
+    free: int | None
 
 
 class RangeReader(Protocol):
@@ -56,16 +75,22 @@ class RangeReader(Protocol):
 
 
 class ChunkStore(Protocol):
-    def put(self, name: str, data: bytes, sync_dir: bool = True) -> bool: ...
-    def sync_dirs(self, names: Iterable[str]) -> None: ...
-    def get(self, name: str) -> bytes: ...
+    url: str
+
+    def put_many(self, items: Iterable[tuple[str, Data]]) -> list[bool]: ...
+    def put(self, name: str, data: Data) -> bool: ...
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes: ...
     def reader(self, name: str) -> RangeReader: ...
-    def read_range(self, name: str, offset: int, length: int) -> bytes: ...
-    def exists(self, name: str) -> bool: ...
+    def has_many(self, names: Iterable[str]) -> list[bool]: ...
     def size(self, name: str) -> int: ...
     def delete(self, name: str) -> bool: ...
-    def iter_names(self) -> Iterator[str]: ...
-    def usage(self) -> tuple[int, int]: ...
+    def list_names(self) -> Iterator[str]: ...
+    def usage(self) -> StoreUsage: ...
+
+
+def check_range(offset: int, length: int | None) -> None:
+    if offset < 0 or (length is not None and length < 0):
+        raise InvalidArgument(f"bad range offset={offset} length={length}: must be >= 0")
 
 
 class _FileRange:
@@ -83,8 +108,7 @@ class _FileRange:
             raise
 
     def read_at(self, offset: int, n: int) -> bytes:
-        if offset < 0 or n < 0:
-            raise InvalidArgument(f"bad range offset={offset} length={n}: must be >= 0")
+        check_range(offset, n)
         data = os.pread(self.fd, n, offset)
         if len(data) == n or not data:
             return data
@@ -115,9 +139,15 @@ class LocalChunkStore:
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = os.path.abspath(os.fspath(root))
+        self.url = "file://" + self.root
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         self._lock = threading.Lock()
         self._used: int | None = None  # bytes used, computed on first usage() then tracked
+        # Directories holding links whose directory fsync has not happened yet (a count per
+        # directory): has_many fsyncs such a directory before it reports a name in it, so
+        # "present" always means durable, even mid-way through another thread's batch.
+        self._unsynced: dict[str, int] = {}
+        self._pool: ThreadPoolExecutor | None = None
 
     def _path(self, name: str) -> str:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -125,6 +155,9 @@ class LocalChunkStore:
                 f"invalid chunk store name {name!r}: use 4-128 characters of [0-9a-z]"
             )
         return os.path.join(self.root, name[0:2], name[2:4], name)
+
+    def _missing(self, name: str) -> NotFound:
+        return NotFound(f"chunk {name} is not in the chunk store at {self.root}")
 
     def _no_space(self, name: str, exc: OSError) -> NoSpace:
         try:
@@ -138,7 +171,10 @@ class LocalChunkStore:
             f"or move the store to a larger one; nothing was written"
         )
 
-    def put(self, name: str, data: bytes | bytearray | memoryview, sync_dir: bool = True) -> bool:
+    # --- writes ----------------------------------------------------------------------------
+    def _write(self, name: str, data: Data) -> bool:
+        """Store one file (fsynced) and link it into place; its directory entry is left for
+        the batch's directory fsync, counted in _unsynced until then."""
         path = self._path(name)
         if os.path.exists(path):
             return False
@@ -162,17 +198,16 @@ class LocalChunkStore:
                 os.close(fd)
             # link, unlike rename, fails if another writer got there first: the chunk is then
             # stored exactly once and this put reports "already there". Under the lock so the
-            # usage counter matches the files.
+            # usage counter and the unsynced count match the files.
             with self._lock:
                 try:
                     os.link(tmp, path)
-                    created = True
-                    if self._used is not None:
-                        self._used += nbytes
                 except FileExistsError:
-                    created = False
-            if sync_dir:
-                fsync_dir(directory)
+                    return False
+                if self._used is not None:
+                    self._used += nbytes
+                self._unsynced[directory] = self._unsynced.get(directory, 0) + 1
+            return True
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise self._no_space(name, exc) from None
@@ -182,37 +217,107 @@ class LocalChunkStore:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
+
+    def _sync(self, directories: Iterable[str], linked: Iterable[str]) -> None:
+        """fsync each directory once, then drop the unsynced counts of our own links."""
+        for directory in sorted(set(directories)):
+            fsync_dir(directory)
+        with self._lock:
+            for directory in linked:
+                left = self._unsynced.get(directory, 0) - 1
+                if left > 0:
+                    self._unsynced[directory] = left
+                else:
+                    self._unsynced.pop(directory, None)
+
+    def _writer_pool(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(WRITE_WORKERS, thread_name_prefix="aifs-store")
+            return self._pool
+
+    def put_many(self, items: Iterable[tuple[str, Data]]) -> list[bool]:
+        names: list[str] = []
+        futures: list[Future[bool]] = []
+        failure: BaseException | None = None
+        try:
+            if isinstance(items, list | tuple) and len(items) == 1:
+                name, data = items[0]
+                names.append(name)
+                done: Future[bool] = Future()
+                done.set_result(self._write(name, data))
+                futures.append(done)
+            else:
+                pool = self._writer_pool()
+                for name, data in items:  # may be lazy: writes start as items arrive
+                    self._path(name)  # a bad name fails the batch before anything is queued
+                    names.append(name)
+                    futures.append(pool.submit(self._write, name, data))
+        except BaseException as exc:
+            failure = exc
+        created: list[bool] = []
+        linked: list[str] = []
+        for name, fut in zip(names, futures, strict=False):
+            try:
+                new = fut.result()
+            except BaseException as exc:
+                failure = failure or exc
+                new = False
+            created.append(new)
+            if new:
+                linked.append(os.path.dirname(self._path(name)))
+        # Every directory of the batch, including those of names that were already there:
+        # another writer may have linked one and not yet synced its directory.
+        directories = [os.path.dirname(self._path(n)) for n, f in zip(names, futures,
+                                                                        strict=False)
+                       if f.exception() is None]
+        self._sync(directories, linked)
+        if failure is not None:
+            raise failure
         return created
 
-    def sync_dirs(self, names: Iterable[str]) -> None:
-        for directory in sorted({os.path.dirname(self._path(n)) for n in names}):
-            fsync_dir(directory)
+    def put(self, name: str, data: Data) -> bool:
+        return self.put_many([(name, data)])[0]
 
-    def get(self, name: str) -> bytes:
-        try:
-            with open(self._path(name), "rb", buffering=0) as f:
-                return f.read()
-        except FileNotFoundError:
-            raise NotFound(f"chunk {name} is not in the chunk store at {self.root}") from None
+    # --- reads -----------------------------------------------------------------------------
+    def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
+        check_range(offset, length)
+        if offset == 0 and length is None:
+            try:
+                with open(self._path(name), "rb", buffering=0) as f:
+                    return f.read()
+            except FileNotFoundError:
+                raise self._missing(name) from None
+        with self.reader(name) as r:
+            return r.read_at(offset, max(0, r.size - offset) if length is None else length)
 
     def reader(self, name: str) -> _FileRange:
         try:
             return _FileRange(self._path(name))
         except FileNotFoundError:
-            raise NotFound(f"chunk {name} is not in the chunk store at {self.root}") from None
+            raise self._missing(name) from None
 
-    def read_range(self, name: str, offset: int, length: int) -> bytes:
-        with self.reader(name) as r:
-            return r.read_at(offset, length)
-
-    def exists(self, name: str) -> bool:
-        return os.path.exists(self._path(name))
+    def has_many(self, names: Iterable[str]) -> list[bool]:
+        out: list[bool] = []
+        synced: set[str] = set()
+        for name in names:
+            path = self._path(name)
+            present = os.path.exists(path)
+            if present:
+                directory = os.path.dirname(path)
+                with self._lock:
+                    pending = directory in self._unsynced
+                if pending and directory not in synced:
+                    fsync_dir(directory)  # another thread's link, its batch not yet synced
+                    synced.add(directory)
+            out.append(present)
+        return out
 
     def size(self, name: str) -> int:
         try:
             return os.stat(self._path(name)).st_size
         except FileNotFoundError:
-            raise NotFound(f"chunk {name} is not in the chunk store at {self.root}") from None
+            raise self._missing(name) from None
 
     def delete(self, name: str) -> bool:
         path = self._path(name)
@@ -226,7 +331,7 @@ class LocalChunkStore:
                 self._used -= size
         return True
 
-    def iter_names(self) -> Iterator[str]:
+    def list_names(self) -> Iterator[str]:
         for top in sorted(os.listdir(self.root)):
             top_dir = os.path.join(self.root, top)
             if len(top) != 2 or not os.path.isdir(top_dir):
@@ -239,16 +344,16 @@ class LocalChunkStore:
                     if _NAME.fullmatch(name):
                         yield name
 
-    def usage(self) -> tuple[int, int]:
-        """(bytes of chunk files, bytes free for an unprivileged writer on the device)."""
+    def usage(self) -> StoreUsage:
+        """Bytes of chunk files, and bytes free for an unprivileged writer on the device."""
         with self._lock:
             if self._used is None:
                 self._used = sum(
-                    os.stat(self._path(n)).st_size for n in self.iter_names()
+                    os.stat(self._path(n)).st_size for n in self.list_names()
                 )
             used = self._used
         st = os.statvfs(self.root)
-        return used, st.f_bavail * st.f_frsize
+        return StoreUsage(used, st.f_bavail * st.f_frsize)
 
     def remove_stale_temp(self, older_than: float = 3600.0) -> int:
         """Delete temp files left by a crash (older than `older_than` s); returns how many."""

@@ -267,30 +267,6 @@ def test_put_batch_refuses_a_chunk_whose_id_does_not_match(env: Env) -> None:
     assert env.svc.has("default", [cid(bad)]) == [False]
 
 
-def test_store_ranged_reads(tmp_path: Path) -> None:
-    store = LocalChunkStore(tmp_path / "chunks")
-    name = "ab" * 32
-    blob = os.urandom(300_000)
-    assert store.put(name, blob)
-    assert store.read_range(name, 0, 10) == blob[:10]
-    assert store.read_range(name, 123_456, 70_000) == blob[123_456:193_456]
-    assert store.read_range(name, 299_990, 100) == blob[299_990:]  # clipped at the end
-    assert store.read_range(name, 400_000, 10) == b""
-    with store.reader(name) as r:
-        assert r.size == len(blob)
-        assert r.read_at(5, 5) == blob[5:10]
-        # still readable after the name is deleted: the open descriptor keeps the file
-        assert store.delete(name)
-        assert r.read_at(299_000, 1000) == blob[299_000:]
-    with pytest.raises(NotFound, match="cd" * 32):
-        store.reader("cd" * 32)
-    with pytest.raises(InvalidArgument):
-        store.read_range("../etc/passwd", 0, 1)
-    assert store.put(name, blob)
-    with pytest.raises(InvalidArgument, match="offset=-1"):
-        store.read_range(name, -1, 5)
-
-
 def test_4kib_read_of_a_stored_1mib_chunk_reads_about_one_frame(env: Env) -> None:
     data = os.urandom(MiB)
     env.svc.put("default", cid(data), data)
