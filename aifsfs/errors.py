@@ -108,6 +108,7 @@ _ERRNO: list[tuple[type[BaseException], int]] = [
     (server_errors.Unauthenticated, errno.EACCES),  # TokenExpired included
     (server_errors.InvalidArgument, errno.EINVAL),
     (server_errors.CrossDevice, errno.EXDEV),
+    (server_errors.TimedOut, errno.ETIMEDOUT),
 ]
 
 

@@ -5,7 +5,7 @@ Interface:
                                 `.message`; the gRPC code for a reason is `aifs_core.status`'s
     NotFound, AlreadyExists, NotEmpty, NotADirectory, IsADirectory, NameTooLong, NoSpace,
     InvalidArgument, CorruptChunk, KeyUnavailable, MissingChunk, ParentNotCommitted,
-    PermissionDenied, Unauthenticated, TokenExpired, CrossDevice
+    PermissionDenied, Unauthenticated, TokenExpired, CrossDevice, TimedOut
     REASONS: reason string -> class (the client rebuilds the same error from a status)
 
 Every message says what happened and, where it helps, what to do about it.
@@ -82,6 +82,12 @@ class Unauthenticated(AIFSError):
     reason = "UNAUTHENTICATED"
 
 
+class TimedOut(AIFSError):
+    """Server-side work stopped at the call's deadline (the client may retry with a longer one)."""
+
+    reason = "TIMED_OUT"
+
+
 class TokenExpired(Unauthenticated):
     reason = "TOKEN_EXPIRED"
 
@@ -91,6 +97,6 @@ REASONS: dict[str, type[AIFSError]] = {
     for cls in (
         NotFound, AlreadyExists, NotEmpty, NotADirectory, IsADirectory, CrossDevice, NameTooLong,
         InvalidArgument, NoSpace, CorruptChunk, KeyUnavailable, MissingChunk, ParentNotCommitted,
-        PermissionDenied, Unauthenticated, TokenExpired,
+        PermissionDenied, Unauthenticated, TokenExpired, TimedOut,
     )
 }

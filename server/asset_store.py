@@ -18,8 +18,9 @@ Interface:
         .lineage(namespace, asset_id) -> list[AssetRecord]           ancestors, nearest first
         .verify(namespace, asset_id) -> (ok, detail)                 re-reads and re-hashes
         .uri(namespace, asset_id) -> "aifs://<namespace>/<asset_id>"
-        .compute_file_asset_id(tree, ino) -> str   BLAKE3 of a file's content from its chunk
-            map (holes read as zeros), cached via meta.set_file_asset_id (generation-checked)
+        .compute_file_asset_id(tree, ino, deadline=NEVER) -> str   BLAKE3 of a file's content
+            from its chunk map (holes read as zeros), cached via meta.set_file_asset_id
+            (generation-checked); TimedOut once `deadline` passes
     AssetNotFound(NotFound, KeyError)        an unknown asset id: gRPC NOT_FOUND, and a KeyError
                                              so dict-style `except KeyError` works too
 
@@ -47,6 +48,7 @@ from aifs_core.kinds import (
     normalize_parents,
 )
 from aifs_core.types import AssetRecord, ChunkRef, ParentEdge, TreeRef
+from aifs_server.deadline import NEVER, Deadline
 from aifs_server.metadata.base import MetadataEngine
 
 READ_PIECE = 1 << 20        # read size for file-like inputs
@@ -273,7 +275,7 @@ class AssetStore:
         return True, f"{len(record.chunks)} chunks, {record.size} bytes, BLAKE3 matches"
 
     # --- files as assets --------------------------------------------------------------------
-    def compute_file_asset_id(self, tree: TreeRef, ino: int) -> str:
+    def compute_file_asset_id(self, tree: TreeRef, ino: int, deadline: Deadline = NEVER) -> str:
         cached, _generation = self.meta.get_file_asset_id(tree, ino)
         if cached:
             return cached
@@ -287,6 +289,8 @@ class AssetStore:
         remaining = attr.size
         index = 0
         while remaining > 0:
+            # a sparse file of exabytes would otherwise hash zeros until the server stops
+            deadline.check(f"computing the asset id of inode {ino} ({attr.size} bytes)")
             span = min(chunk_size, remaining)
             ref = by_index.get(index)
             got = 0
@@ -295,6 +299,7 @@ class AssetStore:
                 whole.update(data)
                 got = len(data)
             while got < span:  # a hole, or a chunk shorter than its slot: zeros
+                deadline.check(f"computing the asset id of inode {ino} ({attr.size} bytes)")
                 n = min(span - got, len(_ZEROS))
                 whole.update(memoryview(_ZEROS)[:n])
                 got += n
