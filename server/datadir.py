@@ -7,7 +7,9 @@ Interface:
         Idempotent: on an already formatted directory it says so and changes nothing.
         dry_run validates (path writable, not a foreign non-empty directory) and writes nothing.
     open_data_dir(path, *, codec=None) -> DataDir
-        .path, .config, .kms, .keys (NamespaceKeyCache), .codec, .store (LocalChunkStore),
+        The metadata engine and the chunk store are the ones the config records, opened
+        through backends (an unknown one is a DataDirError naming it and the known ones).
+        .path, .config, .kms, .keys (NamespaceKeyCache), .codec, .store (chunkstore.ChunkStore),
         .chunks (ChunkService), .meta (MetadataEngine), .root_key (macaroon root key, bytes),
         .storage_key (bytes), .signing_key (Ed25519PrivateKey), .signing_public_key,
         .ensure_namespace(name, chunk_size=None, zstd_level=None) -> Namespace (creates it and
@@ -24,8 +26,9 @@ Layout (directory 0700, key files 0600):
     storage.key      32 random bytes: the key of the keyed BLAKE3 that names stored chunks
     macaroon.key     32 random bytes: the macaroon root key
     signing.key      Ed25519 private key (raw 32 bytes) that signs snapshots; signing.pub
-    meta.db          SQLiteMetadata
-    chunks/          LocalChunkStore
+    meta.db          SQLiteMetadata   (config "meta": {"engine": "sqlite", "path": "meta.db"})
+    chunks/          LocalChunkStore  (config "chunks": {"store": "local", "path": "chunks"})
+                     Either section may instead be {"url": "..."} (backends.py).
 
 A format interrupted before config.json was written is resumed by running format again: files
 of the layout that are already there (each written atomically) are kept.
@@ -53,6 +56,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from aifs_core.errors import AIFSError, AlreadyExists, InvalidArgument
 from aifs_core.fileutil import fsync_dir, write_file_atomic
 from aifs_core.types import Namespace, TreeRef
+from aifs_server import backends
 from aifs_server.metadata.base import MetadataEngine
 
 FORMAT_NAME = "aifs-data-dir"
@@ -215,7 +219,7 @@ def format_data_dir(path: str | os.PathLike[str], *, dry_run: bool = False,
         write_file_atomic(root / SIGNING_KEY, sk.private_bytes_raw(), 0o600)
     (root / CHUNKS).mkdir(exist_ok=True, mode=0o700)
     os.chmod(root / CHUNKS, 0o700)
-    meta = _open_meta(root)
+    meta = _open_meta(root, config)
     try:
         _ensure_namespace(meta, namespace, chunk_size, zstd_level, keyring.current_key_id())
     finally:
@@ -229,13 +233,18 @@ def format_data_dir(path: str | os.PathLike[str], *, dry_run: bool = False,
                         str(root), False, actions, config)
 
 
-def _open_meta(root: Path) -> MetadataEngine:
-    from .metadata.sqlite import SQLiteMetadata
+def _backend_urls(root: Path, config: dict[str, Any]) -> tuple[str, str]:
+    """(metadata URL, chunk store URL) the config records; an unknown kind names the file."""
+    try:
+        return (backends.meta_url(root, config.get("meta")),
+                backends.store_url(root, config.get("chunks")))
+    except InvalidArgument as e:
+        raise DataDirError(f"{root / CONFIG}: {e.message}") from None
 
-    meta = SQLiteMetadata(str(root / META_DB))
-    if (root / META_DB).exists():
-        os.chmod(root / META_DB, 0o600)
-    return meta
+
+def _open_meta(root: Path, config: dict[str, Any]) -> MetadataEngine:
+    url, _ = _backend_urls(root, config)
+    return backends.open_meta(url)
 
 
 def _ensure_namespace(meta: MetadataEngine, name: str, chunk_size: int, zstd_level: int,
@@ -308,7 +317,6 @@ def open_data_dir(path: str | os.PathLike[str], *, codec: Any = None) -> DataDir
     from aifs_core.codec import CompressionService
 
     from .chunks import ChunkService
-    from .chunkstore import LocalChunkStore
     from .kms import LocalKeyring, NamespaceKeyCache
 
     root = Path(path).absolute()
@@ -322,10 +330,16 @@ def open_data_dir(path: str | os.PathLike[str], *, codec: Any = None) -> DataDir
         _check_key_file(root / name)
     if (root / NS_KEYS).exists():  # written on the first chunk write
         _check_key_file(root / NS_KEYS)
-    for name in (META_DB, CHUNKS):
-        if not (root / name).exists():  # never silently start over with an empty one
+    meta_url, store_url = _backend_urls(root, config)
+    for url in (meta_url, store_url):
+        try:
+            local = backends.local_path(url)
+        except InvalidArgument as e:
+            raise DataDirError(f"{root / CONFIG}: {e.message}") from None
+        if local is not None and not os.path.exists(local):
+            # never silently start over with an empty one
             raise DataDirError(
-                f"{root / name} is missing: the data directory is incomplete; restore it from a "
+                f"{local} is missing: the data directory is incomplete; restore it from a "
                 f"backup"
             )
     storage_key = (root / STORAGE_KEY).read_bytes()
@@ -338,9 +352,12 @@ def open_data_dir(path: str | os.PathLike[str], *, codec: Any = None) -> DataDir
     keys = NamespaceKeyCache(kms, root / NS_KEYS)
     if codec is None:
         codec = CompressionService(config.get("zstd_level", 1))
-    store = LocalChunkStore(root / CHUNKS)
+    try:
+        store = backends.open_store(store_url)
+        meta = backends.open_meta(meta_url)
+    except InvalidArgument as e:  # a scheme nothing registered
+        raise DataDirError(f"{root / CONFIG}: {e.message}") from None
     chunks = ChunkService(store, keys, codec, storage_key)
-    meta = _open_meta(root)
     return DataDir(path=root, config=config, kms=kms, keys=keys, codec=codec, store=store,
                    chunks=chunks, meta=meta, root_key=root_key, storage_key=storage_key,
                    signing_key=Ed25519PrivateKey.from_private_bytes(raw_sk))

@@ -188,3 +188,53 @@ def test_open_refuses_incomplete_directory(tmp_path: Path) -> None:
     (root / "macaroon.key").unlink()
     with pytest.raises(DataDirError, match="macaroon.key is missing"):
         open_data_dir(root)
+
+
+def test_open_uses_the_backends_the_config_records(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    format_data_dir(root)
+    text = b"stored before the move " * 50
+    cid = blake3.blake3(text).digest()
+    with open_data_dir(root) as dd:
+        dd.chunks.put("default", cid, text)
+        assert dd.store.url == f"file://{root / 'chunks'}"
+    # the config, not the layout, says where the store and the database are
+    (root / "chunks").rename(root / "moved-chunks")
+    (root / "meta.db").rename(tmp_path / "elsewhere.db")
+    config = json.loads((root / "config.json").read_text())
+    config["chunks"] = {"store": "local", "path": "moved-chunks"}
+    config["meta"] = {"url": f"sqlite://{tmp_path / 'elsewhere.db'}"}
+    (root / "config.json").write_text(json.dumps(config))
+    with open_data_dir(root) as dd:
+        assert dd.chunks.read("default", cid) == text
+        assert dd.meta.get_namespace("default").chunk_size == 1 << 20
+    assert not (root / "chunks").exists() and not (root / "meta.db").exists()
+
+
+@pytest.mark.parametrize(("section", "value", "named", "known"), [
+    ("meta", {"engine": "oracle", "path": "meta.db"}, "'oracle'", "sqlite"),
+    ("chunks", {"store": "tape", "path": "chunks"}, "'tape'", "local"),
+    ("chunks", {"url": "gopher://host/x"}, "'gopher'", "file://"),
+])
+def test_an_unknown_backend_in_the_config_is_a_clear_error(
+        tmp_path: Path, section: str, value: dict[str, str], named: str, known: str) -> None:
+    root = tmp_path / "d"
+    format_data_dir(root)
+    config = json.loads((root / "config.json").read_text())
+    config[section] = value
+    (root / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataDirError) as exc:
+        open_data_dir(root)
+    msg = str(exc.value)
+    assert named in msg and f"known are {known}" in msg and "config.json" in msg
+
+
+def test_a_store_the_config_names_must_exist(tmp_path: Path) -> None:
+    root = tmp_path / "d"
+    format_data_dir(root)
+    config = json.loads((root / "config.json").read_text())
+    config["chunks"] = {"url": f"file://{tmp_path / 'gone'}"}
+    (root / "config.json").write_text(json.dumps(config))
+    with pytest.raises(DataDirError, match=f"{tmp_path / 'gone'} is missing"):
+        open_data_dir(root)
+    assert not (tmp_path / "gone").exists()

@@ -1,0 +1,75 @@
+"""The backend registry: URLs and data dir config sections to real engines and stores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from aifs_core.errors import InvalidArgument
+from aifs_core.types import Namespace
+from aifs_server import backends
+from aifs_server.chunkstore import ChunkStore, LocalChunkStore
+from aifs_server.metadata.sqlite import SQLiteMetadata
+
+
+def test_built_in_backends_open_from_urls(tmp_path: Path) -> None:
+    store = backends.open_store(f"file://{tmp_path / 'chunks'}")
+    assert isinstance(store, LocalChunkStore) and store.root == str(tmp_path / "chunks")
+    assert store.put("ab" * 32, b"x") and (tmp_path / "chunks" / "ab" / "ab" / ("ab" * 32)).exists()
+    meta = backends.open_meta(f"sqlite://{tmp_path / 'meta.db'}")
+    try:
+        assert isinstance(meta, SQLiteMetadata)
+        meta.create_namespace(Namespace("ns", 4096, 1, "k", 1))
+        assert meta.get_namespace("ns").chunk_size == 4096
+    finally:
+        meta.close()
+    assert (tmp_path / "meta.db").stat().st_mode & 0o777 == 0o600
+    assert "sqlite" in backends.known_meta()
+    assert "file" in backends.known_stores()
+
+
+def test_config_sections_become_urls(tmp_path: Path) -> None:
+    assert backends.meta_url(tmp_path, {"engine": "sqlite", "path": "meta.db"}) == \
+        f"sqlite://{tmp_path / 'meta.db'}"
+    assert backends.store_url(tmp_path, {"store": "local", "path": "chunks"}) == \
+        f"file://{tmp_path / 'chunks'}"
+    # what a data dir config without the sections meant: the embedded defaults
+    assert backends.meta_url(tmp_path, None) == f"sqlite://{tmp_path / 'meta.db'}"
+    assert backends.store_url(tmp_path, {}) == f"file://{tmp_path / 'chunks'}"
+    assert backends.store_url(tmp_path, {"url": "file:///srv/chunks"}) == "file:///srv/chunks"
+    with pytest.raises(InvalidArgument, match=r"unknown chunk store store 'tape': known are local"):
+        backends.store_url(tmp_path, {"store": "tape"})
+
+
+def test_unknown_schemes_and_bad_local_urls_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match=r"unknown chunk store 's3'.*known are file://"):
+        backends.open_store("s3://bucket/prefix")
+    with pytest.raises(InvalidArgument, match=r"unknown metadata engine 'postgresql'"):
+        backends.open_meta("postgresql://db/aifs")
+    with pytest.raises(InvalidArgument, match="file:///ABSOLUTE/PATH"):
+        backends.local_path("file://otherhost/x")
+    with pytest.raises(InvalidArgument, match="sqlite:///ABSOLUTE/PATH"):
+        backends.local_path("sqlite:relative.db")
+    assert backends.local_path("file:///a%20b/c") == "/a b/c"
+    assert backends.local_path("s3://bucket/x") is None
+
+
+def test_a_registered_factory_is_chosen_by_scheme_and_config_name(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[str] = []
+
+    def factory(url: str) -> ChunkStore:
+        opened.append(url)
+        return LocalChunkStore(tmp_path / "elsewhere")
+
+    # registered the way the next backends register, undone after the test
+    monkeypatch.setattr(backends._STORES, "factories", dict(backends._STORES.factories))
+    monkeypatch.setattr(backends._STORES, "by_config_name",
+                        dict(backends._STORES.by_config_name))
+    backends.register_store("other", factory, config_name="another")
+    url = backends.store_url(tmp_path, {"store": "another", "path": "x"})
+    assert url == f"other://{tmp_path / 'x'}"
+    store = backends.open_store(url)
+    assert opened == [url] and store.put("cd" * 32, b"y")
+    assert "other" in backends.known_stores()
