@@ -21,7 +21,6 @@ checked against the caller's token by `auth.AuthInterceptor`.
 
 from __future__ import annotations
 
-import dataclasses
 import stat as stat_mod
 import threading
 from typing import Any
@@ -33,6 +32,7 @@ from aifs_core.types import NAME_MAX, Attr, ChunkRef, Namespace, TreeRef
 from aifs_core.wire import attr_to_pb, chunkref_from_pb, chunkref_to_pb
 from aifs_proto.v1 import common_pb2, filesystem_pb2, filesystem_pb2_grpc
 from aifs_server.auth import call_scope
+from aifs_server.deadline import Deadline
 from aifs_server.grpc_errors import rpc
 
 READDIR_DEFAULT = 256
@@ -161,15 +161,10 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         except NotFound:
             return None
 
-    def _drop_if_unlinked(self, tree: TreeRef, a: Attr) -> None:
-        """`forget` in a request: the caller holds no handle, so an nlink-0 inode goes now."""
-        if a.nlink == 0:
-            self.meta.forget(tree, a.ino)
-
     @rpc
     def Unlink(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
-        # the SQLite engine drops an nlink-0 inode in the unlink's own transaction
+        # the engine drops an nlink-0 inode in the unlink's own transaction
         a = (self.meta.unlink(tree, request.parent, _name(request.name), forget=True)
              if request.forget else self.meta.unlink(tree, request.parent, _name(request.name)))
         return filesystem_pb2.RemoveReply(attr=attr_to_pb(a),
@@ -178,44 +173,23 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     @rpc
     def RmDir(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
-        name = _name(request.name)
-        try:
-            before: Attr | None = self.meta.lookup(tree, request.parent, name)
-        except AIFSError:
-            before = None   # rmdir itself reports the precise error
-        self.meta.rmdir(tree, request.parent, name)
-        reply = filesystem_pb2.RemoveReply(parent_attr=self._attr_or_none(tree, request.parent))
-        if before is not None:
-            reply.attr.CopyFrom(attr_to_pb(dataclasses.replace(before, nlink=0)))
-            if request.forget:
-                self.meta.forget(tree, before.ino)
-        return reply
+        # the removed directory comes from rmdir's own transaction (no lookup racing it)
+        a = self.meta.rmdir(tree, request.parent, _name(request.name), forget=request.forget)
+        return filesystem_pb2.RemoveReply(attr=attr_to_pb(a),
+                                          parent_attr=self._attr_or_none(tree, request.parent))
 
     @rpc
     def Rename(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
-        name, new_name = _name(request.name), _name(request.new_name)
-        replaced: Attr | None = None
-        if not request.flags & 2:   # RENAME_EXCHANGE unlinks nothing
-            try:
-                replaced = self.meta.lookup(tree, request.new_parent, new_name)
-            except AIFSError:
-                replaced = None
-        self.meta.rename(tree, request.parent, name, request.new_parent, new_name,
-                         request.flags)
+        # what a replace unlinked comes from rename's own transaction (None: nothing was)
+        replaced = self.meta.rename(tree, request.parent, _name(request.name),
+                                    request.new_parent, _name(request.new_name), request.flags,
+                                    forget=request.forget)
         reply = filesystem_pb2.RenameReply(
             parent_attr=self._attr_or_none(tree, request.parent),
             new_parent_attr=self._attr_or_none(tree, request.new_parent))
         if replaced is not None:
-            try:
-                after = self.meta.getattr(tree, replaced.ino)
-            except NotFound:
-                after = None
-            # renamed onto itself (same inode, or a hard link of it): nothing was unlinked
-            if after is not None and after.nlink < replaced.nlink:
-                reply.replaced.CopyFrom(attr_to_pb(after))
-                if request.forget:
-                    self._drop_if_unlinked(tree, after)
+            reply.replaced.CopyFrom(attr_to_pb(replaced))
         return reply
 
     @rpc
@@ -360,7 +334,8 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
             return filesystem_pb2.FileInfoReply(kind="", logical_bytes=a.size)
         if self.b.assets is None:
             raise InvalidArgument("this server has no asset store configured")
-        asset_id = self.b.assets.compute_file_asset_id(tree, request.ino)
+        asset_id = self.b.assets.compute_file_asset_id(tree, request.ino,
+                                                      Deadline.of_call(context))
         stored = 0
         for cid in {r.chunk_id for r in refs if r.chunk_id}:
             try:

@@ -1,7 +1,9 @@
 """The metadata engine interface: namespaces, branch trees, chunk records and assets.
 
-Two implementations are planned: `sqlite.SQLiteMetadata` (embedded default) and a PostgreSQL
-one. The servicers and `AssetManager` use only what is declared here.
+Implementations: `sqlite.SQLiteMetadata` (embedded default); a PostgreSQL one is planned. Every
+engine is `posix.PosixMeta` (the rules below) over its own `store.Store` (transactions of row
+primitives; `sql.SQLTx` + a `sql.Dialect` for SQL databases), so the rules are written once.
+The servicers and `AssetManager` use only what is declared here.
 
 Rules every implementation keeps:
 - Every call that changes more than one row runs in one transaction.
@@ -59,9 +61,12 @@ class MetadataEngine(Protocol):
                rdev: int = 0) -> Attr: ...
     def unlink(self, tree: TreeRef, parent: int, name: bytes, forget: bool = False
                ) -> Attr: ...  # attr after unlink; forget: drop it now if that was its last link
-    def rmdir(self, tree: TreeRef, parent: int, name: bytes) -> None: ...
+    def rmdir(self, tree: TreeRef, parent: int, name: bytes, forget: bool = False
+              ) -> Attr: ...  # the removed directory's attr after rmdir (nlink 0); forget: drop it now
     def rename(self, tree: TreeRef, parent: int, name: bytes, new_parent: int,
-               new_name: bytes, flags: int = 0) -> None: ...
+               new_name: bytes, flags: int = 0, forget: bool = False) -> Attr | None: ...
+    # rename returns the attr (after it) of the inode a replace unlinked, None when nothing was;
+    # forget: drop that inode now if it has no link left
     def symlink(self, tree: TreeRef, parent: int, name: bytes, target: bytes, uid: int,
                 gid: int) -> Attr: ...
     def readlink(self, tree: TreeRef, ino: int) -> bytes: ...

@@ -427,9 +427,9 @@ def test_readdir_100k_entries(md: SQLiteMetadata) -> None:
     # One transaction through the engine's own insert path (create() per entry would commit
     # 100k times, which only costs time here).
     tree = md._tree(T)
-    with md._write() as c:
+    with md._store.write() as tx:
         for i in range(n):
-            md._new_inode(c, tree, big.ino, b"e%06d" % i, stat.S_IFREG | 0o644, 1, 0, 0, 0, 1)
+            md._new_inode(tx, tree, big.ino, b"e%06d" % i, stat.S_IFREG | 0o644, 1, 0, 0, 0, 1)
     seen: list[bytes] = []
     cookie, pages = 0, 0
     while True:

@@ -463,7 +463,7 @@ def test_connection_per_thread(md: SQLiteMetadata) -> None:
         try:
             for i in range(20):
                 md.create(T, ROOT_INO, b"t%d-%d" % (k, i), 0o644, 0, 0)
-            seen.append(id(md._conn()))
+            seen.append(id(md._sqlite._conn()))
         except BaseException as e:  # surfaced below
             errors.append(e)
 
@@ -496,7 +496,7 @@ def test_iter_chunks_lists_every_recorded_chunk_of_its_namespace_only(tmp_path):
 def test_durable_commit_syncs_that_transaction_only(md: SQLiteMetadata, db: Path) -> None:
     f = new_file(md)
     record(md, 1)
-    conn = md._conn()
+    conn = md._sqlite._conn()
     seen: list[int] = []
     # observe the connection's synchronous level while the durable transaction runs
     conn.set_trace_callback(lambda sql: seen.append(conn.execute("PRAGMA synchronous")
