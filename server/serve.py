@@ -8,17 +8,20 @@ Interface:
     main(argv=None) -> int / run(args) -> int
         aifs server --data DIR --listen ADDR [--listen ADDR2] [--tls-cert F --tls-key F]
                     [--metrics-port N] [--max-workers N] [--format-if-needed] [--grace S]
+                    [--insecure]
     max_message_bytes() -> int    MAX_CHUNK + 1 MiB (at least 8 MiB)
 
-Unix sockets: created 0600 (a parent directory the server creates is 0700); a stale socket file
-(nothing answering) is removed, a live one is an error. Next to each socket the server writes
+Unix sockets: created 0600 (a parent directory the server creates is 0700; one that other users
+can write is refused, since they could bind the path first and collect the token clients send);
+a stale socket file (nothing answering) is removed, a live one is an error. Next to each socket the server writes
 PATH.token (0600): an admin token for ALL namespaces and all methods, without expiry — the
 embedded default, so a local user never handles tokens. Whoever can read that file could
 already connect to the 0600 socket, so it grants nothing the file mode does not. It is minted
-fresh at every start; rotate the data dir's macaroon key to revoke old ones.
+fresh at every start and removed at shutdown; rotate the data dir's macaroon key to revoke old
+ones. TCP without TLS: loopback only (with a warning), unless --insecure.
 
 Shutdown (SIGTERM/SIGINT): stop accepting, let in-flight calls finish within the grace (10 s),
-close the metadata engine, remove the socket files. Calls cut at the grace commit nothing.
+close the metadata engine, remove the socket and token files. Calls cut at the grace commit nothing.
 Keys and tokens never reach logs or argv.
 """
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -83,6 +87,28 @@ def _unix_path(addr: str) -> str | None:
     return None
 
 
+def _check_socket_dir(parent: Path) -> None:
+    """Refuse a socket directory another user could write to: they could bind the socket path
+    first (or swap it later) and collect the admin token our clients send to it."""
+    st = os.stat(parent)
+    others_write = st.st_mode & (stat_mod.S_IWGRP | stat_mod.S_IWOTH)
+    if st.st_uid not in (os.getuid(), 0) or others_write:
+        raise SystemExit(
+            f"aifs server: the socket directory {parent} can be written by other users "
+            f"(mode {stat_mod.S_IMODE(st.st_mode):o}, owner uid {st.st_uid}); choose a "
+            f"directory only you can write, e.g. --listen unix:<data dir>/aifs.sock")
+
+
+def _is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _prepare_unix_socket(path: str) -> None:
     if len(path.encode()) >= 108:
         raise SystemExit(f"aifs server: unix socket path {path!r} is {len(path.encode())} bytes; "
@@ -91,6 +117,7 @@ def _prepare_unix_socket(path: str) -> None:
     if not parent.exists():
         parent.mkdir(parents=True, mode=0o700)
         os.chmod(parent, 0o700)
+    _check_socket_dir(parent)
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -129,6 +156,7 @@ class Server:
     token_files: list[str] = field(default_factory=list)
     socket_paths: list[str] = field(default_factory=list)
     tls: tuple[bytes, bytes] | None = None
+    insecure: bool = False          # allow plain TCP on non-loopback addresses
     _stopped: bool = False
 
     def start(self) -> None:
@@ -150,6 +178,14 @@ class Server:
                 creds = grpc.ssl_server_credentials([(self.tls[1], self.tls[0])])
                 port = self.grpc_server.add_secure_port(addr, creds)
             else:
+                host = addr.rsplit(":", 1)[0]
+                if not _is_loopback(host) and not self.insecure:
+                    raise SystemExit(
+                        f"aifs server: {addr} would carry tokens and data in the clear to other "
+                        f"machines: give --tls-cert/--tls-key, or --insecure if the network "
+                        f"is trusted")
+                log.warning("listening on %s without TLS: tokens and data travel in the "
+                            "clear%s", addr, "" if _is_loopback(host) else " (--insecure)")
                 port = self.grpc_server.add_insecure_port(addr)
             if port == 0:
                 raise SystemExit(f"aifs server: cannot listen on {addr} (in use or not "
@@ -177,9 +213,10 @@ class Server:
         done = self.grpc_server.stop(grace)
         done.wait(grace + 5)
         self.metrics.stop()
-        for upath in self.socket_paths:
+        # the admin token too: left behind, it would be handed to whoever binds the path next
+        for path in (*self.socket_paths, *self.token_files):
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(upath)
+                os.unlink(path)
 
 
 def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | None = None,
@@ -228,6 +265,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="unix:PATH or HOST:PORT; repeatable (default unix:<data>/aifs.sock)")
     p.add_argument("--tls-cert", help="PEM certificate for TCP listeners")
     p.add_argument("--tls-key", help="PEM private key for TCP listeners")
+    p.add_argument("--insecure", action="store_true",
+                   help="allow a TCP listener without TLS on a non-loopback address")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:N (0 = any free port)")
     p.add_argument("--max-workers", type=int, default=DEFAULT_WORKERS)
@@ -279,6 +318,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     try:
         srv = build_server(datadir, listen, tls=tls, max_workers=args.max_workers)
+        srv.insecure = args.insecure
         srv.start()
     except SystemExit as e:
         datadir.close()
