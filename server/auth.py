@@ -58,12 +58,13 @@ _VERSIONING = "/aifs.v1.Versioning/"
 METHOD_VERBS: dict[str, str] = {
     # Filesystem: reads of metadata are `stat`, changes `put`, removals `delete`
     **{_FS + m: "stat" for m in (
-        "Lookup", "GetAttr", "ReadDir", "ReadLink", "GetXattr", "ListXattr", "StatFs",
-        "GetFileInfo")},
+        "Lookup", "GetAttr", "ReadDir", "ReadLink", "GetXattr", "ListXattr", "StatFs")},
     **{_FS + m: "put" for m in (
         "SetAttr", "MkDir", "Create", "Rename", "Symlink", "Link", "SetXattr", "CommitFile")},
     **{_FS + m: "delete" for m in ("Unlink", "RmDir", "RemoveXattr", "Forget")},
     _FS + "GetChunkMap": "get",
+    # the content hash answers "is this the file I guess?": as much a read as the bytes are
+    _FS + "GetFileInfo": "get",
     # Data: HasChunks is part of the upload protocol (dedup check), so it is `put`
     _DATA + "HasChunks": "put",
     _DATA + "PutChunks": "put",

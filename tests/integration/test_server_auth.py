@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 from typing import Any
 
+import blake3
 import grpc
 import pytest
 from pymacaroons import Macaroon
@@ -110,6 +111,23 @@ def test_token_cases(family: str, ch: grpc.Channel, root_key: bytes) -> None:
     assert code == grpc.StatusCode.PERMISSION_DENIED and "namespace nsb" in msg
     # ... while a token for B can
     call(ch, call_md(mint_token(root_key, "nsb", "all", 600), "nsb"))
+
+
+def test_content_hash_needs_get_not_stat(server_module: ServerProc, ch: grpc.Channel,
+                                         root_key: bytes) -> None:
+    # GetFileInfo's hash confirms a guessed content: a stat-only token must not learn it
+    fs = filesystem_pb2_grpc.FilesystemStub(ch)
+    ino = fs.Create(filesystem_pb2.CreateRequest(parent=1, name=b"guess-me", mode=0o100600),
+                    metadata=call_md(server_module.token), timeout=10).attr.ino
+    req = filesystem_pb2.InodeRequest(ino=ino)
+    code, _reason, msg = _fails(lambda c, md: fs.GetFileInfo(req, metadata=md, timeout=10), ch,
+                                call_md(mint_token(root_key, "default", ["stat"], 600)))
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "does not allow get" in msg
+    info = fs.GetFileInfo(req, metadata=call_md(mint_token(root_key, "default", ["get"], 600)),
+                          timeout=10)
+    assert info.asset_id == blake3.blake3(b"").hexdigest()
+    # the attributes themselves stay `stat`
+    fs.GetAttr(req, metadata=call_md(mint_token(root_key, "default", ["stat"], 600)), timeout=10)
 
 
 def test_attenuated_token_is_the_intersection(ch: grpc.Channel, root_key: bytes) -> None:
