@@ -1,11 +1,11 @@
-"""POSIX semantics of SQLiteMetadata: names, directories, nlink, unlink/forget, rename, links,
-symlinks, readdir paging (100k entries) and xattrs, on a real SQLite file under tmp_path."""
+"""Conformance suite, part 1 (every engine in metadata_engines.ENGINES): POSIX semantics --
+names, directories, nlink, unlink/forget, rename, links, symlinks, readdir paging (100k
+entries), xattrs, branch trees."""
 
 from __future__ import annotations
 
 import stat
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -34,21 +34,23 @@ from aifs_core.types import (
     Namespace,
     TreeRef,
 )
-from aifs_server.metadata.sqlite import SQLiteMetadata
+from aifs_server.metadata.posix import PosixMeta
+from tests.unit.metadata_engines import Harness, harness_fixture  # noqa: F401 (fixture)
 
 T = TreeRef("ns1")
 
 
 @pytest.fixture
-def md(tmp_path: Path) -> Iterator[SQLiteMetadata]:
-    m = SQLiteMetadata(tmp_path / "meta.db")
+def md(harness: Harness) -> Iterator[PosixMeta]:
+    m = harness.open()
+    assert isinstance(m, PosixMeta)  # every engine is the shared rules over its own store
     m.create_namespace(Namespace("ns1", 1 << 20, 3, "key-1"))
     m.ensure_tree(T, uid=1000, gid=1000)
     yield m
     m.close()
 
 
-def names(md: SQLiteMetadata, ino: int) -> list[bytes]:
+def names(md: PosixMeta, ino: int) -> list[bytes]:
     out: list[bytes] = []
     cookie = 0
     while True:
@@ -60,14 +62,14 @@ def names(md: SQLiteMetadata, ino: int) -> list[bytes]:
             return out
 
 
-def age_dir(md: SQLiteMetadata, ino: int) -> None:
+def age_dir(md: PosixMeta, ino: int) -> None:
     """Set a directory's mtime/ctime far in the past so an update is visible."""
     md.setattr(T, ino, SET_MTIME | SET_CTIME, mtime_ns=1, ctime_ns=1)
 
 
 # --- trees and names ---------------------------------------------------------------------------
 
-def test_ensure_tree_creates_root_once(md: SQLiteMetadata) -> None:
+def test_ensure_tree_creates_root_once(md: PosixMeta) -> None:
     root = md.getattr(T, ROOT_INO)
     assert root.ino == ROOT_INO and root.mode == stat.S_IFDIR | 0o755
     assert (root.uid, root.gid, root.nlink) == (1000, 1000, 2)
@@ -79,7 +81,7 @@ def test_ensure_tree_creates_root_once(md: SQLiteMetadata) -> None:
     assert md.readdir(TreeRef("ns1", "dev"), ROOT_INO, 0, 10) == ([], True)
 
 
-def test_unknown_tree_and_namespace(md: SQLiteMetadata) -> None:
+def test_unknown_tree_and_namespace(md: PosixMeta) -> None:
     with pytest.raises(NotFound, match="'nope'.*'ns1'"):
         md.getattr(TreeRef("ns1", "nope"), ROOT_INO)
     with pytest.raises(NotFound, match="ghost"):
@@ -89,7 +91,7 @@ def test_unknown_tree_and_namespace(md: SQLiteMetadata) -> None:
 
 
 @pytest.mark.parametrize("bad", [b"", b".", b"..", b"a/b", b"a\0b"])
-def test_invalid_names(md: SQLiteMetadata, bad: bytes) -> None:
+def test_invalid_names(md: PosixMeta, bad: bytes) -> None:
     for call in (lambda: md.create(T, ROOT_INO, bad, 0o644, 0, 0),
                  lambda: md.mkdir(T, ROOT_INO, bad, 0o755, 0, 0),
                  lambda: md.lookup(T, ROOT_INO, bad),
@@ -99,7 +101,7 @@ def test_invalid_names(md: SQLiteMetadata, bad: bytes) -> None:
             call()
 
 
-def test_name_length_limit(md: SQLiteMetadata) -> None:
+def test_name_length_limit(md: PosixMeta) -> None:
     ok = b"n" * 255
     assert md.create(T, ROOT_INO, ok, 0o644, 0, 0).ino == md.lookup(T, ROOT_INO, ok).ino
     with pytest.raises(NameTooLong, match="255"):
@@ -108,7 +110,7 @@ def test_name_length_limit(md: SQLiteMetadata) -> None:
         md.rename(T, ROOT_INO, ok, ROOT_INO, b"m" * 256)
 
 
-def test_names_are_bytes_not_text(md: SQLiteMetadata) -> None:
+def test_names_are_bytes_not_text(md: PosixMeta) -> None:
     raw = b"caf\xe9\xff"  # not UTF-8
     a = md.create(T, ROOT_INO, raw, 0o644, 0, 0)
     assert md.lookup(T, ROOT_INO, raw).ino == a.ino
@@ -117,7 +119,7 @@ def test_names_are_bytes_not_text(md: SQLiteMetadata) -> None:
 
 # --- create / mkdir / lookup / setattr ---------------------------------------------------------
 
-def test_create_lookup_getattr(md: SQLiteMetadata) -> None:
+def test_create_lookup_getattr(md: PosixMeta) -> None:
     age_dir(md, ROOT_INO)
     a = md.create(T, ROOT_INO, b"f", 0o640, 7, 8)
     assert stat.S_ISREG(a.mode) and stat.S_IMODE(a.mode) == 0o640
@@ -139,7 +141,7 @@ def test_create_lookup_getattr(md: SQLiteMetadata) -> None:
     assert b.ino > a.ino  # allocated, never reused
 
 
-def test_create_special_files(md: SQLiteMetadata) -> None:
+def test_create_special_files(md: PosixMeta) -> None:
     fifo = md.create(T, ROOT_INO, b"fifo", stat.S_IFIFO | 0o600, 0, 0)
     assert stat.S_ISFIFO(fifo.mode)
     dev = md.create(T, ROOT_INO, b"dev", stat.S_IFCHR | 0o600, 0, 0, rdev=0x0103)
@@ -149,7 +151,7 @@ def test_create_special_files(md: SQLiteMetadata) -> None:
             md.create(T, ROOT_INO, b"bad", bad, 0, 0)
 
 
-def test_setattr_fields(md: SQLiteMetadata) -> None:
+def test_setattr_fields(md: PosixMeta) -> None:
     a = md.create(T, ROOT_INO, b"f", 0o644, 0, 0)
     b = md.setattr(T, a.ino, SET_MODE | SET_UID | SET_GID, mode=stat.S_IFDIR | 0o4711,
                    uid=5, gid=6)
@@ -165,7 +167,7 @@ def test_setattr_fields(md: SQLiteMetadata) -> None:
 
 # --- directories and nlink ---------------------------------------------------------------------
 
-def test_mkdir_rmdir_nlink(md: SQLiteMetadata) -> None:
+def test_mkdir_rmdir_nlink(md: PosixMeta) -> None:
     a = md.mkdir(T, ROOT_INO, b"a", 0o750, 1, 2)
     assert stat.S_ISDIR(a.mode) and a.nlink == 2 and stat.S_IMODE(a.mode) == 0o750
     assert md.getattr(T, ROOT_INO).nlink == 3
@@ -196,7 +198,7 @@ def test_mkdir_rmdir_nlink(md: SQLiteMetadata) -> None:
     assert md.orphan_inodes(T) == []
 
 
-def test_unlink_keeps_inode_until_forget(md: SQLiteMetadata) -> None:
+def test_unlink_keeps_inode_until_forget(md: PosixMeta) -> None:
     f = md.create(T, ROOT_INO, b"f", 0o644, 0, 0)
     md.setxattr(T, f.ino, b"user.k", b"v")
     md.forget(T, f.ino)  # still linked: no-op
@@ -222,7 +224,7 @@ def test_unlink_keeps_inode_until_forget(md: SQLiteMetadata) -> None:
     assert md.getattr(T, ROOT_INO).nlink == 2
 
 
-def test_hard_links(md: SQLiteMetadata) -> None:
+def test_hard_links(md: PosixMeta) -> None:
     d = md.mkdir(T, ROOT_INO, b"d", 0o755, 0, 0)
     f = md.create(T, ROOT_INO, b"f", 0o644, 0, 0)
     age_dir(md, d.ino)
@@ -242,7 +244,7 @@ def test_hard_links(md: SQLiteMetadata) -> None:
         md.link(T, f.ino, ROOT_INO, b"back")
 
 
-def test_symlink_readlink(md: SQLiteMetadata) -> None:
+def test_symlink_readlink(md: PosixMeta) -> None:
     s = md.symlink(T, ROOT_INO, b"s", b"../target/\xff", 3, 4)
     assert stat.S_ISLNK(s.mode) and s.size == len(b"../target/\xff") and s.uid == 3
     assert md.readlink(T, s.ino) == b"../target/\xff"
@@ -261,7 +263,7 @@ def test_symlink_readlink(md: SQLiteMetadata) -> None:
 
 # --- rename ------------------------------------------------------------------------------------
 
-def test_rename_moves_and_updates_times(md: SQLiteMetadata) -> None:
+def test_rename_moves_and_updates_times(md: PosixMeta) -> None:
     a = md.mkdir(T, ROOT_INO, b"a", 0o755, 0, 0)
     b = md.mkdir(T, ROOT_INO, b"b", 0o755, 0, 0)
     f = md.create(T, a.ino, b"f", 0o644, 0, 0)
@@ -280,7 +282,7 @@ def test_rename_moves_and_updates_times(md: SQLiteMetadata) -> None:
         md.rename(T, b.ino, b"g", f.ino, b"h")
 
 
-def test_rename_directory_between_parents_nlink(md: SQLiteMetadata) -> None:
+def test_rename_directory_between_parents_nlink(md: PosixMeta) -> None:
     a = md.mkdir(T, ROOT_INO, b"a", 0o755, 0, 0)
     b = md.mkdir(T, ROOT_INO, b"b", 0o755, 0, 0)
     md.mkdir(T, a.ino, b"sub", 0o755, 0, 0)
@@ -291,7 +293,7 @@ def test_rename_directory_between_parents_nlink(md: SQLiteMetadata) -> None:
     assert md.getattr(T, b.ino).nlink == 3 and names(md, b.ino) == [b"sub3"]
 
 
-def test_rename_replaces_file(md: SQLiteMetadata) -> None:
+def test_rename_replaces_file(md: PosixMeta) -> None:
     f = md.create(T, ROOT_INO, b"f", 0o644, 0, 0)
     g = md.create(T, ROOT_INO, b"g", 0o644, 0, 0)
     md.rename(T, ROOT_INO, b"f", ROOT_INO, b"g")
@@ -302,7 +304,7 @@ def test_rename_replaces_file(md: SQLiteMetadata) -> None:
     assert md.orphan_inodes(T) == []
 
 
-def test_rename_replaces_empty_directory(md: SQLiteMetadata) -> None:
+def test_rename_replaces_empty_directory(md: PosixMeta) -> None:
     a = md.mkdir(T, ROOT_INO, b"a", 0o755, 0, 0)
     b = md.mkdir(T, ROOT_INO, b"b", 0o755, 0, 0)
     x = md.mkdir(T, a.ino, b"x", 0o755, 0, 0)
@@ -316,7 +318,7 @@ def test_rename_replaces_empty_directory(md: SQLiteMetadata) -> None:
     assert md.getattr(T, ROOT_INO).nlink == 2 + 2  # a (the former c) and b
 
 
-def test_rename_type_mismatch_and_not_empty(md: SQLiteMetadata) -> None:
+def test_rename_type_mismatch_and_not_empty(md: PosixMeta) -> None:
     d = md.mkdir(T, ROOT_INO, b"d", 0o755, 0, 0)
     md.create(T, ROOT_INO, b"f", 0o644, 0, 0)
     full = md.mkdir(T, ROOT_INO, b"full", 0o755, 0, 0)
@@ -331,7 +333,7 @@ def test_rename_type_mismatch_and_not_empty(md: SQLiteMetadata) -> None:
     assert md.getattr(T, d.ino).nlink == 2 and md.getattr(T, ROOT_INO).nlink == 4
 
 
-def test_rename_directory_into_own_subtree(md: SQLiteMetadata) -> None:
+def test_rename_directory_into_own_subtree(md: PosixMeta) -> None:
     a = md.mkdir(T, ROOT_INO, b"a", 0o755, 0, 0)
     b = md.mkdir(T, a.ino, b"b", 0o755, 0, 0)
     c = md.mkdir(T, b.ino, b"c", 0o755, 0, 0)
@@ -346,7 +348,7 @@ def test_rename_directory_into_own_subtree(md: SQLiteMetadata) -> None:
         md.rename(T, ROOT_INO, b"c", b.ino, b"c")  # c now holds a, which holds b
 
 
-def test_rename_noreplace(md: SQLiteMetadata) -> None:
+def test_rename_noreplace(md: PosixMeta) -> None:
     md.create(T, ROOT_INO, b"f", 0o644, 0, 0)
     md.create(T, ROOT_INO, b"g", 0o644, 0, 0)
     with pytest.raises(AlreadyExists, match="RENAME_NOREPLACE"):
@@ -359,7 +361,7 @@ def test_rename_noreplace(md: SQLiteMetadata) -> None:
         md.rename(T, ROOT_INO, b"g", ROOT_INO, b"i", 8)
 
 
-def test_rename_exchange(md: SQLiteMetadata) -> None:
+def test_rename_exchange(md: PosixMeta) -> None:
     a = md.mkdir(T, ROOT_INO, b"a", 0o755, 0, 0)
     b = md.mkdir(T, ROOT_INO, b"b", 0o755, 0, 0)
     sub = md.mkdir(T, a.ino, b"x", 0o755, 0, 0)
@@ -380,7 +382,7 @@ def test_rename_exchange(md: SQLiteMetadata) -> None:
     assert md.lookup(T, sub.ino, b"inner").ino == inner.ino
 
 
-def test_rename_onto_same_inode_is_noop(md: SQLiteMetadata) -> None:
+def test_rename_onto_same_inode_is_noop(md: PosixMeta) -> None:
     f = md.create(T, ROOT_INO, b"f", 0o644, 0, 0)
     md.link(T, f.ino, ROOT_INO, b"g")
     md.rename(T, ROOT_INO, b"f", ROOT_INO, b"g")
@@ -393,7 +395,7 @@ def test_rename_onto_same_inode_is_noop(md: SQLiteMetadata) -> None:
 
 # --- readdir -----------------------------------------------------------------------------------
 
-def test_readdir_entries_and_attrs(md: SQLiteMetadata) -> None:
+def test_readdir_entries_and_attrs(md: PosixMeta) -> None:
     d = md.mkdir(T, ROOT_INO, b"d", 0o755, 0, 0)
     made = {n: md.create(T, d.ino, n, 0o644, 0, 0) for n in (b"c", b"a", b"b")}
     ents, eof = md.readdir(T, d.ino, 0, 10)
@@ -411,7 +413,7 @@ def test_readdir_entries_and_attrs(md: SQLiteMetadata) -> None:
         md.readdir(T, 999, 0, 10)
 
 
-def test_readdir_stable_across_unlink_while_paging(md: SQLiteMetadata) -> None:
+def test_readdir_stable_across_unlink_while_paging(md: PosixMeta) -> None:
     for i in range(10):
         md.create(T, ROOT_INO, b"f%d" % i, 0o644, 0, 0)
     page, _ = md.readdir(T, ROOT_INO, 0, 5)
@@ -421,7 +423,7 @@ def test_readdir_stable_across_unlink_while_paging(md: SQLiteMetadata) -> None:
     assert eof and [e.name for e in rest] == [b"f5", b"f6", b"f8", b"f9"]
 
 
-def test_readdir_100k_entries(md: SQLiteMetadata) -> None:
+def test_readdir_100k_entries(md: PosixMeta) -> None:
     big = md.mkdir(T, ROOT_INO, b"big", 0o755, 0, 0)
     n = 100_000
     # One transaction through the engine's own insert path (create() per entry would commit
@@ -449,7 +451,7 @@ def test_readdir_100k_entries(md: SQLiteMetadata) -> None:
 
 # --- xattrs ------------------------------------------------------------------------------------
 
-def test_xattrs(md: SQLiteMetadata) -> None:
+def test_xattrs(md: PosixMeta) -> None:
     f = md.create(T, ROOT_INO, b"f", 0o644, 0, 0)
     with pytest.raises(NotFound, match="no extended attribute"):
         md.getxattr(T, f.ino, b"user.a")
@@ -485,7 +487,7 @@ def test_xattrs(md: SQLiteMetadata) -> None:
 
 # --- setgid directories ----------------------------------------------------------------------
 
-def test_setgid_directory_gives_gid_and_bit(md: SQLiteMetadata) -> None:
+def test_setgid_directory_gives_gid_and_bit(md: PosixMeta) -> None:
     plain = md.mkdir(T, ROOT_INO, b"plain", 0o755, 10, 20)
     d = md.mkdir(T, ROOT_INO, b"sg", 0o755, 10, 20)
     d = md.setattr(T, d.ino, SET_GID | SET_MODE, gid=4321, mode=0o2775)
@@ -509,7 +511,7 @@ def test_setgid_directory_gives_gid_and_bit(md: SQLiteMetadata) -> None:
     assert g.gid == 40 and e.gid == 40 and not e.mode & stat.S_ISGID
 
 
-def test_list_trees_names_every_branch_of_one_namespace(md: SQLiteMetadata) -> None:
+def test_list_trees_names_every_branch_of_one_namespace(md: PosixMeta) -> None:
     md.create_namespace(Namespace("ns2", 1 << 20, 3, "key-2"))
     md.ensure_tree(TreeRef("ns1", "exp"))
     md.ensure_tree(TreeRef("ns2", "other"))
@@ -517,3 +519,46 @@ def test_list_trees_names_every_branch_of_one_namespace(md: SQLiteMetadata) -> N
     assert md.list_trees("ns2") == [TreeRef("ns2", "other")]
     with pytest.raises(NotFound):
         md.list_trees("nope")
+
+
+def test_rmdir_returns_the_removed_directory_and_may_forget_it(md: PosixMeta) -> None:
+    d = md.mkdir(T, ROOT_INO, b"d", 0o755, 0, 0)
+    gone = md.rmdir(T, ROOT_INO, b"d")
+    assert (gone.ino, gone.nlink, stat.S_ISDIR(gone.mode)) == (d.ino, 0, True)
+    assert gone.ctime_ns >= d.ctime_ns and md.getattr(T, d.ino) == gone  # kept until forget
+    e = md.mkdir(T, ROOT_INO, b"e", 0o755, 0, 0)
+    md.setxattr(T, e.ino, b"user.k", b"v")
+    assert md.rmdir(T, ROOT_INO, b"e", forget=True).ino == e.ino
+    with pytest.raises(NotFound):
+        md.getattr(T, e.ino)  # dropped in rmdir's own transaction
+    assert md.orphan_inodes(T) == [d.ino]
+    assert md.getattr(T, ROOT_INO).nlink == 2
+
+
+def test_rename_returns_what_a_replace_unlinked(md: PosixMeta) -> None:
+    a = md.create(T, ROOT_INO, b"a", 0o644, 0, 0)
+    b = md.create(T, ROOT_INO, b"b", 0o644, 0, 0)
+    assert md.rename(T, ROOT_INO, b"a", ROOT_INO, b"c") is None          # no target
+    replaced = md.rename(T, ROOT_INO, b"c", ROOT_INO, b"b")
+    assert replaced is not None and (replaced.ino, replaced.nlink) == (b.ino, 0)
+    assert md.getattr(T, b.ino) == replaced                               # kept until forget
+    md.link(T, a.ino, ROOT_INO, b"h")
+    assert md.rename(T, ROOT_INO, b"h", ROOT_INO, b"b") is None           # same inode
+    x = md.create(T, ROOT_INO, b"x", 0o644, 0, 0)
+    md.link(T, x.ino, ROOT_INO, b"x2")
+    still = md.rename(T, ROOT_INO, b"b", ROOT_INO, b"x", forget=True)    # x keeps a link
+    assert still is not None and (still.ino, still.nlink) == (x.ino, 1)
+    assert md.getattr(T, x.ino).nlink == 1
+    y = md.create(T, ROOT_INO, b"y", 0o644, 0, 0)
+    assert md.rename(T, ROOT_INO, b"y", ROOT_INO, b"x2", RENAME_EXCHANGE) is None
+    assert md.lookup(T, ROOT_INO, b"x2").ino == y.ino
+    dropped = md.rename(T, ROOT_INO, b"x2", ROOT_INO, b"y", forget=True)  # last link of x
+    assert dropped is not None and (dropped.ino, dropped.nlink) == (x.ino, 0)
+    with pytest.raises(NotFound):
+        md.getattr(T, x.ino)
+    d1 = md.mkdir(T, ROOT_INO, b"d1", 0o755, 0, 0)
+    d2 = md.mkdir(T, ROOT_INO, b"d2", 0o755, 0, 0)
+    rd = md.rename(T, ROOT_INO, b"d1", ROOT_INO, b"d2")                   # empty dir replaced
+    assert rd is not None and (rd.ino, rd.nlink) == (d2.ino, 0)
+    assert md.lookup(T, ROOT_INO, b"d2").ino == d1.ino
+    assert md.orphan_inodes(T) == [b.ino, d2.ino]

@@ -1,0 +1,63 @@
+"""Engines under test for the metadata conformance suite (test_metadata_posix.py,
+test_metadata_records.py): every engine runs the same tests.
+
+Interface:
+    ENGINES                     name -> factory(tmp_path) -> Harness; a new engine plugs in by
+                                adding one factory here
+    Harness.open()              a new engine over the harness's storage (the same data on every
+                                call, so reopening is testable); the caller closes it
+    Harness.scalar(sql, *args)  one value read with plain SQL ("?" placeholders) from that
+                                storage, None when no row: for what the engine's API does not
+                                show (refcounts, grace clocks, rows left behind)
+    harness_fixture             the pytest fixture `harness`, parametrised over ENGINES (import
+                                it into a test module to use it there)
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pytest
+
+from aifs_server.metadata.base import MetadataEngine
+from aifs_server.metadata.sqlite import SQLiteMetadata
+
+
+class Harness(Protocol):
+    def open(self) -> MetadataEngine: ...
+    def scalar(self, sql: str, *args: Any) -> Any: ...
+    def close(self) -> None: ...
+
+
+class SQLiteHarness:
+    def __init__(self, tmp_path: Path) -> None:
+        self.path = tmp_path / "meta.db"
+
+    def open(self) -> SQLiteMetadata:
+        return SQLiteMetadata(self.path)
+
+    def scalar(self, sql: str, *args: Any) -> Any:
+        # a separate connection: what is committed, not what the engine's connection caches
+        with sqlite3.connect(self.path) as c:
+            r = c.execute(sql, args).fetchone()
+        return None if r is None else r[0]
+
+    def close(self) -> None:
+        pass  # tmp_path goes with the test
+
+
+ENGINES: dict[str, Callable[[Path], Harness]] = {
+    "sqlite": SQLiteHarness,
+}
+
+
+@pytest.fixture(name="harness", params=sorted(ENGINES))
+def harness_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    h = ENGINES[request.param](tmp_path)
+    try:
+        yield h
+    finally:
+        h.close()
