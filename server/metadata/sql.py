@@ -67,6 +67,7 @@ class SQLTx:
         self._d = dialect
         self._lock = (" " + dialect.row_lock) if locking and dialect.row_lock else ""
         self._cache: dict[str, str] = {}
+        self._updates: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
 
     def _q(self, sql: str) -> str:
         if self._d.param == "?":
@@ -152,12 +153,17 @@ class SQLTx:
     def update_inode(self, tree_id: int, ino: int, set: dict[str, Any],
                      add: dict[str, int] | None = None) -> Attr | None:
         """Set columns to values and add deltas to others; the attrs after (None: no inode)."""
-        cols = [f"{k} = ?" for k in set] + [f"{k} = {k} + ?" for k in (add or ())]
-        if not (set.keys() <= _SETTABLE and (add or {}).keys() <= _ADDABLE):
-            raise ValueError(f"update_inode: unknown columns in {set} / {add}")
-        r = self._x(f"UPDATE inodes SET {', '.join(cols)} WHERE tree_id = ? AND ino = ? "
-                    f"RETURNING {ATTR_COLUMNS}",
-                    (*set.values(), *(add or {}).values(), tree_id, ino)).fetchone()
+        add = add or {}
+        key = (tuple(set), tuple(add))
+        sql = self._updates.get(key)
+        if sql is None:  # a handful of shapes, built once: the hot path only looks them up
+            if not (set.keys() <= _SETTABLE and add.keys() <= _ADDABLE):
+                raise ValueError(f"update_inode: unknown columns in {set} / {add}")
+            cols = [f"{k} = ?" for k in set] + [f"{k} = {k} + ?" for k in add]
+            sql = self._updates[key] = self._q(
+                f"UPDATE inodes SET {', '.join(cols)} WHERE tree_id = ? AND ino = ? "
+                f"RETURNING {ATTR_COLUMNS}")
+        r = self._c.execute(sql, (*set.values(), *add.values(), tree_id, ino)).fetchone()
         return None if r is None else attr_of(r)
 
     def inode_asset(self, tree_id: int, ino: int) -> tuple[str, int, int] | None:
