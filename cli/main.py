@@ -11,7 +11,8 @@ Interface:
     PLUGINS                         modules with `register(subparsers)` adding subcommands
 
 Subcommands: format, server (delegates to aifs_server.serve.main), token create, put, get, ls,
-stat, info, health, verify, fsck, gc, plus whatever the PLUGINS register (mount, umount, up,
+stat, info, health, verify, fsck, gc (these two also offline: --data DIR runs
+aifs_server.maintenance on the data dir, no server), plus whatever the PLUGINS register (mount, umount, up,
 down, bench). A subcommand sets `func(args) -> int` with `set_defaults`.
 
 Server and token: --server ADDR / $AIFS_SERVER (default: the embedded default socket
@@ -299,9 +300,22 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 1
 
 
+def _offline(args: argparse.Namespace) -> Any:
+    """The data dir named by --data, opened for offline maintenance (no server)."""
+    from aifs_server.datadir import open_data_dir
+
+    return open_data_dir(Path(args.data).expanduser())
+
+
 def cmd_fsck(args: argparse.Namespace) -> int:
-    with client_from_args(args) as client:
-        result = client.fsck(read_data=args.read_data)
+    if args.data:
+        from aifs_server import maintenance
+
+        with _offline(args) as dd:
+            result = dataclasses.asdict(maintenance.fsck(dd, read_data=args.read_data))
+    else:
+        with client_from_args(args) as client:
+            result = client.fsck(read_data=args.read_data)
     for problem in result["problems"]:
         print(f"problem: {problem}")
     print(f"{'ok' if result['ok'] else 'NOT OK'}: {result['chunks_checked']} chunks checked, "
@@ -310,8 +324,16 @@ def cmd_fsck(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    with client_from_args(args) as client:
-        result = client.gc(dry_run=args.dry_run, grace_seconds=args.grace)
+    if args.data:
+        from aifs_server import maintenance
+
+        with _offline(args) as dd:
+            result = dataclasses.asdict(maintenance.gc(
+                dd, grace_seconds=args.grace or maintenance.GC_GRACE_DEFAULT,
+                dry_run=args.dry_run))
+    else:
+        with client_from_args(args) as client:
+            result = client.gc(dry_run=args.dry_run, grace_seconds=args.grace)
     what = "would delete" if args.dry_run else "deleted"
     print(f"{what} {result['chunks_deleted']} chunks ({result['bytes_freed']} bytes) and "
           f"{result['orphans_deleted']} orphan inodes")
@@ -423,14 +445,19 @@ def build_parser(plugins: Sequence[str] = PLUGINS) -> argparse.ArgumentParser:
                              "not verify)", cmd_verify)
     p.add_argument("asset_id", metavar="ID", help="asset id")
 
+    offline_help = ("work on this data directory directly, without a server (every "
+                    "namespace)")
     p = client_cmd("fsck", "check the store's consistency (exit 1 on problems)", cmd_fsck)
     p.add_argument("--read-data", action="store_true",
                    help="also decrypt and check every chunk (slow)")
+    p.add_argument("--data", metavar="DIR", help=offline_help)
 
     p = client_cmd("gc", "delete unreferenced chunks and orphan inodes", cmd_gc)
     p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
     p.add_argument("--grace", type=int, default=0, metavar="S",
-                   help="keep chunks unreferenced for less than S seconds (default: server's)")
+                   help="keep chunks unreferenced for less than S seconds (default: server's, "
+                        "1 hour)")
+    p.add_argument("--data", metavar="DIR", help=offline_help)
 
     load_plugins(sub, plugins)
     return parser

@@ -3,36 +3,39 @@
 Interface:
     AdminServicer(backend: rpc_filesystem.Backend)
     FEATURES                      what Introspect advertises
-    GC_GRACE_DEFAULT = 3600       seconds a chunk / orphan inode must have been unreferenced
+    GC_GRACE_DEFAULT = 3600       (from maintenance) seconds a chunk / orphan inode must have been
+                                  unreferenced
 
 Scope: the interceptor checks the namespace named in call metadata; Admin calls that act on
 other namespaces (Format of a named namespace, Introspect, ListNamespaces, Fsck, GC) are limited
 here to the namespaces the caller's token allows (a "*" token sees them all).
 
-GC deletes (a) orphan inodes (nlink 0, left by a mount that crashed while a file was open)
-whose ctime is older than the grace, then (b) chunks unreferenced for longer than the grace.
-The grace protects an unlinked file still open by a live mount and a commit racing the GC.
+Fsck and GC are maintenance.fsck / maintenance.gc over the allowed namespaces, stopped a
+little before the call's deadline (deadline.Deadline.of_call) so the reply still reaches the
+client: an fsck cut short says so in its problems (ok false); a GC cut short is TimedOut
+(DEADLINE_EXCEEDED) saying what it did.
 """
 
 from __future__ import annotations
 
 import json
-import time
 from importlib import metadata as importlib_metadata
 from typing import Any
 
 import grpc
 
-from aifs_core.errors import AIFSError, InvalidArgument, NotFound, PermissionDenied
+from aifs_core.errors import AIFSError, InvalidArgument, NotFound, PermissionDenied, TimedOut
 from aifs_core.types import Namespace, TreeRef
 from aifs_proto.v1 import admin_pb2, admin_pb2_grpc
+from aifs_server import maintenance
 from aifs_server.auth import call_scope, current_grant
+from aifs_server.deadline import MAX_CALL_SECONDS, Deadline
 from aifs_server.grpc_errors import rpc
+from aifs_server.maintenance import GC_GRACE_DEFAULT
 from aifs_server.rpc_filesystem import Backend
 
 FEATURES = ["zstd-wire", "frames", "macaroons", "keyed-chunk-names", "health", "reflection",
             "metrics", "file-info"]
-GC_GRACE_DEFAULT = 3600
 _SECRET_WORDS = ("key", "secret", "token", "password")
 
 
@@ -41,6 +44,15 @@ def _version() -> str:
         return importlib_metadata.version("aifs-fs")
     except importlib_metadata.PackageNotFoundError:  # pragma: no cover - not installed
         return "0+unknown"
+
+
+def _work_deadline(context: grpc.ServicerContext) -> Deadline:
+    """The call's deadline less a margin (a tenth of it, at most a second) for the reply.
+    An admin's own deadline is honoured however long (a big store's GC may need it); a call
+    without one gets MAX_CALL_SECONDS."""
+    given = context.time_remaining()
+    left = MAX_CALL_SECONDS if given is None else max(0.0, float(given))
+    return Deadline.after(left - min(1.0, left / 10))
 
 
 def _redact(obj: Any) -> Any:
@@ -143,57 +155,20 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     @rpc
     def Fsck(self, request: Any, context: grpc.ServicerContext) -> Any:
-        problems: list[str] = []
-        checked = 0
-        for ns in self._allowed():
-            for cid in self.meta.iter_chunks(ns.name):
-                checked += 1
-                try:
-                    if not self.b.chunks.has(ns.name, [cid])[0]:
-                        problems.append(f"namespace {ns.name}: chunk {cid.hex()} is recorded "
-                                        f"but missing from the chunk store")
-                        continue
-                    if request.read_data:
-                        self.b.chunks.read(ns.name, cid, 0, None)  # opens, decrypts, verifies
-                except AIFSError as e:
-                    problems.append(f"namespace {ns.name}: chunk {cid.hex()}: {e.message}")
-                except (ValueError, OSError) as e:
-                    problems.append(f"namespace {ns.name}: chunk {cid.hex()}: {e}")
-                if len(problems) >= 1000:
-                    problems.append("more than 1000 problems; stopped listing")
-                    return admin_pb2.FsckReply(ok=False, problems=problems,
-                                               chunks_checked=checked)
-        return admin_pb2.FsckReply(ok=not problems, problems=problems, chunks_checked=checked)
+        r = maintenance.fsck(self.b, [ns.name for ns in self._allowed()],
+                             read_data=request.read_data, deadline=_work_deadline(context))
+        return admin_pb2.FsckReply(ok=r.ok, problems=r.problems, chunks_checked=r.chunks_checked)
 
     @rpc
     def GC(self, request: Any, context: grpc.ServicerContext) -> Any:
-        grace = request.grace_seconds or GC_GRACE_DEFAULT
-        cutoff = time.time_ns() - grace * 1_000_000_000
-        chunks_deleted = bytes_freed = orphans = 0
-        for ns in self._allowed():
-            tree = TreeRef(ns.name, "main")
-            for ino in self.meta.orphan_inodes(tree):
-                try:
-                    a = self.meta.getattr(tree, ino)
-                except NotFound:
-                    continue
-                if a.ctime_ns >= cutoff:
-                    continue  # may still be open by a mount: wait for the grace
-                orphans += 1
-                if not request.dry_run:
-                    self.meta.forget(tree, ino)
-            for cid in self.meta.gc_candidates(ns.name, cutoff):
-                if request.dry_run:
-                    chunks_deleted += 1
-                    continue
-                if not self.meta.forget_chunk(ns.name, cid):
-                    continue  # referenced again meanwhile
-                try:
-                    size = int(self.b.chunks.stored_size(ns.name, cid))
-                except NotFound:
-                    size = 0
-                if self.b.chunks.delete(ns.name, cid):
-                    bytes_freed += size
-                chunks_deleted += 1
-        return admin_pb2.GCReply(chunks_deleted=chunks_deleted, bytes_freed=bytes_freed,
-                                 orphans_deleted=orphans)
+        r = maintenance.gc(self.b, [ns.name for ns in self._allowed()],
+                           grace_seconds=request.grace_seconds or GC_GRACE_DEFAULT,
+                           dry_run=request.dry_run, deadline=_work_deadline(context))
+        if not r.complete:  # the reply has no field for "partly done": say it in the error
+            raise TimedOut(
+                f"GC stopped at the call's deadline after "
+                f"{'counting' if request.dry_run else 'deleting'} {r.chunks_deleted} chunks "
+                f"({r.bytes_freed} bytes) and {r.orphans_deleted} orphan inodes; run it again "
+                f"with a longer --timeout, or offline with `aifs gc --data DIR`")
+        return admin_pb2.GCReply(chunks_deleted=r.chunks_deleted, bytes_freed=r.bytes_freed,
+                                 orphans_deleted=r.orphans_deleted)

@@ -8,6 +8,7 @@ import pty
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -199,6 +200,33 @@ def test_fsck_and_gc(server: ServerProc) -> None:
     assert p.returncode == 0 and p.stdout.startswith(b"ok")
     p = run("gc", "--dry-run", "--server", server.address)
     assert p.returncode == 0 and b"would delete" in p.stdout
+
+
+def test_fsck_and_gc_offline_need_no_server(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    assert run("format", "--data", str(data)).returncode == 0
+    nowhere = {"AIFS_SERVER": f"unix:{tmp_path / 'no.sock'}"}  # would fail if it were asked
+    from blake3 import blake3
+
+    from aifs_server.datadir import open_data_dir
+
+    text = b"left behind by a deleted file " * 100
+    with open_data_dir(data) as dd:  # a recorded chunk nothing references
+        _, stored = dd.chunks.put("default", blake3(text).digest(), text)
+        dd.meta.record_chunk("default", blake3(text).digest(), len(text), stored)
+    p = run("fsck", "--data", str(data), "--read-data", env=nowhere)
+    assert p.returncode == 0 and p.stdout.startswith(b"ok: 1 chunks checked, 0 problems"), p
+    p = run("gc", "--data", str(data), "--dry-run", env=nowhere)
+    assert p.returncode == 0, p
+    assert p.stdout == b"would delete 0 chunks (0 bytes) and 0 orphan inodes\n"  # the grace
+    time.sleep(1.2)  # let a 1-second grace pass (not a timing assertion)
+    p = run("gc", "--data", str(data), "--grace", "1", env=nowhere)
+    assert p.returncode == 0, p
+    assert p.stdout == f"deleted 1 chunks ({stored} bytes) and 0 orphan inodes\n".encode()
+    p = run("fsck", "--data", str(data), env=nowhere)
+    assert p.returncode == 0 and p.stdout.startswith(b"ok: 0 chunks checked"), p
+    p = run("fsck", "--data", str(tmp_path / "not-formatted"), env=nowhere)
+    assert p.returncode == 1 and "aifs format --data" in err_line(p)
 
 
 # --- pure parts -----------------------------------------------------------------------------
