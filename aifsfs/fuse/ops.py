@@ -3,6 +3,7 @@
 Interface:
     AIFSOperations(client, *, attr_timeout=1.0, entry_timeout=1.0, cache_bytes=128 MiB,
                    max_dirty_bytes=64 MiB, readahead_chunks=8, threads=32, read_only=False)
+        client: a MountClient (.fs, .data, .assets: aifsfs.protocols), e.g. an AIFSClient.
         a `pyfuse3.Operations`; before `pyfuse3.main()` runs, call `.start(nursery)` (background
         uploads and read-ahead run there); after it returns, `await .shutdown()` commits
         everything still buffered. `await .flush_all()` commits without stopping.
@@ -38,6 +39,9 @@ How it behaves (see DESIGN.md section 5):
   * open asks GetChunkMap to inline a small file's bytes (unless the page cache we keep
     already holds that generation): they go to the chunk cache, so the first read is local.
   * close of a small file commits its data inside CommitFile (write_buffer.py `inline_max`).
+- What the mount knows per inode lives in one InodeTable (inodes.py); what it shows of an open
+  file (buffered writes over stored chunks) is the FileState's (write_buffer.py); read-ahead is
+  the handle's ReadWindow and the ChunkReader's (readahead.py).
 - Names longer than 255 bytes fail with ENAMETOOLONG before any call. `/.aifs/` is synthetic
   (see synthetic.py) and hidden from the root's listing; `user.aifs.*` xattrs come from
   GetFileInfo.
@@ -72,9 +76,11 @@ from aifs_core.types import (
 )
 from aifsfs.errors import errno_for, xattr_errno_for
 from aifsfs.fuse.chunk_cache import ChunkCache, split_range
-from aifsfs.fuse.readahead import ChunkReader, ReadPattern
+from aifsfs.fuse.inodes import InodeTable
+from aifsfs.fuse.readahead import ChunkReader, ReadWindow
 from aifsfs.fuse.synthetic import SYN_ROOT, Synthetic, is_synthetic
 from aifsfs.fuse.write_buffer import FileState, WriteBuffers
+from aifsfs.protocols import MountClient
 
 log = logging.getLogger("aifsfs.fuse")
 
@@ -132,13 +138,13 @@ def _stale_if_gone(exc: BaseException) -> None:
 
 
 class _Handle:
-    __slots__ = ("ino", "state", "pattern", "prefetched", "synthetic")
+    __slots__ = ("ino", "state", "window", "synthetic")
 
-    def __init__(self, ino: int, state: FileState | None, synthetic: bool = False) -> None:
+    def __init__(self, ino: int, state: FileState | None, readahead_chunks: int = 0,
+                 synthetic: bool = False) -> None:
         self.ino = ino
         self.state = state
-        self.pattern = ReadPattern()
-        self.prefetched = -1          # highest slot read-ahead was started for
+        self.window = ReadWindow(readahead_chunks)
         self.synthetic = synthetic
 
 
@@ -156,43 +162,28 @@ class AIFSOperations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
 
-    def __init__(self, client: Any, *, attr_timeout: float = 1.0, entry_timeout: float = 1.0,
+    def __init__(self, client: MountClient, *, attr_timeout: float = 1.0, entry_timeout: float = 1.0,
                  cache_bytes: int = 128 << 20, max_dirty_bytes: int = 64 << 20,
                  readahead_chunks: int = 8, threads: int = 32, read_only: bool = False) -> None:
         super().__init__()
         self.client = client
+        self.fs = client.fs
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.read_only = read_only
         self.readahead_chunks = readahead_chunks
         self.limiter = trio.CapacityLimiter(threads)
         self.cache = ChunkCache(cache_bytes)
-        self.reader = ChunkReader(client, self.cache, self.limiter, readahead_chunks)
-        self.buffers = WriteBuffers(client, self.limiter, self._read_base, max_dirty_bytes,
-                                    inline_max=INLINE_MAX)
-        self.synthetic = Synthetic(client, self._call, self.reader)
+        self.reader = ChunkReader(client.data, self.cache, self.limiter, readahead_chunks)
+        self.buffers = WriteBuffers(client.fs, client.data, self.limiter, self._read_base,
+                                    max_dirty_bytes, inline_max=INLINE_MAX)
+        self.synthetic = Synthetic(client.assets, self._call, self.reader)
         self.chunk_size = 0                       # learnt from the first chunk map
-        self.states: dict[int, FileState] = {}    # open or dirty regular files
-        # One state load at a time per inode: two opens racing must share one FileState, or
-        # each would buffer and commit its own view of the slots and undo the other's writes.
-        self._load_locks: dict[int, trio.Lock] = {}
-        self.lookups: dict[int, int] = {}         # kernel lookup counts
-        # directory -> its parent, for readdir's "..": learnt from lookup/mkdir/readdir,
-        # dropped when the kernel forgets the directory (so bounded by the kernel's cache)
-        self.parents: dict[int, int] = {ROOT_INO: ROOT_INO}
-        self.seen_gen: dict[int, int] = {}        # generation of the page cache per inode
-        self.kernel_gen: dict[int, int] = {}      # generation of the attrs the kernel holds
-        # Attrs from the replies of our own calls (open, commit, create, unlink, ...):
-        # ino -> (valid until, attr); getattr serves them, see _note_attr
-        self.fresh_attrs: dict[int, tuple[float, Attr]] = {}
+        self.inodes = InodeTable(attr_timeout)
         self.handles: dict[int, _Handle] = {}
         self.dirs: dict[int, _DirHandle] = {}
-        # Removed directories still open here (fstat gives nlink 0 until the last
-        # releasedir): the server keeps them until we Forget them then.
-        self._dead_dirs: set[int] = set()
         self._next_fh = 1
         self._nursery: trio.Nursery | None = None
-        self._retry_pending: set[int] = set()     # inodes whose commit at release failed
 
     # --- plumbing ---------------------------------------------------------------------------
     def start(self, nursery: trio.Nursery) -> None:
@@ -213,15 +204,14 @@ class AIFSOperations(pyfuse3.Operations):
 
     def _entry(self, a: Attr) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
-        st = self.states.get(a.ino)
+        st = self.inodes.state(a.ino)
         size, mtime, ctime = a.size, a.mtime_ns, a.ctime_ns
         if st is not None and (st.handles or st.is_dirty()):
             size = st.size       # this mount's writes are visible at once
             if st.mtime_ns and st.is_dirty():
                 # write(2) marks mtime/ctime at once; the commit stores this mtime later
                 mtime, ctime = st.mtime_ns, max(ctime, st.mtime_ns)
-        if stat.S_ISREG(a.mode):
-            self.kernel_gen[a.ino] = a.generation
+        self.inodes.kernel_sees(a)
         e.st_ino = cast(pyfuse3.InodeT, a.ino)
         e.generation = 0
         e.entry_timeout = self.entry_timeout
@@ -239,14 +229,6 @@ class AIFSOperations(pyfuse3.Operations):
         e.st_ctime_ns = ctime
         return e
 
-    def _looked_up(self, ino: int) -> None:
-        self.lookups[ino] = self.lookups.get(ino, 0) + 1
-
-    def _seen_in(self, a: Attr, parent: int) -> None:
-        """`a` was named in directory `parent`: remember a directory's parent (for "..")."""
-        if stat.S_ISDIR(a.mode) and a.ino != ROOT_INO:
-            self.parents[a.ino] = parent
-
     @staticmethod
     def _dot_entry(ino: int) -> pyfuse3.EntryAttributes:
         # readdirplus: the kernel takes no lookup reference for "." and ".." and ignores their
@@ -259,36 +241,25 @@ class AIFSOperations(pyfuse3.Operations):
         return e
 
     def _note_attr(self, a: Attr | None, asked_at: float) -> None:
-        """Keep an inode's attrs from the reply to a call made at `asked_at` (monotonic),
-        valid until asked_at + attr_timeout: what the kernel's own cache would allow had it
-        kept them. The kernel drops its copy when it knows something changed locally (a
-        directory after create/unlink in it; a file's atime after every read) and asks again;
-        the server's answer would be these same attrs, so getattr gives them without a call.
-        Whatever else this mount changes pops or refreshes the entry."""
-        if a is None or self.attr_timeout <= 0:
-            return
-        until = asked_at + self.attr_timeout
-        if len(self.fresh_attrs) > 4096:   # bounded: drop the expired ones
-            now = time.monotonic()
-            self.fresh_attrs = {k: v for k, v in self.fresh_attrs.items() if v[0] > now}
-        self.fresh_attrs[a.ino] = (until, a)
+        """Keep attrs from the reply to one of our calls made at `asked_at` (monotonic): the
+        kernel drops its copy when it knows something changed locally (a directory after
+        create/unlink in it; a file's atime after every read) and asks again; the server's
+        answer would be these same attrs, so getattr gives them without a call for what is
+        left of attr_timeout. Whatever else this mount changes drops or refreshes them."""
+        self.inodes.note_attr(a, asked_at)
 
     def _cached_attr(self, ino: int) -> pyfuse3.EntryAttributes | None:
-        hit = self.fresh_attrs.get(ino)
+        hit = self.inodes.fresh_attr(ino)
         if hit is None:
             return None
-        left = hit[0] - time.monotonic()
-        if left <= 0:
-            del self.fresh_attrs[ino]
-            return None
-        e = self._entry(hit[1])
-        e.attr_timeout = min(e.attr_timeout, left)   # no longer than from the reply's time
+        e = self._entry(hit[0])
+        e.attr_timeout = min(e.attr_timeout, hit[1])   # no longer than from the reply's time
         return e
 
     async def _forget_remote(self, ino: int) -> None:
         """The server drops an nlink-0 inode on Forget (a linked one is left alone)."""
         try:
-            await self._call(self.client.forget, ino)
+            await self._call(self.fs.forget, ino)
         except Exception as exc:  # noqa: BLE001 - GC collects orphans if this fails
             log.info("forget %d: %s", ino, exc)
 
@@ -302,22 +273,14 @@ class AIFSOperations(pyfuse3.Operations):
         elif is_synthetic(parent_inode):
             a = await self.synthetic.lookup(parent_inode, name)
         else:
-            a = await self._call(self.client.lookup, parent_inode, name)
-        self._looked_up(a.ino)
-        self._seen_in(a, parent_inode)
+            a = await self._call(self.fs.lookup, parent_inode, name)
+        self.inodes.remember_lookup(a.ino)
+        self.inodes.saw_in(a, parent_inode)
         return self._entry(a)
 
     async def forget(self, inode_list: Sequence[tuple[pyfuse3.InodeT, int]]) -> None:
         for ino, n in inode_list:
-            left = self.lookups.get(ino, 0) - n
-            if left > 0:
-                self.lookups[ino] = left
-                continue
-            self.lookups.pop(ino, None)
-            self.kernel_gen.pop(ino, None)
-            if ino != ROOT_INO:
-                self.parents.pop(ino, None)
-            if is_synthetic(ino):
+            if self.inodes.forget(ino, n) and is_synthetic(ino):
                 self.synthetic.forget(ino)
 
     @_errors()
@@ -328,9 +291,9 @@ class AIFSOperations(pyfuse3.Operations):
         cached = self._cached_attr(inode)
         if cached is not None:
             return cached
-        st = self.states.get(inode)
+        st = self.inodes.state(inode)
         try:
-            a = await self._call(self.client.getattr, inode)
+            a = await self._call(self.fs.getattr, inode)
         except Exception as exc:
             if st is not None:   # open here (maybe unlinked and forgotten): what we know
                 return self._entry(st.attr)
@@ -344,7 +307,7 @@ class AIFSOperations(pyfuse3.Operations):
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         if is_synthetic(inode) or self.read_only:
             raise pyfuse3.FUSEError(errno.EROFS)
-        self.fresh_attrs.pop(inode, None)
+        self.inodes.drop_fresh(inode)
         bits = 0
         kw: dict[str, int] = {}
         if fields.update_mode:
@@ -368,7 +331,7 @@ class AIFSOperations(pyfuse3.Operations):
         if fields.update_ctime:
             bits |= SET_CTIME
             kw["ctime_ns"] = attr.st_ctime_ns
-        st = self.states.get(inode)
+        st = self.inodes.state(inode)
         if st is not None and st.is_dirty() and bits & (SET_SIZE | SET_MTIME | SET_ATIME):
             # Commit first: a later commit must not undo a truncate or a preserved mtime.
             await self._commit(st)
@@ -378,28 +341,22 @@ class AIFSOperations(pyfuse3.Operations):
             bits = SET_CTIME
             kw["ctime_ns"] = time.time_ns()
         t0 = time.monotonic()
-        a: Attr = await self._call(self.client.setattr, inode, bits, **kw)
+        a: Attr = await self._call(self.fs.setattr, inode, bits, **kw)
         self._note_attr(a, t0)
         if st is not None:
             st.attr = a
             if bits & SET_SIZE:
                 await self._reload(st)
         if bits & SET_SIZE:
-            self.seen_gen[inode] = a.generation
+            self.inodes.set_seen_gen(inode, a.generation)
         return self._entry(a)
 
     async def _reload(self, st: FileState) -> None:
         """Refresh a clean state's chunk map (after a truncate)."""
         t0 = time.monotonic()
-        a, cs, refs = await self._call(self.client.get_chunk_map, st.ino)
+        a, cs, refs = await self._call(self.fs.get_chunk_map, st.ino)
         self._note_attr(a, t0)
-        st.attr, st.size, st.generation = a, a.size, a.generation
-        st.refs = {r.index: r for r in refs if r.chunk_id}
-        st.chunk_size = cs or st.chunk_size
-        st.hasher = None
-        if a.size == 0:
-            import blake3
-            st.hasher, st.hashed = blake3.blake3(), 0
+        st.reload(a, cs, refs)
 
     # --- directory entries ------------------------------------------------------------------
     @_errors()
@@ -407,11 +364,11 @@ class AIFSOperations(pyfuse3.Operations):
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._check_writable(parent_inode, name)
         t0 = time.monotonic()
-        a, pa = await self._call(self.client.mkdir_entry, parent_inode, name, mode & 0o7777,
+        a, pa = await self._call(self.fs.mkdir_entry, parent_inode, name, mode & 0o7777,
                                  ctx.uid, ctx.gid)
         self._note_attr(pa, t0)
-        self._looked_up(a.ino)
-        self._seen_in(a, parent_inode)
+        self.inodes.remember_lookup(a.ino)
+        self.inodes.saw_in(a, parent_inode)
         return self._entry(a)
 
     @_errors()
@@ -419,10 +376,10 @@ class AIFSOperations(pyfuse3.Operations):
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._check_writable(parent_inode, name)
         t0 = time.monotonic()
-        a, pa = await self._call(self.client.create_entry, parent_inode, name, mode, ctx.uid,
+        a, pa = await self._call(self.fs.create_entry, parent_inode, name, mode, ctx.uid,
                                  ctx.gid, rdev)
         self._note_attr(pa, t0)
-        self._looked_up(a.ino)
+        self.inodes.remember_lookup(a.ino)
         return self._entry(a)
 
     @_errors()
@@ -430,17 +387,17 @@ class AIFSOperations(pyfuse3.Operations):
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._check_writable(parent_inode, name)
         t0 = time.monotonic()
-        a, pa = await self._call(self.client.symlink_entry, parent_inode, name, target,
+        a, pa = await self._call(self.fs.symlink_entry, parent_inode, name, target,
                                  ctx.uid, ctx.gid)
         self._note_attr(pa, t0)
-        self._looked_up(a.ino)
+        self.inodes.remember_lookup(a.ino)
         return self._entry(a)
 
     @_errors()
     async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
         if is_synthetic(inode):
             raise pyfuse3.FUSEError(errno.EINVAL)
-        return cast(bytes, await self._call(self.client.readlink, inode))
+        return cast(bytes, await self._call(self.fs.readlink, inode))
 
     @_errors()
     async def link(self, inode: pyfuse3.InodeT, new_parent_inode: pyfuse3.InodeT,
@@ -449,10 +406,10 @@ class AIFSOperations(pyfuse3.Operations):
         if is_synthetic(inode):
             raise pyfuse3.FUSEError(errno.EXDEV)
         t0 = time.monotonic()
-        a, pa = await self._call(self.client.link_entry, inode, new_parent_inode, new_name)
+        a, pa = await self._call(self.fs.link_entry, inode, new_parent_inode, new_name)
         self._note_attr(pa, t0)
         self._note_attr(a, t0)
-        self._looked_up(a.ino)
+        self.inodes.remember_lookup(a.ino)
         return self._entry(a)
 
     def _check_writable(self, parent: int, name: bytes) -> None:
@@ -465,30 +422,28 @@ class AIFSOperations(pyfuse3.Operations):
     def _nothing_open(self) -> bool:
         """No file of this mount has an open handle: none can be unlinked-but-open here, so
         the server may drop a removed inode in the removing call itself."""
-        return not any(st.handles > 0 for st in self.states.values())
-
-    def _dir_open(self, ino: int) -> bool:
-        return any(dh.ino == ino for dh in self.dirs.values())
+        return not any(st.handles > 0 for st in self.inodes.states())
 
     async def _after_unlink(self, a: Attr | None, forgotten: bool) -> None:
         """`a` (its attrs after the call) lost one link: if that was its last, drop it now or
         when its last handle closes. `forgotten`: the server already dropped it."""
         if a is None:
             return
-        self.fresh_attrs.pop(a.ino, None)
+        self.inodes.drop_fresh(a.ino)
         if not stat.S_ISDIR(a.mode) and a.nlink > 0:
             return
-        if stat.S_ISDIR(a.mode) and not forgotten and self._dir_open(a.ino):
-            self._dead_dirs.add(a.ino)      # Forget at its last releasedir
+        if stat.S_ISDIR(a.mode) and not forgotten and self.inodes.dir_open(a.ino):
+            # fstat gives nlink 0 until the last releasedir; the server keeps it until then
+            self.inodes.mark_dead_dir(a.ino)
             return
-        st = self.states.get(a.ino)
+        st = self.inodes.state(a.ino)
         if st is not None and st.handles > 0:
             st.unlinked = True          # Forget at the last release
             return
         if st is not None:
             self.buffers.drop(st)
-            del self.states[a.ino]
-        self.seen_gen.pop(a.ino, None)
+            self.inodes.drop_state(st)
+        self.inodes.drop_seen_gen(a.ino)
         if not forgotten:
             await self._forget_remote(a.ino)
 
@@ -498,7 +453,7 @@ class AIFSOperations(pyfuse3.Operations):
         # the call): then the server must keep it, _after_unlink decides.
         forget = self._nothing_open() and not (directory and self.dirs)
         t0 = time.monotonic()
-        r = await self._call(self.client.remove, parent, name, directory=directory,
+        r = await self._call(self.fs.remove, parent, name, directory=directory,
                              forget=forget)
         self._note_attr(r.parent, t0)
         await self._after_unlink(r.attr, forget)
@@ -521,16 +476,14 @@ class AIFSOperations(pyfuse3.Operations):
         self._check_writable(parent_inode_new, name_new)
         forget = self._nothing_open() and not self.dirs   # the replaced one may be an open dir
         t0 = time.monotonic()
-        r = await self._call(self.client.rename_entry, parent_inode_old, name_old,
+        r = await self._call(self.fs.rename_entry, parent_inode_old, name_old,
                              parent_inode_new, name_new, flags, forget=forget)
         # a moved directory's ctime changed and we do not know its inode: forget them all
-        self.fresh_attrs.clear()
+        self.inodes.clear_fresh()
         if parent_inode_old != parent_inode_new:
             # a directory may have moved (or two swapped): its ".." is unknown until the next
             # lookup or listing names it again (readdir then gives its own inode)
-            gone = {parent_inode_old, parent_inode_new}
-            self.parents = {k: v for k, v in self.parents.items()
-                            if v not in gone or k == ROOT_INO}
+            self.inodes.moved_between(parent_inode_old, parent_inode_new)
         self._note_attr(r.parent, t0)
         self._note_attr(r.new_parent, t0)
         await self._after_unlink(r.replaced, forget)
@@ -541,6 +494,7 @@ class AIFSOperations(pyfuse3.Operations):
                       ctx: pyfuse3.RequestContext) -> pyfuse3.FileHandleT:
         fh = self._fh()
         self.dirs[fh] = _DirHandle(inode)
+        self.inodes.dir_opened(inode)
         return cast(pyfuse3.FileHandleT, fh)
 
     @_errors()
@@ -551,7 +505,7 @@ class AIFSOperations(pyfuse3.Operations):
         if start_id < 1 and not pyfuse3.readdir_reply(token, b".", self._dot_entry(dh.ino), 1):
             return
         if start_id < 2 and not pyfuse3.readdir_reply(
-                token, b"..", self._dot_entry(self.parents.get(dh.ino, dh.ino)), 2):
+                token, b"..", self._dot_entry(self.inodes.parent_of(dh.ino)), 2):
             return
         start = max(0, start_id - _DOTS)
         if is_synthetic(dh.ino):
@@ -559,15 +513,15 @@ class AIFSOperations(pyfuse3.Operations):
             for i, (name, a) in enumerate(items[start:], start=start):
                 if not pyfuse3.readdir_reply(token, name, self._entry(a), i + 1 + _DOTS):
                     return
-                self._looked_up(a.ino)
-                self._seen_in(a, dh.ino)
+                self.inodes.remember_lookup(a.ino)
+                self.inodes.saw_in(a, dh.ino)
             return
         cookie = start
         while True:
             if dh.buf and dh.buf_cookie == cookie:
                 entries, eof = dh.buf, dh.eof
             else:
-                entries, eof = await self._call(self.client.readdir, dh.ino, cookie,
+                entries, eof = await self._call(self.fs.readdir, dh.ino, cookie,
                                                 READDIR_PAGE)
             dh.buf = []
             for i, e in enumerate(entries):
@@ -577,8 +531,8 @@ class AIFSOperations(pyfuse3.Operations):
                                              e.cookie + _DOTS):
                     dh.buf, dh.buf_cookie, dh.eof = entries[i:], cookie, eof
                     return
-                self._looked_up(e.attr.ino)
-                self._seen_in(e.attr, dh.ino)
+                self.inodes.remember_lookup(e.attr.ino)
+                self.inodes.saw_in(e.attr, dh.ino)
                 cookie = e.cookie
             if eof or not entries:
                 return
@@ -586,8 +540,7 @@ class AIFSOperations(pyfuse3.Operations):
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         dh = self.dirs.pop(fh, None)
-        if dh is not None and dh.ino in self._dead_dirs and not self._dir_open(dh.ino):
-            self._dead_dirs.discard(dh.ino)
+        if dh is not None and self.inodes.dir_closed(dh.ino):
             await self._forget_remote(dh.ino)
 
     async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
@@ -597,24 +550,25 @@ class AIFSOperations(pyfuse3.Operations):
     async def _load_state(self, ino: int, want_data: bool = False) -> tuple[FileState, bool]:
         """The file's state for a new handle, and whether the kernel may keep its page cache.
         want_data: the handle will read, so a small file's bytes may come with the map."""
-        lock = self._load_locks.setdefault(ino, trio.Lock())
+        # One state load at a time per inode: two opens racing must share one FileState, or
+        # each would buffer and commit its own view of the slots and undo the other's writes.
+        lock = self.inodes.load_lock(ino)
         try:
             async with lock:
                 return await self._load_state_locked(ino, want_data)
         finally:
-            if not lock.locked() and not lock.statistics().tasks_waiting:
-                self._load_locks.pop(ino, None)
+            self.inodes.release_load_lock(ino, lock)
 
     async def _load_state_locked(self, ino: int, want_data: bool = False
                                  ) -> tuple[FileState, bool]:
-        st = self.states.get(ino)
+        st = self.inodes.state(ino)
         if st is not None and (st.handles > 0 or st.is_dirty()):
             return st, True
         t0 = time.monotonic()
         try:
             a, cs, refs, data = await self._call(
-                self.client.open_chunk_map, ino, INLINE_MAX if want_data else 0,
-                self.seen_gen.get(ino))
+                self.fs.open_chunk_map, ino, INLINE_MAX if want_data else 0,
+                self.inodes.seen_gen(ino))
         except Exception as exc:
             _stale_if_gone(exc)
             raise
@@ -622,24 +576,26 @@ class AIFSOperations(pyfuse3.Operations):
         if data and len(refs) == 1 and refs[0].index == 0 and len(data) == refs[0].length:
             # content-addressed: these bytes stay right for this chunk id whatever happens next
             self.cache.put(refs[0].chunk_id, 0, data)
-        if a.nlink == 0 and ino not in self.states:
+        if a.nlink == 0 and self.inodes.state(ino) is None:
             # Reached through a dentry the kernel cached before another mount replaced or
             # removed the name: ESTALE makes the kernel look the name up again (close-to-open).
             raise pyfuse3.FUSEError(errno.ESTALE)
         if cs:
             self.chunk_size = self.chunk_size or cs
         st = FileState(ino, cs or self.chunk_size or (1 << 20), a, refs)
-        self.states[ino] = st
+        self.inodes.set_state(st)
         # keep_cache when the kernel's pages are of this generation -- or when it can hold
         # none: pages come only through an open here, which records the generation, and
         # inode numbers are never reused. (Without keep_cache the kernel also drops the
         # attributes and asks for them again: a round trip per first open.)
-        keep = self.seen_gen.get(ino, a.generation) == a.generation
-        self.seen_gen[ino] = a.generation
-        if self.kernel_gen.get(ino, a.generation) != a.generation:
+        seen = self.inodes.seen_gen(ino)
+        keep = seen is None or seen == a.generation
+        self.inodes.set_seen_gen(ino, a.generation)
+        kernel = self.inodes.kernel_gen(ino)
+        if kernel is not None and kernel != a.generation:
             # Another mount changed the file since the kernel cached its attributes: make it
             # fetch them again, or reads would stop at the old size (close-to-open).
-            self.kernel_gen[ino] = a.generation
+            self.inodes.kernel_sees(a)
             try:
                 pyfuse3.invalidate_inode(cast(pyfuse3.InodeT, ino), attr_only=True)
             except OSError as exc:
@@ -664,14 +620,14 @@ class AIFSOperations(pyfuse3.Operations):
             # libfuse enables atomic O_TRUNC: the truncation arrives here, not as a setattr.
             if st.is_dirty():
                 await self._commit(st)
-            a = await self._call(self.client.setattr, inode, SET_SIZE, size=0)
+            a = await self._call(self.fs.setattr, inode, SET_SIZE, size=0)
             st.attr = a
             await self._reload(st)
-            self.seen_gen[inode] = st.generation
+            self.inodes.set_seen_gen(inode, st.generation)
             keep = False
         st.handles += 1
         fh = self._fh()
-        self.handles[fh] = _Handle(inode, st)
+        self.handles[fh] = _Handle(inode, st, self.readahead_chunks)
         return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh), keep_cache=keep)
 
     @_errors()
@@ -680,20 +636,20 @@ class AIFSOperations(pyfuse3.Operations):
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._check_writable(parent_inode, name)
         t0 = time.monotonic()
-        a, pa = await self._call(self.client.create_entry, parent_inode, name, mode, ctx.uid,
+        a, pa = await self._call(self.fs.create_entry, parent_inode, name, mode, ctx.uid,
                                  ctx.gid)
         self._note_attr(pa, t0)
         self._note_attr(a, t0)
         if not self.chunk_size:
-            _, cs, _ = await self._call(self.client.get_chunk_map, a.ino)
+            _, cs, _ = await self._call(self.fs.get_chunk_map, a.ino)
             self.chunk_size = cs or (1 << 20)
         st = FileState(a.ino, self.chunk_size, a, [])
-        self.states[a.ino] = st
-        self.seen_gen[a.ino] = a.generation
+        self.inodes.set_state(st)
+        self.inodes.set_seen_gen(a.ino, a.generation)
         st.handles += 1
         fh = self._fh()
-        self.handles[fh] = _Handle(a.ino, st)
-        self._looked_up(a.ino)
+        self.handles[fh] = _Handle(a.ino, st, self.readahead_chunks)
+        self.inodes.remember_lookup(a.ino)
         return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh)), self._entry(a)
 
     @_errors()
@@ -706,57 +662,15 @@ class AIFSOperations(pyfuse3.Operations):
         end = min(off + size, st.size)
         if off >= end:
             return b""
-        seq = h.pattern.observe(off, size)
+        seq = h.window.observe(off, size)
         cs = st.chunk_size
-        parts = [await self._read_slot(st, idx, o, n, seq)
+        parts = [await st.read_slot(idx, o, n, seq, self.reader.read)
                  for idx, o, n in split_range(off, end - off, cs)]
-        if seq and self._nursery is not None and self.readahead_chunks > 0:
-            last = (end - 1) // cs
-            upto = min(last + self.readahead_chunks, (st.size - 1) // cs)
-            if upto > h.prefetched:
-                first = max(last + 1, h.prefetched + 1)
-                refs = [st.refs[i] for i in range(first, upto + 1)
-                        if i in st.refs and i not in st.dirty and i not in st.inflight]
-                self.reader.prefetch(self._nursery, refs)
-                h.prefetched = upto
+        if seq and self._nursery is not None:
+            ahead = h.window.advance(end, st.size, cs)
+            if ahead:
+                self.reader.prefetch(self._nursery, st.clean_refs(ahead))
         return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    async def _read_slot(self, st: FileState, idx: int, off: int, n: int,
-                         whole: bool) -> bytes:
-        # A write to this slot while we awaited the server may have been uploaded and left the
-        # dirty map already, so neither overlay below would show it: read the slot again.
-        # (Returning the stale bytes would let the kernel cache them as clean and write them
-        # back with the next partial page write.) Bounded: a slot rewritten without pause
-        # gets the newest overlay we saw.
-        for _attempt in range(8):
-            seen = st.slot_writes.get(idx, 0)
-            base = await self._read_slot_once(st, idx, off, n, whole)
-            if st.slot_writes.get(idx, 0) == seen:
-                break
-        return base
-
-    async def _read_slot_once(self, st: FileState, idx: int, off: int, n: int,
-                              whole: bool) -> bytes:
-        dc = st.dirty.get(idx)
-        if dc is not None:
-            for a, b in dc.intervals:
-                if a <= off and off + n <= b:        # all of it is freshly written
-                    return bytes(dc.data[off:off + n])
-        inflight = st.inflight.get(idx)
-        if inflight is not None:
-            base = inflight[off:off + n]
-            if len(base) < n:
-                base += bytes(n - len(base))
-        else:
-            ref = st.refs.get(idx)
-            base = (await self.reader.read(ref, off, n, whole)) if ref is not None else bytes(n)
-        # Writes that landed (or were handed to an upload) while we waited go on top.
-        if dc is not None:
-            base = dc.overlay_range(base, off)
-        now = st.dirty.get(idx)
-        if now is not None and now is not dc:
-            base = now.overlay_range(base, off)
-        return base
 
     @_errors()
     async def write(self, fh: pyfuse3.FileHandleT, off: int, buf: bytes) -> int:
@@ -773,8 +687,8 @@ class AIFSOperations(pyfuse3.Operations):
         a = await self.buffers.flush(st, durable=durable)
         if a is not None:
             self._note_attr(a, t0)
-            self.seen_gen[st.ino] = a.generation
-            self.kernel_gen[st.ino] = a.generation
+            self.inodes.set_seen_gen(st.ino, a.generation)
+            self.inodes.kernel_sees(a)
             # The kernel may hold the times overlaid while the data was buffered (_entry):
             # the server's ctime is the commit's, so make it ask again (getattr then serves
             # the attrs just noted, without a call). attr_only: no page-cache lock taken.
@@ -814,23 +728,21 @@ class AIFSOperations(pyfuse3.Operations):
         await self._maybe_drop(st)
 
     async def _maybe_drop(self, st: FileState) -> None:
-        if st.handles > 0 or st.is_dirty() or self.states.get(st.ino) is not st:
+        if st.handles > 0 or st.is_dirty() or not self.inodes.drop_state(st):
             return
-        del self.states[st.ino]
         if st.unlinked:
-            self.seen_gen.pop(st.ino, None)
+            self.inodes.drop_seen_gen(st.ino)
             await self._forget_remote(st.ino)
 
     def _schedule_retry(self, st: FileState) -> None:
-        if st.ino in self._retry_pending or self._nursery is None:
+        if self._nursery is None or not self.inodes.retry_started(st.ino):
             return
-        self._retry_pending.add(st.ino)
         self._nursery.start_soon(self._retry_commit, st)
 
     async def _retry_commit(self, st: FileState) -> None:
         delay = 1.0
         try:
-            while st.is_dirty() and self.states.get(st.ino) is st:
+            while st.is_dirty() and self.inodes.state(st.ino) is st:
                 await trio.sleep(delay)
                 try:
                     await self._commit(st)
@@ -839,12 +751,12 @@ class AIFSOperations(pyfuse3.Operations):
                     delay = min(delay * 2, 30.0)
             await self._maybe_drop(st)
         finally:
-            self._retry_pending.discard(st.ino)
+            self.inodes.retry_ended(st.ino)
 
     async def flush_all(self) -> list[tuple[int, BaseException]]:
         """Commit every buffered file; returns the failures (inode, error)."""
         failed: list[tuple[int, BaseException]] = []
-        for st in list(self.states.values()):
+        for st in self.inodes.states():
             if st.is_dirty():
                 try:
                     await self._commit(st)
@@ -857,18 +769,18 @@ class AIFSOperations(pyfuse3.Operations):
         failed = await self.flush_all()
         for ino, exc in failed:
             log.error("inode %d: could not commit buffered data at unmount: %s", ino, exc)
-        for st in list(self.states.values()):
+        for st in self.inodes.states():
             if st.unlinked:
                 await self._forget_remote(st.ino)
-        for ino in list(self._dead_dirs):
+        for ino in self.inodes.dead_dirs():
             await self._forget_remote(ino)
-        self._dead_dirs.clear()
+        self.inodes.clear_dead_dirs()
 
     # --- extended attributes ----------------------------------------------------------------
     async def _is_regular(self, ino: int) -> bool:
-        if ino in self.states:
+        if self.inodes.state(ino) is not None:
             return True
-        a = await self._call(self.client.getattr, ino)
+        a = await self._call(self.fs.getattr, ino)
         return stat.S_ISREG(a.mode)
 
     @_errors(xattr=True)
@@ -879,20 +791,20 @@ class AIFSOperations(pyfuse3.Operations):
         if name in AIFS_XATTRS:
             if not await self._is_regular(inode):
                 raise pyfuse3.FUSEError(errno.ENODATA)
-            st = self.states.get(inode)
+            st = self.inodes.state(inode)
             if st is not None and st.is_dirty():
                 await self._commit(st)
-            info = await self._call(self.client.file_info, inode)
+            info = await self._call(self.fs.file_info, inode)
             key = name[len(b"user.aifs."):].decode()
             return str(getattr(info, key)).encode()
-        return cast(bytes, await self._call(self.client.getxattr, inode, name))
+        return cast(bytes, await self._call(self.fs.getxattr, inode, name))
 
     @_errors()
     async def listxattr(self, inode: pyfuse3.InodeT,
                         ctx: pyfuse3.RequestContext) -> Sequence[bytes]:
         if is_synthetic(inode):
             return []
-        names: list[bytes] = list(await self._call(self.client.listxattr, inode))
+        names: list[bytes] = list(await self._call(self.fs.listxattr, inode))
         if await self._is_regular(inode):
             names.extend(n for n in AIFS_XATTRS if n not in names)
         return names
@@ -908,8 +820,8 @@ class AIFSOperations(pyfuse3.Operations):
             # capabilities, security labels and ACLs are not stored (getxattr answers ENODATA
             # for them without asking the server): refuse, as a filesystem without them does
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
-        self.fresh_attrs.pop(inode, None)
-        await self._call(self.client.setxattr, inode, name, value, 0)
+        self.inodes.drop_fresh(inode)
+        await self._call(self.fs.setxattr, inode, name, value, 0)
 
     @_errors(xattr=True)
     async def removexattr(self, inode: pyfuse3.InodeT, name: bytes,
@@ -918,13 +830,13 @@ class AIFSOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         if name.startswith(b"user.aifs."):
             raise pyfuse3.FUSEError(errno.EPERM)
-        self.fresh_attrs.pop(inode, None)
-        await self._call(self.client.removexattr, inode, name)
+        self.inodes.drop_fresh(inode)
+        await self._call(self.fs.removexattr, inode, name)
 
     # --- filesystem -------------------------------------------------------------------------
     @_errors()
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        s = await self._call(self.client.statfs)
+        s = await self._call(self.fs.statfs)
         d = pyfuse3.StatvfsData()
         bsize = s.block_size or 4096
         d.f_bsize = bsize

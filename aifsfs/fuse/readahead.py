@@ -2,7 +2,7 @@
 sequential read-ahead.
 
 Interface:
-    ChunkReader(client, cache, limiter, readahead_chunks=8)
+    ChunkReader(data, cache, limiter, readahead_chunks=8)     data: a DataClient (get_chunks)
         await .read(ref, offset, length, whole=False) -> bytes
             bytes [offset, offset+length) of the chunk slot `ref` (a base.ChunkRef); bytes past
             ref.length (and a ref with no chunk id, a hole) read as zeros. `whole` fetches the
@@ -10,6 +10,10 @@ Interface:
         .prefetch(nursery, refs)   start whole-chunk fetches of `refs` in the background (they
             land in the cache; errors are dropped: the reader will fetch again and report).
     ReadPattern()                  per-handle sequential detector: .observe(offset, length) -> bool
+    ReadWindow(chunks)             per-handle read-ahead window of `chunks` slots:
+        .observe(offset, length) -> bool        sequential?
+        .advance(end, file_size, chunk_size) -> range   the slots to prefetch after a
+            sequential read ending at `end` (each slot once per handle; empty when none)
 
 Every gRPC call leaves the trio thread with `trio.to_thread.run_sync(..., limiter=limiter)`, so
 many readers (DataLoader workers, parallel cp) overlap; a cache hit never leaves the trio thread.
@@ -30,6 +34,7 @@ import trio
 
 from aifsfs.errors import DeadlineExceeded, ServerUnavailable
 from aifsfs.fuse.chunk_cache import ChunkCache, frame_align
+from aifsfs.protocols import DataClient
 
 
 class _Fetch:
@@ -77,15 +82,41 @@ SMALL_CALLS_MAX = max(2, os.cpu_count() or 2)
 BATCH_RANGES_MAX = 32
 
 
-def fetch_ranges(client: Any, ranges: list[tuple[bytes, int, int]]) -> list[bytes]:
+class ReadWindow:
+    """Read-ahead for one open file: after a sequential read, the next `chunks` slots,
+    each started once."""
+
+    __slots__ = ("pattern", "chunks", "prefetched")
+
+    def __init__(self, chunks: int) -> None:
+        self.pattern = ReadPattern()
+        self.chunks = chunks
+        self.prefetched = -1          # highest slot read-ahead was started for
+
+    def observe(self, offset: int, length: int) -> bool:
+        return self.pattern.observe(offset, length)
+
+    def advance(self, end: int, file_size: int, chunk_size: int) -> range:
+        if self.chunks <= 0:
+            return range(0)
+        last = (end - 1) // chunk_size
+        upto = min(last + self.chunks, (file_size - 1) // chunk_size)
+        if upto <= self.prefetched:
+            return range(0)
+        first = max(last + 1, self.prefetched + 1)
+        self.prefetched = upto
+        return range(first, upto + 1)
+
+
+def fetch_ranges(data: DataClient, ranges: list[tuple[bytes, int, int]]) -> list[bytes]:
     """Blocking: byte ranges (chunk_id, offset, length) of stored chunks, in order."""
-    return list(client.get_chunks(ranges))
+    return list(data.get_chunks(ranges))
 
 
 class ChunkReader:
-    def __init__(self, client: Any, cache: ChunkCache, limiter: trio.CapacityLimiter,
+    def __init__(self, data: DataClient, cache: ChunkCache, limiter: trio.CapacityLimiter,
                  readahead_chunks: int = 8) -> None:
-        self.client = client
+        self.data = data
         self.cache = cache
         self.limiter = limiter
         self.readahead_chunks = readahead_chunks
@@ -140,7 +171,7 @@ class ChunkReader:
             if stop - start <= BATCH_RANGE_MAX:
                 data = await self._batched(rng)
             else:
-                (data,) = await trio.to_thread.run_sync(fetch_ranges, self.client, [rng],
+                (data,) = await trio.to_thread.run_sync(fetch_ranges, self.data, [rng],
                                                         limiter=self.limiter)
                 self.calls += 1
             data = bytes(data)
@@ -188,7 +219,7 @@ class ChunkReader:
         try:
             try:
                 datas = await trio.to_thread.run_sync(
-                    fetch_ranges, self.client, [r.rng for r in batch], limiter=self.limiter)
+                    fetch_ranges, self.data, [r.rng for r in batch], limiter=self.limiter)
                 self.calls += 1
                 for r, d in zip(batch, datas, strict=True):
                     r.data = d
@@ -203,7 +234,7 @@ class ChunkReader:
                     for r in batch:
                         try:
                             (r.data,) = await trio.to_thread.run_sync(
-                                fetch_ranges, self.client, [r.rng], limiter=self.limiter)
+                                fetch_ranges, self.data, [r.rng], limiter=self.limiter)
                             self.calls += 1
                         except Exception as one:  # noqa: BLE001
                             r.error = one

@@ -3,7 +3,7 @@
 Interface:
     SYN_BASE                    first synthetic inode (1 << 60): far from the server's inodes
     is_synthetic(ino) -> bool
-    Synthetic(client, call, reader)
+    Synthetic(assets, call, reader)     assets: an AssetReader; reader: the ChunkReader
         .root_entry() -> Attr               the `/.aifs` directory (looked up from the root)
         await .lookup(parent, name) -> Attr
         await .getattr(ino) -> Attr
@@ -30,6 +30,8 @@ import pyfuse3
 
 from aifs_core.types import Attr, ChunkRef
 from aifsfs.fuse.chunk_cache import split_range
+from aifsfs.fuse.readahead import ChunkReader
+from aifsfs.protocols import AssetReader
 
 SYN_BASE = 1 << 60
 SYN_ROOT = SYN_BASE + 1        # /.aifs
@@ -79,10 +81,11 @@ class _Asset:
 
 
 class Synthetic:
-    def __init__(self, client: Any, call: Callable[..., Awaitable[Any]], reader: Any) -> None:
-        self.client = client
+    def __init__(self, assets: AssetReader, call: Callable[..., Awaitable[Any]],
+                 reader: ChunkReader) -> None:
+        self.assets = assets
         self.call = call          # runs a blocking client call in a worker thread
-        self.reader = reader      # ChunkReader
+        self.reader = reader
         self._by_id: dict[str, _Asset] = {}
         self._by_ino: dict[int, _Asset] = {}
         self._next = _FIRST_ASSET
@@ -94,7 +97,7 @@ class Synthetic:
         a = self._by_id.get(asset_id)
         if a is not None:
             return a
-        info = await self.call(self.client.stat_asset, asset_id)
+        info = await self.call(self.assets.stat_asset, asset_id)
         a = self._by_id.get(asset_id)   # another request may have won meanwhile
         if a is None:
             a = _Asset(asset_id, self._next, info)
@@ -128,7 +131,7 @@ class Synthetic:
         if ino == SYN_ROOT:
             return [(b"assets", _dir_attr(SYN_ASSETS))]
         if ino == SYN_ASSETS:
-            infos = await self.call(self.client.list_assets, None, LIST_LIMIT)
+            infos = await self.call(self.assets.list_assets, None, LIST_LIMIT)
             out = []
             for info in infos:
                 aid = str(info["asset_id"])
@@ -171,7 +174,7 @@ class Synthetic:
 
     def _stream_range(self, asset_id: str, offset: int, end: int) -> bytes:
         """Blocking fallback: stream the asset and keep [offset, end) (or all of a small one)."""
-        info, pieces = self.client.get_asset_stream(asset_id)
+        info, pieces = self.assets.get_asset_stream(asset_id)
         if int(info.get("size", 0)) <= _WHOLE_LIMIT:
             return b"".join(pieces)
         out = bytearray()

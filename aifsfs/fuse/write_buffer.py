@@ -11,7 +11,16 @@ Interface:
         .size, .refs {index: ChunkRef} (server map + uploaded-but-uncommitted slots), .dirty,
         .inflight (snapshots being uploaded, readable meanwhile), .handles, .generation
         .is_dirty()                 anything not yet committed
-    WriteBuffers(client, limiter, read_base, max_dirty_bytes=64 MiB, inline_max=0)
+        await .read_slot(idx, offset, n, whole, read_ref) -> bytes
+                                    what a reader sees of slot `idx`: the stored chunk (through
+                                    `read_ref(ref, offset, n, whole)`), under the bytes being
+                                    uploaded, under the bytes written here
+        .clean_refs(slots) -> [ChunkRef]   the slots' stored chunks with nothing newer buffered
+                                    (what read-ahead may fetch)
+        .reload(attr, chunk_size, refs)    a clean state takes a fresh chunk map (after a
+                                    truncate)
+    WriteBuffers(fs, data, limiter, read_base, max_dirty_bytes=64 MiB, inline_max=0)
+                                    fs: FsClient (CommitFile), data: DataClient (chunks)
         .start(nursery)                         where background uploads run
         await .write(st, offset, data)          buffer; full slots upload in the background;
                                                 waits while the mount holds too much dirty data
@@ -41,7 +50,7 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import blake3
@@ -49,6 +58,10 @@ import trio
 
 from aifs_core.types import Attr, ChunkRef
 from aifsfs.fuse.chunk_cache import slot_length
+from aifsfs.protocols import DataClient, FsClient
+
+# (ref, offset, length, whole) -> bytes of a stored chunk slot: ChunkReader.read
+ReadRef = Callable[[ChunkRef, int, int, bool], Awaitable[bytes]]
 
 DEFAULT_MAX_DIRTY = 64 << 20
 INLINE_TOTAL_MAX = 8 << 20     # inline bytes per CommitFile (the server takes up to 16 MiB)
@@ -174,6 +187,59 @@ class FileState:
         self.version += 1
         self.changed[idx] = self.version
 
+    def reload(self, attr: Attr, chunk_size: int, refs: list[ChunkRef]) -> None:
+        """Take the server's chunk map of a clean file (after a truncate)."""
+        self.attr, self.size, self.generation = attr, attr.size, attr.generation
+        self.refs = {r.index: r for r in refs if r.chunk_id}
+        self.chunk_size = chunk_size or self.chunk_size
+        self.hasher = None
+        if attr.size == 0:
+            self.hasher, self.hashed = blake3.blake3(), 0
+
+    def clean_refs(self, slots: Iterable[int]) -> list[ChunkRef]:
+        """Stored chunks of `slots` that no buffered write or upload supersedes."""
+        return [self.refs[i] for i in slots
+                if i in self.refs and i not in self.dirty and i not in self.inflight]
+
+    async def read_slot(self, idx: int, off: int, n: int, whole: bool,
+                        read_ref: ReadRef) -> bytes:
+        """Bytes [off, off+n) of slot `idx` as this mount shows them: writes are visible at
+        once, whether still buffered, being uploaded or stored."""
+        # A write to this slot while we awaited the server may have been uploaded and left the
+        # dirty map already, so neither overlay below would show it: read the slot again.
+        # (Returning the stale bytes would let the kernel cache them as clean and write them
+        # back with the next partial page write.) Bounded: a slot rewritten without pause
+        # gets the newest overlay we saw.
+        for _attempt in range(8):
+            seen = self.slot_writes.get(idx, 0)
+            base = await self._read_slot_once(idx, off, n, whole, read_ref)
+            if self.slot_writes.get(idx, 0) == seen:
+                break
+        return base
+
+    async def _read_slot_once(self, idx: int, off: int, n: int, whole: bool,
+                              read_ref: ReadRef) -> bytes:
+        dc = self.dirty.get(idx)
+        if dc is not None:
+            for a, b in dc.intervals:
+                if a <= off and off + n <= b:        # all of it is freshly written
+                    return bytes(dc.data[off:off + n])
+        inflight = self.inflight.get(idx)
+        if inflight is not None:
+            base = inflight[off:off + n]
+            if len(base) < n:
+                base += bytes(n - len(base))
+        else:
+            ref = self.refs.get(idx)
+            base = (await read_ref(ref, off, n, whole)) if ref is not None else bytes(n)
+        # Writes that landed (or were handed to an upload) while we waited go on top.
+        if dc is not None:
+            base = dc.overlay_range(base, off)
+        now = self.dirty.get(idx)
+        if now is not None and now is not dc:
+            base = now.overlay_range(base, off)
+        return base
+
 
 def _is_zero(data: bytes) -> bool:
     # bytes(n) is calloc'ed zero pages and == is a memcmp: ~50 us a MiB, with no cache to grow
@@ -197,7 +263,7 @@ class _Staged:
         self.idx, self.ref, self.data, self.event, self.prev = idx, ref, data, event, prev
 
 
-def store_chunk(client: Any, idx: int, data: bytes) -> ChunkRef:
+def store_chunk(chunks: DataClient, idx: int, data: bytes) -> ChunkRef:
     """Blocking: hash, dedup-check and upload one slot's bytes; an all-zero slot is a hole."""
     ref = chunk_ref(idx, data)
     if not ref.chunk_id:
@@ -205,17 +271,18 @@ def store_chunk(client: Any, idx: int, data: bytes) -> ChunkRef:
     cid = ref.chunk_id
     # Over a network, ask first (dedup saves the transfer); over a local unix socket the
     # extra round trip costs more than sending: the server deduplicates on put anyway.
-    local = str(getattr(client, "address", "")).startswith("unix:")
-    if local or not client.has_chunks([cid])[0]:
-        client.put_chunks([(cid, data)])
+    local = chunks.address.startswith("unix:")
+    if local or not chunks.has_chunks([cid])[0]:
+        chunks.put_chunks([(cid, data)])
     return ChunkRef(idx, cid, len(data))
 
 
 class WriteBuffers:
-    def __init__(self, client: Any, limiter: trio.CapacityLimiter,
+    def __init__(self, fs: FsClient, data: DataClient, limiter: trio.CapacityLimiter,
                  read_base: Callable[[ChunkRef, int], Awaitable[bytes]],
                  max_dirty_bytes: int = DEFAULT_MAX_DIRTY, inline_max: int = 0) -> None:
-        self.client = client
+        self.fs = fs
+        self.data = data
         self.inline_max = inline_max
         self.limiter = limiter
         self.read_base = read_base          # (ref, n) -> first n bytes of the stored chunk
@@ -380,7 +447,7 @@ class WriteBuffers:
             return
         ev, data = claimed
         try:
-            ref = await trio.to_thread.run_sync(store_chunk, self.client, idx, data,
+            ref = await trio.to_thread.run_sync(store_chunk, self.data, idx, data,
                                                 limiter=self.limiter)
             self.uploads += 1
             if ref.chunk_id:
@@ -454,9 +521,9 @@ class WriteBuffers:
                     asset_id = st.hasher.hexdigest()
                 size = st.size
                 attr: Attr = await trio.to_thread.run_sync(
-                    lambda: self.client.commit_file(st.ino, refs, size, truncated=False,
-                                                    mtime_ns=st.mtime_ns, asset_id=asset_id,
-                                                    durable=durable, inline=inline),
+                    lambda: self.fs.commit_file(st.ino, refs, size, truncated=False,
+                                                mtime_ns=st.mtime_ns, asset_id=asset_id,
+                                                durable=durable, inline=inline),
                     limiter=self.limiter)
             except BaseException:
                 for sg in staged.values():

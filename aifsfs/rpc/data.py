@@ -7,7 +7,6 @@ Interface:
         put_chunks(iterable of (id, data), compress=None, timeout=None) -> PutChunksResult
         get_chunks([(id, offset, length)], accept_zstd=None, timeout=None) -> [bytes]
             exact ranges, in order; length 0 = to the chunk's end
-    PutChunksResult                       what an upload stored, deduplicated and sent
     unzstd(data, raw_length) -> bytes     one GetChunks ZSTD piece, bounded to raw_length
 
 Payload bytes are counted in the channel's `wire_stats` (zstd vs identity). get_chunks is the
@@ -18,7 +17,6 @@ arrives as one exact piece).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 
 import grpc
 import zstandard
@@ -27,16 +25,8 @@ from aifs_core.codec import decompress_bounded, thread_compressor, thread_decomp
 from aifs_proto.v1 import data_pb2, data_pb2_grpc
 
 from ..errors import IncompleteRead, RemoteError
+from ..protocols import PutChunksResult
 from .channel import Channel
-
-
-@dataclass
-class PutChunksResult:
-    stored: int = 0
-    deduplicated: int = 0
-    stored_bytes: int = 0
-    sent_bytes: int = 0      # payload bytes on the wire (after optional zstd)
-    raw_bytes: int = 0       # plaintext bytes of the chunks sent
 
 
 def unzstd(data: bytes, raw_length: int) -> bytes:

@@ -11,7 +11,7 @@ Interface:
         Renamed(replaced, parent, new_parent); open_chunk_map(ino, inline_max,
         cached_generation) -> (attr, chunk_size, chunks, inline bytes of slot 0 or b"");
         commit_file(..., inline=[(id, data)]) stores small chunks with the commit.
-    FileInfo, Removed, Renamed, StatFs   its plain results
+    (its plain results FileInfo, Removed, Renamed, StatFs are aifsfs.protocols')
 
 Attr, DirEntry and ChunkRef are `aifs_core.types`; the messages are converted by
 `aifs_core.wire` only.
@@ -20,54 +20,13 @@ Attr, DirEntry and ChunkRef are `aifs_core.types`; the messages are converted by
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 from aifs_core.types import Attr, ChunkRef, DirEntry
 from aifs_core.wire import attr_from_pb, chunkref_from_pb, chunkref_to_pb, opt_attr
 from aifs_proto.v1 import common_pb2, filesystem_pb2, filesystem_pb2_grpc
 
+from ..protocols import FileInfo, Removed, Renamed, StatFs
 from .channel import Channel
-
-
-@dataclass
-class FileInfo:
-    asset_id: str
-    uri: str
-    kind: str
-    stored_bytes: int
-    logical_bytes: int
-
-
-@dataclass
-class Removed:
-    """What Unlink/RmDir removed: the inode after the call (nlink decremented; None from a
-    server too old to say) and its parent directory after it."""
-
-    attr: Attr | None
-    parent: Attr | None
-
-
-@dataclass
-class Renamed:
-    """What a Rename changed: the inode it unlinked from the new name (None when none) and
-    both directories after it."""
-
-    replaced: Attr | None
-    parent: Attr | None
-    new_parent: Attr | None
-
-
-@dataclass
-class StatFs:
-    block_size: int
-    blocks: int
-    blocks_free: int
-    blocks_avail: int
-    files: int
-    files_free: int
-    name_max: int
-    stored_bytes: int
-    logical_bytes: int
 
 
 class GrpcFilesystem:

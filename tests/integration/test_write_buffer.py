@@ -90,7 +90,7 @@ def open_file(client: AIFSClient, ino: int) -> FileState:
 
 def write_committed(client: AIFSClient, ino: int, data: bytes) -> list[ChunkRef]:
     """Store `data` as the file's committed content (the 'old content' of a test)."""
-    refs = [store_chunk(client, i, data[i * CS:(i + 1) * CS])
+    refs = [store_chunk(client.data, i, data[i * CS:(i + 1) * CS])
             for i in range((len(data) + CS - 1) // CS)]
     attr = client.commit_file(ino, refs, len(data))
     assert attr.size == len(data)
@@ -140,21 +140,21 @@ def run(fn: Callable[[], Awaitable[None]]) -> None:
 # --- store_chunk ------------------------------------------------------------------------------
 
 def test_store_chunk_holes_and_dedup(srv: ServerProc, client: AIFSClient) -> None:
-    hole = store_chunk(client, 3, bytes(CS))
+    hole = store_chunk(client.data, 3, bytes(CS))
     assert hole == ChunkRef(3, b"", 0)
     assert client.wire_stats.sent_raw_bytes == 0 and stored_chunks(client) == 0  # not stored
-    r1 = store_chunk(client, 0, b"a" * CS)
-    r2 = store_chunk(client, 5, b"a" * CS)
+    r1 = store_chunk(client.data, 0, b"a" * CS)
+    r2 = store_chunk(client.data, 5, b"a" * CS)
     assert r1.chunk_id == r2.chunk_id == blake3.blake3(b"a" * CS).digest()
     assert r1 == ChunkRef(0, r1.chunk_id, CS) and r2 == ChunkRef(5, r1.chunk_id, CS)
     assert stored_chunks(client) == 1          # stored once
     # Over TCP store_chunk asks HasChunks first: a chunk the server has is not sent again.
     with AIFSClient(tcp_address(srv), token_file=srv.token_file, namespace=client.namespace,
                     timeout=30, retry_for=10) as tcp:
-        r3 = store_chunk(tcp, 7, b"a" * CS)
+        r3 = store_chunk(tcp.data, 7, b"a" * CS)
         assert r3 == ChunkRef(7, r1.chunk_id, CS)
         assert tcp.wire_stats.sent_raw_bytes == 0
-        r4 = store_chunk(tcp, 1, b"b" * CS)
+        r4 = store_chunk(tcp.data, 1, b"b" * CS)
         assert tcp.wire_stats.sent_raw_bytes == CS
     assert stored_chunks(client) == 2
     assert client.get_chunks([(r4.chunk_id, 0, 0)]) == [b"b" * CS]
@@ -174,7 +174,8 @@ def test_sequential_write_uploads_behind_and_commits(srv: ServerProc,
             raise AssertionError("sequential writes must not read old content")
 
         async with trio.open_nursery() as n:
-            wb = WriteBuffers(client, trio.CapacityLimiter(4), read_base, max_dirty_bytes=limit)
+            wb = WriteBuffers(client.fs, client.data,
+                              trio.CapacityLimiter(4), read_base, max_dirty_bytes=limit)
             wb.start(n)
             for i in range(0, len(data), piece):
                 await wb.write(st, i, data[i:i + piece])
@@ -203,7 +204,8 @@ def test_partial_write_merges_with_old_content(srv: ServerProc, client: AIFSClie
 
     async def main() -> None:
         async with trio.open_nursery() as n:
-            wb = WriteBuffers(client, trio.CapacityLimiter(4), server_read_base(client))
+            wb = WriteBuffers(client.fs, client.data,
+                              trio.CapacityLimiter(4), server_read_base(client))
             wb.start(n)
             await wb.write(st, 10, b"hello")
             await wb.write(st, 2 * CS, b"tail")     # extends the file
@@ -231,7 +233,8 @@ def test_zero_slots_commit_as_holes(client: AIFSClient) -> None:
 
     async def main() -> None:
         async with trio.open_nursery() as n:
-            wb = WriteBuffers(client, trio.CapacityLimiter(4), server_read_base(client))
+            wb = WriteBuffers(client.fs, client.data,
+                              trio.CapacityLimiter(4), server_read_base(client))
             wb.start(n)
             await wb.write(st, 0, data)
             await wb.flush(st)
@@ -255,7 +258,8 @@ def test_spill_when_memory_is_short(client: AIFSClient) -> None:
 
     async def main() -> None:
         async with trio.open_nursery() as n:
-            wb = WriteBuffers(client, trio.CapacityLimiter(2), server_read_base(client),
+            wb = WriteBuffers(client.fs, client.data,
+                              trio.CapacityLimiter(2), server_read_base(client),
                               max_dirty_bytes=3 * CS)
             wb.start(n)
             rng = random.Random(1)
@@ -337,7 +341,8 @@ def _full_disk_flow(client: AIFSClient, filler: Path) -> None:
 
     async def main() -> None:
         async with trio.open_nursery() as n:
-            wb = WriteBuffers(client, trio.CapacityLimiter(4), server_read_base(client))
+            wb = WriteBuffers(client.fs, client.data,
+                              trio.CapacityLimiter(4), server_read_base(client))
             wb.start(n)
             _fill(filler)
             await wb.write(st, 0, data)      # 3 full slots: uploads start behind the writer
@@ -387,7 +392,8 @@ def test_server_down_then_back_loses_nothing(tmp_path: Path) -> None:
             async def main() -> None:
                 nonlocal sp
                 async with trio.open_nursery() as n:
-                    wb = WriteBuffers(client, trio.CapacityLimiter(4), server_read_base(client))
+                    wb = WriteBuffers(client.fs, client.data,
+                                      trio.CapacityLimiter(4), server_read_base(client))
                     wb.start(n)
                     await wb.write(st, 0, first)
                     assert await wb.flush(st) is not None
