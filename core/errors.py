@@ -5,7 +5,10 @@ Interface:
                                 `.message`; the gRPC code for a reason is `aifs_core.status`'s
     NotFound, AlreadyExists, NotEmpty, NotADirectory, IsADirectory, NameTooLong, NoSpace,
     InvalidArgument, CorruptChunk, KeyUnavailable, MissingChunk, ParentNotCommitted,
-    PermissionDenied, Unauthenticated, TokenExpired, CrossDevice, TimedOut
+    PermissionDenied, Unauthenticated, TokenExpired, CrossDevice, TimedOut,
+    StoreUnavailable (the server's chunk store cannot be reached: retry later),
+    StoreMisconfigured (the server's chunk store refuses it: bucket, credentials; an operator
+    must fix the server's configuration)
     REASONS: reason string -> class (the client rebuilds the same error from a status)
 
 Every message says what happened and, where it helps, what to do about it.
@@ -88,6 +91,19 @@ class TimedOut(AIFSError):
     reason = "TIMED_OUT"
 
 
+class StoreUnavailable(AIFSError):
+    """The server's own chunk store (e.g. S3) did not answer after bounded retries."""
+
+    reason = "STORE_UNAVAILABLE"
+
+
+class StoreMisconfigured(AIFSError):
+    """The server's own chunk store refused it (missing bucket, wrong credentials, no access):
+    not the caller's fault, and retrying does not help."""
+
+    reason = "STORE_MISCONFIGURED"
+
+
 class TokenExpired(Unauthenticated):
     reason = "TOKEN_EXPIRED"
 
@@ -97,6 +113,7 @@ REASONS: dict[str, type[AIFSError]] = {
     for cls in (
         NotFound, AlreadyExists, NotEmpty, NotADirectory, IsADirectory, CrossDevice, NameTooLong,
         InvalidArgument, NoSpace, CorruptChunk, KeyUnavailable, MissingChunk, ParentNotCommitted,
-        PermissionDenied, Unauthenticated, TokenExpired, TimedOut,
+        PermissionDenied, Unauthenticated, TokenExpired, TimedOut, StoreUnavailable,
+        StoreMisconfigured,
     )
 }

@@ -5,16 +5,29 @@ Fixtures:
     server              a running `aifs server` on a short unix socket over `data_dir`:
                         .address, .token, .token_file, .data_dir, .proc (see tests/helpers.py)
     server_module       the same, one per test module (for read-mostly tests)
+    seaweedfs, s3_bucket, postgres, pg_dsn   real services, once per session (see below)
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.helpers import ServerProc, make_data_dir, start_server, stop_server
+from tests.services import (
+    Postgres,
+    S3Location,
+    SeaweedFS,
+    s3_location_for,
+    session_postgres,
+    session_seaweedfs,
+    session_start_times,
+    stop_session_services,
+)
 
 
 @pytest.fixture
@@ -39,3 +52,40 @@ def server_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPr
         yield sp
     finally:
         stop_server(sp)
+
+
+# --- real services, once per session, started by the first test that needs them ------------
+# (tests/services.py: SeaweedFS S3 and PostgreSQL 15 on loopback / unix sockets only)
+#   seaweedfs   the session SeaweedFS (.endpoint, .bucket, admin and read-only keys)
+#   s3_bucket   a fresh, empty key prefix in the session bucket: .store(**kw), .url, .prefix
+#   postgres    the session PostgreSQL (.dsn(), .create_database(name))
+#   pg_dsn      the DSN of a fresh database for one test
+
+@pytest.fixture(scope="session")
+def seaweedfs() -> SeaweedFS:
+    return session_seaweedfs()
+
+
+@pytest.fixture
+def s3_bucket(tmp_path: Path) -> S3Location:
+    return s3_location_for(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Postgres:
+    return session_postgres()
+
+
+@pytest.fixture
+def pg_dsn(postgres: Postgres, request: pytest.FixtureRequest) -> str:
+    digest = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
+    return postgres.create_database(f"t_{digest}_{os.urandom(3).hex()}")
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    started = session_start_times()
+    took = stop_session_services()
+    if took and session.config.getoption("verbose") > 0:
+        print("\nsession services: " + ", ".join(
+            f"{k} started in {started.get(k, 0):.1f} s, stopped in {v:.1f} s"
+            for k, v in took.items()))

@@ -18,11 +18,13 @@ import pytest
 
 from aifs_core.errors import InvalidArgument, NoSpace, NotFound
 from aifs_server.chunkstore import ChunkStore, LocalChunkStore, StoreUsage
+from tests.services import s3_store_for
 
 NAME = "ab" + "cd" + "0123456789abcdef" * 3 + "0123456789ab"
 
 STORES: dict[str, Callable[[Path], ChunkStore]] = {
     "local": lambda base: LocalChunkStore(base / "store"),
+    "s3": lambda base: s3_store_for(base),  # a real SeaweedFS, started once per session
 }
 
 
