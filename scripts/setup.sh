@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_pkgs=(fuse3 libfuse3-dev pkg-config rsync git attr fio)
+need_pkgs=(fuse3 libfuse3-dev pkg-config rsync git attr fio postgresql)
 if [[ "${1:-}" == "--peers" || "${AIFS_SETUP_PEERS:-}" == 1 ]]; then
   need_pkgs+=(bindfs gocryptfs rclone borgbackup)
 fi
