@@ -25,6 +25,7 @@ EXPECTED = {
     "INVALID_ARGUMENT": errno.EINVAL, "CROSS_DEVICE": errno.EXDEV,
     "CORRUPT_CHUNK": errno.EIO, "KEY_UNAVAILABLE": errno.EIO, "MISSING_CHUNK": errno.EIO,
     "PARENT_NOT_COMMITTED": errno.EIO, "TIMED_OUT": errno.ETIMEDOUT,
+    "STORE_UNAVAILABLE": errno.EIO, "STORE_MISCONFIGURED": errno.EIO,  # the server's store
 }
 
 
