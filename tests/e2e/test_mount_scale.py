@@ -53,9 +53,9 @@ def test_directory_of_100k_entries_lists_through_the_mount() -> None:
         tree_ref = TreeRef("default")
         big = meta.mkdir(tree_ref, ROOT_INO, b"big", 0o755, 0, 0)
         tree = meta._tree(tree_ref)
-        with meta._write() as c:
+        with meta._store.write() as tx:
             for i in range(n):
-                meta._new_inode(c, tree, big.ino, b"e%06d" % i, stat.S_IFREG | 0o644, 1, 0, 0,
+                meta._new_inode(tx, tree, big.ino, b"e%06d" % i, stat.S_IFREG | 0o644, 1, 0, 0,
                                 0, 1)
         meta.close()
         server = start_server(data)
