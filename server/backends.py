@@ -17,8 +17,8 @@ Interface:
     known_meta() / known_stores() -> list[str]   registered schemes
 
 Unknown schemes or config names are InvalidArgument naming what was asked for and what is
-known. Built in: sqlite (SQLiteMetadata) and file (LocalChunkStore); the next backends
-(postgresql, s3) register themselves here the same way.
+known. Built in: sqlite (SQLiteMetadata), file (LocalChunkStore) and
+s3://BUCKET[/PREFIX]?endpoint=URL&region=R (S3ChunkStore; credentials from the environment).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from aifs_core.errors import InvalidArgument
 from aifs_server.chunkstore import ChunkStore
@@ -142,5 +142,30 @@ def _file(url: str) -> ChunkStore:
     return LocalChunkStore(path)
 
 
+def _s3(url: str) -> ChunkStore:
+    """s3://BUCKET[/PREFIX]?endpoint=http://127.0.0.1:8333&region=us-east-1 (credentials from
+    the environment or AWS_SHARED_CREDENTIALS_FILE, never from the URL)."""
+    from aifs_server.chunkstore_s3 import S3ChunkStore
+
+    parts = urlsplit(url)
+    if parts.username or parts.password:
+        raise InvalidArgument("an s3:// URL carries no credentials: set AWS_ACCESS_KEY_ID and "
+                              "AWS_SECRET_ACCESS_KEY (or a credentials file) instead")
+    query = parse_qs(parts.query)
+    unknown = set(query) - {"endpoint", "region", "profile"}
+    if unknown:
+        raise InvalidArgument(f"unknown s3:// URL parameter(s) {', '.join(sorted(unknown))}: "
+                              f"known are endpoint, region, profile")
+
+    def one(key: str) -> str | None:
+        return query[key][-1] if key in query else None
+
+    return S3ChunkStore(parts.hostname or "", endpoint=one("endpoint"),
+                        region=one("region") or "us-east-1", prefix=unquote(parts.path),
+                        profile=one("profile"),
+                        credentials_file=os.environ.get("AWS_SHARED_CREDENTIALS_FILE"))
+
+
 register_meta("sqlite", _sqlite)
 register_store("file", _file, config_name="local")
+register_store("s3", _s3)

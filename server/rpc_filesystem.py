@@ -40,6 +40,7 @@ INLINE_COMMIT_MAX = 16 << 20    # inline chunk bytes one CommitFile may carry
 INLINE_READ_MAX = 4 << 20       # the most GetChunkMap inlines, whatever the caller asks
 READDIR_MAX = 4096
 BLOCK_SIZE = 4096
+UNBOUNDED_STORE_BYTES = 1 << 50
 
 
 class Backend:
@@ -88,8 +89,11 @@ class Backend:
         return self.tree_ref(ns, branch)
 
     def usage(self) -> tuple[int, int]:
-        """(bytes used, bytes free) of the chunk store."""
+        """(bytes used, bytes free) of the chunk store. A store with no known bound (an object
+        store) reports 1 PiB in all, as JuiceFS does, so `df` shows a sensible total."""
         used, free = self.datadir.store.usage()
+        if free is None:
+            free = max(0, UNBOUNDED_STORE_BYTES - int(used))
         return int(used), int(free)
 
 

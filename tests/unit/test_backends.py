@@ -11,6 +11,7 @@ from aifs_core.types import Namespace
 from aifs_server import backends
 from aifs_server.chunkstore import ChunkStore, LocalChunkStore
 from aifs_server.metadata.sqlite import SQLiteMetadata
+from tests.services import s3_location_for
 
 
 def test_built_in_backends_open_from_urls(tmp_path: Path) -> None:
@@ -43,8 +44,8 @@ def test_config_sections_become_urls(tmp_path: Path) -> None:
 
 
 def test_unknown_schemes_and_bad_local_urls_are_refused(tmp_path: Path) -> None:
-    with pytest.raises(InvalidArgument, match=r"unknown chunk store 's3'.*known are file://"):
-        backends.open_store("s3://bucket/prefix")
+    with pytest.raises(InvalidArgument, match=r"unknown chunk store 'gs'.*known are file://"):
+        backends.open_store("gs://bucket/prefix")
     with pytest.raises(InvalidArgument, match=r"unknown metadata engine 'postgresql'"):
         backends.open_meta("postgresql://db/aifs")
     with pytest.raises(InvalidArgument, match="file:///ABSOLUTE/PATH"):
@@ -73,3 +74,22 @@ def test_a_registered_factory_is_chosen_by_scheme_and_config_name(
     store = backends.open_store(url)
     assert opened == [url] and store.put("cd" * 32, b"y")
     assert "other" in backends.known_stores()
+
+
+def test_s3_urls_open_a_store_in_a_real_bucket(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    loc = s3_location_for(tmp_path)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", loc.sw.access_key)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", loc.sw.secret_key)
+    store = backends.open_store(loc.url)
+    assert store.put("ef" * 32, b"through the registry") is True
+    # the same objects, seen by a store built directly
+    assert loc.store().get("ef" * 32) == b"through the registry"
+    assert "s3" in backends.known_stores()
+
+
+def test_s3_urls_refuse_credentials_and_unknown_parameters() -> None:
+    with pytest.raises(InvalidArgument, match="carries no credentials"):
+        backends.open_store("s3://key:secret@bucket/p?endpoint=http://127.0.0.1:1")
+    with pytest.raises(InvalidArgument, match="unknown s3:// URL parameter"):
+        backends.open_store("s3://bucket/p?endpoint=http://127.0.0.1:1&acl=public")
