@@ -27,11 +27,26 @@ from typing import Any
 
 import grpc
 
-from aifs_core.errors import AIFSError, InvalidArgument, NameTooLong, NotFound
-from aifs_core.types import NAME_MAX, Attr, ChunkRef, Namespace, TreeRef
+from aifs_core.errors import (
+    AIFSError,
+    AlreadyExists,
+    InvalidArgument,
+    NameTooLong,
+    NotFound,
+    PermissionDenied,
+)
+from aifs_core.types import (
+    NAME_MAX,
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    Attr,
+    ChunkRef,
+    Namespace,
+    TreeRef,
+)
 from aifs_core.wire import attr_to_pb, chunkref_from_pb, chunkref_to_pb
 from aifs_proto.v1 import common_pb2, filesystem_pb2, filesystem_pb2_grpc
-from aifs_server.auth import call_scope
+from aifs_server.auth import call_scope, current_grant
 from aifs_server.deadline import Deadline
 from aifs_server.grpc_errors import rpc
 
@@ -185,16 +200,47 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     @rpc
     def Rename(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
-        # what a replace unlinked comes from rename's own transaction (None: nothing was)
-        replaced = self.meta.rename(tree, request.parent, _name(request.name),
-                                    request.new_parent, _name(request.new_name), request.flags,
-                                    forget=request.forget)
+        name, new_name = _name(request.name), _name(request.new_name)
+        flags = request.flags
+        # Replacing an existing name unlinks the victim: that is a delete, so a caller without
+        # `delete` renames with RENAME_NOREPLACE semantics. The engine checks the target inside
+        # the rename's own transaction, so no victim can appear between a check and the act.
+        # RENAME_EXCHANGE removes nothing and needs only `put` (the interceptor's verb).
+        grant = current_grant()
+        may_delete = grant is None or grant.allows_verb("delete")
+        forced = not may_delete and not flags & (RENAME_EXCHANGE | RENAME_NOREPLACE)
+        try:
+            # what a replace unlinked comes from rename's own transaction (None: nothing was)
+            replaced = self.meta.rename(tree, request.parent, name, request.new_parent,
+                                        new_name, flags | RENAME_NOREPLACE if forced else flags,
+                                        forget=request.forget)
+        except AlreadyExists:
+            if not forced:
+                raise  # the caller asked for RENAME_NOREPLACE itself: EEXIST as asked
+            if self._same_inode(tree, request.parent, name, request.new_parent, new_name):
+                replaced = None  # POSIX: renaming a name onto a link of itself does nothing
+            else:
+                raise PermissionDenied(
+                    f"rename onto existing name {new_name.decode('utf-8', 'replace')!r} "
+                    f"replaces (deletes) it, which needs the `delete` verb; this token allows "
+                    f"put but not delete") from None
         reply = filesystem_pb2.RenameReply(
             parent_attr=self._attr_or_none(tree, request.parent),
             new_parent_attr=self._attr_or_none(tree, request.new_parent))
         if replaced is not None:
             reply.replaced.CopyFrom(attr_to_pb(replaced))
         return reply
+
+    def _same_inode(self, tree: TreeRef, parent: int, name: bytes, new_parent: int,
+                    new_name: bytes) -> bool:
+        """True when both names are links of one inode (a rename between them removes
+        nothing). Read after the refused rename: that rename changed nothing, so a race here
+        can only turn a no-op into PermissionDenied, never let a victim be removed."""
+        try:
+            return (self.meta.lookup(tree, parent, name).ino
+                    == self.meta.lookup(tree, new_parent, new_name).ino)
+        except NotFound:
+            return False
 
     @rpc
     def Symlink(self, request: Any, context: grpc.ServicerContext) -> Any:
