@@ -1,19 +1,33 @@
 """Row-level primitives of the metadata engine in SQL, shared by every SQL database.
 
 Interface:
-    Dialect(name, param="?", row_lock="", orphan_index="")
+    Dialect(name, param="?", row_lock="", orphan_index="", share_lock="", tree_lock="")
                             what differs between SQL databases in these statements: the DB-API
                             placeholder, the suffix that locks rows read in a write transaction
                             ("FOR UPDATE" where rows must be locked; "" where the whole database
-                            is, as SQLite's BEGIN IMMEDIATE) and an index hint for orphan scans
-    SQLTx(conn, dialect)    implements `store.Tx` over one DB-API connection; the store that made
+                            is, as SQLite's BEGIN IMMEDIATE), an index hint for orphan scans, the
+                            suffix that keeps chunk rows a commit names from being deleted under
+                            it, and a statement (one "?": the tree id) that serialises the moves
+                            of directories between parents within a tree
+    SQLTx(conn, dialect, locking=False)
+                            implements `store.Tx` over one DB-API connection; the store that made
                             it owns BEGIN/COMMIT (it runs these statements inside one transaction
-                            or, for one-statement reads, in autocommit)
+                            or, for one-statement reads, in autocommit); `locking` for a write
+                            transaction of a row-locking database
+    SQLTx.bind(conn)        a locking SQLTx for one write transaction on `conn`, sharing this
+                            one's statement caches
+
+Row-locking databases (a non-empty `row_lock`): a write transaction locks a directory's row
+before any row of its entries (`entry` locks the parent first), chunk rows in id order
+(`adjust_refs`), so that concurrent rules mostly queue instead of deadlocking; `is_below` first
+takes the tree's move lock (Linux's s_vfs_rename_mutex), since two directory moves each checking
+the other's subtree before either commits could otherwise close a cycle.
     ATTR_COLUMNS            column list that `attr_of` turns into an `Attr`
 
 The statements use only SQL that SQLite (>= 3.35) and PostgreSQL both accept (RETURNING,
 INSERT ... ON CONFLICT, WITH RECURSIVE); a database that needs something else gets a Dialect
-field, not a copy of this module. The schema these statements expect is sqlite_schema.py's.
+field, not a copy of this module. The schema these statements expect is sqlite_schema.py's (and
+postgres_schema.py's: the same tables in PostgreSQL types).
 """
 
 from __future__ import annotations
@@ -57,6 +71,8 @@ class Dialect:
     param: str = "?"
     row_lock: str = ""
     orphan_index: str = ""
+    share_lock: str = ""
+    tree_lock: str = ""
 
 
 class SQLTx:
@@ -66,8 +82,17 @@ class SQLTx:
         self._c = conn
         self._d = dialect
         self._lock = (" " + dialect.row_lock) if locking and dialect.row_lock else ""
+        self._share = (" " + dialect.share_lock) if locking and dialect.share_lock else ""
+        self._tree_lock = dialect.tree_lock if locking else ""
+        # (tree_id, ino) of the inode rows this transaction has locked (row-locking databases)
+        self._locked: set[tuple[int, int]] = set()
         self._cache: dict[str, str] = {}
         self._updates: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
+
+    def bind(self, conn: Any) -> SQLTx:
+        tx = SQLTx(conn, self._d, locking=True)
+        tx._cache, tx._updates = self._cache, self._updates  # built once, shared (GIL-safe)
+        return tx
 
     def _q(self, sql: str) -> str:
         if self._d.param == "?":
@@ -127,7 +152,7 @@ class SQLTx:
     def tree_totals(self, tree_id: int) -> tuple[int, int]:
         """(inodes, sum of their sizes)."""
         r = self._x("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM inodes WHERE tree_id = ?",
-                    (tree_id,)).fetchone()
+                    (tree_id,)).fetchone()  # int(): PostgreSQL's SUM of BIGINT is NUMERIC
         return int(r[0]), int(r[1])
 
     def orphans(self, tree_id: int) -> list[int]:
@@ -140,6 +165,8 @@ class SQLTx:
     def inode(self, tree_id: int, ino: int) -> Attr | None:
         r = self._x(f"SELECT {ATTR_COLUMNS} FROM inodes WHERE tree_id = ? AND ino = ?{self._lock}",
                     (tree_id, ino)).fetchone()
+        if self._lock:
+            self._locked.add((tree_id, ino))
         return None if r is None else attr_of(r)
 
     def insert_inode(self, tree_id: int, a: Attr, parent: int, symlink: bytes | None) -> None:
@@ -190,8 +217,12 @@ class SQLTx:
 
     def is_below(self, tree_id: int, ino: int, dir_ino: int) -> bool:
         """True when directory `ino` is `dir_ino` or lies below it (walks parents upwards)."""
+        if self._tree_lock:
+            self._x(self._tree_lock, (tree_id,))
+        # CAST: PostgreSQL types a bare parameter by its value (int2 for small ones), and the
+        # recursive term's column is BIGINT
         return self._x(
-            "WITH RECURSIVE up(ino) AS (SELECT ? UNION "
+            "WITH RECURSIVE up(ino) AS (SELECT CAST(? AS BIGINT) UNION "
             "SELECT i.parent FROM inodes i JOIN up ON i.tree_id = ? AND i.ino = up.ino "
             "WHERE up.ino != ?) SELECT 1 FROM up WHERE ino = ? LIMIT 1",
             (ino, tree_id, ROOT_INO, dir_ino)).fetchone() is not None
@@ -199,6 +230,12 @@ class SQLTx:
     # --- dentries ----------------------------------------------------------------------------
     def entry(self, tree_id: int, parent: int, name: bytes) -> tuple[int, int, int] | None:
         """(dentry id, ino, mode) of `name` in `parent`, or None."""
+        if self._lock and (tree_id, parent) not in self._locked:
+            # the directory before its entry: every rule locks in that order (no deadlock
+            # between an unlink and a rename or create in one directory)
+            self._x(f"SELECT 1 FROM inodes WHERE tree_id = ? AND ino = ?{self._lock}",
+                    (tree_id, parent))
+            self._locked.add((tree_id, parent))
         r = self._x("SELECT d.id, d.ino, i.mode FROM dentries d JOIN inodes i "
                     "ON i.tree_id = d.tree_id AND i.ino = d.ino "
                     f"WHERE d.tree_id = ? AND d.parent = ? AND d.name = ?{self._lock}",
@@ -323,8 +360,8 @@ class SQLTx:
         for i in range(0, len(uniq), _IN_BATCH):
             part = uniq[i:i + _IN_BATCH]
             for cid, raw in self._x("SELECT chunk_id, raw_len FROM chunks WHERE namespace = ? "
-                                    "AND chunk_id IN (" + ",".join("?" * len(part)) + ")",
-                                    (namespace, *part)):
+                                    "AND chunk_id IN (" + ",".join("?" * len(part)) + ")"
+                                    + self._share, (namespace, *part)):
                 found[bytes(cid)] = raw
         return found
 
@@ -334,9 +371,9 @@ class SQLTx:
         uniq = list(dict.fromkeys(ids))
         for i in range(0, len(uniq), _IN_BATCH):
             part = uniq[i:i + _IN_BATCH]
-            total += self._x("SELECT COALESCE(SUM(stored_len), 0) FROM chunks WHERE "
+            total += int(self._x("SELECT COALESCE(SUM(stored_len), 0) FROM chunks WHERE "
                              "namespace = ? AND chunk_id IN (" + ",".join("?" * len(part)) + ")",
-                             (namespace, *part)).fetchone()[0]
+                             (namespace, *part)).fetchone()[0])  # NUMERIC in PostgreSQL
         return total
 
     def insert_chunk(self, namespace: str, chunk_id: bytes, raw_len: int, stored_len: int,
@@ -359,12 +396,13 @@ class SQLTx:
             "UPDATE chunks SET refcount = refcount + ?, unreferenced_since_ns = CASE "
             "WHEN refcount + ? > 0 THEN NULL WHEN refcount > 0 THEN ? "
             "ELSE unreferenced_since_ns END WHERE namespace = ? AND chunk_id = ?",
-            [(d, d, now, namespace, cid) for cid, d in deltas.items() if d])
+            # in id order: two commits naming the same chunks lock their rows in one order
+            [(d, d, now, namespace, cid) for cid, d in sorted(deltas.items()) if d])
 
     def chunk_totals(self, namespace: str) -> ChunkStats:
         r = self._x("SELECT COUNT(*), COALESCE(SUM(raw_len), 0), COALESCE(SUM(stored_len), 0) "
                     "FROM chunks WHERE namespace = ?", (namespace,)).fetchone()
-        return ChunkStats(chunks=r[0], raw_bytes=r[1], stored_bytes=r[2])
+        return ChunkStats(chunks=int(r[0]), raw_bytes=int(r[1]), stored_bytes=int(r[2]))
 
     def chunk_ids(self, namespace: str, after: bytes, limit: int) -> list[bytes]:
         """Up to `limit` recorded chunk ids greater than `after`, ascending."""
@@ -385,7 +423,8 @@ class SQLTx:
 
     # --- assets ------------------------------------------------------------------------------
     def asset_exists(self, namespace: str, asset_id: str) -> bool:
-        return self._x("SELECT 1 FROM assets WHERE namespace = ? AND asset_id = ?",
+        # locked in a write transaction: two deletes of one asset must not both release its refs
+        return self._x("SELECT 1 FROM assets WHERE namespace = ? AND asset_id = ?" + self._lock,
                        (namespace, asset_id)).fetchone() is not None
 
     def asset(self, namespace: str, asset_id: str) -> AssetRecord | None:
