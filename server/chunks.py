@@ -14,7 +14,9 @@ Interface:
                 the GIL) and handed to the store's put_many as each is sealed: when it
                 returns, every chunk of the batch is durable (the store's put_many contract).
         .has(scope, ids) -> list[bool]              one has_many
-        .read(scope, chunk_id, offset=0, length=None) -> bytes   NotFound if absent
+        .read(scope, chunk_id, offset=0, length=None) -> bytes
+                MissingChunk if the store lacks it (a caller reads only chunks something
+                names: its absence is lost data, logged once at WARNING, EIO at a mount)
         .frames(scope, chunk_id, offset=0, length=None) -> Iterator[envelope.Frame]
                 both read only the envelope header and the frames the range covers
         .delete(scope, chunk_id) -> bool
@@ -28,13 +30,15 @@ Thread-safe: no mutable state of its own; the store, key cache and codec are thr
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from blake3 import blake3
 
 from aifs_core.codec import CompressionService, validate_level
-from aifs_core.errors import InvalidArgument, NotFound
+from aifs_core.errors import InvalidArgument, MissingChunk, NotFound
 from aifs_server.chunkstore import ChunkStore, RangeReader
 from aifs_server.envelope import (
     DEFAULT_FRAME_SIZE,
@@ -49,6 +53,10 @@ from aifs_server.kms import KeyProvider
 CHUNK_ID_BYTES = 32
 # Threads sealing and writing one batch; more than the cores buys overlap with fsync waits.
 BATCH_WORKERS = 4
+# Lost chunks remembered so each is logged once, not on every read of the file using it.
+MISSING_LOGGED_MAX = 4096
+
+log = logging.getLogger("aifs.server.chunks")
 
 
 class ChunkService:
@@ -69,6 +77,8 @@ class ChunkService:
         self._storage_key = bytes(storage_key)
         self.frame_size = frame_size
         self._pool = ThreadPoolExecutor(BATCH_WORKERS, thread_name_prefix="aifs-seal")
+        self._missing_lock = threading.Lock()
+        self._missing_seen: set[str] = set()
 
     @staticmethod
     def _check_id(chunk_id: bytes) -> bytes:
@@ -176,12 +186,30 @@ class ChunkService:
         return self.store.has_many([self.name_for(scope, cid) for cid in ids])
 
     def _reader(self, scope: str, chunk_id: bytes) -> RangeReader:
+        name = self.name_for(scope, chunk_id)
         try:
-            return self.store.reader(self.name_for(scope, chunk_id))
+            return self.store.reader(name)
         except NotFound:
-            raise NotFound(
-                f"chunk {bytes(chunk_id).hex()} is not stored in namespace {scope!r}"
-            ) from None
+            # Something (a chunk map, an asset) named this chunk, so its absence is lost data,
+            # not a missing file: MissingChunk (EIO at a mount), never NotFound (ENOENT).
+            err = MissingChunk(
+                f"chunk {bytes(chunk_id).hex()} of namespace {scope!r} is missing from the "
+                f"chunk store {self.store.url} (stored name {name}); the data it held is "
+                f"lost: run `aifs fsck` to list the files that use it")
+            self._report_missing(name, err)
+            raise err from None
+
+    def _report_missing(self, name: str, err: MissingChunk) -> None:
+        """Log a lost chunk at WARNING the first time it is read (every read of a damaged file
+        would otherwise log again); the set is bounded, so a store with many lost chunks
+        logs again only after it was cleared."""
+        with self._missing_lock:
+            if name in self._missing_seen:
+                return
+            if len(self._missing_seen) >= MISSING_LOGGED_MAX:
+                self._missing_seen.clear()
+            self._missing_seen.add(name)
+        log.warning("%s", err.message)
 
     # Reads go through the store's ranged reader: only the envelope's header and the frames a
     # range covers are read (a 4 KiB read of a 1 MiB chunk reads ~70 KiB, not 1 MiB).

@@ -17,7 +17,9 @@ Rules:
   PIECE_MAX), so a compressible 1 MiB chunk is one message, not 16 (serial 1 MiB reads of
   text: ~120-200 -> ~240-300 MiB/s). Without "zstd": identity bytes covering exactly the
   range, in pieces of at most PIECE_MAX. Raw frames are joined into one message (one copy).
-- A corrupt chunk is DATA_LOSS naming the chunk.
+- A corrupt chunk is DATA_LOSS naming the chunk. A chunk recorded in the namespace but gone
+  from the store is MISSING_CHUNK naming the chunk and the store (EIO at a mount, logged once
+  at WARNING by ChunkService), never NOT_FOUND: the file that names it exists.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ import threading
 from typing import Any
 
 import grpc
+from blake3 import blake3
 
 from aifs_core.errors import (
     AIFSError,
@@ -117,6 +118,31 @@ def _name(name: bytes) -> bytes:
     if len(name) > NAME_MAX:
         raise NameTooLong(f"name is {len(name)} bytes; the limit is {NAME_MAX}")
     return bytes(name)
+
+
+_EMPTY_ASSET_ID = blake3(b"").hexdigest()
+
+
+def _known_asset_id(request: Any, changed: list[ChunkRef], inline_sizes: dict[bytes, int]
+                    ) -> str:
+    """The file's asset id after this commit when the server knows it without reading a byte,
+    else "" (computed on demand). Known: a truncating commit to size 0, or one whose whole
+    content is a single chunk the server verified in this very call (an inline chunk of exactly
+    `size` bytes in slot 0): the asset id (BLAKE3 of the content) is then that chunk's id. The
+    client's own claim plays no part."""
+    if not request.truncated:
+        return ""   # earlier slots may stay: the server has not seen the whole content
+    size = request.size
+    if size == 0:
+        return _EMPTY_ASSET_ID
+    slot0 = None
+    for ref in changed:   # the engine applies a later change of the same slot last
+        if ref.index == 0:
+            slot0 = ref
+    if (slot0 is not None and slot0.chunk_id and inline_sizes.get(slot0.chunk_id) == size
+            and slot0.length >= size):
+        return slot0.chunk_id.hex()
+    return ""
 
 
 class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
@@ -332,17 +358,23 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
                     f"chunk slot {c.index} claims {c.length} bytes; the namespace's chunk size "
                     f"is {chunk_size}")
             changed.append(chunkref_from_pb(c))
+        inline_sizes: dict[bytes, int] = {}
         if request.inline_chunks:
-            self._store_inline(tree.namespace, request.inline_chunks)
+            inline_sizes = self._store_inline(tree.namespace, request.inline_chunks)
+        # The client's `asset_id` is a claim the server could only check by reading the whole
+        # file: it is never stored (GetFileInfo, the xattr and aifs:// URIs would publish it).
+        # Only an id the server can derive from what it verified itself is cached now; any
+        # other is computed from the stored chunks on first request (per generation).
         a = self.meta.commit_file(tree, request.ino, changed, request.size,
                                   truncated=request.truncated, mtime_ns=request.mtime_ns,
-                                  asset_id=request.asset_id, durable=request.durable)
+                                  asset_id=_known_asset_id(request, changed, inline_sizes),
+                                  durable=request.durable)
         return filesystem_pb2.AttrReply(attr=attr_to_pb(a))
 
-    def _store_inline(self, ns_name: str, items: Any) -> None:
+    def _store_inline(self, ns_name: str, items: Any) -> dict[bytes, int]:
         """Store CommitFile's inline chunks as PutChunks would: verified against their ids,
         sealed, durable, and recorded only once durable (a record never names a chunk a crash
-        could lose)."""
+        could lose). Returns each verified chunk's plaintext length by id."""
         ns = self.b.namespace(ns_name)
         total = 0
         batch: list[tuple[bytes, bytes]] = []
@@ -370,6 +402,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
             self.meta.record_chunk(ns_name, cid, len(plain), int(stored_len))
         if self.b.metrics is not None:
             self.b.metrics.add_bytes("in", total)
+        return {cid: len(plain) for cid, plain in batch}
 
     @rpc
     def Forget(self, request: Any, context: grpc.ServicerContext) -> Any:
