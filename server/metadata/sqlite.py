@@ -22,22 +22,93 @@ file, so a committed transaction survives a crash of this process (the OS has th
 an OS crash or power loss can drop the last commits (never corrupt the database). Pass
 `durable=True` for `synchronous=FULL` (fsync the WAL on every commit) when that matters more
 than commit latency.
+
+A full disk (SQLITE_FULL, ENOSPC on the WAL) is `NoSpace` naming the database file (ENOSPC at a
+mount, no traceback), from any statement or commit; the failed transaction is rolled back and
+the connection stays usable once there is room again.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
-from aifs_core.errors import InvalidArgument
+from aifs_core.errors import InvalidArgument, NoSpace
 from aifs_server.metadata.posix import PosixMeta
 from aifs_server.metadata.sql import Dialect, SQLTx
 from aifs_server.metadata.sqlite_schema import migrate
 
 SQLITE = Dialect("sqlite", param="?", row_lock="", orphan_index="INDEXED BY inodes_orphans")
+
+_SQLITE_IOERR, _SQLITE_FULL = 10, 13   # primary result codes (the low byte of extended ones)
+# An I/O error while the file system has less than this free is taken for a full disk: SQLite
+# reports ENOSPC on its shared-memory index or a checkpoint as a generic I/O error.
+_NEARLY_FULL = 1 << 20
+
+
+def no_space_error(path: str, exc: sqlite3.Error) -> NoSpace | None:
+    """NoSpace naming the database file when `exc` is SQLite finding its disk full (SQLITE_FULL,
+    which is also what ENOSPC writing the WAL gives, or an I/O error on a full file system);
+    None for any other error."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    primary = code & 0xFF if isinstance(code, int) else None
+    full = primary == _SQLITE_FULL or "database or disk is full" in str(exc)
+    if not full and (primary == _SQLITE_IOERR or "disk I/O error" in str(exc)):
+        try:
+            st = os.statvfs(os.path.dirname(os.path.abspath(path)))
+            full = st.f_bavail * st.f_frsize < _NEARLY_FULL
+        except OSError:
+            full = False
+    if not full:
+        return None
+    return NoSpace(f"metadata database {path}: the disk is full (SQLite: {exc}); the change "
+                   f"was not made: free space on the file system holding it (or run `aifs gc`) "
+                   f"and retry")
+
+
+_EXECUTE = sqlite3.Connection.execute
+
+
+class _Connection(sqlite3.Connection):
+    """A connection whose statements raise NoSpace (ENOSPC at a mount) instead of a bare
+    OperationalError (EIO and a traceback) when the database's disk is full. Every statement
+    of SQLTx goes through execute or a cursor's executemany, autocommit ones included."""
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Any:
+        try:
+            return _EXECUTE(self, sql, parameters)   # not super(): this is the hot path
+        except sqlite3.OperationalError as e:
+            full = no_space_error(self.aifs_path, e)
+            if full is None:
+                raise
+            raise full from e
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        if args or kwargs:
+            return super().cursor(*args, **kwargs)
+        cur = super().cursor(_Cursor)
+        cur.aifs_path = self.aifs_path
+        return cur
+
+    aifs_path = ""
+
+
+class _Cursor(sqlite3.Cursor):
+    aifs_path = ""
+
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> Any:
+        try:
+            return super().executemany(sql, seq_of_parameters)
+        except sqlite3.OperationalError as e:
+            full = no_space_error(self.aifs_path, e)
+            if full is None:
+                raise
+            raise full from e
 
 
 class SQLiteStore:
@@ -59,7 +130,8 @@ class SQLiteStore:
         if self._closed:
             raise InvalidArgument(f"metadata database {self._path} is closed")
         c = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
-                            timeout=30.0, cached_statements=512)
+                            timeout=30.0, cached_statements=512, factory=_Connection)
+        c.aifs_path = self._path
         c.execute("PRAGMA busy_timeout=30000")
         c.execute("PRAGMA foreign_keys=ON")
         c.execute(f"PRAGMA synchronous={self._sync}")
@@ -87,10 +159,15 @@ class SQLiteStore:
             c.execute("BEGIN IMMEDIATE")
             try:
                 yield self._local.tx
+                c.execute("COMMIT")
             except BaseException:
-                c.execute("ROLLBACK")
+                # SQLite may have rolled back already (it does on SQLITE_FULL): a second
+                # ROLLBACK would fail and hide the real error. A failed COMMIT (disk full)
+                # must not leave this thread's connection holding the write lock.
+                if c.in_transaction:
+                    with suppress(sqlite3.Error):
+                        c.execute("ROLLBACK")
                 raise
-            c.execute("COMMIT")
         finally:
             if durable and self._sync != "FULL":
                 c.execute(f"PRAGMA synchronous={self._sync}")
