@@ -3,16 +3,22 @@
 Interface:
     fsck(parts, namespaces=None, *, read_data=False, deadline=NEVER) -> FsckResult
         Every chunk recorded in each namespace must be in the chunk store (one has_many per
-        FSCK_BATCH ids); with read_data each is also read whole (opened, decrypted, verified).
+        FSCK_BATCH ids) with the size its envelope header describes (one small header read:
+        a truncated chunk is found without --read-data); with read_data each is read whole
+        (opened, decrypted, verified). Then every file of every branch (path, or "unlinked
+        inode N") and every asset is walked: each chunk-map slot must name a recorded chunk,
+        and each bad chunk is reported with the files and assets that use it. Temp files
+        older than STALE_TEMP_SECONDS in a local store are reported (gc removes them).
     gc(parts, namespaces=None, *, grace_seconds=GC_GRACE_DEFAULT, dry_run=False,
        deadline=NEVER) -> GCResult
         Deletes (a) orphan inodes (nlink 0, left by a mount that crashed while a file was
         open) of every branch tree whose ctime is older than the grace, then (b) chunks
         unreferenced for longer than the grace. The grace protects an unlinked file still
-        open by a live mount and a commit racing the GC. A dry run counts what it would
-        delete (chunks_deleted, orphans_deleted; bytes_freed stays 0).
-    FsckResult(ok, problems, chunks_checked, complete)
-    GCResult(chunks_deleted, bytes_freed, orphans_deleted, complete)
+        open by a live mount and a commit racing the GC. Then (c) temp chunk files a crashed
+        writer left (older than STALE_TEMP_SECONDS, whatever the grace). A dry run counts what
+        it would delete (chunks_deleted, orphans_deleted, temp_files_deleted; bytes_freed 0).
+    FsckResult(ok, problems, chunks_checked, complete, files_checked)
+    GCResult(chunks_deleted, bytes_freed, orphans_deleted, complete, temp_files_deleted)
         complete is False when the deadline (or, for fsck, MAX_PROBLEMS) stopped the work
         early; what the result counts was done (or found) before that.
     GC_GRACE_DEFAULT = 3600, MAX_PROBLEMS = 1000, FSCK_BATCH = 1000
@@ -25,20 +31,28 @@ stops there, returning what it did.
 
 from __future__ import annotations
 
+import os
+import stat
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Protocol
 
 from aifs_core.errors import AIFSError, NotFound
+from aifs_core.types import ROOT_INO, ChunkRef
 from aifs_server.chunks import ChunkService
+from aifs_server.chunkstore import _TMP_PREFIX as TEMP_PREFIX
 from aifs_server.deadline import NEVER, Deadline
 from aifs_server.metadata.base import MetadataEngine
 
 GC_GRACE_DEFAULT = 3600
 MAX_PROBLEMS = 1000
 FSCK_BATCH = 1000
+# A temp chunk file lives for one write (milliseconds, a stalled disk: seconds): one this old
+# was left by a crashed writer. Not the GC grace: `--grace 0` must not race a live PutChunks.
+STALE_TEMP_SECONDS = 900
 
 
 class StorageParts(Protocol):
@@ -54,6 +68,7 @@ class FsckResult:
     problems: list[str] = field(default_factory=list)
     chunks_checked: int = 0
     complete: bool = True
+    files_checked: int = 0
 
 
 @dataclass
@@ -62,6 +77,7 @@ class GCResult:
     bytes_freed: int = 0
     orphans_deleted: int = 0
     complete: bool = True
+    temp_files_deleted: int = 0
 
 
 def _passed(deadline: Deadline) -> bool:
@@ -85,6 +101,9 @@ def fsck(parts: StorageParts, namespaces: Iterable[str] | None = None, *,
     result = FsckResult()
     problems = result.problems
     for ns in _names(parts, namespaces):
+        # 1. every recorded chunk: stored, and its stored size the one its (digest-protected)
+        #    envelope header describes; with read_data, read whole and verified too
+        bad: dict[bytes, str] = {}   # chunk id -> what is wrong with it
         for batch in _batches(iter(parts.meta.iter_chunks(ns)), FSCK_BATCH):
             if _passed(deadline):
                 return _out_of_time(result, read_data)
@@ -96,19 +115,157 @@ def fsck(parts: StorageParts, namespaces: Iterable[str] | None = None, *,
                 problems.append(f"namespace {ns}: {len(batch)} chunks could not be looked up "
                                 f"in the chunk store: {msg}")
             for cid, there in zip(batch, present, strict=True):
-                if read_data and _passed(deadline):  # a whole read per chunk: check each
+                if _passed(deadline):  # a read per chunk: check each
                     return _out_of_time(result, read_data)
                 result.chunks_checked += 1
                 if not there:
-                    problems.append(f"namespace {ns}: chunk {cid.hex()} is recorded but "
-                                    f"missing from the chunk store")
-                elif read_data and (problem := _read_problem(parts, ns, cid)):
-                    problems.append(problem)
-                if len(problems) >= MAX_PROBLEMS:
+                    bad[cid] = "is recorded but missing from the chunk store"
+                elif problem := _chunk_problem(parts, ns, cid, read_data):
+                    bad[cid] = problem
+                if len(bad) + len(problems) >= MAX_PROBLEMS:
+                    _report_chunks(problems, ns, bad, {})
                     return _stopped(result, f"more than {MAX_PROBLEMS} problems; stopped "
                                             f"listing")
+        # 2. every file of every branch and every asset: each slot must name a recorded chunk;
+        #    who uses a bad chunk is what an operator must restore or delete
+        users: dict[bytes, list[str]] = {}
+        if not _check_users(parts, ns, bad, users, result, deadline):
+            _report_chunks(problems, ns, bad, users)
+            return _out_of_time(result, read_data)
+        _report_chunks(problems, ns, bad, users)
+        if len(problems) >= MAX_PROBLEMS:
+            return _stopped(result, f"more than {MAX_PROBLEMS} problems; stopped listing")
+    # 3. temp files a crashed writer left in the store (GC removes them)
+    stale, complete = stale_temp_files(parts.chunks.store, deadline)
+    if not complete:
+        return _out_of_time(result, read_data)
+    if stale:
+        problems.append(f"{len(stale)} temp files older than {STALE_TEMP_SECONDS} s in the "
+                        f"chunk store (left by a crash; `aifs gc` removes them), e.g. "
+                        f"{stale[0]}")
     result.ok = not problems
     return result
+
+
+USERS_SHOWN = 10   # files named per bad chunk; the rest are counted
+
+
+def _report_chunks(problems: list[str], ns: str, bad: dict[bytes, str],
+                   users: dict[bytes, list[str]]) -> None:
+    for cid, what in bad.items():
+        who = users.get(cid, [])
+        if who:
+            more = f" and {len(who) - USERS_SHOWN} more" if len(who) > USERS_SHOWN else ""
+            used = f"; used by {', '.join(who[:USERS_SHOWN])}{more}"
+        else:
+            used = "; no file or asset uses it (gc will collect it)"
+        problems.append(f"namespace {ns}: chunk {cid.hex()} {what}{used}")
+    bad.clear()
+
+
+def _check_users(parts: StorageParts, ns: str, bad: dict[bytes, str],
+                 users: dict[bytes, list[str]], result: FsckResult, deadline: Deadline
+                 ) -> bool:
+    """Walk every branch tree (and the unlinked inodes still kept) and every asset of `ns`:
+    a slot naming an unrecorded chunk is a problem; users of a `bad` chunk go into `users`.
+    False when the deadline stopped the walk."""
+    meta = parts.meta
+
+    def check(where: str, refs: list[ChunkRef]) -> None:
+        ids = {r.chunk_id for r in refs if r.chunk_id}
+        if not ids:
+            return
+        ordered = sorted(ids)
+        for cid, ok in zip(ordered, meta.has_chunks(ns, ordered), strict=True):
+            if not ok:
+                slots = sorted(r.index for r in refs if r.chunk_id == cid)
+                result.problems.append(
+                    f"namespace {ns}: {where}: slot {slots[0]} names chunk {cid.hex()}, which "
+                    f"is not recorded in the namespace (its bytes read as an error)")
+            if cid in bad:
+                users.setdefault(cid, []).append(where)
+
+    for tree in meta.list_trees(ns):
+        seen: set[int] = set()
+        todo: list[tuple[int, str]] = [(ROOT_INO, "/")]
+        while todo:
+            ino, path = todo.pop()
+            cookie = 0
+            while True:
+                if _passed(deadline):
+                    return False
+                entries, eof = meta.readdir(tree, ino, cookie, FSCK_BATCH)
+                for e in entries:
+                    child = path.rstrip("/") + "/" + e.name.decode("utf-8", "backslashreplace")
+                    if stat.S_ISDIR(e.attr.mode):
+                        todo.append((e.attr.ino, child))
+                    elif stat.S_ISREG(e.attr.mode) and e.attr.ino not in seen:
+                        seen.add(e.attr.ino)   # a hard link: its chunks were checked already
+                        if _passed(deadline):
+                            return False
+                        _, refs = meta.get_chunk_map(tree, e.attr.ino)
+                        result.files_checked += 1
+                        check(f"{tree.branch}:{child}", refs)
+                    cookie = e.cookie
+                if eof or not entries:
+                    break
+        for ino in meta.orphan_inodes(tree):
+            if _passed(deadline):
+                return False
+            try:
+                a, refs = meta.get_chunk_map(tree, ino)
+            except AIFSError:
+                continue   # gone meanwhile, or not a file
+            if stat.S_ISREG(a.mode):
+                result.files_checked += 1
+                check(f"{tree.branch}: unlinked inode {ino}", refs)
+    after = ""
+    while True:
+        if _passed(deadline):
+            return False
+        page = meta.list_assets(ns, limit=ASSET_PAGE, after=after)
+        for rec in page:
+            check(f"asset {rec.asset_id}", rec.chunks)
+        if len(page) < ASSET_PAGE:
+            return True
+        after = page[-1].asset_id
+
+
+ASSET_PAGE = 500
+
+
+def stale_temp_files(store: object, deadline: Deadline = NEVER) -> tuple[list[str], bool]:
+    """(paths, complete): temp files older than STALE_TEMP_SECONDS that a crashed writer left
+    in a local chunk store ([] for a store without any, such as S3). complete is False when
+    the deadline stopped the walk (checked once per directory)."""
+    root = getattr(store, "root", None)
+    if not isinstance(root, str) or not os.path.isdir(root):
+        return [], True
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    found: list[str] = []
+    for dirpath, _dirs, files in os.walk(root):
+        if _passed(deadline):
+            return sorted(found), False
+        for f in files:
+            if f.startswith(TEMP_PREFIX):
+                p = os.path.join(dirpath, f)
+                with suppress(FileNotFoundError):   # linked into place and removed meanwhile
+                    if os.stat(p).st_mtime < cutoff:
+                        found.append(p)
+    return sorted(found), True
+
+
+def _chunk_problem(parts: StorageParts, ns: str, cid: bytes, read_data: bool) -> str | None:
+    """What is wrong with a stored chunk, or None. Without read_data only the envelope's
+    header is read (one small read): a truncated or extended chunk file no longer has the size
+    its header describes. With read_data the whole chunk is opened, decrypted and verified."""
+    try:
+        parts.chunks.read(ns, cid, 0, None if read_data else 0)
+    except AIFSError as e:
+        return f"is damaged: {e.message}"
+    except (ValueError, OSError) as e:
+        return f"could not be read: {e}"
+    return None
 
 
 def _out_of_time(result: FsckResult, read_data: bool) -> FsckResult:
@@ -117,16 +274,6 @@ def _out_of_time(result: FsckResult, read_data: bool) -> FsckResult:
                             f"{result.chunks_checked} chunks; the rest were not checked: give "
                             f"it a longer --timeout, or run `aifs fsck --data DIR{flag}` "
                             f"offline")
-
-
-def _read_problem(parts: StorageParts, ns: str, cid: bytes) -> str | None:
-    try:
-        parts.chunks.read(ns, cid, 0, None)  # opens, decrypts, verifies
-    except AIFSError as e:
-        return f"namespace {ns}: chunk {cid.hex()}: {e.message}"
-    except (ValueError, OSError) as e:
-        return f"namespace {ns}: chunk {cid.hex()}: {e}"
-    return None
 
 
 def _stopped(result: FsckResult, why: str) -> FsckResult:
@@ -172,4 +319,19 @@ def gc(parts: StorageParts, namespaces: Iterable[str] | None = None, *,
             if chunks.delete(ns, cid):
                 result.bytes_freed += size
             result.chunks_deleted += 1
+    # temp files a crashed writer left: no record names them, so nothing else ever would
+    stale, complete = stale_temp_files(chunks.store, deadline)
+    for path in stale:
+        if dry_run:
+            result.temp_files_deleted += 1
+            continue
+        try:
+            size = os.stat(path).st_size
+            os.unlink(path)
+        except FileNotFoundError:
+            continue
+        result.temp_files_deleted += 1
+        result.bytes_freed += size
+    if not complete:
+        result.complete = False
     return result

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,7 +13,7 @@ import pytest
 from blake3 import blake3
 
 from aifs_core.errors import NotFound
-from aifs_core.types import ROOT_INO, TreeRef
+from aifs_core.types import ROOT_INO, ChunkRef, TreeRef
 from aifs_server import maintenance
 from aifs_server.datadir import DataDir, format_data_dir, open_data_dir
 from aifs_server.deadline import Deadline
@@ -80,27 +83,103 @@ def test_gc_stops_at_its_deadline_having_done_nothing_more(dd: DataDir) -> None:
     assert dd.chunks.has("default", [cid]) == [True]
 
 
+def _stored_path(dd: DataDir, cid: bytes, ns: str = "default") -> Path:
+    name = dd.chunks.name_for(ns, cid)
+    return Path(dd.store.root) / name[:2] / name[2:4] / name
+
+
 def test_fsck_finds_missing_and_corrupt_chunks(dd: DataDir) -> None:
     good = _chunk(dd, b"good " * 1000)
-    bad = _chunk(dd, b"to be damaged " * 1000)
+    bad = _chunk(dd, os.urandom(60000))   # incompressible: its middle is frame data
     gone = _chunk(dd, b"to be lost " * 1000)
     r = maintenance.fsck(dd, read_data=True)
     assert (r.ok, r.problems, r.chunks_checked, r.complete) == (True, [], 3, True)
-    path = Path(dd.store.root)
-    name = dd.chunks.name_for("default", bad)
-    victim = path / name[:2] / name[2:4] / name
+    victim = _stored_path(dd, bad)
     raw = bytearray(victim.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     victim.write_bytes(bytes(raw))
     assert dd.store.delete(dd.chunks.name_for("default", gone))
-    quick = maintenance.fsck(dd)  # reads no data: sees only the missing one
+    quick = maintenance.fsck(dd)  # reads no frame data: sees only the missing one
     assert not quick.ok and quick.chunks_checked == 3
     assert quick.problems == [f"namespace default: chunk {gone.hex()} is recorded but missing "
-                              f"from the chunk store"]
+                              f"from the chunk store; no file or asset uses it (gc will "
+                              f"collect it)"]
     full = maintenance.fsck(dd, read_data=True)
     assert not full.ok and len(full.problems) == 2
     assert any(bad.hex() in p for p in full.problems)
     assert not any(good.hex() in p for p in full.problems)
+
+
+def _file(dd: DataDir, tree: TreeRef, parent: int, name: bytes, cids: list[bytes],
+          length: int) -> int:
+    ino = dd.meta.create(tree, parent, name, stat.S_IFREG | 0o644, 0, 0).ino
+    # every slot holds `length` bytes; the file ends with the last one (earlier ones: holes)
+    dd.meta.commit_file(tree, ino, [ChunkRef(i, c, length) for i, c in enumerate(cids)],
+                        (len(cids) - 1) * 65536 + length, truncated=True)
+    return ino
+
+
+def test_fsck_without_read_data_finds_a_truncated_chunk_and_names_its_files(dd: DataDir
+                                                                            ) -> None:
+    main, other = TreeRef("default", "main"), TreeRef("default", "exp")
+    dd.meta.ensure_tree(other)
+    data = os.urandom(60000)
+    cid = _chunk(dd, data)
+    fine = _chunk(dd, b"fine " * 100)
+    sub = dd.meta.mkdir(main, ROOT_INO, b"sub", 0o40755, 0, 0).ino
+    _file(dd, main, sub, b"uses-it", [fine, cid], 500)
+    _file(dd, other, ROOT_INO, b"also", [cid], 60000)
+    gone_file = _file(dd, main, ROOT_INO, b"open-then-unlinked", [cid], 100)
+    dd.meta.unlink(main, ROOT_INO, b"open-then-unlinked")   # nlink 0, kept until forget
+    _file(dd, main, ROOT_INO, b"clean", [fine], 500)
+    assert maintenance.fsck(dd).ok
+    # cut the stored chunk short: a torn write, a damaged disk
+    victim = _stored_path(dd, cid)
+    victim.write_bytes(victim.read_bytes()[:-1000])
+    r = maintenance.fsck(dd)
+    assert not r.ok and r.complete and r.files_checked == 4
+    [problem] = r.problems
+    assert problem.startswith(f"namespace default: chunk {cid.hex()} is damaged")
+    assert "main:/sub/uses-it" in problem and "exp:/also" in problem
+    assert f"main: unlinked inode {gone_file}" in problem
+    assert "clean" not in problem and fine.hex() not in problem
+
+
+def test_fsck_finds_a_slot_naming_an_unrecorded_chunk(dd: DataDir) -> None:
+    main = TreeRef("default", "main")
+    cid = _chunk(dd, b"soon forgotten " * 10)
+    _file(dd, main, ROOT_INO, b"f", [cid], 150)
+    # the record goes while a slot still names it (a damaged database, a buggy engine)
+    with dd.meta._store.write() as tx:  # type: ignore[attr-defined]
+        tx.adjust_refs("default", Counter({cid: -1}), 0)
+    assert dd.meta.forget_chunk("default", cid)
+    r = maintenance.fsck(dd)
+    assert not r.ok
+    assert any(f"main:/f: slot 0 names chunk {cid.hex()}, which is not recorded" in p
+               for p in r.problems), r.problems
+
+
+def test_stale_temp_files_are_reported_by_fsck_and_removed_by_gc(dd: DataDir) -> None:
+    cid = _chunk(dd, b"kept " * 100)
+    victim = _stored_path(dd, cid)
+    stale = victim.parent / f".tmp-{victim.name}-999999-1"
+    fresh = victim.parent / f".tmp-{'ab' * 32}-999999-2"
+    for p in (stale, fresh):
+        p.write_bytes(b"x" * 1234)
+    old = time.time() - maintenance.STALE_TEMP_SECONDS - 60
+    os.utime(stale, (old, old))   # left by a crash long ago
+    r = maintenance.fsck(dd)
+    assert not r.ok and len(r.problems) == 1
+    assert "1 temp files" in r.problems[0] and str(stale) in r.problems[0]
+    dry = maintenance.gc(dd, dry_run=True)
+    assert dry.temp_files_deleted == 1 and stale.exists()
+    g = maintenance.gc(dd)   # whatever the grace: a temp file is nobody's chunk
+    assert (g.temp_files_deleted, g.bytes_freed, g.chunks_deleted) == (1, 1234, 0)
+    assert not stale.exists()
+    assert fresh.exists()   # may be a write in progress: kept
+    assert dd.chunks.has("default", [cid]) == [True]
+    assert maintenance.fsck(dd).ok
+    fresh.unlink()
 
 
 def test_fsck_stops_at_its_deadline_and_says_so(dd: DataDir) -> None:
