@@ -178,7 +178,7 @@ class AIFSClient:
     def fsck(self, read_data: bool = False, timeout: float | None = None) -> dict[str, Any]:
         return self.admin.fsck(read_data, timeout)
 
-    def gc(self, dry_run: bool = False, grace_seconds: int = 0,
+    def gc(self, dry_run: bool = False, grace_seconds: int | None = None,
            timeout: float | None = None) -> dict[str, Any]:
         return self.admin.gc(dry_run, grace_seconds, timeout)
 

@@ -319,8 +319,20 @@ def cmd_fsck(args: argparse.Namespace) -> int:
     for problem in result["problems"]:
         print(f"problem: {problem}")
     print(f"{'ok' if result['ok'] else 'NOT OK'}: {result['chunks_checked']} chunks checked, "
-          f"{len(result['problems'])} problems")
+          f"{len(result['problems'])} problems ({result.get('files_checked', 0)} files' chunk "
+          f"maps checked)")
     return 0 if result["ok"] else 1
+
+
+def _seconds(text: str) -> int:
+    """--grace: whole seconds >= 0 (an explicit 0 means 0, not the default)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of seconds") from None
+    if not 0 <= n < 2**32:
+        raise argparse.ArgumentTypeError(f"{n} is outside 0..{2**32 - 1} seconds")
+    return n
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -329,14 +341,17 @@ def cmd_gc(args: argparse.Namespace) -> int:
 
         with _offline(args) as dd:
             result = dataclasses.asdict(maintenance.gc(
-                dd, grace_seconds=args.grace or maintenance.GC_GRACE_DEFAULT,
+                dd, grace_seconds=(maintenance.GC_GRACE_DEFAULT if args.grace is None
+                                   else args.grace),
                 dry_run=args.dry_run))
     else:
         with client_from_args(args) as client:
             result = client.gc(dry_run=args.dry_run, grace_seconds=args.grace)
     what = "would delete" if args.dry_run else "deleted"
+    temps = result.get("temp_files_deleted", 0)
     print(f"{what} {result['chunks_deleted']} chunks ({result['bytes_freed']} bytes) and "
-          f"{result['orphans_deleted']} orphan inodes")
+          f"{result['orphans_deleted']} orphan inodes"
+          + (f", and {temps} stale temp files a crash left" if temps else ""))
     return 0
 
 
@@ -454,9 +469,9 @@ def build_parser(plugins: Sequence[str] = PLUGINS) -> argparse.ArgumentParser:
 
     p = client_cmd("gc", "delete unreferenced chunks and orphan inodes", cmd_gc)
     p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
-    p.add_argument("--grace", type=int, default=0, metavar="S",
-                   help="keep chunks unreferenced for less than S seconds (default: server's, "
-                        "1 hour)")
+    p.add_argument("--grace", type=_seconds, default=None, metavar="S",
+                   help="keep chunks unreferenced for less than S seconds; 0 frees them now "
+                        "(default: the server's, 1 hour)")
     p.add_argument("--data", metavar="DIR", help=offline_help)
 
     load_plugins(sub, plugins)

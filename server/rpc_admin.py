@@ -157,12 +157,15 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
     def Fsck(self, request: Any, context: grpc.ServicerContext) -> Any:
         r = maintenance.fsck(self.b, [ns.name for ns in self._allowed()],
                              read_data=request.read_data, deadline=_work_deadline(context))
-        return admin_pb2.FsckReply(ok=r.ok, problems=r.problems, chunks_checked=r.chunks_checked)
+        return admin_pb2.FsckReply(ok=r.ok, problems=r.problems, chunks_checked=r.chunks_checked,
+                                   files_checked=r.files_checked)
 
     @rpc
     def GC(self, request: Any, context: grpc.ServicerContext) -> Any:
-        r = maintenance.gc(self.b, [ns.name for ns in self._allowed()],
-                           grace_seconds=request.grace_seconds or GC_GRACE_DEFAULT,
+        # an explicit 0 is a grace of 0 (free space now); only an unset field is the default
+        grace = (request.grace_seconds if request.HasField("grace_seconds")
+                 else GC_GRACE_DEFAULT)
+        r = maintenance.gc(self.b, [ns.name for ns in self._allowed()], grace_seconds=grace,
                            dry_run=request.dry_run, deadline=_work_deadline(context))
         if not r.complete:  # the reply has no field for "partly done": say it in the error
             raise TimedOut(
@@ -171,4 +174,5 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
                 f"({r.bytes_freed} bytes) and {r.orphans_deleted} orphan inodes; run it again "
                 f"with a longer --timeout, or offline with `aifs gc --data DIR`")
         return admin_pb2.GCReply(chunks_deleted=r.chunks_deleted, bytes_freed=r.bytes_freed,
-                                 orphans_deleted=r.orphans_deleted)
+                                 orphans_deleted=r.orphans_deleted,
+                                 temp_files_deleted=r.temp_files_deleted)

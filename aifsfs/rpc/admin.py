@@ -6,7 +6,7 @@ Interface:
         format(namespace=None, chunk_size=0, zstd_level=0, dry_run=False) -> dict
         introspect() -> dict(version, features, config, namespaces)
         list_namespaces() -> [dict]; fsck(read_data=False) -> dict; gc(dry_run=False,
-        grace_seconds=0) -> dict
+        grace_seconds=None) -> dict   (None: the server's default grace; 0 means 0)
 """
 
 from __future__ import annotations
@@ -57,12 +57,14 @@ class GrpcAdmin:
         reply = self._ch.unary(self._admin.Fsck, admin_pb2.FsckRequest(read_data=read_data),
                             timeout=timeout or max(self._ch.timeout, 600.0))
         return {"ok": reply.ok, "problems": list(reply.problems),
-                "chunks_checked": reply.chunks_checked}
+                "chunks_checked": reply.chunks_checked, "files_checked": reply.files_checked}
 
-    def gc(self, dry_run: bool = False, grace_seconds: int = 0,
+    def gc(self, dry_run: bool = False, grace_seconds: int | None = None,
            timeout: float | None = None) -> dict[str, Any]:
+        # None leaves the field unset (the server's default grace); 0 means 0
         reply = self._ch.unary(self._admin.GC, admin_pb2.GCRequest(
             dry_run=dry_run, grace_seconds=grace_seconds),
             idempotent=False, timeout=timeout or max(self._ch.timeout, 600.0))
         return {"chunks_deleted": reply.chunks_deleted, "bytes_freed": reply.bytes_freed,
-                "orphans_deleted": reply.orphans_deleted}
+                "orphans_deleted": reply.orphans_deleted,
+                "temp_files_deleted": reply.temp_files_deleted}

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from aifs_proto.v1 import common_pb2 as aifs_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61ifs/v1/admin.proto\x12\x07\x61ifs.v1\x1a\x14\x61ifs/v1/common.proto\"\x9b\x01\n\rNamespaceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nchunk_size\x18\x02 \x01(\r\x12\x12\n\nzstd_level\x18\x03 \x01(\r\x12\x12\n\nkms_key_id\x18\x04 \x01(\t\x12\x14\n\x0cstored_bytes\x18\x05 \x01(\x04\x12\x15\n\rlogical_bytes\x18\x06 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x07 \x01(\x04\"[\n\rFormatRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\nchunk_size\x18\x02 \x01(\r\x12\x12\n\nzstd_level\x18\x03 \x01(\r\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\"t\n\x0b\x46ormatReply\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12)\n\tnamespace\x18\x03 \x01(\x0b\x32\x16.aifs.v1.NamespaceInfo\x12\x18\n\x10root_snapshot_id\x18\x04 \x01(\t\"u\n\x0fIntrospectReply\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\x12\x13\n\x0b\x63onfig_json\x18\x03 \x01(\t\x12*\n\nnamespaces\x18\x04 \x03(\x0b\x32\x16.aifs.v1.NamespaceInfo\"A\n\x13ListNamespacesReply\x12*\n\nnamespaces\x18\x01 \x03(\x0b\x32\x16.aifs.v1.NamespaceInfo\" \n\x0b\x46sckRequest\x12\x11\n\tread_data\x18\x01 \x01(\x08\"A\n\tFsckReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x10\n\x08problems\x18\x02 \x03(\t\x12\x16\n\x0e\x63hunks_checked\x18\x03 \x01(\x04\"3\n\tGCRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x15\n\rgrace_seconds\x18\x02 \x01(\r\"O\n\x07GCReply\x12\x16\n\x0e\x63hunks_deleted\x18\x01 \x01(\x04\x12\x13\n\x0b\x62ytes_freed\x18\x02 \x01(\x04\x12\x17\n\x0forphans_deleted\x18\x03 \x01(\x04\x32\x95\x02\n\x05\x41\x64min\x12\x36\n\x06\x46ormat\x12\x16.aifs.v1.FormatRequest\x1a\x14.aifs.v1.FormatReply\x12\x36\n\nIntrospect\x12\x0e.aifs.v1.Empty\x1a\x18.aifs.v1.IntrospectReply\x12>\n\x0eListNamespaces\x12\x0e.aifs.v1.Empty\x1a\x1c.aifs.v1.ListNamespacesReply\x12\x30\n\x04\x46sck\x12\x14.aifs.v1.FsckRequest\x1a\x12.aifs.v1.FsckReply\x12*\n\x02GC\x12\x12.aifs.v1.GCRequest\x1a\x10.aifs.v1.GCReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61ifs/v1/admin.proto\x12\x07\x61ifs.v1\x1a\x14\x61ifs/v1/common.proto\"\x9b\x01\n\rNamespaceInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nchunk_size\x18\x02 \x01(\r\x12\x12\n\nzstd_level\x18\x03 \x01(\r\x12\x12\n\nkms_key_id\x18\x04 \x01(\t\x12\x14\n\x0cstored_bytes\x18\x05 \x01(\x04\x12\x15\n\rlogical_bytes\x18\x06 \x01(\x04\x12\x13\n\x0b\x63hunk_count\x18\x07 \x01(\x04\"[\n\rFormatRequest\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x12\n\nchunk_size\x18\x02 \x01(\r\x12\x12\n\nzstd_level\x18\x03 \x01(\r\x12\x0f\n\x07\x64ry_run\x18\x04 \x01(\x08\"t\n\x0b\x46ormatReply\x12\x0f\n\x07\x63reated\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\x12)\n\tnamespace\x18\x03 \x01(\x0b\x32\x16.aifs.v1.NamespaceInfo\x12\x18\n\x10root_snapshot_id\x18\x04 \x01(\t\"u\n\x0fIntrospectReply\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x02 \x03(\t\x12\x13\n\x0b\x63onfig_json\x18\x03 \x01(\t\x12*\n\nnamespaces\x18\x04 \x03(\x0b\x32\x16.aifs.v1.NamespaceInfo\"A\n\x13ListNamespacesReply\x12*\n\nnamespaces\x18\x01 \x03(\x0b\x32\x16.aifs.v1.NamespaceInfo\" \n\x0b\x46sckRequest\x12\x11\n\tread_data\x18\x01 \x01(\x08\"X\n\tFsckReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x10\n\x08problems\x18\x02 \x03(\t\x12\x16\n\x0e\x63hunks_checked\x18\x03 \x01(\x04\x12\x15\n\rfiles_checked\x18\x04 \x01(\x04\"J\n\tGCRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\x1a\n\rgrace_seconds\x18\x02 \x01(\rH\x00\x88\x01\x01\x42\x10\n\x0e_grace_seconds\"k\n\x07GCReply\x12\x16\n\x0e\x63hunks_deleted\x18\x01 \x01(\x04\x12\x13\n\x0b\x62ytes_freed\x18\x02 \x01(\x04\x12\x17\n\x0forphans_deleted\x18\x03 \x01(\x04\x12\x1a\n\x12temp_files_deleted\x18\x04 \x01(\x04\x32\x95\x02\n\x05\x41\x64min\x12\x36\n\x06\x46ormat\x12\x16.aifs.v1.FormatRequest\x1a\x14.aifs.v1.FormatReply\x12\x36\n\nIntrospect\x12\x0e.aifs.v1.Empty\x1a\x18.aifs.v1.IntrospectReply\x12>\n\x0eListNamespaces\x12\x0e.aifs.v1.Empty\x1a\x1c.aifs.v1.ListNamespacesReply\x12\x30\n\x04\x46sck\x12\x14.aifs.v1.FsckRequest\x1a\x12.aifs.v1.FsckReply\x12*\n\x02GC\x12\x12.aifs.v1.GCRequest\x1a\x10.aifs.v1.GCReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,11 +45,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_FSCKREQUEST']._serialized_start=609
   _globals['_FSCKREQUEST']._serialized_end=641
   _globals['_FSCKREPLY']._serialized_start=643
-  _globals['_FSCKREPLY']._serialized_end=708
-  _globals['_GCREQUEST']._serialized_start=710
-  _globals['_GCREQUEST']._serialized_end=761
-  _globals['_GCREPLY']._serialized_start=763
-  _globals['_GCREPLY']._serialized_end=842
-  _globals['_ADMIN']._serialized_start=845
-  _globals['_ADMIN']._serialized_end=1122
+  _globals['_FSCKREPLY']._serialized_end=731
+  _globals['_GCREQUEST']._serialized_start=733
+  _globals['_GCREQUEST']._serialized_end=807
+  _globals['_GCREPLY']._serialized_start=809
+  _globals['_GCREPLY']._serialized_end=916
+  _globals['_ADMIN']._serialized_start=919
+  _globals['_ADMIN']._serialized_end=1196
 # @@protoc_insertion_point(module_scope)

@@ -74,14 +74,16 @@ class FsckRequest(_message.Message):
     def __init__(self, read_data: _Optional[bool] = ...) -> None: ...
 
 class FsckReply(_message.Message):
-    __slots__ = ("ok", "problems", "chunks_checked")
+    __slots__ = ("ok", "problems", "chunks_checked", "files_checked")
     OK_FIELD_NUMBER: _ClassVar[int]
     PROBLEMS_FIELD_NUMBER: _ClassVar[int]
     CHUNKS_CHECKED_FIELD_NUMBER: _ClassVar[int]
+    FILES_CHECKED_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     problems: _containers.RepeatedScalarFieldContainer[str]
     chunks_checked: int
-    def __init__(self, ok: _Optional[bool] = ..., problems: _Optional[_Iterable[str]] = ..., chunks_checked: _Optional[int] = ...) -> None: ...
+    files_checked: int
+    def __init__(self, ok: _Optional[bool] = ..., problems: _Optional[_Iterable[str]] = ..., chunks_checked: _Optional[int] = ..., files_checked: _Optional[int] = ...) -> None: ...
 
 class GCRequest(_message.Message):
     __slots__ = ("dry_run", "grace_seconds")
@@ -92,11 +94,13 @@ class GCRequest(_message.Message):
     def __init__(self, dry_run: _Optional[bool] = ..., grace_seconds: _Optional[int] = ...) -> None: ...
 
 class GCReply(_message.Message):
-    __slots__ = ("chunks_deleted", "bytes_freed", "orphans_deleted")
+    __slots__ = ("chunks_deleted", "bytes_freed", "orphans_deleted", "temp_files_deleted")
     CHUNKS_DELETED_FIELD_NUMBER: _ClassVar[int]
     BYTES_FREED_FIELD_NUMBER: _ClassVar[int]
     ORPHANS_DELETED_FIELD_NUMBER: _ClassVar[int]
+    TEMP_FILES_DELETED_FIELD_NUMBER: _ClassVar[int]
     chunks_deleted: int
     bytes_freed: int
     orphans_deleted: int
-    def __init__(self, chunks_deleted: _Optional[int] = ..., bytes_freed: _Optional[int] = ..., orphans_deleted: _Optional[int] = ...) -> None: ...
+    temp_files_deleted: int
+    def __init__(self, chunks_deleted: _Optional[int] = ..., bytes_freed: _Optional[int] = ..., orphans_deleted: _Optional[int] = ..., temp_files_deleted: _Optional[int] = ...) -> None: ...
