@@ -13,7 +13,8 @@ Interface:
     METHOD_VERBS: full RPC name -> verb     RPCs missing from it are denied (fail closed)
     UNAUTHENTICATED_METHODS                 health and reflection: no token needed
     GrantCache(ttl=30.0, max_entries=1024)  verified grants by token bytes, for a short time
-    AuthInterceptor(root_key, cache=None)   grpc.ServerInterceptor (a GrantCache by default)
+    AuthInterceptor(root_key, cache=None)   grpc.ServerInterceptor (a GrantCache by default);
+                                            refusals are logged at WARNING, rate-limited
     call_scope(context) -> (namespace, branch)   from call metadata, defaults "default"/"main"
     current_grant() -> Grant | None         the grant of the RPC running in this context
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import contextvars
 import datetime as _dt
+import logging
 import secrets
 import threading
 import time
@@ -46,6 +48,7 @@ from pymacaroons.exceptions import MacaroonException
 from aifs_core.errors import AIFSError, PermissionDenied, TokenExpired, Unauthenticated
 from aifs_core.status import status_for
 from aifs_core.verbs import ALL, DEFAULT_BRANCH, DEFAULT_NAMESPACE, normalise_methods
+from aifs_server.grpc_errors import log_limited
 
 LOCATION = "aifs"
 
@@ -342,6 +345,10 @@ class AuthInterceptor(grpc.ServerInterceptor):
             grant = verify_token(self._root_key, _bearer(md), namespace, verb,
                                  cache=self._cache)
         except AIFSError as err:
+            # an operator should see refusals, but a caller can send thousands a second:
+            # rate-limited per reason (the next line that gets through counts the rest)
+            log_limited(logging.WARNING, f"denied:{err.reason}", "refused %s: %s: %s",
+                        method, err.reason, err.message)
             if self._on_denied is not None:
                 self._on_denied(method, err)
             return _denying_handler(handler, err)

@@ -6,6 +6,10 @@ Interface (the status tables themselves are `aifs_core.status`):
                                                     generator): checks the request's numbers
                                                     (`request_limits`); AIFSError -> its status;
                                                     anything else -> INTERNAL, traceback logged
+                                                    (rate-limited)
+    LogLimiter(burst=5, period=60.0)                at most `burst` lines per period per kind
+    log_limited(level, kind, msg, *args)            one line, unless LIMITER suppresses it;
+                                                    the next line says how many were
 
 The client side rebuilds the error with `grpc_status.rpc_status.from_call(call)` and the
 `ErrorInfo.reason` (see `aifs_core.status.reason_of`).
@@ -16,6 +20,8 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
@@ -28,6 +34,51 @@ from aifs_server.request_limits import check_request, checked_stream
 log = logging.getLogger("aifs.server")
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class LogLimiter:
+    """At most `burst` log lines per `period` seconds for each kind of event; the rest are
+    counted and the count is told in the next line that gets through. A caller can make the
+    server fail (or refuse) thousands of calls a second: one line each would fill the disk
+    and bury what matters. Kinds are a small fixed set (reasons, method names): bounded."""
+
+    def __init__(self, burst: int = 5, period: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.burst, self.period, self._clock = burst, period, clock
+        self._lock = threading.Lock()
+        # kind -> [window start, lines logged in it, events suppressed since the last line]
+        self._kinds: dict[str, list[float]] = {}
+
+    def allow(self, kind: str) -> tuple[bool, int]:
+        """(log this one?, how many of this kind were suppressed since the last line)."""
+        now = self._clock()
+        with self._lock:
+            st = self._kinds.get(kind)
+            if st is None or now - st[0] >= self.period:
+                if st is None and len(self._kinds) >= LIMITER_KINDS_MAX:
+                    self._kinds.clear()   # never grows without bound, whatever the kinds
+                st = self._kinds[kind] = [now, 0, st[2] if st is not None else 0]
+            if st[1] >= self.burst:
+                st[2] += 1
+                return False, 0
+            st[1] += 1
+            suppressed, st[2] = int(st[2]), 0
+            return True, suppressed
+
+
+LIMITER_KINDS_MAX = 1024
+LIMITER = LogLimiter()
+
+
+def suppressed_note(n: int) -> str:
+    return f" ({n} more like it since the last such line were not logged)" if n else ""
+
+
+def log_limited(level: int, kind: str, msg: str, *args: Any, exc_info: Any = None) -> None:
+    """log.log(level, msg, *args), rate-limited per `kind` by LIMITER."""
+    ok, suppressed = LIMITER.allow(kind)
+    if ok:
+        log.log(level, msg + "%s", *args, suppressed_note(suppressed), exc_info=exc_info)
 
 
 def abort(context: grpc.ServicerContext, err: AIFSError) -> NoReturn:
@@ -51,9 +102,9 @@ def _fail(context: grpc.ServicerContext, exc: Exception, name: str) -> NoReturn:
         raise exc
     if isinstance(exc, grpc.RpcError) and not context.is_active():
         # the client went away mid-stream (the request iterator raised): nothing to report
-        log.info("%s: client cancelled or disconnected", name)
+        log_limited(logging.INFO, "cancelled", "%s: client cancelled or disconnected", name)
         raise exc
-    log.error("internal error in %s", name, exc_info=exc)
+    log_limited(logging.ERROR, f"internal:{name}", "internal error in %s", name, exc_info=exc)
     context.abort_with_status(status_of(
         grpc.StatusCode.INTERNAL,
         f"internal server error in {name}: {type(exc).__name__}: {exc}; see the server log",
