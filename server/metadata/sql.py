@@ -106,7 +106,9 @@ class SQLTx:
         return self._c.execute(self._q(sql), params)
 
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        self._c.executemany(self._q(sql), rows)
+        rows = list(rows)
+        if rows:  # a cursor's: psycopg's connections have no executemany
+            self._c.cursor().executemany(self._q(sql), rows)
 
     # --- namespaces --------------------------------------------------------------------------
     def insert_namespace(self, ns: Namespace) -> bool:

@@ -2,8 +2,9 @@
 test_metadata_records.py): every engine runs the same tests.
 
 Interface:
-    ENGINES                     name -> factory(tmp_path) -> Harness; a new engine plugs in by
-                                adding one factory here
+    ENGINES                     name -> factory(request) -> Harness; a new engine plugs in by
+                                adding one factory here (it takes the fixtures it needs with
+                                request.getfixturevalue: tmp_path, pg_dsn, ...)
     Harness.open()              a new engine over the harness's storage (the same data on every
                                 call, so reopening is testable); the caller closes it
     Harness.scalar(sql, *args)  one value read with plain SQL ("?" placeholders) from that
@@ -20,9 +21,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import psycopg
 import pytest
 
 from aifs_server.metadata.base import MetadataEngine
+from aifs_server.metadata.postgres import PostgresMetadata
 from aifs_server.metadata.sqlite import SQLiteMetadata
 
 
@@ -49,14 +52,34 @@ class SQLiteHarness:
         pass  # tmp_path goes with the test
 
 
-ENGINES: dict[str, Callable[[Path], Harness]] = {
-    "sqlite": SQLiteHarness,
+class PostgresHarness:
+    """A fresh database of the session's PostgreSQL 15 (the `pg_dsn` fixture)."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    def open(self) -> PostgresMetadata:
+        return PostgresMetadata(self.dsn, pool_size=8)
+
+    def scalar(self, sql: str, *args: Any) -> Any:
+        # a separate connection, as for SQLite; the tests write "?" (SQLite's placeholder)
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            r = c.execute(sql.replace("?", "%s"), args).fetchone()
+        return None if r is None else r[0]
+
+    def close(self) -> None:
+        pass  # the database is one per test; the session's server goes at session end
+
+
+ENGINES: dict[str, Callable[[pytest.FixtureRequest], Harness]] = {
+    "sqlite": lambda request: SQLiteHarness(request.getfixturevalue("tmp_path")),
+    "postgresql": lambda request: PostgresHarness(request.getfixturevalue("pg_dsn")),
 }
 
 
 @pytest.fixture(name="harness", params=sorted(ENGINES))
-def harness_fixture(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
-    h = ENGINES[request.param](tmp_path)
+def harness_fixture(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    h = ENGINES[request.param](request)
     try:
         yield h
     finally:
