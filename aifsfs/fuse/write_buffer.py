@@ -27,7 +27,8 @@ Interface:
         await .flush(st, durable=False) -> Attr | None
                                                 upload what is left, CommitFile the changed slots
                                                 (durable for fsync)
-                                                (+ size, + whole-file BLAKE3 when known)
+                                                (+ size; the server computes the file's
+                                                asset id itself, it trusts no claim)
                                                 slots of at most `inline_max` bytes still dirty
                                                 at flush travel inside the CommitFile (no
                                                 PutChunks round trip: a small file's close is
@@ -51,7 +52,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
 
 import blake3
 import trio
@@ -176,9 +176,6 @@ class FileState:
         self.unlinked = False
         self.commit_lock = trio.Lock()
         self.mtime_ns = 0
-        # Whole-file BLAKE3 while the file is written sequentially from offset 0.
-        self.hasher: Any = blake3.blake3() if attr.size == 0 else None
-        self.hashed = 0
 
     def is_dirty(self) -> bool:
         return bool(self.dirty or self.uploading or self.changed or self.meta_dirty)
@@ -192,9 +189,6 @@ class FileState:
         self.attr, self.size, self.generation = attr, attr.size, attr.generation
         self.refs = {r.index: r for r in refs if r.chunk_id}
         self.chunk_size = chunk_size or self.chunk_size
-        self.hasher = None
-        if attr.size == 0:
-            self.hasher, self.hashed = blake3.blake3(), 0
 
     def clean_refs(self, slots: Iterable[int]) -> list[ChunkRef]:
         """Stored chunks of `slots` that no buffered write or upload supersedes."""
@@ -314,12 +308,6 @@ class WriteBuffers:
             return
         mv = memoryview(buf)
         end = offset + n
-        if st.hasher is not None:
-            if offset == st.hashed:
-                st.hasher.update(buf)
-                st.hashed = end
-            elif end > st.hashed or offset < st.hashed:
-                st.hasher = None   # not sequential from 0 any more
         if end > st.size:
             st.size = end
         st.meta_dirty = True
@@ -516,13 +504,10 @@ class WriteBuffers:
                 refs = [st.refs.get(i) or ChunkRef(i, b"", 0) for i in sorted(changed)]
                 inline = [(sg.ref.chunk_id, sg.data) for sg in staged.values()
                           if sg.ref.chunk_id]
-                asset_id = ""
-                if st.hasher is not None and st.hashed == st.size and not st.dirty:
-                    asset_id = st.hasher.hexdigest()
                 size = st.size
                 attr: Attr = await trio.to_thread.run_sync(
                     lambda: self.fs.commit_file(st.ino, refs, size, truncated=False,
-                                                mtime_ns=st.mtime_ns, asset_id=asset_id,
+                                                mtime_ns=st.mtime_ns,
                                                 durable=durable, inline=inline),
                     limiter=self.limiter)
             except BaseException:

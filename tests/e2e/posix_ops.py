@@ -253,8 +253,8 @@ class Fs:
         self._do(f"getxattr {rel} {name}", lambda: os.getxattr(self.p(rel), name), _data)
 
     def listxattr(self, rel: str) -> None:
-        # user.aifs.* are AIFS's documented, computed attributes (DESIGN: "xattrs user.aifs.*
-        # on every file"): an intended addition, so they are left out of the comparison.
+        # user.aifs.* are AIFS's documented, computed attributes (README: every file has them):
+        # an intended addition, so they are left out of the comparison.
         self._do(f"listxattr {rel}", lambda: os.listxattr(self.p(rel)),
                  lambda r: sorted(n for n in r if not n.startswith("user.aifs.")))
 
