@@ -6,7 +6,8 @@ Interface:
     NotFound, AlreadyExists, NotEmpty, NotADirectory, IsADirectory, NameTooLong, NoSpace,
     InvalidArgument, CorruptChunk, KeyUnavailable, MissingChunk, ParentNotCommitted,
     PermissionDenied, Unauthenticated, TokenExpired, CrossDevice, TimedOut,
-    StoreUnavailable (the server's chunk store cannot be reached: retry later),
+    StoreUnavailable (the server's chunk store or metadata database cannot be reached: retry
+    later),
     StoreMisconfigured (the server's chunk store refuses it: bucket, credentials; an operator
     must fix the server's configuration)
     REASONS: reason string -> class (the client rebuilds the same error from a status)
@@ -92,7 +93,8 @@ class TimedOut(AIFSError):
 
 
 class StoreUnavailable(AIFSError):
-    """The server's own chunk store (e.g. S3) did not answer after bounded retries."""
+    """The server's own chunk store (e.g. S3) or metadata database (e.g. PostgreSQL) did not
+    answer after bounded retries."""
 
     reason = "STORE_UNAVAILABLE"
 

@@ -1,13 +1,16 @@
 """PostgreSQL implementation of the metadata engine: several servers share one database.
 
 Interface:
-    PostgresMetadata(dsn, *, pool_size=10)  implements `MetadataEngine` (metadata/base.py):
+    PostgresMetadata(dsn, *, pool_size=10, timeout=POOL_TIMEOUT)
+                                            implements `MetadataEngine` (metadata/base.py):
                                             `posix.PosixMeta` over a `PostgresStore`, every call
                                             re-run (bounded) when the database aborted it for a
                                             conflict; `close()` closes the pool
-    PostgresStore(dsn, *, pool_size=10)     implements `store.Store` over a psycopg 3 connection
-                                            pool (creating or migrating the schema on open:
-                                            postgres_schema.py)
+    PostgresStore(dsn, *, pool_size=10, timeout=POOL_TIMEOUT)
+                                            implements `store.Store` over a psycopg 3 connection
+                                            pool of at most `pool_size` (creating or migrating
+                                            the schema on open: postgres_schema.py); `timeout`:
+                                            seconds a call waits for a connection
     POSTGRES                                the `sql.Dialect` of PostgreSQL
 
 Only connections, transactions, errors and the dialect live here; the statements are sql.py's
@@ -60,9 +63,10 @@ from aifs_server.metadata.sql import Dialect, SQLTx
 # Moves of directories between parents within one tree take this advisory lock (two 32-bit keys:
 # a class for AIFS tree locks and the tree id; a key space apart from the migration lock's).
 _TREE_LOCK_CLASS = 0x41494654  # "AIFT"
-POSTGRES = Dialect("postgresql", param="%s", row_lock="FOR UPDATE", orphan_index="",
-                   share_lock="FOR KEY SHARE",
-                   tree_lock=f"SELECT pg_advisory_xact_lock({_TREE_LOCK_CLASS}, CAST(? AS INTEGER))")
+POSTGRES = Dialect(
+    "postgresql", param="%s", row_lock="FOR UPDATE", orphan_index="",
+    share_lock="FOR KEY SHARE",  # a commit's chunk rows: GC's DELETE waits, other commits not
+    tree_lock=f"SELECT pg_advisory_xact_lock({_TREE_LOCK_CLASS}, CAST(? AS INTEGER))")
 
 ATTEMPTS = 8            # runs of one call the database aborted for a conflict
 CONNECT_TIMEOUT = 5     # seconds to open one connection
@@ -156,7 +160,7 @@ class _Autocommit:
 class PostgresStore:
     """`store.Store` over a PostgreSQL database (see the module docstring)."""
 
-    def __init__(self, dsn: str, *, pool_size: int = 10) -> None:
+    def __init__(self, dsn: str, *, pool_size: int = 10, timeout: float = POOL_TIMEOUT) -> None:
         info = psycopg.conninfo.conninfo_to_dict(dsn)
         self.where = repr(f"{info.get('dbname', '')} on {info.get('host', '')}")
         kwargs = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT}
@@ -166,10 +170,10 @@ class PostgresStore:
         except psycopg.OperationalError as e:
             raise _unavailable(self.where, e) from e
         self._pool = ConnectionPool(dsn, min_size=1, max_size=max(1, pool_size), kwargs=kwargs,
-                                    timeout=POOL_TIMEOUT, open=False,
+                                    timeout=timeout, open=False,
                                     name="aifs-metadata")
         try:
-            self._pool.open(wait=True, timeout=POOL_TIMEOUT)
+            self._pool.open(wait=True, timeout=timeout)
         except PoolTimeout as e:
             self._pool.close()
             raise _unavailable(self.where, e) from e
@@ -240,8 +244,8 @@ def _rerun(fn: F) -> F:
 class PostgresMetadata(PosixMeta):
     """`MetadataEngine` over a PostgreSQL database (see the module docstring)."""
 
-    def __init__(self, dsn: str, *, pool_size: int = 10) -> None:
-        self._pg = PostgresStore(dsn, pool_size=pool_size)  # for PostgreSQL-only tests
+    def __init__(self, dsn: str, *, pool_size: int = 10, timeout: float = POOL_TIMEOUT) -> None:
+        self._pg = PostgresStore(dsn, pool_size=pool_size, timeout=timeout)  # for PostgreSQL-only tests
         self._depth = threading.local()
         super().__init__(self._pg)
 
