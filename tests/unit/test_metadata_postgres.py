@@ -238,3 +238,23 @@ def test_lost_connections_are_replaced_and_a_dropped_database_is_unavailable(
         md.close()
     with pytest.raises(StoreUnavailable, match="cannot be reached"):
         PostgresMetadata(pg_dsn)
+
+
+def test_durable_commit_is_synchronous_even_where_the_server_says_off(pg_dsn: str) -> None:
+    md = PostgresMetadata(pg_dsn, pool_size=1)
+    try:
+        # the session's server runs with synchronous_commit=off (tests/services.py: speed)
+        with md._pg.write() as tx:
+            assert tx._c.execute("SHOW synchronous_commit").fetchone() == ("off",)
+        with md._pg.write(durable=True) as tx:
+            assert tx._c.execute("SHOW synchronous_commit").fetchone() == ("on",)
+        with md._pg.write() as tx:  # SET LOCAL: the pooled connection did not keep it
+            assert tx._c.execute("SHOW synchronous_commit").fetchone() == ("off",)
+        md.create_namespace(Namespace("ns1", CS, 3, "k"))
+        md.ensure_tree(T)
+        f = md.create(T, ROOT_INO, b"f", 0o644, 0, 0)
+        md.record_chunk("ns1", cid(1), CS, 10)
+        a = md.commit_file(T, f.ino, [ChunkRef(0, cid(1), CS)], CS, durable=True)
+        assert md.get_chunk_map(T, f.ino) == (a, [ChunkRef(0, cid(1), CS)])
+    finally:
+        md.close()
