@@ -1,0 +1,470 @@
+"""Local disk cache of decrypted chunk frames, sealed under a key only this mount holds.
+
+Interface:
+    DiskCache(root, capacity, *, max_pending=32 MiB, min_free_ratio=0.05)
+        .open()                 make this mount's directory root/m-<random>/ (locked with
+                                flock while we live), remove the directories of mounts that
+                                are gone, start the writer thread
+        .has(chunk_id, start, stop) -> bool      every 64 KiB frame of [start, stop) is here
+        .read(chunk_id, start, stop) -> bytes | None   blocking (file I/O + AES-GCM); None is
+                                a miss: absent, evicted meanwhile, or a frame that fails its
+                                tag (a torn or altered entry: dropped, counted, never served)
+        .submit(chunk_id, start, data)           queue a write (start frame-aligned, data up to
+                                the chunk's end or whole frames); dropped when the queue holds
+                                max_pending bytes: caching is best effort, reads never wait
+        .flush(timeout) -> bool                  wait until the queue is written (tests)
+        .clear()                drop every entry
+        .close()                stop the writer and remove this mount's directory
+        .stats() -> dict
+    default_cache_dir() -> str                   $XDG_CACHE_HOME/aifs or ~/.cache/aifs
+    default_cache_size(cache_dir) -> int         min(10 GiB, 20% of the free space there)
+    scan(root) -> list[dict]                     every mount directory under root, live or not,
+                                                 with its size and its last stats (aifs cache)
+    clear_dir(root) -> (removed_dirs, cleared_live)   remove dead mounts' directories; ask live
+                                                 mounts to drop their entries
+
+Why frames, sealed one by one: a chunk (1 MiB by default) is one file of fixed-size slots,
+slot i = [nonce 12][length 4][ciphertext][tag 16] holding plaintext frame i (64 KiB, the
+server's frame and the unit of a random read). A random 4 KiB read then reads and opens one
+64 KiB slot, not the whole chunk, and random reads fill a chunk's file frame by frame. The AAD
+binds each frame to its chunk id, index and length, so a slot moved, truncated, zeroed by a torn
+write or flipped on disk fails its tag. Entries never go stale: chunk ids are content hashes.
+
+The key and the file-name key are random per DiskCache and live only in this process's memory:
+a stolen disk or another local user learns nothing (names are keyed hashes, so they do not
+even reveal which chunks are cached), and a restarted mount starts cold. Hence no on-disk
+index and no fsync: after a crash the entries are unreadable anyway, and the next mount on
+the same root removes them (the dead mount's flock is released). The index (chunk id ->
+frame bit mask, LRU order, bytes) is in memory; eviction removes a chunk's file.
+
+Thread-safe: the trio thread calls has/submit, worker threads call read, one writer thread
+writes; the index is under one lock, file I/O is not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import itertools
+import json
+import logging
+import os
+import queue
+import shutil
+import struct
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from aifsfs.fuse.chunk_cache import FRAME_SIZE
+
+log = logging.getLogger("aifsfs.disk_cache")
+
+_HDR = struct.Struct("<12sI")          # nonce, plaintext length
+_TAG = 16
+SLOT = _HDR.size + FRAME_SIZE + _TAG   # stride of the slots in an entry file
+_AAD = b"aifs-disk-cache-v1"
+LOCK_NAME = "lock"
+STATS_NAME = "stats.json"
+CLEAR_NAME = "clear-request"
+_TICK = 0.5                            # seconds between the writer's housekeeping passes
+
+
+def default_cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "aifs")
+
+
+def _free_bytes(path: str) -> tuple[int, int]:
+    """(free bytes for us, total bytes) of the file system holding `path` (or its parent)."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    st = os.statvfs(p)
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def default_cache_size(cache_dir: str) -> int:
+    """A bounded fraction of the free space: min(10 GiB, 20% of what is free there)."""
+    try:
+        free, _ = _free_bytes(cache_dir)
+    except OSError:
+        return 0
+    return min(10 << 30, free // 5)
+
+
+class _Entry:
+    __slots__ = ("name", "mask", "nbytes")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.mask = 0        # bit i: frame i is written and readable
+        self.nbytes = 0      # bytes its slots take on disk (for the capacity)
+
+
+def _frames(start: int, stop: int) -> range:
+    return range(start // FRAME_SIZE, (stop - 1) // FRAME_SIZE + 1)
+
+
+def _bits(start: int, stop: int) -> int:
+    r = _frames(start, stop)
+    return ((1 << len(r)) - 1) << r.start
+
+
+class DiskCache:
+    def __init__(self, root: str, capacity: int, *, max_pending: int = 32 << 20,
+                 min_free_ratio: float = 0.05) -> None:
+        self.root = Path(root)
+        self.capacity = max(0, capacity)
+        self.max_pending = max_pending
+        self.min_free_ratio = min_free_ratio
+        self._aead = AESGCM(os.urandom(32))     # never written anywhere
+        self._name_key = os.urandom(32)
+        self._nonces = itertools.count(1)       # a counter: nonces unique under the key
+        self._lock = threading.Lock()
+        self._index: OrderedDict[bytes, _Entry] = OrderedDict()
+        self.used_bytes = 0
+        self._queue: queue.Queue[tuple[bytes, int, bytes] | None] = queue.Queue()
+        self._pending = 0
+        self._idle = threading.Condition(self._lock)
+        self._thread: threading.Thread | None = None
+        self._lock_fd = -1
+        self.dir = self.root / "unopened"
+        self._low_space = False
+        self._space_checked = 0.0
+        self.counters = dict(hits=0, hit_bytes=0, misses=0, writes=0, written_bytes=0,
+                             corrupt=0, dropped=0, evicted=0, errors=0)
+
+    # --- life cycle -------------------------------------------------------------------------
+    def open(self) -> DiskCache:
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _sweep_dead(self.root)
+        self.dir = self.root / f"m-{os.urandom(6).hex()}"
+        self.dir.mkdir(mode=0o700)
+        self._lock_fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        os.write(self._lock_fd, f"{os.getpid()}\n".encode())
+        self._thread = threading.Thread(target=self._writer, name="aifs-disk-cache",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(30)
+            self._thread = None
+        with self._lock:
+            self._index.clear()
+            self.used_bytes = 0
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    # --- lookups ------------------------------------------------------------------------------
+    def _path(self, name: str) -> Path:
+        return self.dir / name[:2] / name
+
+    def has(self, chunk_id: bytes, start: int, stop: int) -> bool:
+        if stop <= start:
+            return False
+        with self._lock:
+            e = self._index.get(chunk_id)
+            if e is None:
+                return False
+            want = _bits(start, stop)
+            return e.mask & want == want
+
+    def read(self, chunk_id: bytes, start: int, stop: int) -> bytes | None:
+        with self._lock:
+            e = self._index.get(chunk_id)
+            want = _bits(start, stop)
+            if e is None or e.mask & want != want:
+                self.counters["misses"] += 1
+                return None
+            self._index.move_to_end(chunk_id)
+        frames = _frames(start, stop)
+        try:
+            with open(self._path(e.name), "rb", buffering=0) as f:
+                raw = os.pread(f.fileno(), len(frames) * SLOT, frames.start * SLOT)
+            pieces = []
+            for k, i in enumerate(frames):
+                pieces.append(self._open_slot(memoryview(raw)[k * SLOT:(k + 1) * SLOT],
+                                              chunk_id, i))
+        except (OSError, InvalidTag, ValueError) as exc:
+            # missing (cleared or evicted meanwhile) or torn/altered: never served
+            corrupt = not isinstance(exc, FileNotFoundError)
+            with self._lock:
+                if corrupt:
+                    self.counters["corrupt"] += 1
+                self.counters["misses"] += 1
+                if self._index.get(chunk_id) is e:
+                    self._drop(chunk_id)
+            if corrupt:
+                log.warning("disk cache: dropped a damaged entry (%s)", type(exc).__name__)
+            return None
+        first = start - frames.start * FRAME_SIZE
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        if first or len(data) != stop - start:
+            if len(data) < first + (stop - start):
+                with self._lock:
+                    self.counters["misses"] += 1
+                return None   # a frame shorter than asked: the caller's range was wrong
+            data = data[first:first + stop - start]
+        with self._lock:
+            self.counters["hits"] += 1
+            self.counters["hit_bytes"] += len(data)
+        return data
+
+    def _open_slot(self, slot: memoryview, chunk_id: bytes, index: int) -> bytes:
+        if len(slot) < _HDR.size + _TAG:
+            raise ValueError("short slot")
+        nonce, n = _HDR.unpack_from(slot)
+        if n > FRAME_SIZE or len(slot) < _HDR.size + n + _TAG:
+            raise ValueError("bad slot length")
+        aad = b"%s%s%s" % (_AAD, chunk_id, struct.pack("<II", index, n))
+        return self._aead.decrypt(nonce, slot[_HDR.size:_HDR.size + n + _TAG], aad)
+
+    # --- writes -------------------------------------------------------------------------------
+    def submit(self, chunk_id: bytes, start: int, data: bytes) -> None:
+        n = len(data)
+        if n == 0 or self.capacity <= 0 or start % FRAME_SIZE or self._thread is None:
+            return
+        with self._lock:
+            e = self._index.get(chunk_id)
+            if e is not None:
+                want = _bits(start, start + n)
+                if e.mask & want == want:
+                    return
+            if self._pending + n > self.max_pending:
+                self.counters["dropped"] += 1
+                return
+            self._pending += n
+        self._queue.put((chunk_id, start, data))
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def _writer(self) -> None:
+        last_stats: dict[str, Any] | None = None
+        while True:
+            item: tuple[bytes, int, bytes] | tuple[()] | None
+            try:
+                item = self._queue.get(timeout=_TICK)
+            except queue.Empty:
+                item = ()  # a housekeeping tick
+            if item is None:
+                self._write_stats()
+                return
+            if item:
+                chunk_id, start, data = item
+                try:
+                    self._write(chunk_id, start, data)
+                except Exception:  # noqa: BLE001 - a failed write is a miss later, not an error
+                    log.debug("disk cache write failed", exc_info=True)
+                    with self._lock:
+                        self.counters["errors"] += 1
+                finally:
+                    with self._idle:
+                        self._pending -= len(data)
+                        if not self._pending:
+                            self._idle.notify_all()
+                if not self._queue.empty():
+                    continue
+            # idle: honour `aifs cache clear`, publish stats for `aifs cache stats`
+            if (self.dir / CLEAR_NAME).exists():
+                self.clear()
+                with contextlib.suppress(OSError):
+                    (self.dir / CLEAR_NAME).unlink()
+            stats = self.stats()
+            if stats != last_stats:
+                self._write_stats(stats)
+                last_stats = stats
+
+    def _space_low(self) -> bool:
+        now = time.monotonic()
+        if now - self._space_checked > 1.0:
+            self._space_checked = now
+            try:
+                free, total = _free_bytes(str(self.dir))
+                self._low_space = free < total * self.min_free_ratio
+            except OSError:
+                self._low_space = True
+        return self._low_space
+
+    def _write(self, chunk_id: bytes, start: int, data: bytes) -> None:
+        n = len(data)
+        if n + SLOT > self.capacity or self._space_low():
+            with self._lock:
+                self.counters["dropped"] += 1
+            return
+        with self._lock:
+            e = self._index.get(chunk_id)
+            if e is None:
+                name = hashlib.blake2b(chunk_id, key=self._name_key, digest_size=16).hexdigest()
+                e = _Entry(name)
+                self._index[chunk_id] = e
+            self._index.move_to_end(chunk_id)
+            frames = [i for i in _frames(start, start + n) if not e.mask >> i & 1]
+        if not frames:
+            return
+        path = self._path(e.name)
+        bufs: list[bytes] = []
+        view = memoryview(data)
+        for i in frames:
+            off = i * FRAME_SIZE - start
+            piece = view[off:off + FRAME_SIZE]
+            nonce = next(self._nonces).to_bytes(12, "big")
+            aad = b"%s%s%s" % (_AAD, chunk_id, struct.pack("<II", i, len(piece)))
+            bufs.append(_HDR.pack(nonce, len(piece)) + self._aead.encrypt(nonce, piece, aad))
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            # runs of consecutive frames go in one pwritev each
+            run: list[bytes] = []
+            run_start = frames[0]
+            for k, i in enumerate(frames):
+                if run and i != run_start + len(run):
+                    self._pwrite_all(fd, run, run_start * SLOT)
+                    run, run_start = [], i
+                run.append(bufs[k])
+            self._pwrite_all(fd, run, run_start * SLOT)
+        finally:
+            os.close(fd)
+        written = sum(len(b) for b in bufs)
+        with self._lock:
+            if self._index.get(chunk_id) is not e:
+                return   # cleared or evicted while we wrote: the file is gone or orphaned
+            for i in frames:
+                e.mask |= 1 << i
+            e.nbytes += written
+            self.used_bytes += written
+            self.counters["writes"] += 1
+            self.counters["written_bytes"] += written
+            while self.used_bytes > self.capacity and len(self._index) > 1:
+                self._drop(next(iter(self._index)))   # least recently used first
+                self.counters["evicted"] += 1
+
+    @staticmethod
+    def _pwrite_all(fd: int, bufs: list[bytes], offset: int) -> None:
+        total = sum(len(b) for b in bufs)
+        done = os.pwritev(fd, bufs, offset)
+        if done != total:   # short write (a full disk): write the rest, or fail
+            rest = b"".join(bufs)[done:]
+            while rest:
+                k = os.pwrite(fd, rest, offset + done)
+                if k <= 0:
+                    raise OSError("short write to the disk cache")
+                done += k
+                rest = rest[k:]
+
+    def _drop(self, chunk_id: bytes) -> None:
+        """Forget an entry and remove its file (lock held). A reader that already looked it
+        up then fails to open it, or finds slots that fail their tag: a miss either way."""
+        e = self._index.pop(chunk_id)
+        self.used_bytes -= e.nbytes
+        with contextlib.suppress(OSError):
+            os.unlink(self._path(e.name))
+
+    def clear(self) -> None:
+        with self._lock:
+            for cid in list(self._index):
+                self._drop(cid)
+
+    # --- stats ------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return dict(self.counters, pid=os.getpid(), capacity=self.capacity,
+                        used_bytes=self.used_bytes, entries=len(self._index),
+                        pending_bytes=self._pending)
+
+    def _write_stats(self, stats: dict[str, Any] | None = None) -> None:
+        tmp = self.dir / (STATS_NAME + ".tmp")
+        with contextlib.suppress(OSError):
+            tmp.write_text(json.dumps(stats or self.stats()))
+            os.replace(tmp, self.dir / STATS_NAME)
+
+
+# --- the cache directory as a whole (aifs cache, and the sweep at open) -------------------------
+def _owner_alive(d: Path) -> bool:
+    """A mount holds an exclusive flock on its lock file while it lives."""
+    try:
+        fd = os.open(d / LOCK_NAME, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _sweep_dead(root: Path) -> int:
+    n = 0
+    for d in root.glob("m-*"):
+        if d.is_dir() and not _owner_alive(d):
+            shutil.rmtree(d, ignore_errors=True)
+            n += 1
+    return n
+
+
+def _du(d: Path) -> tuple[int, int]:
+    files = size = 0
+    for dirpath, _, names in os.walk(d):
+        for nm in names:
+            if nm in (LOCK_NAME, STATS_NAME, CLEAR_NAME):
+                continue
+            with contextlib.suppress(OSError):
+                size += os.stat(os.path.join(dirpath, nm)).st_blocks * 512
+                files += 1
+    return files, size
+
+
+def scan(root: str) -> list[dict[str, Any]]:
+    out = []
+    for d in sorted(Path(root).glob("m-*")):
+        if not d.is_dir():
+            continue
+        files, size = _du(d)
+        stats: dict[str, Any] = {}
+        with contextlib.suppress(OSError, ValueError):
+            stats = json.loads((d / STATS_NAME).read_text())
+        out.append(dict(dir=str(d), live=_owner_alive(d), files=files, disk_bytes=size,
+                        stats=stats))
+    return out
+
+
+def clear_dir(root: str, wait: float = 5.0) -> tuple[int, int]:
+    """Remove what dead mounts left; ask live mounts to drop their entries (their writer
+    sees the request within a tick). Returns (dead directories removed, live mounts cleared)."""
+    rootp = Path(root)
+    if not rootp.is_dir():
+        return 0, 0
+    removed = _sweep_dead(rootp)
+    live = [d for d in rootp.glob("m-*") if d.is_dir()]
+    for d in live:
+        with contextlib.suppress(OSError):
+            (d / CLEAR_NAME).write_text("")
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and any((d / CLEAR_NAME).exists() for d in live):
+        time.sleep(0.05)
+    return removed, len(live)

@@ -1,0 +1,160 @@
+"""DiskCache (aifsfs/fuse/disk_cache.py) on a real directory: round trips of whole chunks and
+frames, LRU within the size, torn / altered / swapped entries never served, nothing readable
+by a second cache (the key is per instance), dead mounts' directories swept, `aifs cache`
+helpers (scan, clear_dir) against a live cache."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+from aifsfs.fuse.chunk_cache import FRAME_SIZE
+from aifsfs.fuse.disk_cache import SLOT, DiskCache, clear_dir, scan
+
+MiB = 1 << 20
+
+
+@pytest.fixture
+def cache(tmp_path: Path):  # type: ignore[no-untyped-def]
+    c = DiskCache(str(tmp_path / "dc"), 8 * MiB).open()
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def _chunk(seed: int, n: int = MiB + 1234) -> bytes:
+    return random.Random(seed).randbytes(n)
+
+
+def _files(c: DiskCache) -> list[Path]:
+    return [p for p in c.dir.glob("*/*") if p.is_file()]
+
+
+def test_whole_chunk_and_frames_round_trip(cache: DiskCache) -> None:
+    data = _chunk(1)
+    cache.submit(b"A" * 32, 0, data)
+    assert cache.flush(10)
+    assert cache.has(b"A" * 32, 0, len(data))
+    assert cache.read(b"A" * 32, 0, len(data)) == data
+    # a range inside: only its frames are read
+    assert cache.read(b"A" * 32, 70_000, 70_000 + 4096) == data[70_000:74_096]
+    assert cache.read(b"A" * 32, len(data) - 10, len(data)) == data[-10:]
+    # frames of another chunk, filled piece by piece (random reads)
+    other = _chunk(2)
+    cache.submit(b"B" * 32, 3 * FRAME_SIZE, other[3 * FRAME_SIZE:5 * FRAME_SIZE])
+    assert cache.flush(10)
+    assert cache.has(b"B" * 32, 3 * FRAME_SIZE, 5 * FRAME_SIZE)
+    assert not cache.has(b"B" * 32, 0, FRAME_SIZE)
+    assert cache.read(b"B" * 32, 0, FRAME_SIZE) is None
+    assert cache.read(b"B" * 32, 4 * FRAME_SIZE + 5, 4 * FRAME_SIZE + 99) == \
+        other[4 * FRAME_SIZE + 5:4 * FRAME_SIZE + 99]
+    s = cache.stats()
+    assert s["entries"] == 2 and s["hits"] == 4 and s["misses"] == 1 and s["corrupt"] == 0
+
+
+def test_nothing_on_disk_is_plaintext_or_names_the_chunk(cache: DiskCache) -> None:
+    data = b"secret-bytes-" * 10000
+    cid = bytes.fromhex("ab" * 32)
+    cache.submit(cid, 0, data)
+    assert cache.flush(10)
+    (f,) = _files(cache)
+    raw = f.read_bytes()
+    assert b"secret-bytes-" not in raw
+    assert "ab" * 8 not in f.name
+
+
+def test_lru_eviction_keeps_within_the_size(tmp_path: Path) -> None:
+    c = DiskCache(str(tmp_path / "dc"), 3 * (16 * SLOT)).open()   # three 1 MiB chunks
+    try:
+        chunks = {bytes([i]) * 32: _chunk(i, MiB) for i in range(5)}
+        for i, (cid, d) in enumerate(chunks.items()):
+            c.submit(cid, 0, d)
+            assert c.flush(10)
+            if i == 2:
+                assert c.read(bytes([0]) * 32, 0, 10) is not None  # 0 is now recent
+        assert c.used_bytes <= c.capacity
+        assert len(_files(c)) == 3
+        kept = [cid for cid in chunks if c.has(cid, 0, MiB)]
+        assert kept == [bytes([0]) * 32, bytes([3]) * 32, bytes([4]) * 32]
+        assert c.stats()["evicted"] == 2
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate", "zero-slot", "swap"])
+def test_a_damaged_entry_is_dropped_never_served(cache: DiskCache, damage: str) -> None:
+    a, b = _chunk(3), _chunk(4)
+    cache.submit(b"A" * 32, 0, a)
+    cache.submit(b"B" * 32, 0, b)
+    assert cache.flush(10)
+    fa, fb = (cache.dir / e.name[:2] / e.name
+              for e in (cache._index[b"A" * 32], cache._index[b"B" * 32]))
+    raw = bytearray(fa.read_bytes())
+    if damage == "flip":
+        raw[SLOT * 2 + 100] ^= 1
+    elif damage == "truncate":
+        raw = raw[: SLOT * 2 + 5]
+    elif damage == "zero-slot":   # what a torn write leaves: a hole
+        raw[SLOT * 2:SLOT * 3] = bytes(SLOT)
+    else:                         # another chunk's frames under this name
+        raw = bytearray(fb.read_bytes())
+    fa.write_bytes(bytes(raw))
+    cid = b"A" * 32
+    assert cache.read(cid, 0, len(a)) is None
+    assert not cache.has(cid, 0, FRAME_SIZE)      # dropped: the next read refetches
+    assert not fa.exists()
+    assert cache.stats()["corrupt"] == 1
+    assert cache.read(b"B" * 32, 0, len(b)) == b   # the other entry is fine
+
+
+def test_a_second_cache_on_the_same_root_starts_cold_and_sweeps_the_dead(tmp_path: Path) -> None:
+    root = str(tmp_path / "dc")
+    first = DiskCache(root, 8 * MiB).open()
+    first.submit(b"A" * 32, 0, _chunk(5))
+    assert first.flush(10)
+    dead_dir = first.dir
+    # a crash: the process dies with its files on disk; its flock goes with it
+    assert first._thread is not None
+    first._queue.put(None)
+    first._thread.join(10)
+    os.close(first._lock_fd)
+    first._lock_fd = -1
+    second = DiskCache(root, 8 * MiB).open()
+    try:
+        assert not dead_dir.exists()
+        assert not second.has(b"A" * 32, 0, 10)
+        assert second.read(b"A" * 32, 0, 10) is None
+    finally:
+        second.close()
+
+
+def test_scan_and_clear_a_live_cache(cache: DiskCache) -> None:
+    cache.submit(b"A" * 32, 0, _chunk(6))
+    assert cache.flush(10)
+    dead = cache.root / "m-deadbeef0000"
+    dead.mkdir()
+    (dead / "x").write_bytes(b"1" * 5000)
+    rows = {Path(r["dir"]).name: r for r in scan(str(cache.root))}
+    assert rows[cache.dir.name]["live"] and rows[cache.dir.name]["files"] == 1
+    assert not rows["m-deadbeef0000"]["live"]
+    removed, live = clear_dir(str(cache.root))
+    assert (removed, live) == (1, 1)
+    assert not dead.exists()
+    assert not cache.has(b"A" * 32, 0, 10) and _files(cache) == []
+    assert cache.used_bytes == 0
+
+
+def test_writes_beyond_the_pending_bound_are_dropped(tmp_path: Path) -> None:
+    c = DiskCache(str(tmp_path / "dc"), 64 * MiB, max_pending=MiB).open()
+    try:
+        for i in range(20):
+            c.submit(bytes([i]) * 32, 0, _chunk(i, MiB))
+        assert c.flush(10)
+        s = c.stats()
+        assert s["dropped"] > 0 and s["entries"] + s["dropped"] == 20
+    finally:
+        c.close()
