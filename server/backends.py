@@ -17,7 +17,8 @@ Interface:
     known_meta() / known_stores() -> list[str]   registered schemes
 
 Unknown schemes or config names are InvalidArgument naming what was asked for and what is
-known. Built in: sqlite (SQLiteMetadata), file (LocalChunkStore) and
+known. Built in: sqlite (SQLiteMetadata), postgresql / postgres (PostgresMetadata, a libpq
+URL), file (LocalChunkStore) and
 s3://BUCKET[/PREFIX]?endpoint=URL&region=R (S3ChunkStore; credentials from the environment).
 """
 
@@ -166,6 +167,16 @@ def _s3(url: str) -> ChunkStore:
                         credentials_file=os.environ.get("AWS_SHARED_CREDENTIALS_FILE"))
 
 
+def _postgresql(url: str) -> MetadataEngine:
+    """postgresql://[user@]host[:port]/db or postgresql:///db?host=/run/postgresql: a libpq URL,
+    passed as is (passwords from PGPASSFILE / PGPASSWORD, never from a config file)."""
+    from aifs_server.metadata.postgres import PostgresMetadata
+
+    return PostgresMetadata(url)
+
+
 register_meta("sqlite", _sqlite)
+register_meta("postgresql", _postgresql)
+register_meta("postgres", _postgresql)  # libpq accepts both schemes
 register_store("file", _file, config_name="local")
 register_store("s3", _s3)

@@ -46,8 +46,8 @@ def test_config_sections_become_urls(tmp_path: Path) -> None:
 def test_unknown_schemes_and_bad_local_urls_are_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument, match=r"unknown chunk store 'gs'.*known are file://"):
         backends.open_store("gs://bucket/prefix")
-    with pytest.raises(InvalidArgument, match=r"unknown metadata engine 'postgresql'"):
-        backends.open_meta("postgresql://db/aifs")
+    with pytest.raises(InvalidArgument, match=r"unknown metadata engine 'mysql'"):
+        backends.open_meta("mysql://db/aifs")
     with pytest.raises(InvalidArgument, match="file:///ABSOLUTE/PATH"):
         backends.local_path("file://otherhost/x")
     with pytest.raises(InvalidArgument, match="sqlite:///ABSOLUTE/PATH"):
@@ -93,3 +93,13 @@ def test_s3_urls_refuse_credentials_and_unknown_parameters() -> None:
         backends.open_store("s3://key:secret@bucket/p?endpoint=http://127.0.0.1:1")
     with pytest.raises(InvalidArgument, match="unknown s3:// URL parameter"):
         backends.open_store("s3://bucket/p?endpoint=http://127.0.0.1:1&acl=public")
+
+
+def test_postgresql_urls_open_the_engine_on_a_real_database(pg_dsn: str) -> None:
+    meta = backends.open_meta(pg_dsn)
+    try:
+        meta.create_namespace(Namespace("ns", 1 << 20, 1, "k1"))
+        assert [n.name for n in meta.list_namespaces()] == ["ns"]
+        assert "postgresql" in backends.known_meta()
+    finally:
+        meta.close()
