@@ -12,6 +12,10 @@ readdir excludes "." and ".." and pages by dentry id; rename covers replace, REN
 RENAME_EXCHANGE, type mismatches, non-empty targets and moving a directory into its own
 subtree; chunk refcounts follow every change of a chunk map (commit, truncate, drop), and a
 truncate trims the map without rewriting the chunk that holds the new end.
+
+A tree whose branch starts with FROZEN_PREFIX ("@snap:") is a snapshot's (aifs_server.versions):
+every change to it is PermissionDenied. `store` exposes the Store to that module and
+`forget_tree` drops a deleted tree from the cache of tree ids.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ from aifs_core.types import (
 )
 from aifs_server.metadata.records import Records, now_ns
 from aifs_server.metadata.store import Store, Tx
+
+FROZEN_PREFIX = "@snap:"
 
 PATH_MAX = 4096           # longest symlink target (Linux PATH_MAX)
 XATTR_SIZE_MAX = 65536    # largest xattr value (Linux XATTR_SIZE_MAX)
@@ -97,7 +103,7 @@ class PosixMeta(Records):
 
     def __init__(self, store: Store) -> None:
         super().__init__(store)
-        # Trees are never deleted, so a positive answer can be cached for good.
+        # Trees are deleted only by aifs_server.versions, which calls forget_tree.
         self._trees: dict[TreeRef, _Tree] = {}
 
     # --- trees -------------------------------------------------------------------------------
@@ -112,6 +118,21 @@ class PosixMeta(Records):
         t = _Tree(r[0], tree.namespace, tree.branch, r[1])
         self._trees[tree] = t
         return t
+
+    def _wtree(self, tree: TreeRef) -> _Tree:
+        """The tree for a change: a snapshot's frozen tree (branch "@snap:<id>") refuses it."""
+        if tree.branch.startswith(FROZEN_PREFIX):
+            raise PermissionDenied(f"{tree.namespace}/{tree.branch} is a snapshot: read-only")
+        return self._tree(tree)
+
+    def forget_tree(self, tree: TreeRef) -> None:
+        """Drop a cached tree id (aifs_server.versions deletes trees)."""
+        self._trees.pop(tree, None)
+
+    @property
+    def store(self) -> Store:
+        """The store under the rules (aifs_server.versions runs its own rows over it)."""
+        return self._store
 
     def ensure_tree(self, tree: TreeRef, uid: int = 0, gid: int = 0) -> Attr:
         if not tree.branch or "\0" in tree.branch:
@@ -177,7 +198,7 @@ class PosixMeta(Records):
     def setattr(self, tree: TreeRef, ino: int, fields: int, *, mode: int = 0, uid: int = 0,
                 gid: int = 0, size: int = 0, atime_ns: int = 0, mtime_ns: int = 0,
                 ctime_ns: int = 0) -> Attr:
-        t = self._tree(tree)
+        t = self._wtree(tree)
         if fields & SET_SIZE and size < 0:
             raise InvalidArgument(f"size must not be negative, got {size}")
         now = now_ns()
@@ -256,7 +277,7 @@ class PosixMeta(Records):
     def mkdir(self, tree: TreeRef, parent: int, name: bytes, mode: int, uid: int, gid: int
               ) -> Attr:
         _check_name(name)
-        t = self._tree(tree)
+        t = self._wtree(tree)
         now = now_ns()
         with self._store.write() as tx:
             return self._new_inode(tx, t, parent, name, stat.S_IFDIR | (mode & 0o7777), 2, uid,
@@ -269,7 +290,7 @@ class PosixMeta(Records):
         if fmt not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK, stat.S_IFCHR, stat.S_IFBLK):
             raise InvalidArgument(f"create makes regular files, FIFOs, sockets and device nodes; "
                                   f"mode {mode:#o} is not one (use mkdir or symlink)")
-        t = self._tree(tree)
+        t = self._wtree(tree)
         now = now_ns()
         with self._store.write() as tx:
             return self._new_inode(tx, t, parent, name, fmt | (mode & 0o7777), 1, uid, gid,
@@ -282,7 +303,7 @@ class PosixMeta(Records):
             raise InvalidArgument("a symlink target must be non-empty and contain no NUL")
         if len(target) > PATH_MAX:
             raise NameTooLong(f"symlink target is {len(target)} bytes; the limit is {PATH_MAX}")
-        t = self._tree(tree)
+        t = self._wtree(tree)
         now = now_ns()
         with self._store.write() as tx:
             return self._new_inode(tx, t, parent, name, stat.S_IFLNK | 0o777, 1, uid, gid, 0, now,
@@ -299,7 +320,7 @@ class PosixMeta(Records):
 
     def link(self, tree: TreeRef, ino: int, new_parent: int, new_name: bytes) -> Attr:
         _check_name(new_name)
-        t = self._tree(tree)
+        t = self._wtree(tree)
         now = now_ns()
         with self._store.write() as tx:
             r = self._row(tx, t, ino)
@@ -323,7 +344,7 @@ class PosixMeta(Records):
         link, drop the inode in the same transaction (as `forget` would; the caller holds no
         handle of it)."""
         _check_name(name)
-        t = self._tree(tree)
+        t = self._wtree(tree)
         now = now_ns()
         with self._store.write() as tx:
             e = tx.entry(t.tree_id, parent, name)
@@ -343,7 +364,7 @@ class PosixMeta(Records):
         """Remove an empty directory; returns its attrs after it (nlink 0). forget: drop it in
         the same transaction (the caller holds no handle of it)."""
         _check_name(name)
-        t = self._tree(tree)
+        t = self._wtree(tree)
         now = now_ns()
         with self._store.write() as tx:
             e = tx.entry(t.tree_id, parent, name)
@@ -373,7 +394,7 @@ class PosixMeta(Records):
             raise InvalidArgument(f"unknown rename flags {flags:#x}")
         if flags & RENAME_NOREPLACE and flags & RENAME_EXCHANGE:
             raise InvalidArgument("RENAME_NOREPLACE and RENAME_EXCHANGE cannot be combined")
-        t = self._tree(tree)
+        t = self._wtree(tree)
         now = now_ns()
         sname, dname = _text(name), _text(new_name)
         tid = t.tree_id
@@ -456,7 +477,7 @@ class PosixMeta(Records):
                                   f"{XATTR_SIZE_MAX}")
         if flags & ~(XATTR_CREATE | XATTR_REPLACE) or flags == XATTR_CREATE | XATTR_REPLACE:
             raise InvalidArgument(f"invalid setxattr flags {flags:#x}")
-        t = self._tree(tree)
+        t = self._wtree(tree)
         now = now_ns()
         with self._store.write() as tx:
             self._row(tx, t, ino)
@@ -477,7 +498,7 @@ class PosixMeta(Records):
 
     def removexattr(self, tree: TreeRef, ino: int, name: bytes) -> None:
         _check_xattr_name(name)
-        t = self._tree(tree)
+        t = self._wtree(tree)
         now = now_ns()
         with self._store.write() as tx:
             self._row(tx, t, ino)
@@ -487,7 +508,7 @@ class PosixMeta(Records):
 
     # --- inode lifetime ----------------------------------------------------------------------
     def forget(self, tree: TreeRef, ino: int) -> None:
-        t = self._tree(tree)
+        t = self._wtree(tree)
         now = now_ns()
         with self._store.write() as tx:
             a = tx.inode(t.tree_id, ino)
@@ -546,7 +567,7 @@ class PosixMeta(Records):
     def commit_file(self, tree: TreeRef, ino: int, changed: list[ChunkRef], size: int,
                     truncated: bool = False, mtime_ns: int = 0, asset_id: str = "",
                     durable: bool = False) -> Attr:
-        t = self._tree(tree)
+        t = self._wtree(tree)
         if size < 0:
             raise InvalidArgument(f"size must not be negative, got {size}")
         slots: dict[int, ChunkRef] = {}  # a later change of the same slot wins

@@ -19,7 +19,7 @@ from typing import Any
 
 from aifs_core.errors import InvalidArgument
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # pg_advisory_xact_lock key of the migration: two servers opening a new database at once must
 # not both run CREATE TABLE (IF NOT EXISTS is not safe against a concurrent creator)
@@ -135,7 +135,46 @@ _V1 = [
 ]
 
 # version reached -> statements that take the previous version there
-MIGRATIONS: dict[int, list[str]] = {1: _V1}
+# Versions: sqlite_schema.py's _V2 in PostgreSQL types
+_V2 = [
+    """CREATE TABLE IF NOT EXISTS snapshots (
+        namespace TEXT NOT NULL,
+        snap_id TEXT NOT NULL,
+        tree_id BIGINT NOT NULL,
+        branch TEXT NOT NULL,
+        parents TEXT NOT NULL,
+        created_ns BIGINT NOT NULL,
+        message TEXT NOT NULL,
+        root_hash BYTEA NOT NULL,
+        signature BYTEA NOT NULL,
+        PRIMARY KEY (namespace, snap_id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS snapshots_time ON snapshots(namespace, created_ns)",
+    """CREATE TABLE IF NOT EXISTS node_hashes (
+        tree_id BIGINT NOT NULL,
+        ino BIGINT NOT NULL,
+        hash BYTEA NOT NULL,
+        PRIMARY KEY (tree_id, ino)
+    )""",
+    """CREATE TABLE IF NOT EXISTS tags (
+        namespace TEXT NOT NULL,
+        name TEXT NOT NULL,
+        snap_id TEXT NOT NULL,
+        created_ns BIGINT NOT NULL,
+        PRIMARY KEY (namespace, name)
+    )""",
+    """CREATE TABLE IF NOT EXISTS branch_log (
+        namespace TEXT NOT NULL,
+        branch TEXT NOT NULL,
+        seq BIGINT NOT NULL,
+        action TEXT NOT NULL,
+        snap_id TEXT NOT NULL,
+        at_ns BIGINT NOT NULL,
+        PRIMARY KEY (namespace, branch, seq)
+    )""",
+]
+
+MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2}
 
 
 def migrate(conn: Any) -> None:

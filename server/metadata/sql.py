@@ -47,6 +47,7 @@ from aifs_core.types import (
     Namespace,
     ParentEdge,
 )
+from aifs_server.metadata.sql_versions import VersionSQL
 
 ATTR_COLUMNS = ("ino, mode, nlink, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns, "
                 "data_bytes, generation")
@@ -75,8 +76,8 @@ class Dialect:
     tree_lock: str = ""
 
 
-class SQLTx:
-    """`store.Tx` in SQL (see the module docstring)."""
+class SQLTx(VersionSQL):
+    """`store.Tx` in SQL (see the module docstring); versions' primitives in sql_versions."""
 
     def __init__(self, conn: Any, dialect: Dialect, *, locking: bool = False) -> None:
         self._c = conn

@@ -28,7 +28,7 @@ import sqlite3
 
 from aifs_core.errors import InvalidArgument
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _V1 = [
     """CREATE TABLE IF NOT EXISTS namespaces (
@@ -139,8 +139,49 @@ _V1 = [
     ) WITHOUT ROWID""",
 ]
 
+# Versions (docs/FORMAT.md §6.4): a snapshot is a frozen tree (branch "@snap:<id>") plus its
+# row here; node_hashes holds the stored hash of every node of a frozen tree; a tag never
+# changes; a branch's head is the snapshot of its last branch_log entry
+_V2 = [
+    """CREATE TABLE IF NOT EXISTS snapshots (
+        namespace TEXT NOT NULL,
+        snap_id TEXT NOT NULL,
+        tree_id INTEGER NOT NULL,
+        branch TEXT NOT NULL,
+        parents TEXT NOT NULL,
+        created_ns INTEGER NOT NULL,
+        message TEXT NOT NULL,
+        root_hash BLOB NOT NULL,
+        signature BLOB NOT NULL,
+        PRIMARY KEY (namespace, snap_id)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS snapshots_time ON snapshots(namespace, created_ns)",
+    """CREATE TABLE IF NOT EXISTS node_hashes (
+        tree_id INTEGER NOT NULL,
+        ino INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        PRIMARY KEY (tree_id, ino)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS tags (
+        namespace TEXT NOT NULL,
+        name TEXT NOT NULL,
+        snap_id TEXT NOT NULL,
+        created_ns INTEGER NOT NULL,
+        PRIMARY KEY (namespace, name)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS branch_log (
+        namespace TEXT NOT NULL,
+        branch TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        action TEXT NOT NULL,
+        snap_id TEXT NOT NULL,
+        at_ns INTEGER NOT NULL,
+        PRIMARY KEY (namespace, branch, seq)
+    ) WITHOUT ROWID""",
+]
+
 # version reached -> statements that take the previous version there
-MIGRATIONS: dict[int, list[str]] = {1: _V1}
+MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2}
 
 
 def migrate(conn: sqlite3.Connection) -> None:

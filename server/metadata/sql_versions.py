@@ -1,0 +1,171 @@
+"""Row primitives of versions (snapshots, hashes, tags, branch logs) in SQL; mixed into SQLTx.
+
+Interface (the `store.Tx` methods under "versions"; rules in aifs_server.versions):
+    copy_tree_rows(src, dst)      copy every linked inode of tree `src` with its names, xattrs
+                                  and chunk map into the empty tree `dst`, inside the database
+    delete_tree_rows(tree_id)     drop every row of a tree (not the tree row); delete_tree(id)
+    tree_chunk_counts(tree_id)    (chunk id, slots naming it) over the whole tree
+    hash_inputs(tree_id)          (inodes, dentries, slots, xattrs) row iterators for hashing
+    dir_rows(tree_id, ino)        one directory's entries with what their hashes cover
+    dir_xattrs / dir_slots        the xattrs / chunk-map slots of a directory's entries
+    put_node_hashes / node_hashes / node_hash
+    insert_snapshot / snapshot / list_snapshots / delete_snapshot
+    insert_tag (False: exists) / tag / list_tags / delete_tag
+    append_log / branch_log / delete_log
+
+Statements are SQL that SQLite and PostgreSQL both accept, like sql.py's; the tables are
+schema version 2 (sqlite_schema._V2, postgres_schema._V2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+_INODE_COLS = ("ino, mode, nlink, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns, "
+               "data_bytes, generation, parent, symlink, asset_id, asset_gen")
+_SNAP_COLS = "snap_id, tree_id, branch, parents, created_ns, message, root_hash, signature"
+
+
+class VersionSQL:
+    """Mixin for sql.SQLTx: needs `_x(sql, params)` and `_many(sql, rows)`."""
+
+    def _x(self, sql: str, params: Sequence[Any] = ()) -> Any: ...     # from SQLTx
+    def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...  # from SQLTx
+
+    # --- whole trees -------------------------------------------------------------------------
+    def copy_tree_rows(self, src: int, dst: int) -> None:
+        # unlinked (nlink 0) inodes are open files waiting for their last close: not part of
+        # the tree's committed state, and they would pin chunks in the copy forever
+        self._x(f"INSERT INTO inodes (tree_id, {_INODE_COLS}) SELECT ?, {_INODE_COLS} "
+                "FROM inodes WHERE tree_id = ? AND nlink > 0", (dst, src))
+        self._x("INSERT INTO dentries (tree_id, parent, name, ino) SELECT ?, parent, name, ino "
+                "FROM dentries WHERE tree_id = ? ORDER BY id", (dst, src))
+        self._x("INSERT INTO xattrs (tree_id, ino, name, value) SELECT ?, x.ino, x.name, "
+                "x.value FROM xattrs x JOIN inodes i ON i.tree_id = x.tree_id AND i.ino = x.ino "
+                "WHERE x.tree_id = ? AND i.nlink > 0", (dst, src))
+        self._x("INSERT INTO chunk_maps (tree_id, ino, idx, chunk_id, length) SELECT ?, c.ino, "
+                "c.idx, c.chunk_id, c.length FROM chunk_maps c JOIN inodes i ON "
+                "i.tree_id = c.tree_id AND i.ino = c.ino WHERE c.tree_id = ? AND i.nlink > 0",
+                (dst, src))
+        # inode numbers stay unique within `dst` whatever it held before
+        self._x("UPDATE trees SET next_ino = (SELECT MAX(next_ino) FROM trees WHERE tree_id "
+                "IN (?, ?)) WHERE tree_id = ?", (src, dst, dst))
+
+    def delete_tree_rows(self, tree_id: int) -> None:
+        for table in ("chunk_maps", "xattrs", "dentries", "node_hashes", "inodes"):
+            self._x(f"DELETE FROM {table} WHERE tree_id = ?", (tree_id,))
+
+    def delete_tree(self, tree_id: int) -> None:
+        self.delete_tree_rows(tree_id)
+        self._x("DELETE FROM trees WHERE tree_id = ?", (tree_id,))
+
+    def tree_chunk_counts(self, tree_id: int) -> list[tuple[bytes, int]]:
+        return [(bytes(cid), int(n)) for cid, n in self._x(
+            "SELECT chunk_id, COUNT(*) FROM chunk_maps WHERE tree_id = ? GROUP BY chunk_id",
+            (tree_id,)).fetchall()]
+
+    def hash_inputs(self, tree_id: int) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+        """(ino, mode, uid, gid, size, rdev, symlink) of linked inodes; (parent, name, ino);
+        (ino, idx, chunk_id, length) by ino then idx; (ino, name, value)."""
+        inodes = self._x("SELECT ino, mode, uid, gid, size, rdev, symlink FROM inodes "
+                         "WHERE tree_id = ? AND nlink > 0", (tree_id,)).fetchall()
+        dentries = self._x("SELECT parent, name, ino FROM dentries WHERE tree_id = ?",
+                           (tree_id,)).fetchall()
+        slots = self._x("SELECT ino, idx, chunk_id, length FROM chunk_maps WHERE tree_id = ? "
+                        "ORDER BY ino, idx", (tree_id,)).fetchall()
+        xattrs = self._x("SELECT ino, name, value FROM xattrs WHERE tree_id = ?",
+                         (tree_id,)).fetchall()
+        return inodes, dentries, slots, xattrs
+
+    def dir_rows(self, tree_id: int, ino: int) -> list[Any]:
+        """(name, ino, mode, uid, gid, size, rdev, symlink, stored hash or None) per entry."""
+        return self._x("SELECT d.name, i.ino, i.mode, i.uid, i.gid, i.size, i.rdev, i.symlink, "
+                       "h.hash FROM dentries d JOIN inodes i ON i.tree_id = d.tree_id AND "
+                       "i.ino = d.ino LEFT JOIN node_hashes h ON h.tree_id = d.tree_id AND "
+                       "h.ino = d.ino WHERE d.tree_id = ? AND d.parent = ? ORDER BY d.name",
+                       (tree_id, ino)).fetchall()
+
+    def dir_xattrs(self, tree_id: int, ino: int) -> list[Any]:
+        """(ino, name, value) of the entries of directory `ino` and of the directory itself."""
+        return self._x("SELECT x.ino, x.name, x.value FROM xattrs x WHERE x.tree_id = ? AND "
+                       "(x.ino = ? OR x.ino IN (SELECT d.ino FROM dentries d WHERE d.tree_id = ? "
+                       "AND d.parent = ?))", (tree_id, ino, tree_id, ino)).fetchall()
+
+    def dir_slots(self, tree_id: int, ino: int) -> list[Any]:
+        """(ino, idx, chunk_id, length) of the files of directory `ino`, by ino then idx."""
+        return self._x("SELECT c.ino, c.idx, c.chunk_id, c.length FROM chunk_maps c WHERE "
+                       "c.tree_id = ? AND c.ino IN (SELECT d.ino FROM dentries d WHERE "
+                       "d.tree_id = ? AND d.parent = ?) ORDER BY c.ino, c.idx",
+                       (tree_id, tree_id, ino)).fetchall()
+
+    # --- node hashes -------------------------------------------------------------------------
+    def put_node_hashes(self, tree_id: int, rows: Iterable[tuple[int, bytes]]) -> None:
+        self._many("INSERT INTO node_hashes (tree_id, ino, hash) VALUES (?, ?, ?)",
+                   [(tree_id, ino, h) for ino, h in rows])
+
+    def node_hashes(self, tree_id: int) -> dict[int, bytes]:
+        return {int(r[0]): bytes(r[1]) for r in self._x(
+            "SELECT ino, hash FROM node_hashes WHERE tree_id = ?", (tree_id,)).fetchall()}
+
+    def node_hash(self, tree_id: int, ino: int) -> bytes | None:
+        r = self._x("SELECT hash FROM node_hashes WHERE tree_id = ? AND ino = ?",
+                    (tree_id, ino)).fetchone()
+        return None if r is None else bytes(r[0])
+
+    # --- snapshots ---------------------------------------------------------------------------
+    def insert_snapshot(self, namespace: str, row: Sequence[Any]) -> None:
+        """row: snap_id, tree_id, branch, parents, created_ns, message, root_hash, signature."""
+        self._x(f"INSERT INTO snapshots (namespace, {_SNAP_COLS}) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (namespace, *row))
+
+    def snapshot(self, namespace: str, snap_id: str) -> tuple[Any, ...] | None:
+        r = self._x(f"SELECT {_SNAP_COLS} FROM snapshots WHERE namespace = ? AND snap_id = ?",
+                    (namespace, snap_id)).fetchone()
+        return None if r is None else tuple(r)
+
+    def list_snapshots(self, namespace: str) -> list[tuple[Any, ...]]:
+        """Oldest first."""
+        return [tuple(r) for r in self._x(
+            f"SELECT {_SNAP_COLS} FROM snapshots WHERE namespace = ? ORDER BY created_ns, "
+            "snap_id", (namespace,)).fetchall()]
+
+    def delete_snapshot(self, namespace: str, snap_id: str) -> None:
+        self._x("DELETE FROM snapshots WHERE namespace = ? AND snap_id = ?", (namespace, snap_id))
+
+    # --- tags --------------------------------------------------------------------------------
+    def insert_tag(self, namespace: str, name: str, snap_id: str, now: int) -> bool:
+        return bool(self._x("INSERT INTO tags (namespace, name, snap_id, created_ns) "
+                            "VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                            (namespace, name, snap_id, now)).rowcount == 1)
+
+    def tag(self, namespace: str, name: str) -> str | None:
+        r = self._x("SELECT snap_id FROM tags WHERE namespace = ? AND name = ?",
+                    (namespace, name)).fetchone()
+        return None if r is None else str(r[0])
+
+    def list_tags(self, namespace: str) -> list[tuple[str, str, int]]:
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in self._x(
+            "SELECT name, snap_id, created_ns FROM tags WHERE namespace = ? ORDER BY name",
+            (namespace,)).fetchall()]
+
+    def delete_tag(self, namespace: str, name: str) -> bool:
+        return bool(self._x("DELETE FROM tags WHERE namespace = ? AND name = ?",
+                            (namespace, name)).rowcount == 1)
+
+    # --- branch logs -------------------------------------------------------------------------
+    def append_log(self, namespace: str, branch: str, action: str, snap_id: str,
+                   now: int) -> None:
+        self._x("INSERT INTO branch_log (namespace, branch, seq, action, snap_id, at_ns) "
+                "SELECT ?, ?, COALESCE(MAX(seq), 0) + 1, ?, ?, ? FROM branch_log "
+                "WHERE namespace = ? AND branch = ?",
+                (namespace, branch, action, snap_id, now, namespace, branch))
+
+    def branch_log(self, namespace: str, branch: str) -> list[tuple[int, str, str, int]]:
+        """(seq, action, snapshot id, time), oldest first."""
+        return [(int(r[0]), str(r[1]), str(r[2]), int(r[3])) for r in self._x(
+            "SELECT seq, action, snap_id, at_ns FROM branch_log WHERE namespace = ? AND "
+            "branch = ? ORDER BY seq", (namespace, branch)).fetchall()]
+
+    def delete_log(self, namespace: str, branch: str) -> None:
+        self._x("DELETE FROM branch_log WHERE namespace = ? AND branch = ?", (namespace, branch))

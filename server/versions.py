@@ -1,0 +1,647 @@
+"""Versions: signed Merkle snapshots, branches, tags, diff, merge and retention.
+
+Interface:
+    Versions(meta: PosixMeta, signing_key: Ed25519PrivateKey)
+        create_snapshot(ns, branch, message="", extra_parent="") -> Snapshot
+        resolve(ns, ref) -> Snapshot      ref: id, "tag:T", "branch:B" (its head), or a bare
+                                          name (a tag, else a branch head); NotFound
+        list_snapshots(ns, branch="") -> [Snapshot] (oldest first); tags_of(ns) -> {id: [tag]}
+        verify(ns, ref, deadline) -> (ok, problems, nodes checked)
+        prune(ns, keep_last, keep_daily, keep_within_s, dry_run, branch="", now_ns=None)
+            -> (removed ids, kept ids)
+        create_branch(ns, name, source="") / delete_branch / reset_branch(ns, name, ref) /
+        list_branches(ns) -> [(name, head id, created_ns)] / branch_log(ns, name)
+        create_tag(ns, name, ref) / list_tags(ns) / delete_tag(ns, name)
+        diff(ns, a, b, deadline) -> Diff(added, removed, changed, visited)
+        merge(ns, source, into, message, dry_run, deadline) -> MergeResult
+        list_tree(ns, ref, ino) -> (dir Attr, stored hash, xattrs, [TreeEntry])
+    Snapshot.tree (TreeRef of its frozen tree), .uri, .statement()
+
+The encoding and the storage layout are docs/FORMAT.md §6. A snapshot is a frozen copy of the
+branch's tree (branch "@snap:<id>", which posix.PosixMeta refuses to change) plus one row; the
+copy is made inside the database and counts in chunk refcounts, so GC never frees a chunk a
+snapshot (or a branch or tag, which name snapshots) reaches, and frees what pruned ones alone held.
+A branch's head is the snapshot of its last log entry (create, snapshot, reset, merge).
+Every walk checks the call's deadline.
+"""
+
+from __future__ import annotations
+
+import datetime
+import re
+import secrets
+import stat
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+
+from aifs_core import merkle
+from aifs_core.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
+from aifs_core.types import ROOT_INO, SET_GID, SET_MODE, SET_UID, Attr, ChunkRef, TreeRef
+from aifs_server.deadline import NEVER, Deadline
+from aifs_server.metadata.posix import FROZEN_PREFIX, PosixMeta
+from aifs_server.metadata.records import now_ns
+from aifs_server.metadata.store import Tx
+
+_ID_RE = re.compile(r"[0-9a-f]{32}")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
+
+
+def check_name(kind: str, name: str) -> str:
+    if not _NAME_RE.fullmatch(name) or name.startswith(FROZEN_PREFIX) or ".." in name:
+        raise InvalidArgument(f"invalid {kind} name {name!r}: letters, digits, '.', '_', '-', "
+                              "'/', starting with a letter or digit, at most 128")
+    return name
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: str
+    namespace: str
+    tree_id: int
+    branch: str
+    parents: tuple[str, ...]
+    created_ns: int
+    message: str
+    root: bytes
+    signature: bytes
+
+    @property
+    def tree(self) -> TreeRef:
+        return TreeRef(self.namespace, FROZEN_PREFIX + self.id)
+
+    @property
+    def uri(self) -> str:
+        return merkle.snap_uri(self.namespace, self.id)
+
+    def statement(self) -> bytes:
+        return merkle.statement(bytes.fromhex(self.id), self.namespace, self.branch,
+                                self.created_ns, self.root,
+                                [bytes.fromhex(p) for p in self.parents], self.message)
+
+
+@dataclass
+class Diff:
+    added: list[str] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    visited: int = 0
+
+
+@dataclass
+class MergeResult:
+    merged: bool
+    conflicts: list[str]
+    snapshot: str
+    base: str
+    applied: list[str]
+
+
+@dataclass(frozen=True)
+class TreeEntry:
+    name: bytes
+    attr: Attr
+    hash: bytes
+    symlink: bytes
+    xattrs: dict[bytes, bytes]
+    content_hash: bytes
+
+
+def _snap(ns: str, row: tuple[Any, ...]) -> Snapshot:
+    sid, tree_id, branch, parents, created, message, root, sig = row
+    return Snapshot(str(sid), ns, int(tree_id), str(branch),
+                    tuple(p for p in str(parents).split(",") if p), int(created), str(message),
+                    bytes(root), bytes(sig))
+
+
+def compute_hashes(inputs: tuple[list[Any], list[Any], list[Any], list[Any]],
+                   deadline: Deadline = NEVER) -> tuple[dict[int, bytes], dict[int, str]]:
+    """Node hash of every inode reachable from the root, and one path per inode, from a tree's
+    rows (FORMAT.md §6.1); an iterative post-order walk (no recursion limit on deep trees)."""
+    inodes, dentries, slots, xattrs = inputs
+    attrs = {int(r[0]): r for r in inodes}
+    children: dict[int, list[tuple[bytes, int]]] = defaultdict(list)
+    for parent, name, ino in dentries:
+        children[int(parent)].append((bytes(name), int(ino)))
+    maps: dict[int, list[tuple[int, bytes, int]]] = defaultdict(list)
+    for ino, idx, cid, length in slots:
+        maps[int(ino)].append((int(idx), bytes(cid), int(length)))
+    xa: dict[int, dict[bytes, bytes]] = defaultdict(dict)
+    for ino, name, value in xattrs:
+        xa[int(ino)][bytes(name)] = bytes(value)
+    hashes: dict[int, bytes] = {}
+    paths: dict[int, str] = {ROOT_INO: "/"}
+    stack: list[tuple[int, bool]] = [(ROOT_INO, False)]
+    n = 0
+    while stack:
+        ino, expanded = stack.pop()
+        if ino in hashes or ino not in attrs:
+            continue
+        _, mode, uid, gid, size, rdev, link = attrs[ino]
+        if stat.S_ISDIR(mode) and not expanded:
+            stack.append((ino, True))
+            base = paths[ino].rstrip("/")
+            for name, child in children.get(ino, ()):
+                paths.setdefault(child, f"{base}/{name.decode(errors='replace')}")
+                if child not in hashes:
+                    stack.append((child, False))
+            continue
+        n += 1
+        if n % 4096 == 0:
+            deadline.check("hashing the tree")
+        hashes[ino] = _node(mode, uid, gid, size, rdev, link, maps.get(ino, []), xa.get(ino),
+                            [(nm, hashes.get(c, b"\0" * 32)) for nm, c in children.get(ino, ())])
+    return hashes, paths
+
+
+def _node(mode: int, uid: int, gid: int, size: int, rdev: int, link: Any,
+          slots: list[tuple[int, bytes, int]], xattrs: dict[bytes, bytes] | None,
+          entries: list[tuple[bytes, bytes]]) -> bytes:
+    t = merkle.node_type(mode)
+    body: bytes | int
+    if t == 1:
+        body = merkle.content_hash(size, slots)
+    elif t == 2:
+        body = merkle.dir_body(entries)
+    elif t == 3:
+        body = bytes(link or b"")
+    else:
+        body = rdev
+    return merkle.node_hash(mode, uid, gid, size, body, xattrs)
+
+
+class Versions:
+    """The rules of versions (see the module docstring)."""
+
+    def __init__(self, meta: PosixMeta, signing_key: Ed25519PrivateKey) -> None:
+        self.meta = meta
+        self._store = meta.store
+        self._sk = signing_key
+        self.public_key: Ed25519PublicKey = signing_key.public_key()
+
+    # --- snapshots ---------------------------------------------------------------------------
+    def _head(self, tx: Tx, ns: str, branch: str) -> str:
+        log = tx.branch_log(ns, branch)
+        return log[-1][2] if log else ""
+
+    def create_snapshot(self, ns: str, branch: str, message: str = "",
+                        extra_parent: str = "", deadline: Deadline = NEVER) -> Snapshot:
+        self.meta.get_namespace(ns)
+        if branch.startswith(FROZEN_PREFIX):
+            raise InvalidArgument("a snapshot is taken of a branch, not of a snapshot")
+        if branch == "main":
+            self.meta.ensure_tree(TreeRef(ns, "main"))  # as the Filesystem service does
+        now = now_ns()
+        sid = secrets.token_bytes(16).hex()
+        with self._store.write() as tx:
+            src = tx.get_tree(ns, branch)
+            if src is None:
+                raise NotFound(f"branch {branch!r} of namespace {ns!r} does not exist")
+            dst = tx.insert_tree(ns, FROZEN_PREFIX + sid, now)
+            assert dst is not None  # a fresh random name
+            tx.copy_tree_rows(src[0], dst)
+            tx.adjust_refs(ns, Counter(dict(tx.tree_chunk_counts(dst))), now)
+            hashes, _ = compute_hashes(tx.hash_inputs(dst), deadline)
+            tx.put_node_hashes(dst, hashes.items())
+            head = self._head(tx, ns, branch)
+            parents = tuple(p for p in (head, extra_parent) if p)
+            snap = Snapshot(sid, ns, dst, branch, parents, now, message, hashes[ROOT_INO], b"")
+            sig = self._sk.sign(snap.statement())
+            tx.insert_snapshot(ns, (sid, dst, branch, ",".join(parents), now, message,
+                                    snap.root, sig))
+            tx.append_log(ns, branch, "merge" if extra_parent else "snapshot", sid, now)
+        return Snapshot(**{**snap.__dict__, "signature": sig})
+
+    def get(self, ns: str, snap_id: str) -> Snapshot:
+        row = self._store.single().snapshot(ns, snap_id)
+        if row is None:
+            raise NotFound(f"snapshot {snap_id} of namespace {ns!r} does not exist")
+        return _snap(ns, row)
+
+    def resolve(self, ns: str, ref: str) -> Snapshot:
+        if ref.startswith(merkle.SNAP_SCHEME):
+            uri_ns, ref, _ = merkle.parse_snap_uri(ref)
+            if uri_ns != ns:
+                raise InvalidArgument(f"{ref} is a snapshot of namespace {uri_ns!r}, not {ns!r}")
+        kind, _, name = ref.partition(":") if ref.startswith(("tag:", "branch:")) else ("", "",
+                                                                                        ref)
+        tx = self._store.single()
+        if not kind and _ID_RE.fullmatch(name):
+            return self.get(ns, name)
+        if kind in ("", "tag"):
+            sid = tx.tag(ns, name)
+            if sid is not None:
+                return self.get(ns, sid)
+        if kind in ("", "branch"):
+            head = self._head(tx, ns, name)
+            if head:
+                return self.get(ns, head)
+            if tx.get_tree(ns, name) is not None:
+                raise NotFound(f"branch {name!r} has no snapshot yet: `aifs snapshot create "
+                               f"--branch {name}`")
+        raise NotFound(f"no snapshot, tag or branch {ref!r} in namespace {ns!r}")
+
+    def list_snapshots(self, ns: str, branch: str = "") -> list[Snapshot]:
+        self.meta.get_namespace(ns)
+        snaps = [_snap(ns, r) for r in self._store.single().list_snapshots(ns)]
+        return [s for s in snaps if not branch or s.branch == branch]
+
+    def tags_of(self, ns: str) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = defaultdict(list)
+        for name, sid, _ in self._store.single().list_tags(ns):
+            out[sid].append(name)
+        return out
+
+    def verify(self, ns: str, ref: str, deadline: Deadline = NEVER
+               ) -> tuple[bool, list[str], int]:
+        """Recompute every node hash from the stored rows; compare with the stored hashes, the
+        root with the signed statement, and the signature with the data dir's key."""
+        snap = self.resolve(ns, ref)
+        problems: list[str] = []
+        try:
+            self.public_key.verify(snap.signature, snap.statement())
+        except InvalidSignature:
+            problems.append(f"snapshot {snap.id}: the signature does not verify with this "
+                            "namespace's signing key (a foreign or altered statement)")
+        with self._store.read() as tx:
+            fresh, paths = compute_hashes(tx.hash_inputs(snap.tree_id), deadline)
+            stored = tx.node_hashes(snap.tree_id)
+            dentries = tx.hash_inputs(snap.tree_id)[1]
+        parent_of = {int(ino): int(p) for p, _, ino in dentries}
+        bad = {ino for ino, h in fresh.items() if stored.get(ino) != h}
+        # name the deepest altered nodes: those whose own rows changed, not the ancestors whose
+        # hashes changed only because a descendant's did
+        above = {parent_of.get(ino, 0) for ino in bad}
+        for ino in sorted(bad - above if bad - above else bad):
+            problems.append(f"{paths.get(ino, f'inode {ino}')}: the stored rows do not hash to "
+                            "the recorded node hash (altered size, mode, owner, content, "
+                            "xattrs or names)")
+        if fresh.get(ROOT_INO) != snap.root and not bad:
+            problems.append("/: the root hash differs from the signed one")
+        for ino in set(stored) - set(fresh):
+            problems.append(f"inode {ino}: has a recorded hash but is no longer in the tree")
+        return not problems, problems, len(fresh)
+
+    def _drop_snapshot(self, tx: Tx, snap: Snapshot, now: int) -> None:
+        counts = Counter({cid: -n for cid, n in tx.tree_chunk_counts(snap.tree_id)})
+        tx.adjust_refs(snap.namespace, counts, now)
+        tx.delete_tree(snap.tree_id)
+        tx.delete_snapshot(snap.namespace, snap.id)
+        self.meta.forget_tree(snap.tree)
+
+    def prune(self, ns: str, keep_last: int = 0, keep_daily: int = 0, keep_within_s: int = 0,
+              dry_run: bool = False, branch: str = "", now: int | None = None
+              ) -> tuple[list[str], list[str]]:
+        """restic's `forget` policy per branch; snapshots a tag or a branch head names are
+        always kept (they are reachable)."""
+        if not (keep_last or keep_daily or keep_within_s):
+            raise InvalidArgument("prune needs a policy: --keep-last, --keep-daily or "
+                                  "--keep-within (refusing to remove every snapshot)")
+        snaps = self.list_snapshots(ns, branch)
+        tx0 = self._store.single()
+        pinned = {sid for _, sid, _ in tx0.list_tags(ns)}
+        pinned |= {self._head(tx0, ns, b) for b in tx0.list_branches(ns)}
+        by_branch: dict[str, list[Snapshot]] = defaultdict(list)
+        for s in snaps:
+            by_branch[s.branch].append(s)
+        keep: set[str] = set()
+        for group in by_branch.values():
+            group.sort(key=lambda s: s.created_ns, reverse=True)
+            keep |= {s.id for s in group[:keep_last]}
+            days: list[str] = []
+            for s in group:
+                day = datetime.datetime.fromtimestamp(s.created_ns / 1e9, datetime.UTC).date()
+                if len(days) < keep_daily and (not days or days[-1] != str(day)):
+                    days.append(str(day))
+                    keep.add(s.id)
+            newest = group[0].created_ns
+            keep |= {s.id for s in group if newest - s.created_ns <= keep_within_s * 10**9
+                     and keep_within_s}
+        keep |= pinned
+        removed = [s.id for s in snaps if s.id not in keep]
+        if not dry_run and removed:
+            t = now if now is not None else now_ns()
+            with self._store.write() as tx:
+                for s in snaps:
+                    if s.id in removed:
+                        self._drop_snapshot(tx, s, t)
+        return removed, [s.id for s in snaps if s.id in keep]
+
+    # --- branches ----------------------------------------------------------------------------
+    def create_branch(self, ns: str, name: str, source: str = "") -> tuple[str, str, int]:
+        """A new branch whose tree is a copy of `source` (a snapshot ref; default: main's
+        head, else main's live tree)."""
+        check_name("branch", name)
+        self.meta.get_namespace(ns)
+        now = now_ns()
+        snap: Snapshot | None = None
+        src_branch = ""
+        if source:
+            try:
+                snap = self.resolve(ns, source)
+            except NotFound:
+                if self._store.single().get_tree(ns, source) is None:
+                    raise
+                src_branch = source  # a branch without snapshots: copy its live tree
+        else:
+            src_branch = "main"
+            self.meta.ensure_tree(TreeRef(ns, "main"))
+        with self._store.write() as tx:
+            if src_branch:
+                r = tx.get_tree(ns, src_branch)
+                if r is None:
+                    raise NotFound(f"branch {src_branch!r} does not exist")
+                src_tid, head = r[0], self._head(tx, ns, src_branch)
+            else:
+                assert snap is not None
+                src_tid, head = snap.tree_id, snap.id
+            dst = tx.insert_tree(ns, name, now)
+            if dst is None:
+                raise AlreadyExists(f"branch {name!r} already exists in namespace {ns!r}")
+            tx.copy_tree_rows(src_tid, dst)
+            tx.adjust_refs(ns, Counter(dict(tx.tree_chunk_counts(dst))), now)
+            tx.delete_log(ns, name)
+            if head:
+                tx.append_log(ns, name, f"create from {source or 'main'}", head, now)
+        return name, head, now
+
+    def list_branches(self, ns: str) -> list[tuple[str, str, int]]:
+        self.meta.get_namespace(ns)
+        tx = self._store.single()
+        out = []
+        for b in tx.list_branches(ns):
+            if b.startswith(FROZEN_PREFIX):
+                continue
+            log = tx.branch_log(ns, b)
+            out.append((b, log[-1][2] if log else "", log[0][3] if log else 0))
+        return out
+
+    def delete_branch(self, ns: str, name: str) -> None:
+        if name == "main":
+            raise PermissionDenied("branch main cannot be deleted")
+        if name.startswith(FROZEN_PREFIX):
+            raise InvalidArgument(f"{name!r} is a snapshot's tree, not a branch")
+        now = now_ns()
+        with self._store.write() as tx:
+            r = tx.get_tree(ns, name)
+            if r is None:
+                raise NotFound(f"branch {name!r} does not exist in namespace {ns!r}")
+            counts = Counter({cid: -n for cid, n in tx.tree_chunk_counts(r[0])})
+            tx.adjust_refs(ns, counts, now)
+            tx.delete_tree(r[0])
+            tx.delete_log(ns, name)
+        self.meta.forget_tree(TreeRef(ns, name))
+
+    def reset_branch(self, ns: str, name: str, ref: str) -> tuple[str, str, int]:
+        """Replace the branch's rows by a copy of the snapshot's, in one transaction, keeping
+        its tree id (so every server's cache of it stays right); recorded in its log."""
+        snap = self.resolve(ns, ref)
+        now = now_ns()
+        with self._store.write() as tx:
+            r = tx.get_tree(ns, name)
+            if r is None or name.startswith(FROZEN_PREFIX):
+                raise NotFound(f"branch {name!r} does not exist in namespace {ns!r}")
+            old = Counter({cid: -n for cid, n in tx.tree_chunk_counts(r[0])})
+            tx.delete_tree_rows(r[0])
+            tx.copy_tree_rows(snap.tree_id, r[0])
+            old.update(dict(tx.tree_chunk_counts(r[0])))
+            tx.adjust_refs(ns, old, now)
+            tx.append_log(ns, name, f"reset to {ref}", snap.id, now)
+        return name, snap.id, now
+
+    def branch_log(self, ns: str, name: str) -> list[tuple[int, str, str, int]]:
+        tx = self._store.single()
+        if tx.get_tree(ns, name) is None:
+            raise NotFound(f"branch {name!r} does not exist in namespace {ns!r}")
+        return tx.branch_log(ns, name)
+
+    # --- tags --------------------------------------------------------------------------------
+    def create_tag(self, ns: str, name: str, ref: str) -> tuple[str, str, int]:
+        check_name("tag", name)
+        snap = self.resolve(ns, ref)
+        now = now_ns()
+        with self._store.write() as tx:
+            if not tx.insert_tag(ns, name, snap.id, now):
+                have = tx.tag(ns, name)
+                raise AlreadyExists(f"tag {name!r} already names snapshot {have}; tags never "
+                                    "move (delete it first, which needs the delete verb)")
+        return name, snap.id, now
+
+    def list_tags(self, ns: str) -> list[tuple[str, str, int]]:
+        self.meta.get_namespace(ns)
+        return self._store.single().list_tags(ns)
+
+    def delete_tag(self, ns: str, name: str) -> None:
+        with self._store.write() as tx:
+            if not tx.delete_tag(ns, name):
+                raise NotFound(f"tag {name!r} does not exist in namespace {ns!r}")
+
+    # --- reading a snapshot's tree -----------------------------------------------------------
+    def list_tree(self, ns: str, ref: str, ino: int
+                  ) -> tuple[Attr, bytes, dict[bytes, bytes], list[TreeEntry]]:
+        snap = self.resolve(ns, ref)
+        tid = snap.tree_id
+        attr = self.meta.getattr(snap.tree, ino)
+        with self._store.read() as tx:
+            own = tx.node_hash(tid, ino)
+            rows = tx.dir_rows(tid, ino) if stat.S_ISDIR(attr.mode) else []
+            xrows = tx.dir_xattrs(tid, ino)
+            srows = tx.dir_slots(tid, ino) if rows else []
+        xa: dict[int, dict[bytes, bytes]] = defaultdict(dict)
+        for x_ino, name, value in xrows:
+            xa[int(x_ino)][bytes(name)] = bytes(value)
+        maps: dict[int, list[tuple[int, bytes, int]]] = defaultdict(list)
+        for s_ino, idx, cid, length in srows:
+            maps[int(s_ino)].append((int(idx), bytes(cid), int(length)))
+        entries = []
+        for name, e_ino, mode, _uid, _gid, size, _rdev, link, h in rows:
+            e_attr = self.meta.getattr(snap.tree, int(e_ino))
+            content = (merkle.content_hash(int(size), maps.get(int(e_ino), []))
+                       if stat.S_ISREG(mode) else b"")
+            entries.append(TreeEntry(bytes(name), e_attr, bytes(h or b""),
+                                     bytes(link or b""), xa.get(int(e_ino), {}), content))
+        return attr, own or b"", xa.get(ino, {}), entries
+
+    # --- diff and merge ----------------------------------------------------------------------
+    def _dir(self, tx: Tx, tid: int, ino: int) -> dict[bytes, tuple[int, int, bytes]]:
+        return {bytes(r[0]): (int(r[1]), int(r[2]), bytes(r[8] or b"")) for r in
+                tx.dir_rows(tid, ino)}
+
+    def _walk_diff(self, a: Snapshot, b: Snapshot, deadline: Deadline
+                   ) -> dict[str, tuple[str, int, int]]:
+        """path -> (kind, ino in b or 0, mode in b or in a): the changes from a to b, skipping
+        every pair of equal subtrees (O(changed))."""
+        out: dict[str, tuple[str, int, int]] = {}
+        visited = 0
+        with self._store.read() as tx:
+            if a.root == b.root:
+                return out
+            todo = [("", ROOT_INO, ROOT_INO)]
+            while todo:
+                deadline.check("comparing snapshots")
+                path, ia, ib = todo.pop()
+                da, db = self._dir(tx, a.tree_id, ia), self._dir(tx, b.tree_id, ib)
+                visited += 2
+                for name in sorted(da.keys() | db.keys()):
+                    p = f"{path}/{name.decode(errors='replace')}"
+                    ea, eb = da.get(name), db.get(name)
+                    if eb is None:
+                        assert ea is not None
+                        out[p] = ("removed", 0, ea[1])
+                    elif ea is None:
+                        out[p] = ("added", eb[0], eb[1])
+                    elif ea[2] != eb[2]:
+                        if stat.S_ISDIR(ea[1]) and stat.S_ISDIR(eb[1]):
+                            todo.append((p, ea[0], eb[0]))
+                            if ea[1] != eb[1]:
+                                out[p + "/"] = ("changed", eb[0], eb[1])
+                        else:
+                            out[p] = ("changed", eb[0], eb[1])
+        self._visited = visited
+        return out
+
+    def diff(self, ns: str, a: str, b: str, deadline: Deadline = NEVER) -> Diff:
+        sa, sb = self.resolve(ns, a), self.resolve(ns, b)
+        self._visited = 0
+        changes = self._walk_diff(sa, sb, deadline)
+        d = Diff(visited=self._visited)
+        for p, (kind, _, mode) in sorted(changes.items()):
+            shown = p + "/" if stat.S_ISDIR(mode) and not p.endswith("/") else p
+            getattr(d, kind).append(shown)
+        return d
+
+    def _ancestors(self, ns: str, sid: str) -> list[str]:
+        """Breadth-first, `sid` first (pruned ancestors end the walk there)."""
+        seen, order, todo = {sid}, [sid], [sid]
+        tx = self._store.single()
+        while todo:
+            nxt = []
+            for s in todo:
+                row = tx.snapshot(ns, s)
+                for p in (_snap(ns, row).parents if row else ()):
+                    if p not in seen:
+                        seen.add(p)
+                        order.append(p)
+                        nxt.append(p)
+            todo = nxt
+        return order
+
+    def merge(self, ns: str, source: str, into: str, message: str = "", dry_run: bool = False,
+              deadline: Deadline = NEVER) -> MergeResult:
+        """Three-way merge at path level: the changes from the common ancestor to `source` are
+        written into branch `into` unless `into` changed one of those paths (or a path above or
+        below one) too; then nothing is written and the conflicts are listed. A branch named as
+        `source` and `into` itself are snapshotted first, so their latest writes count."""
+        if self._store.single().get_tree(ns, into) is None or into.startswith(FROZEN_PREFIX):
+            raise NotFound(f"branch {into!r} does not exist in namespace {ns!r}")
+        if self._store.single().get_tree(ns, source) is not None:
+            src = self.create_snapshot(ns, source, f"before merge into {into}", deadline=deadline)
+        else:
+            src = self.resolve(ns, source)
+        dst = self.create_snapshot(ns, into, f"before merge of {source}", deadline=deadline)
+        in_dst = set(self._ancestors(ns, dst.id))
+        base_id = next((s for s in self._ancestors(ns, src.id) if s in in_dst), "")
+        if not base_id:
+            raise InvalidArgument(f"{source} and {into} have no common ancestor snapshot")
+        base = self.get(ns, base_id)
+        theirs = self._walk_diff(base, src, deadline)
+        ours = self._walk_diff(base, dst, deadline)
+
+        def related(p: str, q: str) -> bool:
+            p, q = p.rstrip("/"), q.rstrip("/")
+            return p == q or p.startswith(q + "/") or q.startswith(p + "/")
+
+        conflicts = sorted(p for p in theirs if any(related(p, q) for q in ours))
+        if conflicts or dry_run:
+            return MergeResult(not conflicts and not dry_run, conflicts, "", base_id,
+                               sorted(theirs) if not conflicts else [])
+        applied = self._apply(ns, src, TreeRef(ns, into), theirs, deadline)
+        snap = self.create_snapshot(ns, into, message or f"merge {source} into {into}",
+                                    extra_parent=src.id, deadline=deadline)
+        return MergeResult(True, [], snap.id, base_id, applied)
+
+    # --- applying a merge through the POSIX rules (refcounts, nlink and names stay right) ----
+    def _lookup_path(self, tree: TreeRef, path: str) -> int:
+        ino = ROOT_INO
+        for part in (p for p in path.split("/") if p):
+            ino = self.meta.lookup(tree, ino, part.encode()).ino
+        return ino
+
+    def _remove(self, tree: TreeRef, parent: int, name: bytes, deadline: Deadline) -> None:
+        a = self.meta.lookup(tree, parent, name)
+        if stat.S_ISDIR(a.mode):
+            for e in self._entries(tree, a.ino):
+                deadline.check("merging")
+                self._remove(tree, a.ino, e, deadline)
+            self.meta.rmdir(tree, parent, name, forget=True)
+        else:
+            self.meta.unlink(tree, parent, name, forget=True)
+
+    def _entries(self, tree: TreeRef, ino: int) -> list[bytes]:
+        names, cookie = [], 0
+        while True:
+            ents, eof = self.meta.readdir(tree, ino, cookie, 1000)
+            names += [e.name for e in ents]
+            if eof or not ents:
+                return names
+            cookie = ents[-1].cookie
+
+    def _copy(self, src: TreeRef, s_ino: int, dst: TreeRef, parent: int, name: bytes,
+              deadline: Deadline) -> None:
+        deadline.check("merging")
+        a = self.meta.getattr(src, s_ino)
+        if stat.S_ISDIR(a.mode):
+            d = self.meta.mkdir(dst, parent, name, a.mode, a.uid, a.gid)
+            for child in self._entries(src, s_ino):
+                c = self.meta.lookup(src, s_ino, child)
+                self._copy(src, c.ino, dst, d.ino, child, deadline)
+            new = d.ino
+        elif stat.S_ISLNK(a.mode):
+            new = self.meta.symlink(dst, parent, name, self.meta.readlink(src, s_ino),
+                                    a.uid, a.gid).ino
+        else:
+            f = self.meta.create(dst, parent, name, a.mode, a.uid, a.gid, a.rdev)
+            new = f.ino
+            if stat.S_ISREG(a.mode):
+                _, refs = self.meta.get_chunk_map(src, s_ino)
+                self.meta.commit_file(dst, new, [ChunkRef(r.index, r.chunk_id, r.length)
+                                                 for r in refs], a.size, mtime_ns=a.mtime_ns)
+        for xname in self.meta.listxattr(src, s_ino):
+            self.meta.setxattr(dst, new, xname, self.meta.getxattr(src, s_ino, xname))
+
+    def _apply(self, ns: str, src: Snapshot, into: TreeRef,
+               changes: dict[str, tuple[str, int, int]], deadline: Deadline) -> list[str]:
+        applied = []
+        # removals deepest first; additions and changes parents first
+        for p in sorted((p for p, c in changes.items() if c[0] != "added"),
+                        key=lambda p: -p.count("/")):
+            kind, s_ino, mode = changes[p]
+            if p.endswith("/"):  # a directory's own attributes changed
+                continue
+            head, _, name = p.rpartition("/")
+            parent = self._lookup_path(into, head)
+            try:
+                self._remove(into, parent, name.encode(), deadline)
+            except NotFound:
+                pass
+            if kind == "removed":
+                applied.append(p)
+        for p in sorted((p for p, c in changes.items() if c[0] != "removed"),
+                        key=lambda p: p.count("/")):
+            kind, s_ino, mode = changes[p]
+            head, _, name = p.rstrip("/").rpartition("/")
+            parent = self._lookup_path(into, head)
+            if p.endswith("/"):
+                a = self.meta.getattr(src.tree, s_ino)
+                ino = self._lookup_path(into, p)
+                self.meta.setattr(into, ino, SET_MODE | SET_UID | SET_GID, mode=a.mode, uid=a.uid, gid=a.gid)
+            else:
+                self._copy(src.tree, s_ino, into, parent, name.encode(), deadline)
+            applied.append(p)
+        return applied
