@@ -15,6 +15,12 @@ Interface:
         .ensure_namespace(name, chunk_size=None, zstd_level=None) -> Namespace (creates it and
         its 'main' tree with the data dir's defaults if new), .close(); a context manager.
     is_formatted(path) -> bool
+    open_shared(meta_url, store_url, master, *, chunk_size=1<<20, zstd_level=1,
+                namespace="default", codec=None) -> DataDir
+        A deployment with no data dir: metadata in PostgreSQL, chunks in a shared store, the
+        keys in the database sealed by `master` (secrets.py). The first opener of an empty
+        database formats it (idempotent; safe when several start at once); the format options
+        only count then. .path is None; .config is the database's (format "aifs-shared").
     DataDirError (FAILED_PRECONDITION, reason DATA_DIR): not formatted, foreign directory,
         unsafe key-file permissions, unsupported format version.
 
@@ -276,7 +282,7 @@ def _check_key_file(path: Path) -> None:
 
 @dataclass
 class DataDir:
-    path: Path
+    path: Path | None   # None for a shared deployment (open_shared): no directory of its own
     config: dict[str, Any]
     kms: Any
     keys: Any
@@ -361,3 +367,63 @@ def open_data_dir(path: str | os.PathLike[str], *, codec: Any = None) -> DataDir
     return DataDir(path=root, config=config, kms=kms, keys=keys, codec=codec, store=store,
                    chunks=chunks, meta=meta, root_key=root_key, storage_key=storage_key,
                    signing_key=Ed25519PrivateKey.from_private_bytes(raw_sk))
+
+
+SHARED_FORMAT = "aifs-shared"
+
+
+def open_shared(meta_url: str, store_url: str, master: Any, *, chunk_size: int = 1 << 20,
+                zstd_level: int = 1, namespace: str = "default", codec: Any = None) -> DataDir:
+    """Open (formatting it first if the database is empty) a shared deployment."""
+    from aifs_core.codec import CompressionService, validate_level
+
+    from .chunks import ChunkService
+    from .kms import NamespaceKeyCache
+    from .secrets import Initial, SecretsDB
+
+    validate_chunk_size(chunk_size)
+    validate_level(zstd_level)
+    validate_namespace_name(namespace)
+    db = SecretsDB(meta_url)
+    store = backends.open_store(store_url)
+    meta = backends.open_meta(meta_url)  # creates or migrates the engine's schema
+    try:
+        db.bootstrap(master, Initial.generate({
+            "format": SHARED_FORMAT, "format_version": FORMAT_VERSION,
+            "created_ns": time.time_ns(), "chunk_size": chunk_size, "zstd_level": zstd_level,
+            "default_namespace": namespace}))
+        shared = db.load(master)
+        config = dict(shared.config)
+        if config.get("format") != SHARED_FORMAT or config.get("format_version") != FORMAT_VERSION:
+            raise DataDirError(f"{db.where} holds a {config.get('format')!r} version "
+                               f"{config.get('format_version')!r} deployment; this aifs reads "
+                               f"{SHARED_FORMAT!r} version {FORMAT_VERSION}")
+        kms = db.keyring(master)
+        keys = NamespaceKeyCache(kms, db.namespace_keys())
+        # every opener, not only the formatter: one that died after the secrets committed
+        # must not leave the deployment without its first namespace
+        _ensure_namespace(meta, config["default_namespace"], config["chunk_size"],
+                          config["zstd_level"], kms.current_key_id())
+    except BaseException:
+        meta.close()
+        raise
+    config["meta"] = {"url": _without_password(meta_url)}
+    config["chunks"] = {"url": store_url}
+    if codec is None:
+        codec = CompressionService(config.get("zstd_level", 1))
+    chunks = ChunkService(store, keys, codec, shared.storage_key)
+    return DataDir(path=None, config=config, kms=kms, keys=keys, codec=codec, store=store,
+                   chunks=chunks, meta=meta, root_key=shared.root_key,
+                   storage_key=shared.storage_key,
+                   signing_key=Ed25519PrivateKey.from_private_bytes(shared.signing_key))
+
+
+def _without_password(url: str) -> str:
+    """A URL as shown (Introspect, logs): any password replaced."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))

@@ -7,6 +7,10 @@ Interface:
         unwrap(key_id, wrapped) -> bytes        KeyUnavailable naming the key id if it cannot
         rotate() -> str                         new current key id; old keys still unwrap
     LocalKeyring(path)                          JSON file, mode 0600 (looser -> PermissionDenied)
+        .export_keys() -> (current, {id: key})  for re-wrapping elsewhere (aifs migrate)
+    kek_wrap(kek, key_id, key) / kek_unwrap(kek, key_id, wrapped, where)
+                                                the wrapping every keyring uses (so a keyring
+                                                moved into a database unwraps the same keys)
         LocalKeyring.create(path) -> LocalKeyring
         .calls: dict[str, int]                  wrap/unwrap calls made (for tests and metrics)
     ChunkKeys (Protocol): what envelope.py takes as `keys`
@@ -14,10 +18,14 @@ Interface:
         unwrap_data_key(key_id, wrapped) -> data_key
     KeyProvider (Protocol): what chunks.ChunkService takes as `keys`
         for_namespace(scope) -> ChunkKeys
-    NamespaceKeyCache(kms, path)                KeyProvider; one namespace key per namespace and
-                                                epoch, wrapped by the KMS, persisted in `path`
-                                                (JSON, 0600), unwrapped once and cached; chunk
-                                                data keys are wrapped locally with it
+    NamespaceKeyCache(kms, records)             KeyProvider; one namespace key per namespace and
+                                                epoch, wrapped by the KMS, persisted in `records`
+                                                (a JSON file path, 0600, or NamespaceKeyRecords),
+                                                unwrapped once and cached; chunk data keys are
+                                                wrapped locally with it
+    NamespaceKeyRecords (Protocol)              .current(scope), .get(scope, key_id),
+                                                .add(scope, key_id, rec) -> bool (False: exists)
+    NamespaceKeyFile(path)                      NamespaceKeyRecords in a JSON file
         .rotate() -> str                        rotate the KMS; every namespace starts a new
                                                 epoch on its next write
         .rotate_namespace(scope) -> str         new epoch for one namespace
@@ -114,6 +122,29 @@ def _read_private_json(path: str, what: str) -> dict[str, Any]:
     return doc
 
 
+def kek_wrap(kek: bytes, key_id: str, data_key: bytes) -> bytes:
+    """A key wrapped by the KMS key `key_id` (the bytes every keyring stores)."""
+    return _seal(kek, bytes(data_key), _KMS_AAD + key_id.encode())
+
+
+def kek_unwrap(kek: bytes, key_id: str, wrapped: bytes, where: str) -> bytes:
+    if len(wrapped) != WRAPPED_BYTES:
+        raise KeyUnavailable(
+            f"a key wrapped by KMS key {key_id!r} is {len(wrapped)} bytes, expected "
+            f"{WRAPPED_BYTES}: the record holding it is damaged; restore it from backup"
+        )
+    try:
+        return AESGCM(kek).decrypt(
+            wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _KMS_AAD + key_id.encode()
+        )
+    except InvalidTag:
+        raise KeyUnavailable(
+            f"KMS key {key_id!r} in {where} does not unwrap this key: the keyring is not the "
+            f"one the data was written with (or was altered); restore the original keyring "
+            f"from backup"
+        ) from None
+
+
 class LocalKeyring:
     """KMS backed by a local JSON file of 256-bit key-encryption keys ("local:1", ...)."""
 
@@ -160,27 +191,17 @@ class LocalKeyring:
     def wrap(self, key_id: str, data_key: bytes) -> bytes:
         with self._lock:
             self.calls["wrap"] += 1
-        return _seal(self._kek(key_id), bytes(data_key), _KMS_AAD + key_id.encode())
+        return kek_wrap(self._kek(key_id), key_id, data_key)
 
     def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
         with self._lock:
             self.calls["unwrap"] += 1
-        kek = self._kek(key_id)
-        if len(wrapped) != WRAPPED_BYTES:
-            raise KeyUnavailable(
-                f"a key wrapped by KMS key {key_id!r} is {len(wrapped)} bytes, expected "
-                f"{WRAPPED_BYTES}: the key file holding it is damaged; restore it from backup"
-            )
-        try:
-            return AESGCM(kek).decrypt(
-                wrapped[:NONCE_BYTES], wrapped[NONCE_BYTES:], _KMS_AAD + key_id.encode()
-            )
-        except InvalidTag:
-            raise KeyUnavailable(
-                f"KMS key {key_id!r} in keyring {self.path} does not unwrap this key: the "
-                f"keyring is not the one the data was written with (or was altered); restore "
-                f"the original keyring from backup"
-            ) from None
+        return kek_unwrap(self._kek(key_id), key_id, wrapped, f"keyring {self.path}")
+
+    def export_keys(self) -> tuple[str, dict[str, bytes]]:
+        """(current key id, {key id: key}): what `aifs migrate` re-wraps into a database."""
+        with self._lock:
+            return self._current, dict(self._keys)
 
     def rotate(self) -> str:
         """Add a new key and make it current; older keys stay for reading."""
@@ -233,23 +254,24 @@ class _NamespaceKeys:
             ) from None
 
 
-class NamespaceKeyCache:
-    """Namespace keys (design section 6, like S3 bucket keys).
+class NamespaceKeyRecords(Protocol):
+    """Where namespace keys (each wrapped by the KMS) are kept: a JSON file for a data dir
+    (NamespaceKeyFile), a database table for servers sharing one (secrets.DBNamespaceKeys).
+    A record is {"kms_key_id": str, "wrapped": base64 str, "created": int}."""
 
-    Each namespace has a 256-bit namespace key per epoch ("nsk:1", "nsk:2", ...), wrapped by the
-    KMS and kept in a JSON file (mode 0600). The first use after start unwraps it with one KMS
-    call; after that, chunk data keys are wrapped and unwrapped locally, so the KMS (possibly
-    remote) is never called per chunk. An epoch ends when the KMS rotates: the next write in
-    that namespace creates a new namespace key under the new KMS key; old epochs stay readable.
-    """
+    where: str                                                  # for messages
 
-    def __init__(self, kms: KMS, path: str | os.PathLike[str]) -> None:
-        self.kms = kms
-        self.path = os.fspath(path)
-        self._lock = threading.RLock()
-        self.kms_calls = {"wrap": 0, "unwrap": 0, "current_key_id": 0}
-        self._aead: dict[tuple[str, str], AESGCM] = {}
-        self._current_cache: dict[str, tuple[str, AESGCM]] = {}
+    def current(self, scope: str) -> str | None: ...           # newest epoch's key id
+    def get(self, scope: str, key_id: str) -> dict[str, Any] | None: ...
+    def add(self, scope: str, key_id: str, rec: dict[str, Any]) -> bool: ...
+        # add and make current; False (nothing changed) if `key_id` exists: another writer won
+
+
+class NamespaceKeyFile:
+    """NamespaceKeyRecords in one JSON file (mode 0600), rewritten atomically on each add."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = self.where = os.fspath(path)
         if os.path.exists(self.path):
             doc = _read_private_json(self.path, "namespace key file")
             if doc.get("format") != NSKEYS_FORMAT or not isinstance(doc.get("namespaces"), dict):
@@ -260,17 +282,60 @@ class NamespaceKeyCache:
             self._doc = doc
         else:
             self._doc = {"format": NSKEYS_FORMAT, "namespaces": {}}
+
+    def scopes(self) -> dict[str, Any]:
+        """{scope: {"current": key_id, "keys": {key_id: rec}}} (what migrate copies)."""
+        ns: dict[str, Any] = self._doc["namespaces"]
+        return ns
+
+    def current(self, scope: str) -> str | None:
+        cur = self._doc["namespaces"].get(scope, {}).get("current")
+        return None if cur is None else str(cur)
+
+    def get(self, scope: str, key_id: str) -> dict[str, Any] | None:
+        rec = self._doc["namespaces"].get(scope, {}).get("keys", {}).get(key_id)
+        return None if rec is None else dict(rec)
+
+    def add(self, scope: str, key_id: str, rec: dict[str, Any]) -> bool:
+        ns = self._doc["namespaces"].setdefault(scope, {"current": None, "keys": {}})
+        if key_id in ns["keys"]:
+            return False
+        ns["keys"][key_id] = dict(rec)
+        ns["current"] = key_id
+        _write_private_json(self.path, self._doc)
+        return True
+
+
+def _epoch(key_id: str | None) -> int:
+    return int(key_id.split(":")[1]) if key_id else 0
+
+
+class NamespaceKeyCache:
+    """Namespace keys (design section 6, like S3 bucket keys).
+
+    Each namespace has a 256-bit namespace key per epoch ("nsk:1", "nsk:2", ...), wrapped by the
+    KMS and kept in `records` (a JSON file path, mode 0600, or any NamespaceKeyRecords). The
+    first use after start unwraps it with one KMS call; after that, chunk data keys are wrapped
+    and unwrapped locally, so the KMS (possibly remote) is never called per chunk. An epoch ends
+    when the KMS rotates: the next write in that namespace creates a new namespace key under
+    the new KMS key; old epochs stay readable. Several servers may share the records: two that
+    start the same epoch at once both end up using the one that was stored first.
+    """
+
+    def __init__(self, kms: KMS, records: str | os.PathLike[str] | NamespaceKeyRecords) -> None:
+        self.kms = kms
+        self.records: NamespaceKeyRecords = (
+            NamespaceKeyFile(records) if isinstance(records, str | os.PathLike) else records)
+        self.path = self.records.where
+        self._lock = threading.RLock()
+        self.kms_calls = {"wrap": 0, "unwrap": 0, "current_key_id": 0}
+        self._aead: dict[tuple[str, str], AESGCM] = {}
+        self._current_cache: dict[str, tuple[str, AESGCM]] = {}
         self.kms_calls["current_key_id"] += 1
         self._kms_current = kms.current_key_id()
 
     def for_namespace(self, scope: str) -> ChunkKeys:
         return _NamespaceKeys(self, scope)
-
-    def _entry(self, scope: str) -> dict[str, Any]:
-        ns: dict[str, Any] = self._doc["namespaces"].setdefault(
-            scope, {"current": None, "keys": {}}
-        )
-        return ns
 
     def _current(self, scope: str) -> tuple[str, AESGCM]:
         hit = self._current_cache.get(scope)
@@ -280,27 +345,35 @@ class NamespaceKeyCache:
             hit = self._current_cache.get(scope)
             if hit is not None:
                 return hit
-            ns = self._entry(scope)
-            cur = ns["current"]
-            if cur is None or ns["keys"][cur]["kms_key_id"] != self._kms_current:
+            cur = self.records.current(scope)
+            rec = None if cur is None else self.records.get(scope, cur)
+            if rec is None or rec["kms_key_id"] != self._kms_current:
                 cur = self._new_epoch(scope)
+            assert cur is not None
             hit = (cur, self._get(scope, cur))
             self._current_cache[scope] = hit
             return hit
 
     def _new_epoch(self, scope: str) -> str:
-        ns = self._entry(scope)
-        epoch = 1 + max((int(k.split(":")[1]) for k in ns["keys"]), default=0)
-        key_id = f"nsk:{epoch}"
-        nskey = os.urandom(KEY_BYTES)
-        self.kms_calls["wrap"] += 1
-        wrapped = self.kms.wrap(self._kms_current, nskey)
-        ns["keys"][key_id] = {"kms_key_id": self._kms_current, "wrapped": _b64(wrapped),
-                              "created": int(time.time())}
-        ns["current"] = key_id
-        _write_private_json(self.path, self._doc)
-        self._aead[(scope, key_id)] = AESGCM(nskey)
-        return key_id
+        """Store a new namespace key one epoch past the newest. When another writer stored
+        that epoch first, use theirs if it is under the current KMS key, else try the next
+        (bounded: each lost race means another writer made progress)."""
+        for _ in range(16):
+            latest = self.records.current(scope)
+            key_id = f"nsk:{_epoch(latest) + 1}"
+            nskey = os.urandom(KEY_BYTES)
+            self.kms_calls["wrap"] += 1
+            wrapped = self.kms.wrap(self._kms_current, nskey)
+            rec = {"kms_key_id": self._kms_current, "wrapped": _b64(wrapped),
+                   "created": int(time.time())}
+            if self.records.add(scope, key_id, rec):
+                self._aead[(scope, key_id)] = AESGCM(nskey)
+                return key_id
+            theirs = self.records.get(scope, key_id)
+            if theirs is not None and theirs["kms_key_id"] == self._kms_current:
+                return key_id
+        raise KeyUnavailable(f"could not store a new namespace key for {scope!r} in "
+                             f"{self.path}: other servers kept storing newer ones")
 
     def _get(self, scope: str, key_id: str) -> AESGCM:
         aead = self._aead.get((scope, key_id))
@@ -310,11 +383,11 @@ class NamespaceKeyCache:
             aead = self._aead.get((scope, key_id))
             if aead is not None:
                 return aead
-            rec = self._doc["namespaces"].get(scope, {}).get("keys", {}).get(key_id)
+            rec = self.records.get(scope, key_id)
             if rec is None:
                 raise KeyUnavailable(
                     f"namespace key {key_id!r} of namespace {scope!r} is not in "
-                    f"{self.path}: restore that file (and the keyring) from backup"
+                    f"{self.path}: restore it (and the keyring) from backup"
                 )
             self.kms_calls["unwrap"] += 1
             nskey = self.kms.unwrap(rec["kms_key_id"], _unb64(rec["wrapped"]))
