@@ -32,7 +32,8 @@ Interface:
                                      then fsyncs each fan-out directory it touched once.
                                      ENOSPC/EDQUOT -> errors.NoSpace saying where; temp files
                                      never outlive a failed put.
-        .remove_stale_temp(older_than=3600) -> int   temp files a crash left behind
+        .stale_temp_files(older_than, stop) -> (paths, complete)   temp files a crash left
+        .remove_temp_file(path) -> bytes freed, None if already gone
 
 Names are chosen by chunks.ChunkService (64 lowercase hex digits); a store accepts names of
 [0-9a-z] and 4-128 characters, anything else is InvalidArgument.
@@ -40,12 +41,13 @@ Names are chosen by chunks.ChunkService (64 lowercase hex digits); a store accep
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple, Protocol
 
@@ -355,13 +357,32 @@ class LocalChunkStore:
         st = os.statvfs(self.root)
         return StoreUsage(used, st.f_bavail * st.f_frsize)
 
-    def remove_stale_temp(self, older_than: float = 3600.0) -> int:
-        """Delete temp files left by a crash (older than `older_than` s); returns how many."""
-        removed, cutoff = 0, time.time() - older_than
+    def stale_temp_files(self, older_than: float, stop: Callable[[], bool] = lambda: False
+                         ) -> tuple[list[str], bool]:
+        """(paths, complete): temp files older than `older_than` s, which only a writer that
+        crashed leaves behind; `stop` is asked once per directory (complete False if it said
+        so). A file that disappears meanwhile (linked into place) is skipped."""
+        cutoff, found = time.time() - older_than, list[str]()
         for dirpath, _dirs, files in os.walk(self.root):
+            if stop():
+                return sorted(found), False
             for f in files:
-                p = os.path.join(dirpath, f)
-                if f.startswith(_TMP_PREFIX) and os.stat(p).st_mtime < cutoff:
-                    os.unlink(p)
-                    removed += 1
-        return removed
+                if f.startswith(_TMP_PREFIX):
+                    p = os.path.join(dirpath, f)
+                    with contextlib.suppress(FileNotFoundError):
+                        if os.stat(p).st_mtime < cutoff:
+                            found.append(p)
+        return sorted(found), True
+
+    def remove_temp_file(self, path: str) -> int | None:
+        """Delete one temp file `stale_temp_files` named; the bytes freed (None if it was
+        gone already)."""
+        if not os.path.basename(path).startswith(_TMP_PREFIX) or \
+                not os.path.abspath(path).startswith(self.root + os.sep):
+            raise InvalidArgument(f"{path} is not a temp file of the chunk store {self.root}")
+        try:
+            size = os.stat(path).st_size
+            os.unlink(path)
+        except FileNotFoundError:
+            return None
+        return size

@@ -31,11 +31,9 @@ stops there, returning what it did.
 
 from __future__ import annotations
 
-import os
 import stat
 import time
 from collections.abc import Iterable, Iterator
-from contextlib import suppress
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Protocol
@@ -43,7 +41,6 @@ from typing import Protocol
 from aifs_core.errors import AIFSError, NotFound
 from aifs_core.types import ROOT_INO, ChunkRef
 from aifs_server.chunks import ChunkService
-from aifs_server.chunkstore import _TMP_PREFIX as TEMP_PREFIX
 from aifs_server.deadline import NEVER, Deadline
 from aifs_server.metadata.base import MetadataEngine
 
@@ -236,23 +233,12 @@ ASSET_PAGE = 500
 
 def stale_temp_files(store: object, deadline: Deadline = NEVER) -> tuple[list[str], bool]:
     """(paths, complete): temp files older than STALE_TEMP_SECONDS that a crashed writer left
-    in a local chunk store ([] for a store without any, such as S3). complete is False when
-    the deadline stopped the walk (checked once per directory)."""
-    root = getattr(store, "root", None)
-    if not isinstance(root, str) or not os.path.isdir(root):
+    in a store that has them (the local store; [] for S3, whose PUTs leave nothing)."""
+    find = getattr(store, "stale_temp_files", None)
+    if find is None:
         return [], True
-    cutoff = time.time() - STALE_TEMP_SECONDS
-    found: list[str] = []
-    for dirpath, _dirs, files in os.walk(root):
-        if _passed(deadline):
-            return sorted(found), False
-        for f in files:
-            if f.startswith(TEMP_PREFIX):
-                p = os.path.join(dirpath, f)
-                with suppress(FileNotFoundError):   # linked into place and removed meanwhile
-                    if os.stat(p).st_mtime < cutoff:
-                        found.append(p)
-    return sorted(found), True
+    paths, complete = find(STALE_TEMP_SECONDS, lambda: _passed(deadline))
+    return list(paths), bool(complete)
 
 
 def _chunk_problem(parts: StorageParts, ns: str, cid: bytes, read_data: bool) -> str | None:
@@ -325,13 +311,10 @@ def gc(parts: StorageParts, namespaces: Iterable[str] | None = None, *,
         if dry_run:
             result.temp_files_deleted += 1
             continue
-        try:
-            size = os.stat(path).st_size
-            os.unlink(path)
-        except FileNotFoundError:
-            continue
-        result.temp_files_deleted += 1
-        result.bytes_freed += size
+        size = chunks.store.remove_temp_file(path)  # type: ignore[attr-defined]
+        if size is not None:
+            result.temp_files_deleted += 1
+            result.bytes_freed += size
     if not complete:
         result.complete = False
     return result

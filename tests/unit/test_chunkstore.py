@@ -277,8 +277,16 @@ def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
     stale.write_bytes(b"half written")
     os.utime(stale, (1, 1))
     assert list(store.list_names()) == [NAME]  # never listed as a chunk
-    assert store.remove_stale_temp(older_than=60) == 1
-    assert _files(tmp_path) == [f"ab/cd/{NAME}"]
+    fresh = tmp_path / "ab" / "cd" / f".tmp-{NAME}-3-4"
+    fresh.write_bytes(b"being written right now")
+    paths, complete = store.stale_temp_files(older_than=60)
+    assert complete and paths == [str(stale)]      # a fresh one may still be in use
+    assert store.remove_temp_file(str(stale)) == len(b"half written")
+    assert store.remove_temp_file(str(stale)) is None   # gone: nothing freed
+    with pytest.raises(InvalidArgument):
+        store.remove_temp_file(str(tmp_path / "ab" / "cd" / NAME))  # never a chunk
+    assert _files(tmp_path) == sorted([f"ab/cd/{NAME}", f"ab/cd/.tmp-{NAME}-3-4"])
+    assert store.stale_temp_files(older_than=60, stop=lambda: True) == ([], False)
 
 
 @pytest.fixture
