@@ -2,6 +2,7 @@
 
 Interface (the status tables themselves are `aifs_core.status`):
     abort(context, err) -> NoReturn                 fail the RPC with `err`
+    IN_FLIGHT.wait_idle(timeout) -> bool            every call wrapped by `rpc` has ended
     rpc(fn)                                         decorator for servicer methods (unary or
                                                     generator): checks the request's numbers
                                                     (`request_limits`); AIFSError -> its status;
@@ -112,6 +113,33 @@ def _fail(context: grpc.ServicerContext, exc: Exception, name: str) -> NoReturn:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+class InFlight:
+    """How many servicer calls are running, so that shutdown can wait for them to end before
+    it closes the storage under them (closing SQLite while another thread is inside a
+    statement can crash the process). One per process: servers in one process share it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.count = 0
+
+    def __enter__(self) -> None:
+        with self._cond:
+            self.count += 1
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cond:
+            self.count -= 1
+            if self.count == 0:
+                self._cond.notify_all()
+
+    def wait_idle(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: self.count == 0, timeout)
+
+
+IN_FLIGHT = InFlight()
+
+
 def _checked(request: Any) -> Any:
     """The request, its numbers checked (a client stream is checked message by message)."""
     if hasattr(request, "DESCRIPTOR"):
@@ -128,16 +156,18 @@ def rpc(fn: F) -> F:
         @functools.wraps(fn)
         def gen_wrapper(self: Any, request: Any, context: grpc.ServicerContext
                         ) -> Iterator[Any]:
-            try:
-                yield from fn(self, _checked(request), context)
-            except Exception as exc:  # noqa: BLE001 - mapped to a status
-                _fail(context, exc, name)
+            with IN_FLIGHT:
+                try:
+                    yield from fn(self, _checked(request), context)
+                except Exception as exc:  # noqa: BLE001 - mapped to a status
+                    _fail(context, exc, name)
         return gen_wrapper  # type: ignore[return-value]
 
     @functools.wraps(fn)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return fn(self, _checked(request), context)
-        except Exception as exc:  # noqa: BLE001 - mapped to a status
-            _fail(context, exc, name)
+        with IN_FLIGHT:
+            try:
+                return fn(self, _checked(request), context)
+            except Exception as exc:  # noqa: BLE001 - mapped to a status
+                _fail(context, exc, name)
     return wrapper  # type: ignore[return-value]
