@@ -63,6 +63,7 @@ from .rpc.channel import (
 from .rpc.data import GrpcData, PutChunksResult
 from .rpc.data import unzstd as _unzstd
 from .rpc.filesystem import FileInfo, GrpcFilesystem, Removed, Renamed, StatFs
+from .rpc.versioning import GrpcVersioning
 
 
 class AIFSClient:
@@ -80,6 +81,7 @@ class AIFSClient:
         self.data = GrpcData(self.channel)
         self.assets = GrpcAssets(self.channel)
         self.admin = GrpcAdmin(self.channel)
+        self.versions = GrpcVersioning(self.channel)  # snapshots, branches, tags, diff, merge
 
     # --- the channel's settings (read through, so that changing one changes every service) --
 

@@ -87,10 +87,13 @@ METHOD_VERBS: dict[str, str] = {
     _ADMIN + "ListNamespaces": "list",
     # Versioning (when that service lands): reads are `get`/`list`, changes `snapshot`
     **{_VERSIONING + m: "snapshot" for m in (
-        "CreateSnapshot", "CreateBranch", "DeleteBranch", "CreateTag", "DeleteTag",
-        "MoveBranch")},
-    **{_VERSIONING + m: "get" for m in ("GetSnapshot", "VerifySnapshot")},
-    **{_VERSIONING + m: "list" for m in ("ListSnapshots", "ListBranches", "ListTags")},
+        "CreateSnapshot", "CreateBranch", "DeleteBranch", "CreateTag", "MoveBranch", "Merge",
+        "PruneSnapshots")},
+    _VERSIONING + "DeleteTag": "delete",  # a tag is a citation: removing one is a deletion
+    **{_VERSIONING + m: "get" for m in (
+        "GetSnapshot", "VerifySnapshot", "Diff", "ListTree", "SigningKey")},
+    **{_VERSIONING + m: "list" for m in (
+        "ListSnapshots", "ListBranches", "ListTags", "BranchLog")},
 }
 
 UNAUTHENTICATED_METHODS = frozenset({

@@ -1,0 +1,138 @@
+"""Client of the Versioning service: snapshots, branches, tags, diff, merge.
+
+Interface:
+    GrpcVersioning(channel)
+        snapshot(branch="", message="") -> dict    (id, branch, parents, created_ns, message,
+                                                    root_hash, signature, tree_branch, uri, tags)
+        get_snapshot(ref) / list_snapshots(branch="") / verify(ref) -> dict(ok, problems, nodes)
+        prune(keep_last=0, keep_daily=0, keep_within_seconds=0, dry_run=False, branch="")
+        create_branch(name, source="") / list_branches() / delete_branch(name) /
+        reset_branch(name, ref) / branch_log(name)
+        create_tag(name, ref) / list_tags() / delete_tag(name)
+        diff(a, b) -> dict(added, removed, changed, nodes_visited)
+        merge(source, into, message="", dry_run=False) -> dict(merged, conflicts, snapshot, ...)
+        list_tree(ref, ino=1) -> the ListTreeReply message; signing_key() -> 32 raw bytes
+        verify_signature(info, public_key) -> bool   (FORMAT.md §6.2, checked on this side)
+A ref is a snapshot id, "tag:NAME", "branch:NAME", a bare tag or branch name, or an
+aifs-snap:// URI. Changes are not retried (a retry after a lost reply could snapshot twice).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from aifs_core import merkle
+from aifs_proto.v1 import common_pb2, versioning_pb2, versioning_pb2_grpc
+
+from .channel import Channel
+
+pb = versioning_pb2
+
+
+def snapshot_dict(s: Any) -> dict[str, Any]:
+    return {"id": s.id, "namespace": s.namespace, "branch": s.branch,
+            "parents": list(s.parents), "created_ns": s.created_ns, "message": s.message,
+            "root_hash": bytes(s.root_hash), "signature": bytes(s.signature),
+            "tree_branch": s.tree_branch, "uri": s.uri, "tags": list(s.tags)}
+
+
+def verify_signature(info: dict[str, Any], public_key: bytes) -> bool:
+    """Does `info`'s signature verify over its statement with `public_key` (raw Ed25519)?"""
+    stmt = merkle.statement(bytes.fromhex(info["id"]), info["namespace"], info["branch"],
+                            info["created_ns"], info["root_hash"],
+                            [bytes.fromhex(p) for p in info["parents"]], info["message"])
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(info["signature"], stmt)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+class GrpcVersioning:
+    """The Versioning service's calls (thread-safe)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._ch = channel
+        self._v = versioning_pb2_grpc.VersioningStub(channel.grpc)
+
+    def _call(self, method: str, request: Any, idempotent: bool = True) -> Any:
+        return self._ch.unary(getattr(self._v, method), request, idempotent=idempotent,
+                              timeout=max(self._ch.timeout, 120.0))
+
+    def snapshot(self, branch: str = "", message: str = "") -> dict[str, Any]:
+        return snapshot_dict(self._call("CreateSnapshot", pb.CreateSnapshotRequest(
+            branch=branch, message=message), idempotent=False))
+
+    def get_snapshot(self, ref: str) -> dict[str, Any]:
+        return snapshot_dict(self._call("GetSnapshot", pb.RefRequest(ref=ref)))
+
+    def list_snapshots(self, branch: str = "") -> list[dict[str, Any]]:
+        r = self._call("ListSnapshots", pb.ListSnapshotsRequest(branch=branch))
+        return [snapshot_dict(s) for s in r.snapshots]
+
+    def verify(self, ref: str) -> dict[str, Any]:
+        r = self._call("VerifySnapshot", pb.RefRequest(ref=ref))
+        return {"ok": r.ok, "problems": list(r.problems), "nodes_checked": r.nodes_checked}
+
+    def prune(self, keep_last: int = 0, keep_daily: int = 0, keep_within_seconds: int = 0,
+              dry_run: bool = False, branch: str = "") -> dict[str, list[str]]:
+        r = self._call("PruneSnapshots", pb.PruneRequest(
+            keep_last=keep_last, keep_daily=keep_daily, keep_within_seconds=keep_within_seconds,
+            dry_run=dry_run, branch=branch), idempotent=dry_run)
+        return {"removed": list(r.removed), "kept": list(r.kept)}
+
+    def create_branch(self, name: str, source: str = "") -> dict[str, Any]:
+        req = pb.CreateBranchRequest(name=name)
+        setattr(req, "from", source)  # `from` is a Python keyword
+        r = self._call("CreateBranch", req, idempotent=False)
+        return {"name": r.name, "head": r.head, "created_ns": r.created_ns}
+
+    def list_branches(self) -> list[dict[str, Any]]:
+        r = self._call("ListBranches", common_pb2.Empty())
+        return [{"name": b.name, "head": b.head, "created_ns": b.created_ns} for b in r.branches]
+
+    def delete_branch(self, name: str) -> None:
+        self._call("DeleteBranch", pb.VersionNameRequest(name=name), idempotent=False)
+
+    def reset_branch(self, name: str, ref: str) -> dict[str, Any]:
+        r = self._call("MoveBranch", pb.MoveBranchRequest(name=name, to=ref), idempotent=False)
+        return {"name": r.name, "head": r.head, "created_ns": r.created_ns}
+
+    def branch_log(self, name: str) -> list[dict[str, Any]]:
+        r = self._call("BranchLog", pb.VersionNameRequest(name=name))
+        return [{"seq": e.seq, "action": e.action, "snapshot": e.snapshot, "at_ns": e.at_ns}
+                for e in r.entries]
+
+    def create_tag(self, name: str, ref: str) -> dict[str, Any]:
+        r = self._call("CreateTag", pb.CreateTagRequest(name=name, snapshot=ref),
+                       idempotent=False)
+        return {"name": r.name, "snapshot": r.snapshot, "created_ns": r.created_ns}
+
+    def list_tags(self) -> list[dict[str, Any]]:
+        r = self._call("ListTags", common_pb2.Empty())
+        return [{"name": t.name, "snapshot": t.snapshot, "created_ns": t.created_ns}
+                for t in r.tags]
+
+    def delete_tag(self, name: str) -> None:
+        self._call("DeleteTag", pb.VersionNameRequest(name=name), idempotent=False)
+
+    def diff(self, a: str, b: str) -> dict[str, Any]:
+        r = self._call("Diff", pb.DiffRequest(a=a, b=b))
+        return {"added": list(r.added), "removed": list(r.removed), "changed": list(r.changed),
+                "nodes_visited": r.nodes_visited}
+
+    def merge(self, source: str, into: str, message: str = "", dry_run: bool = False
+              ) -> dict[str, Any]:
+        r = self._call("Merge", pb.MergeRequest(source=source, into=into, message=message,
+                                                dry_run=dry_run), idempotent=False)
+        return {"merged": r.merged, "conflicts": list(r.conflicts), "snapshot": r.snapshot,
+                "base": r.base, "applied": list(r.applied)}
+
+    def list_tree(self, ref: str, ino: int = 1) -> Any:
+        return self._call("ListTree", pb.ListTreeRequest(snapshot=ref, ino=ino))
+
+    def signing_key(self) -> bytes:
+        return bytes(self._call("SigningKey", common_pb2.Empty()).public_key)

@@ -1,0 +1,158 @@
+"""The Versioning service: thin servicer over aifs_server.versions.Versions.
+
+Interface:
+    VersioningServicer(backend: rpc_filesystem.Backend)   builds Versions over backend.meta and
+                                                          the data dir's signing key
+The namespace comes from call metadata (the interceptor checked it); walks stop at the call's
+deadline (deadline.Deadline.of_call).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from aifs_core.wire import attr_to_pb
+from aifs_proto.v1 import common_pb2, versioning_pb2, versioning_pb2_grpc
+from aifs_server.auth import call_scope
+from aifs_server.deadline import Deadline
+from aifs_server.grpc_errors import rpc
+from aifs_server.rpc_filesystem import Backend
+from aifs_server.versions import Snapshot, Versions
+
+pb = versioning_pb2
+
+
+def _info(s: Snapshot, tags: list[str] | None = None) -> Any:
+    return pb.SnapshotInfo(id=s.id, branch=s.branch, parents=list(s.parents),
+                           created_ns=s.created_ns, message=s.message, root_hash=s.root,
+                           signature=s.signature, tree_branch=s.tree.branch, uri=s.uri,
+                           namespace=s.namespace, tags=tags or [])
+
+
+def _xattrs(d: dict[bytes, bytes]) -> dict[str, list[bytes]]:
+    names = sorted(d)
+    return {"xattr_names": names, "xattr_values": [d[n] for n in names]}
+
+
+class VersioningServicer(versioning_pb2_grpc.VersioningServicer):
+    def __init__(self, backend: Backend) -> None:
+        self.b = backend
+        self.v = Versions(backend.meta, backend.datadir.signing_key)
+
+    def _ns(self, context: grpc.ServicerContext) -> str:
+        ns, _ = call_scope(context)
+        self.b.namespace(ns)
+        return ns
+
+    @rpc
+    def CreateSnapshot(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ns, branch = call_scope(context)
+        self.b.namespace(ns)
+        s = self.v.create_snapshot(ns, request.branch or branch, request.message,
+                                   deadline=Deadline.of_call(context))
+        return _info(s)
+
+    @rpc
+    def GetSnapshot(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ns = self._ns(context)
+        s = self.v.resolve(ns, request.ref)
+        return _info(s, self.v.tags_of(ns).get(s.id))
+
+    @rpc
+    def ListSnapshots(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ns = self._ns(context)
+        tags = self.v.tags_of(ns)
+        return pb.SnapshotList(snapshots=[_info(s, tags.get(s.id))
+                                          for s in self.v.list_snapshots(ns, request.branch)])
+
+    @rpc
+    def VerifySnapshot(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ns = self._ns(context)
+        ok, problems, n = self.v.verify(ns, request.ref, Deadline.of_call(context))
+        return pb.VerifySnapshotReply(ok=ok, problems=problems, nodes_checked=n)
+
+    @rpc
+    def PruneSnapshots(self, request: Any, context: grpc.ServicerContext) -> Any:
+        ns = self._ns(context)
+        removed, kept = self.v.prune(ns, request.keep_last, request.keep_daily,
+                                     request.keep_within_seconds, request.dry_run, request.branch)
+        return pb.PruneReply(removed=removed, kept=kept)
+
+    @rpc
+    def CreateBranch(self, request: Any, context: grpc.ServicerContext) -> Any:
+        name, head, at = self.v.create_branch(self._ns(context), request.name,
+                                              getattr(request, "from"))
+        return pb.BranchInfo(name=name, head=head, created_ns=at)
+
+    @rpc
+    def ListBranches(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.BranchList(branches=[pb.BranchInfo(name=n, head=h, created_ns=t)
+                                       for n, h, t in self.v.list_branches(self._ns(context))])
+
+    @rpc
+    def DeleteBranch(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.v.delete_branch(self._ns(context), request.name)
+        return common_pb2.Empty()
+
+    @rpc
+    def MoveBranch(self, request: Any, context: grpc.ServicerContext) -> Any:
+        name, head, at = self.v.reset_branch(self._ns(context), request.name, request.to)
+        return pb.BranchInfo(name=name, head=head, created_ns=at)
+
+    @rpc
+    def BranchLog(self, request: Any, context: grpc.ServicerContext) -> Any:
+        log = self.v.branch_log(self._ns(context), request.name)
+        return pb.BranchLogReply(entries=[pb.BranchLogEntry(seq=q, action=a, snapshot=s, at_ns=t)
+                                          for q, a, s, t in log])
+
+    @rpc
+    def CreateTag(self, request: Any, context: grpc.ServicerContext) -> Any:
+        name, sid, at = self.v.create_tag(self._ns(context), request.name, request.snapshot)
+        return pb.TagInfo(name=name, snapshot=sid, created_ns=at)
+
+    @rpc
+    def ListTags(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return pb.TagList(tags=[pb.TagInfo(name=n, snapshot=s, created_ns=t)
+                                for n, s, t in self.v.list_tags(self._ns(context))])
+
+    @rpc
+    def DeleteTag(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self.v.delete_tag(self._ns(context), request.name)
+        return common_pb2.Empty()
+
+    @rpc
+    def Diff(self, request: Any, context: grpc.ServicerContext) -> Any:
+        d = self.v.diff(self._ns(context), request.a, request.b, Deadline.of_call(context))
+        return pb.DiffReply(added=d.added, removed=d.removed, changed=d.changed,
+                            nodes_visited=d.visited)
+
+    @rpc
+    def Merge(self, request: Any, context: grpc.ServicerContext) -> Any:
+        r = self.v.merge(self._ns(context), request.source, request.into, request.message,
+                         request.dry_run, Deadline.of_call(context))
+        return pb.MergeReply(merged=r.merged, conflicts=r.conflicts, snapshot=r.snapshot,
+                             base=r.base, applied=r.applied)
+
+    @rpc
+    def ListTree(self, request: Any, context: grpc.ServicerContext) -> Any:
+        attr, own, xattrs, entries = self.v.list_tree(self._ns(context), request.snapshot,
+                                                      request.ino or 1)
+        return pb.ListTreeReply(
+            hash=own, attr=attr_to_pb(attr), **_xattrs(xattrs),
+            entries=[pb.TreeEntry(name=e.name, attr=attr_to_pb(e.attr), hash=e.hash,
+                                  symlink=e.symlink, content_hash=e.content_hash,
+                                  **_xattrs(e.xattrs)) for e in entries])
+
+    @rpc
+    def SigningKey(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._ns(context)
+        return pb.SigningKeyReply(public_key=self.v.public_key.public_bytes(
+            Encoding.Raw, PublicFormat.Raw))
+
+
+def register(backend: Backend, server: grpc.Server) -> None:
+    """Add the Versioning service to a gRPC server (serve.build_server)."""
+    versioning_pb2_grpc.add_VersioningServicer_to_server(VersioningServicer(backend), server)
