@@ -50,7 +50,8 @@ __all__ = [
     "default_socket", "main", "parse_methods", "parse_ttl",
 ]
 
-PLUGINS: tuple[str, ...] = ("aifs_cli.mount_commands", "aifsfs.bench.cli")
+PLUGINS: tuple[str, ...] = ("aifs_cli.mount_commands", "aifsfs.bench.cli",
+                            "aifs_cli.version_commands")
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 

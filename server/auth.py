@@ -85,6 +85,8 @@ METHOD_VERBS: dict[str, str] = {
     _ADMIN + "Fsck": "admin",
     _ADMIN + "GC": "admin",
     _ADMIN + "ListNamespaces": "list",
+    # Session (docs/LEASES.md): the lease stream grants only what `stat` reads may cache
+    "/aifs.v1.Session/Open": "stat",
     # Versioning (when that service lands): reads are `get`/`list`, changes `snapshot`
     **{_VERSIONING + m: "snapshot" for m in (
         "CreateSnapshot", "CreateBranch", "DeleteBranch", "CreateTag", "MoveBranch", "Merge",

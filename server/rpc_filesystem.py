@@ -50,6 +50,7 @@ from aifs_proto.v1 import common_pb2, filesystem_pb2, filesystem_pb2_grpc
 from aifs_server.auth import call_scope, current_grant
 from aifs_server.deadline import Deadline
 from aifs_server.grpc_errors import rpc
+from aifs_server.leases import LeaseManager, Session
 
 READDIR_DEFAULT = 256
 INLINE_COMMIT_MAX = 16 << 20    # inline chunk bytes one CommitFile may carry
@@ -68,6 +69,7 @@ class Backend:
         self.chunks = datadir.chunks
         self.assets = assets
         self.metrics = metrics
+        self.leases = LeaseManager()
         self._lock = threading.Lock()
         self._namespaces: dict[str, Namespace] = {}
         self._trees: set[TreeRef] = set()
@@ -146,33 +148,89 @@ def _known_asset_id(request: Any, changed: list[ChunkRef], inline_sizes: dict[by
 
 
 class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
+    """Leases (docs/LEASES.md, leases.py): a read carrying a live session id (metadata
+    `aifs-session`) leases what it returned when no change of it started since the read began
+    (initial metadata `aifs-lease: 1` says so; initial, because an error's status would replace
+    trailing metadata and a negative lookup is leased too). Every change recalls the other
+    sessions' leases on the inodes it touches before it commits; a removed or replaced inode
+    the change learns only from its own transaction is recalled before the answer."""
+
     def __init__(self, backend: Backend) -> None:
         self.b = backend
         self.meta = backend.meta
+        self.leases = backend.leases
 
+    # --- leases -------------------------------------------------------------------------------
+    def _session(self, context: grpc.ServicerContext, tree: TreeRef) -> Session | None:
+        for k, v in context.invocation_metadata():
+            if k == "aifs-session":
+                return self.leases.session(str(v), tree)
+        return None
+
+    def _grant(self, context: grpc.ServicerContext, sess: Session | None, tree: TreeRef,
+               inos: list[int], since: int) -> None:
+        if sess is not None and self.leases.grant(sess, tree, inos, since):
+            context.send_initial_metadata((("aifs-lease", "1"),))
+
+    def _change(self, context: grpc.ServicerContext, tree: TreeRef, inos: list[int]) -> Any:
+        return self.leases.change(tree, inos, self._session(context, tree),
+                                  Deadline.of_call(context))
+
+    def _recall_after(self, context: grpc.ServicerContext, tree: TreeRef, ino: int | None,
+                      known: set[int]) -> None:
+        """A victim the change found itself (a race moved the name since our lookup)."""
+        if ino is not None and ino not in known:
+            self.leases.recall(tree, [ino], self._session(context, tree),
+                               Deadline.of_call(context))
+
+    def _ino_of(self, tree: TreeRef, parent: int, name: bytes) -> int | None:
+        try:
+            return self.meta.lookup(tree, parent, name).ino
+        except (NotFound, AIFSError):
+            return None
+
+    # --- calls --------------------------------------------------------------------------------
     @rpc
     def Lookup(self, request: Any, context: grpc.ServicerContext) -> Any:
-        a = self.meta.lookup(self.b.tree(context), request.parent, _name(request.name))
+        tree = self.b.tree(context)
+        sess = self._session(context, tree)
+        since = self.leases.mark()
+        try:
+            a = self.meta.lookup(tree, request.parent, _name(request.name))
+        except NotFound:
+            # a negative entry is the parent's to lease: its entries are what changes
+            self._grant(context, sess, tree, [request.parent], since)
+            raise
+        self._grant(context, sess, tree, [request.parent, a.ino], since)
         return filesystem_pb2.EntryReply(attr=attr_to_pb(a))
 
     @rpc
     def GetAttr(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return filesystem_pb2.AttrReply(attr=attr_to_pb(self.meta.getattr(self.b.tree(context),
-                                                                       request.ino)))
+        tree = self.b.tree(context)
+        sess = self._session(context, tree)
+        since = self.leases.mark()
+        a = self.meta.getattr(tree, request.ino)
+        self._grant(context, sess, tree, [request.ino], since)
+        return filesystem_pb2.AttrReply(attr=attr_to_pb(a))
 
     @rpc
     def SetAttr(self, request: Any, context: grpc.ServicerContext) -> Any:
-        a = self.meta.setattr(
-            self.b.tree(context), request.ino, request.fields, mode=request.mode,
-            uid=request.uid, gid=request.gid, size=request.size, atime_ns=request.atime_ns,
-            mtime_ns=request.mtime_ns, ctime_ns=request.ctime_ns)
+        tree = self.b.tree(context)
+        with self._change(context, tree, [request.ino]):
+            a = self.meta.setattr(
+                tree, request.ino, request.fields, mode=request.mode,
+                uid=request.uid, gid=request.gid, size=request.size, atime_ns=request.atime_ns,
+                mtime_ns=request.mtime_ns, ctime_ns=request.ctime_ns)
         return filesystem_pb2.AttrReply(attr=attr_to_pb(a))
 
     @rpc
     def ReadDir(self, request: Any, context: grpc.ServicerContext) -> Any:
         limit = min(request.limit or READDIR_DEFAULT, READDIR_MAX)
-        entries, eof = self.meta.readdir(self.b.tree(context), request.ino, request.cookie,
-                                         limit)
+        tree = self.b.tree(context)
+        sess = self._session(context, tree)
+        since = self.leases.mark()
+        entries, eof = self.meta.readdir(tree, request.ino, request.cookie, limit)
+        self._grant(context, sess, tree, [request.ino, *(e.attr.ino for e in entries)], since)
         return filesystem_pb2.ReadDirReply(
             entries=[filesystem_pb2.DirEntry(name=e.name, attr=attr_to_pb(e.attr), cookie=e.cookie)
                      for e in entries],
@@ -181,8 +239,9 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     @rpc
     def MkDir(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
-        a = self.meta.mkdir(tree, request.parent, _name(request.name), request.mode,
-                            request.uid, request.gid)
+        with self._change(context, tree, [request.parent]):
+            a = self.meta.mkdir(tree, request.parent, _name(request.name), request.mode,
+                                request.uid, request.gid)
         return self._entry_reply(tree, a, request.parent)
 
     @rpc
@@ -191,8 +250,9 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         if stat_mod.S_IFMT(mode) == 0:
             mode |= stat_mod.S_IFREG
         tree = self.b.tree(context)
-        a = self.meta.create(tree, request.parent, _name(request.name), mode, request.uid,
-                             request.gid, request.rdev)
+        with self._change(context, tree, [request.parent]):
+            a = self.meta.create(tree, request.parent, _name(request.name), mode, request.uid,
+                                 request.gid, request.rdev)
         return self._entry_reply(tree, a, request.parent)
 
     def _entry_reply(self, tree: TreeRef, a: Attr, parent: int) -> Any:
@@ -209,17 +269,27 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     @rpc
     def Unlink(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
-        # the engine drops an nlink-0 inode in the unlink's own transaction
-        a = (self.meta.unlink(tree, request.parent, _name(request.name), forget=True)
-             if request.forget else self.meta.unlink(tree, request.parent, _name(request.name)))
+        victim = self._ino_of(tree, request.parent, _name(request.name))
+        known = {request.parent} | ({victim} if victim is not None else set())
+        with self._change(context, tree, list(known)):
+            # the engine drops an nlink-0 inode in the unlink's own transaction
+            a = (self.meta.unlink(tree, request.parent, _name(request.name), forget=True)
+                 if request.forget
+                 else self.meta.unlink(tree, request.parent, _name(request.name)))
+        self._recall_after(context, tree, a.ino, known)
         return filesystem_pb2.RemoveReply(attr=attr_to_pb(a),
                                           parent_attr=self._attr_or_none(tree, request.parent))
 
     @rpc
     def RmDir(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
-        # the removed directory comes from rmdir's own transaction (no lookup racing it)
-        a = self.meta.rmdir(tree, request.parent, _name(request.name), forget=request.forget)
+        victim = self._ino_of(tree, request.parent, _name(request.name))
+        known = {request.parent} | ({victim} if victim is not None else set())
+        with self._change(context, tree, list(known)):
+            # the removed directory comes from rmdir's own transaction (no lookup racing it)
+            a = self.meta.rmdir(tree, request.parent, _name(request.name),
+                                forget=request.forget)
+        self._recall_after(context, tree, a.ino, known)
         return filesystem_pb2.RemoveReply(attr=attr_to_pb(a),
                                           parent_attr=self._attr_or_none(tree, request.parent))
 
@@ -235,11 +305,19 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         grant = current_grant()
         may_delete = grant is None or grant.allows_verb("delete")
         forced = not may_delete and not flags & (RENAME_EXCHANGE | RENAME_NOREPLACE)
+        # the moved inode (its ctime; a directory's "..") and the one a replace unlinks
+        moved = self._ino_of(tree, request.parent, name)
+        target = self._ino_of(tree, request.new_parent, new_name)
+        known = {request.parent, request.new_parent} | {i for i in (moved, target)
+                                                         if i is not None}
         try:
-            # what a replace unlinked comes from rename's own transaction (None: nothing was)
-            replaced = self.meta.rename(tree, request.parent, name, request.new_parent,
-                                        new_name, flags | RENAME_NOREPLACE if forced else flags,
-                                        forget=request.forget)
+            with self._change(context, tree, list(known)):
+                # what a replace unlinked comes from rename's own transaction (None: nothing)
+                replaced = self.meta.rename(
+                    tree, request.parent, name, request.new_parent, new_name,
+                    flags | RENAME_NOREPLACE if forced else flags, forget=request.forget)
+            self._recall_after(context, tree, replaced.ino if replaced is not None else None,
+                               known)
         except AlreadyExists:
             if not forced:
                 raise  # the caller asked for RENAME_NOREPLACE itself: EEXIST as asked
@@ -271,8 +349,9 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     @rpc
     def Symlink(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
-        a = self.meta.symlink(tree, request.parent, _name(request.name), request.target,
-                              request.uid, request.gid)
+        with self._change(context, tree, [request.parent]):
+            a = self.meta.symlink(tree, request.parent, _name(request.name), request.target,
+                                  request.uid, request.gid)
         return self._entry_reply(tree, a, request.parent)
 
     @rpc
@@ -283,7 +362,8 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     @rpc
     def Link(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
-        a = self.meta.link(tree, request.ino, request.new_parent, _name(request.new_name))
+        with self._change(context, tree, [request.ino, request.new_parent]):
+            a = self.meta.link(tree, request.ino, request.new_parent, _name(request.new_name))
         return self._entry_reply(tree, a, request.new_parent)
 
     @rpc
@@ -293,8 +373,9 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
 
     @rpc
     def SetXattr(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self.meta.setxattr(self.b.tree(context), request.ino, request.name, request.value,
-                           request.flags)
+        tree = self.b.tree(context)
+        with self._change(context, tree, [request.ino]):   # ctime
+            self.meta.setxattr(tree, request.ino, request.name, request.value, request.flags)
         return common_pb2.Empty()
 
     @rpc
@@ -304,7 +385,9 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
 
     @rpc
     def RemoveXattr(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self.meta.removexattr(self.b.tree(context), request.ino, request.name)
+        tree = self.b.tree(context)
+        with self._change(context, tree, [request.ino]):
+            self.meta.removexattr(tree, request.ino, request.name)
         return common_pb2.Empty()
 
     @rpc
@@ -326,7 +409,11 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     @rpc
     def GetChunkMap(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
+        sess = self._session(context, tree)
+        since = self.leases.mark()
         a, refs = self.meta.get_chunk_map(tree, request.ino, request.first_index, request.count)
+        if request.first_index == 0 and request.count == 0:   # the whole map: leasable
+            self._grant(context, sess, tree, [request.ino], since)
         reply = filesystem_pb2.ChunkMapReply(
             attr=attr_to_pb(a), chunk_size=self.b.namespace(tree.namespace).chunk_size,
             chunks=[chunkref_to_pb(r)
@@ -365,10 +452,11 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         # file: it is never stored (GetFileInfo, the xattr and aifs:// URIs would publish it).
         # Only an id the server can derive from what it verified itself is cached now; any
         # other is computed from the stored chunks on first request (per generation).
-        a = self.meta.commit_file(tree, request.ino, changed, request.size,
-                                  truncated=request.truncated, mtime_ns=request.mtime_ns,
-                                  asset_id=_known_asset_id(request, changed, inline_sizes),
-                                  durable=request.durable)
+        with self._change(context, tree, [request.ino]):
+            a = self.meta.commit_file(tree, request.ino, changed, request.size,
+                                      truncated=request.truncated, mtime_ns=request.mtime_ns,
+                                      asset_id=_known_asset_id(request, changed, inline_sizes),
+                                      durable=request.durable)
         return filesystem_pb2.AttrReply(attr=attr_to_pb(a))
 
     def _store_inline(self, ns_name: str, items: Any) -> dict[bytes, int]:

@@ -64,6 +64,7 @@ from aifs_server.rpc_admin import AdminServicer
 from aifs_server.rpc_assets import AssetsServicer
 from aifs_server.rpc_data import DataServicer
 from aifs_server.rpc_filesystem import Backend, FilesystemServicer
+from aifs_server.rpc_session import register_session
 from aifs_server.rpc_versioning import register as register_versioning
 
 log = logging.getLogger("aifs.server")
@@ -257,6 +258,7 @@ def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | 
     data_pb2_grpc.add_DataServicer_to_server(DataServicer(backend), gserver)
     assets_pb2_grpc.add_AssetsServicer_to_server(AssetsServicer(backend), gserver)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(backend), gserver)
+    register_session(backend, gserver)   # lease stream (docs/LEASES.md)
     register_versioning(backend, gserver)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, gserver)

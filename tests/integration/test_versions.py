@@ -226,3 +226,29 @@ def test_prune_then_gc_frees_exactly_what_pruned_snapshots_held(server: ServerPr
     assert present(kept) and present(tagged_only)
     with pytest.raises(NotFound):
         v.get_snapshot(s_old["id"])
+
+
+def test_cli_snapshot_tag_diff_verify(server: ServerProc, client: AIFSClient) -> None:
+    import subprocess
+    import sys
+    aifs = str(Path(sys.executable).with_name("aifs"))
+    env = {**os.environ, "AIFS_SERVER": server.address, "AIFS_TOKEN_FILE": server.token_file}
+
+    def run(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([aifs, *argv], env=env, capture_output=True, text=True,
+                              timeout=60)
+
+    write(client, "a", b"1")
+    out = run("snapshot", "create", "-m", "first")
+    assert out.returncode == 0, out.stderr
+    sid = out.stdout.split()[1]
+    write(client, "b", b"2")
+    assert run("tag", "create", "v1", sid).returncode == 0
+    moved = run("tag", "create", "v1", "main")  # a tag never moves
+    assert moved.returncode == 1 and "never move" in moved.stderr, moved.stderr
+    assert run("snapshot", "create").returncode == 0
+    diff = run("diff", "v1", "branch:main")
+    assert diff.stdout.split("\n")[0] == "+ /b", diff.stdout + diff.stderr
+    v = run("snapshot", "verify", "v1")
+    assert v.returncode == 0 and v.stdout.startswith("ok: 2 nodes"), v.stdout + v.stderr
+    assert "v1" in run("snapshot", "list").stdout

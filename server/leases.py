@@ -1,0 +1,245 @@
+"""Read leases with recall (docs/LEASES.md): what lets a mount answer stat/open/lookup from
+memory and still see every change another client made before that change was answered.
+
+Interface:
+    LeaseManager(term=LEASE_TERM, max_per_session=MAX_LEASES)
+        .open_session(tree) -> Session          a mount's stream opened (Session.id: 128 random
+                                                bits, the capability the calls carry)
+        .close_session(sid)                     its stream ended: its leases go at once
+        .close_all()                            server stopping: end every session's stream
+        .renew(sid) -> Session | None          every lease of the session lives one more term
+        .ack(sid, seq);  .release(sid, inos)
+        .session(sid, tree) -> Session | None   a live session of that tree, else None
+        .mark() -> int                          call before reading what a grant will cover
+        .grant(sess, tree, inos, since) -> bool leases on `inos` for `sess`, unless a change of
+                                                one of them started after mark() `since` (or is
+                                                running): then none, and the reply is not leased
+        .change(tree, inos, origin, deadline)   context manager around a change: recalls every
+                                                other session's lease on `inos` and waits for
+                                                each ack, or for the holder's term to run out,
+                                                before the body commits; grants on `inos` are
+                                                refused until the body has returned
+        .recall(tree, inos, origin, deadline)   recall now (a victim learnt only from the
+                                                change itself), before answering
+    Session: .id .tree .outbox (queue of ("recall", seq, inos) | ("renew_ok", stamp) | None)
+
+Term: AIFS_LEASE_TERM_SECONDS (default 10). A holder that keeps its stream open renews every
+term/4; one that dies closes the stream (the kernel closes its socket) and loses its leases at
+once; one that hangs with the stream open costs a writer at most one term. A recall waits no
+longer than the call's deadline either: past it the change fails with TimedOut, uncommitted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from aifs_core.errors import TimedOut
+
+LEASE_TERM = float(os.environ.get("AIFS_LEASE_TERM_SECONDS", "10"))
+MAX_LEASES = 200_000            # per session: beyond, grants are refused (memory bound)
+_STARTS_MAX = 100_000           # change-start sequence numbers remembered per inode
+
+Key = tuple[Any, int]           # (TreeRef, ino)
+
+
+class Session:
+    __slots__ = ("id", "tree", "expires", "outbox", "held", "acked", "alive")
+
+    def __init__(self, tree: Any, term: float) -> None:
+        self.id = secrets.token_hex(16)
+        self.tree = tree
+        self.expires = time.monotonic() + term
+        self.outbox: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+        self.held: set[int] = set()
+        self.acked = 0            # highest recall seq acked (acks come in order)
+        self.alive = True
+
+
+class LeaseManager:
+    def __init__(self, term: float = LEASE_TERM, max_per_session: int = MAX_LEASES) -> None:
+        self.term = term
+        self.max_per_session = max_per_session
+        self._cv = threading.Condition()
+        self._sessions: dict[str, Session] = {}
+        self._holders: dict[Key, set[str]] = {}
+        self._seq = 0                                   # change starts and recalls
+        self._changing: dict[Key, int] = {}             # changes running per inode
+        self._started: OrderedDict[Key, int] = OrderedDict()   # last change start per inode
+        self._floor = 0                                 # starts forgotten are all <= floor
+
+    # --- sessions -------------------------------------------------------------------------------
+    def open_session(self, tree: Any) -> Session:
+        s = Session(tree, self.term)
+        with self._cv:
+            self._sessions[s.id] = s
+        return s
+
+    def close_session(self, sid: str) -> None:
+        with self._cv:
+            s = self._sessions.pop(sid, None)
+            if s is None:
+                return
+            s.alive = False
+            for ino in s.held:
+                self._unhold((s.tree, ino), sid)
+            s.held.clear()
+            self._cv.notify_all()
+        s.outbox.put(None)
+
+    def close_all(self) -> None:
+        """Server shutdown: end every stream now (they would hold the grace period)."""
+        with self._cv:
+            sids = list(self._sessions)
+        for sid in sids:
+            self.close_session(sid)
+
+    def renew(self, sid: str) -> Session | None:
+        with self._cv:
+            s = self._sessions.get(sid)
+            if s is not None:
+                s.expires = time.monotonic() + self.term
+            return s
+
+    def ack(self, sid: str, seq: int) -> None:
+        with self._cv:
+            s = self._sessions.get(sid)
+            if s is not None and seq > s.acked:
+                s.acked = seq
+                self._cv.notify_all()
+
+    def release(self, sid: str, inos: Iterable[int]) -> None:
+        with self._cv:
+            s = self._sessions.get(sid)
+            if s is None:
+                return
+            for ino in inos:
+                if ino in s.held:
+                    s.held.discard(ino)
+                    self._unhold((s.tree, ino), sid)
+
+    def session(self, sid: str | None, tree: Any) -> Session | None:
+        if not sid:
+            return None
+        with self._cv:
+            s = self._sessions.get(sid)
+        return s if s is not None and s.tree == tree else None
+
+    def _unhold(self, key: Key, sid: str) -> None:
+        h = self._holders.get(key)
+        if h is not None:
+            h.discard(sid)
+            if not h:
+                del self._holders[key]
+
+    # --- grants ---------------------------------------------------------------------------------
+    def mark(self) -> int:
+        with self._cv:
+            return self._seq
+
+    def grant(self, sess: Session | None, tree: Any, inos: Iterable[int], since: int) -> bool:
+        if sess is None:
+            return False
+        keys = [(tree, ino) for ino in inos]
+        with self._cv:
+            if not sess.alive or len(sess.held) + len(keys) > self.max_per_session:
+                return False
+            if self._floor > since:
+                return False     # a change start we no longer remember may be after `since`
+            for k in keys:
+                if self._changing.get(k) or self._started.get(k, 0) > since:
+                    return False     # what was read may predate a change: no lease on it
+            for k in keys:
+                self._holders.setdefault(k, set()).add(sess.id)
+                sess.held.add(k[1])
+            return True
+
+    # --- changes --------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def change(self, tree: Any, inos: Iterable[int], origin: Session | None,
+               deadline: Any) -> Iterator[None]:
+        keys = list({(tree, ino) for ino in inos})
+        with self._cv:
+            self._seq += 1
+            for k in keys:
+                self._changing[k] = self._changing.get(k, 0) + 1
+                self._started[k] = self._seq
+                self._started.move_to_end(k)
+            while len(self._started) > _STARTS_MAX:
+                _, old = self._started.popitem(last=False)
+                self._floor = max(self._floor, old)
+        try:
+            self._recall_keys(keys, origin, deadline)
+            yield
+        finally:
+            with self._cv:
+                # a grant racing the body would lease what it read before the commit: the
+                # start number set above refuses it even after the change is over
+                self._seq += 1
+                for k in keys:
+                    self._started[k] = self._seq
+                    self._started.move_to_end(k)
+                    n = self._changing.get(k, 0) - 1
+                    if n > 0:
+                        self._changing[k] = n
+                    else:
+                        self._changing.pop(k, None)
+
+    def recall(self, tree: Any, inos: Iterable[int], origin: Session | None,
+               deadline: Any) -> None:
+        keys = list({(tree, ino) for ino in inos})
+        with self._cv:
+            self._seq += 1
+            for k in keys:
+                self._started[k] = self._seq
+                self._started.move_to_end(k)
+        self._recall_keys(keys, origin, deadline)
+
+    def _recall_keys(self, keys: list[Key], origin: Session | None, deadline: Any) -> None:
+        """Send one Recall per holding session and wait until each acked it, or died, or its
+        term ran out. The origin's own leases are not recalled: its client drops them itself."""
+        waits: list[tuple[Session, int, float]] = []
+        with self._cv:
+            per: dict[str, list[int]] = {}
+            for k in keys:
+                for sid in list(self._holders.get(k, ())):
+                    if origin is not None and sid == origin.id:
+                        continue
+                    per.setdefault(sid, []).append(k[1])
+                    self._unhold(k, sid)
+                    s = self._sessions.get(sid)
+                    if s is not None:
+                        s.held.discard(k[1])
+            for sid, inos in per.items():
+                s = self._sessions.get(sid)
+                if s is None:
+                    continue
+                self._seq += 1
+                s.outbox.put(("recall", self._seq, inos))
+                # a lease is good until the holder's expiry as of now: renewals that come
+                # after the recall do not extend leases the holder was told to drop
+                waits.append((s, self._seq, s.expires))
+            while waits:
+                now = time.monotonic()
+                waits = [(s, seq, exp) for s, seq, exp in waits
+                         if s.alive and s.acked < seq and now < exp]
+                if not waits:
+                    break
+                left = deadline.remaining() if deadline is not None else None
+                if left is not None and left <= 0:
+                    raise TimedOut("a lease holder neither acknowledged a recall nor expired "
+                                   "before this call's deadline; nothing was changed")
+                until = min(exp for _, _, exp in waits) - now
+                self._cv.wait(min(until, left) if left is not None else until)
+
+    # --- introspection (tests, metrics) ---------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        with self._cv:
+            return {"sessions": len(self._sessions), "leases": sum(map(len, self._holders.values()))}

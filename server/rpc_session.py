@@ -1,0 +1,89 @@
+"""The Session service (session.proto, docs/LEASES.md): one stream per mount carrying lease
+renewals, recalls and acks. Leases themselves are granted by the Filesystem calls that carry
+the session id (rpc_filesystem.py), and kept by `backend.leases` (leases.LeaseManager).
+
+Interface:
+    SessionServicer(backend)       Open(stream SessionUp) -> stream SessionDown
+    register_session(backend, server)   also ends the sessions when the server stops
+
+The stream handler holds one worker thread for the mount's lifetime (sending what the lease
+manager queues) and starts one more that reads the client's messages; the session and all its
+leases go as soon as the stream ends, whichever side ends it.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from aifs_proto.v1 import session_pb2, session_pb2_grpc
+
+_POLL = 0.5     # how often the sender looks whether the call is still active
+
+
+class SessionServicer(session_pb2_grpc.SessionServicer):
+    def __init__(self, backend: Any) -> None:
+        self.b = backend
+        self.leases = backend.leases
+
+    def Open(self, request_iterator: Iterator[Any], context: grpc.ServicerContext
+             ) -> Iterator[Any]:
+        try:
+            first = next(request_iterator)
+        except StopIteration:
+            return
+        if first.WhichOneof("msg") != "hello":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be hello")
+        tree = self.b.tree(context)
+        sess = self.leases.open_session(tree)
+        context.add_callback(lambda: self.leases.close_session(sess.id))
+        threading.Thread(target=self._read, args=(request_iterator, sess.id),
+                         name="aifs-session-rx", daemon=True).start()
+        yield session_pb2.SessionDown(welcome=session_pb2.Welcome(
+            session_id=sess.id, term_ms=int(self.leases.term * 1000)))
+        while context.is_active():
+            try:
+                item = sess.outbox.get(timeout=_POLL)
+            except queue.Empty:
+                continue
+            if item is None:
+                return
+            if item[0] == "recall":
+                yield session_pb2.SessionDown(recall=session_pb2.Recall(seq=item[1],
+                                                                        inos=item[2]))
+            else:
+                yield session_pb2.SessionDown(renew_ok=session_pb2.RenewOk(stamp=item[1]))
+
+    def _read(self, requests: Iterator[Any], sid: str) -> None:
+        try:
+            for m in requests:
+                kind = m.WhichOneof("msg")
+                if kind == "ack":
+                    self.leases.ack(sid, m.ack.seq)
+                elif kind == "renew":
+                    s = self.leases.renew(sid)
+                    if s is None:
+                        return
+                    s.outbox.put(("renew_ok", m.renew.stamp))
+                elif kind == "release":
+                    self.leases.release(sid, m.release.inos)
+        except grpc.RpcError:
+            pass    # the stream broke: the close callback drops the session
+        finally:
+            self.leases.close_session(sid)
+
+
+def register_session(backend: Any, server: grpc.Server) -> None:
+    """Serve Session on `server`, and end every session stream when it stops: a graceful
+    stop waits for running calls, and a mount's stream never ends by itself."""
+    session_pb2_grpc.add_SessionServicer_to_server(SessionServicer(backend), server)
+    stop = server.stop
+
+    def stop_ending_sessions(grace: float | None) -> Any:
+        backend.leases.close_all()
+        return stop(grace)
+    server.stop = stop_ending_sessions  # type: ignore[method-assign]
