@@ -9,6 +9,10 @@ Interface:
         aifs server --data DIR --listen ADDR [--listen ADDR2] [--tls-cert F --tls-key F]
                     [--metrics-port N] [--max-workers N] [--format-if-needed] [--grace S]
                     [--insecure]
+        aifs server --meta postgresql://... --store s3://BUCKET?endpoint=... --listen ADDR
+                    [--master-key-file F] [--chunk-size N --zstd-level N --namespace NS]
+        aifs server --config FILE     the same in JSON ({"meta", "store", "master_key_file",
+                    "listen"}); any number of these servers share one database and bucket
     max_message_bytes() -> int    MAX_CHUNK + 1 MiB (at least 8 MiB)
 
 Unix sockets: created 0600 (a parent directory the server creates is 0700; one that other users
@@ -258,8 +262,8 @@ def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | 
     data_pb2_grpc.add_DataServicer_to_server(DataServicer(backend), gserver)
     assets_pb2_grpc.add_AssetsServicer_to_server(AssetsServicer(backend), gserver)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(backend), gserver)
-    register_session(backend, gserver)   # lease stream (docs/LEASES.md)
     register_versioning(backend, gserver)
+    register_session(backend, gserver)   # lease stream (docs/LEASES.md)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, gserver)
     reflection.enable_server_reflection(
@@ -269,8 +273,29 @@ def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="aifs server", description="Run the AIFS gRPC server.")
-    p.add_argument("--data", required=True, help="the data directory (see `aifs format`)")
+    p = argparse.ArgumentParser(
+        prog="aifs server", description="Run the AIFS gRPC server: over a data directory "
+        "(--data), or as one of any number of stateless servers sharing a PostgreSQL database "
+        "and a chunk store (--meta and --store, or --config FILE).")
+    p.add_argument("--data", help="the data directory (see `aifs format`)")
+    shared = p.add_argument_group(
+        "shared deployment", "no data dir: the keys live in the database, sealed by the master "
+        "key; the first server on an empty database formats it")
+    shared.add_argument("--meta", metavar="URL", help="metadata database: postgresql://...")
+    shared.add_argument("--store", metavar="URL",
+                        help="chunk store: s3://BUCKET[/PREFIX]?endpoint=URL&region=R "
+                             "(credentials from AWS_* variables)")
+    shared.add_argument("--config", metavar="FILE",
+                        help='JSON file: {"meta": URL, "store": URL, "master_key_file": F, '
+                             '"listen": [...]} (flags given override it)')
+    shared.add_argument("--master-key-file", metavar="FILE",
+                        help="the deployment's master key (else $AIFS_MASTER_KEY_FILE or "
+                             "$AIFS_MASTER_KEY; `aifs master-key create FILE` makes one)")
+    shared.add_argument("--chunk-size", type=int, default=1 << 20,
+                        help="at format only: chunk size of the first namespace")
+    shared.add_argument("--zstd-level", type=int, default=1, help="at format only")
+    shared.add_argument("--namespace", default="default",
+                        help="at format only: the first namespace")
     p.add_argument("--listen", action="append", default=[],
                    help="unix:PATH or HOST:PORT; repeatable (default unix:<data>/aifs.sock)")
     p.add_argument("--tls-cert", help="PEM certificate for TCP listeners")
@@ -288,36 +313,93 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
-    from aifs_core.malloc_tuning import tune_malloc
+def _apply_config_file(args: argparse.Namespace) -> None:
+    """Fill what the flags left out from --config (a small JSON file, no secrets in it)."""
+    import json
+
+    try:
+        cfg = json.loads(Path(args.config).read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"aifs server: cannot read --config {args.config}: {e}") from None
+    if not isinstance(cfg, dict):
+        raise SystemExit(f"aifs server: --config {args.config} is not a JSON object")
+    known = {"meta", "store", "master_key_file", "listen", "chunk_size", "zstd_level",
+             "namespace"}
+    unknown = set(cfg) - known
+    if unknown:
+        raise SystemExit(f"aifs server: --config {args.config}: unknown key(s) "
+                         f"{', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+    for key in ("meta", "store", "master_key_file"):
+        if getattr(args, key) is None and cfg.get(key):
+            setattr(args, key, str(cfg[key]))
+    if not args.listen and cfg.get("listen"):
+        args.listen = [str(a) for a in cfg["listen"]]
+    for key in ("chunk_size", "zstd_level", "namespace"):
+        if key in cfg:
+            setattr(args, key, cfg[key])
+
+
+def _open_backing(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """(the opened DataDir or shared deployment, the data dir path or None). SystemExit with a
+    message for anything the operator must fix."""
+    from aifs_core.errors import AIFSError
     from aifs_server import datadir as dd
 
-    tune_malloc()  # every chunk sent or received is a MiB-sized message: keep them off mmap
+    if args.config:
+        _apply_config_file(args)
+    if args.data and (args.meta or args.store):
+        raise SystemExit("aifs server: give --data DIR, or --meta and --store, not both")
+    if args.meta or args.store:
+        if not (args.meta and args.store):
+            raise SystemExit("aifs server: --meta and --store go together")
+        if not args.listen:
+            raise SystemExit("aifs server: a shared server has no data dir for its socket: "
+                             "give --listen (unix:PATH or 127.0.0.1:PORT)")
+        from aifs_server.secrets import load_master_key
+
+        try:
+            master = load_master_key(args.master_key_file)
+            return dd.open_shared(args.meta, args.store, master, chunk_size=args.chunk_size,
+                                  zstd_level=args.zstd_level, namespace=args.namespace), None
+        except AIFSError as e:
+            raise SystemExit(f"aifs server: {e.message}") from None
+    if not args.data:
+        raise SystemExit("aifs server: give --data DIR (a data directory), or --meta URL and "
+                         "--store URL (a shared deployment)")
     data = os.path.abspath(args.data)
-    if (args.tls_cert is None) != (args.tls_key is None):
-        print("aifs server: --tls-cert and --tls-key go together", file=sys.stderr)
-        return 2
     if not dd.is_formatted(data):
         if args.format_if_needed:
             res = dd.format_data_dir(data)
             print(f"aifs server: {res.message}", file=sys.stderr, flush=True)
         else:
-            print(f"aifs server: {data} is not a formatted AIFS data directory; run "
-                  f"`aifs format --data {data}` first (or start with --format-if-needed)",
-                  file=sys.stderr)
-            return 2
+            raise SystemExit(
+                f"aifs server: {data} is not a formatted AIFS data directory; run "
+                f"`aifs format --data {data}` first (or start with --format-if-needed)")
     try:
-        datadir = dd.open_data_dir(data)
+        return dd.open_data_dir(data), data
     except dd.DataDirError as e:
-        print(f"aifs server: {e.message}", file=sys.stderr)
+        raise SystemExit(f"aifs server: {e.message}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    from aifs_core.malloc_tuning import tune_malloc
+
+    tune_malloc()  # every chunk sent or received is a MiB-sized message: keep them off mmap
+    if (args.tls_cert is None) != (args.tls_key is None):
+        print("aifs server: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    try:
+        datadir, data = _open_backing(args)
+    except SystemExit as e:
+        print(str(e.code), file=sys.stderr)
         return 2
     tls = None
     if args.tls_cert:
         tls = (Path(args.tls_cert).read_bytes(), Path(args.tls_key).read_bytes())
-    listen = args.listen or [f"unix:{os.path.join(data, 'aifs.sock')}"]
+    listen = args.listen or [f"unix:{os.path.join(str(data), 'aifs.sock')}"]
     stop_event = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:

@@ -5,12 +5,20 @@ Interface:
     default_socket(data_dir=None) -> str the embedded default server's "unix:<data>/aifs.sock"
     resolve_address(address) -> str     "unix:PATH" | "HOST:PORT" (else $AIFS_SERVER, else the
                                          default socket); LocalError for anything else
+    resolve_addresses(address) -> [str] the same for a comma-separated list "A,B,C" (servers
+                                         sharing one deployment)
     WireStats                            thread-safe payload byte counters (.add, .reset, .snapshot)
     Channel(address=None, token=None, token_file=None, namespace, branch, timeout=30.0,
             retry_for=30.0, accept_zstd=True, tls_ca=None, compress_uploads=None)
-        .address .namespace .branch .timeout .retry_for .accept_zstd .compress_uploads
+        .address                         the server in use now (changes at a failover)
+        .addresses                       every server given, in order
+        .namespace .branch .timeout .retry_for .accept_zstd .compress_uploads
         .wire_stats                      shared by every service client of this channel
-        .grpc                            the grpc.Channel (stubs are made on it)
+        .grpc                            a grpc.Channel (stubs are made on it) whose calls go to
+                                         the server in use at the time of each call
+        .on_failover(callback)           callback(old_address, new_address) after a switch
+                                         (e.g. a lease session, which is per server)
+        .failovers                       how many switches happened
         .unary(method, request, idempotent=True, timeout=None) -> reply
         .retrying(attempt, idempotent, timeout=None) -> attempt()'s result
         .client_stream(method, make_requests, replayable, timeout=None) -> reply
@@ -20,7 +28,11 @@ Interface:
 
 Every call has a deadline (`timeout`). UNAVAILABLE (and DEADLINE_EXCEEDED for idempotent
 calls) is retried with exponential backoff and full jitter for up to `retry_for` seconds, then
-`ServerUnavailable` / `DeadlineExceeded`. The token is read lazily (the server writes its token
+`ServerUnavailable` / `DeadlineExceeded`. With several addresses, a call that fails that way
+switches the channel to the next server (round robin) before its retry; a full round of
+switches costs no backoff, the next round does; the retry budget is the same `retry_for`.
+The idempotence rules do not change: what is retried on one server is what may be sent again
+to another. The token is read lazily (the server writes its token
 file just after it starts serving) and never shown (repr hides it).
 """
 
@@ -93,6 +105,75 @@ def resolve_address(address: str | None) -> str:
     return addr
 
 
+def resolve_addresses(address: str | None) -> list[str]:
+    text = address or os.environ.get("AIFS_SERVER") or default_socket()
+    parts = [p.strip() for p in text.split(",")]
+    if any(not p for p in parts):
+        raise LocalError(f"server address list {text!r} has an empty entry (write A,B,C)")
+    return [resolve_address(p) for p in parts]
+
+
+class _Multi:
+    """A method of a stub made on a _FailoverChannel: each call goes to the channel's server
+    in use at that moment (the real multi-callable is made once per server)."""
+
+    def __init__(self, owner: _FailoverChannel, kind: str, args: tuple[Any, ...],
+                 kw: dict[str, Any]) -> None:
+        self._owner, self._kind, self._args, self._kw = owner, kind, args, kw
+        self._made: dict[int, Any] = {}
+
+    def _target(self) -> Any:
+        i = self._owner.index
+        m = self._made.get(i)
+        if m is None:
+            m = self._made[i] = getattr(self._owner.channels[i], self._kind)(
+                *self._args, **self._kw)
+        return m
+
+    def __call__(self, *args: Any, **kw: Any) -> Any:
+        return self._target()(*args, **kw)
+
+    def __getattr__(self, name: str) -> Any:   # with_call, future
+        return getattr(self._target(), name)
+
+
+class _FailoverChannel(grpc.Channel):
+    """grpc.Channel over one real channel per address; `index` is the one in use."""
+
+    def __init__(self, channels: list[grpc.Channel]) -> None:
+        self.channels = channels
+        self.index = 0
+
+    def unary_unary(self, *a: Any, **kw: Any) -> Any:
+        return _Multi(self, "unary_unary", a, kw)
+
+    def unary_stream(self, *a: Any, **kw: Any) -> Any:
+        return _Multi(self, "unary_stream", a, kw)
+
+    def stream_unary(self, *a: Any, **kw: Any) -> Any:
+        return _Multi(self, "stream_unary", a, kw)
+
+    def stream_stream(self, *a: Any, **kw: Any) -> Any:
+        return _Multi(self, "stream_stream", a, kw)
+
+    def subscribe(self, callback: Any, try_to_connect: bool = False) -> None:
+        self.channels[self.index].subscribe(callback, try_to_connect)
+
+    def unsubscribe(self, callback: Any) -> None:
+        for ch in self.channels:
+            ch.unsubscribe(callback)
+
+    def close(self) -> None:
+        for ch in self.channels:
+            ch.close()
+
+    def __enter__(self) -> _FailoverChannel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def is_tcp(address: str) -> bool:
     return not address.startswith("unix:")
 
@@ -136,7 +217,8 @@ class Channel:
                  timeout: float = 30.0, retry_for: float = 30.0, accept_zstd: bool = True,
                  tls_ca: str | os.PathLike[str] | None = None,
                  compress_uploads: bool | None = None) -> None:
-        self.address = resolve_address(address)
+        self.addresses = resolve_addresses(address)
+        self.address = self.addresses[0]
         self.namespace = namespace or DEFAULT_NAMESPACE
         self.branch = branch or DEFAULT_BRANCH
         self.timeout = float(timeout)
@@ -152,19 +234,52 @@ class Channel:
         self._token_file = Path(token_file) if token_file else None
         self.closed = False
         self._seen_server = False   # a call succeeded once: streams need not wait for ready
+        self.failovers = 0
+        self._failover_lock = threading.Lock()
+        self._failover_listeners: list[Callable[[str, str], None]] = []
 
+        creds = None
         if tls_ca is not None:
-            if not is_tcp(self.address):
+            if not all(is_tcp(a) for a in self.addresses):
                 raise LocalError("tls_ca is for TCP addresses; a unix socket needs no TLS")
             try:
                 ca = Path(tls_ca).read_bytes()
             except OSError as e:
                 raise LocalError(f"cannot read the TLS CA file {tls_ca}: {e.strerror}") from e
             creds = grpc.ssl_channel_credentials(root_certificates=ca)
-            self.grpc = grpc.secure_channel(self.address, creds, options=_CHANNEL_OPTIONS)
+
+        def make(addr: str) -> grpc.Channel:
+            if creds is not None:
+                return grpc.secure_channel(addr, creds, options=_CHANNEL_OPTIONS)
+            return grpc.insecure_channel(addr, options=_CHANNEL_OPTIONS)
+
+        if len(self.addresses) == 1:
+            self.grpc: grpc.Channel = make(self.address)
+            self._fail: _FailoverChannel | None = None
         else:
-            self.grpc = grpc.insecure_channel(self.address, options=_CHANNEL_OPTIONS)
+            self._fail = _FailoverChannel([make(a) for a in self.addresses])
+            self.grpc = self._fail
         self._health = health_pb2_grpc.HealthStub(self.grpc)
+
+    def on_failover(self, callback: Callable[[str, str], None]) -> None:
+        self._failover_listeners.append(callback)
+
+    def _switch_from(self, index: int) -> bool:
+        """Move to the server after `index` unless another thread already moved on; True if
+        the channel now points elsewhere than `index`."""
+        if self._fail is None:
+            return False
+        with self._failover_lock:
+            if self._fail.index != index:
+                return True
+            old = self.address
+            self._fail.index = (index + 1) % len(self.addresses)
+            self.address = self.addresses[self._fail.index]
+            self.failovers += 1
+            new = self.address
+        for cb in list(self._failover_listeners):
+            cb(old, new)
+        return True
 
     @property
     def has_token(self) -> bool:
@@ -189,9 +304,11 @@ class Channel:
         env_tok = os.environ.get("AIFS_TOKEN")
         if env_tok:
             return [("AIFS_TOKEN", None, env_tok)]
-        if self.address.startswith("unix:"):
-            p = Path(self.address[len("unix:"):] + ".token")
-            out.append((f"token file {p} (next to the socket)", p, None))
+        # servers of one deployment share the root key: any one's token file serves for all
+        for addr in [self.address] + [a for a in self.addresses if a != self.address]:
+            if addr.startswith("unix:"):
+                p = Path(addr[len("unix:"):] + ".token")
+                out.append((f"token file {p} (next to the socket)", p, None))
         return out
 
     def _current_token(self) -> str | None:
@@ -253,8 +370,10 @@ class Channel:
         if last is not None:
             d = last.details() if hasattr(last, "details") else ""
             detail = f" (last error: {d})" if d else ""
+        where = (self.address if len(self.addresses) == 1
+                 else f"any of {', '.join(self.addresses)}")
         return ServerUnavailable(
-            f"cannot reach the AIFS server at {self.address} after {tries} "
+            f"cannot reach the AIFS server at {where} after {tries} "
             f"{'try' if tries == 1 else 'tries'} for "
             f"{time.monotonic() - started:.1f} s: is it running? start it with `aifs up` or "
             f"`aifs server`{detail}", address=self.address)
@@ -268,8 +387,10 @@ class Channel:
         give_up = started + self.retry_for
         delay = 0.05
         tries = 0
+        free_switches = len(self.addresses) - 1   # one round of servers without a pause
         while True:
             tries += 1
+            used = self._fail.index if self._fail is not None else 0
             try:
                 result = attempt()
                 self._seen_server = True
@@ -291,6 +412,10 @@ class Channel:
                         f"the AIFS server at {self.address} did not answer within "
                         f"{timeout or self.timeout:.1f} s ({tries} tries for "
                         f"{now - started:.1f} s)", address=self.address) from None
+                if self._switch_from(used) and free_switches > 0:
+                    free_switches -= 1
+                    continue  # another server: try it now
+                free_switches = len(self.addresses) - 1
                 # full jitter keeps many mount threads from retrying in lockstep
                 time.sleep(min(random.uniform(delay / 2, delay), max(0.0, give_up - now)))
                 delay = min(delay * 2, 2.0)
@@ -310,18 +435,28 @@ class Channel:
             lambda: method(request, metadata=self.metadata(), timeout=t), idempotent, t)
 
     def wait_ready(self, timeout: float | None = None) -> None:
-        """Block until the server answers (or raise ServerUnavailable after `timeout`,
-        default `retry_for`). A health check with wait_for_ready: no token needed."""
+        """Block until a server answers (or raise ServerUnavailable after `timeout`, default
+        `retry_for`). A health check with wait_for_ready: no token needed. With several
+        servers, each is asked in turn (briefly) and the first that answers is used."""
         started = time.monotonic()
         limit = max(self.retry_for if timeout is None else timeout, 0.01)
-        try:
-            self._health.Check(health_pb2.HealthCheckRequest(), timeout=limit,
-                               wait_for_ready=True)
-        except grpc.RpcError as err:
-            if err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise self._unavailable(1, started, None) from None
-            # any other answer (e.g. health not served) still proves the server is up
-        self._seen_server = True
+        while True:
+            used = self._fail.index if self._fail is not None else 0
+            left = limit - (time.monotonic() - started)
+            per_try = left if self._fail is None else min(left, 1.0)
+            try:
+                self._health.Check(health_pb2.HealthCheckRequest(), timeout=max(per_try, 0.01),
+                                   wait_for_ready=True)
+            except grpc.RpcError as err:
+                if err.code() in (grpc.StatusCode.UNAVAILABLE,
+                                  grpc.StatusCode.DEADLINE_EXCEEDED):
+                    if time.monotonic() - started >= limit or self._fail is None:
+                        raise self._unavailable(1, started, None) from None
+                    self._switch_from(used)
+                    continue
+                # any other answer (e.g. health not served) still proves the server is up
+            self._seen_server = True
+            return
 
     def health(self, service: str = "") -> str:
         """Status name of grpc.health.v1 Check: SERVING, NOT_SERVING, SERVICE_UNKNOWN..."""
