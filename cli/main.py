@@ -12,7 +12,9 @@ Interface:
 
 Subcommands: format, server (delegates to aifs_server.serve.main), token create, put, get, ls,
 stat, info, health, verify, fsck, gc (these two also offline: --data DIR runs
-aifs_server.maintenance on the data dir, no server), plus whatever the PLUGINS register (mount, umount, up,
+aifs_server.maintenance on the data dir, no server; --meta URL --store URL on a shared
+deployment), migrate (a data dir into PostgreSQL + S3: aifs_server.migrate), master-key create,
+plus whatever the PLUGINS register (mount, umount, up,
 down, bench). A subcommand sets `func(args) -> int` with `set_defaults`.
 
 Server and token: --server ADDR / $AIFS_SERVER (default: the embedded default socket
@@ -50,7 +52,7 @@ __all__ = [
     "default_socket", "main", "parse_methods", "parse_ttl",
 ]
 
-PLUGINS: tuple[str, ...] = ("aifs_cli.mount_commands", "aifsfs.bench.cli",
+PLUGINS: tuple[str, ...] = ("aifs_cli.mount_commands", "aifs_cli.cache_commands", "aifsfs.bench.cli",
                             "aifs_cli.version_commands")
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -186,6 +188,12 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
     methods = parse_methods(args.methods)
     ttl = parse_ttl(args.ttl)
+    if args.meta:
+        from aifs_server.secrets import SecretsDB, load_master_key
+
+        root_key = SecretsDB(args.meta).load(load_master_key(args.master_key_file)).root_key
+        return _emit_token(args, mint_token(root_key, args.token_namespace, methods,
+                                            ttl or None), methods)
     data = Path(args.data or default_data_dir())
     if not datadir.is_formatted(data):
         raise LocalError(f"{data} is not a formatted AIFS data directory: run "
@@ -195,7 +203,11 @@ def cmd_token_create(args: argparse.Namespace) -> int:
     except OSError as e:
         raise LocalError(f"cannot read the macaroon key {data / datadir.MACAROON_KEY}: "
                          f"{e.strerror} (run as the user that owns the data directory)") from e
-    token = mint_token(root_key, args.token_namespace, methods, ttl or None)
+    return _emit_token(args, mint_token(root_key, args.token_namespace, methods, ttl or None),
+                       methods)
+
+
+def _emit_token(args: argparse.Namespace, token: str, methods: list[str]) -> int:
     if args.output:
         write_file_atomic(args.output, (token + "\n").encode())
         print(f"wrote a token for namespace {args.token_namespace!r} "
@@ -302,14 +314,54 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _offline(args: argparse.Namespace) -> Any:
-    """The data dir named by --data, opened for offline maintenance (no server)."""
-    from aifs_server.datadir import open_data_dir
+    """The data dir named by --data, or the shared deployment --meta/--store name (its master
+    key from --master-key-file or the environment), opened for offline maintenance."""
+    from aifs_server.datadir import open_data_dir, open_shared
 
+    if getattr(args, "meta", None):
+        from aifs_server.secrets import load_master_key
+
+        if not args.store:
+            raise UsageError("--meta and --store go together")
+        return open_shared(args.meta, args.store, load_master_key(args.master_key_file),
+                           create=False)
     return open_data_dir(Path(args.data).expanduser())
 
 
+def _add_shared_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--meta", metavar="URL",
+                   help="a shared deployment's database (postgresql://...), offline")
+    p.add_argument("--store", metavar="URL", help="... and its chunk store (s3://...)")
+    p.add_argument("--master-key-file", metavar="FILE",
+                   help="its master key (else $AIFS_MASTER_KEY_FILE or $AIFS_MASTER_KEY)")
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from aifs_server.migrate import migrate
+    from aifs_server.secrets import load_master_key
+
+    master = load_master_key(args.master_key_file)
+    r = migrate(Path(args.source).expanduser(), args.to_meta, args.to_store, master,
+                log=lambda line: print(line, file=sys.stderr, flush=True))
+    rows = sum(r.tables.values())
+    print(f"migrated {args.source}: {rows} metadata rows in {len(r.tables)} tables, "
+          f"{r.chunks_copied} chunks copied ({r.bytes_copied} bytes, sealed as they were), "
+          f"{r.chunks_present} already there, {r.namespace_keys} namespace keys; check it with "
+          f"`aifs fsck --meta ... --store ...`")
+    return 0
+
+
+def cmd_master_key_create(args: argparse.Namespace) -> int:
+    from aifs_server.secrets import write_master_key
+
+    write_master_key(args.file)
+    print(f"wrote a new master key to {args.file} (mode 0600): keep a copy; without it the "
+          f"deployment's data cannot be read", file=sys.stderr)
+    return 0
+
+
 def cmd_fsck(args: argparse.Namespace) -> int:
-    if args.data:
+    if args.data or args.meta:
         from aifs_server import maintenance
 
         with _offline(args) as dd:
@@ -337,7 +389,7 @@ def _seconds(text: str) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    if args.data:
+    if args.data or args.meta:
         from aifs_server import maintenance
 
         with _offline(args) as dd:
@@ -430,7 +482,35 @@ def build_parser(plugins: Sequence[str] = PLUGINS) -> argparse.ArgumentParser:
                    help="lifetime with unit s/m/h/d, e.g. 1h (default 30d; 'never' = no expiry)")
     t.add_argument("-o", "--output", metavar="FILE",
                    help="write the token to FILE (mode 0600) instead of stdout")
+    t.add_argument("--meta", metavar="URL",
+                   help="mint from a shared deployment's root key (postgresql://...) instead")
+    t.add_argument("--master-key-file", metavar="FILE",
+                   help="with --meta: its master key (else $AIFS_MASTER_KEY_FILE)")
     t.set_defaults(func=cmd_token_create)
+
+    p = sub.add_parser(
+        "migrate", help="move a data dir to a shared deployment (PostgreSQL + S3)",
+        description="Copy an embedded deployment (a data dir, its server stopped) into an "
+                    "empty PostgreSQL database and a chunk store: secrets re-wrapped under the "
+                    "master key into the database, metadata rows copied, sealed chunks copied "
+                    "as they are (nothing is decrypted). Then start servers with --meta and "
+                    "--store, and check with `aifs fsck --meta URL --store URL`.")
+    p.add_argument("--from", dest="source", required=True, metavar="DATA_DIR")
+    p.add_argument("--to-meta", required=True, metavar="URL", help="postgresql://...")
+    p.add_argument("--to-store", required=True, metavar="URL",
+                   help="s3://BUCKET[/PREFIX]?endpoint=URL&region=R (credentials from AWS_*)")
+    p.add_argument("--master-key-file", metavar="FILE",
+                   help="the new deployment's master key (else $AIFS_MASTER_KEY_FILE or "
+                        "$AIFS_MASTER_KEY; `aifs master-key create FILE` makes one)")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser("master-key", help="the master key of a shared deployment",
+                       description="The master key seals a shared deployment's secrets in "
+                                   "its database; every server reads it from a file.")
+    msub = p.add_subparsers(dest="master_key_command", metavar="ACTION", required=True)
+    m = msub.add_parser("create", help="write a new random master key file (0600)")
+    m.add_argument("file", metavar="FILE")
+    m.set_defaults(func=cmd_master_key_create)
 
     p = client_cmd("put", "store a file as an asset and print its id", cmd_put)
     p.add_argument("file", metavar="FILE", help="file to store ('-' = stdin)")
@@ -467,6 +547,7 @@ def build_parser(plugins: Sequence[str] = PLUGINS) -> argparse.ArgumentParser:
     p.add_argument("--read-data", action="store_true",
                    help="also decrypt and check every chunk (slow)")
     p.add_argument("--data", metavar="DIR", help=offline_help)
+    _add_shared_flags(p)
 
     p = client_cmd("gc", "delete unreferenced chunks and orphan inodes", cmd_gc)
     p.add_argument("--dry-run", action="store_true", help="only say what would be deleted")
@@ -474,6 +555,7 @@ def build_parser(plugins: Sequence[str] = PLUGINS) -> argparse.ArgumentParser:
                    help="keep chunks unreferenced for less than S seconds; 0 frees them now "
                         "(default: the server's, 1 hour)")
     p.add_argument("--data", metavar="DIR", help=offline_help)
+    _add_shared_flags(p)
 
     load_plugins(sub, plugins)
     return parser

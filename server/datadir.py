@@ -21,6 +21,8 @@ Interface:
         keys in the database sealed by `master` (secrets.py). The first opener of an empty
         database formats it (idempotent; safe when several start at once); the format options
         only count then. .path is None; .config is the database's (format "aifs-shared").
+        create=False: a database without a deployment is a DataDirError (fsck, token).
+        A deployment `aifs migrate` has not finished copying is refused (DataDirError).
     DataDirError (FAILED_PRECONDITION, reason DATA_DIR): not formatted, foreign directory,
         unsafe key-file permissions, unsupported format version.
 
@@ -373,8 +375,10 @@ SHARED_FORMAT = "aifs-shared"
 
 
 def open_shared(meta_url: str, store_url: str, master: Any, *, chunk_size: int = 1 << 20,
-                zstd_level: int = 1, namespace: str = "default", codec: Any = None) -> DataDir:
-    """Open (formatting it first if the database is empty) a shared deployment."""
+                zstd_level: int = 1, namespace: str = "default", codec: Any = None,
+                create: bool = True) -> DataDir:
+    """Open (formatting it first if the database is empty and `create`) a shared
+    deployment."""
     from aifs_core.codec import CompressionService, validate_level
 
     from .chunks import ChunkService
@@ -385,6 +389,9 @@ def open_shared(meta_url: str, store_url: str, master: Any, *, chunk_size: int =
     validate_level(zstd_level)
     validate_namespace_name(namespace)
     db = SecretsDB(meta_url)
+    if not create and not db.has_secrets():
+        raise DataDirError(f"{db.where} holds no AIFS deployment (start a server on it to "
+                           f"format it, or `aifs migrate` a data dir into it)")
     store = backends.open_store(store_url)
     meta = backends.open_meta(meta_url)  # creates or migrates the engine's schema
     try:
@@ -398,6 +405,10 @@ def open_shared(meta_url: str, store_url: str, master: Any, *, chunk_size: int =
             raise DataDirError(f"{db.where} holds a {config.get('format')!r} version "
                                f"{config.get('format_version')!r} deployment; this aifs reads "
                                f"{SHARED_FORMAT!r} version {FORMAT_VERSION}")
+        if config.get("migrating"):
+            raise DataDirError(f"{db.where} is being migrated into (from "
+                               f"{config.get('migrated_from')}) and the copy has not finished: "
+                               f"run `aifs migrate` to the end first")
         kms = db.keyring(master)
         keys = NamespaceKeyCache(kms, db.namespace_keys())
         # every opener, not only the formatter: one that died after the secrets committed

@@ -12,6 +12,7 @@ Interface:
         .bootstrap(master, initial: Initial) -> bool   store `initial` unless the database
                                           already holds secrets (True if this call stored them)
         .load(master) -> Shared           KeyUnavailable if the master key does not open them
+        .put(master, name, value)         replace one secret (migrate clears its mark so)
         .has_secrets() -> bool
         .namespace_keys() -> DBNamespaceKeys   kms.NamespaceKeyRecords in a table
         .keyring(master) -> DBKeyring     kms.KMS whose keys live sealed in the database
@@ -244,6 +245,12 @@ class SecretsDB:
                 conn.execute("INSERT INTO aifs_secrets (name, sealed, created_ns) "
                              "VALUES (%s, %s, %s)", (name, master.seal(name, value), now))
             return True
+
+    def put(self, master: MasterKey, name: str, value: bytes) -> None:
+        """Replace one secret (sealed again under `master`)."""
+        with self._tx() as conn:
+            conn.execute("UPDATE aifs_secrets SET sealed = %s WHERE name = %s",
+                         (master.seal(name, value), name))
 
     def _read(self, master: MasterKey, names: tuple[str, ...]) -> dict[str, bytes]:
         with self._conn() as conn:
