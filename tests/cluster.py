@@ -16,7 +16,8 @@ Interface:
     Cluster: .servers, .addresses ("A,B,..." for --server), .meta_url, .store_url, .env,
         .token_file, .master_key_file, .add_server() -> SharedServer, .stop()
     main(["up", DIR, N] | ["down", DIR])   what scripts/cluster.sh runs; `up` stays running
-                                           (SIGTERM/`down` stop everything it started)
+                                           (SIGTERM/`down` stop everything it started;
+                                           `down` then removes DIR and its data)
 Every wait here is bounded in time.
 """
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -189,8 +191,8 @@ def _up(base: Path, n: int) -> int:
     info = {"pid": os.getpid(), "servers": cluster.addresses, "meta": cluster.meta_url,
             "store": cluster.store_url, "token_file": str(cluster.token_file),
             "master_key_file": str(cluster.master_key_file),
-            "aws_env_file": str(base / "aws.env")}
-    env_file = base / "aws.env"
+            "env_file": str(base / "env")}
+    env_file = base / "env"  # AWS_* and AIFS_MASTER_KEY_FILE, for more servers by hand
     env_file.write_text("".join(f"export {k}={v}\n" for k, v in cluster.env.items()))
     env_file.chmod(0o600)
     (base / "cluster.json").write_text(json.dumps(info, indent=1) + "\n")
@@ -233,7 +235,8 @@ def _down(base: Path) -> int:
     if (base / "cluster.json").exists():
         print(f"the cluster (pid {pid}) did not stop within 60 s", file=sys.stderr)
         return 1
-    print(f"stopped the cluster in {base}")
+    shutil.rmtree(base, ignore_errors=True)  # a cluster for trying: its data goes with it
+    print(f"stopped the cluster in {base} and removed its data")
     return 0
 
 
