@@ -30,6 +30,7 @@ from typing import Any
 from aifsfs.fuse.mounter import (
     MountError,
     MountOptions,
+    add_disk_cache_arguments,
     add_mount_arguments,
     check_server,
     is_mounted,
@@ -39,6 +40,7 @@ from aifsfs.fuse.mounter import (
     unmount,
     wait_pid_exit,
 )
+from aifsfs.fuse.version_mount import resolve_version
 
 
 def _fail(msg: str) -> int:
@@ -82,6 +84,7 @@ def _alive(pid: int) -> bool:
 def cmd_mount(args: argparse.Namespace) -> int:
     opts = options_from_args(args)
     try:
+        resolve_version(opts, args.snapshot, args.tag)   # --snapshot/--tag: verify, read-only
         check_server(opts)
         if args.foreground:
             return run_mount(opts)
@@ -175,7 +178,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         Path(mp).mkdir(parents=True, exist_ok=True)
         if is_mounted(mp):
             return _fail(f"{mp} is already mounted (stop it with `aifs down {mp}`)")
-        opts = MountOptions(address=address, mountpoint=mp, allow_other=args.allow_other)
+        opts = MountOptions(address=address, mountpoint=mp, allow_other=args.allow_other,
+                            cache_dir=args.cache_dir, cache_size=args.cache_size)
         check_server(opts)
         entry = {"data": str(data), "address": address, "server_pid": server_pid,
                  "started_server": started or any(
@@ -264,6 +268,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--foreground", action="store_true",
                    help="stay attached; Ctrl-C unmounts and stops the server")
     p.add_argument("--allow-other", action="store_true")
+    add_disk_cache_arguments(p)
     p.set_defaults(func=cmd_up)
 
     p = subparsers.add_parser("down", help="unmount and stop the server `aifs up` started",

@@ -2,9 +2,12 @@
 
 Interface:
     MountOptions(address, mountpoint, namespace="default", branch="main", token_file=None,
-                 allow_other=False, read_only=False, cache_size=128 MiB, attr_timeout=1.0,
-                 entry_timeout=None (= attr_timeout), retry_for=30.0, timeout=30.0,
-                 max_dirty=64 MiB, debug=False)
+                 allow_other=False, read_only=False, mem_cache_size=128 MiB,
+                 cache_dir=None (= disk_cache.default_cache_dir()),
+                 cache_size=None (= disk_cache.default_cache_size(cache_dir); 0: no disk cache),
+                 attr_timeout=1.0, entry_timeout=None (= attr_timeout), retry_for=30.0,
+                 timeout=30.0, max_dirty=64 MiB, debug=False)
+    parse_size(text) -> int                     "512M", "10G", "1GiB", "1048576" -> bytes
     check_server(opts) -> None                  health check; raises MountError with a clear message
     run_mount(opts) -> int                      the mount, in this process, until unmounted or
                                                 SIGTERM/SIGINT (both commit everything first)
@@ -54,7 +57,9 @@ class MountOptions:
     token_file: str | None = None
     allow_other: bool = False
     read_only: bool = False
-    cache_size: int = 128 << 20
+    mem_cache_size: int = 128 << 20
+    cache_dir: str | None = None
+    cache_size: int | None = None
     attr_timeout: float = 1.0
     entry_timeout: float | None = None
     retry_for: float = 30.0
@@ -64,11 +69,15 @@ class MountOptions:
 
     def to_argv(self) -> list[str]:
         argv = [self.address, self.mountpoint, "--namespace", self.namespace,
-                "--branch", self.branch, "--cache-size", str(self.cache_size),
+                "--branch", self.branch, "--mem-cache-size", str(self.mem_cache_size),
                 "--attr-timeout", str(self.attr_timeout), "--retry-for", str(self.retry_for),
                 "--timeout", str(self.timeout), "--max-dirty", str(self.max_dirty)]
         if self.entry_timeout is not None:
             argv += ["--entry-timeout", str(self.entry_timeout)]
+        if self.cache_dir is not None:
+            argv += ["--cache-dir", self.cache_dir]
+        if self.cache_size is not None:
+            argv += ["--cache-size", str(self.cache_size)]
         if self.token_file:
             argv += ["--token-file", self.token_file]
         if self.allow_other:
@@ -149,6 +158,41 @@ async def _raise_read_ahead(mountpoint: str, kb: int = READ_AHEAD_KB) -> None:
         log.debug("read_ahead_kb of %s left at the default: %s", mountpoint, exc)
 
 
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from "1048576", "512M", "10G", "1GiB", "2tb" (binary units)."""
+    t = text.strip().lower().removesuffix("ib").removesuffix("b")
+    unit = t[-1:] if t[-1:] in _SIZE_UNITS else ""
+    try:
+        n = float(t[: len(t) - len(unit)] if unit else t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (e.g. 512M, 10G)") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"a size cannot be negative: {text!r}")
+    return int(n * _SIZE_UNITS[unit])
+
+
+def _open_disk_cache(opts: MountOptions) -> Any:
+    """The mount's disk cache, or None (size 0, or the directory is unusable: logged, and
+    the mount works without it)."""
+    from aifsfs.fuse.disk_cache import DiskCache, default_cache_dir, default_cache_size
+
+    root = opts.cache_dir or default_cache_dir()
+    size = default_cache_size(root) if opts.cache_size is None else opts.cache_size
+    if size <= 0:
+        return None
+    try:
+        disk = DiskCache(root, size).open()
+    except OSError as exc:
+        log.warning("no disk cache: %s: %s", root, exc)
+        return None
+    log.info("disk cache %s, %d MiB (sealed under a key held only by this mount)",
+             disk.dir, size >> 20)
+    return disk
+
+
 def run_mount(opts: MountOptions) -> int:
     """Mount in this process and serve until unmounted; returns the exit code."""
     import pyfuse3
@@ -163,7 +207,9 @@ def run_mount(opts: MountOptions) -> int:
     ops = AIFSOperations(
         client, attr_timeout=opts.attr_timeout,
         entry_timeout=opts.attr_timeout if opts.entry_timeout is None else opts.entry_timeout,
-        cache_bytes=opts.cache_size, max_dirty_bytes=opts.max_dirty, read_only=opts.read_only)
+        cache_bytes=opts.mem_cache_size, max_dirty_bytes=opts.max_dirty, read_only=opts.read_only)
+    disk = _open_disk_cache(opts)
+    ops.reader.disk = disk
     options = {"fsname=aifs", "subtype=aifs", "default_permissions"}
     if opts.allow_other:
         options.add("allow_other")
@@ -210,6 +256,8 @@ def run_mount(opts: MountOptions) -> int:
         with contextlib.suppress(Exception):
             pyfuse3.close(unmount=True)
         client.close()
+        if disk is not None:
+            disk.close()   # its entries are unreadable without the key: remove them now
     if stopped_by_signal:
         log.info("unmounted %s", opts.mountpoint)
     return code
@@ -293,13 +341,16 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("mountpoint", help="an empty directory to mount on")
     p.add_argument("--namespace", default="default")
     p.add_argument("--branch", default="main")
+    from aifsfs.fuse.version_mount import add_version_arguments
+    add_version_arguments(p)
     p.add_argument("--token-file", default=None,
                    help="file holding the capability token (default: next to a unix socket)")
     p.add_argument("--allow-other", action="store_true",
                    help="let other users use the mount (needs user_allow_other for non-root)")
     p.add_argument("--read-only", action="store_true")
-    p.add_argument("--cache-size", type=int, default=128 << 20,
-                   help="chunk cache bytes (default 128 MiB)")
+    p.add_argument("--mem-cache-size", type=parse_size, default=128 << 20,
+                   help="in-memory chunk cache (default 128M)")
+    add_disk_cache_arguments(p)
     p.add_argument("--attr-timeout", type=float, default=1.0,
                    help="seconds the kernel may cache attributes and entries (default 1)")
     p.add_argument("--entry-timeout", type=float, default=None)
@@ -311,11 +362,21 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true")
 
 
+def add_disk_cache_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cache-dir", default=None, metavar="DIR",
+                   help="local disk cache of decrypted chunks, sealed under a key only the "
+                        "mount holds (default $XDG_CACHE_HOME/aifs or ~/.cache/aifs)")
+    p.add_argument("--cache-size", type=parse_size, default=None, metavar="SIZE",
+                   help="disk cache size, e.g. 20G (default: min(10G, 20%% of the free space "
+                        "there); 0 disables it)")
+
+
 def options_from_args(a: argparse.Namespace) -> MountOptions:
     return MountOptions(
         address=a.address, mountpoint=os.path.abspath(a.mountpoint), namespace=a.namespace,
         branch=a.branch, token_file=a.token_file, allow_other=a.allow_other,
-        read_only=a.read_only, cache_size=a.cache_size, attr_timeout=a.attr_timeout,
+        read_only=a.read_only, mem_cache_size=a.mem_cache_size, cache_dir=a.cache_dir,
+        cache_size=a.cache_size, attr_timeout=a.attr_timeout,
         entry_timeout=a.entry_timeout, retry_for=a.retry_for, timeout=a.timeout,
         max_dirty=a.max_dirty, debug=a.debug)
 
@@ -329,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     opts = options_from_args(a)
     try:
+        from aifsfs.fuse.version_mount import resolve_version
+        resolve_version(opts, a.snapshot, a.tag)
         check_server(opts)
         return run_mount(opts)
     except MountError as exc:

@@ -3,6 +3,9 @@ sequential read-ahead.
 
 Interface:
     ChunkReader(data, cache, limiter, readahead_chunks=8)     data: a DataClient (get_chunks)
+        .disk                    a DiskCache (disk_cache.py) behind the memory cache, or None;
+            the mount attaches it. A memory miss reads the disk before the server; what the
+            server sends is queued for the disk (never waited for).
         await .read(ref, offset, length, whole=False) -> bytes
             bytes [offset, offset+length) of the chunk slot `ref` (a base.ChunkRef); bytes past
             ref.length (and a ref with no chunk id, a hole) read as zeros. `whole` fetches the
@@ -34,6 +37,7 @@ import trio
 
 from aifsfs.errors import DeadlineExceeded, ServerUnavailable
 from aifsfs.fuse.chunk_cache import ChunkCache, frame_align
+from aifsfs.fuse.disk_cache import DiskCache
 from aifsfs.protocols import DataClient
 
 
@@ -120,6 +124,8 @@ class ChunkReader:
         self.cache = cache
         self.limiter = limiter
         self.readahead_chunks = readahead_chunks
+        self.disk: DiskCache | None = None
+        self.disk_hits = 0        # ranges served by the disk cache
         self._inflight: dict[bytes, list[_Fetch]] = {}
         self.fetches = 0          # ranges fetched (for tests and stats)
         self.fetched_bytes = 0
@@ -167,6 +173,15 @@ class ChunkReader:
         if f is None:
             f = self._register(chunk_id, start, stop)
         try:
+            disk = self.disk
+            if disk is not None and disk.has(chunk_id, start, stop):
+                local = await trio.to_thread.run_sync(disk.read, chunk_id, start, stop,
+                                                      limiter=self.limiter)
+                if local is not None:
+                    self.disk_hits += 1
+                    self.cache.put(chunk_id, start, local)
+                    f.data = local
+                    return local
             rng = (chunk_id, start, stop - start)
             if stop - start <= BATCH_RANGE_MAX:
                 data = await self._batched(rng)
@@ -181,6 +196,8 @@ class ChunkReader:
             self.fetches += 1
             self.fetched_bytes += len(data)
             self.cache.put(chunk_id, start, data)
+            if disk is not None:
+                disk.submit(chunk_id, start, data)
             f.data = data
             return data
         except BaseException as exc:

@@ -67,7 +67,7 @@ def test_sequential_read_bigger_than_the_cache_matches(
     data = _content(12 * MiB + 4321, seed=2)
     want = hashlib.sha256(data).hexdigest()
     # a 3 MiB chunk cache: read-ahead keeps evicting what was read
-    path = _fresh_read_mount(mount_factory, "seq.bin", data, "--cache-size", str(3 * MiB))
+    path = _fresh_read_mount(mount_factory, "seq.bin", data, "--mem-cache-size", str(3 * MiB))
     for bufsize in (MiB, 128 * 1024 + 7):
         h = hashlib.sha256()
         with open(path, "rb", buffering=0) as f:
