@@ -70,7 +70,7 @@ class _Registry(Generic[T]):
         scheme = self.by_config_name.get(name)
         if scheme is None:
             raise InvalidArgument(
-                f"unknown {self.what} {self.config_key} {name!r}: known are "
+                f"unknown {self.what} {name!r} (config key {self.config_key!r}): known are "
                 f"{', '.join(sorted(self.by_config_name))}")
         path = root / str(section.get("path", default_path))
         return f"{scheme}://{path.absolute()}"

@@ -212,7 +212,7 @@ def test_open_uses_the_backends_the_config_records(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("section", "value", "named", "known"), [
-    ("meta", {"engine": "oracle", "path": "meta.db"}, "'oracle'", "sqlite"),
+    ("meta", {"engine": "oracle", "path": "meta.db"}, "'oracle'", "postgres, postgresql, sqlite"),
     ("chunks", {"store": "tape", "path": "chunks"}, "'tape'", "local"),
     ("chunks", {"url": "gopher://host/x"}, "'gopher'", "file://"),
 ])
