@@ -39,7 +39,7 @@ def test_config_sections_become_urls(tmp_path: Path) -> None:
     assert backends.meta_url(tmp_path, None) == f"sqlite://{tmp_path / 'meta.db'}"
     assert backends.store_url(tmp_path, {}) == f"file://{tmp_path / 'chunks'}"
     assert backends.store_url(tmp_path, {"url": "file:///srv/chunks"}) == "file:///srv/chunks"
-    with pytest.raises(InvalidArgument, match=r"unknown chunk store store 'tape': known are local"):
+    with pytest.raises(InvalidArgument, match=r"unknown chunk store 'tape' \(config key 'store'\): known are local, s3"):
         backends.store_url(tmp_path, {"store": "tape"})
 
 
