@@ -3,7 +3,7 @@
 Interface:
     register(subparsers)      adds the commands (cli.main.PLUGINS lists this module)
 
-    aifs snapshot create [--branch B] [-m MSG] | list [--branch B] | show REF | verify REF |
+    aifs snapshot create [--branch B] [-m MSG] [--mount MNT] | list [--branch B] | show REF | verify REF |
                   prune (--keep-last N | --keep-daily N | --keep-within DUR) [--dry-run]
     aifs branch create NAME [--from REF] | list | delete NAME | reset NAME REF | log NAME
     aifs tag create NAME REF | list | delete NAME
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 from typing import Any
 
 from aifs_cli.main import add_common_flags, client_from_args, parse_ttl
@@ -45,7 +46,10 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     with client_from_args(args) as c:
         v = c.versions
         if args.action == "create":
-            s = v.snapshot(args.branch or "", args.message)
+            branch = args.branch or ""
+            if args.mount:
+                branch = branch or _flush_mount(args.mount)
+            s = v.snapshot(branch, args.message)
             _print(args, s, f"snapshot {s['id']} of {s['branch']}  {s['uri']}")
         elif args.action == "list":
             snaps = v.list_snapshots(args.branch or "")
@@ -68,6 +72,24 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
             _print(args, r, f"{what} {len(r['removed'])} snapshots, kept {len(r['kept'])}"
                    + "".join(f"\n  - {i}" for i in r["removed"]))
     return 0
+
+
+def _flush_mount(mountpoint: str) -> str:
+    """Commit what the mount at `mountpoint` buffered; returns the branch it writes to.
+
+    Opening `/.aifs/flush` makes the mount commit every buffered file before open(2)
+    returns (an error there is EIO): a request with an answer, unlike a signal."""
+    from aifs_core.errors import AIFSError
+
+    path = os.path.join(mountpoint, ".aifs", "flush")
+    try:
+        with open(path, "rb") as f:
+            return f.read().decode().strip()
+    except FileNotFoundError:
+        raise AIFSError(f"{mountpoint} is not an AIFS mount (no {path})") from None
+    except OSError as e:
+        raise AIFSError(f"{mountpoint}: could not commit what the mount buffered: "
+                        f"{e.strerror}; see the mount's log") from None
 
 
 def _signature_ok(v: Any, s: dict[str, Any]) -> bool:
@@ -145,6 +167,8 @@ def register(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="action", required=True)
     s = _sub(sub, "create", "freeze the branch's committed state (--branch, default main)")
     s.add_argument("-m", "--message", default="")
+    s.add_argument("--mount", default="", metavar="MNT",
+                   help="first commit what the mount at MNT buffered; snapshot its branch")
     s = _sub(sub, "list", "snapshots, oldest first")
     s = _sub(sub, "show", "one snapshot and whether its signature verifies")
     s.add_argument("ref")

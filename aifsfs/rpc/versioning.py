@@ -13,23 +13,38 @@ Interface:
         merge(source, into, message="", dry_run=False) -> dict(merged, conflicts, snapshot, ...)
         list_tree(ref, ino=1) -> the ListTreeReply message; signing_key() -> 32 raw bytes
         verify_signature(info, public_key) -> bool   (FORMAT.md §6.2, checked on this side)
+        pinned_key() -> bytes            the server's key, checked against the pin of (address,
+                                         namespace) (aifsfs.keypin; KeyMismatch if it changed)
+        get_verified(ref) -> dict        get_snapshot + its signature checked against the pinned
+                                         key; BadSignature (an AIFSError) if it does not verify
+        .branch                          the branch of this client's channel
+        tree_fs(tree_branch) -> GrpcFilesystem   Filesystem calls on another tree (a snapshot's
+                                         "@snap:<id>") over this same connection
 A ref is a snapshot id, "tag:NAME", "branch:NAME", a bare tag or branch name, or an
 aifs-snap:// URI. Changes are not retried (a retry after a lost reply could snapshot twice).
 """
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aifs_core import merkle
+from aifs_core.errors import AIFSError
 from aifs_proto.v1 import common_pb2, versioning_pb2, versioning_pb2_grpc
 
+from ..keypin import check_pinned
 from .channel import Channel
+from .filesystem import GrpcFilesystem
 
 pb = versioning_pb2
+
+
+class BadSignature(AIFSError):
+    reason = "BAD_SIGNATURE"
 
 
 def snapshot_dict(s: Any) -> dict[str, Any]:
@@ -57,6 +72,7 @@ class GrpcVersioning:
     def __init__(self, channel: Channel) -> None:
         self._ch = channel
         self._v = versioning_pb2_grpc.VersioningStub(channel.grpc)
+        self._pinned: bytes | None = None
 
     def _call(self, method: str, request: Any, idempotent: bool = True) -> Any:
         return self._ch.unary(getattr(self._v, method), request, idempotent=idempotent,
@@ -136,3 +152,26 @@ class GrpcVersioning:
 
     def signing_key(self) -> bytes:
         return bytes(self._call("SigningKey", common_pb2.Empty()).public_key)
+
+    @property
+    def branch(self) -> str:
+        return self._ch.branch
+
+    def pinned_key(self) -> bytes:
+        if self._pinned is None:
+            self._pinned = check_pinned(self._ch.address, self._ch.namespace, self.signing_key())
+        return self._pinned
+
+    def get_verified(self, ref: str) -> dict[str, Any]:
+        info = self.get_snapshot(ref)
+        if not verify_signature(info, self.pinned_key()):
+            raise BadSignature(f"snapshot {info['id']} ({ref}): the signature does not verify "
+                               f"with the pinned key of namespace {self._ch.namespace!r}")
+        return info
+
+    def tree_fs(self, tree_branch: str) -> GrpcFilesystem:
+        # a shallow copy shares the gRPC connection, token and failover state; only the branch
+        # sent in each call's metadata differs (a channel is one namespace and branch)
+        ch = copy.copy(self._ch)
+        ch.branch = tree_branch
+        return GrpcFilesystem(ch)
