@@ -13,6 +13,7 @@ Interface:
                                 the chunk's end or whole frames); dropped when the queue holds
                                 max_pending bytes: caching is best effort, reads never wait
         .flush(timeout) -> bool                  wait until the queue is written (tests)
+        .pending_bytes                           bytes queued for the writer
         .clear()                drop every entry
         .close()                stop the writer and remove this mount's directory
         .stats() -> dict
@@ -248,6 +249,10 @@ class DiskCache:
                 return
             self._pending += n
         self._queue.put((chunk_id, start, data))
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._pending
 
     def flush(self, timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout

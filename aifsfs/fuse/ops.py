@@ -670,6 +670,9 @@ class AIFSOperations(pyfuse3.Operations):
             ahead = h.window.advance(end, st.size, cs)
             if ahead:
                 self.reader.prefetch(self._nursery, st.clean_refs(ahead))
+        elif self._nursery is not None and h.window.wants_fill(st.size, self.reader.fill_budget()):
+            # random access to a file that fits the cache: fetch all of it behind the reader
+            self.reader.fill(self._nursery, h.ino, st.clean_refs(range(-(-st.size // cs))))
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     @_errors()

@@ -17,6 +17,15 @@ Interface:
         .observe(offset, length) -> bool        sequential?
         .advance(end, file_size, chunk_size) -> range   the slots to prefetch after a
             sequential read ending at `end` (each slot once per handle; empty when none)
+        .wants_fill(file_size, budget) -> bool  after a random read: the handle has shown
+            random access (RANDOM_READS non-sequential reads) and the file fits `budget`
+            (ChunkReader.fill_budget()): time to fetch the whole file (asked again every
+            RANDOM_RECHECK random reads, in case a fill was refused or cut short)
+    ChunkReader.fill_budget() -> int   bytes a whole-file fill may take: half the disk cache,
+        or a quarter of the memory cache when there is no disk cache
+    ChunkReader.fill(nursery, key, refs)   fetch these chunks (a file's) in the background,
+        FILL_PARALLEL whole chunks at a time, into the disk cache (not the memory cache, which
+        the reader's working set keeps); once per key at a time, FILL_FILES_MAX files at once
 
 Every gRPC call leaves the trio thread with `trio.to_thread.run_sync(..., limiter=limiter)`, so
 many readers (DataLoader workers, parallel cp) overlap; a cache hit never leaves the trio thread.
@@ -86,19 +95,39 @@ SMALL_CALLS_MAX = max(2, os.cpu_count() or 2)
 BATCH_RANGES_MAX = 32
 
 
+# Random reads a handle makes before the whole file is fetched in the background (a reader
+# that seeks a few times, e.g. to a header and back, is not yet a random reader).
+RANDOM_READS = 8
+RANDOM_RECHECK = 256
+# Whole-chunk fetches one fill keeps out at once, and files filled at once: enough to run at
+# sequential speed, few enough to leave the random reads' own calls room.
+FILL_PARALLEL = 4
+FILL_FILES_MAX = 2
+
+
 class ReadWindow:
     """Read-ahead for one open file: after a sequential read, the next `chunks` slots,
-    each started once."""
+    each started once; after enough random reads, a whole-file fill."""
 
-    __slots__ = ("pattern", "chunks", "prefetched")
+    __slots__ = ("pattern", "chunks", "prefetched", "random_reads")
 
     def __init__(self, chunks: int) -> None:
         self.pattern = ReadPattern()
         self.chunks = chunks
         self.prefetched = -1          # highest slot read-ahead was started for
+        self.random_reads = 0
 
     def observe(self, offset: int, length: int) -> bool:
-        return self.pattern.observe(offset, length)
+        seq = self.pattern.observe(offset, length)
+        if not seq:
+            self.random_reads += 1
+        return seq
+
+    def wants_fill(self, file_size: int, budget: int) -> bool:
+        n = self.random_reads
+        if n < RANDOM_READS or not 0 < file_size <= budget:
+            return False
+        return n == RANDOM_READS or (n - RANDOM_READS) % RANDOM_RECHECK == 0
 
     def advance(self, end: int, file_size: int, chunk_size: int) -> range:
         if self.chunks <= 0:
@@ -126,6 +155,8 @@ class ChunkReader:
         self.readahead_chunks = readahead_chunks
         self.disk: DiskCache | None = None
         self.disk_hits = 0        # ranges served by the disk cache
+        self._filling: set[Any] = set()
+        self.filled_chunks = 0    # chunks whole-file fills fetched
         self._inflight: dict[bytes, list[_Fetch]] = {}
         self.fetches = 0          # ranges fetched (for tests and stats)
         self.fetched_bytes = 0
@@ -169,7 +200,8 @@ class ChunkReader:
         return f
 
     async def _fetch(self, chunk_id: bytes, start: int, stop: int,
-                     f: _Fetch | None = None) -> bytes:
+                     f: _Fetch | None = None, keep: bool = True) -> bytes:
+        """keep=False: a fill's fetch, for the disk cache only (when there is one)."""
         if f is None:
             f = self._register(chunk_id, start, stop)
         try:
@@ -195,7 +227,8 @@ class ChunkReader:
                                  f"for a {stop - start}-byte range")
             self.fetches += 1
             self.fetched_bytes += len(data)
-            self.cache.put(chunk_id, start, data)
+            if keep or disk is None:
+                self.cache.put(chunk_id, start, data)
             if disk is not None:
                 disk.submit(chunk_id, start, data)
             f.data = data
@@ -276,6 +309,51 @@ class ChunkReader:
                 continue
             f = self._register(ref.chunk_id, 0, ref.length)
             nursery.start_soon(self._quiet_fetch, ref.chunk_id, f)
+
+    def fill_budget(self) -> int:
+        if self.disk is not None:
+            return self.disk.capacity // 2
+        return self.cache.capacity // 4
+
+    def fill(self, nursery: trio.Nursery, key: Any, refs: list[Any]) -> None:
+        if key in self._filling or len(self._filling) >= FILL_FILES_MAX:
+            return
+        todo = [r for r in refs if r.chunk_id and r.length > 0]
+        if todo:
+            self._filling.add(key)
+            nursery.start_soon(self._fill, key, todo)
+
+    def _cached(self, ref: Any) -> bool:
+        if self.disk is not None:
+            return self.disk.has(ref.chunk_id, 0, ref.length)
+        if self.cache.get(ref.chunk_id, 0, ref.length) is not None:
+            self.cache.hits -= 1  # a probe, not a read
+            return True
+        return False
+
+    async def _fill(self, key: Any, refs: list[Any]) -> None:
+        try:
+            it = iter(refs)
+            async with trio.open_nursery() as workers:
+                for _ in range(FILL_PARALLEL):
+                    workers.start_soon(self._fill_worker, it)
+        finally:
+            self._filling.discard(key)
+
+    async def _fill_worker(self, refs: Any) -> None:
+        disk = self.disk
+        for ref in refs:     # the workers share one iterator: each chunk is taken once
+            if self._cached(ref) or any(f.start == 0 and f.end >= ref.length
+                                        for f in self._inflight.get(ref.chunk_id, ())):
+                continue
+            # never outrun the disk writer: a dropped write is a wasted fetch
+            while disk is not None and disk.pending_bytes > disk.max_pending // 2:
+                await trio.sleep(0.005)
+            try:
+                await self._fetch(ref.chunk_id, 0, ref.length, keep=False)
+            except Exception:  # noqa: BLE001 - a hint: the reads fetch what they need
+                return
+            self.filled_chunks += 1
 
     async def _quiet_fetch(self, chunk_id: bytes, f: _Fetch) -> None:
         try:

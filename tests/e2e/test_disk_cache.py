@@ -190,3 +190,33 @@ def test_aifs_cache_stats_and_clear(metered: ServerProc, mount_factory: Callable
     before = get_chunks_calls(metered)
     _epoch(m)
     assert get_chunks_calls(metered) - before >= TOTAL // MiB
+
+
+def test_a_random_reader_soon_reads_only_from_the_cache(
+        metered: ServerProc, mount_factory: Callable[..., Mount], tmp_path: Path) -> None:
+    size = 24 * MiB + 5
+    data = _data("random", size)
+    w = mount_factory(metered, "--cache-size", "0")
+    (w.path / "r.bin").write_bytes(data)
+    w.unmount()
+    m = _reader(mount_factory, metered, tmp_path / "dc")
+    rng = random.Random(7)
+    fd = os.open(m.path / "r.bin", os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        before = get_chunks_calls(metered)
+        for _ in range(20):   # enough random reads to start the background fill
+            off = rng.randrange(size)
+            assert os.pread(fd, 4096, off) == data[off:off + 4096]
+        # the whole file lands in the disk cache behind the reader, in whole chunks
+        _live_stats(tmp_path / "dc", lambda s: s["pending_bytes"] == 0
+                    and s["written_bytes"] >= size, timeout=60)
+        fill_calls = get_chunks_calls(metered) - before
+        assert fill_calls <= 20 + (size // MiB + 1) * 2
+        before = get_chunks_calls(metered)
+        for _ in range(500):
+            off = rng.randrange(size)
+            assert os.pread(fd, 4096, off) == data[off:off + 4096]
+        assert get_chunks_calls(metered) == before
+    finally:
+        os.close(fd)
