@@ -255,16 +255,18 @@ def _small_names(root: Path) -> list[Path]:
 
 
 def stat_small(root: Path) -> float:
-    names = _small_names(root)
+    # The listing is timed with the stats (issue 9): timed alone after it, the stats measure
+    # what readdirplus just put in the kernel's cache, not the filesystem.
     t0 = time.perf_counter()
+    names = _small_names(root)
     for p in names:
         os.stat(p)
     return len(names) / (time.perf_counter() - t0)
 
 
 def read_small(root: Path) -> float:
+    t0 = time.perf_counter()     # the listing too, as in stat_small
     names = _small_names(root)
-    t0 = time.perf_counter()
     for p in names:
         fd = os.open(p, os.O_RDONLY)
         try:

@@ -61,6 +61,7 @@ from typing import Any, TypeVar, cast
 import pyfuse3
 import trio
 
+from aifs_core.errors import NotFound
 from aifs_core.types import (
     NAME_MAX,
     ROOT_INO,
@@ -77,10 +78,13 @@ from aifs_core.types import (
 from aifsfs.errors import errno_for, xattr_errno_for
 from aifsfs.fuse.chunk_cache import ChunkCache, split_range
 from aifsfs.fuse.inodes import InodeTable
+from aifsfs.fuse.leases import NEGATIVE, LeaseCache
 from aifsfs.fuse.readahead import ChunkReader, ReadWindow
 from aifsfs.fuse.synthetic import SYN_ROOT, Synthetic, is_synthetic
 from aifsfs.fuse.write_buffer import FileState, WriteBuffers
 from aifsfs.protocols import MountClient
+from aifsfs.rpc.channel import Channel
+from aifsfs.rpc.session import LeaseSession
 
 log = logging.getLogger("aifsfs.fuse")
 
@@ -164,10 +168,23 @@ class AIFSOperations(pyfuse3.Operations):
 
     def __init__(self, client: MountClient, *, attr_timeout: float = 1.0, entry_timeout: float = 1.0,
                  cache_bytes: int = 128 << 20, max_dirty_bytes: int = 64 << 20,
-                 readahead_chunks: int = 8, threads: int = 32, read_only: bool = False) -> None:
+                 readahead_chunks: int = 8, threads: int = 32, read_only: bool = False,
+                 leases: bool | None = None) -> None:
         super().__init__()
         self.client = client
         self.fs = client.fs
+        # Leases (docs/LEASES.md): over a real server, one session stream; every Filesystem
+        # call then carries its id (so this mount's own changes do not recall its own leases:
+        # it drops what they touch itself, _changed). AIFS_LEASES=0 turns them off.
+        if leases is None:
+            leases = os.environ.get("AIFS_LEASES", "1") != "0"
+        self.leases = LeaseCache(None)
+        self._session: LeaseSession | None = None
+        channel = getattr(client, "channel", None)
+        if leases and isinstance(channel, Channel):
+            self._session = LeaseSession(channel, self.leases.recalled, self.leases.reset)
+            self.leases.session = self._session
+            self.fs = self._session.fs
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.read_only = read_only
@@ -175,9 +192,11 @@ class AIFSOperations(pyfuse3.Operations):
         self.limiter = trio.CapacityLimiter(threads)
         self.cache = ChunkCache(cache_bytes)
         self.reader = ChunkReader(client.data, self.cache, self.limiter, readahead_chunks)
-        self.buffers = WriteBuffers(client.fs, client.data, self.limiter, self._read_base,
+        self.buffers = WriteBuffers(self.fs, client.data, self.limiter, self._read_base,
                                     max_dirty_bytes, inline_max=INLINE_MAX)
-        self.synthetic = Synthetic(client.assets, self._call, self.reader)
+        self.synthetic = Synthetic(client.assets, self._call, self.reader,
+                                   versions=getattr(client, "versions", None),
+                                   flush=self.flush_all)
         self.chunk_size = 0                       # learnt from the first chunk map
         self.inodes = InodeTable(attr_timeout)
         self.handles: dict[int, _Handle] = {}
@@ -189,6 +208,8 @@ class AIFSOperations(pyfuse3.Operations):
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
         self.buffers.start(nursery)
+        if self._session is not None:
+            self._session.start()
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         return await trio.to_thread.run_sync(functools.partial(fn, *args, **kw),
@@ -196,6 +217,47 @@ class AIFSOperations(pyfuse3.Operations):
 
     async def _read_base(self, ref: ChunkRef, n: int) -> bytes:
         return await self.reader.read(ref, 0, n, whole=True)
+
+    def _changed(self, *inos: int | None) -> None:
+        """This mount changed these inodes: the server recalls only the other mounts'
+        leases, so drop what ours cover (after the call: a leased reply in flight that read
+        the old state is refused by the epoch this bumps)."""
+        self.leases.drop(*inos)
+
+    # leasable reads: each runs in one worker thread, so that the lease answer of its call
+    # (thread-local in the LeaseSession) is the one the cache checks
+    def _lookup_sync(self, parent: int, name: bytes) -> Attr:
+        tok = self.leases.begin()
+        try:
+            a: Attr = self.fs.lookup(parent, name)
+        except NotFound:
+            self.leases.put_negative(tok, parent, name)
+            raise
+        self.leases.put_entry(tok, parent, name, a)
+        return a
+
+    def _getattr_sync(self, ino: int) -> Attr:
+        tok = self.leases.begin()
+        a: Attr = self.fs.getattr(ino)
+        self.leases.put_attr(tok, a)
+        return a
+
+    def _readdir_sync(self, ino: int, cookie: int) -> tuple[list[Any], bool]:
+        tok = self.leases.begin()
+        entries, eof = self.fs.readdir(ino, cookie, READDIR_PAGE)
+        self.leases.put_page(tok, ino, cookie, entries, eof)
+        return entries, eof
+
+    def _open_map_sync(self, ino: int, inline_max: int, seen: int | None
+                       ) -> tuple[Attr, int, list[ChunkRef], bytes]:
+        tok = self.leases.begin()
+        a, cs, refs, data = self.fs.open_chunk_map(ino, inline_max, seen)
+        self.leases.put_map(tok, a, cs, refs)
+        return a, cs, refs, data
+
+    def _leased_ino(self, parent: int, name: bytes) -> int | None:
+        a = self.leases.lookup(parent, name)
+        return a.ino if isinstance(a, Attr) else None
 
     def _fh(self) -> int:
         fh = self._next_fh
@@ -216,6 +278,11 @@ class AIFSOperations(pyfuse3.Operations):
         e.generation = 0
         e.entry_timeout = self.entry_timeout
         e.attr_timeout = self.attr_timeout
+        if is_synthetic(a.ino):
+            # a snapshot's view cannot change: the kernel keeps it without asking again
+            t = self.synthetic.timeout(a.ino)
+            if t is not None:
+                e.entry_timeout = e.attr_timeout = t
         e.st_mode = cast(pyfuse3.ModeT, a.mode)
         e.st_nlink = a.nlink
         e.st_uid = a.uid
@@ -273,7 +340,11 @@ class AIFSOperations(pyfuse3.Operations):
         elif is_synthetic(parent_inode):
             a = await self.synthetic.lookup(parent_inode, name)
         else:
-            a = await self._call(self.fs.lookup, parent_inode, name)
+            hit = self.leases.lookup(parent_inode, name)
+            if hit is NEGATIVE:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            a = hit if hit is not None else await self._call(self._lookup_sync, parent_inode,
+                                                             name)
         self.inodes.remember_lookup(a.ino)
         self.inodes.saw_in(a, parent_inode)
         return self._entry(a)
@@ -291,9 +362,12 @@ class AIFSOperations(pyfuse3.Operations):
         cached = self._cached_attr(inode)
         if cached is not None:
             return cached
+        leased = self.leases.attr(inode)
+        if leased is not None:
+            return self._entry(leased)
         st = self.inodes.state(inode)
         try:
-            a = await self._call(self.fs.getattr, inode)
+            a = await self._call(self._getattr_sync, inode)
         except Exception as exc:
             if st is not None:   # open here (maybe unlinked and forgotten): what we know
                 return self._entry(st.attr)
@@ -341,7 +415,10 @@ class AIFSOperations(pyfuse3.Operations):
             bits = SET_CTIME
             kw["ctime_ns"] = time.time_ns()
         t0 = time.monotonic()
-        a: Attr = await self._call(self.fs.setattr, inode, bits, **kw)
+        try:
+            a: Attr = await self._call(self.fs.setattr, inode, bits, **kw)
+        finally:
+            self._changed(inode)
         self._note_attr(a, t0)
         if st is not None:
             st.attr = a
@@ -364,8 +441,11 @@ class AIFSOperations(pyfuse3.Operations):
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._check_writable(parent_inode, name)
         t0 = time.monotonic()
-        a, pa = await self._call(self.fs.mkdir_entry, parent_inode, name, mode & 0o7777,
-                                 ctx.uid, ctx.gid)
+        try:
+            a, pa = await self._call(self.fs.mkdir_entry, parent_inode, name, mode & 0o7777,
+                                     ctx.uid, ctx.gid)
+        finally:
+            self._changed(parent_inode)
         self._note_attr(pa, t0)
         self.inodes.remember_lookup(a.ino)
         self.inodes.saw_in(a, parent_inode)
@@ -376,8 +456,11 @@ class AIFSOperations(pyfuse3.Operations):
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._check_writable(parent_inode, name)
         t0 = time.monotonic()
-        a, pa = await self._call(self.fs.create_entry, parent_inode, name, mode, ctx.uid,
-                                 ctx.gid, rdev)
+        try:
+            a, pa = await self._call(self.fs.create_entry, parent_inode, name, mode, ctx.uid,
+                                     ctx.gid, rdev)
+        finally:
+            self._changed(parent_inode)
         self._note_attr(pa, t0)
         self.inodes.remember_lookup(a.ino)
         return self._entry(a)
@@ -387,8 +470,11 @@ class AIFSOperations(pyfuse3.Operations):
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._check_writable(parent_inode, name)
         t0 = time.monotonic()
-        a, pa = await self._call(self.fs.symlink_entry, parent_inode, name, target,
-                                 ctx.uid, ctx.gid)
+        try:
+            a, pa = await self._call(self.fs.symlink_entry, parent_inode, name, target,
+                                     ctx.uid, ctx.gid)
+        finally:
+            self._changed(parent_inode)
         self._note_attr(pa, t0)
         self.inodes.remember_lookup(a.ino)
         return self._entry(a)
@@ -396,7 +482,7 @@ class AIFSOperations(pyfuse3.Operations):
     @_errors()
     async def readlink(self, inode: pyfuse3.InodeT, ctx: pyfuse3.RequestContext) -> bytes:
         if is_synthetic(inode):
-            raise pyfuse3.FUSEError(errno.EINVAL)
+            return await self.synthetic.readlink(inode)
         return cast(bytes, await self._call(self.fs.readlink, inode))
 
     @_errors()
@@ -406,7 +492,10 @@ class AIFSOperations(pyfuse3.Operations):
         if is_synthetic(inode):
             raise pyfuse3.FUSEError(errno.EXDEV)
         t0 = time.monotonic()
-        a, pa = await self._call(self.fs.link_entry, inode, new_parent_inode, new_name)
+        try:
+            a, pa = await self._call(self.fs.link_entry, inode, new_parent_inode, new_name)
+        finally:
+            self._changed(inode, new_parent_inode)
         self._note_attr(pa, t0)
         self._note_attr(a, t0)
         self.inodes.remember_lookup(a.ino)
@@ -453,8 +542,13 @@ class AIFSOperations(pyfuse3.Operations):
         # the call): then the server must keep it, _after_unlink decides.
         forget = self._nothing_open() and not (directory and self.dirs)
         t0 = time.monotonic()
-        r = await self._call(self.fs.remove, parent, name, directory=directory,
-                             forget=forget)
+        victim = self._leased_ino(parent, name)
+        try:
+            r = await self._call(self.fs.remove, parent, name, directory=directory,
+                                 forget=forget)
+        finally:
+            self._changed(parent, victim)
+        self._changed(r.attr.ino if r.attr is not None else None)
         self._note_attr(r.parent, t0)
         await self._after_unlink(r.attr, forget)
 
@@ -476,8 +570,14 @@ class AIFSOperations(pyfuse3.Operations):
         self._check_writable(parent_inode_new, name_new)
         forget = self._nothing_open() and not self.dirs   # the replaced one may be an open dir
         t0 = time.monotonic()
-        r = await self._call(self.fs.rename_entry, parent_inode_old, name_old,
-                             parent_inode_new, name_new, flags, forget=forget)
+        try:
+            r = await self._call(self.fs.rename_entry, parent_inode_old, name_old,
+                                 parent_inode_new, name_new, flags, forget=forget)
+        finally:
+            # the moved inode, a replaced one, both directories: drop everything (renames
+            # are rare; the cache refills from the next leased replies)
+            self._changed()
+            self.leases.reset()
         # a moved directory's ctime changed and we do not know its inode: forget them all
         self.inodes.clear_fresh()
         if parent_inode_old != parent_inode_new:
@@ -521,8 +621,9 @@ class AIFSOperations(pyfuse3.Operations):
             if dh.buf and dh.buf_cookie == cookie:
                 entries, eof = dh.buf, dh.eof
             else:
-                entries, eof = await self._call(self.fs.readdir, dh.ino, cookie,
-                                                READDIR_PAGE)
+                page = self.leases.readdir(dh.ino, cookie)
+                entries, eof = page if page is not None else await self._call(
+                    self._readdir_sync, dh.ino, cookie)
             dh.buf = []
             for i, e in enumerate(entries):
                 if dh.ino == ROOT_INO and e.name == SYN_NAME:
@@ -565,14 +666,19 @@ class AIFSOperations(pyfuse3.Operations):
         if st is not None and (st.handles > 0 or st.is_dirty()):
             return st, True
         t0 = time.monotonic()
-        try:
-            a, cs, refs, data = await self._call(
-                self.fs.open_chunk_map, ino, INLINE_MAX if want_data else 0,
-                self.inodes.seen_gen(ino))
-        except Exception as exc:
-            _stale_if_gone(exc)
-            raise
-        self._note_attr(a, t0)
+        hit = self.leases.chunk_map(ino)
+        if hit is not None:
+            # leased: no change since it was read (another mount's would have recalled it)
+            (a, cs, refs), data = hit, b""
+        else:
+            try:
+                a, cs, refs, data = await self._call(
+                    self._open_map_sync, ino, INLINE_MAX if want_data else 0,
+                    self.inodes.seen_gen(ino))
+            except Exception as exc:
+                _stale_if_gone(exc)
+                raise
+            self._note_attr(a, t0)
         if data and len(refs) == 1 and refs[0].index == 0 and len(data) == refs[0].length:
             # content-addressed: these bytes stay right for this chunk id whatever happens next
             self.cache.put(refs[0].chunk_id, 0, data)
@@ -620,7 +726,10 @@ class AIFSOperations(pyfuse3.Operations):
             # libfuse enables atomic O_TRUNC: the truncation arrives here, not as a setattr.
             if st.is_dirty():
                 await self._commit(st)
-            a = await self._call(self.fs.setattr, inode, SET_SIZE, size=0)
+            try:
+                a = await self._call(self.fs.setattr, inode, SET_SIZE, size=0)
+            finally:
+                self._changed(inode)
             st.attr = a
             await self._reload(st)
             self.inodes.set_seen_gen(inode, st.generation)
@@ -636,8 +745,11 @@ class AIFSOperations(pyfuse3.Operations):
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._check_writable(parent_inode, name)
         t0 = time.monotonic()
-        a, pa = await self._call(self.fs.create_entry, parent_inode, name, mode, ctx.uid,
-                                 ctx.gid)
+        try:
+            a, pa = await self._call(self.fs.create_entry, parent_inode, name, mode, ctx.uid,
+                                     ctx.gid)
+        finally:
+            self._changed(parent_inode)
         self._note_attr(pa, t0)
         self._note_attr(a, t0)
         if not self.chunk_size:
@@ -687,7 +799,10 @@ class AIFSOperations(pyfuse3.Operations):
 
     async def _commit(self, st: FileState, durable: bool = False) -> None:
         t0 = time.monotonic()
-        a = await self.buffers.flush(st, durable=durable)
+        try:
+            a = await self.buffers.flush(st, durable=durable)
+        finally:
+            self._changed(st.ino)
         if a is not None:
             self._note_attr(a, t0)
             self.inodes.set_seen_gen(st.ino, a.generation)
@@ -778,6 +893,8 @@ class AIFSOperations(pyfuse3.Operations):
         for ino in self.inodes.dead_dirs():
             await self._forget_remote(ino)
         self.inodes.clear_dead_dirs()
+        if self._session is not None:
+            await trio.to_thread.run_sync(self._session.close)
 
     # --- extended attributes ----------------------------------------------------------------
     async def _is_regular(self, ino: int) -> bool:
@@ -824,7 +941,10 @@ class AIFSOperations(pyfuse3.Operations):
             # for them without asking the server): refuse, as a filesystem without them does
             raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
         self.inodes.drop_fresh(inode)
-        await self._call(self.fs.setxattr, inode, name, value, 0)
+        try:
+            await self._call(self.fs.setxattr, inode, name, value, 0)
+        finally:
+            self._changed(inode)
 
     @_errors(xattr=True)
     async def removexattr(self, inode: pyfuse3.InodeT, name: bytes,
@@ -834,7 +954,10 @@ class AIFSOperations(pyfuse3.Operations):
         if name.startswith(b"user.aifs."):
             raise pyfuse3.FUSEError(errno.EPERM)
         self.inodes.drop_fresh(inode)
-        await self._call(self.fs.removexattr, inode, name)
+        try:
+            await self._call(self.fs.removexattr, inode, name)
+        finally:
+            self._changed(inode)
 
     # --- filesystem -------------------------------------------------------------------------
     @_errors()

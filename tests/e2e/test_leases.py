@@ -1,0 +1,161 @@
+"""Leases over real mounts of one real server (docs/LEASES.md): warm stat/open/lookup/readdir
+of leased inodes cost no call (counted from the server's Prometheus metrics); close on one
+mount then open on another always sees the new bytes (in-place rewrites, os.replace,
+unlink/recreate, 500 rounds); a holder that is SIGKILLed costs the writer nothing, one that
+hangs (SIGSTOP) at most one lease term."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Mount
+from tests.helpers import ServerProc, start_server, stop_server
+
+TERM = 2.0      # seconds: the lease term of the test server
+
+
+@pytest.fixture
+def metered(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerProc]:
+    monkeypatch.setenv("AIFS_LEASE_TERM_SECONDS", str(TERM))
+    sp = start_server(data_dir, args=["--metrics-port", "0"])
+    try:
+        yield sp
+    finally:
+        stop_server(sp)
+
+
+def calls(sp: ServerProc) -> dict[str, int]:
+    """Unary calls handled so far, per method (the lease stream itself is not counted)."""
+    url = sp.ready_line.split("metrics on ", 1)[1].rstrip(")")
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    out: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("aifs_rpc_total{"):
+            method = line.split('method="', 1)[1].split('"', 1)[0]
+            if method != "Open":
+                out[method] = out.get(method, 0) + int(float(line.split()[-1]))
+    return out
+
+
+def total(c: dict[str, int]) -> int:
+    return sum(c.values())
+
+
+def _wait_leased(m: Mount, path: Path, sp: ServerProc, timeout: float = 10.0) -> None:
+    """Stat and open `path` until one round of it costs no call (the session's first renewal
+    answer arrives a moment after the mount starts)."""
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        before = total(calls(sp))
+        os.stat(path)
+        with open(path, "rb") as f:
+            f.read()
+        if total(calls(sp)) == before:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{path} never became leased:\n{m.log()}")
+
+
+def test_warm_stat_open_readdir_cost_zero_calls(metered: ServerProc,
+                                                mount_factory: Callable[..., Mount]) -> None:
+    # attr/entry timeout 0: the kernel caches nothing, every stat and open reaches the mount
+    m = mount_factory(metered, "--attr-timeout", "0", "--entry-timeout", "0")
+    (m.path / "d").mkdir()
+    f = m.path / "d" / "f.bin"
+    f.write_bytes(b"x" * 5000)
+    _wait_leased(m, f, metered)
+    os.listdir(m.path / "d")
+    with pytest.raises(FileNotFoundError):
+        os.stat(m.path / "d" / "missing")
+    before = calls(metered)
+    for _ in range(1000):
+        st = os.stat(f)
+        assert st.st_size == 5000
+        with open(f, "rb") as fh:
+            assert len(fh.read()) == 5000
+        with pytest.raises(FileNotFoundError):
+            os.stat(m.path / "d" / "missing")
+    for _ in range(50):
+        assert os.listdir(m.path / "d") == ["f.bin"]
+    after = calls(metered)
+    assert total(after) - total(before) == 0, {k: after[k] - before.get(k, 0) for k in after}
+
+
+def _check_round(a: Mount, b: Mount, i: int) -> None:
+    name = "f.txt"
+    data = f"round {i} ".encode() * (1 + i % 7)
+    if i % 3 == 0:                       # in-place rewrite
+        with open(b.path / name, "r+b" if (b.path / name).exists() else "wb") as f:
+            f.truncate(0)
+            f.write(data)
+    elif i % 3 == 1:                     # write aside, then os.replace
+        tmp = b.path / f".tmp{i}"
+        tmp.write_bytes(data)
+        os.replace(tmp, b.path / name)
+    else:                                # unlink, recreate
+        os.unlink(b.path / name)
+        (b.path / name).write_bytes(data)
+    with open(a.path / name, "rb") as f:
+        got = f.read()
+    assert got == data, f"round {i}: stale read on the other mount: {got[:40]!r}"
+    os.stat(a.path / name)                 # A leases it again before the next round
+
+
+def test_close_to_open_between_mounts_500_rounds(metered: ServerProc,
+                                                 mount_factory: Callable[..., Mount]) -> None:
+    a = mount_factory(metered)
+    b = mount_factory(metered)
+    (b.path / "f.txt").write_bytes(b"start")
+    _wait_leased(a, a.path / "f.txt", metered)
+    for i in range(500):
+        _check_round(a, b, i)
+
+
+def _hold(m: Mount, sp: ServerProc) -> Path:
+    f = m.path / "held.txt"
+    _wait_leased(m, f, sp)
+    os.listdir(m.path)
+    return f
+
+
+def test_sigkilled_holder_does_not_delay_writer(metered: ServerProc,
+                                                mount_factory: Callable[..., Mount]) -> None:
+    b = mount_factory(metered)
+    (b.path / "held.txt").write_bytes(b"v1")
+    a = mount_factory(metered)
+    _hold(a, metered)
+    os.kill(a.proc.pid, signal.SIGKILL)
+    a.proc.wait(10)
+    t0 = time.monotonic()
+    (b.path / "held.txt").write_bytes(b"v2")
+    os.unlink(b.path / "held.txt")
+    took = time.monotonic() - t0
+    assert took < TERM, f"the writer waited {took:.2f} s for a dead holder"
+    c = mount_factory(metered)
+    assert not (c.path / "held.txt").exists()
+
+
+def test_hung_holder_delays_writer_at_most_one_term(metered: ServerProc,
+                                                    mount_factory: Callable[..., Mount]
+                                                    ) -> None:
+    b = mount_factory(metered)
+    (b.path / "held.txt").write_bytes(b"v1")
+    a = mount_factory(metered)
+    f = _hold(a, metered)
+    os.kill(a.proc.pid, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        (b.path / "held.txt").write_bytes(b"v2")
+        took = time.monotonic() - t0
+    finally:
+        os.kill(a.proc.pid, signal.SIGCONT)
+    assert took < TERM + 1.0, f"the writer waited {took:.2f} s; the term is {TERM} s"
+    # the holder resumes: it must not serve its old lease (it lapsed; the recall is queued)
+    assert f.read_bytes() == b"v2"
