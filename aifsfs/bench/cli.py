@@ -161,6 +161,7 @@ def run(args: argparse.Namespace) -> int:
         samples=args.samples or base.samples,
         set_bytes=args.set_size or base.set_bytes,
         fio_runtime=args.fio_runtime if args.fio_runtime else base.fio_runtime,
+        snap_files=base.snap_files,
     )
     if args.workdir is not None and args.workdir.exists() and any(args.workdir.iterdir()):
         print(

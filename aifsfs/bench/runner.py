@@ -31,7 +31,7 @@ from types import FrameType
 
 from . import workloads as wl
 from .procs import BenchError, drop_caches
-from .targets import Target, make_target
+from .targets import AifsTarget, Target, make_target
 
 Progress = Callable[[str], None]
 
@@ -67,7 +67,7 @@ def expected_figures(t: Target) -> list[str]:
             continue
         if key in wl.MEMORY_FIGURES and t.name == "native":
             continue  # no process of its own
-        if key in wl.SERVER_FIGURES and t.name != "aifs":
+        if key in (wl.SERVER_FIGURES | wl.VERSION_FIGURES) and t.name != "aifs":
             continue
         out.append(key)
     return out
@@ -250,6 +250,16 @@ def _run_target(t: Target, cfg: BenchConfig, res: Results, rep: int, progress: P
     with wl.LoaderPool() as pool:
         step("ML epoch 1", "ml_epoch1", lambda: pool.epoch(root, seed=rep * 2))
         step("ML epoch 2", "ml_epoch2", lambda: pool.epoch(root, seed=rep * 2 + 1))
+    if isinstance(t, AifsTarget):
+        from aifsfs.rpc.channel import default_socket
+
+        address = default_socket(t.data)
+        progress(f"{tag} building {sz.snap_files} files for the snapshot")
+        snap_ms, branch_ms = wl.snapshot_and_branch(address, sz.snap_files)
+        res.add(t.name, "snapshot_files", snap_ms)
+        res.add(t.name, "branch_create", branch_ms)
+        progress(f"{tag} snapshot of {sz.snap_files} files: {snap_ms:,.4g} ms, "
+                 f"branch create: {branch_ms:,.4g} ms")
     t.unmount()  # records the peak RSS of this mount's processes first
     if t.name != "native":
         if not t.peaks:

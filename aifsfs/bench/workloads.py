@@ -11,6 +11,8 @@ Interface (every function takes the directory to work in; sizes come from `Sizes
   `stat_small(dir)`, `read_small(dir)`, `unlink_small(dir)` (files/s),
   `LoaderPool` (4 worker processes calling numpy.load) with `.epoch(dir, seed)` (samples/s).
 - `tree_bytes(dir)`: apparent bytes of every regular file under dir (du -sb).
+- `snapshot_and_branch(address, n)` (aifs only): add `n` empty files through the SDK, then time
+  one snapshot of main ("snapshot 100k files" at full size) and one branch create from it (ms).
 
 Every byte written is distinct at 1 MiB (chunk) granularity, so no target's dedup can make a
 figure out of repeated blocks; the text set compresses like real CSV (random values), the
@@ -64,10 +66,13 @@ FIGURES: dict[str, Figure] = {
     "mem_fuse": Figure("peak RSS, FUSE process", "MiB", "lower"),
     "mem_total": Figure("peak RSS, all processes", "MiB", "lower"),
     "mem_server": Figure("peak RSS, AIFS server", "MiB", "lower"),
+    "snapshot_files": Figure("snapshot 100k files (--quick: 500)", "ms", "lower"),
+    "branch_create": Figure("branch create from that snapshot", "ms", "lower"),
 }
 WRITE_FIGURES = {"seq_write", "small_create", "small_unlink"}
 MEMORY_FIGURES = {"mem_fuse", "mem_total", "mem_server"}
 SERVER_FIGURES = {"mem_server"}  # only targets with a separate server process (aifs)
+VERSION_FIGURES = {"snapshot_files", "branch_create"}  # snapshots and branches: aifs only
 
 
 @dataclass(frozen=True)
@@ -77,10 +82,12 @@ class Sizes:
     samples: int = 2000
     set_bytes: int = 128 * MiB
     fio_runtime: float = 10.0
+    snap_files: int = 100_000
 
     @classmethod
     def quick(cls) -> Sizes:
-        return cls(seq_bytes=8 * MiB, files=40, samples=24, set_bytes=2 * MiB, fio_runtime=0.5)
+        return cls(seq_bytes=8 * MiB, files=40, samples=24, set_bytes=2 * MiB, fio_runtime=0.5,
+                   snap_files=500)
 
 
 # -- data -----------------------------------------------------------------------------------
@@ -345,3 +352,26 @@ def tree_bytes(d: Path) -> int:
                 continue  # a temp file renamed away while we walk
             total += st.st_size
     return total
+
+
+def snapshot_and_branch(address: str, n: int, per_dir: int = 1000) -> tuple[float, float]:
+    """(snapshot ms, branch create ms) on the aifs server at `address`: `n` empty files (in
+    directories of `per_dir`) are added to main through the SDK (not timed: building the tree
+    is not what is measured), then one snapshot of main and one branch from it are timed,
+    each a single RPC. Both copy the tree in the database today (FORMAT.md §6.4): O(tree)."""
+    from aifs_core.types import ROOT_INO
+    from aifsfs.client import AIFSClient
+
+    with AIFSClient(address, timeout=600) as c:
+        top = c.fs.mkdir(ROOT_INO, b"snapbench").ino
+        d = top
+        for i in range(n):
+            if i % per_dir == 0:
+                d = c.fs.mkdir(top, f"d{i // per_dir:05d}".encode()).ino
+            c.fs.create_entry(d, f"f{i:06d}".encode(), 0o100644, 0, 0)
+        t0 = time.perf_counter()
+        snap = c.versions.snapshot(message="aifs bench")
+        t1 = time.perf_counter()
+        c.versions.create_branch("bench-branch", snap["id"])
+        t2 = time.perf_counter()
+    return (t1 - t0) * 1000, (t2 - t1) * 1000
