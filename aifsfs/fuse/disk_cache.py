@@ -266,6 +266,7 @@ class DiskCache:
 
     def _writer(self) -> None:
         last_stats: dict[str, Any] | None = None
+        last_tick = 0.0
         while True:
             item: tuple[bytes, int, bytes] | tuple[()] | None
             try:
@@ -288,8 +289,9 @@ class DiskCache:
                         self._pending -= len(data)
                         if not self._pending:
                             self._idle.notify_all()
-                if not self._queue.empty():
+                if not self._queue.empty() or time.monotonic() - last_tick < _TICK:
                     continue
+            last_tick = time.monotonic()
             # idle: honour `aifs cache clear`, publish stats for `aifs cache stats`
             if (self.dir / CLEAR_NAME).exists():
                 self.clear()
@@ -335,21 +337,23 @@ class DiskCache:
             piece = view[off:off + FRAME_SIZE]
             nonce = next(self._nonces).to_bytes(12, "big")
             aad = b"%s%s%s" % (_AAD, chunk_id, struct.pack("<II", i, len(piece)))
-            bufs.append(_HDR.pack(nonce, len(piece)) + self._aead.encrypt(nonce, piece, aad))
+            # header and sealed frame as two buffers of one pwritev: no 64 KiB concatenation
+            bufs.append(_HDR.pack(nonce, len(piece)))
+            bufs.append(self._aead.encrypt(nonce, piece, aad))
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         except FileNotFoundError:
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
-            # runs of consecutive frames go in one pwritev each
+            # runs of consecutive frames go in one pwritev each (256 frames at most)
             run: list[bytes] = []
             run_start = frames[0]
             for k, i in enumerate(frames):
-                if run and i != run_start + len(run):
+                if run and (i != run_start + len(run) // 2 or len(run) >= 512):  # < IOV_MAX
                     self._pwrite_all(fd, run, run_start * SLOT)
                     run, run_start = [], i
-                run.append(bufs[k])
+                run += bufs[2 * k:2 * k + 2]
             self._pwrite_all(fd, run, run_start * SLOT)
         finally:
             os.close(fd)

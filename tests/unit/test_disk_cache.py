@@ -158,3 +158,14 @@ def test_writes_beyond_the_pending_bound_are_dropped(tmp_path: Path) -> None:
         assert s["dropped"] > 0 and s["entries"] + s["dropped"] == 20
     finally:
         c.close()
+
+
+def test_a_big_chunk_is_written_in_several_vectored_writes(tmp_path: Path) -> None:
+    c = DiskCache(str(tmp_path / "dc"), 64 * MiB, max_pending=64 * MiB).open()
+    try:
+        data = _chunk(9, 20 * MiB + 3)          # 321 frames: more iovecs than one call takes
+        c.submit(b"Z" * 32, 0, data)
+        assert c.flush(20)
+        assert c.read(b"Z" * 32, 0, len(data)) == data
+    finally:
+        c.close()
