@@ -15,6 +15,10 @@ Interface:
         token for every namespace, minted from the root key the database holds).
     Cluster: .servers, .addresses ("A,B,..." for --server), .meta_url, .store_url, .env,
         .token_file, .master_key_file, .add_server() -> SharedServer, .stop()
+    stop_service(svc) / start_again(svc, wait=60.0)   stop a Postgres or SeaweedFS this module
+        (or tests/services.py) started, then start it again with the same argv: the same data
+        dir, ports and socket, so servers and stores pointed at it find it again (the restart
+        tests; never on the session services, which other tests share)
     main(["up", DIR, N] | ["down", DIR])   what scripts/cluster.sh runs; `up` stays running
                                            (SIGTERM/`down` stop everything it started;
                                            `down` then removes DIR and its data)
@@ -36,10 +40,15 @@ from pathlib import Path
 from typing import Any
 
 from tests.services import (
+    PG_BIN,
     Postgres,
     S3Location,
     SeaweedFS,
+    _bucket_ready,
+    _s3_answers,
+    _service_user,
     _tail,
+    _wait_for,
     start_postgres,
     start_seaweedfs,
     stop_process,
@@ -178,6 +187,54 @@ def start_cluster(base: str | os.PathLike[str], n: int = 2, *, meta_url: str | N
         cluster.stop()
         raise
     return cluster
+
+
+# --- restarting a service ---------------------------------------------------------------------
+
+def stop_service(svc: Postgres | SeaweedFS) -> None:
+    svc.stop()
+
+
+def start_again(svc: Postgres | SeaweedFS, wait: float = 60.0) -> None:
+    """Start a stopped service with the argv it first ran with (Popen keeps it): same data
+    dir, same ports and socket. PostgreSQL runs as the account it ran as before (it refuses
+    root), with the environment start_postgres gives it."""
+    if svc.proc.poll() is None:
+        raise RuntimeError("start_again: the service is still running; stop it first")
+    args = list(svc.proc.args)  # type: ignore[arg-type]
+    preexec = None
+    env: dict[str, str] | None = None
+    if isinstance(svc, Postgres):
+        account = _service_user()
+        env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8", "TZ": "UTC"}
+        if account:
+            _, uid, gid = account
+
+            def preexec() -> None:
+                os.setgid(gid)
+                os.setuid(uid)
+    with open(svc.log_path, "ab") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=preexec, env=env, cwd=svc.base_dir)
+    svc.proc = proc
+    try:
+        if isinstance(svc, Postgres):
+            sock, port = str(svc.socket_dir), str(svc.port)
+
+            def pg_ready() -> bool:
+                r = subprocess.run([str(PG_BIN / "pg_isready"), "-q", "-h", sock, "-p", port],
+                                   capture_output=True, timeout=10)
+                return r.returncode == 0
+
+            _wait_for("PostgreSQL (restart)", proc, svc.log_path, pg_ready, wait)
+        else:
+            sw = svc
+            _wait_for("SeaweedFS (restart)", proc, sw.log_path,
+                      lambda: _s3_answers(sw.endpoint) and _bucket_ready(sw), wait)
+    except BaseException:
+        svc.stop()
+        raise
 
 
 # --- scripts/cluster.sh -----------------------------------------------------------------------
