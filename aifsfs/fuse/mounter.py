@@ -337,7 +337,10 @@ def wait_pid_exit(pid: int, timeout: float) -> bool:
 
 
 def add_mount_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("address", help="server address: unix:PATH or HOST:PORT")
+    p.add_argument("address", help="server address: unix:PATH or HOST:PORT, or several "
+                                   "separated by commas (A,B,C: servers of one shared "
+                                   "deployment; the mount fails over to the next when one "
+                                   "stops answering)")
     p.add_argument("mountpoint", help="an empty directory to mount on")
     p.add_argument("--namespace", default="default")
     p.add_argument("--branch", default="main")
