@@ -8,7 +8,7 @@ Interface:
     main(argv=None) -> int / run(args) -> int
         aifs server --data DIR --listen ADDR [--listen ADDR2] [--tls-cert F --tls-key F]
                     [--metrics-port N] [--max-workers N] [--format-if-needed] [--grace S]
-                    [--insecure]
+                    [--insecure] [--token-ttl S]
         aifs server --meta postgresql://... --store s3://BUCKET?endpoint=... --listen ADDR
                     [--master-key-file F] [--chunk-size N --zstd-level N --namespace NS]
         aifs server --config FILE     the same in JSON ({"meta", "store", "master_key_file",
@@ -18,11 +18,12 @@ Interface:
 Unix sockets: created 0600 (a parent directory the server creates is 0700; one that other users
 can write is refused, since they could bind the path first and collect the token clients send);
 a stale socket file (nothing answering) is removed, a live one is an error. Next to each socket the server writes
-PATH.token (0600): an admin token for ALL namespaces and all methods, without expiry — the
-embedded default, so a local user never handles tokens. Whoever can read that file could
-already connect to the 0600 socket, so it grants nothing the file mode does not. It is minted
-fresh at every start and removed at shutdown; rotate the data dir's macaroon key to revoke old
-ones. TCP without TLS: loopback only (with a warning), unless --insecure.
+PATH.token (0600): an admin token for ALL namespaces and all methods — the embedded default,
+so a local user never handles tokens. Whoever can read that file could already connect to the
+0600 socket, so it grants nothing the file mode does not. It expires after --token-ttl (1 h)
+and the server re-mints and rewrites it every third of that (clients re-read the file when
+told TOKEN_EXPIRED), so a copy that leaks is worth an hour at most; it is removed at shutdown;
+rotate the data dir's macaroon key to revoke old ones at once. TCP without TLS: loopback only (with a warning), unless --insecure.
 
 Shutdown (SIGTERM/SIGINT): stop accepting, let in-flight calls finish within the grace (10 s),
 close the metadata engine, remove the socket and token files. Calls cut at the grace commit nothing.
@@ -77,6 +78,7 @@ MAX_CHUNK = 64 << 20
 DEFAULT_WORKERS = 32
 DEFAULT_GRACE = 10.0
 STOP_DRAIN_SECONDS = 5.0
+TOKEN_TTL = 3600.0          # the socket's admin token: renewed every TOKEN_TTL / 3
 SERVICE_NAMES = tuple(
     mod.DESCRIPTOR.services_by_name[name].full_name
     for mod, name in ((filesystem_pb2, "Filesystem"), (data_pb2, "Data"),
@@ -166,10 +168,29 @@ class Server:
     tls: tuple[bytes, bytes] | None = None
     insecure: bool = False          # allow plain TCP on non-loopback addresses
     idle: bool = True               # after stop(): no call was still running
+    token_ttl: float = TOKEN_TTL
     _stopped: bool = False
+    _renewer: threading.Thread | None = None
+    _stop_renew: threading.Event = field(default_factory=threading.Event)
+
+    def write_tokens(self) -> None:
+        """Mint a fresh admin token (expiring after token_ttl) into every token file."""
+        root_key = self.datadir.root_key
+        for tok_path in self.token_files:
+            write_file_atomic(tok_path, (mint_token(root_key, "*", "all", self.token_ttl)
+                                         + "\n").encode())
+
+    def _renew_tokens(self) -> None:
+        # a third of the lifetime: a client that read the file just before a renewal still
+        # has two thirds left, and a missed renewal (a stalled disk) is caught by the next one
+        period = max(self.token_ttl / 3, 0.1)
+        while not self._stop_renew.wait(period):
+            try:
+                self.write_tokens()
+            except OSError as e:   # a full disk: keep serving; the old token is still valid
+                log.warning("cannot renew the admin token files: %s", e)
 
     def start(self) -> None:
-        root_key = self.datadir.root_key
         for addr in self.listen:
             upath = _unix_path(addr)
             if upath is not None:
@@ -203,10 +224,12 @@ class Server:
             self.addresses.append(f"{host}:{port}")
         # The token file exists before the first call can arrive, so a client that connects
         # the moment the socket appears always finds it.
-        for upath in self.socket_paths:
-            tok_path = upath + ".token"
-            write_file_atomic(tok_path, (mint_token(root_key, "*", "all", None) + "\n").encode())
-            self.token_files.append(tok_path)
+        self.token_files.extend(upath + ".token" for upath in self.socket_paths)
+        self.write_tokens()
+        if self.token_files:
+            self._renewer = threading.Thread(target=self._renew_tokens, name="aifs-token-renew",
+                                             daemon=True)
+            self._renewer.start()
         self.grpc_server.start()
         for upath in self.socket_paths:
             os.chmod(upath, 0o600)
@@ -218,6 +241,9 @@ class Server:
         if self._stopped:
             return
         self._stopped = True
+        self._stop_renew.set()
+        if self._renewer is not None:
+            self._renewer.join(5.0)   # before the files are removed: a late renewal recreates
         self.health.enter_graceful_shutdown()
         done = self.grpc_server.stop(grace)
         done.wait(grace + 5)
@@ -302,6 +328,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tls-key", help="PEM private key for TCP listeners")
     p.add_argument("--insecure", action="store_true",
                    help="allow a TCP listener without TLS on a non-loopback address")
+    p.add_argument("--token-ttl", type=float, default=TOKEN_TTL,
+                   help="seconds the admin token next to a unix socket is valid; the server "
+                        "rewrites it every third of that (default 3600)")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus metrics on 127.0.0.1:N (0 = any free port)")
     p.add_argument("--max-workers", type=int, default=DEFAULT_WORKERS)
@@ -411,6 +440,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         srv = build_server(datadir, listen, tls=tls, max_workers=args.max_workers)
         srv.insecure = args.insecure
+        if not args.token_ttl > 0:
+            raise SystemExit("aifs server: --token-ttl must be a positive number of seconds")
+        srv.token_ttl = args.token_ttl
         srv.start()
     except SystemExit as e:
         datadir.close()

@@ -33,7 +33,11 @@ switches the channel to the next server (round robin) before its retry; a full r
 switches costs no backoff, the next round does; the retry budget is the same `retry_for`.
 The idempotence rules do not change: what is retried on one server is what may be sent again
 to another. The token is read lazily (the server writes its token
-file just after it starts serving) and never shown (repr hides it).
+file just after it starts serving) and never shown (repr hides it). A token read from a file is
+read again when the server answers UNAUTHENTICATED/TOKEN_EXPIRED and the file changed (the
+server renews the socket's admin token), and at most every TOKEN_RECHECK seconds if the file's
+stamp changed. The default token next to a unix socket is sent only to a socket owned by the
+caller's uid or root (another user could have bound the path to collect it).
 """
 
 from __future__ import annotations
@@ -57,6 +61,7 @@ from ..errors import DeadlineExceeded, LocalError, RemoteError, ServerUnavailabl
 
 T = TypeVar("T")
 
+TOKEN_RECHECK = 30.0            # seconds between stat()s of a token file (renewal pickup)
 MAX_MESSAGE = 72 << 20          # room for a 64 MiB chunk plus framing
 
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
@@ -232,6 +237,11 @@ class Channel:
         self._token: str | None = token.strip() if token else None
         self._token_source = "token=" if token else ""
         self._token_file = Path(token_file) if token_file else None
+        # where the token in use came from (None: a literal) and that file's stamp when read
+        self._token_path: Path | None = None
+        self._token_stamp: tuple[int, int, int] | None = None
+        self._token_checked = 0.0
+        self._socket_token_path: Path | None = None   # set when the token is a socket's default
         self.closed = False
         self._seen_server = False   # a call succeeded once: streams need not wait for ready
         self.failovers = 0
@@ -311,8 +321,57 @@ class Channel:
                 out.append((f"token file {p} (next to the socket)", p, None))
         return out
 
+    @staticmethod
+    def _stamp(path: Path) -> tuple[int, int, int] | None:
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    @staticmethod
+    def _check_socket_owner(path: Path) -> None:
+        """The socket next to a default token file must be ours (or root's): anyone else who
+        bound that path would collect an admin token."""
+        sock = Path(str(path)[:-len(".token")])
+        try:
+            st = os.stat(sock)
+        except FileNotFoundError:
+            return   # nothing listens there yet: the call fails (and is retried) unsent
+        except OSError as e:
+            raise LocalError(f"cannot check the owner of the socket {sock}: {e.strerror}") from e
+        if st.st_uid not in (os.getuid(), 0):
+            raise LocalError(
+                f"the socket {sock} belongs to uid {st.st_uid}, not to you (uid {os.getuid()}) "
+                f"or root: not sending it the admin token from {path} (another user may have "
+                f"bound that path); pass --token-file or AIFS_TOKEN_FILE to send a token anyway")
+
+    def _read_token_file(self, source: str, path: Path, default: bool) -> str | None:
+        """The token in `path` (None if the file is not there yet); remembers its stamp."""
+        stamp = self._stamp(path)
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError:
+            return None  # may appear when the server starts: look again next call
+        except OSError as e:
+            raise LocalError(f"cannot read the {source}: {e.strerror}") from e
+        if not text:
+            raise LocalError(f"the {source} is empty; write a token into it "
+                             f"(`aifs token create ... > FILE`)")
+        if default:
+            self._check_socket_owner(path)
+        self._token, self._token_source = text, source
+        self._token_path, self._token_stamp = path, stamp
+        self._socket_token_path = path if default else None
+        self._token_checked = time.monotonic()
+        return text
+
     def _current_token(self) -> str | None:
-        if self._token is not None:
+        tok = self._token
+        if tok is not None:
+            if (self._token_path is not None
+                    and time.monotonic() - self._token_checked > TOKEN_RECHECK):
+                self.reload_token()
             return self._token
         with self._token_lock:
             if self._token is not None:
@@ -322,18 +381,25 @@ class Channel:
                     self._token, self._token_source = literal.strip(), source
                     return self._token
                 assert path is not None
-                try:
-                    text = path.read_text().strip()
-                except FileNotFoundError:
-                    continue  # may appear when the server starts: look again next call
-                except OSError as e:
-                    raise LocalError(f"cannot read the {source}: {e.strerror}") from e
-                if not text:
-                    raise LocalError(f"the {source} is empty; write a token into it "
-                                     f"(`aifs token create ... > FILE`)")
-                self._token, self._token_source = text, source
-                return self._token
+                default = source.endswith("(next to the socket)")
+                if self._read_token_file(source, path, default) is not None:
+                    return self._token
         return None
+
+    def reload_token(self) -> bool:
+        """Read the token file again if it changed since it was read; True if the token did."""
+        path = self._token_path
+        if path is None:
+            return False
+        with self._token_lock:
+            self._token_checked = time.monotonic()
+            stamp = self._stamp(path)
+            if stamp is None or stamp == self._token_stamp:
+                return False
+            old = self._token
+            self._read_token_file(self._token_source, path,
+                                  default=self._socket_token_path is not None)
+            return self._token != old
 
     def metadata(self) -> list[tuple[str, str]]:
         md = [("aifs-namespace", self.namespace), ("aifs-branch", self.branch)]
@@ -388,6 +454,7 @@ class Channel:
         delay = 0.05
         tries = 0
         free_switches = len(self.addresses) - 1   # one round of servers without a pause
+        reloads = 2    # token re-reads after UNAUTHENTICATED (the server renewed the file)
         while True:
             tries += 1
             used = self._fail.index if self._fail is not None else 0
@@ -403,6 +470,10 @@ class Channel:
                 if (code == grpc.StatusCode.UNAUTHENTICATED and self._token is None
                         and now < give_up and self._await_token(min(give_up, now + 1.0))):
                     continue  # the server writes its token file just after it starts serving
+                if (code == grpc.StatusCode.UNAUTHENTICATED and reloads > 0
+                        and self.reload_token()):
+                    reloads -= 1
+                    continue  # an expired token: the file holds the renewed one
                 if not retry:
                     raise self.remote_error(err) from None
                 if now >= give_up:
