@@ -179,6 +179,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if is_mounted(mp):
             return _fail(f"{mp} is already mounted (stop it with `aifs down {mp}`)")
         opts = MountOptions(address=address, mountpoint=mp, allow_other=args.allow_other,
+                            assets_for_all=args.assets_for_all,
                             cache_dir=args.cache_dir, cache_size=args.cache_size)
         check_server(opts)
         entry = {"data": str(data), "address": address, "server_pid": server_pid,
@@ -268,6 +269,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--foreground", action="store_true",
                    help="stay attached; Ctrl-C unmounts and stops the server")
     p.add_argument("--allow-other", action="store_true")
+    p.add_argument("--assets-for-all", action="store_true",
+                   help="with --allow-other: every user may read /.aifs/assets/ (default: "
+                        "only you)")
     add_disk_cache_arguments(p)
     p.set_defaults(func=cmd_up)
 

@@ -2,7 +2,8 @@
 
 Interface:
     MountOptions(address, mountpoint, namespace="default", branch="main", token_file=None,
-                 allow_other=False, read_only=False, mem_cache_size=128 MiB,
+                 allow_other=False, assets_for_all=False, read_only=False,
+                 mem_cache_size=128 MiB,
                  cache_dir=None (= disk_cache.default_cache_dir()),
                  cache_size=None (= disk_cache.default_cache_size(cache_dir); 0: no disk cache),
                  attr_timeout=1.0, entry_timeout=None (= attr_timeout), retry_for=30.0,
@@ -56,6 +57,7 @@ class MountOptions:
     branch: str = "main"
     token_file: str | None = None
     allow_other: bool = False
+    assets_for_all: bool = False    # /.aifs/assets/ readable by every user of the mount
     read_only: bool = False
     mem_cache_size: int = 128 << 20
     cache_dir: str | None = None
@@ -82,6 +84,8 @@ class MountOptions:
             argv += ["--token-file", self.token_file]
         if self.allow_other:
             argv.append("--allow-other")
+        if self.assets_for_all:
+            argv.append("--assets-for-all")
         if self.read_only:
             argv.append("--read-only")
         if self.debug:
@@ -208,6 +212,7 @@ def run_mount(opts: MountOptions) -> int:
         client, attr_timeout=opts.attr_timeout,
         entry_timeout=opts.attr_timeout if opts.entry_timeout is None else opts.entry_timeout,
         cache_bytes=opts.mem_cache_size, max_dirty_bytes=opts.max_dirty, read_only=opts.read_only)
+    ops.synthetic.assets_for_all = opts.assets_for_all
     disk = _open_disk_cache(opts)
     ops.reader.disk = disk
     options = {"fsname=aifs", "subtype=aifs", "default_permissions"}
@@ -350,6 +355,10 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
                    help="file holding the capability token (default: next to a unix socket)")
     p.add_argument("--allow-other", action="store_true",
                    help="let other users use the mount (needs user_allow_other for non-root)")
+    p.add_argument("--assets-for-all", action="store_true",
+                   help="with --allow-other: let every user read /.aifs/assets/<id> (by "
+                        "default only the mount's owner may: an asset is read by id, past "
+                        "the permissions of the files holding it)")
     p.add_argument("--read-only", action="store_true")
     p.add_argument("--mem-cache-size", type=parse_size, default=128 << 20,
                    help="in-memory chunk cache (default 128M)")
@@ -378,6 +387,7 @@ def options_from_args(a: argparse.Namespace) -> MountOptions:
     return MountOptions(
         address=a.address, mountpoint=os.path.abspath(a.mountpoint), namespace=a.namespace,
         branch=a.branch, token_file=a.token_file, allow_other=a.allow_other,
+        assets_for_all=a.assets_for_all,
         read_only=a.read_only, mem_cache_size=a.mem_cache_size, cache_dir=a.cache_dir,
         cache_size=a.cache_size, attr_timeout=a.attr_timeout,
         entry_timeout=a.entry_timeout, retry_for=a.retry_for, timeout=a.timeout,

@@ -17,12 +17,18 @@ Interface:
         await .readlink(ino) -> bytes
         .timeout(ino) -> float | None       VIEW_TIMEOUT inside an immutable view, else None
         .forget(ino)                        the kernel forgot it: drop what we know
+        .assets_for_all                     False (default): `/.aifs/assets/` is the mount
+                                            owner's only (set by the mounter, --assets-for-all)
 
 Layout:
     /.aifs/assets/<lowercase hex BLAKE3-256>  an asset's bytes. `stat` size is the asset's
         length. Reads go through the chunk reader when the server's GetAsset info lists the
         chunks; otherwise the asset is streamed (small assets are kept whole). Listing
-        `/.aifs/assets` lists the namespace's assets (up to `LIST_LIMIT`).
+        `/.aifs/assets` lists the namespace's assets (up to `LIST_LIMIT`). An asset is
+        read by id, past every file's permissions, so on an `--allow-other` mount the directory
+        is 0500 and its assets 0400, owned by the mount's owner (the kernel enforces it: the
+        mount always uses `default_permissions`; others get EACCES); `--assets-for-all`
+        makes them 0555/0444 for everyone.
     /.aifs/snapshots/<id>/, /.aifs/tags/<name>/, /.aifs/branches/<name>/ (the branch's head
         snapshot): read-only trees of a snapshot, read through the Filesystem RPCs on its
         frozen tree "@snap:<id>". Before a view is exposed its signature is checked against the
@@ -43,6 +49,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import logging
+import os
 import stat
 import time
 from collections.abc import Awaitable, Callable
@@ -80,6 +87,12 @@ _REF_PREFIX = {"snapshots": "", "tags": "tag:", "branches": "branch:"}
 
 def is_synthetic(ino: int) -> bool:
     return ino >= SYN_BASE
+
+
+def _owner_only(a: Attr) -> Attr:
+    """`a` readable only by the mount process's user (the mount's owner) and root."""
+    mode = stat.S_IFMT(a.mode) | (0o500 if stat.S_ISDIR(a.mode) else 0o400)
+    return dataclasses.replace(a, mode=mode, uid=os.getuid(), gid=os.getgid())
 
 
 def _dir_attr(ino: int, nlink: int = 2) -> Attr:
@@ -121,10 +134,11 @@ class _Asset:
                 self.chunks[int(idx)] = ChunkRef(int(idx), bytes(cid), int(ln))
         self.whole: bytes | None = None
 
-    def attr(self) -> Attr:
-        return Attr(ino=self.ino, mode=stat.S_IFREG | 0o444, nlink=1, uid=0, gid=0, rdev=0,
+    def attr(self, for_all: bool = True) -> Attr:
+        a = Attr(ino=self.ino, mode=stat.S_IFREG | 0o444, nlink=1, uid=0, gid=0, rdev=0,
                     size=self.size, atime_ns=self.created_ns, mtime_ns=self.created_ns,
                     ctime_ns=self.created_ns, blocks=(self.size + 511) // 512)
+        return a if for_all else _owner_only(a)
 
 
 class _Snap:
@@ -179,6 +193,13 @@ class Synthetic:
         # snapshots the branch this mount writes to
         self._flush_content = (f"{versions.branch}\n".encode()
                                if versions is not None else b"")
+        # Assets are read by id, past the permissions of the files that hold them: on a mount
+        # other users can enter (--allow-other) only its owner may read them, unless told so.
+        self.assets_for_all = False
+
+    def _assets_dir(self) -> Attr:
+        a = _dir_attr(SYN_ASSETS)
+        return a if self.assets_for_all else _owner_only(a)
 
     def root_entry(self) -> Attr:
         return _dir_attr(SYN_ROOT, 6)
@@ -333,7 +354,7 @@ class Synthetic:
     async def lookup(self, parent: int, name: bytes) -> Attr:
         if parent == SYN_ROOT:
             if name == b"assets":
-                return _dir_attr(SYN_ASSETS)
+                return self._assets_dir()
             if name == b"flush" and self.flush is not None:
                 return _flush_attr(self._flush_content)
             for ino, kind in _KINDS.items():
@@ -343,7 +364,7 @@ class Synthetic:
         if parent == SYN_ASSETS:
             if len(name) != 64 or not set(name) <= _HEX:
                 raise pyfuse3.FUSEError(errno.ENOENT)
-            return (await self._asset(name.decode())).attr()
+            return (await self._asset(name.decode())).attr(self.assets_for_all)
         if parent in _KINDS:
             try:
                 text = name.decode()
@@ -361,7 +382,9 @@ class Synthetic:
     async def getattr(self, ino: int) -> Attr:
         if ino == SYN_ROOT:
             return self.root_entry()
-        if ino in (SYN_ASSETS, *_KINDS):
+        if ino == SYN_ASSETS:
+            return self._assets_dir()
+        if ino in _KINDS:
             return _dir_attr(ino)
         if ino == SYN_FLUSH:
             return _flush_attr(self._flush_content)
@@ -371,11 +394,11 @@ class Synthetic:
         a = self._by_ino.get(ino)
         if a is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
-        return a.attr()
+        return a.attr(self.assets_for_all)
 
     async def listdir(self, ino: int) -> list[tuple[bytes, Attr]]:
         if ino == SYN_ROOT:
-            out = [(b"assets", _dir_attr(SYN_ASSETS))]
+            out = [(b"assets", self._assets_dir())]
             if self.versions is not None:
                 out += [(k.encode(), _dir_attr(i)) for i, k in _KINDS.items()]
             if self.flush is not None:
@@ -391,7 +414,7 @@ class Synthetic:
                     a = _Asset(aid, self._alloc(), info)
                     self._by_id[aid] = a
                     self._by_ino[a.ino] = a
-                out.append((aid.encode(), a.attr()))
+                out.append((aid.encode(), a.attr(self.assets_for_all)))
             return out
         if ino in _KINDS:
             return await self._view_list(_KINDS[ino])
