@@ -33,7 +33,7 @@ Interface:
                                                 at flush travel inside the CommitFile (no
                                                 PutChunks round trip: a small file's close is
                                                 one call)
-        .dirty_bytes, .inflight_bytes
+        .dirty_bytes, .inflight_bytes, .held_bytes, .reuploads
 
 Why it is shaped this way:
 - A slot written from its start to its end needs no old content, so sequential writes never
@@ -46,22 +46,36 @@ Why it is shaped this way:
   overtake) until its commit returns: its chunk exists on the server only from then on.
 - A failed upload (server down, ENOSPC) puts the bytes back as dirty data, so a later flush can
   retry; the error is reported by the next write/flush/fsync.
+- A commit is all of the file's data or nothing: a write the mount refused (the error of a
+  failed upload, reported to that write) leaves a hole in what the writer meant the file to be,
+  so no commit happens until those bytes are written again (or truncated away). If the file is
+  closed with such a hole (nobody can fill it any more), its buffered data is dropped with an
+  error logged: the file keeps its last committed content, never a short or holed version.
+- The bytes of uploaded-but-uncommitted slots are kept (up to `max_held_bytes`, oldest dropped
+  first) until their commit: a commit answered MISSING_CHUNK (GC removed a chunk nothing
+  referenced yet) uploads them again and commits again, instead of failing forever. A missing
+  chunk whose bytes are no longer held is data lost: treated as a refused write (above).
 """
 
 from __future__ import annotations
 
+import copy
+import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 
 import blake3
 import trio
 
+from aifs_core.errors import MissingChunk
 from aifs_core.types import Attr, ChunkRef
 from aifsfs.fuse.chunk_cache import slot_length
 from aifsfs.protocols import DataClient, FsClient
 
 # (ref, offset, length, whole) -> bytes of a stored chunk slot: ChunkReader.read
 ReadRef = Callable[[ChunkRef, int, int, bool], Awaitable[bytes]]
+
+log = logging.getLogger("aifsfs.write")
 
 DEFAULT_MAX_DIRTY = 64 << 20
 INLINE_TOTAL_MAX = 8 << 20     # inline bytes per CommitFile (the server takes up to 16 MiB)
@@ -172,6 +186,13 @@ class FileState:
         self.slot_writes: dict[int, int] = {}
         self.meta_dirty = False                # size or content changed since the last commit
         self.error: BaseException | None = None
+        # byte ranges [start, end) of writes the mount refused, and the first refusal's error:
+        # while any is left, committing would publish a file missing them
+        self.refused: list[tuple[int, int]] = []
+        self.refused_error: BaseException | None = None
+        # slot -> (ref, bytes) of uploaded slots not yet committed: re-sent if the chunk is
+        # collected before the commit
+        self.held: dict[int, tuple[ChunkRef, bytes]] = {}
         self.handles = 0
         self.unlinked = False
         self.commit_lock = trio.Lock()
@@ -180,6 +201,30 @@ class FileState:
     def is_dirty(self) -> bool:
         return bool(self.dirty or self.uploading or self.changed or self.meta_dirty)
 
+    def refuse(self, start: int, end: int, err: BaseException) -> None:
+        """Bytes [start, end) the writer meant to write did not reach this buffer."""
+        if end > start:
+            self.refused.append((start, end))
+            if self.refused_error is None:
+                self.refused_error = err
+
+    def rewritten(self, start: int, end: int) -> None:
+        """Bytes [start, end) were written (buffered): they fill refused ranges."""
+        if not self.refused:
+            return
+        out: list[tuple[int, int]] = []
+        for a, b in self.refused:
+            if b <= start or a >= end:
+                out.append((a, b))
+                continue
+            if a < start:
+                out.append((a, start))
+            if b > end:
+                out.append((end, b))
+        self.refused = out
+        if not out:
+            self.refused_error = None
+
     def mark_changed(self, idx: int) -> None:
         self.version += 1
         self.changed[idx] = self.version
@@ -187,6 +232,7 @@ class FileState:
     def reload(self, attr: Attr, chunk_size: int, refs: list[ChunkRef]) -> None:
         """Take the server's chunk map of a clean file (after a truncate)."""
         self.attr, self.size, self.generation = attr, attr.size, attr.generation
+        self.rewritten(attr.size, 1 << 64)       # refused bytes past a truncate do not matter
         self.refs = {r.index: r for r in refs if r.chunk_id}
         self.chunk_size = chunk_size or self.chunk_size
 
@@ -274,7 +320,8 @@ def store_chunk(chunks: DataClient, idx: int, data: bytes) -> ChunkRef:
 class WriteBuffers:
     def __init__(self, fs: FsClient, data: DataClient, limiter: trio.CapacityLimiter,
                  read_base: Callable[[ChunkRef, int], Awaitable[bytes]],
-                 max_dirty_bytes: int = DEFAULT_MAX_DIRTY, inline_max: int = 0) -> None:
+                 max_dirty_bytes: int = DEFAULT_MAX_DIRTY, inline_max: int = 0,
+                 max_held_bytes: int | None = None) -> None:
         self.fs = fs
         self.data = data
         self.inline_max = inline_max
@@ -283,6 +330,11 @@ class WriteBuffers:
         self.max_dirty_bytes = max_dirty_bytes
         self.dirty_bytes = 0
         self.inflight_bytes = 0
+        # uploaded-but-uncommitted bytes kept for a re-upload: half the dirty bound by default
+        self.max_held_bytes = max_dirty_bytes // 2 if max_held_bytes is None else max_held_bytes
+        self.held_bytes = 0
+        self._held: dict[tuple[int, int], FileState] = {}   # (ino, slot) in age order
+        self.reuploads = 0
         self._nursery: trio.Nursery | None = None
         self._progress = trio.Event()
         self._states: dict[int, FileState] = {}   # states with dirty chunks (for spilling)
@@ -299,13 +351,15 @@ class WriteBuffers:
 
     # --- writing ------------------------------------------------------------------------------
     async def write(self, st: FileState, offset: int, buf: bytes) -> None:
+        n = len(buf)
         if st.error is not None:
             err, st.error = st.error, None
+            st.refuse(offset, offset + n, err)   # these bytes are not buffered
             raise err
         cs = st.chunk_size
-        n = len(buf)
         if n == 0:
             return
+        st.rewritten(offset, offset + n)
         mv = memoryview(buf)
         end = offset + n
         if end > st.size:
@@ -440,8 +494,10 @@ class WriteBuffers:
             self.uploads += 1
             if ref.chunk_id:
                 st.refs[idx] = ref
+                self._hold(st, idx, ref, data)
             else:
                 st.refs.pop(idx, None)
+                self._unhold(st, idx)
             st.mark_changed(idx)
         except BaseException:
             self._restore_dirty(st, idx, data)
@@ -452,10 +508,91 @@ class WriteBuffers:
             self.inflight_bytes -= len(data)
             self._release_slot(st, idx, ev)
 
+    # --- held bytes of uploaded, uncommitted slots ------------------------------------------
+    def _hold(self, st: FileState, idx: int, ref: ChunkRef, data: bytes) -> None:
+        self._unhold(st, idx)
+        if len(data) > self.max_held_bytes:
+            return
+        st.held[idx] = (ref, data)
+        self._held[(st.ino, idx)] = st
+        self.held_bytes += len(data)
+        while self.held_bytes > self.max_held_bytes and self._held:
+            (ino, i), owner = next(iter(self._held.items()))
+            self._unhold(owner, i)
+
+    def _unhold(self, st: FileState, idx: int) -> None:
+        got = st.held.pop(idx, None)
+        if got is not None:
+            self.held_bytes -= len(got[1])
+        self._held.pop((st.ino, idx), None)
+
+    def _commit_blocking(self, st: FileState, refs: list[ChunkRef], size: int, durable: bool,
+                         inline: list[tuple[bytes, bytes]],
+                         held: dict[bytes, bytes]) -> Attr:
+        """CommitFile; answered MISSING_CHUNK (a chunk collected before its commit), upload
+        the missing chunks again from `held` (chunk id -> bytes) and commit again."""
+        inline_ids = {cid for cid, _ in inline}
+        for attempt in range(3):
+            try:
+                return self.fs.commit_file(st.ino, refs, size, truncated=False,
+                                           mtime_ns=st.mtime_ns, durable=durable, inline=inline)
+            except MissingChunk:
+                if attempt == 2:
+                    raise
+                ids = list(dict.fromkeys(r.chunk_id for r in refs
+                                         if r.chunk_id and r.chunk_id not in inline_ids))
+                missing = [cid for cid, ok in zip(ids, self.data.has_chunks(ids), strict=True)
+                           if not ok]
+                lost = [cid for cid in missing if cid not in held]
+                if lost:
+                    gone = MissingChunk(
+                        f"inode {st.ino}: uploaded chunk(s) {', '.join(c.hex() for c in lost)} "
+                        f"were removed from the server before their commit and this mount no "
+                        f"longer holds their bytes: nothing committed")
+                    gone.lost_ids = set(lost)  # type: ignore[attr-defined]
+                    raise gone from None
+                log.warning("inode %d: %d uploaded chunk(s) were collected before the commit; "
+                            "uploading them again", st.ino, len(missing))
+                self.data.put_chunks([(cid, held[cid]) for cid in missing])
+                self.reuploads += len(missing)
+        raise AssertionError("unreachable")
+
+    def _refused_error(self, st: FileState) -> BaseException | None:
+        """The error to give instead of committing a file some writes never reached."""
+        if not st.refused:
+            return None
+        a, b = st.refused[0]
+        base = st.refused_error
+        what = (f"inode {st.ino}: {sum(e - s for s, e in st.refused)} bytes written from "
+                f"offset {a} were refused ({base}); ")
+        if st.handles > 0:
+            what += "nothing is committed until they are written again"
+        else:
+            what += ("the file was closed without them: its buffered data is dropped and it "
+                     "keeps its last committed content")
+        err: BaseException
+        if isinstance(base, Exception) and hasattr(base, "message"):
+            err = copy.copy(base)
+            err.message = what  # type: ignore[attr-defined]
+            err.args = (what,)
+        else:
+            err = OSError(what)
+        return err.with_traceback(None)
+
     async def flush(self, st: FileState, durable: bool = False) -> Attr | None:
         """Upload every dirty slot and commit; returns the committed attributes (None if clean).
         durable (fsync): the commit is on the server's stable storage when this returns."""
         async with st.commit_lock:
+            refused = self._refused_error(st)
+            if refused is not None:
+                # uploads still running would put their bytes back after a drop
+                while st.uploading:
+                    await next(iter(st.uploading.values())).wait()
+                st.error = None        # a later failure of the same outage says less
+                if st.handles <= 0:    # closed: nobody can fill the hole any more
+                    log.error("%s", refused)
+                    self.drop(st)
+                raise refused
             if st.error is not None:
                 err, st.error = st.error, None
                 raise err
@@ -505,11 +642,19 @@ class WriteBuffers:
                 inline = [(sg.ref.chunk_id, sg.data) for sg in staged.values()
                           if sg.ref.chunk_id]
                 size = st.size
-                attr: Attr = await trio.to_thread.run_sync(
-                    lambda: self.fs.commit_file(st.ino, refs, size, truncated=False,
-                                                mtime_ns=st.mtime_ns,
-                                                durable=durable, inline=inline),
-                    limiter=self.limiter)
+                held = {ref.chunk_id: data for ref, data in st.held.values()}
+                try:
+                    attr: Attr = await trio.to_thread.run_sync(
+                        self._commit_blocking, st, refs, size, durable, inline, held,
+                        limiter=self.limiter)
+                except MissingChunk as exc:
+                    # data lost for good: as if those writes had been refused (all or nothing)
+                    lost_ids: set[bytes] = getattr(exc, "lost_ids", set())
+                    for r in refs:
+                        if r.chunk_id in lost_ids:
+                            start = r.index * st.chunk_size
+                            st.refuse(start, start + r.length, exc)
+                    raise
             except BaseException:
                 for sg in staged.values():
                     self._unstage(st, sg, failed=True)
@@ -517,6 +662,10 @@ class WriteBuffers:
             for sg in staged.values():
                 self._unstage(st, sg, failed=False)
                 self.uploads += 1
+            for r in refs:
+                h = st.held.get(r.index)
+                if h is not None and h[0] == r:
+                    self._unhold(st, r.index)   # committed: the server keeps it now
             for i, v in changed.items():
                 if st.changed.get(i) == v:
                     del st.changed[i]
@@ -558,6 +707,10 @@ class WriteBuffers:
             self.dirty_bytes -= dc.nbytes
         st.dirty.clear()
         st.changed.clear()
+        for idx in list(st.held):
+            self._unhold(st, idx)
+        st.refused.clear()
+        st.refused_error = None
         st.meta_dirty = False
         self._states.pop(st.ino, None)
         self._kick()

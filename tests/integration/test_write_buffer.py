@@ -10,7 +10,10 @@ Covered: sequential writes upload behind the writer, never read old content, sta
 dirty+inflight bound and commit the whole-file BLAKE3; partial writes merge with old content
 and leave untouched slots alone; all-zero slots are holes; identical chunks are stored once;
 random small writes spill under memory pressure; a full disk (a real tmpfs) surfaces as ENOSPC
-from write and flush and loses nothing; a server that goes away and comes back loses nothing.
+from write and flush and loses nothing; a write refused there blocks every commit until it is
+written again, and a file closed with it commits nothing (never a short file); chunks collected
+by GC between upload and commit are uploaded again; a server that goes away and comes back
+loses nothing.
 """
 
 from __future__ import annotations
@@ -337,8 +340,10 @@ def test_full_disk_surfaces_enospc_and_keeps_data(tmp_path: Path) -> None:
 
 def _full_disk_flow(client: AIFSClient, filler: Path) -> None:
     st = new_file(client)
+    st.handles = 1                           # open: its writer may still write again
     data = os.urandom(3 * CS + 100)
     more = os.urandom(CS)
+    closed = new_file(client)                # a second file, closed after a refused write
 
     async def main() -> None:
         async with trio.open_nursery() as n:
@@ -365,14 +370,98 @@ def _full_disk_flow(client: AIFSClient, filler: Path) -> None:
                 assert wb.dirty_bytes == len(data) and wb.inflight_bytes == 0
             assert stored_chunks(client) == 0
             assert client.getattr(st.ino).size == 0      # nothing committed
+
+            # The second file: closed (no handle left) after one of its writes was refused.
+            # Its commit would publish it without those bytes: it commits nothing at all.
+            await wb.write(closed, 0, os.urandom(2 * CS))
+            with trio.fail_after(60):
+                while closed.error is None:
+                    await trio.sleep(0.01)
+            with pytest.raises(server_errors.NoSpace):
+                await wb.write(closed, 2 * CS, os.urandom(CS))
+            with pytest.raises(server_errors.NoSpace) as c_err:
+                await wb.flush(closed)
+            assert "dropped" in str(c_err.value) and errno_for(c_err.value) == errno.ENOSPC
+            assert not closed.is_dirty()                 # no retry will commit part of it
+            assert client.getattr(closed.ino).size == 0
+
             filler.unlink()                              # free the disk
+            # `more` was refused: a commit now would make a short file (the bug: 3 of 4 MiB)
+            with pytest.raises(server_errors.NoSpace) as r_err:
+                await wb.flush(st)
+            assert "refused" in str(r_err.value) and errno_for(r_err.value) == errno.ENOSPC
+            assert client.getattr(st.ino).size == 0
+            await wb.write(st, len(data), more)          # the writer writes it again
+            attr = await wb.flush(st)
+            assert attr is not None and attr.size == len(data) + len(more)
+            assert not st.is_dirty() and wb.dirty_bytes == 0
+            assert await wb.flush(closed) is None        # still nothing to commit there
+
+    run(main)
+    assert read_back(client, st.ino) == data + more
+    assert client.file_info(st.ino).asset_id == blake3.blake3(data + more).hexdigest()
+    assert client.getattr(closed.ino).size == 0
+
+
+def _collect_uploads(client: AIFSClient, st: FileState) -> None:
+    """Run the real GC with no grace: the slots uploaded for `st` but not committed go."""
+    ids = [r.chunk_id for r in st.refs.values()]
+    client.gc(grace_seconds=0)
+    assert client.data.has_chunks(ids) == [False] * len(ids), "GC kept the uploads"
+
+
+def test_chunks_collected_before_commit_are_uploaded_again(client: AIFSClient) -> None:
+    """GC removes chunks uploaded but not yet committed; the commit is answered MISSING_CHUNK
+    and the buffer uploads them again from the bytes it holds, then commits."""
+    st = new_file(client)
+    data = os.urandom(3 * CS)
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            wb = WriteBuffers(client.fs, client.data,
+                              trio.CapacityLimiter(2), server_read_base(client))
+            wb.start(n)
+            await wb.write(st, 0, data)          # full slots: uploaded in the background
+            with trio.fail_after(60):
+                while wb.uploads < 3 or st.uploading:
+                    await trio.sleep(0.01)
+            assert wb.held_bytes == len(data)
+            await trio.to_thread.run_sync(_collect_uploads, client, st)
             attr = await wb.flush(st)
             assert attr is not None and attr.size == len(data)
-            assert not st.is_dirty() and wb.dirty_bytes == 0
+            assert wb.reuploads == 3 and wb.held_bytes == 0 and not st.is_dirty()
 
     run(main)
     assert read_back(client, st.ino) == data
-    assert client.file_info(st.ino).asset_id == blake3.blake3(data).hexdigest()
+
+
+def test_collected_chunks_not_held_commit_nothing(client: AIFSClient) -> None:
+    """With no bytes held (max_held_bytes=0) a collected upload is data lost: the commit fails
+    naming it, never commits the file without it, and a closed file drops its buffers."""
+    st = new_file(client)
+    st.handles = 1
+    data = os.urandom(2 * CS)
+
+    async def main() -> None:
+        async with trio.open_nursery() as n:
+            wb = WriteBuffers(client.fs, client.data, trio.CapacityLimiter(2),
+                              server_read_base(client), max_held_bytes=0)
+            wb.start(n)
+            await wb.write(st, 0, data)
+            with trio.fail_after(60):
+                while wb.uploads < 2 or st.uploading:
+                    await trio.sleep(0.01)
+            await trio.to_thread.run_sync(_collect_uploads, client, st)
+            with pytest.raises(server_errors.MissingChunk) as err:
+                await wb.flush(st)
+            assert "no longer holds" in str(err.value)
+            st.handles = 0                          # closed
+            with pytest.raises(server_errors.MissingChunk):
+                await wb.flush(st)
+            assert not st.is_dirty()                # dropped, not retried forever
+
+    run(main)
+    assert client.getattr(st.ino).size == 0
 
 
 def test_server_down_then_back_loses_nothing(tmp_path: Path) -> None:
