@@ -3,11 +3,11 @@
 Interface:
     MountOptions(address, mountpoint, namespace="default", branch="main", token_file=None,
                  allow_other=False, assets_for_all=False, read_only=False,
-                 mem_cache_size=128 MiB,
+                 mem_cache_size=64 MiB,
                  cache_dir=None (= disk_cache.default_cache_dir()),
                  cache_size=None (= disk_cache.default_cache_size(cache_dir); 0: no disk cache),
                  attr_timeout=1.0, entry_timeout=None (= attr_timeout), retry_for=30.0,
-                 timeout=30.0, max_dirty=64 MiB, debug=False)
+                 timeout=30.0, max_dirty=32 MiB, debug=False)
     parse_size(text) -> int                     "512M", "10G", "1GiB", "1048576" -> bytes
     check_server(opts) -> None                  health check; raises MountError with a clear message
     run_mount(opts) -> int                      the mount, in this process, until unmounted or
@@ -49,6 +49,15 @@ class MountError(Exception):
     """Mounting or unmounting failed; the message says why and what to do."""
 
 
+# The mount's memory is these two budgets plus ~100 MiB of interpreter, gRPC and per-upload
+# messages (scripts/memcheck.py: <= 256 MiB peak RSS whatever the file size). Re-reads are the
+# disk cache's job now, so the memory cache only needs the read-ahead window and hot frames;
+# 32 MiB of dirty data is 32 chunk uploads in flight, more than the server's write pool uses
+# (measured, 1 GiB: peak 279 -> 202 MiB from 128/64 MiB, write and cold read not slower).
+MEM_CACHE_DEFAULT = 64 << 20
+MAX_DIRTY_DEFAULT = 32 << 20
+
+
 @dataclass
 class MountOptions:
     address: str
@@ -59,14 +68,14 @@ class MountOptions:
     allow_other: bool = False
     assets_for_all: bool = False    # /.aifs/assets/ readable by every user of the mount
     read_only: bool = False
-    mem_cache_size: int = 128 << 20
+    mem_cache_size: int = MEM_CACHE_DEFAULT
     cache_dir: str | None = None
     cache_size: int | None = None
     attr_timeout: float = 1.0
     entry_timeout: float | None = None
     retry_for: float = 30.0
     timeout: float = 30.0
-    max_dirty: int = 64 << 20
+    max_dirty: int = MAX_DIRTY_DEFAULT
     debug: bool = False
 
     def to_argv(self) -> list[str]:
@@ -360,8 +369,8 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
                         "default only the mount's owner may: an asset is read by id, past "
                         "the permissions of the files holding it)")
     p.add_argument("--read-only", action="store_true")
-    p.add_argument("--mem-cache-size", type=parse_size, default=128 << 20,
-                   help="in-memory chunk cache (default 128M)")
+    p.add_argument("--mem-cache-size", type=parse_size, default=MEM_CACHE_DEFAULT,
+                   help="in-memory chunk cache (default 64M)")
     add_disk_cache_arguments(p)
     p.add_argument("--attr-timeout", type=float, default=1.0,
                    help="seconds the kernel may cache attributes and entries (default 1)")
@@ -369,8 +378,8 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-for", type=float, default=30.0,
                    help="seconds to retry an unreachable server before EIO (default 30)")
     p.add_argument("--timeout", type=float, default=30.0, help="per-call deadline, seconds")
-    p.add_argument("--max-dirty", type=int, default=64 << 20,
-                   help="bytes of unwritten data the mount may buffer (default 64 MiB)")
+    p.add_argument("--max-dirty", type=parse_size, default=MAX_DIRTY_DEFAULT,
+                   help="unwritten data the mount may buffer, e.g. 64M (default 32M)")
     p.add_argument("--debug", action="store_true")
 
 
