@@ -426,13 +426,13 @@ def test_readdir_stable_across_unlink_while_paging(md: PosixMeta) -> None:
 def test_readdir_100k_entries(md: PosixMeta) -> None:
     big = md.mkdir(T, ROOT_INO, b"big", 0o755, 0, 0)
     n = 100_000
-    # Transactions of 5000 through the engine's own insert path (create() per entry would
-    # commit 100k times, which only costs time here; PostgreSQL slows quadratically when one
-    # transaction updates the same directory row 100k times, so not one transaction).
+    # Transactions of 500 through the engine's own insert path (create() per entry would
+    # commit 100k times, which only costs time here; PostgreSQL slows quadratically with the
+    # number of times one transaction updates the same directory row, so many small ones).
     tree = md._tree(T)
-    for start in range(0, n, 5000):
+    for start in range(0, n, 500):
         with md._store.write() as tx:
-            for i in range(start, start + 5000):
+            for i in range(start, start + 500):
                 md._new_inode(tx, tree, big.ino, b"e%06d" % i, stat.S_IFREG | 0o644, 1, 0, 0,
                               0, 1)
     seen: list[bytes] = []
