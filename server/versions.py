@@ -121,10 +121,13 @@ def _snap(ns: str, row: tuple[Any, ...]) -> Snapshot:
 
 
 def compute_hashes(inputs: tuple[list[Any], list[Any], list[Any], list[Any]],
-                   deadline: Deadline = NEVER) -> tuple[dict[int, bytes], dict[int, str]]:
+                   deadline: Deadline = NEVER, known: dict[int, bytes] | None = None
+                   ) -> tuple[dict[int, bytes], dict[int, str]]:
     """Node hash of every inode reachable from the root, and one path per inode, from a tree's
-    rows (FORMAT.md §6.1); an iterative post-order walk (no recursion limit on deep trees)."""
+    rows (FORMAT.md §6.1); an iterative post-order walk (no recursion limit on deep trees).
+    `known`: hashes taken as they are (clean children in incremental hashing; not returned)."""
     inodes, dentries, slots, xattrs = inputs
+    known = known or {}
     attrs = {int(r[0]): r for r in inodes}
     children: dict[int, list[tuple[bytes, int]]] = defaultdict(list)
     for parent, name, ino in dentries:
@@ -149,15 +152,53 @@ def compute_hashes(inputs: tuple[list[Any], list[Any], list[Any], list[Any]],
             base = paths[ino].rstrip("/")
             for name, child in children.get(ino, ()):
                 paths.setdefault(child, f"{base}/{name.decode(errors='replace')}")
-                if child not in hashes:
+                if child not in hashes and child not in known:
                     stack.append((child, False))
             continue
         n += 1
         if n % 4096 == 0:
             deadline.check("hashing the tree")
         hashes[ino] = _node(mode, uid, gid, size, rdev, link, maps.get(ino, []), xa.get(ino),
-                            [(nm, hashes.get(c, b"\0" * 32)) for nm, c in children.get(ino, ())])
+                            [(nm, hashes.get(c) or known.get(c, b"\0" * 32))
+                             for nm, c in children.get(ino, ())])
     return hashes, paths
+
+
+def incremental_hashes(tx: Tx, tree_id: int, base: int, deadline: Deadline = NEVER
+                       ) -> tuple[bytes, int] | None:
+    """Store the node hashes of frozen tree `tree_id` from those of frozen tree `base`
+    (normally the branch's head): only the nodes whose hashed rows differ from `base`'s
+    (tx.changed_nodes) and their ancestors are recomputed, every other hash is copied.
+    (root hash, nodes recomputed); None when too much changed to gain over a full pass (or a
+    clean node has no stored hash to reuse): the caller hashes the whole tree."""
+    rows = tx.changed_nodes(tree_id, base)
+    if not rows:
+        tx.copy_node_hashes(base, tree_id)
+        root = tx.node_hash(tree_id, ROOT_INO)
+        return (root, 0) if root is not None else None
+    dirty = {ino for ino, _ in rows}
+    # a quarter of a big tree changed: one full pass costs less than batched lookups of each
+    if len(dirty) > max(tx.tree_totals(tree_id)[0] // 4, 1024):
+        return None
+    # ancestors: every directory above a changed node is rehashed (directories have one name:
+    # inodes.parent; the parents of changed files came with changed_nodes)
+    frontier = [ino for ino, is_parent in rows if is_parent]
+    while frontier:
+        deadline.check("finding the changed directories")
+        up = {p for _, p in tx.dir_parents(tree_id, frontier) if p and p not in dirty}
+        dirty |= up
+        frontier = sorted(up)
+    if ROOT_INO not in dirty:  # a change always reaches the root; anything else is a surprise
+        return None
+    inputs = tx.hash_inputs_of(tree_id, sorted(dirty))
+    clean = {int(ino) for _, _, ino in inputs[1]} - dirty
+    known = tx.node_hashes_of(base, sorted(clean))
+    if len(known) != len(clean):
+        return None
+    hashes, _ = compute_hashes(inputs, deadline, known)
+    tx.copy_node_hashes(base, tree_id)
+    tx.put_node_hashes(tree_id, hashes.items())
+    return hashes[ROOT_INO], len(hashes)
 
 
 def _node(mode: int, uid: int, gid: int, size: int, rdev: int, link: Any,
@@ -184,6 +225,8 @@ class Versions:
         self._store = meta.store
         self._sk = signing_key
         self.public_key: Ed25519PublicKey = signing_key.public_key()
+        # nodes the last snapshot hashed (-1: the whole tree); tests and the bench read it
+        self.last_rehashed = -1
 
     # --- snapshots ---------------------------------------------------------------------------
     def _head(self, tx: Tx, ns: str, branch: str) -> str:
@@ -207,16 +250,27 @@ class Versions:
             assert dst is not None  # a fresh random name
             tx.copy_tree_rows(src[0], dst)
             tx.adjust_refs(ns, Counter(dict(tx.tree_chunk_counts(dst))), now)
-            hashes, _ = compute_hashes(tx.hash_inputs(dst), deadline)
-            tx.put_node_hashes(dst, hashes.items())
             head = self._head(tx, ns, branch)
+            root = self._hash_tree(tx, ns, dst, head, deadline)
             parents = tuple(p for p in (head, extra_parent) if p)
-            snap = Snapshot(sid, ns, dst, branch, parents, now, message, hashes[ROOT_INO], b"")
+            snap = Snapshot(sid, ns, dst, branch, parents, now, message, root, b"")
             sig = self._sk.sign(snap.statement())
             tx.insert_snapshot(ns, (sid, dst, branch, ",".join(parents), now, message,
                                     snap.root, sig))
             tx.append_log(ns, branch, "merge" if extra_parent else "snapshot", sid, now)
         return Snapshot(**{**snap.__dict__, "signature": sig})
+
+    def _hash_tree(self, tx: Tx, ns: str, tree_id: int, head: str, deadline: Deadline) -> bytes:
+        """Store the node hashes of the new frozen tree; the root hash. Incremental from the
+        branch's head snapshot when there is one (FORMAT.md §6.4), else a full pass."""
+        row = tx.snapshot(ns, head) if head else None
+        got = incremental_hashes(tx, tree_id, int(row[1]), deadline) if row else None
+        self.last_rehashed = got[1] if got else -1
+        if got is not None:
+            return got[0]
+        hashes, _ = compute_hashes(tx.hash_inputs(tree_id), deadline)
+        tx.put_node_hashes(tree_id, hashes.items())
+        return hashes[ROOT_INO]
 
     def get(self, ns: str, snap_id: str) -> Snapshot:
         row = self._store.single().snapshot(ns, snap_id)

@@ -8,6 +8,12 @@ Interface (the `store.Tx` methods under "versions"; rules in aifs_server.version
     hash_inputs(tree_id)          (inodes, dentries, slots, xattrs) row iterators for hashing
     dir_rows(tree_id, ino)        one directory's entries with what their hashes cover
     dir_xattrs / dir_slots        the xattrs / chunk-map slots of a directory's entries
+    changed_nodes(new, old)       (ino, is a parent of a changed one) of the nodes of `new`
+                                  whose hashed rows differ from `old`'s, and their parents
+    dir_parents(tree_id, inos)    (ino, inodes.parent) of those inodes (directories' parent)
+    hash_inputs_of(tree_id, inos) hash_inputs restricted to those inodes (entries: of those
+                                  directories)
+    node_hashes_of(tree_id, inos) / copy_node_hashes(src, dst) (of dst's linked inodes)
     put_node_hashes / node_hashes / node_hash
     insert_snapshot / snapshot / list_snapshots / delete_snapshot
     insert_tag (False: exists) / tag / list_tags / delete_tag
@@ -24,6 +30,7 @@ from typing import Any
 
 _INODE_COLS = ("ino, mode, nlink, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns, "
                "data_bytes, generation, parent, symlink, asset_id, asset_gen")
+_IN_BATCH = 500  # ids per "IN (...)" query (as sql.py: under SQLite's variable limit)
 _SNAP_COLS = "snap_id, tree_id, branch, parents, created_ns, message, root_hash, signature"
 
 
@@ -99,9 +106,78 @@ class VersionSQL:
                        "d.tree_id = ? AND d.parent = ?) ORDER BY c.ino, c.idx",
                        (tree_id, tree_id, ino)).fetchall()
 
+    # --- incremental hashing (versions.incremental_hashes) -------------------------------------
+    def changed_nodes(self, new: int, old: int) -> list[tuple[int, int]]:
+        """(ino, 0) for every node of `new` whose own hashed rows (inode fields, chunk map,
+        xattrs, entries as a directory) differ from `old`'s, and (parent, 1) for the directories
+        naming one of them in `new`. Set differences in the database over exactly the columns
+        the node hash covers (FORMAT.md §6.1): exact, whatever the two trees' history."""
+        diff = (
+            "SELECT ino FROM (SELECT ino, mode, uid, gid, size, rdev, symlink FROM inodes "
+            "WHERE tree_id = ? AND nlink > 0 EXCEPT SELECT ino, mode, uid, gid, size, rdev, "
+            "symlink FROM inodes WHERE tree_id = ? AND nlink > 0) AS a "
+            "UNION SELECT parent FROM (SELECT parent, name, ino FROM dentries WHERE tree_id = ? "
+            "EXCEPT SELECT parent, name, ino FROM dentries WHERE tree_id = ?) AS b "
+            "UNION SELECT parent FROM (SELECT parent, name, ino FROM dentries WHERE tree_id = ? "
+            "EXCEPT SELECT parent, name, ino FROM dentries WHERE tree_id = ?) AS c "
+            "UNION SELECT ino FROM (SELECT ino, idx, chunk_id, length FROM chunk_maps WHERE "
+            "tree_id = ? EXCEPT SELECT ino, idx, chunk_id, length FROM chunk_maps WHERE "
+            "tree_id = ?) AS d "
+            "UNION SELECT ino FROM (SELECT ino, idx, chunk_id, length FROM chunk_maps WHERE "
+            "tree_id = ? EXCEPT SELECT ino, idx, chunk_id, length FROM chunk_maps WHERE "
+            "tree_id = ?) AS e "
+            "UNION SELECT ino FROM (SELECT ino, name, value FROM xattrs WHERE tree_id = ? "
+            "EXCEPT SELECT ino, name, value FROM xattrs WHERE tree_id = ?) AS f "
+            "UNION SELECT ino FROM (SELECT ino, name, value FROM xattrs WHERE tree_id = ? "
+            "EXCEPT SELECT ino, name, value FROM xattrs WHERE tree_id = ?) AS g")
+        args = (new, old, new, old, old, new, new, old, old, new, new, old, old, new)
+        rows = self._x(f"WITH c (ino) AS ({diff}) SELECT ino, 0 FROM c UNION ALL "
+                       "SELECT DISTINCT d.parent, 1 FROM dentries d WHERE d.tree_id = ? AND "
+                       "d.ino IN (SELECT ino FROM c)", (*args, new)).fetchall()
+        return [(int(r[0]), int(r[1])) for r in rows]
+
+    def _in(self, sql: str, tree_id: int, inos: Sequence[int]) -> list[Any]:
+        """`sql` (one "?" for the tree, then "{}" for the id list) over `inos` in batches."""
+        out: list[Any] = []
+        for i in range(0, len(inos), _IN_BATCH):
+            batch = inos[i:i + _IN_BATCH]
+            out += self._x(sql.format(", ".join("?" * len(batch))), (tree_id, *batch)).fetchall()
+        return out
+
+    def dir_parents(self, tree_id: int, inos: Sequence[int]) -> list[tuple[int, int]]:
+        return [(int(r[0]), int(r[1])) for r in self._in(
+            "SELECT ino, parent FROM inodes WHERE tree_id = ? AND ino IN ({})", tree_id, inos)]
+
+    def hash_inputs_of(self, tree_id: int, inos: Sequence[int]
+                       ) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
+        """hash_inputs' four lists for those inodes only (dentries: the entries of those of
+        them that are directories)."""
+        inos = sorted(inos)
+        return (self._in("SELECT ino, mode, uid, gid, size, rdev, symlink FROM inodes WHERE "
+                         "tree_id = ? AND nlink > 0 AND ino IN ({})", tree_id, inos),
+                self._in("SELECT parent, name, ino FROM dentries WHERE tree_id = ? AND parent "
+                         "IN ({})", tree_id, inos),
+                self._in("SELECT ino, idx, chunk_id, length FROM chunk_maps WHERE tree_id = ? "
+                         "AND ino IN ({}) ORDER BY ino, idx", tree_id, inos),
+                self._in("SELECT ino, name, value FROM xattrs WHERE tree_id = ? AND ino IN ({})",
+                         tree_id, inos))
+
+    def node_hashes_of(self, tree_id: int, inos: Sequence[int]) -> dict[int, bytes]:
+        return {int(r[0]): bytes(r[1]) for r in self._in(
+            "SELECT ino, hash FROM node_hashes WHERE tree_id = ? AND ino IN ({})", tree_id,
+            sorted(inos))}
+
+    def copy_node_hashes(self, src: int, dst: int) -> None:
+        """The stored hashes of `src` for the inodes `dst` holds (linked)."""
+        self._x("INSERT INTO node_hashes (tree_id, ino, hash) SELECT ?, h.ino, h.hash FROM "
+                "node_hashes h JOIN inodes i ON i.tree_id = ? AND i.ino = h.ino WHERE "
+                "h.tree_id = ? AND i.nlink > 0", (dst, dst, src))
+
     # --- node hashes -------------------------------------------------------------------------
     def put_node_hashes(self, tree_id: int, rows: Iterable[tuple[int, bytes]]) -> None:
-        self._many("INSERT INTO node_hashes (tree_id, ino, hash) VALUES (?, ?, ?)",
+        """Insert, or replace a copied hash (incremental hashing recomputes dirty nodes)."""
+        self._many("INSERT INTO node_hashes (tree_id, ino, hash) VALUES (?, ?, ?) "
+                   "ON CONFLICT (tree_id, ino) DO UPDATE SET hash = excluded.hash",
                    [(tree_id, ino, h) for ino, h in rows])
 
     def node_hashes(self, tree_id: int) -> dict[int, bytes]:

@@ -1,0 +1,107 @@
+"""Incremental snapshot hashing (FORMAT.md §6.4) on every metadata engine: after each kind of
+change a snapshot recomputes only the changed nodes and their ancestors, and what it stores
+equals a full recomputation node for node (verify recomputes every hash from the rows)."""
+
+from __future__ import annotations
+
+import stat
+from collections.abc import Callable, Iterator
+
+import blake3
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from aifs_core.types import ROOT_INO, SET_MODE, SET_UID, ChunkRef, Namespace, TreeRef
+from aifs_server.metadata.posix import PosixMeta
+from aifs_server.versions import Versions, compute_hashes
+from tests.unit.metadata_engines import Harness, harness_fixture  # noqa: F401 (fixture)
+
+T = TreeRef("ns1")
+
+
+@pytest.fixture
+def v(harness: Harness) -> Iterator[Versions]:
+    m = harness.open()
+    assert isinstance(m, PosixMeta)
+    m.create_namespace(Namespace("ns1", 1 << 20, 3, "key-1"))
+    m.ensure_tree(T)
+    try:
+        yield Versions(m, Ed25519PrivateKey.generate())
+    finally:
+        m.close()
+
+
+def _chunk(m: PosixMeta, data: bytes) -> ChunkRef:
+    cid = blake3.blake3(data).digest()
+    m.record_chunk("ns1", cid, len(data), len(data) + 40)
+    return ChunkRef(0, cid, len(data))
+
+
+def _tree(m: PosixMeta) -> dict[str, int]:
+    """/a/{f1..f3}, /a/sub/g, /b/h (h hard-linked as /a/hl), /s -> a (symlink)."""
+    ino: dict[str, int] = {}
+    ino["a"] = m.mkdir(T, ROOT_INO, b"a", 0o40755, 0, 0).ino
+    ino["b"] = m.mkdir(T, ROOT_INO, b"b", 0o40755, 0, 0).ino
+    ino["sub"] = m.mkdir(T, ino["a"], b"sub", 0o40755, 0, 0).ino
+    for i in range(1, 4):
+        ino[f"f{i}"] = m.create(T, ino["a"], f"f{i}".encode(), 0o100644, 0, 0, 0).ino
+    ino["g"] = m.create(T, ino["sub"], b"g", 0o100644, 0, 0, 0).ino
+    ino["h"] = m.create(T, ino["b"], b"h", 0o100644, 0, 0, 0).ino
+    m.link(T, ino["h"], ino["a"], b"hl")
+    m.symlink(T, ROOT_INO, b"s", b"a", 0, 0)
+    m.commit_file(T, ino["f1"], [_chunk(m, b"one")], 3)
+    return ino
+
+
+CHANGES: dict[str, Callable[[PosixMeta, dict[str, int]], None]] = {
+    "content": lambda m, i: m.commit_file(T, i["g"], [_chunk(m, b"new g")], 5),
+    "truncate": lambda m, i: m.commit_file(T, i["f1"], [], 0, truncated=True),
+    "chmod a dir": lambda m, i: m.setattr(T, i["sub"], SET_MODE, mode=0o40700),
+    "chown a file": lambda m, i: m.setattr(T, i["f2"], SET_UID, uid=7),
+    "xattr": lambda m, i: m.setxattr(T, i["f3"], b"user.k", b"v"),
+    "hard link's content": lambda m, i: m.commit_file(T, i["h"], [_chunk(m, b"hh")], 2),
+    "rename across dirs": lambda m, i: m.rename(T, i["a"], b"f2", i["b"], b"f2moved"),
+    "move a dir": lambda m, i: m.rename(T, i["a"], b"sub", i["b"], b"sub"),
+    "unlink": lambda m, i: m.unlink(T, i["a"], b"f3", forget=True),
+    "new file": lambda m, i: m.create(T, i["sub"], b"n", 0o100600, 0, 0, 0) and None,
+    "rmdir": lambda m, i: (m.unlink(T, i["sub"], b"g", forget=True),
+                           m.rmdir(T, i["a"], b"sub", forget=True)) and None,
+}
+
+
+@pytest.mark.parametrize("change", sorted(CHANGES))
+def test_incremental_hashes_equal_a_full_pass(v: Versions, change: str) -> None:
+    m = v.meta
+    ino = _tree(m)
+    first = v.create_snapshot("ns1", "main")
+    assert v.last_rehashed == -1  # no head yet: the whole tree
+    CHANGES[change](m, ino)
+    snap = v.create_snapshot("ns1", "main")
+    assert 0 < v.last_rehashed < 10  # the changed nodes and their ancestors, not all 11
+    ok, problems, checked = v.verify("ns1", snap.id)
+    assert ok, problems
+    with m.store.read() as tx:
+        fresh, _ = compute_hashes(tx.hash_inputs(snap.tree_id))
+        stored = tx.node_hashes(snap.tree_id)
+    assert stored == fresh and checked == len(fresh)
+    assert snap.root == fresh[ROOT_INO] != first.root
+
+
+def test_no_change_reuses_every_hash(v: Versions) -> None:
+    _tree(v.meta)
+    a = v.create_snapshot("ns1", "main")
+    b = v.create_snapshot("ns1", "main")
+    assert v.last_rehashed == 0 and a.root == b.root
+    assert v.verify("ns1", b.id)[0]
+
+
+def test_branch_snapshot_hashes_from_the_snapshot_it_was_made_of(v: Versions) -> None:
+    m = v.meta
+    ino = _tree(m)
+    base = v.create_snapshot("ns1", "main")
+    v.create_branch("ns1", "exp", base.id)
+    bt = TreeRef("ns1", "exp")
+    m.setattr(bt, ino["f2"], SET_MODE, mode=stat.S_IFREG | 0o600)
+    snap = v.create_snapshot("ns1", "exp")
+    assert 0 < v.last_rehashed < 10
+    assert v.verify("ns1", snap.id)[0]
