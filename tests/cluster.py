@@ -277,6 +277,27 @@ def _up(base: Path, n: int) -> int:
     return 0
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _processes_under(base: Path) -> list[int]:
+    """Pids whose command line names `base` (what `up` started there)."""
+    needle, found = os.fsencode(str(base)), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            with contextlib.suppress(OSError):
+                if needle in Path(f"/proc/{entry}/cmdline").read_bytes():
+                    found.append(int(entry))
+    return found
+
+
 def _down(base: Path) -> int:
     try:
         info = json.loads((base / "cluster.json").read_text())
@@ -292,6 +313,9 @@ def _down(base: Path) -> int:
     if (base / "cluster.json").exists():
         print(f"the cluster (pid {pid}) did not stop within 60 s", file=sys.stderr)
         return 1
+    # cluster.json goes before the keeper and the services' last children have exited
+    while time.monotonic() < deadline and (_alive(pid) or _processes_under(base)):
+        time.sleep(0.1)
     shutil.rmtree(base, ignore_errors=True)  # a cluster for trying: its data goes with it
     print(f"stopped the cluster in {base} and removed its data")
     return 0
