@@ -2,7 +2,10 @@
 memory and still see every change another client made before that change was answered.
 
 Interface:
-    LeaseManager(term=LEASE_TERM, max_per_session=MAX_LEASES)
+    LeaseManager(term=LEASE_TERM, max_per_session=MAX_LEASES, grants=True)
+        grants=False: sessions open and changes run as usual, but no read is ever leased
+        (what a server must do when other servers change the same metadata: it would not
+        hear of their changes, so it must not promise a mount that nothing changed)
         .open_session(tree) -> Session          a mount's stream opened (Session.id: 128 random
                                                 bits, the capability the calls carry)
         .close_session(sid)                     its stream ended: its leases go at once
@@ -21,6 +24,9 @@ Interface:
                                                 refused until the body has returned
         .recall(tree, inos, origin, deadline)   recall now (a victim learnt only from the
                                                 change itself), before answering
+        .tree_change(tree, deadline)            context manager around a change of a whole
+                                                tree by another service (branch reset, merge,
+                                                delete): recalls every lease on the tree first
     Session: .id .tree .outbox (queue of ("recall", seq, inos) | ("renew_ok", stamp) | None)
 
 Term: AIFS_LEASE_TERM_SECONDS (default 10). A holder that keeps its stream open renews every
@@ -64,9 +70,11 @@ class Session:
 
 
 class LeaseManager:
-    def __init__(self, term: float = LEASE_TERM, max_per_session: int = MAX_LEASES) -> None:
+    def __init__(self, term: float = LEASE_TERM, max_per_session: int = MAX_LEASES,
+                 grants: bool = True) -> None:
         self.term = term
         self.max_per_session = max_per_session
+        self.grants = grants
         self._cv = threading.Condition()
         self._sessions: dict[str, Session] = {}
         self._holders: dict[Key, set[str]] = {}
@@ -74,6 +82,8 @@ class LeaseManager:
         self._changing: dict[Key, int] = {}             # changes running per inode
         self._started: OrderedDict[Key, int] = OrderedDict()   # last change start per inode
         self._floor = 0                                 # starts forgotten are all <= floor
+        self._tree_changing: dict[Any, int] = {}        # whole-tree changes running
+        self._tree_started: dict[Any, int] = {}         # last whole-tree change per tree
 
     # --- sessions -------------------------------------------------------------------------------
     def open_session(self, tree: Any) -> Session:
@@ -145,7 +155,7 @@ class LeaseManager:
             return self._seq
 
     def grant(self, sess: Session | None, tree: Any, inos: Iterable[int], since: int) -> bool:
-        if sess is None:
+        if sess is None or not self.grants:
             return False
         keys = [(tree, ino) for ino in inos]
         with self._cv:
@@ -153,6 +163,8 @@ class LeaseManager:
                 return False
             if self._floor > since:
                 return False     # a change start we no longer remember may be after `since`
+            if self._tree_changing.get(tree) or self._tree_started.get(tree, 0) > since:
+                return False     # the whole tree was replaced (reset, merge) meanwhile
             for k in keys:
                 if self._changing.get(k) or self._started.get(k, 0) > since:
                     return False     # what was read may predate a change: no lease on it
@@ -191,6 +203,29 @@ class LeaseManager:
                         self._changing[k] = n
                     else:
                         self._changing.pop(k, None)
+
+    @contextlib.contextmanager
+    def tree_change(self, tree: Any, deadline: Any) -> Iterator[None]:
+        """Around a change of a whole tree made outside the Filesystem calls (a branch reset,
+        a merge applied, a branch deleted): every lease on the tree is recalled first, and no
+        grant on it is made until the body has returned."""
+        with self._cv:
+            self._seq += 1
+            self._tree_changing[tree] = self._tree_changing.get(tree, 0) + 1
+            self._tree_started[tree] = self._seq
+            keys = [k for k in self._holders if k[0] == tree]
+        try:
+            self._recall_keys(keys, None, deadline)
+            yield
+        finally:
+            with self._cv:
+                self._seq += 1
+                self._tree_started[tree] = self._seq
+                n = self._tree_changing.get(tree, 0) - 1
+                if n > 0:
+                    self._tree_changing[tree] = n
+                else:
+                    self._tree_changing.pop(tree, None)
 
     def recall(self, tree: Any, inos: Iterable[int], origin: Session | None,
                deadline: Any) -> None:

@@ -63,13 +63,14 @@ UNBOUNDED_STORE_BYTES = 1 << 50
 class Backend:
     """Storage handles shared by the servicers, plus per-call scope resolution."""
 
-    def __init__(self, datadir: Any, assets: Any = None, metrics: Any = None) -> None:
+    def __init__(self, datadir: Any, assets: Any = None, metrics: Any = None,
+                 lease_grants: bool = True) -> None:
         self.datadir = datadir
         self.meta = datadir.meta
         self.chunks = datadir.chunks
         self.assets = assets
         self.metrics = metrics
-        self.leases = LeaseManager()
+        self.leases = LeaseManager(grants=lease_grants)
         self._lock = threading.Lock()
         self._namespaces: dict[str, Namespace] = {}
         self._trees: set[TreeRef] = set()

@@ -14,6 +14,7 @@ from typing import Any
 import grpc
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from aifs_core.types import TreeRef
 from aifs_core.wire import attr_to_pb
 from aifs_proto.v1 import common_pb2, versioning_pb2, versioning_pb2_grpc
 from aifs_server.auth import call_scope
@@ -92,14 +93,22 @@ class VersioningServicer(versioning_pb2_grpc.VersioningServicer):
         return pb.BranchList(branches=[pb.BranchInfo(name=n, head=h, created_ns=t)
                                        for n, h, t in self.v.list_branches(self._ns(context))])
 
+    def _replacing(self, ns: str, branch: str, context: grpc.ServicerContext) -> Any:
+        """Mounts holding leases on the branch's tree must drop them before it changes."""
+        return self.b.leases.tree_change(TreeRef(ns, branch), Deadline.of_call(context))
+
     @rpc
     def DeleteBranch(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self.v.delete_branch(self._ns(context), request.name)
+        ns = self._ns(context)
+        with self._replacing(ns, request.name, context):
+            self.v.delete_branch(ns, request.name)
         return common_pb2.Empty()
 
     @rpc
     def MoveBranch(self, request: Any, context: grpc.ServicerContext) -> Any:
-        name, head, at = self.v.reset_branch(self._ns(context), request.name, request.to)
+        ns = self._ns(context)
+        with self._replacing(ns, request.name, context):
+            name, head, at = self.v.reset_branch(ns, request.name, request.to)
         return pb.BranchInfo(name=name, head=head, created_ns=at)
 
     @rpc
@@ -131,8 +140,10 @@ class VersioningServicer(versioning_pb2_grpc.VersioningServicer):
 
     @rpc
     def Merge(self, request: Any, context: grpc.ServicerContext) -> Any:
-        r = self.v.merge(self._ns(context), request.source, request.into, request.message,
-                         request.dry_run, Deadline.of_call(context))
+        ns = self._ns(context)
+        with self._replacing(ns, request.into, context):
+            r = self.v.merge(ns, request.source, request.into, request.message,
+                             request.dry_run, Deadline.of_call(context))
         return pb.MergeReply(merged=r.merged, conflicts=r.conflicts, snapshot=r.snapshot,
                              base=r.base, applied=r.applied)
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import ipaddress
 import logging
 import os
@@ -168,6 +169,7 @@ class Server:
     tls: tuple[bytes, bytes] | None = None
     insecure: bool = False          # allow plain TCP on non-loopback addresses
     idle: bool = True               # after stop(): no call was still running
+    lock_fd: int | None = None      # the data dir's server.lock, held while serving
     token_ttl: float = TOKEN_TTL
     _stopped: bool = False
     _renewer: threading.Thread | None = None
@@ -250,11 +252,35 @@ class Server:
         # Cancelled calls may still be unwinding in their threads: the storage must outlive
         # them (bounded: every handler loop checks its deadline or its cancelled stream).
         self.idle = IN_FLIGHT.wait_idle(STOP_DRAIN_SECONDS)
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)   # releases the flock: another server may take over
+            self.lock_fd = None
         self.metrics.stop()
         # the admin token too: left behind, it would be handed to whoever binds the path next
         for path in (*self.socket_paths, *self.token_files):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+def sole_server(datadir: Any) -> tuple[bool, int | None]:
+    """(True, fd of a held lock) when this server is the only one changing its metadata: a
+    SQLite data dir whose `server.lock` it could flock. Leases are granted only then: a server
+    cannot recall a lease for a change another server made (cross-server recall is not built),
+    so with PostgreSQL, or a second server on one data dir, no read is leased and every open
+    asks the server, as close-to-open requires."""
+    from aifs_server.metadata.sqlite import SQLiteMetadata
+
+    if datadir.path is None or not isinstance(datadir.meta, SQLiteMetadata):
+        log.info("leases off: the metadata may be changed by other servers")
+        return False, None
+    fd = os.open(os.path.join(datadir.path, "server.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        log.warning("leases off: another server is running on %s", datadir.path)
+        return False, None
+    return True, fd
 
 
 def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | None = None,
@@ -273,7 +299,8 @@ def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | 
     metrics = metrics or Metrics(stats)
     if assets is None:
         assets = _open_asset_store(datadir)
-    backend = Backend(datadir, assets=assets, metrics=metrics)
+    sole, lock_fd = sole_server(datadir)
+    backend = Backend(datadir, assets=assets, metrics=metrics, lease_grants=sole)
     limit = max_message_bytes()
     gserver = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="aifs-rpc"),
@@ -295,7 +322,7 @@ def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | 
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), gserver)
     return Server(datadir=datadir, grpc_server=gserver, health=health_servicer, metrics=metrics,
-                  listen=list(listen), tls=tls)
+                  listen=list(listen), tls=tls, lock_fd=lock_fd)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -164,6 +164,24 @@ def test_close_to_open_between_mounts_on_two_servers(two_mounts: tuple[Mount, Mo
     assert sorted(os.listdir(b.path / d)) == []
 
 
+def test_warm_reads_never_go_stale_across_servers(two_mounts: tuple[Mount, Mount]) -> None:
+    # A mount that has just stat'ed and read a file may hold a lease on it (leases.py); a
+    # change through ANOTHER server must still be seen at the next open. Same size, in place,
+    # so neither the size nor a page-cache miss gives the change away.
+    a, b = two_mounts
+    (a.path / "warm").mkdir()
+    writer, reader = a.path / "warm" / "f", b.path / "warm" / "f"
+    writer.write_bytes(bytes([0]) * 65536)
+    for i in range(1, 21):
+        for _ in range(2):                      # warm the reader: stat, open, read
+            os.stat(reader)
+            assert reader.read_bytes() == bytes([i - 1]) * 65536
+        with open(writer, "r+b") as f:
+            f.write(bytes([i]) * 65536)
+        assert reader.read_bytes() == bytes([i]) * 65536, f"round {i}: stale read"
+        writer, reader = reader, writer         # the other way round next time
+
+
 def test_mount_fails_over_when_its_server_is_killed_during_a_copy(
         cluster: Cluster, big_file: Path) -> None:
     # two servers of its own: the other tests' mounts keep theirs

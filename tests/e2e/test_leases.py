@@ -159,3 +159,20 @@ def test_hung_holder_delays_writer_at_most_one_term(metered: ServerProc,
     assert took < TERM + 1.0, f"the writer waited {took:.2f} s; the term is {TERM} s"
     # the holder resumes: it must not serve its old lease (it lapsed; the recall is queued)
     assert f.read_bytes() == b"v2"
+
+
+def test_a_branch_reset_recalls_the_leases_on_its_tree(metered: ServerProc,
+                                                      mount_factory: Callable[..., Mount]) -> None:
+    """A whole-tree change by the Versioning service (reset to a snapshot) must reach a mount
+    that holds leases on that tree: the next open sees the snapshot's content, not its lease."""
+    from aifsfs.client import AIFSClient
+
+    m = mount_factory(metered, "--attr-timeout", "0", "--entry-timeout", "0")
+    f = m.path / "f.bin"
+    f.write_bytes(b"1" * 5000)
+    with AIFSClient(metered.address, token_file=metered.token_file) as sdk:
+        snap = sdk.versions.snapshot("main", "before")
+        f.write_bytes(b"2" * 5000)          # same size: only the content tells
+        _wait_leased(m, f, metered)         # the mount now answers from its lease
+        sdk.versions.reset_branch("main", snap["id"])
+    assert f.read_bytes() == b"1" * 5000

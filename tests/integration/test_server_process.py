@@ -300,3 +300,23 @@ def test_server_stop_is_clean_in_process(data_dir: Path) -> None:
         assert not os.path.exists(f"{tmp}/s.sock")
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_leases_only_for_the_sole_server_of_a_data_dir(data_dir: Path) -> None:
+    """A server cannot recall leases for changes another server makes: only the one holding
+    the data dir's lock grants them (a second server on it, or PostgreSQL: none)."""
+    from aifs_server.datadir import open_data_dir
+    from aifs_server.serve import sole_server
+
+    dd = open_data_dir(data_dir)
+    try:
+        first, fd = sole_server(dd)
+        second, fd2 = sole_server(dd)
+        assert first and fd is not None
+        assert not second and fd2 is None
+        os.close(fd)                      # the first server stops: the next one may lease
+        third, fd3 = sole_server(dd)
+        assert third and fd3 is not None
+        os.close(fd3)
+    finally:
+        dd.close()
