@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aifsfs.fuse.mounter import wait_pid_exit
 from tests.services import (
     PG_BIN,
     Postgres,
@@ -277,16 +278,6 @@ def _up(base: Path, n: int) -> int:
     return 0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _processes_under(base: Path) -> list[int]:
     """Pids whose command line names `base` (what `up` started there)."""
     needle, found = os.fsencode(str(base)), []
@@ -314,7 +305,8 @@ def _down(base: Path) -> int:
         print(f"the cluster (pid {pid}) did not stop within 60 s", file=sys.stderr)
         return 1
     # cluster.json goes before the keeper and the services' last children have exited
-    while time.monotonic() < deadline and (_alive(pid) or _processes_under(base)):
+    wait_pid_exit(pid, max(0.0, deadline - time.monotonic()))
+    while time.monotonic() < deadline and _processes_under(base):
         time.sleep(0.1)
     shutil.rmtree(base, ignore_errors=True)  # a cluster for trying: its data goes with it
     print(f"stopped the cluster in {base} and removed its data")
