@@ -53,10 +53,15 @@ class Mount:
 
 
 def _is_mount(path: Path) -> bool:
-    with contextlib.suppress(OSError):
-        return os.path.ismount(path)
-    # a dead FUSE server makes stat fail (ENOTCONN): still mounted
-    return True
+    """From the kernel's mount table, not os.path.ismount: a mount whose FUSE daemon died
+    fails lstat (ENOTCONN) and ismount then says False, which left such mounts behind."""
+    target = os.path.abspath(path)
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 1 and fields[1].replace("\\040", " ") == target:
+                return True
+    return False
 
 
 def start_mount(server: ServerProc, *extra: str, wait: float = 30.0) -> Mount:
