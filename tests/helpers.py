@@ -13,6 +13,9 @@ Interface:
     call_md(token, namespace="default", branch="main") -> metadata tuple
     error_info(rpc_error) -> (code, reason, message)    reason from google.rpc.ErrorInfo
     peak_rss_kib(pid) -> int                    VmHWM of a live process
+    tmpfs(mnt, size) -> context of mnt          a real small tmpfs at `mnt` (made if missing),
+                                                unmounted on exit even if the test fails;
+                                                skips the test where mounting is impossible
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -209,3 +212,23 @@ def stop_server(sp: ServerProc, grace: float = 15.0) -> int | None:
                 sp.proc.stdout.close()
         shutil.rmtree(sp.tmpdir, ignore_errors=True)
     return rc
+
+
+@contextlib.contextmanager
+def tmpfs(mnt: Path, size: str) -> Iterator[Path]:
+    """A real disk that fills up (ENOSPC tests): a tmpfs of `size` ("512k", "1m")."""
+    import pytest
+
+    mnt.mkdir(exist_ok=True)
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs (a real small disk) needs root and mount(8)")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
+                        os.fspath(mnt)], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    try:
+        yield mnt
+    finally:
+        if subprocess.run(["umount", os.fspath(mnt)], capture_output=True,
+                          check=False).returncode != 0:
+            subprocess.run(["umount", "-l", os.fspath(mnt)], capture_output=True, check=False)

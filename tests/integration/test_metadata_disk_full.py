@@ -4,7 +4,6 @@ file, never an INTERNAL error with a traceback (issue 13), on a real small tmpfs
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,37 +14,23 @@ from aifs_core.errors import NoSpace
 from aifs_core.types import Namespace, TreeRef
 from aifs_proto.v1 import filesystem_pb2, filesystem_pb2_grpc
 from aifs_server.metadata.sqlite import SQLiteMetadata
-from tests.helpers import call_md, error_info, make_data_dir, start_server, stop_server
+from tests.helpers import call_md, error_info, make_data_dir, start_server, stop_server, tmpfs
 
 T = TreeRef("default", "main")
-
-
-def _tmpfs(mnt: Path, size: str) -> Iterator[Path]:
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs to fill needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-        if os.path.ismount(mnt):
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB tmpfs, unmounted even if the test fails."""
-    yield from _tmpfs(tmp_path / "small", "1m")
+    with tmpfs(tmp_path / "small", "1m") as mnt:
+        yield mnt
 
 
 @pytest.fixture
 def server_fs(tmp_path: Path) -> Iterator[Path]:
     """A real 8 MiB tmpfs for a whole data dir."""
-    yield from _tmpfs(tmp_path / "srvfs", "8m")
+    with tmpfs(tmp_path / "srvfs", "8m") as mnt:
+        yield mnt
 
 
 def _fill(where: Path, leave: int) -> Path:

@@ -23,7 +23,6 @@ import errno
 import os
 import random
 import shutil
-import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -38,7 +37,14 @@ from aifs_server.metadata.sqlite import SQLiteMetadata
 from aifsfs.client import AIFSClient
 from aifsfs.errors import ServerUnavailable, errno_for
 from aifsfs.fuse.write_buffer import FileState, WriteBuffers, store_chunk
-from tests.helpers import ServerProc, make_data_dir, short_tmpdir, start_server, stop_server
+from tests.helpers import (
+    ServerProc,
+    make_data_dir,
+    short_tmpdir,
+    start_server,
+    stop_server,
+    tmpfs,
+)
 
 CS = 4096   # the smallest chunk size a namespace accepts: many slots in small files
 
@@ -285,21 +291,6 @@ def test_spill_when_memory_is_short(client: AIFSClient) -> None:
 
 # --- failures: nothing written is lost ----------------------------------------------------------
 
-def _mount_tmpfs(path: Path, size: str) -> None:
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs (a real small disk) needs root and mount(8)")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs",
-                        os.fspath(path)], capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-
-
-def _umount(path: Path) -> None:
-    if subprocess.run(["umount", os.fspath(path)], capture_output=True,
-                      check=False).returncode != 0:
-        subprocess.run(["umount", "-l", os.fspath(path)], capture_output=True, check=False)
-
-
 def _fill(path: Path) -> None:
     """Write zeros into `path` until its filesystem is full (to the last byte)."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -323,8 +314,7 @@ def test_full_disk_surfaces_enospc_and_keeps_data(tmp_path: Path) -> None:
     buffer flushes everything."""
     data_dir = make_data_dir(tmp_path / "data")
     chunks_dir = data_dir / "chunks"
-    _mount_tmpfs(chunks_dir, "1m")
-    try:
+    with tmpfs(chunks_dir, "1m"):
         sp = start_server(data_dir)
         try:
             name = "wb"
@@ -334,8 +324,6 @@ def test_full_disk_surfaces_enospc_and_keeps_data(tmp_path: Path) -> None:
                 _full_disk_flow(client, chunks_dir / "filler")
         finally:
             stop_server(sp)
-    finally:
-        _umount(chunks_dir)
 
 
 def _full_disk_flow(client: AIFSClient, filler: Path) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import stat
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 
 from aifs_core.errors import InvalidArgument, NoSpace, NotFound
 from aifs_server.chunkstore import ChunkStore, LocalChunkStore, StoreUsage
+from tests.helpers import tmpfs
 from tests.services import s3_store_for
 
 NAME = "ab" + "cd" + "0123456789abcdef" * 3 + "0123456789ab"
@@ -292,20 +292,8 @@ def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
 @pytest.fixture
 def tiny_fs(tmp_path: Path) -> Iterator[Path]:
     """A real 512 KiB tmpfs, unmounted even if the test fails."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs to fill needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "tiny", "512k") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=False)
-        if os.path.ismount(mnt):
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_full_disk_is_no_space_and_leaves_nothing(tiny_fs: Path) -> None:
