@@ -55,6 +55,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from aifs_core.errors import PermissionDenied, Unauthenticated
+from aifs_core.status import reason_of
 from aifs_core.verbs import DEFAULT_BRANCH, DEFAULT_NAMESPACE
 
 from ..errors import DeadlineExceeded, LocalError, RemoteError, ServerUnavailable, from_rpc_error
@@ -438,11 +439,16 @@ class Channel:
             detail = f" (last error: {d})" if d else ""
         where = (self.address if len(self.addresses) == 1
                  else f"any of {', '.join(self.addresses)}")
+        took = (f"after {tries} {'try' if tries == 1 else 'tries'} for "
+                f"{time.monotonic() - started:.1f} s")
+        if last is not None and reason_of(last) == "STORE_UNAVAILABLE":
+            # the server answered: it is its database or chunk store that is away
+            return ServerUnavailable(
+                f"the AIFS server at {where} is running but its storage is unavailable "
+                f"({took}){detail}", address=self.address)
         return ServerUnavailable(
-            f"cannot reach the AIFS server at {where} after {tries} "
-            f"{'try' if tries == 1 else 'tries'} for "
-            f"{time.monotonic() - started:.1f} s: is it running? start it with `aifs up` or "
-            f"`aifs server`{detail}", address=self.address)
+            f"cannot reach the AIFS server at {where} {took}: is it running? start it with "
+            f"`aifs up` or `aifs server`{detail}", address=self.address)
 
     def retrying(self, attempt: Callable[[], T], idempotent: bool,
                  timeout: float | None = None) -> T:

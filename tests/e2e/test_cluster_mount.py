@@ -293,8 +293,8 @@ def test_postgres_and_seaweedfs_restart_mid_run(private_cluster: Cluster) -> Non
         with AIFSClient(srv.address, token_file=cl.token_file, retry_for=1,
                         timeout=20) as sdk:
             # the server answers UNAVAILABLE with the reason; the client retries, then says
-            with pytest.raises(ServerUnavailable,
-                               match=r"metadata database .* cannot be reached"):
+            with pytest.raises(ServerUnavailable, match=r"is running but its storage is "
+                               r"unavailable.*metadata database .* cannot be reached"):
                 sdk.create(ROOT_INO, b"during-pg-outage", 0o100644)
         e = _fails_clearly(lambda: _write(m.path / "pg-down", b"x" * 1000), 60)
         assert e.errno == errno.EIO, e
