@@ -225,7 +225,7 @@ class S3ChunkStore:
                 status, code, first = _summary(exc)
                 if isinstance(exc, AlreadyExistsError) or code == "PreconditionFailed" \
                         or status == 412:
-                    raise _Exists() from None
+                    raise _Exists(after_retry=attempt > 1) from None
                 if status == 416 or code == "InvalidRange":
                     raise _NoRange() from None
                 if code == "NoSuchBucket":
@@ -263,8 +263,11 @@ class S3ChunkStore:
         try:
             self._call("PUT", key, lambda: obstore.put(self._s3, key, body, mode="create",
                                                       use_multipart=False))
-        except _Exists:
-            return False
+        except _Exists as there:
+            # Sealed envelopes differ at every seal (fresh data key and nonces), so the same
+            # bytes there mean our own earlier attempt landed: report it as stored by us.
+            if not there.after_retry or self.get(name) != body:
+                return False
         with self._lock:
             if self._used is not None:
                 self._used += len(body)
@@ -420,7 +423,13 @@ class S3ChunkStore:
 
 
 class _Exists(Exception):
-    """A create-only PUT found the name there already."""
+    """A create-only PUT found the name there already. `after_retry`: an earlier attempt of
+    the same PUT failed with its outcome unknown (it may have landed before its answer was
+    lost), so "there already" may be our own write."""
+
+    def __init__(self, after_retry: bool = False) -> None:
+        super().__init__()
+        self.after_retry = after_retry
 
 
 class _NoRange(Exception):

@@ -184,12 +184,13 @@ def test_a_hung_server_times_out(silent_listener: str) -> None:
 
 class FaultProxy:
     """A real TCP proxy in front of SeaweedFS: the first `fail` connections get an S3
-    503 SlowDown and are closed; later ones are piped through both ways."""
+    503 SlowDown and are closed; the next `lose` are passed upstream but their answer is
+    dropped (the request landed, the client never hears it); later ones are piped both ways."""
 
-    def __init__(self, upstream: str, fail: int) -> None:
+    def __init__(self, upstream: str, fail: int, lose: int = 0) -> None:
         host, port = upstream.removeprefix("http://").rsplit(":", 1)
         self.upstream = (host, int(port))
-        self.fail = fail
+        self.fail, self.lose = fail, lose
         self.connections = 0
         self.sockets: list[socket.socket] = []
         self.srv = socket.create_server(("127.0.0.1", 0))
@@ -211,7 +212,8 @@ class FaultProxy:
             if self.connections <= self.fail:
                 self._refuse(conn)
             else:
-                th = threading.Thread(target=self._pipe_pair, args=(conn,), daemon=True)
+                lose = self.connections <= self.fail + self.lose
+                th = threading.Thread(target=self._pipe_pair, args=(conn, lose), daemon=True)
                 th.start()
                 self.threads.append(th)
 
@@ -230,14 +232,15 @@ class FaultProxy:
         finally:
             conn.close()
 
-    def _pipe_pair(self, conn: socket.socket) -> None:
+    def _pipe_pair(self, conn: socket.socket, lose: bool = False) -> None:
         try:
             up = socket.create_connection(self.upstream, timeout=5)
         except OSError:
             conn.close()
             return
         self.sockets += [conn, up]
-        back = threading.Thread(target=self._pipe, args=(up, conn), daemon=True)
+        back_to = self._drop_answer if lose else self._pipe
+        back = threading.Thread(target=back_to, args=(up, conn), daemon=True)
         back.start()
         self._pipe(conn, up)
         back.join(30)
@@ -260,6 +263,20 @@ class FaultProxy:
                     pass
             src.close()
 
+    @staticmethod
+    def _drop_answer(up: socket.socket, conn: socket.socket) -> None:
+        """Wait for the server's answer, then cut the client off without it."""
+        up.settimeout(30)
+        try:
+            up.recv(1 << 16)
+        except OSError:
+            pass
+        for s in (conn, up):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def close(self) -> None:
         self.stop.set()
         self.srv.close()
@@ -270,6 +287,21 @@ class FaultProxy:
                 pass
         for th in self.threads:
             th.join(5)
+
+
+def test_a_put_whose_answer_was_lost_is_still_reported_as_stored(
+        s3_bucket: S3Location) -> None:
+    # The first PUT lands but its answer never arrives; the retry meets "already there"
+    # (create-only PUT) and must see that the object is its own, not someone else's.
+    proxy = FaultProxy(s3_bucket.endpoint, fail=0, lose=1)
+    try:
+        store = s3_bucket.store(endpoint=proxy.endpoint, retries=4, check=False)
+        assert store.put(NAME, b"sealed once") is True
+        assert store.attempts >= 2                      # it did retry
+        assert store.put(NAME, b"sealed again") is False  # a later, different seal: not ours
+        assert store.get(NAME) == b"sealed once"
+    finally:
+        proxy.close()
 
 
 def test_throttling_is_retried_with_backoff_then_succeeds(s3_bucket: S3Location) -> None:
