@@ -145,6 +145,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
+    import importlib.util
+
+    if importlib.util.find_spec("boto3") is None:
+        # the project uses obstore; boto3 is only the other side of this comparison
+        raise SystemExit("s3_client_bench: needs boto3 too: .venv/bin/pip install boto3")
     clients: list[type[Boto] | type[Obstore]] = [Boto, Obstore]
     table: dict[str, dict[str, float]] = {}
     for cls in clients:
