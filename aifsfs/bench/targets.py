@@ -21,6 +21,7 @@ environment, never argv.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -29,6 +30,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from aifsfs.fuse.mounter import READ_AHEAD_KB, set_read_ahead
 
 from .procs import (
     BenchError,
@@ -189,6 +192,10 @@ class DaemonTarget(Target):
         except BenchError:
             self._force_stop()
             raise
+        # every FUSE target gets the read-ahead window the AIFS mount sets for itself, so
+        # sequential reads compare daemons, not kernel settings
+        with contextlib.suppress(OSError):
+            set_read_ahead(str(self.mnt), READ_AHEAD_KB)
 
     def processes(self) -> list[tuple[int, str]]:
         if self.proc is None or self.proc.poll() is not None:

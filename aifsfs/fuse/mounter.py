@@ -153,20 +153,21 @@ def _check_mountpoint(path: str) -> None:
 READ_AHEAD_KB = 4096
 
 
+def set_read_ahead(mountpoint: str, kb: int = READ_AHEAD_KB) -> None:
+    """Set a FUSE mount's read_ahead_kb (root only: OSError otherwise). Call it once the mount
+    answers: a value written before the kernel's INIT is answered is clamped back by it."""
+    st = os.stat(mountpoint)
+    path = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
+    with open(path, "w") as f:
+        f.write(str(kb))
+
+
 async def _raise_read_ahead(mountpoint: str, kb: int = READ_AHEAD_KB) -> None:
-    """Set the mount's read_ahead_kb (root only; otherwise the kernel default stays)."""
+    """set_read_ahead off the trio thread; without root the kernel default stays."""
     import trio
 
-    def apply() -> None:
-        # stat returns once the kernel's INIT is answered: a value written before that
-        # would be clamped back to the kernel's proposal by the INIT reply.
-        st = os.stat(mountpoint)
-        path = f"/sys/class/bdi/{os.major(st.st_dev)}:{os.minor(st.st_dev)}/read_ahead_kb"
-        with open(path, "w") as f:
-            f.write(str(kb))
-
     try:
-        await trio.to_thread.run_sync(apply)
+        await trio.to_thread.run_sync(set_read_ahead, mountpoint, kb)
     except OSError as exc:  # not root, or no sysfs: slower sequential reads, nothing else
         log.debug("read_ahead_kb of %s left at the default: %s", mountpoint, exc)
 
