@@ -78,12 +78,7 @@ class SessionServicer(session_pb2_grpc.SessionServicer):
 
 
 def register_session(backend: Any, server: grpc.Server) -> None:
-    """Serve Session on `server`, and end every session stream when it stops: a graceful
-    stop waits for running calls, and a mount's stream never ends by itself."""
+    """Serve Session on `server`. Whoever stops the server ends the session streams first
+    (`backend.leases.close_all()`, as serve.Server.stop does): a graceful stop waits for
+    running calls, and a mount's stream never ends by itself."""
     session_pb2_grpc.add_SessionServicer_to_server(SessionServicer(backend), server)
-    stop = server.stop
-
-    def stop_ending_sessions(grace: float | None) -> Any:
-        backend.leases.close_all()
-        return stop(grace)
-    server.stop = stop_ending_sessions  # type: ignore[method-assign]

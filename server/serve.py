@@ -170,6 +170,7 @@ class Server:
     insecure: bool = False          # allow plain TCP on non-loopback addresses
     idle: bool = True               # after stop(): no call was still running
     lock_fd: int | None = None      # the data dir's server.lock, held while serving
+    leases: Any = None              # the LeaseManager whose session streams stop() ends
     token_ttl: float = TOKEN_TTL
     _stopped: bool = False
     _renewer: threading.Thread | None = None
@@ -247,6 +248,8 @@ class Server:
         if self._renewer is not None:
             self._renewer.join(5.0)   # before the files are removed: a late renewal recreates
         self.health.enter_graceful_shutdown()
+        if self.leases is not None:
+            self.leases.close_all()  # mounts' session streams never end by themselves
         done = self.grpc_server.stop(grace)
         done.wait(grace + 5)
         # Cancelled calls may still be unwinding in their threads: the storage must outlive
@@ -322,7 +325,7 @@ def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | 
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), gserver)
     return Server(datadir=datadir, grpc_server=gserver, health=health_servicer, metrics=metrics,
-                  listen=list(listen), tls=tls, lock_fd=lock_fd)
+                  listen=list(listen), tls=tls, lock_fd=lock_fd, leases=backend.leases)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
