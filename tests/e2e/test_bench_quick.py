@@ -57,6 +57,22 @@ def _procs_mentioning(d: Path) -> list[str]:
     return found
 
 
+def _where_stuck(pid: int) -> str:
+    """What a hung process and its children are waiting in: Python stacks and kernel wait channels."""
+    lines = [subprocess.run(["ps", "-o", "pid,ppid,stat,wchan:32,etime,args", "--forest", "-g",
+                             str(os.getpgid(pid))], capture_output=True, text=True).stdout]  # fmt: skip
+    if shutil.which("py-spy"):
+        r = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True,
+                           timeout=60)  # fmt: skip
+        lines.append(r.stdout + r.stderr)
+    for kstack in (f"/proc/{pid}/stack",):
+        try:
+            lines.append(Path(kstack).read_text())
+        except OSError:
+            pass
+    return "\n".join(lines)
+
+
 def _cleanup(d: Path) -> None:
     for mp in _mounts_under(d):
         subprocess.run(["fusermount3", "-u", mp], capture_output=True)
@@ -157,7 +173,10 @@ def test_bench_ctrl_c_unmounts_and_stops_everything(workdir: Path) -> None:
         proc.send_signal(signal.SIGINT)
         # a hang guard, not a timing: the interrupted step may be inside os.sync() (cold reads
         # drop caches), which waits for every dirty page of a machine that has just written GBs
-        out, err = proc.communicate(timeout=180)
+        try:
+            out, err = proc.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"aifs bench still running 180 s after SIGINT:\n{_where_stuck(proc.pid)}")
     finally:
         if proc.poll() is None:
             proc.kill()
