@@ -19,7 +19,8 @@ Interface:
     theirs, also reachable on the client itself:
     .assets (the seed's names): put_asset(data, kind="blob", metadata=None, parents=None) -> id;
         get_asset(id) -> dict(data, kind, size, metadata, parents, uri, asset_id, ...);
-        get_asset_stream(id) -> (info dict, iterator of bytes); download(id, fileobj) -> info;
+        get_asset_stream(id) -> (info dict, iterator of bytes); download(id, fileobj) -> info
+        (id: also an aifs-snap:// URI: a snapshot's file);
         stat_asset(id) -> info dict; list_assets(kind=None) -> [info]; delete_asset(id);
         verify_asset(id) -> {"ok", "detail"}; get_lineage(id) -> [info of ancestors];
         put_tensor(TensorData) / get_tensor(id) -> TensorData; put_embedding(EmbeddingData) /
@@ -33,6 +34,11 @@ Interface:
         get_chunks([(id, offset, length)]) -> [bytes] (exact; length 0 = to the chunk's end).
         `wire_stats` counts payload bytes sent/received (zstd vs identity).
     .admin: format, introspect, health, list_namespaces, fsck, gc.
+    .versions: snapshots, branches, tags, diff, merge (rpc/versioning.py).
+    open(uri) -> SnapshotFile   "aifs-snap://NS/ID/path/in/tree" (ID: a snapshot id or a tag):
+        a read-only, seekable file object (read, readinto, readline, seek, tell, context
+        manager; .size, .uri, .snapshot) that fetches only the chunk ranges a read touches,
+        verified from the snapshot's signed Merkle root down to the file's chunk map.
     wait_ready(timeout=None), close().
     default_data_dir(), default_socket(data_dir) — where the embedded default server lives.
 
@@ -46,6 +52,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, BinaryIO
 
+from aifs_core.merkle import SNAP_SCHEME
 from aifs_core.types import Attr, ChunkRef, DirEntry, ParentEdge
 from aifs_core.verbs import DEFAULT_BRANCH, DEFAULT_NAMESPACE
 from aifs_core.wire import attr_from_pb
@@ -63,6 +70,7 @@ from .rpc.channel import (
 from .rpc.data import GrpcData, PutChunksResult
 from .rpc.data import unzstd as _unzstd
 from .rpc.filesystem import FileInfo, GrpcFilesystem, Removed, Renamed, StatFs
+from .rpc.snapshot_file import SnapshotFile
 from .rpc.versioning import GrpcVersioning
 
 
@@ -161,6 +169,10 @@ class AIFSClient:
         default `retry_for`). A health check with wait_for_ready: no token needed."""
         self.channel.wait_ready(timeout)
 
+    def open(self, uri: str) -> SnapshotFile:
+        """A file of a snapshot, `aifs-snap://NS/ID/path/in/tree`, read-only and seekable."""
+        return self.versions.open(uri)
+
     # --- admin (client.admin) -----------------------------------------------------------------
 
     def health(self, service: str = "") -> str:
@@ -206,7 +218,15 @@ class AIFSClient:
 
     def download(self, asset_id: str, fileobj: BinaryIO,
                  on_progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-        return self.assets.download(asset_id, fileobj, on_progress)
+        """Write an asset's bytes, or a snapshot file's (an aifs-snap:// URI), to `fileobj`."""
+        if not asset_id.startswith(SNAP_SCHEME):
+            return self.assets.download(asset_id, fileobj, on_progress)
+        with self.open(asset_id) as f:
+            while piece := f.read(PIECE_SIZE):
+                fileobj.write(piece)
+                if on_progress is not None:
+                    on_progress(len(piece))
+            return {"uri": f.uri, "size": f.size, "snapshot": f.snapshot}
 
     def get_asset(self, asset_id: str) -> dict[str, Any]:
         """The asset's info plus its bytes under "data" (the seed's shape)."""

@@ -252,8 +252,9 @@ def cmd_get(args: argparse.Namespace) -> int:
                                    dir=out.parent if str(out.parent) else ".")
         try:
             with os.fdopen(fd, "wb") as f:
-                info = client.stat_asset(args.asset_id)
-                with progress(int(info["size"]), f"get {args.asset_id[:12]}") as bar:
+                size = (client.open(args.asset_id).size if args.asset_id.startswith(
+                    "aifs-snap://") else int(client.stat_asset(args.asset_id)["size"]))
+                with progress(size, f"get {args.asset_id[:12]}") as bar:
                     client.download(args.asset_id, f, on_progress=bar.update)
             os.chmod(tmp, 0o644 & ~_umask())
             os.replace(tmp, out)
@@ -521,7 +522,8 @@ def build_parser(plugins: Sequence[str] = PLUGINS) -> argparse.ArgumentParser:
                    help="parent asset id (lineage); may be repeated")
 
     p = client_cmd("get", "write an asset's bytes to a file", cmd_get)
-    p.add_argument("asset_id", metavar="ID", help="asset id (64 hex digits)")
+    p.add_argument("asset_id", metavar="ID", help="asset id (64 hex digits), or "
+                   "aifs-snap://NS/SNAPSHOT/path for a file of a snapshot")
     p.add_argument("-o", "--output", metavar="FILE", help="output file ('-' or none = stdout)")
 
     p = client_cmd("ls", "list assets", cmd_ls)

@@ -64,7 +64,7 @@ from aifs_core.wire import attr_from_pb
 from aifsfs.fuse.chunk_cache import split_range
 from aifsfs.fuse.readahead import ChunkReader
 from aifsfs.protocols import AssetReader
-from aifsfs.rpc.versioning import verify_signature
+from aifsfs.rpc.versioning import listing_problem, verify_signature
 
 log = logging.getLogger("aifsfs.views")
 
@@ -279,32 +279,12 @@ class Synthetic:
             return hit
         assert self.versions is not None
         r = await self.call(self.versions.list_tree, snap.id, sino)
-        a = r.attr
-        own = merkle.node_hash(a.mode, a.uid, a.gid, 0,
-                               merkle.dir_body((bytes(e.name), bytes(e.hash)) for e in r.entries),
-                               dict(zip(r.xattr_names, r.xattr_values, strict=True)))
-        if own != expect:
-            raise _eio("snapshot %s: %s: the directory's hash %s does not match %s (the "
-                       "metadata was altered)", snap.id, path or "/", own.hex()[:16],
-                       expect.hex()[:16])
-        entries: dict[bytes, Any] = {}
-        for e in r.entries:
-            m = e.attr.mode
-            if not stat.S_ISDIR(m):
-                if stat.S_ISREG(m):
-                    body: bytes | int = bytes(e.content_hash)
-                elif stat.S_ISLNK(m):
-                    body = bytes(e.symlink)
-                else:
-                    body = e.attr.rdev
-                h = merkle.node_hash(m, e.attr.uid, e.attr.gid, e.attr.size, body,
-                                     dict(zip(e.xattr_names, e.xattr_values, strict=True)))
-                if h != bytes(e.hash):
-                    raise _eio("snapshot %s: %s/%s: its hash does not match its attributes "
-                               "(the metadata was altered)", snap.id, path,
-                               bytes(e.name).decode(errors="replace"))
-            entries[bytes(e.name)] = e
-        out = (attr_from_pb(a), entries)
+        bad, problem = listing_problem(r, expect)
+        if problem:
+            raise _eio("snapshot %s: %s: %s", snap.id, f"{path}/{bad}" if bad else path or "/",
+                       problem)
+        entries: dict[bytes, Any] = {bytes(e.name): e for e in r.entries}
+        out = (attr_from_pb(r.attr), entries)
         if len(snap.listings) >= _MAX_LISTINGS:
             snap.listings.clear()
         snap.listings[sino] = out

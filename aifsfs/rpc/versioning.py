@@ -20,6 +20,17 @@ Interface:
         .branch                          the branch of this client's channel
         tree_fs(tree_branch) -> GrpcFilesystem   Filesystem calls on another tree (a snapshot's
                                          "@snap:<id>") over this same connection
+        in_namespace(ns) -> GrpcVersioning       the same connection and token, namespace `ns`
+        open(uri) -> SnapshotFile        aifs-snap://NS/ID/path (ID: a snapshot id or a tag):
+                                         a read-only, seekable file read by ranges, after the
+                                         signature, every directory on the path and the chunk
+                                         map are checked against the signed root. Errors:
+                                         InvalidArgument (malformed URI, a symlink), NotFound,
+                                         IsADirectory, NotADirectory, BadSignature, and the
+                                         server's PermissionDenied for another namespace
+    listing_problem(reply, expect) -> (name, problem)   ("", "") when a ListTree reply hashes
+                                         to `expect` and each non-directory entry's hash
+                                         matches its attributes
 A ref is a snapshot id, "tag:NAME", "branch:NAME", a bare tag or branch name, or an
 aifs-snap:// URI. Changes are not retried (a retry after a lost reply could snapshot twice).
 """
@@ -27,20 +38,26 @@ aifs-snap:// URI. Changes are not retried (a retry after a lost reply could snap
 from __future__ import annotations
 
 import copy
+import re
+import stat
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from aifs_core import merkle
-from aifs_core.errors import AIFSError
+from aifs_core.errors import AIFSError, InvalidArgument, IsADirectory, NotADirectory, NotFound
+from aifs_core.types import ROOT_INO
 from aifs_proto.v1 import common_pb2, versioning_pb2, versioning_pb2_grpc
 
 from ..keypin import check_pinned
 from .channel import Channel
+from .data import GrpcData
 from .filesystem import GrpcFilesystem
+from .snapshot_file import SnapshotFile, SnapshotRaw
 
 pb = versioning_pb2
+_SNAP_ID = re.compile(r"[0-9a-fA-F]{32}")
 
 
 class BadSignature(AIFSError):
@@ -66,6 +83,32 @@ def verify_signature(info: dict[str, Any], public_key: bytes) -> bool:
     return True
 
 
+def listing_problem(r: Any, expect: bytes) -> tuple[str, str]:
+    """What is wrong with ListTree reply `r` of a directory whose node hash must be `expect`
+    (FORMAT.md §6.3): its hash recomputed from the listing, and each file's, symlink's and
+    special file's hash recomputed from its listed attributes. (entry name or "" for the
+    directory itself, problem); ("", "") when nothing is."""
+    a = r.attr
+    own = merkle.node_hash(a.mode, a.uid, a.gid, 0,
+                           merkle.dir_body((bytes(e.name), bytes(e.hash)) for e in r.entries),
+                           dict(zip(r.xattr_names, r.xattr_values, strict=True)))
+    if own != expect:
+        return "", (f"the directory's hash {own.hex()[:16]} does not match "
+                    f"{expect.hex()[:16]} (the metadata was altered)")
+    for e in r.entries:
+        m = e.attr.mode
+        if stat.S_ISDIR(m):
+            continue  # checked when it is listed
+        body: bytes | int = (bytes(e.content_hash) if stat.S_ISREG(m) else
+                             bytes(e.symlink) if stat.S_ISLNK(m) else e.attr.rdev)
+        h = merkle.node_hash(m, e.attr.uid, e.attr.gid, e.attr.size, body,
+                             dict(zip(e.xattr_names, e.xattr_values, strict=True)))
+        if h != bytes(e.hash):
+            return (bytes(e.name).decode(errors="replace"),
+                    "its hash does not match its attributes (the metadata was altered)")
+    return "", ""
+
+
 class GrpcVersioning:
     """The Versioning service's calls (thread-safe)."""
 
@@ -73,6 +116,7 @@ class GrpcVersioning:
         self._ch = channel
         self._v = versioning_pb2_grpc.VersioningStub(channel.grpc)
         self._pinned: bytes | None = None
+        self._scoped: dict[str, GrpcVersioning] = {}
 
     def _call(self, method: str, request: Any, idempotent: bool = True) -> Any:
         return self._ch.unary(getattr(self._v, method), request, idempotent=idempotent,
@@ -175,3 +219,61 @@ class GrpcVersioning:
         ch = copy.copy(self._ch)
         ch.branch = tree_branch
         return GrpcFilesystem(ch)
+
+    def in_namespace(self, namespace: str) -> GrpcVersioning:
+        if namespace == self._ch.namespace:
+            return self
+        v = self._scoped.get(namespace)
+        if v is None:   # kept: its key pin is checked once
+            ch = copy.copy(self._ch)   # the connection and token are shared; the server
+            ch.namespace, ch.branch = namespace, "main"   # checks the token's namespace
+            v = self._scoped[namespace] = GrpcVersioning(ch)
+        return v
+
+    def open(self, uri: str) -> SnapshotFile:
+        """A file of a snapshot, verified from the signed root down (see the module doc)."""
+        try:
+            ns, ref, path = merkle.parse_snap_uri(uri)
+        except ValueError as e:
+            raise InvalidArgument(str(e)) from None
+        parts = [p for p in path.split("/") if p]
+        if not parts:
+            raise IsADirectory(f"{uri} is the snapshot's root directory: add a file's path "
+                               f"({merkle.SNAP_SCHEME}NS/ID/path/in/tree)")
+        if any(p in (".", "..") for p in parts):
+            raise InvalidArgument(f"{uri}: '.' and '..' are not allowed in a snapshot path")
+        v = self.in_namespace(ns)
+        # an id, or a tag (a citation never moves; a branch head would, so it is not taken)
+        info = v.get_verified(ref.lower() if _SNAP_ID.fullmatch(ref) else f"tag:{ref}")
+        ino, expect, walked = ROOT_INO, bytes(info["root_hash"]), ""
+        entry: Any = None
+        for i, name in enumerate(parts):
+            r = v.list_tree(info["id"], ino)
+            bad, problem = listing_problem(r, expect)
+            if problem:
+                raise BadSignature(f"{uri}: snapshot {info['id']}: {walked}/{bad}: {problem}")
+            entry = next((e for e in r.entries if bytes(e.name) == name.encode()), None)
+            walked += "/" + name
+            if entry is None:
+                raise NotFound(f"{uri}: {walked} does not exist in snapshot {info['id']}")
+            mode = entry.attr.mode
+            if stat.S_ISLNK(mode):
+                raise InvalidArgument(f"{uri}: {walked} is a symbolic link (to "
+                                      f"{bytes(entry.symlink).decode(errors='replace')!r}); "
+                                      "open the path it names")
+            if i < len(parts) - 1 and not stat.S_ISDIR(mode):
+                raise NotADirectory(f"{uri}: {walked} is not a directory")
+            ino, expect = int(entry.attr.ino), bytes(entry.hash)
+        if stat.S_ISDIR(entry.attr.mode):
+            raise IsADirectory(f"{uri}: {walked} is a directory in snapshot {info['id']}")
+        if not stat.S_ISREG(entry.attr.mode):
+            raise InvalidArgument(f"{uri}: {walked} is not a regular file")
+        size = int(entry.attr.size)
+        _, chunk_size, refs = v.tree_fs(info["tree_branch"]).get_chunk_map(ino)
+        if merkle.content_hash(size, [(c.index, c.chunk_id, c.length) for c in refs]) != \
+                bytes(entry.content_hash):
+            raise BadSignature(f"{uri}: snapshot {info['id']}: {walked}: its chunk map does "
+                               "not give its content hash (the metadata was altered)")
+        raw = SnapshotRaw(GrpcData(v._ch), merkle.snap_uri(ns, info["id"], walked), size,
+                          chunk_size or (1 << 20), {c.index: c for c in refs}, info)
+        return SnapshotFile(raw)

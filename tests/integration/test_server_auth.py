@@ -23,6 +23,8 @@ from aifs_proto.v1 import (
     data_pb2_grpc,
     filesystem_pb2,
     filesystem_pb2_grpc,
+    versioning_pb2,
+    versioning_pb2_grpc,
 )
 from aifs_server.auth import AuthInterceptor, mint_token
 from tests.helpers import ServerProc, call_md, error_info, open_channel, short_tmpdir
@@ -43,10 +45,19 @@ FAMILIES: dict[str, Call] = {
               assets_pb2.PutAssetRequest(data=b"hello")]), metadata=md, timeout=10),
     "admin": lambda ch, md: admin_pb2_grpc.AdminStub(ch).Introspect(
         common_pb2.Empty(), metadata=md, timeout=10),
+    # a snapshot's file is read (client.open) with SigningKey, GetSnapshot, ListTree, then the
+    # Filesystem and Data calls above
+    "versions-key": lambda ch, md: versioning_pb2_grpc.VersioningStub(ch).SigningKey(
+        common_pb2.Empty(), metadata=md, timeout=10),
+    "versions-list": lambda ch, md: versioning_pb2_grpc.VersioningStub(ch).ListTags(
+        common_pb2.Empty(), metadata=md, timeout=10),
+    "versions-snap": lambda ch, md: versioning_pb2_grpc.VersioningStub(ch).CreateSnapshot(
+        versioning_pb2.CreateSnapshotRequest(), metadata=md, timeout=10),
 }
 # verbs the calls above need, and one verb none of them needs
 NEEDED = {"fs": "stat", "data": "put", "data-stream": "get", "assets": "list",
-          "assets-put": "put", "admin": "admin"}
+          "assets-put": "put", "admin": "admin", "versions-key": "get",
+          "versions-list": "list", "versions-snap": "snapshot"}
 
 
 @pytest.fixture(scope="module")
