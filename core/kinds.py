@@ -60,6 +60,7 @@ import blake3
 import numpy as np
 
 from .errors import InvalidArgument
+from .merkle import SNAP_SCHEME
 from .types import ParentEdge
 
 KINDS: tuple[str, ...] = ("blob", "tensor", "embed", "artifact")
@@ -113,6 +114,8 @@ def is_asset_id(s: str) -> bool:
 
 
 def asset_uri(namespace: str, asset_id: str) -> str:
+    if asset_id.startswith(SNAP_SCHEME):   # a snapshot in a lineage: its id is its URI
+        return asset_id
     return f"aifs://{namespace}/{asset_id}"
 
 
@@ -145,10 +148,14 @@ def normalize_parents(parents: Iterable[str | ParentEdge | Mapping[str, Any]] | 
                               str(p.get("transform_digest", "")))
         else:
             raise KindError(f"parent {p!r} must be an asset id, a ParentEdge or a dict")
+        if edge.parent_id.startswith(SNAP_SCHEME):  # a snapshot: the server checks it exists
+            out.append(edge)
+            continue
         edge.parent_id = edge.parent_id.lower()
         if not is_asset_id(edge.parent_id):
             raise KindError(
-                f"parent {edge.parent_id!r} is not an asset id (64 lowercase hex digits)"
+                f"parent {edge.parent_id!r} is not an asset id (64 lowercase hex digits) or "
+                f"a snapshot ({SNAP_SCHEME}NS/ID)"
             )
         out.append(edge)
     return out

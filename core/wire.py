@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from aifs_core.errors import InvalidArgument
+from aifs_core.merkle import SNAP_SCHEME
 from aifs_core.types import AssetRecord, Attr, ChunkRef, ParentEdge
 from aifs_proto.v1 import admin_pb2, assets_pb2, common_pb2
 
@@ -78,7 +79,8 @@ def asset_info_to_pb(namespace: str, rec: AssetRecord, chunk_size: int = 0
         asset_id=rec.asset_id, kind=rec.kind, size=rec.size, stored_bytes=rec.stored_bytes,
         metadata_json=rec.metadata_json or "{}",
         parents=[parent_to_pb(p) for p in rec.parents],
-        uri=f"aifs://{namespace}/{rec.asset_id}", created_ns=rec.created_ns,
+        uri=(rec.asset_id if rec.asset_id.startswith(SNAP_SCHEME)   # a snapshot in a lineage
+             else f"aifs://{namespace}/{rec.asset_id}"), created_ns=rec.created_ns,
         chunk_count=len(rec.chunks))
 
 

@@ -2,14 +2,16 @@
 
 Interface:
     AssetStore(datadir)                      a DataDir (datadir.open_data_dir) or anything with
-                                             .meta (MetadataEngine) and .chunks (ChunkService)
+                                             .meta (PosixMeta) and .chunks (ChunkService)
         .put(namespace, kind, data, metadata=None, parents=None, level=None) -> AssetRecord
             data: bytes-like | Iterable[bytes] | BinaryIO (read in pieces). Streams with
             bounded memory: at most about one chunk (the namespace's chunk size) is held.
             Parents (asset ids, ParentEdge or dicts) must be committed -> ParentNotCommitted,
-            checked BEFORE any data is stored. level: zstd level for new chunks (None = the
-            namespace's). Putting the same bytes again stores nothing new and returns the
-            existing record (its metadata/parents are the first put's: the id is the bytes').
+            checked BEFORE any data is stored. A parent may be a snapshot of the namespace,
+            aifs-snap://NS/ID (or a tag where ID is: the snapshot's id is stored); it must
+            exist. level: zstd level for new chunks (None = the namespace's). Putting the
+            same bytes again stores nothing new and returns the existing record (its
+            metadata/parents are the first put's: the id is the bytes').
         .open(namespace, asset_id) -> (AssetRecord, Iterator[bytes])   one chunk at a time;
             the iterator checks the whole-content BLAKE3 at the end (CorruptChunk if wrong)
         .info(namespace, asset_id) -> AssetRecord    AssetNotFound; a malformed id InvalidArgument
@@ -49,7 +51,8 @@ from aifs_core.kinds import (
 )
 from aifs_core.types import AssetRecord, ChunkRef, ParentEdge, TreeRef
 from aifs_server.deadline import NEVER, Deadline
-from aifs_server.metadata.base import MetadataEngine
+from aifs_server.metadata.posix import PosixMeta
+from aifs_server.metadata.snapshot_parents import canonical_parent, is_snapshot_parent
 
 READ_PIECE = 1 << 20        # read size for file-like inputs
 _ZEROS = bytes(1 << 20)     # shared zero buffer for holes
@@ -143,7 +146,7 @@ def _metadata_json(metadata: Mapping[str, Any] | str | None) -> str:
 class AssetStore:
     def __init__(self, datadir: Any) -> None:
         self.datadir = datadir
-        self.meta: MetadataEngine = datadir.meta
+        self.meta: PosixMeta = datadir.meta
         self.chunks = datadir.chunks
 
     # --- helpers ----------------------------------------------------------------------------
@@ -170,6 +173,12 @@ class AssetStore:
 
     def _check_parents(self, namespace: str, parents: list[ParentEdge]) -> None:
         for edge in parents:
+            if is_snapshot_parent(edge.parent_id):
+                # stored by id (a tag resolved now); meta.put_asset checks it again in the
+                # transaction that stores the asset
+                with self.meta.store.read() as tx:
+                    edge.parent_id = canonical_parent(tx, namespace, edge.parent_id)
+                continue
             try:
                 self.meta.get_asset(namespace, edge.parent_id)
             except NotFound:
