@@ -240,9 +240,15 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     @rpc
     def MkDir(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
+        sess = self._session(context, tree)
+        since = self.leases.mark()
         with self._change(context, tree, [request.parent]):
             a = self.meta.mkdir(tree, request.parent, _name(request.name), request.mode,
                                 request.uid, request.gid)
+        # The new directory is empty: its maker may lease that (a change of it by anyone
+        # since the mark, i.e. since before it existed, refuses the grant), so creates in it
+        # need no negative lookup.
+        self._grant(context, sess, tree, [a.ino], since)
         return self._entry_reply(tree, a, request.parent)
 
     @rpc

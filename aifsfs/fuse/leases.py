@@ -11,12 +11,24 @@ Interface:
         .put_negative(token, parent, name);  .put_page(token, ino, cookie, entries, eof)
                                      each keeps the reply only if this thread's last call was
                                      leased and no recall or reset came since `token`
+        .put_new_dir(token, a)       a directory this mount just made, leased to it: empty and
+                                     complete (every lookup in it answered here)
         .drop(*inos)                 this mount changed them (its own changes are not recalled)
+        .recalls() -> mark;  .own_entry(mark, parent, name, ino | None, parent_attr=None)
+                                     this mount added (ino) or removed (None) `name` in
+                                     `parent`: a leased directory is updated instead of dropped,
+                                     unless a recall or reset came since `mark` (taken before
+                                     the call): then it is dropped
         .recalled(inos);  .reset()   the session's callbacks (any thread)
         .stats -> {"hits": n, "misses": n}
 
 Every entry is covered by the lease on one inode: attributes and chunk map by the inode's,
-a name (or its absence) and a readdir page by the directory's. A recall of an inode drops all
+a name (or its absence) and a readdir page by the directory's. A directory is *complete* when
+its names are all of its entries (every page from cookie 0 to eof read under the lease, or made
+empty by this mount): any other name is then absent without a call, so a create in it needs no
+negative Lookup. This mount's own creates and removals keep a complete directory complete (the
+server does not recall the caller's own leases, and any other client's change of it would have
+been recalled first: a recall since the call began makes the update a drop). A recall of an inode drops all
 of them; a lost session drops everything. Memory: at most max_inodes inodes are kept; dropping
 one locally needs no message (the server's recall of it later is acked at once).
 """
@@ -35,7 +47,7 @@ NEGATIVE = object()
 
 
 class _Entry:
-    __slots__ = ("attr", "cs", "refs", "names", "pages")
+    __slots__ = ("attr", "cs", "refs", "names", "pages", "complete")
 
     def __init__(self) -> None:
         self.attr: Attr | None = None
@@ -43,6 +55,23 @@ class _Entry:
         self.refs: list[ChunkRef] | None = None
         self.names: dict[bytes, int | None] = {}        # a directory's: name -> ino | absent
         self.pages: dict[int, tuple[list[DirEntry], bool]] = {}
+        self.complete = False                           # names holds every entry
+
+
+def _chain_complete(d: _Entry) -> bool:
+    """Whether the pages from cookie 0 run unbroken to eof."""
+    cookie = 0
+    for _ in range(len(d.pages)):
+        page = d.pages.get(cookie)
+        if page is None:
+            return False
+        entries, eof = page
+        if eof:
+            return True
+        if not entries:
+            return False
+        cookie = entries[-1].cookie
+    return False
 
 
 class LeaseCache:
@@ -51,6 +80,7 @@ class LeaseCache:
         self.max_inodes = max_inodes
         self._lock = threading.Lock()
         self._e: OrderedDict[int, _Entry] = OrderedDict()
+        self._recalls = 0         # recalls and resets so far (own_entry's check)
         self.stats = {"hits": 0, "misses": 0}
 
     @property
@@ -92,10 +122,10 @@ class LeaseCache:
     def lookup(self, parent: int, name: bytes) -> Any:
         with self._lock:
             d = self._get(parent)
-            if d is None or name not in d.names:
+            if d is None or (name not in d.names and not d.complete):
                 self._count(False)
                 return None
-            ino = d.names[name]
+            ino = d.names.get(name)
             if ino is None:
                 self._count(True)
                 return NEGATIVE
@@ -167,6 +197,16 @@ class LeaseCache:
                 if e.attr is None or e.attr.generation != de.attr.generation:
                     e.refs = None
                 e.attr = de.attr
+            if not d.complete and _chain_complete(d):
+                # negatives learnt before are right (same lease); anything else is absent
+                d.names = {n: i for n, i in d.names.items() if i is not None}
+                d.complete = True
+
+    def put_new_dir(self, token: int, a: Attr) -> None:
+        with self._lock:
+            if self._keep(token):
+                d = self._entry(a.ino)
+                d.attr, d.names, d.pages, d.complete = a, {}, {}, True
 
     # --- invalidation ---------------------------------------------------------------------------
     def drop(self, *inos: int | None) -> None:
@@ -180,11 +220,44 @@ class LeaseCache:
                 if ino is not None:
                     self._e.pop(ino, None)
 
+    def recalls(self) -> tuple[int, int]:
+        with self._lock:
+            return self._recalls, -1 if self.session is None else int(self.session.epoch)
+
+    def own_entry(self, mark: tuple[int, int], parent: int, name: bytes, ino: int | None,
+                  parent_attr: Attr | None = None) -> None:
+        s = self.session
+        if s is None:
+            return
+        with self._lock:
+            quiet = s.epoch == mark[1]       # nothing else of ours or theirs since the call
+            s.bump()
+            d = self._e.get(parent)
+            if d is None:
+                return
+            if self._recalls != mark[0]:
+                # another client's change may have come between ours and now
+                self._e.pop(parent, None)
+                return
+            # its times changed: the reply's attrs are the ones after our change, unless
+            # another change of ours ran meanwhile (then which is later is unknown)
+            d.attr = parent_attr if quiet and parent_attr is not None else None
+            d.pages = {}
+            if ino is None:
+                if d.complete:
+                    d.names.pop(name, None)
+                else:
+                    d.names[name] = None
+            else:
+                d.names[name] = ino
+
     def recalled(self, inos: list[int]) -> None:
         with self._lock:
+            self._recalls += 1
             for ino in inos:
                 self._e.pop(ino, None)
 
     def reset(self) -> None:
         with self._lock:
+            self._recalls += 1
             self._e.clear()

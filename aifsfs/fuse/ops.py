@@ -192,7 +192,9 @@ class AIFSOperations(pyfuse3.Operations):
         self.limiter = trio.CapacityLimiter(threads)
         self.cache = ChunkCache(cache_bytes)
         self.reader = ChunkReader(client.data, self.cache, self.limiter, readahead_chunks)
-        self.buffers = WriteBuffers(self.fs, client.data, self.limiter, self._read_base,
+        # uploads carry the session id: the server keeps them until our commit (or our end)
+        data = self._session.data if self._session is not None else client.data
+        self.buffers = WriteBuffers(self.fs, data, self.limiter, self._read_base,
                                     max_dirty_bytes, inline_max=INLINE_MAX)
         self.synthetic = Synthetic(client.assets, self._call, self.reader,
                                    versions=getattr(client, "versions", None),
@@ -254,6 +256,27 @@ class AIFSOperations(pyfuse3.Operations):
         a, cs, refs, data = self.fs.open_chunk_map(ino, inline_max, seen)
         self.leases.put_map(tok, a, cs, refs)
         return a, cs, refs, data
+
+    def _mkdir_sync(self, parent: int, name: bytes, mode: int, uid: int, gid: int
+                    ) -> tuple[Attr, Attr | None]:
+        tok = self.leases.begin()
+        a, pa = self.fs.mkdir_entry(parent, name, mode, uid, gid)
+        self.leases.put_new_dir(tok, a)        # empty, if the server leased it to us
+        return a, pa
+
+    async def _add_entry(self, parent: int, name: bytes, fn: Callable[..., Any], *args: Any
+                         ) -> tuple[Attr, Attr | None]:
+        """Run one of this mount's calls that adds `name` to `parent` (returning the new
+        attrs and the parent's): a leased directory gets the name instead of being dropped,
+        so lookups in it stay local (a failed call drops it)."""
+        mark = self.leases.recalls()
+        try:
+            a, pa = await self._call(fn, *args)
+        except BaseException:
+            self._changed(parent)
+            raise
+        self.leases.own_entry(mark, parent, name, a.ino, pa)
+        return a, pa
 
     def _leased_ino(self, parent: int, name: bytes) -> int | None:
         a = self.leases.lookup(parent, name)
@@ -405,6 +428,8 @@ class AIFSOperations(pyfuse3.Operations):
         if fields.update_ctime:
             bits |= SET_CTIME
             kw["ctime_ns"] = attr.st_ctime_ns
+        if bits & SET_SIZE:
+            await self.reader.fence(inode)    # no pushed page may land past the new size
         st = self.inodes.state(inode)
         if st is not None and st.is_dirty() and bits & (SET_SIZE | SET_MTIME | SET_ATIME):
             # Commit first: a later commit must not undo a truncate or a preserved mtime.
@@ -441,11 +466,8 @@ class AIFSOperations(pyfuse3.Operations):
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._check_writable(parent_inode, name)
         t0 = time.monotonic()
-        try:
-            a, pa = await self._call(self.fs.mkdir_entry, parent_inode, name, mode & 0o7777,
-                                     ctx.uid, ctx.gid)
-        finally:
-            self._changed(parent_inode)
+        a, pa = await self._add_entry(parent_inode, name, self._mkdir_sync, parent_inode, name,
+                                      mode & 0o7777, ctx.uid, ctx.gid)
         self._note_attr(pa, t0)
         self.inodes.remember_lookup(a.ino)
         self.inodes.saw_in(a, parent_inode)
@@ -456,11 +478,8 @@ class AIFSOperations(pyfuse3.Operations):
                     ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._check_writable(parent_inode, name)
         t0 = time.monotonic()
-        try:
-            a, pa = await self._call(self.fs.create_entry, parent_inode, name, mode, ctx.uid,
-                                     ctx.gid, rdev)
-        finally:
-            self._changed(parent_inode)
+        a, pa = await self._add_entry(parent_inode, name, self.fs.create_entry, parent_inode,
+                                      name, mode, ctx.uid, ctx.gid, rdev)
         self._note_attr(pa, t0)
         self.inodes.remember_lookup(a.ino)
         return self._entry(a)
@@ -470,11 +489,8 @@ class AIFSOperations(pyfuse3.Operations):
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         self._check_writable(parent_inode, name)
         t0 = time.monotonic()
-        try:
-            a, pa = await self._call(self.fs.symlink_entry, parent_inode, name, target,
-                                     ctx.uid, ctx.gid)
-        finally:
-            self._changed(parent_inode)
+        a, pa = await self._add_entry(parent_inode, name, self.fs.symlink_entry, parent_inode,
+                                      name, target, ctx.uid, ctx.gid)
         self._note_attr(pa, t0)
         self.inodes.remember_lookup(a.ino)
         return self._entry(a)
@@ -493,9 +509,10 @@ class AIFSOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EXDEV)
         t0 = time.monotonic()
         try:
-            a, pa = await self._call(self.fs.link_entry, inode, new_parent_inode, new_name)
+            a, pa = await self._add_entry(new_parent_inode, new_name, self.fs.link_entry,
+                                          inode, new_parent_inode, new_name)
         finally:
-            self._changed(inode, new_parent_inode)
+            self._changed(inode)
         self._note_attr(pa, t0)
         self._note_attr(a, t0)
         self.inodes.remember_lookup(a.ino)
@@ -543,12 +560,16 @@ class AIFSOperations(pyfuse3.Operations):
         forget = self._nothing_open() and not (directory and self.dirs)
         t0 = time.monotonic()
         victim = self._leased_ino(parent, name)
+        mark = self.leases.recalls()
         try:
             r = await self._call(self.fs.remove, parent, name, directory=directory,
                                  forget=forget)
-        finally:
+        except BaseException:
             self._changed(parent, victim)
-        self._changed(r.attr.ino if r.attr is not None else None)
+            raise
+        # the directory keeps its lease minus the name (lookups of the others stay local)
+        self.leases.own_entry(mark, parent, name, None, r.parent)
+        self._changed(victim, r.attr.ino if r.attr is not None else None)
         self._note_attr(r.parent, t0)
         await self._after_unlink(r.attr, forget)
 
@@ -734,8 +755,12 @@ class AIFSOperations(pyfuse3.Operations):
             await self._reload(st)
             self.inodes.set_seen_gen(inode, st.generation)
             keep = False
-        st.handles += 1
         fh = self._fh()
+        if flags & (os.O_WRONLY | os.O_RDWR):   # no page push while it may write (page_push.py)
+            await self.reader.writer_open(inode, fh)
+        elif not keep:
+            await self.reader.fence(inode)    # pushed pages of the old content land first
+        st.handles += 1
         self.handles[fh] = _Handle(inode, st, self.readahead_chunks)
         return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh), keep_cache=keep)
 
@@ -745,11 +770,8 @@ class AIFSOperations(pyfuse3.Operations):
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._check_writable(parent_inode, name)
         t0 = time.monotonic()
-        try:
-            a, pa = await self._call(self.fs.create_entry, parent_inode, name, mode, ctx.uid,
-                                     ctx.gid)
-        finally:
-            self._changed(parent_inode)
+        a, pa = await self._add_entry(parent_inode, name, self.fs.create_entry, parent_inode,
+                                      name, mode, ctx.uid, ctx.gid)
         self._note_attr(pa, t0)
         self._note_attr(a, t0)
         if not self.chunk_size:
@@ -760,6 +782,7 @@ class AIFSOperations(pyfuse3.Operations):
         self.inodes.set_seen_gen(a.ino, a.generation)
         st.handles += 1
         fh = self._fh()
+        await self.reader.writer_open(a.ino, fh)
         self.handles[fh] = _Handle(a.ino, st, self.readahead_chunks)
         self.inodes.remember_lookup(a.ino)
         return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh)), self._entry(a)
@@ -776,6 +799,7 @@ class AIFSOperations(pyfuse3.Operations):
             return b""
         seq = h.window.observe(off, size)
         cs = st.chunk_size
+        push = None if seq else self.reader.target(st)   # taken before any await
         parts = [await st.read_slot(idx, o, n, seq, self.reader.read)
                  for idx, o, n in split_range(off, end - off, cs)]
         if seq and self._nursery is not None:
@@ -784,7 +808,10 @@ class AIFSOperations(pyfuse3.Operations):
                 self.reader.prefetch(self._nursery, st.clean_refs(ahead))
         elif self._nursery is not None and h.window.wants_fill(st.size, self.reader.fill_budget()):
             # random access to a file that fits the cache: fetch all of it behind the reader
-            self.reader.fill(self._nursery, h.ino, st.clean_refs(range(-(-st.size // cs))))
+            self.reader.fill(self._nursery, h.ino, st.clean_refs(range(-(-st.size // cs))),
+                             push if self.reader.fits(st.size) else None)
+        if push is not None:
+            self.reader.push_read(push, st, off, end)
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
     @_errors()
@@ -830,6 +857,7 @@ class AIFSOperations(pyfuse3.Operations):
         await self._commit(h.state, durable=True)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
+        self.reader.released(fh)
         h = self.handles.pop(fh, None)
         if h is None or h.state is None:
             return

@@ -1,0 +1,88 @@
+"""Small files over a real mount of a real server (issue 9, docs/LEASES.md): what a create, an
+unlink and a cold read cost in calls (counted from the server's Prometheus metrics), and that
+the cheaper paths keep close-to-open between mounts and survive a server SIGKILL.
+
+- A directory this mount made is leased to it empty, and its own creates and unlinks keep it
+  complete: creating files in it asks no negative Lookup; unlinking listed names asks none.
+- Another mount's create or unlink in such a directory is seen at once (it recalls the lease).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from aifsfs.bench.workloads import create_small
+from tests.e2e.conftest import Mount
+from tests.e2e.test_leases import _wait_leased, calls, metered  # noqa: F401 - fixture
+from tests.helpers import ServerProc
+
+N = 1000
+
+
+def _ready(m: Mount, sp: ServerProc) -> None:
+    """Wait for the mount's session to hold leases (its first renewal answer)."""
+    f = m.path / "ready"
+    f.write_bytes(b"ok")
+    _wait_leased(m, f, sp)
+
+
+def _delta(sp: ServerProc, before: dict[str, int]) -> dict[str, int]:
+    after = calls(sp)
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+def test_creates_and_unlinks_in_own_directory_ask_no_lookup(
+        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:  # noqa: F811
+    m = mount_factory(metered)
+    _ready(m, metered)
+    d = m.path / "small"
+    d.mkdir()
+    before = calls(metered)
+    create_small(m.path, N)         # the benchmark's: N 4 KiB files in m.path/small
+    c = _delta(metered, before)
+    assert c.get("Lookup", 0) == 0, c
+    assert c.get("Create", 0) == N and c.get("CommitFile", 0) == N, c
+    assert sum(c.values()) <= 2 * N + 5, c
+    names = sorted(os.listdir(d))
+    assert len(names) == N
+    before = calls(metered)
+    for name in names:
+        os.unlink(d / name)
+    c = _delta(metered, before)
+    assert c.get("Lookup", 0) == 0 and c.get("Unlink", 0) == N, c
+    assert sum(c.values()) <= N + 5, c
+    assert os.listdir(d) == []
+
+
+def test_other_mounts_changes_seen_in_a_complete_directory(
+        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:  # noqa: F811
+    a = mount_factory(metered)
+    b = mount_factory(metered)
+    _ready(a, metered)
+    (a.path / "d").mkdir()
+    for i in range(10):
+        (a.path / "d" / f"a{i}").write_bytes(b"a" * i)
+    for round_ in range(20):
+        name = f"b{round_}"
+        # A answers "no such name" from its lease while it holds it
+        assert not _opens(a.path / "d" / name)
+        (b.path / "d" / name).write_bytes(name.encode())        # recalls A's lease
+        assert (a.path / "d" / name).read_bytes() == name.encode()
+        if round_ < 10:
+            os.unlink(b.path / "d" / f"a{round_}")
+            # open, not stat: stat may be served by the kernel's attribute cache (attr_timeout)
+            assert not _opens(a.path / "d" / f"a{round_}")
+        # A's own create right after B's change: the name is new to both
+        (a.path / "d" / f"c{round_}").write_bytes(b"c")
+        assert (b.path / "d" / f"c{round_}").read_bytes() == b"c"
+    assert sorted(os.listdir(a.path / "d")) == sorted(os.listdir(b.path / "d"))
+
+
+def _opens(p: Path) -> bool:
+    try:
+        with open(p, "rb"):
+            return True
+    except FileNotFoundError:
+        return False
