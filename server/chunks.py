@@ -34,6 +34,7 @@ import logging
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from blake3 import blake3
 
@@ -79,6 +80,9 @@ class ChunkService:
         self._pool = ThreadPoolExecutor(BATCH_WORKERS, thread_name_prefix="aifs-seal")
         self._missing_lock = threading.Lock()
         self._missing_seen: set[str] = set()
+        # a running server's upload_pins.UploadPins: its collector deletes no chunk an upload
+        # has in flight (pinned before the existence check, so a dying copy is never trusted)
+        self.pins: Any = None
 
     @staticmethod
     def _check_id(chunk_id: bytes) -> bytes:
@@ -136,6 +140,8 @@ class ChunkService:
     ) -> tuple[bool, int]:
         self._check_level(level)
         cid = self._verify(chunk_id, plaintext)
+        if self.pins is not None:
+            self.pins.inflight(scope, [cid])
         name = self.name_for(scope, cid)
         if self.store.has_many([name])[0]:
             return False, self.store.size(name)  # stored already: not sealed again
@@ -150,6 +156,8 @@ class ChunkService:
         level: int | None = None,
     ) -> list[tuple[bool, int]]:
         self._check_level(level)
+        if self.pins is not None:
+            self.pins.inflight(scope, [cid for cid, _ in items])
         names = [self.name_for(scope, cid) for cid, _ in items]
         present = self.store.has_many(names)
 

@@ -7,7 +7,8 @@ Interface (the status tables themselves are `aifs_core.status`):
                                                     generator): checks the request's numbers
                                                     (`request_limits`); AIFSError -> its status;
                                                     anything else -> INTERNAL, traceback logged
-                                                    (rate-limited)
+                                                    (rate-limited); a unary or client-stream
+                                                    call runs in an upload_pins.call_scope
     LogLimiter(burst=5, period=60.0)                at most `burst` lines per period per kind
     log_limited(level, kind, msg, *args)            one line, unless LIMITER suppresses it;
                                                     the next line says how many were
@@ -31,6 +32,7 @@ import grpc
 from aifs_core.errors import AIFSError
 from aifs_core.status import status_for, status_of
 from aifs_server.request_limits import check_request, checked_stream
+from aifs_server.upload_pins import call_scope
 
 log = logging.getLogger("aifs.server")
 
@@ -165,7 +167,8 @@ def rpc(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
-        with IN_FLIGHT:
+        # call_scope: chunks this call uploads stay safe from the collector until it returns
+        with IN_FLIGHT, call_scope():
             try:
                 return fn(self, _checked(request), context)
             except Exception as exc:  # noqa: BLE001 - mapped to a status

@@ -14,9 +14,14 @@ Interface:
         Deletes (a) orphan inodes (nlink 0, left by a mount that crashed while a file was
         open) of every branch tree whose ctime is older than the grace, then (b) chunks
         unreferenced for longer than the grace. The grace protects an unlinked file still
-        open by a live mount and a commit racing the GC. Then (c) temp chunk files a crashed
+        open by a live mount and a commit racing the GC; on a running server (the Admin RPC)
+        a chunk an upload has in flight or a live session holds is never deleted, whatever
+        the grace (`parts.chunks.pins`, upload_pins.py). Then (c) temp chunk files a crashed
         writer left (older than STALE_TEMP_SECONDS, whatever the grace). A dry run counts what
         it would delete (chunks_deleted, orphans_deleted, temp_files_deleted; bytes_freed 0).
+    delete_chunk(parts, pins, ns, cid, since_ns, result, grace_seconds=None)
+        one chunk, honouring `pins`
+        (collector.py's background passes use it too)
     FsckResult(ok, problems, chunks_checked, complete, files_checked)
     GCResult(chunks_deleted, bytes_freed, orphans_deleted, complete, temp_files_deleted)
         complete is False when the deadline (or, for fsck, MAX_PROBLEMS) stopped the work
@@ -43,8 +48,10 @@ from aifs_core.types import ROOT_INO, ChunkRef
 from aifs_server.chunks import ChunkService
 from aifs_server.deadline import NEVER, Deadline
 from aifs_server.metadata.base import MetadataEngine
+from aifs_server.upload_pins import UploadPins
 
 GC_GRACE_DEFAULT = 3600
+GC_PASS_MAX = 1_000_000   # candidates one gc call takes per namespace (a later call goes on)
 MAX_PROBLEMS = 1000
 FSCK_BATCH = 1000
 # A temp chunk file lives for one write (milliseconds, a stalled disk: seconds): one this old
@@ -289,22 +296,15 @@ def gc(parts: StorageParts, namespaces: Iterable[str] | None = None, *,
                 result.orphans_deleted += 1
                 if not dry_run:
                     meta.forget(tree, ino)
-        for cid in meta.gc_candidates(ns, cutoff):
+        pins = getattr(chunks, "pins", None)
+        for cid, since in meta.gc_candidate_times(ns, 0, cutoff, GC_PASS_MAX):
             if _passed(deadline):
                 result.complete = False
                 return result
             if dry_run:
                 result.chunks_deleted += 1
                 continue
-            if not meta.forget_chunk(ns, cid):
-                continue  # referenced again meanwhile
-            try:
-                size = int(chunks.stored_size(ns, cid))
-            except NotFound:
-                size = 0
-            if chunks.delete(ns, cid):
-                result.bytes_freed += size
-            result.chunks_deleted += 1
+            delete_chunk(parts, pins, ns, cid, since, result, grace_seconds)
     # temp files a crashed writer left: no record names them, so nothing else ever would
     stale, complete = stale_temp_files(chunks.store, deadline)
     for path in stale:
@@ -318,3 +318,27 @@ def gc(parts: StorageParts, namespaces: Iterable[str] | None = None, *,
     if not complete:
         result.complete = False
     return result
+
+
+def delete_chunk(parts: StorageParts, pins: UploadPins | None, ns: str, cid: bytes,
+                 since_ns: int, result: GCResult, grace_seconds: float | None = None) -> None:
+    """Delete one unreferenced chunk (its record, then its stored copy) unless an upload of
+    it is in flight or a live session holds it (`pins`, a running server's; None offline).
+    While it is being deleted, an upload of the same chunk waits, then stores it again.
+    `grace_seconds` (gc's): what session-less uploads get, instead of the server's."""
+    grace_ns = None if grace_seconds is None else int(grace_seconds * 1e9)
+    if pins is not None and not pins.deleting(ns, cid, since_ns, grace_ns):
+        return
+    try:
+        if not parts.meta.forget_chunk(ns, cid):
+            return  # referenced again meanwhile
+        try:
+            size = int(parts.chunks.stored_size(ns, cid))
+        except NotFound:
+            size = 0
+        if parts.chunks.delete(ns, cid):
+            result.bytes_freed += size
+        result.chunks_deleted += 1
+    finally:
+        if pins is not None:
+            pins.deleted(ns, cid)

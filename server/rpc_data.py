@@ -84,7 +84,21 @@ class DataServicer(data_pb2_grpc.DataServicer):
             raise InvalidArgument(f"HasChunks takes at most {HAS_CHUNKS_MAX} ids per call; "
                                   f"got {len(request.chunk_ids)}: split the request")
         ids = [_check_id(c) for c in request.chunk_ids]
-        return data_pb2.HasChunksReply(present=self.meta.has_chunks(ns, ids) if ids else [])
+        present = self.meta.has_chunks(ns, ids) if ids else []
+        # a caller that found a chunk will commit it without uploading: hold it until then
+        self._hold(context, ns, [c for c, ok in zip(ids, present, strict=True) if ok])
+        return data_pb2.HasChunksReply(present=present)
+
+    def _hold(self, context: grpc.ServicerContext, ns: str, ids: list[bytes]) -> None:
+        """Keep `ids` from the collector until the calling session (metadata `aifs-session`)
+        commits them or ends; a caller without a session gets the SDK grace."""
+        pins = self.chunks.pins
+        if pins is None or not ids:
+            return
+        sid = next((str(v) for k, v in context.invocation_metadata() if k == "aifs-session"),
+                   None)
+        sess = self.b.leases.session(sid, self.b.tree(context)) if sid else None
+        pins.hold(sess, ns, ids)
 
     @rpc
     def PutChunks(self, request_iterator: Iterator[Any], context: grpc.ServicerContext) -> Any:
@@ -104,6 +118,7 @@ class DataServicer(data_pb2_grpc.DataServicer):
                     reply.stored_bytes += int(stored_len)
                 else:
                     reply.deduplicated += 1
+            self._hold(context, ns_name, [cid for cid, _ in batch])
             batch.clear()
 
         for req in request_iterator:

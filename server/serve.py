@@ -8,7 +8,7 @@ Interface:
     main(argv=None) -> int / run(args) -> int
         aifs server --data DIR --listen ADDR [--listen ADDR2] [--tls-cert F --tls-key F]
                     [--metrics-port N] [--max-workers N] [--format-if-needed] [--grace S]
-                    [--insecure] [--token-ttl S]
+                    [--insecure] [--token-ttl S] [--collect-interval S] [--upload-grace S]
         aifs server --meta postgresql://... --store s3://BUCKET?endpoint=... --listen ADDR
                     [--master-key-file F] [--chunk-size N --zstd-level N --namespace NS]
         aifs server --config FILE     the same in JSON ({"meta", "store", "master_key_file",
@@ -51,6 +51,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter
 
 from aifs_core.fileutil import write_file_atomic
 from aifs_proto.v1 import (
@@ -64,6 +65,7 @@ from aifs_proto.v1 import (
     filesystem_pb2_grpc,
 )
 from aifs_server.auth import AuthInterceptor, mint_token
+from aifs_server.collector import Collector
 from aifs_server.grpc_errors import IN_FLIGHT
 from aifs_server.metrics import Metrics
 from aifs_server.rpc_admin import AdminServicer
@@ -72,6 +74,7 @@ from aifs_server.rpc_data import DataServicer
 from aifs_server.rpc_filesystem import Backend, FilesystemServicer
 from aifs_server.rpc_session import register_session
 from aifs_server.rpc_versioning import register as register_versioning
+from aifs_server.upload_pins import UploadPins
 
 log = logging.getLogger("aifs.server")
 
@@ -80,6 +83,8 @@ DEFAULT_WORKERS = 32
 DEFAULT_GRACE = 10.0
 STOP_DRAIN_SECONDS = 5.0
 TOKEN_TTL = 3600.0          # the socket's admin token: renewed every TOKEN_TTL / 3
+COLLECT_INTERVAL = 2.0      # seconds between background collection passes (0: off)
+UPLOAD_GRACE = 3600.0       # an upload without a session is kept this long uncommitted
 SERVICE_NAMES = tuple(
     mod.DESCRIPTOR.services_by_name[name].full_name
     for mod, name in ((filesystem_pb2, "Filesystem"), (data_pb2, "Data"),
@@ -171,6 +176,7 @@ class Server:
     idle: bool = True               # after stop(): no call was still running
     lock_fd: int | None = None      # the data dir's server.lock, held while serving
     leases: Any = None              # the LeaseManager whose session streams stop() ends
+    collector: Any = None           # collector.Collector (None: background collection off)
     token_ttl: float = TOKEN_TTL
     _stopped: bool = False
     _renewer: threading.Thread | None = None
@@ -239,6 +245,8 @@ class Server:
         self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         for name in SERVICE_NAMES:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.collector is not None:
+            self.collector.start()
 
     def stop(self, grace: float = DEFAULT_GRACE) -> None:
         if self._stopped:
@@ -248,6 +256,8 @@ class Server:
         if self._renewer is not None:
             self._renewer.join(5.0)   # before the files are removed: a late renewal recreates
         self.health.enter_graceful_shutdown()
+        if self.collector is not None:
+            self.collector.stop()     # within one store delete: it checks before each chunk
         if self.leases is not None:
             self.leases.close_all()  # mounts' session streams never end by themselves
         done = self.grpc_server.stop(grace)
@@ -286,10 +296,27 @@ def sole_server(datadir: Any) -> tuple[bool, int | None]:
     return True, fd
 
 
+def _collector_metrics(metrics: Metrics) -> Any:
+    passes = Counter("aifs_collector_passes", "Background collection passes completed",
+                     registry=metrics.registry)
+    deleted = Counter("aifs_collector_chunks_deleted", "Chunks deleted by background "
+                      "collection", registry=metrics.registry)
+    freed = Counter("aifs_collector_bytes_freed", "Stored bytes freed by background "
+                    "collection", registry=metrics.registry)
+
+    def on_pass(r: Any) -> None:
+        passes.inc()
+        deleted.inc(r.chunks_deleted)
+        freed.inc(r.bytes_freed)
+    return on_pass
+
+
 def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | None = None,
                  max_workers: int = DEFAULT_WORKERS, metrics: Metrics | None = None,
-                 assets: Any = None) -> Server:
-    """A configured, not yet started server over an opened data dir."""
+                 assets: Any = None, collect_interval: float = COLLECT_INTERVAL,
+                 upload_grace: float = UPLOAD_GRACE) -> Server:
+    """A configured, not yet started server over an opened data dir. collect_interval 0: no
+    background collection (uploads are still pinned, so an online `aifs gc` honours them)."""
     meta = datadir.meta
 
     def stats() -> dict[str, tuple[int, int]]:
@@ -304,6 +331,13 @@ def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | 
         assets = _open_asset_store(datadir)
     sole, lock_fd = sole_server(datadir)
     backend = Backend(datadir, assets=assets, metrics=metrics, lease_grants=sole)
+    pins = UploadPins(sdk_grace=upload_grace)
+    datadir.chunks.pins = pins
+    collector = None
+    if collect_interval > 0:
+        # precise only where every upload and session is this server's (as leases)
+        collector = Collector(backend, pins, precise=sole, interval=collect_interval,
+                              sdk_grace=upload_grace, on_pass=_collector_metrics(metrics))
     limit = max_message_bytes()
     gserver = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="aifs-rpc"),
@@ -325,7 +359,8 @@ def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | 
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), gserver)
     return Server(datadir=datadir, grpc_server=gserver, health=health_servicer, metrics=metrics,
-                  listen=list(listen), tls=tls, lock_fd=lock_fd, leases=backend.leases)
+                  listen=list(listen), tls=tls, lock_fd=lock_fd, leases=backend.leases,
+                  collector=collector)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -366,6 +401,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-workers", type=int, default=DEFAULT_WORKERS)
     p.add_argument("--format-if-needed", action="store_true",
                    help="format --data first when it is not an AIFS data directory yet")
+    p.add_argument("--collect-interval", type=float, default=COLLECT_INTERVAL, metavar="S",
+                   help="seconds between background collection passes, which free the space "
+                        "of removed files without `aifs gc` (0 = off; default 2)")
+    p.add_argument("--upload-grace", type=float, default=UPLOAD_GRACE, metavar="S",
+                   help="how long a chunk uploaded without a mount session (SDK) is kept "
+                        "before it is committed (default 3600)")
     p.add_argument("--grace", type=float, default=DEFAULT_GRACE,
                    help="seconds in-flight calls get to finish at shutdown")
     p.add_argument("--log-level", default=os.environ.get("AIFS_LOG_LEVEL", "INFO"))
@@ -468,7 +509,9 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        srv = build_server(datadir, listen, tls=tls, max_workers=args.max_workers)
+        srv = build_server(datadir, listen, tls=tls, max_workers=args.max_workers,
+                           collect_interval=args.collect_interval,
+                           upload_grace=args.upload_grace)
         srv.insecure = args.insecure
         if not args.token_ttl > 0:
             raise SystemExit("aifs server: --token-ttl must be a positive number of seconds")

@@ -10,6 +10,8 @@ Interface:
         .session_id -> str | None;   .valid_until -> float (time.monotonic(); 0 = none)
         .fs -> GrpcFilesystem        every call carries the session id (so its own changes do
                                      not recall its own leases: the caller drops those itself)
+        .data -> GrpcData            HasChunks/PutChunks carry the session id too (the server
+                                     keeps a session's uploads until it commits them or ends)
         .granted() -> bool           whether the last call of this thread was leased
         .epoch -> int                bumps on every recall and reset (a reply read across a
                                      change of it may predate a recall: not cacheable)
@@ -33,6 +35,7 @@ import grpc
 from aifs_proto.v1 import session_pb2, session_pb2_grpc
 
 from .channel import Channel
+from .data import GrpcData
 from .filesystem import GrpcFilesystem
 
 log = logging.getLogger("aifsfs.session")
@@ -69,6 +72,19 @@ class _SessionChannel:
             return resp
         return self._ch.retrying(attempt, idempotent, t)
 
+    def client_stream(self, method: Any, make_requests: Any, replayable: bool,
+                      timeout: float | None = None) -> Any:
+        """PutChunks with the session id: the server keeps what it uploads from its
+        collector until this session commits it or ends."""
+        sid = self._owner.session_id
+
+        def call(requests: Any, metadata: Any = None, timeout: float | None = None) -> Any:
+            md = list(metadata or ())
+            if sid:
+                md.append(("aifs-session", sid))
+            return method(requests, metadata=md, timeout=timeout)
+        return self._ch.client_stream(call, make_requests, replayable, timeout)
+
 
 def _leased(call: Any) -> bool:
     try:
@@ -96,6 +112,7 @@ class LeaseSession:
         self._call: Any = None
         self._thread: threading.Thread | None = None
         self.fs = GrpcFilesystem(_SessionChannel(channel, self))  # type: ignore[arg-type]
+        self.data = GrpcData(_SessionChannel(channel, self))  # type: ignore[arg-type]
 
     @property
     def session_id(self) -> str | None:

@@ -97,6 +97,8 @@ class MetadataEngine(Protocol):
     def chunk_stats(self, namespace: str) -> ChunkStats: ...
     def iter_chunks(self, namespace: str) -> Iterator[bytes]: ...   # every recorded chunk id
     def gc_candidates(self, namespace: str, unreferenced_before_ns: int) -> list[bytes]: ...
+    def gc_candidate_times(self, namespace: str, from_ns: int, before_ns: int, limit: int
+                           ) -> list[tuple[bytes, int]]: ...  # (id, since) oldest first
     def forget_chunk(self, namespace: str, chunk_id: bytes) -> bool: ...  # only if still unreferenced
     def orphan_inodes(self, tree: TreeRef) -> list[int]: ...   # nlink 0 (for GC after a crash)
 

@@ -533,6 +533,14 @@ class PosixMeta(Records):
         t = self._tree(tree)
         return self._store.single().orphans(t.tree_id)
 
+    def gc_candidate_times(self, namespace: str, from_ns: int, before_ns: int, limit: int
+                           ) -> list[tuple[bytes, int]]:
+        """Records.gc_candidates with each chunk's unreferenced-since time, paged by it
+        (the background collector: collector.py)."""
+        self._need_namespace(namespace)
+        return self._store.single().unreferenced_chunk_times(namespace, from_ns, before_ns,
+                                                             limit)
+
     # --- file contents -----------------------------------------------------------------------
     def get_chunk_map(self, tree: TreeRef, ino: int, first_index: int = 0, count: int = 0
                       ) -> tuple[Attr, list[ChunkRef]]:

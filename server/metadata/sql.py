@@ -420,6 +420,16 @@ class SQLTx(VersionSQL):
             "AND unreferenced_since_ns < ? ORDER BY unreferenced_since_ns",
             (namespace, before_ns)).fetchall()]
 
+    def unreferenced_chunk_times(self, namespace: str, from_ns: int, before_ns: int, limit: int
+                                 ) -> list[tuple[bytes, int]]:
+        """Up to `limit` (chunk id, unreferenced since), since in [from_ns, before_ns), oldest
+        first."""
+        return [(bytes(r[0]), int(r[1])) for r in self._x(
+            "SELECT chunk_id, unreferenced_since_ns FROM chunks WHERE namespace = ? AND "
+            "refcount = 0 AND unreferenced_since_ns >= ? AND unreferenced_since_ns < ? "
+            "ORDER BY unreferenced_since_ns LIMIT ?",
+            (namespace, from_ns, before_ns, limit)).fetchall()]
+
     def delete_unreferenced_chunk(self, namespace: str, chunk_id: bytes) -> bool:
         return bool(self._x("DELETE FROM chunks WHERE namespace = ? AND chunk_id = ? AND "
                             "refcount = 0", (namespace, chunk_id)).rowcount == 1)
