@@ -29,6 +29,11 @@ from aifs_core.errors import (
     ParentNotCommitted,
 )
 from aifs_core.types import AssetRecord, ChunkStats, Namespace
+from aifs_server.metadata.snapshot_parents import (
+    is_snapshot_parent,
+    lineage_record,
+    parent_exists,
+)
 from aifs_server.metadata.store import Store, Tx
 
 LIST_MAX = 1000           # cap on one list_assets page
@@ -152,9 +157,10 @@ class Records:
             if tx.asset_exists(namespace, asset.asset_id):
                 return _load_asset(tx, namespace, asset.asset_id)
             for p in asset.parents:
-                if not tx.asset_exists(namespace, p.parent_id):
+                if not parent_exists(tx, namespace, p.parent_id):   # an asset or a snapshot
                     raise ParentNotCommitted(
-                        f"parent asset {p.parent_id} of {asset.asset_id} is not committed in "
+                        f"parent {'snapshot' if is_snapshot_parent(p.parent_id) else 'asset'} "
+                        f"{p.parent_id} of {asset.asset_id} is not committed in "
                         f"namespace {namespace!r}; put the parent first")
             ids = [ch.chunk_id for ch in asset.chunks]
             raw = tx.recorded(namespace, ids)
@@ -212,7 +218,7 @@ class Records:
                         if pid in seen:
                             continue
                         seen.add(pid)
-                        rec = tx.asset(namespace, pid)
+                        rec = lineage_record(tx, namespace, pid)
                         if rec is None:
                             continue  # a deleted ancestor: its own parents are unknown now
                         out.append(rec)

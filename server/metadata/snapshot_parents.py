@@ -33,8 +33,15 @@ def is_snapshot_parent(parent_id: str) -> bool:
     return parent_id.startswith(SNAP_SCHEME)
 
 
+def _parse(parent_id: str) -> tuple[str, str, str]:
+    try:
+        return parse_snap_uri(parent_id)
+    except ValueError as e:
+        raise InvalidArgument(f"parent: {e}") from None
+
+
 def canonical_parent(tx: Tx, namespace: str, parent_id: str) -> str:
-    ns, ref, path = parse_snap_uri(parent_id)
+    ns, ref, path = _parse(parent_id)
     if path:
         raise InvalidArgument(f"parent {parent_id}: a snapshot parent names a whole snapshot "
                               f"({SNAP_SCHEME}NS/ID), not a path in it")
@@ -52,14 +59,14 @@ def canonical_parent(tx: Tx, namespace: str, parent_id: str) -> str:
 def parent_exists(tx: Tx, namespace: str, parent_id: str) -> bool:
     if not is_snapshot_parent(parent_id):
         return tx.asset_exists(namespace, parent_id)
-    ns, sid, path = parse_snap_uri(parent_id)
+    ns, sid, path = _parse(parent_id)
     return ns == namespace and not path and tx.snapshot(namespace, sid) is not None
 
 
 def lineage_record(tx: Tx, namespace: str, parent_id: str) -> AssetRecord | None:
     if not is_snapshot_parent(parent_id):
         return tx.asset(namespace, parent_id)
-    row = tx.snapshot(namespace, parse_snap_uri(parent_id)[1])
+    row = tx.snapshot(namespace, _parse(parent_id)[1])
     if row is None:
         return None   # pruned since: its name stays in the child's parents
     _, _, branch, _, created, message, root, _ = row

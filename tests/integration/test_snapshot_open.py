@@ -18,7 +18,13 @@ import blake3
 import pytest
 
 from aifs_core import merkle
-from aifs_core.errors import InvalidArgument, IsADirectory, NotADirectory, NotFound
+from aifs_core.errors import (
+    InvalidArgument,
+    IsADirectory,
+    NotADirectory,
+    NotFound,
+    ParentNotCommitted,
+)
 from aifs_core.errors import PermissionDenied as Denied
 from aifs_core.types import ROOT_INO
 from aifs_server.auth import mint_token
@@ -183,3 +189,37 @@ def test_aifs_get_writes_a_snapshot_file(metered: ServerProc, client: AIFSClient
     r = subprocess.run([aifs, "get", uri + "x"], env=env, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode != 0 and "/model.binx does not exist" in r.stderr, r.stderr
+
+
+def test_lineage_names_a_snapshot_that_exists(client: AIFSClient) -> None:
+    put_file(client, ROOT_INO, "train.csv", b"x,y\n1,2\n")
+    snap = client.versions.snapshot(message="training set")
+    client.versions.create_tag("train-v1", snap["id"])
+    prep = client.put_asset(b"preprocessing code", parents=[snap["uri"]])
+    model = client.put_asset(b"model weights", parents=[
+        prep, {"parent_id": "aifs-snap://default/train-v1", "transform": "train"}])
+    info = client.stat_asset(model)
+    assert [p["parent_id"] for p in info["parents"]] == [prep, snap["uri"]]  # the tag's id
+    lineage = client.get_lineage(model)
+    assert [(a["kind"], a["uri"]) for a in lineage] == [
+        ("blob", f"aifs://default/{prep}"), ("snapshot", snap["uri"])]
+    assert lineage[1]["metadata"]["message"] == "training set"
+    assert lineage[1]["metadata"]["root_hash"] == snap["root_hash"].hex()
+
+    # strong causality: a snapshot that does not exist is refused and nothing is stored
+    before = {a["asset_id"] for a in client.list_assets()}
+    for parent, kind, text in [
+            (f"aifs-snap://default/{'0' * 32}", ParentNotCommitted, "does not exist"),
+            ("aifs-snap://default/no-such-tag", ParentNotCommitted, "does not exist"),
+            (f"aifs-snap://other/{snap['id']}", InvalidArgument, "namespace 'other'"),
+            (snap["uri"] + "/train.csv", InvalidArgument, "whole snapshot"),
+            ("aifs-snap://default", InvalidArgument, "expected aifs-snap://NS/ID")]:
+        with pytest.raises(kind, match=text):
+            client.put_asset(b"orphan model", parents=[parent])
+    assert {a["asset_id"] for a in client.list_assets()} == before
+    # a pruned parent: the child keeps its name, the lineage skips it (as a deleted asset)
+    client.versions.delete_tag("train-v1")
+    client.versions.snapshot()
+    assert client.versions.prune(keep_last=1)["removed"] == [snap["id"]]
+    assert [a["kind"] for a in client.get_lineage(model)] == ["blob"]
+    assert client.stat_asset(model)["parents"][1]["parent_id"] == snap["uri"]
