@@ -68,6 +68,7 @@ from aifs_server.auth import AuthInterceptor, mint_token
 from aifs_server.collector import Collector
 from aifs_server.grpc_errors import IN_FLIGHT
 from aifs_server.metrics import Metrics
+from aifs_server.request_limits import SizeLimitInterceptor
 from aifs_server.rpc_admin import AdminServicer
 from aifs_server.rpc_assets import AssetsServicer
 from aifs_server.rpc_data import DataServicer
@@ -341,7 +342,10 @@ def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | 
     limit = max_message_bytes()
     gserver = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="aifs-rpc"),
-        interceptors=[metrics.interceptor(), AuthInterceptor(datadir.root_key)],
+        # auth first: a refused call is answered before its body is read (auth.py); then each
+        # message is held to its method's size (request_limits.py)
+        interceptors=[metrics.interceptor(), AuthInterceptor(datadir.root_key),
+                      SizeLimitInterceptor(limit)],
         options=[
             ("grpc.max_send_message_length", limit),
             ("grpc.max_receive_message_length", limit),
