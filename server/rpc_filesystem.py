@@ -230,12 +230,36 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         tree = self.b.tree(context)
         sess = self._session(context, tree)
         since = self.leases.mark()
+        if request.with_maps:
+            # maps and bytes are what GetChunkMap gives: `get`, beyond ReadDir's `stat`
+            grant = current_grant()
+            if grant is not None and not grant.allows_verb("get"):
+                raise PermissionDenied("ReadDir with_maps returns chunk maps and file bytes, "
+                                       "which needs the `get` verb; this token lacks it")
         entries, eof = self.meta.readdir(tree, request.ino, request.cookie, limit)
+        reply = filesystem_pb2.ReadDirReply(eof=eof)
+        budget = min(request.inline_total, INLINE_READ_MAX)
+        for e in entries:
+            pe = reply.entries.add(name=e.name, cookie=e.cookie)
+            a = e.attr
+            if request.with_maps and stat_mod.S_ISREG(a.mode):
+                # the map and the attr it goes with, read together (a change between the
+                # listing and here started after `since`: then nothing is leased)
+                try:
+                    a, refs = self.meta.get_chunk_map(tree, a.ino, 0, 0)
+                except NotFound:
+                    a, refs = e.attr, None
+                if refs is not None:
+                    fm = pe.map
+                    fm.chunks.extend(chunkref_to_pb(r) for r in refs)
+                    data = self._inline(tree, a, refs, min(request.inline_max, budget))
+                    budget -= len(data)
+                    fm.inline_data = data
+            pe.attr.CopyFrom(attr_to_pb(a))
+        if request.with_maps:
+            reply.chunk_size = self.b.namespace(tree.namespace).chunk_size
         self._grant(context, sess, tree, [request.ino, *(e.attr.ino for e in entries)], since)
-        return filesystem_pb2.ReadDirReply(
-            entries=[filesystem_pb2.DirEntry(name=e.name, attr=attr_to_pb(e.attr), cookie=e.cookie)
-                     for e in entries],
-            eof=eof)
+        return reply
 
     @rpc
     def MkDir(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -425,17 +449,23 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
             attr=attr_to_pb(a), chunk_size=self.b.namespace(tree.namespace).chunk_size,
             chunks=[chunkref_to_pb(r)
                     for r in refs])
-        limit = min(request.inline_max, INLINE_READ_MAX)
-        if (limit and 0 < a.size <= limit and len(refs) == 1 and refs[0].index == 0
-                and refs[0].chunk_id and request.first_index == 0
+        if (request.first_index == 0
                 and not (request.HasField("cached_generation")
                          and request.cached_generation == a.generation)):
-            try:
-                reply.inline_data = self.b.chunks.read(tree.namespace, refs[0].chunk_id, 0,
-                                                       refs[0].length)
-            except AIFSError:
-                pass   # a missing or damaged chunk: the read path reports it precisely
+            reply.inline_data = self._inline(tree, a, refs,
+                                             min(request.inline_max, INLINE_READ_MAX))
         return reply
+
+    def _inline(self, tree: TreeRef, a: Attr, refs: list[ChunkRef], limit: int) -> bytes:
+        """A small file's bytes for a reply: when it is at most `limit` bytes, held in slot 0
+        alone; else b""."""
+        if not (limit and 0 < a.size <= limit and len(refs) == 1 and refs[0].index == 0
+                and refs[0].chunk_id):
+            return b""
+        try:
+            return bytes(self.b.chunks.read(tree.namespace, refs[0].chunk_id, 0, refs[0].length))
+        except AIFSError:
+            return b""   # a missing or damaged chunk: the read path reports it precisely
 
     @rpc
     def CommitFile(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -13,6 +13,9 @@ Interface:
                                      leased and no recall or reset came since `token`
         .put_new_dir(token, a)       a directory this mount just made, leased to it: empty and
                                      complete (every lookup in it answered here)
+        .position(ino) -> (parent, cookie before it, its cookie) | None
+                                     where a leased listing last showed the inode (a hint for
+                                     batched opens of the next files of a directory)
         .drop(*inos)                 this mount changed them (its own changes are not recalled)
         .recalls() -> mark;  .own_entry(mark, parent, name, ino | None, parent_attr=None)
                                      this mount added (ino) or removed (None) `name` in
@@ -81,6 +84,7 @@ class LeaseCache:
         self._lock = threading.Lock()
         self._e: OrderedDict[int, _Entry] = OrderedDict()
         self._recalls = 0         # recalls and resets so far (own_entry's check)
+        self._pos: dict[int, tuple[int, int, int]] = {}     # position hints (put_page)
         self.stats = {"hits": 0, "misses": 0}
 
     @property
@@ -140,6 +144,10 @@ class LeaseCache:
             self._count(page is not None)
             return page
 
+    def position(self, ino: int) -> tuple[int, int, int] | None:
+        with self._lock:
+            return self._pos.get(ino)
+
     # --- writes (from leased replies) -----------------------------------------------------------
     def _keep(self, token: int) -> bool:
         s = self.session
@@ -191,7 +199,12 @@ class LeaseCache:
                 return
             d = self._entry(ino)
             d.pages[cookie] = (list(entries), eof)
+            if len(self._pos) > self.max_inodes:
+                self._pos.clear()
+            before = cookie
             for de in entries:
+                self._pos[de.attr.ino] = (ino, before, de.cookie)
+                before = de.cookie
                 d.names[de.name] = de.attr.ino
                 e = self._entry(de.attr.ino)
                 if e.attr is None or e.attr.generation != de.attr.generation:

@@ -95,6 +95,13 @@ INLINE_MAX = 1 << 20          # small-file bytes that ride along with GetChunkMa
 # Not stored by this filesystem: answered locally (a round trip per write() otherwise).
 _LOCAL_XATTR_PREFIXES = (b"security.", b"system.posix_acl_")
 READDIR_PAGE = 1000
+# Batched cold opens (a process opening the files of one directory in order): the next
+# files' maps and small files' bytes in one ReadDir, BATCH_MIN entries at first, doubling to
+# BATCH_MAX while the walk goes on; inline bytes per batch at most INLINE_BATCH and an eighth
+# of the memory cache (what a walk does not read is at most that much, once).
+BATCH_MIN = 16
+BATCH_MAX = 256
+INLINE_BATCH = 4 << 20
 # readdir offsets: 1 and 2 resume after "." and ".."; a server cookie c is offset c + _DOTS
 # (server cookies are dentry ids, stable while entries come and go).
 _DOTS = 2
@@ -205,6 +212,9 @@ class AIFSOperations(pyfuse3.Operations):
         self.dirs: dict[int, _DirHandle] = {}
         self._next_fh = 1
         self._nursery: trio.Nursery | None = None
+        # the directory walk in progress: (parent, cookie of the last file opened or
+        # fetched, next batch size) -- a heuristic, shared by all openers
+        self._walk: tuple[int, int, int] | None = None
 
     # --- plumbing ---------------------------------------------------------------------------
     def start(self, nursery: trio.Nursery) -> None:
@@ -277,6 +287,48 @@ class AIFSOperations(pyfuse3.Operations):
             raise
         self.leases.own_entry(mark, parent, name, a.ino, pa)
         return a, pa
+
+    def _maps_sync(self, parent: int, cookie: int, n: int, inline_total: int
+                   ) -> tuple[list[Any], bool, int, dict[int, tuple[list[ChunkRef], bytes]]]:
+        assert self._session is not None
+        tok = self.leases.begin()
+        entries, eof, cs, maps = self._session.fs.readdir_maps(parent, cookie, n, INLINE_MAX,
+                                                               inline_total)
+        for e in entries:
+            m = maps.get(e.attr.ino)
+            if m is not None:
+                self.leases.put_map(tok, e.attr, cs, m[0])
+        return entries, eof, cs, maps
+
+    async def _batched_open(self, ino: int) -> tuple[Attr, int, list[ChunkRef], bytes] | None:
+        """A cold open that continues a walk of a directory in order (this file follows the
+        last one opened cold there) fetches its map with the next files' in one ReadDir:
+        their opens then hit the leases, their bytes the chunk cache. Else None (the first
+        open of a walk, or random order: one GetChunkMap as before)."""
+        pos = self.leases.position(ino) if self._session is not None else None
+        if pos is None:
+            return None
+        parent, before, cookie = pos
+        walk = self._walk
+        if walk is None or walk[0] != parent or walk[1] != before:
+            self._walk = (parent, cookie, BATCH_MIN)
+            return None
+        n = walk[2]
+        total = min(INLINE_BATCH, self.cache.capacity // 8)
+        entries, eof, cs, maps = await self._call(self._maps_sync, parent, before, n, total)
+        self._walk = (None if eof or not entries
+                      else (parent, entries[-1].cookie, min(2 * n, BATCH_MAX)))
+        mine: tuple[Attr, int, list[ChunkRef], bytes] | None = None
+        for e in entries:
+            m = maps.get(e.attr.ino)
+            if m is None:
+                continue
+            refs, data = m
+            if data and len(refs) == 1 and refs[0].index == 0 and len(data) == refs[0].length:
+                self.cache.put(refs[0].chunk_id, 0, data)
+            if e.attr.ino == ino:
+                mine = (e.attr, cs, refs, data)
+        return mine
 
     def _leased_ino(self, parent: int, name: bytes) -> int | None:
         a = self.leases.lookup(parent, name)
@@ -693,7 +745,8 @@ class AIFSOperations(pyfuse3.Operations):
             (a, cs, refs), data = hit, b""
         else:
             try:
-                a, cs, refs, data = await self._call(
+                got = await self._batched_open(ino) if want_data else None
+                a, cs, refs, data = got if got is not None else await self._call(
                     self._open_map_sync, ino, INLINE_MAX if want_data else 0,
                     self.inodes.seen_gen(ino))
             except Exception as exc:

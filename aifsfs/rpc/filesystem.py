@@ -10,6 +10,8 @@ Interface:
         directory=, forget=) -> Removed(attr, parent); rename_entry(..., forget=) ->
         Renamed(replaced, parent, new_parent); open_chunk_map(ino, inline_max,
         cached_generation) -> (attr, chunk_size, chunks, inline bytes of slot 0 or b"");
+        readdir_maps(ino, cookie, limit, inline_max, inline_total) -> (entries, eof,
+        chunk_size, {ino: (chunks, inline bytes)}): the next files' maps in one call;
         commit_file(..., inline=[(id, data)]) stores small chunks with the commit.
     (its plain results FileInfo, Removed, Renamed, StatFs are aifsfs.protocols')
 
@@ -57,6 +59,24 @@ class GrpcFilesystem:
             ino=ino, cookie=cookie, limit=limit))
         return [DirEntry(name=bytes(e.name), attr=attr_from_pb(e.attr), cookie=e.cookie)
                 for e in r.entries], r.eof
+
+    def readdir_maps(self, ino: int, cookie: int, limit: int, inline_max: int,
+                     inline_total: int) -> tuple[list[DirEntry], bool, int,
+                                                 dict[int, tuple[list[ChunkRef], bytes]]]:
+        """readdir whose regular files also carry their whole chunk map and, when small,
+        their bytes: (entries, eof, chunk size, {ino: (refs, inline bytes or b"")})."""
+        r = self._ch.unary(self._fs.ReadDir, filesystem_pb2.ReadDirRequest(
+            ino=ino, cookie=cookie, limit=limit, with_maps=True, inline_max=inline_max,
+            inline_total=inline_total))
+        entries: list[DirEntry] = []
+        maps: dict[int, tuple[list[ChunkRef], bytes]] = {}
+        for e in r.entries:
+            de = DirEntry(name=bytes(e.name), attr=attr_from_pb(e.attr), cookie=e.cookie)
+            entries.append(de)
+            if e.HasField("map"):
+                maps[de.attr.ino] = ([chunkref_from_pb(c) for c in e.map.chunks],
+                                     bytes(e.map.inline_data))
+        return entries, r.eof, r.chunk_size, maps
 
     def mkdir(self, parent: int, name: bytes, mode: int = 0o755, uid: int = 0, gid: int = 0
               ) -> Attr:

@@ -86,3 +86,27 @@ def _opens(p: Path) -> bool:
             return True
     except FileNotFoundError:
         return False
+
+
+def test_cold_reads_of_a_directory_in_order_are_batched(
+        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:  # noqa: F811
+    a = mount_factory(metered)
+    create_small(a.path, N)
+    b = mount_factory(metered)
+    _ready(b, metered)
+    d = b.path / "small"
+    before = calls(metered)
+    names = sorted(os.listdir(d))
+    assert len(names) == N
+    for i, name in enumerate(names):
+        data = (d / name).read_bytes()
+        assert len(data) == 4096 and int.from_bytes(data[:8], "little") == i, name
+    c = _delta(metered, before)
+    # one ReadDir per batch (16, 32, ... 256 files), not a GetChunkMap per file
+    assert c.get("GetChunkMap", 0) <= 2 and c.get("GetChunks", 0) == 0, c
+    assert sum(c.values()) <= 20, c
+    # the maps B holds are leased: a rewrite on A recalls them before it commits
+    for i in range(0, N, 97):
+        p = f"small/{names[i]}"
+        (a.path / p).write_bytes(b"new %d" % i)
+        assert (b.path / p).read_bytes() == b"new %d" % i

@@ -58,32 +58,50 @@ class SetAttrRequest(_message.Message):
     def __init__(self, ino: _Optional[int] = ..., fields: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., size: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ...) -> None: ...
 
 class ReadDirRequest(_message.Message):
-    __slots__ = ("ino", "cookie", "limit")
+    __slots__ = ("ino", "cookie", "limit", "with_maps", "inline_max", "inline_total")
     INO_FIELD_NUMBER: _ClassVar[int]
     COOKIE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    WITH_MAPS_FIELD_NUMBER: _ClassVar[int]
+    INLINE_MAX_FIELD_NUMBER: _ClassVar[int]
+    INLINE_TOTAL_FIELD_NUMBER: _ClassVar[int]
     ino: int
     cookie: int
     limit: int
-    def __init__(self, ino: _Optional[int] = ..., cookie: _Optional[int] = ..., limit: _Optional[int] = ...) -> None: ...
+    with_maps: bool
+    inline_max: int
+    inline_total: int
+    def __init__(self, ino: _Optional[int] = ..., cookie: _Optional[int] = ..., limit: _Optional[int] = ..., with_maps: _Optional[bool] = ..., inline_max: _Optional[int] = ..., inline_total: _Optional[int] = ...) -> None: ...
+
+class FileMap(_message.Message):
+    __slots__ = ("chunks", "inline_data")
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    INLINE_DATA_FIELD_NUMBER: _ClassVar[int]
+    chunks: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChunkRef]
+    inline_data: bytes
+    def __init__(self, chunks: _Optional[_Iterable[_Union[_common_pb2.ChunkRef, _Mapping]]] = ..., inline_data: _Optional[bytes] = ...) -> None: ...
 
 class DirEntry(_message.Message):
-    __slots__ = ("name", "attr", "cookie")
+    __slots__ = ("name", "attr", "cookie", "map")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ATTR_FIELD_NUMBER: _ClassVar[int]
     COOKIE_FIELD_NUMBER: _ClassVar[int]
+    MAP_FIELD_NUMBER: _ClassVar[int]
     name: bytes
     attr: _common_pb2.Attr
     cookie: int
-    def __init__(self, name: _Optional[bytes] = ..., attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., cookie: _Optional[int] = ...) -> None: ...
+    map: FileMap
+    def __init__(self, name: _Optional[bytes] = ..., attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., cookie: _Optional[int] = ..., map: _Optional[_Union[FileMap, _Mapping]] = ...) -> None: ...
 
 class ReadDirReply(_message.Message):
-    __slots__ = ("entries", "eof")
+    __slots__ = ("entries", "eof", "chunk_size")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     EOF_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[DirEntry]
     eof: bool
-    def __init__(self, entries: _Optional[_Iterable[_Union[DirEntry, _Mapping]]] = ..., eof: _Optional[bool] = ...) -> None: ...
+    chunk_size: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[DirEntry, _Mapping]]] = ..., eof: _Optional[bool] = ..., chunk_size: _Optional[int] = ...) -> None: ...
 
 class MkDirRequest(_message.Message):
     __slots__ = ("parent", "name", "mode", "uid", "gid")

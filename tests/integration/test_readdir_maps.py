@@ -1,0 +1,71 @@
+"""ReadDir with_maps (issue 9, batched cold opens) against a real server: each regular file's
+entry carries its whole chunk map and, for a small file in slot 0, its bytes, within the
+per-file and per-reply budgets; directories carry none; a token without `get` is refused."""
+
+from __future__ import annotations
+
+import blake3
+import grpc
+import pytest
+
+from aifs_core.types import ChunkRef
+from aifs_proto.v1 import filesystem_pb2, filesystem_pb2_grpc
+from aifs_server.auth import mint_token
+from aifsfs.client import AIFSClient
+from tests.helpers import ServerProc, call_md, error_info
+
+MiB = 1 << 20
+
+
+def _make(c: AIFSClient, parent: int, name: bytes, *pieces: bytes) -> int:
+    """A file of these chunks (each at most 1 MiB), sent inline with its commit."""
+    ino = c.create(parent, name).ino
+    inline = [(blake3.blake3(p).digest(), p) for p in pieces]
+    c.commit_file(ino, [ChunkRef(i, cid, len(p)) for i, (cid, p) in enumerate(inline)],
+                  sum(map(len, pieces)), inline=inline)
+    return ino
+
+
+def test_readdir_with_maps_carries_maps_and_small_bytes(server_module: ServerProc) -> None:
+    c = AIFSClient(server_module.address, token_file=server_module.token_file)
+    try:
+        d = c.mkdir(1, b"rdm").ino
+        small = [bytes([i]) * (1000 + i) for i in range(5)]
+        inos = [_make(c, d, b"s%d" % i, data) for i, data in enumerate(small)]
+        big = _make(c, d, b"t-big", b"x" * MiB, b"y" * 10)             # two chunks
+        sub = c.mkdir(d, b"u-sub").ino
+        empty = c.create(d, b"v-empty").ino
+
+        entries, eof, cs, maps = c.fs.readdir_maps(d, 0, 100, MiB, 3500)
+        assert eof and cs == MiB
+        assert [e.name for e in entries] == [b"s0", b"s1", b"s2", b"s3", b"s4", b"t-big",
+                                             b"u-sub", b"v-empty"]
+        assert sub not in maps and set(maps) == {*inos, big, empty}
+        # bytes while the reply's total stays within 3500: s0, s1, s2 (3003), not s3 or s4
+        assert [maps[i][1] for i in inos] == [*small[:3], b"", b""]
+        for i, ino in enumerate(inos):
+            refs, _ = maps[ino]
+            assert len(refs) == 1 and refs[0].length == len(small[i])
+        assert len(maps[big][0]) == 2 and maps[big][1] == b""          # not one slot
+        assert maps[empty] == ([], b"")
+        # a batch from the middle, bounded
+        entries, eof, _, maps = c.fs.readdir_maps(d, entries[1].cookie, 2, 100, MiB)
+        assert [e.name for e in entries] == [b"s2", b"s3"] and not eof
+        assert maps[inos[2]][1] == b""                                  # over inline_max
+    finally:
+        c.close()
+
+
+def test_readdir_with_maps_needs_get(server_module: ServerProc) -> None:
+    key = (server_module.data_dir / "macaroon.key").read_bytes()
+    ch = server_module.channel()
+    try:
+        stub = filesystem_pb2_grpc.FilesystemStub(ch)
+        md = call_md(mint_token(key, "default", ["stat"], 600))
+        stub.ReadDir(filesystem_pb2.ReadDirRequest(ino=1), metadata=md)   # a listing is fine
+        with pytest.raises(grpc.RpcError) as ei:
+            stub.ReadDir(filesystem_pb2.ReadDirRequest(ino=1, with_maps=True), metadata=md)
+        code, _reason, msg = error_info(ei.value)
+        assert code == grpc.StatusCode.PERMISSION_DENIED and "get" in msg, msg
+    finally:
+        ch.close()
