@@ -83,7 +83,11 @@ def fuse_unmount(mountpoint: Path) -> bool:
         return True
     for args in (["-u"], ["-uz"]):
         for _ in range(20):
-            r = subprocess.run(["fusermount3", *args, str(mountpoint)], capture_output=True)
+            try:
+                r = subprocess.run(["fusermount3", *args, str(mountpoint)], capture_output=True,
+                                   timeout=30)
+            except subprocess.TimeoutExpired:
+                continue  # fusermount3 itself hung on the mount: the lazy form comes next
             if r.returncode == 0 or not os.path.ismount(mountpoint):
                 return args == ["-u"]
             time.sleep(0.1)  # EBUSY: a reader (e.g. a pool worker) is still closing

@@ -6,7 +6,8 @@ Interface:
   set-up, the write phase, a remount (+ drop_caches where permitted) so reads start cold, the
   read phase, peak memory, teardown. A target that fails is marked failed with the reason and
   the run goes on; a missing one is skipped with one line. Every mount is unmounted and every
-  daemon stopped at the end, also on an error, Ctrl-C or SIGTERM.
+  daemon stopped at the end, also on an error, Ctrl-C or SIGTERM (within a bounded time even
+  when a daemon stops answering: `watchdog.py`).
 - `Results`: `figures[target][figure] -> [value per repeat]`, `status[target]`,
   `processes[target]`, `expected[target]` (the figures that target must produce), notes.
 
@@ -32,6 +33,7 @@ from types import FrameType
 from . import workloads as wl
 from .procs import BenchError, drop_caches
 from .targets import AifsTarget, Target, make_target
+from .watchdog import interrupt_watchdog
 
 Progress = Callable[[str], None]
 
@@ -118,6 +120,15 @@ def run_bench(cfg: BenchConfig, progress: Progress) -> Results:
         }  # fmt: skip
         runnable.append(name)
 
+    # AIFS_BENCH_STOP_GRACE: seconds the cleanup gets after a signal before it is forced (tests)
+    with interrupt_watchdog(live, float(os.environ.get("AIFS_BENCH_STOP_GRACE", "30"))):
+        _run_targets(cfg, res, base, made_base, runnable, live, progress)
+    res.duration_s = time.perf_counter() - t_start
+    return res
+
+
+def _run_targets(cfg: BenchConfig, res: Results, base: Path, made_base: bool,
+                 runnable: list[str], live: list[Target], progress: Progress) -> None:
     try:
         with _signals_raise():
             for rep in range(cfg.repeat):
@@ -145,8 +156,6 @@ def run_bench(cfg: BenchConfig, progress: Progress) -> Results:
             t.teardown()
         if made_base and not cfg.keep:
             shutil.rmtree(base, ignore_errors=True)
-        res.duration_s = time.perf_counter() - t_start
-    return res
 
 
 def _record_processes(t: Target, res: Results) -> None:

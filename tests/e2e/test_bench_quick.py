@@ -8,6 +8,7 @@ a --quick run are too small to mean anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -157,11 +158,23 @@ def test_bench_ctrl_c_unmounts_and_stops_everything(workdir: Path) -> None:
     target = "bindfs" if shutil.which("bindfs") else "aifs"
     if target == "aifs" and not _aifs_up_available():
         pytest.skip("needs bindfs or a working `aifs up` to have a mount to interrupt")
+    rc, _, err = _interrupt_bench(workdir, target)
+    assert rc == 130, err
+    assert "interrupted" in err
+    assert _mounts_under(workdir) == []
+    assert _procs_mentioning(workdir) == []
+
+
+def _interrupt_bench(workdir: Path, target: str, env: dict[str, str] | None = None,
+                     on_mounted: Callable[[], None] | None = None) -> tuple[int, str, str]:
+    """Run a long `aifs bench` on `target`, SIGINT it while its mount is live (after
+    `on_mounted`), and return its exit code, stdout and stderr."""
     w = workdir / "w"
     proc = subprocess.Popen(
         [*AIFS, "bench", "--peers", target, "--size", "8M", "--files", "200000",
          "--no-progress", "--workdir", str(w)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env=env,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
@@ -170,6 +183,8 @@ def test_bench_ctrl_c_unmounts_and_stops_everything(workdir: Path) -> None:
             assert proc.poll() is None, proc.communicate()
             time.sleep(0.1)
         assert _mounts_under(workdir), "the benchmark never mounted"
+        if on_mounted is not None:
+            on_mounted()
         proc.send_signal(signal.SIGINT)
         # a hang guard, not a timing: the interrupted step may be inside os.sync() (cold reads
         # drop caches), which waits for every dirty page of a machine that has just written GBs
@@ -181,13 +196,37 @@ def test_bench_ctrl_c_unmounts_and_stops_everything(workdir: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, f"{proc.returncode}\n{out}\n{err}"
-    assert "interrupted" in err
-    assert _mounts_under(workdir) == []
-    assert _procs_mentioning(workdir) == []
+    return proc.returncode, out, err
 
 
 def test_bench_rejects_unknown_target() -> None:
     r = subprocess.run([*AIFS, "bench", "--peers", "native,zfs"], capture_output=True, text=True)
     assert r.returncode == 2
     assert "zfs" in r.stderr and "choose from" in r.stderr
+
+
+@pytest.mark.skipif(shutil.which("bindfs") is None, reason="needs bindfs as the daemon to stop")
+def test_bench_ctrl_c_ends_even_when_a_daemon_stops_answering(workdir: Path) -> None:
+    """SIGINT cannot end a write blocked on a FUSE daemon that does not answer (here: stopped
+    with SIGSTOP); the bench's watchdog forces the mount off after its grace and exits 130."""
+    stopped: list[int] = []
+
+    def stop_the_daemon() -> None:
+        daemons = [p for p in _procs_mentioning(workdir) if "bindfs" in p.split(":", 1)[1]
+                   and " bench " not in p]  # fmt: skip
+        assert len(daemons) == 1, daemons
+        stopped.append(int(daemons[0].split(":", 1)[0]))
+        os.kill(stopped[0], signal.SIGSTOP)
+        time.sleep(0.5)  # the bench's next create now waits on the stopped daemon
+
+    try:
+        rc, _, err = _interrupt_bench(workdir, "bindfs", {**os.environ, "AIFS_BENCH_STOP_GRACE": "3"},
+                                      stop_the_daemon)  # fmt: skip
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert rc == 130, err
+    assert "forcing every mount off" in err, err
+    assert _mounts_under(workdir) == []
+    assert _procs_mentioning(workdir) == []
