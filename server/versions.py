@@ -31,7 +31,7 @@ import datetime
 import re
 import secrets
 import stat
-from collections import Counter, defaultdict
+from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -164,9 +164,10 @@ def compute_hashes(inputs: tuple[list[Any], list[Any], list[Any], list[Any]],
     return hashes, paths
 
 
-def incremental_hashes(tx: Tx, tree_id: int, base: int, deadline: Deadline = NEVER
-                       ) -> tuple[bytes, int] | None:
-    """Store the node hashes of frozen tree `tree_id` from those of frozen tree `base`
+def incremental_hashes(tx: Tx, tree_id: int, base: int, size: int,
+                       deadline: Deadline = NEVER) -> tuple[bytes, int] | None:
+    """Store the node hashes of frozen tree `tree_id` (`size` inodes) from those of frozen
+    tree `base`
     (normally the branch's head): only the nodes whose hashed rows differ from `base`'s
     (tx.changed_nodes) and their ancestors are recomputed, every other hash is copied.
     (root hash, nodes recomputed); None when too much changed to gain over a full pass (or a
@@ -178,7 +179,7 @@ def incremental_hashes(tx: Tx, tree_id: int, base: int, deadline: Deadline = NEV
         return (root, 0) if root is not None else None
     dirty = {ino for ino, _ in rows}
     # a quarter of a big tree changed: one full pass costs less than batched lookups of each
-    if len(dirty) > max(tx.tree_totals(tree_id)[0] // 4, 1024):
+    if len(dirty) > max(size // 4, 1024):
         return None
     # ancestors: every directory above a changed node is rehashed (directories have one name:
     # inodes.parent; the parents of changed files came with changed_nodes)
@@ -248,10 +249,10 @@ class Versions:
                 raise NotFound(f"branch {branch!r} of namespace {ns!r} does not exist")
             dst = tx.insert_tree(ns, FROZEN_PREFIX + sid, now)
             assert dst is not None  # a fresh random name
-            tx.copy_tree_rows(src[0], dst)
-            tx.adjust_refs(ns, Counter(dict(tx.tree_chunk_counts(dst))), now)
+            copied = tx.copy_tree_rows(src[0], dst)
+            tx.add_tree_refs(ns, dst, 1, now)
             head = self._head(tx, ns, branch)
-            root = self._hash_tree(tx, ns, dst, head, deadline)
+            root = self._hash_tree(tx, ns, dst, head, copied, deadline)
             parents = tuple(p for p in (head, extra_parent) if p)
             snap = Snapshot(sid, ns, dst, branch, parents, now, message, root, b"")
             sig = self._sk.sign(snap.statement())
@@ -260,11 +261,13 @@ class Versions:
             tx.append_log(ns, branch, "merge" if extra_parent else "snapshot", sid, now)
         return Snapshot(**{**snap.__dict__, "signature": sig})
 
-    def _hash_tree(self, tx: Tx, ns: str, tree_id: int, head: str, deadline: Deadline) -> bytes:
-        """Store the node hashes of the new frozen tree; the root hash. Incremental from the
-        branch's head snapshot when there is one (FORMAT.md §6.4), else a full pass."""
+    def _hash_tree(self, tx: Tx, ns: str, tree_id: int, head: str, size: int,
+                   deadline: Deadline) -> bytes:
+        """Store the node hashes of the new frozen tree (`size` inodes); the root hash.
+        Incremental from the branch's head snapshot when there is one (FORMAT.md §6.4), else
+        a full pass."""
         row = tx.snapshot(ns, head) if head else None
-        got = incremental_hashes(tx, tree_id, int(row[1]), deadline) if row else None
+        got = incremental_hashes(tx, tree_id, int(row[1]), size, deadline) if row else None
         self.last_rehashed = got[1] if got else -1
         if got is not None:
             return got[0]
@@ -343,8 +346,7 @@ class Versions:
         return not problems, problems, len(fresh)
 
     def _drop_snapshot(self, tx: Tx, snap: Snapshot, now: int) -> None:
-        counts = Counter({cid: -n for cid, n in tx.tree_chunk_counts(snap.tree_id)})
-        tx.adjust_refs(snap.namespace, counts, now)
+        tx.add_tree_refs(snap.namespace, snap.tree_id, -1, now)
         tx.delete_tree(snap.tree_id)
         tx.delete_snapshot(snap.namespace, snap.id)
         self.meta.forget_tree(snap.tree)
@@ -419,7 +421,7 @@ class Versions:
             if dst is None:
                 raise AlreadyExists(f"branch {name!r} already exists in namespace {ns!r}")
             tx.copy_tree_rows(src_tid, dst)
-            tx.adjust_refs(ns, Counter(dict(tx.tree_chunk_counts(dst))), now)
+            tx.add_tree_refs(ns, dst, 1, now)
             tx.delete_log(ns, name)
             if head:
                 tx.append_log(ns, name, f"create from {source or 'main'}", head, now)
@@ -446,8 +448,7 @@ class Versions:
             r = tx.get_tree(ns, name)
             if r is None:
                 raise NotFound(f"branch {name!r} does not exist in namespace {ns!r}")
-            counts = Counter({cid: -n for cid, n in tx.tree_chunk_counts(r[0])})
-            tx.adjust_refs(ns, counts, now)
+            tx.add_tree_refs(ns, r[0], -1, now)
             tx.delete_tree(r[0])
             tx.delete_log(ns, name)
         self.meta.forget_tree(TreeRef(ns, name))
@@ -461,11 +462,10 @@ class Versions:
             r = tx.get_tree(ns, name)
             if r is None or name.startswith(FROZEN_PREFIX):
                 raise NotFound(f"branch {name!r} does not exist in namespace {ns!r}")
-            old = Counter({cid: -n for cid, n in tx.tree_chunk_counts(r[0])})
+            tx.add_tree_refs(ns, r[0], -1, now)   # a chunk on both sides ends as it was
             tx.delete_tree_rows(r[0])
             tx.copy_tree_rows(snap.tree_id, r[0])
-            old.update(dict(tx.tree_chunk_counts(r[0])))
-            tx.adjust_refs(ns, old, now)
+            tx.add_tree_refs(ns, r[0], 1, now)
             tx.append_log(ns, name, f"reset to {ref}", snap.id, now)
         return name, snap.id, now
 

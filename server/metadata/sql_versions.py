@@ -1,10 +1,13 @@
 """Row primitives of versions (snapshots, hashes, tags, branch logs) in SQL; mixed into SQLTx.
 
 Interface (the `store.Tx` methods under "versions"; rules in aifs_server.versions):
-    copy_tree_rows(src, dst)      copy every linked inode of tree `src` with its names, xattrs
-                                  and chunk map into the empty tree `dst`, inside the database
+    copy_tree_rows(src, dst) -> n copy every linked inode of tree `src` with its names, xattrs
+                                  and chunk map into the empty tree `dst`, inside the database;
+                                  the number of inodes copied
     delete_tree_rows(tree_id)     drop every row of a tree (not the tree row); delete_tree(id)
-    tree_chunk_counts(tree_id)    (chunk id, slots naming it) over the whole tree
+    add_tree_refs(ns, tree_id, sign, now)   refcount += sign * (slots of the tree naming the
+                                  chunk), for every chunk the tree names, in one statement
+                                  (records' adjust_refs rule for unreferenced_since_ns)
     hash_inputs(tree_id)          (inodes, dentries, slots, xattrs) row iterators for hashing
     dir_rows(tree_id, ino)        one directory's entries with what their hashes cover
     dir_xattrs / dir_slots        the xattrs / chunk-map slots of a directory's entries
@@ -37,17 +40,20 @@ _SNAP_COLS = "snap_id, tree_id, branch, parents, created_ns, message, root_hash,
 class VersionSQL:
     """Mixin for sql.SQLTx: needs `_x(sql, params)` and `_many(sql, rows)`."""
 
+    _d: Any                                                            # from SQLTx: the Dialect
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any: ...     # from SQLTx
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...  # from SQLTx
 
     # --- whole trees -------------------------------------------------------------------------
-    def copy_tree_rows(self, src: int, dst: int) -> None:
+    def copy_tree_rows(self, src: int, dst: int) -> int:
         # unlinked (nlink 0) inodes are open files waiting for their last close: not part of
         # the tree's committed state, and they would pin chunks in the copy forever
-        self._x(f"INSERT INTO inodes (tree_id, {_INODE_COLS}) SELECT ?, {_INODE_COLS} "
-                "FROM inodes WHERE tree_id = ? AND nlink > 0", (dst, src))
+        n = self._x(f"INSERT INTO inodes (tree_id, {_INODE_COLS}) SELECT ?, {_INODE_COLS} "
+                    "FROM inodes WHERE tree_id = ? AND nlink > 0", (dst, src)).rowcount
+        # (parent, id): each directory keeps its readdir order, and it is the order of the
+        # readdir index, so the database needs no sort (ORDER BY id cost a temporary b-tree)
         self._x("INSERT INTO dentries (tree_id, parent, name, ino) SELECT ?, parent, name, ino "
-                "FROM dentries WHERE tree_id = ? ORDER BY id", (dst, src))
+                "FROM dentries WHERE tree_id = ? ORDER BY parent, id", (dst, src))
         self._x("INSERT INTO xattrs (tree_id, ino, name, value) SELECT ?, x.ino, x.name, "
                 "x.value FROM xattrs x JOIN inodes i ON i.tree_id = x.tree_id AND i.ino = x.ino "
                 "WHERE x.tree_id = ? AND i.nlink > 0", (dst, src))
@@ -58,6 +64,7 @@ class VersionSQL:
         # inode numbers stay unique within `dst` whatever it held before
         self._x("UPDATE trees SET next_ino = (SELECT MAX(next_ino) FROM trees WHERE tree_id "
                 "IN (?, ?)) WHERE tree_id = ?", (src, dst, dst))
+        return int(n)
 
     def delete_tree_rows(self, tree_id: int) -> None:
         for table in ("chunk_maps", "xattrs", "dentries", "node_hashes", "inodes"):
@@ -67,10 +74,20 @@ class VersionSQL:
         self.delete_tree_rows(tree_id)
         self._x("DELETE FROM trees WHERE tree_id = ?", (tree_id,))
 
-    def tree_chunk_counts(self, tree_id: int) -> list[tuple[bytes, int]]:
-        return [(bytes(cid), int(n)) for cid, n in self._x(
-            "SELECT chunk_id, COUNT(*) FROM chunk_maps WHERE tree_id = ? GROUP BY chunk_id",
-            (tree_id,)).fetchall()]
+    def add_tree_refs(self, namespace: str, tree_id: int, sign: int, now: int) -> None:
+        # One set-based UPDATE instead of one per chunk (a tree of 100k one-chunk files: about
+        # a third of a snapshot's time went to those). `refcount` on the right of SET is the
+        # old value in both engines, so the CASE is adjust_refs' rule with d = sign * n.
+        slots = "SELECT chunk_id FROM chunk_maps WHERE tree_id = ?"
+        if self._d.row_lock:  # row-locking engines: lock in id order, as adjust_refs does
+            self._x(f"SELECT chunk_id FROM chunks WHERE namespace = ? AND chunk_id IN ({slots}) "
+                    f"ORDER BY chunk_id {self._d.row_lock}", (namespace, tree_id)).fetchall()
+        self._x("UPDATE chunks SET refcount = refcount + ? * c.n, unreferenced_since_ns = CASE "
+                "WHEN refcount + ? * c.n > 0 THEN NULL WHEN refcount > 0 THEN ? "
+                "ELSE unreferenced_since_ns END FROM (SELECT chunk_id, COUNT(*) AS n FROM "
+                "chunk_maps WHERE tree_id = ? GROUP BY chunk_id) AS c "
+                "WHERE chunks.namespace = ? AND chunks.chunk_id = c.chunk_id",
+                (sign, sign, now, tree_id, namespace))
 
     def hash_inputs(self, tree_id: int) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
         """(ino, mode, uid, gid, size, rdev, symlink) of linked inodes; (parent, name, ino);
@@ -112,25 +129,21 @@ class VersionSQL:
         xattrs, entries as a directory) differ from `old`'s, and (parent, 1) for the directories
         naming one of them in `new`. Set differences in the database over exactly the columns
         the node hash covers (FORMAT.md §6.1): exact, whatever the two trees' history."""
+        # rows of one tree only (a key is unique within a tree, so a row both trees hold
+        # appears twice): one pass over both trees per table, where EXCEPT in each direction
+        # built and probed two temporary b-trees
+        def only_one(cols: str, table: str, out: str) -> str:
+            return (f"SELECT {out} FROM (SELECT {cols} FROM {table} WHERE tree_id = ? UNION ALL "
+                    f"SELECT {cols} FROM {table} WHERE tree_id = ?) AS u GROUP BY {cols} "
+                    "HAVING COUNT(*) = 1")
         diff = (
             "SELECT ino FROM (SELECT ino, mode, uid, gid, size, rdev, symlink FROM inodes "
             "WHERE tree_id = ? AND nlink > 0 EXCEPT SELECT ino, mode, uid, gid, size, rdev, "
             "symlink FROM inodes WHERE tree_id = ? AND nlink > 0) AS a "
-            "UNION SELECT parent FROM (SELECT parent, name, ino FROM dentries WHERE tree_id = ? "
-            "EXCEPT SELECT parent, name, ino FROM dentries WHERE tree_id = ?) AS b "
-            "UNION SELECT parent FROM (SELECT parent, name, ino FROM dentries WHERE tree_id = ? "
-            "EXCEPT SELECT parent, name, ino FROM dentries WHERE tree_id = ?) AS c "
-            "UNION SELECT ino FROM (SELECT ino, idx, chunk_id, length FROM chunk_maps WHERE "
-            "tree_id = ? EXCEPT SELECT ino, idx, chunk_id, length FROM chunk_maps WHERE "
-            "tree_id = ?) AS d "
-            "UNION SELECT ino FROM (SELECT ino, idx, chunk_id, length FROM chunk_maps WHERE "
-            "tree_id = ? EXCEPT SELECT ino, idx, chunk_id, length FROM chunk_maps WHERE "
-            "tree_id = ?) AS e "
-            "UNION SELECT ino FROM (SELECT ino, name, value FROM xattrs WHERE tree_id = ? "
-            "EXCEPT SELECT ino, name, value FROM xattrs WHERE tree_id = ?) AS f "
-            "UNION SELECT ino FROM (SELECT ino, name, value FROM xattrs WHERE tree_id = ? "
-            "EXCEPT SELECT ino, name, value FROM xattrs WHERE tree_id = ?) AS g")
-        args = (new, old, new, old, old, new, new, old, old, new, new, old, old, new)
+            f"UNION SELECT parent FROM ({only_one('parent, name, ino', 'dentries', 'parent')}) "
+            f"AS b UNION SELECT ino FROM ({only_one('ino, idx, chunk_id, length', 'chunk_maps', 'ino')}) "
+            f"AS c UNION SELECT ino FROM ({only_one('ino, name, value', 'xattrs', 'ino')}) AS d")
+        args = (new, old, new, old, new, old, new, old)
         rows = self._x(f"WITH c (ino) AS ({diff}) SELECT ino, 0 FROM c UNION ALL "
                        "SELECT DISTINCT d.parent, 1 FROM dentries d WHERE d.tree_id = ? AND "
                        "d.ino IN (SELECT ino FROM c)", (*args, new)).fetchall()

@@ -105,3 +105,31 @@ def test_branch_snapshot_hashes_from_the_snapshot_it_was_made_of(v: Versions) ->
     snap = v.create_snapshot("ns1", "exp")
     assert 0 < v.last_rehashed < 10
     assert v.verify("ns1", snap.id)[0]
+
+
+def test_refcounts_follow_every_tree_a_version_step_adds_or_drops(harness: Harness,
+                                                                  v: Versions) -> None:
+    """Snapshots, branches, resets, deletes and prune change refcounts in one statement per
+    tree (FORMAT.md §6.4): each chunk's count stays the number of slots naming it in all trees,
+    and the GC clock runs exactly when it is 0."""
+    wrong = ("SELECT COUNT(*) FROM chunks c WHERE c.namespace = 'ns1' AND (c.refcount <> "
+             "(SELECT COUNT(*) FROM chunk_maps m JOIN trees t ON t.tree_id = m.tree_id WHERE "
+             "t.namespace = 'ns1' AND m.chunk_id = c.chunk_id) OR (c.refcount > 0) = "
+             "(c.unreferenced_since_ns IS NOT NULL))")
+    m = v.meta
+    ino = _tree(m)
+    one = _chunk(m, b"one").chunk_id
+    steps: list[Callable[[], object]] = [
+        lambda: v.create_snapshot("ns1", "main"),
+        lambda: m.commit_file(T, ino["f1"], [], 0, truncated=True),   # "one": the snapshot's
+        lambda: v.create_snapshot("ns1", "main"),
+        lambda: v.create_branch("ns1", "exp", v.list_snapshots("ns1")[0].id),
+        lambda: v.reset_branch("ns1", "exp", v.list_snapshots("ns1")[1].id),
+        lambda: v.create_branch("ns1", "exp2", v.list_snapshots("ns1")[0].id),
+        lambda: v.delete_branch("ns1", "exp2"),
+        lambda: v.prune("ns1", keep_last=1),
+    ]
+    for i, step in enumerate(steps):
+        step()
+        assert harness.scalar(wrong) == 0, f"after step {i}"
+    assert harness.scalar("SELECT refcount FROM chunks WHERE chunk_id = ?", one) == 0
