@@ -4,7 +4,8 @@ database and one SeaweedFS bucket.
 One cluster per module (two servers on a fresh database of the session PostgreSQL and a fresh
 prefix of the session SeaweedFS bucket), one mount on each server:
 - cp/cmp of a large file written through one server's mount and read through the other's;
-- numpy save on one mount, load and memmap on the other;
+- numpy save on one mount, load and memmap on the other; a 4-worker torch DataLoader reading
+  through one server what was written through the other;
 - close-to-open between the two mounts (write+close on one, open+read on the other, both ways,
   renames and unlinks too);
 - SIGKILL of the server a mount ("C,D") is using during a cp: the copy completes on the
@@ -25,6 +26,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,6 +131,40 @@ def test_numpy_load_and_memmap_across_servers(two_mounts: tuple[Mount, Mount]) -
     del w
     assert np.array_equal(np.load(a.path / "np" / "y.npy"),
                           np.arange(256 * 1024, dtype=np.int64).reshape(256, 1024))
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")  # 4 on 2 cores
+def test_dataloader_four_workers_reads_across_servers(two_mounts: tuple[Mount, Mount]) -> None:
+    """The ML user on a shared deployment: samples written by 8 threads through server 0's
+    mount, a 4-worker torch DataLoader reading them through server 1's, two epochs."""
+    from torch.utils.data import DataLoader
+
+    from tests.e2e.test_ml_dataloader import NpyDir, as_list, digest, make_sample
+
+    a, b = two_mounts
+    n = 200
+    (a.path / "ds").mkdir()
+    want: dict[int, str] = {}
+
+    def save(i: int) -> None:
+        arr = make_sample(i)
+        np.save(a.path / "ds" / f"sample_{i:05d}.npy", arr)
+        want[i] = digest(arr)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(save, range(n)))
+    loader = DataLoader(NpyDir(b.path / "ds"), batch_size=8, num_workers=4, collate_fn=as_list)
+    for _epoch in range(2):
+        got: dict[int, str] = {}
+        pids: set[int] = set()
+        for batch in loader:
+            for i, arr, pid in batch:
+                got[i] = digest(arr)
+                pids.add(pid)
+        assert got == want
+        assert len(pids) > 1 and -1 not in pids  # several worker processes really read
+    shutil.rmtree(b.path / "ds")
+    assert not (a.path / "ds").exists()
 
 
 def test_close_to_open_between_mounts_on_two_servers(two_mounts: tuple[Mount, Mount]) -> None:
