@@ -233,6 +233,12 @@ def run_mount(opts: MountOptions) -> int:
     if opts.debug:
         options.add("debug")
     pyfuse3.init(ops, opts.mountpoint, options)
+    # random readers' frames and filled files go to the page cache too (page_push.py);
+    # AIFS_PAGE_PUSH=0 turns that off (to compare, or should a kernel misbehave)
+    pages = None
+    if os.environ.get("AIFS_PAGE_PUSH", "1") != "0":
+        from aifsfs.fuse.page_push import PagePusher
+        pages = ops.reader.pages = PagePusher().start()
     stopped_by_signal = False
 
     async def serve() -> None:
@@ -270,6 +276,8 @@ def run_mount(opts: MountOptions) -> int:
         # unmount it is a no-op.
         with contextlib.suppress(Exception):
             pyfuse3.close(unmount=True)
+        if pages is not None:
+            pages.close()
         client.close()
         if disk is not None:
             disk.close()   # its entries are unreadable without the key: remove them now

@@ -22,10 +22,18 @@ Interface:
             (ChunkReader.fill_budget()): time to fetch the whole file (asked again every
             RANDOM_RECHECK random reads, in case a fill was refused or cut short)
     ChunkReader.fill_budget() -> int   bytes a whole-file fill may take: half the disk cache,
-        or a quarter of the memory cache when there is no disk cache
-    ChunkReader.fill(nursery, key, refs)   fetch these chunks (a file's) in the background,
-        FILL_PARALLEL whole chunks at a time, into the disk cache (not the memory cache, which
-        the reader's working set keeps); once per key at a time, FILL_FILES_MAX files at once
+        or a quarter of the memory cache when there is no disk cache; or, when more, what the
+        page pusher may put in the page cache (PagePusher.budget())
+    ChunkReader.fill(nursery, key, refs, target=None)   fetch these chunks (a file's) in the
+        background, FILL_PARALLEL whole chunks at a time, into the disk cache (not the memory
+        cache, which the reader's working set keeps); once per key at a time, FILL_FILES_MAX
+        files at once. With a page_push.Target, each chunk (also one the disk cache holds) is
+        pushed into the kernel's page cache as well: the reader's next pages cost no request.
+    ChunkReader.pages            a page_push.PagePusher, or None (the mount attaches it)
+    ChunkReader.push_read(target, st, offset, end)   after a random read of [offset, end):
+        push the whole frames it touched (held in the memory cache) into the page cache
+    ChunkReader.target(st), .fits(size), await .fence(ino), await .writer_open(ino, fh),
+        .released(fh)            the PagePusher's (page_push.py), or nothing without one
 
 Every gRPC call leaves the trio thread with `trio.to_thread.run_sync(..., limiter=limiter)`, so
 many readers (DataLoader workers, parallel cp) overlap; a cache hit never leaves the trio thread.
@@ -45,8 +53,9 @@ from typing import Any
 import trio
 
 from aifsfs.errors import DeadlineExceeded, ServerUnavailable
-from aifsfs.fuse.chunk_cache import ChunkCache, frame_align
+from aifsfs.fuse.chunk_cache import ChunkCache, frame_align, split_range
 from aifsfs.fuse.disk_cache import DiskCache
+from aifsfs.fuse.page_push import PagePusher, Target
 from aifsfs.protocols import DataClient
 
 
@@ -154,6 +163,7 @@ class ChunkReader:
         self.limiter = limiter
         self.readahead_chunks = readahead_chunks
         self.disk: DiskCache | None = None
+        self.pages: PagePusher | None = None
         self.disk_hits = 0        # ranges served by the disk cache
         self._filling: set[Any] = set()
         self.filled_chunks = 0    # chunks whole-file fills fetched
@@ -227,7 +237,9 @@ class ChunkReader:
                                  f"for a {stop - start}-byte range")
             self.fetches += 1
             self.fetched_bytes += len(data)
-            if keep or disk is None:
+            if keep or (disk is None and self.pages is None):
+                # a fill with neither (its only other home is the page cache): the memory
+                # cache keeps the reader's working set instead
                 self.cache.put(chunk_id, start, data)
             if disk is not None:
                 disk.submit(chunk_id, start, data)
@@ -311,17 +323,54 @@ class ChunkReader:
             nursery.start_soon(self._quiet_fetch, ref.chunk_id, f)
 
     def fill_budget(self) -> int:
-        if self.disk is not None:
-            return self.disk.capacity // 2
-        return self.cache.capacity // 4
+        budget = self.disk.capacity // 2 if self.disk is not None else self.cache.capacity // 4
+        if self.pages is not None and self.pages.enabled:
+            budget = max(budget, self.pages.budget())
+        return budget
 
-    def fill(self, nursery: trio.Nursery, key: Any, refs: list[Any]) -> None:
+    def fill(self, nursery: trio.Nursery, key: Any, refs: list[Any],
+             target: Target | None = None) -> None:
         if key in self._filling or len(self._filling) >= FILL_FILES_MAX:
             return
         todo = [r for r in refs if r.chunk_id and r.length > 0]
         if todo:
             self._filling.add(key)
-            nursery.start_soon(self._fill, key, todo)
+            nursery.start_soon(self._fill, key, todo, target)
+
+    # --- the page pusher's hooks for the FUSE operations (no-ops without one) ----------------
+    def target(self, st: Any) -> Target | None:
+        return None if self.pages is None else self.pages.target(st)
+
+    def fits(self, size: int) -> bool:
+        return self.pages is not None and self.pages.fits(size)
+
+    async def fence(self, ino: int) -> None:
+        if self.pages is not None:
+            await self.pages.fence(ino)
+
+    async def writer_open(self, ino: int, fh: int) -> None:
+        if self.pages is not None:
+            await self.pages.writer_open(ino, fh)
+
+    def released(self, fh: int) -> None:
+        if self.pages is not None:
+            self.pages.released(fh)
+
+    def push_read(self, t: Target, st: Any, offset: int, end: int) -> None:
+        pages = self.pages
+        if pages is None:
+            return
+        for idx, o, n in split_range(offset, end - offset, t.chunk_size):
+            ref = st.refs.get(idx)
+            if ref is None or o >= ref.length:
+                continue
+            fs, fe = frame_align(o, n, ref.length)
+            if (fs, fe) == (o, o + n):
+                continue          # the kernel has asked for (and now holds) all of it
+            data = self.cache.get(ref.chunk_id, fs, fe - fs)
+            if data is not None:
+                self.cache.hits -= 1   # a probe, not a read
+                pages.offer_at(t, idx, fs, data)
 
     def _cached(self, ref: Any) -> bool:
         if self.disk is not None:
@@ -331,29 +380,54 @@ class ChunkReader:
             return True
         return False
 
-    async def _fill(self, key: Any, refs: list[Any]) -> None:
+    async def _fill(self, key: Any, refs: list[Any], target: Target | None) -> None:
         try:
             it = iter(refs)
             async with trio.open_nursery() as workers:
                 for _ in range(FILL_PARALLEL):
-                    workers.start_soon(self._fill_worker, it)
+                    workers.start_soon(self._fill_worker, it, target)
         finally:
             self._filling.discard(key)
 
-    async def _fill_worker(self, refs: Any) -> None:
+    async def _push_cached(self, ref: Any, t: Target) -> None:
+        """Push a chunk the caches hold (memory first, then disk) into the page cache."""
+        pages, disk = self.pages, self.disk
+        if pages is None:
+            return
+        data = self.cache.get(ref.chunk_id, 0, ref.length)
+        if data is not None:
+            self.cache.hits -= 1   # a probe, not a read
+        elif disk is not None and disk.has(ref.chunk_id, 0, ref.length):
+            data = await trio.to_thread.run_sync(disk.read, ref.chunk_id, 0, ref.length,
+                                                 limiter=self.limiter)
+        if data is not None:
+            pages.offer(t, ref.index, data)
+
+    async def _fill_worker(self, refs: Any, target: Target | None = None) -> None:
         disk = self.disk
+        pages = self.pages if target is not None else None
         for ref in refs:     # the workers share one iterator: each chunk is taken once
-            if self._cached(ref) or any(f.start == 0 and f.end >= ref.length
-                                        for f in self._inflight.get(ref.chunk_id, ())):
+            if pages is not None:
+                # never outrun the pusher either: a dropped push is a wasted read
+                while pages.pending_bytes > pages.max_pending // 2:
+                    await trio.sleep(0.005)
+            if self._cached(ref):
+                if target is not None:
+                    await self._push_cached(ref, target)
+                continue
+            if any(f.start == 0 and f.end >= ref.length
+                   for f in self._inflight.get(ref.chunk_id, ())):
                 continue
             # never outrun the disk writer: a dropped write is a wasted fetch
             while disk is not None and disk.pending_bytes > disk.max_pending // 2:
                 await trio.sleep(0.005)
             try:
-                await self._fetch(ref.chunk_id, 0, ref.length, keep=False)
+                data = await self._fetch(ref.chunk_id, 0, ref.length, keep=False)
             except Exception:  # noqa: BLE001 - a hint: the reads fetch what they need
                 return
             self.filled_chunks += 1
+            if pages is not None and target is not None:
+                pages.offer(target, ref.index, data)
 
     async def _quiet_fetch(self, chunk_id: bytes, f: _Fetch) -> None:
         try:
