@@ -114,6 +114,28 @@ def test_uncommitted_uploads_of_a_live_session_survive_collection(
     assert "collected before" not in m.log()
 
 
+def test_a_mount_without_a_session_uploads_collected_chunks_again(
+        collecting: ServerProc, mount_of: Callable[..., Mount], monkeypatch: pytest.MonkeyPatch
+        ) -> None:
+    """Leases off: no session, so (with --upload-grace 0) the collector takes the chunks
+    uploaded behind the writer before the close; the commit is answered MISSING_CHUNK and the
+    mount sends them again from the bytes it holds (up to half its dirty bound), then commits."""
+    monkeypatch.setenv("AIFS_LEASES", "0")
+    m = mount_of(collecting, "--max-dirty", "64M")     # holds up to 32 MiB for re-uploads
+    data = os.urandom(20 * MiB)
+    deleted = metric(collecting, "aifs_collector_chunks_deleted_total")
+    try:
+        with open(m.path / "respilled", "wb") as f:
+            f.write(data)
+            # all 20 uploaded and collected: the close finds every one gone
+            wait_for("collected", lambda: metric(
+                collecting, "aifs_collector_chunks_deleted_total") >= deleted + 20)
+    except OSError as e:
+        raise AssertionError(f"close failed: {e}; the mount's log:\n{m.log()}") from e
+    assert (m.path / "respilled").read_bytes() == data
+    assert "uploading them again" in m.log()
+
+
 def test_many_rewrites_leave_bounded_garbage(
         collecting: ServerProc, mount_of: Callable[..., Mount]) -> None:
     m = mount_of(collecting)
