@@ -121,10 +121,12 @@ def _snap(ns: str, row: tuple[Any, ...]) -> Snapshot:
 
 
 def compute_hashes(inputs: tuple[list[Any], list[Any], list[Any], list[Any]],
-                   deadline: Deadline = NEVER, known: dict[int, bytes] | None = None
-                   ) -> tuple[dict[int, bytes], dict[int, str]]:
-    """Node hash of every inode reachable from the root, and one path per inode, from a tree's
-    rows (FORMAT.md §6.1); an iterative post-order walk (no recursion limit on deep trees).
+                   deadline: Deadline = NEVER, known: dict[int, bytes] | None = None,
+                   with_paths: bool = True) -> tuple[dict[int, bytes], dict[int, str]]:
+    """Node hash of every inode reachable from the root, and one path per inode (only
+    `with_paths`: verify names paths, a snapshot does not), from a tree's rows (FORMAT.md
+    §6.1); an iterative post-order walk over the directories (no recursion limit on deep
+    trees), each other node hashed when its directory is expanded.
     `known`: hashes taken as they are (clean children in incremental hashing; not returned)."""
     inodes, dentries, slots, xattrs = inputs
     known = known or {}
@@ -142,25 +144,46 @@ def compute_hashes(inputs: tuple[list[Any], list[Any], list[Any], list[Any]],
     paths: dict[int, str] = {ROOT_INO: "/"}
     stack: list[tuple[int, bool]] = [(ROOT_INO, False)]
     n = 0
+
+    def leaf(ino: int, row: Any) -> bytes:
+        _, mode, uid, gid, size, rdev, link = row
+        t = merkle.node_type(mode)
+        body: bytes | int = (merkle.content_hash(size, maps.get(ino, ())) if t == 1 else
+                             bytes(link or b"") if t == 3 else rdev)
+        return merkle.node_hash(mode, uid, gid, size, body, xa.get(ino))
+
     while stack:
         ino, expanded = stack.pop()
         if ino in hashes or ino not in attrs:
             continue
-        _, mode, uid, gid, size, rdev, link = attrs[ino]
-        if stat.S_ISDIR(mode) and not expanded:
+        row = attrs[ino]
+        if not stat.S_ISDIR(row[1]):
+            hashes[ino] = leaf(ino, row)
+            continue
+        kids = children.get(ino, ())
+        if not expanded:
             stack.append((ino, True))
-            base = paths[ino].rstrip("/")
-            for name, child in children.get(ino, ()):
-                paths.setdefault(child, f"{base}/{name.decode(errors='replace')}")
-                if child not in hashes and child not in known:
+            base = paths[ino].rstrip("/") if with_paths else ""
+            for name, child in kids:
+                if with_paths:
+                    paths.setdefault(child, f"{base}/{name.decode(errors='replace')}")
+                if child in hashes or child in known:
+                    continue
+                c_row = attrs.get(child)
+                if c_row is None or stat.S_ISDIR(c_row[1]):
                     stack.append((child, False))
+                    continue
+                n += 1
+                if n % 4096 == 0:
+                    deadline.check("hashing the tree")
+                hashes[child] = leaf(child, c_row)
             continue
         n += 1
         if n % 4096 == 0:
             deadline.check("hashing the tree")
-        hashes[ino] = _node(mode, uid, gid, size, rdev, link, maps.get(ino, []), xa.get(ino),
-                            [(nm, hashes.get(c) or known.get(c, b"\0" * 32))
-                             for nm, c in children.get(ino, ())])
+        _, mode, uid, gid, _size, _rdev, _link = row
+        hashes[ino] = merkle.node_hash(mode, uid, gid, 0, merkle.dir_body(
+            [(nm, hashes.get(c) or known.get(c, b"\0" * 32)) for nm, c in kids]), xa.get(ino))
     return hashes, paths
 
 
@@ -196,26 +219,10 @@ def incremental_hashes(tx: Tx, tree_id: int, base: int, size: int,
     known = tx.node_hashes_of(base, sorted(clean))
     if len(known) != len(clean):
         return None
-    hashes, _ = compute_hashes(inputs, deadline, known)
+    hashes, _ = compute_hashes(inputs, deadline, known, with_paths=False)
     tx.copy_node_hashes(base, tree_id)
     tx.put_node_hashes(tree_id, hashes.items())
     return hashes[ROOT_INO], len(hashes)
-
-
-def _node(mode: int, uid: int, gid: int, size: int, rdev: int, link: Any,
-          slots: list[tuple[int, bytes, int]], xattrs: dict[bytes, bytes] | None,
-          entries: list[tuple[bytes, bytes]]) -> bytes:
-    t = merkle.node_type(mode)
-    body: bytes | int
-    if t == 1:
-        body = merkle.content_hash(size, slots)
-    elif t == 2:
-        body = merkle.dir_body(entries)
-    elif t == 3:
-        body = bytes(link or b"")
-    else:
-        body = rdev
-    return merkle.node_hash(mode, uid, gid, size, body, xattrs)
 
 
 class Versions:
@@ -271,7 +278,7 @@ class Versions:
         self.last_rehashed = got[1] if got else -1
         if got is not None:
             return got[0]
-        hashes, _ = compute_hashes(tx.hash_inputs(tree_id), deadline)
+        hashes, _ = compute_hashes(tx.hash_inputs(tree_id), deadline, with_paths=False)
         tx.put_node_hashes(tree_id, hashes.items())
         return hashes[ROOT_INO]
 
