@@ -223,3 +223,18 @@ def test_lineage_names_a_snapshot_that_exists(client: AIFSClient) -> None:
     assert client.versions.prune(keep_last=1)["removed"] == [snap["id"]]
     assert [a["kind"] for a in client.get_lineage(model)] == ["blob"]
     assert client.stat_asset(model)["parents"][1]["parent_id"] == snap["uri"]
+
+
+def test_holes_and_short_slots_read_as_zeros(client: AIFSClient) -> None:
+    a, c = os.urandom(MiB), os.urandom(1000)
+    ids = [blake3.blake3(x).digest() for x in (a, c)]
+    client.data.put_chunks(list(zip(ids, (a, c), strict=True)))
+    ino = client.fs.create(ROOT_INO, b"sparse").ino
+    # slot 0 whole, slot 1 a hole, slot 2 holds 1000 bytes of a 1 MiB slot, then 5 bytes more
+    client.fs.commit_file(ino, [(0, ids[0], MiB), (2, ids[1], 1000)], 3 * MiB + 5)
+    want = a + bytes(MiB) + c + bytes(MiB - 1000 + 5)
+    uri = merkle.snap_uri("default", client.versions.snapshot()["id"], "sparse")
+    with client.open(uri) as f:
+        assert f.size == len(want) and f.read() == want
+        f.seek(MiB - 3)
+        assert f.read(2 * MiB + 10) == want[MiB - 3:3 * MiB + 7]
