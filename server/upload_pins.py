@@ -42,7 +42,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-MAX_HOLDS = 262_144       # chunks held at once (~220 B each); beyond, the oldest hold goes
+MAX_HOLDS = 65_536        # chunks held at once (~250 B each); beyond, the oldest hold goes
 Key = tuple[str, bytes]
 
 _CALL: contextvars.ContextVar[list[tuple[UploadPins, Key]] | None] = contextvars.ContextVar(
@@ -153,7 +153,7 @@ class UploadPins:
             self._deleting.discard((ns, bytes(cid)))
             self._cv.notify_all()
 
-    def prune(self, limit: int = 10_000) -> int:
+    def prune(self, limit: int = 2000) -> int:
         """Drop holds that can protect nothing any more (sessions ended, grace over); oldest
         first, at most `limit` looked at. Holds of committed chunks that were never freed go
         when their session ends (or by the MAX_HOLDS bound)."""
