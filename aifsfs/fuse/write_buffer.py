@@ -20,7 +20,9 @@ Interface:
         .reload(attr, chunk_size, refs)    a clean state takes a fresh chunk map (after a
                                     truncate)
     WriteBuffers(fs, data, limiter, read_base, max_dirty_bytes=64 MiB, inline_max=0)
-                                    fs: FsClient (CommitFile), data: DataClient (chunks)
+                                    fs: FsClient (CommitFile), data: DataClient (chunks);
+                                    full slots upload through .putter, a PutBatcher (several
+                                    chunks per PutChunks call when uploads queue up)
         .start(nursery)                         where background uploads run
         await .write(st, offset, data)          buffer; full slots upload in the background;
                                                 waits while the mount holds too much dirty data
@@ -60,6 +62,7 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import copy
+import errno
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -134,7 +137,7 @@ class DirtyChunk:
     def overlay(self, base: bytes, n: int) -> bytes:
         """The slot's new first n bytes: `base` with the written intervals on top."""
         if self.covers(n):
-            out = bytes(self.data[:n])
+            out = bytes(memoryview(self.data)[:n])   # one copy (a bytearray slice is another)
             return out if len(out) == n else out + bytes(n - len(out))
         buf = bytearray(base[:n])
         if len(buf) < n:
@@ -303,18 +306,101 @@ class _Staged:
         self.idx, self.ref, self.data, self.event, self.prev = idx, ref, data, event, prev
 
 
+def put_new(chunks: DataClient, items: list[tuple[bytes, bytes]]) -> None:
+    """Blocking: upload whole chunks (id, bytes) in one PutChunks call. Over a network, ask
+    first (dedup saves the transfer); over a local unix socket the extra round trip costs more
+    than sending: the server deduplicates on put anyway."""
+    if not chunks.address.startswith("unix:"):
+        items = [it for it, there in zip(items, chunks.has_chunks([c for c, _ in items]),
+                                         strict=True) if not there]
+    if items:
+        chunks.put_chunks(items)
+
+
 def store_chunk(chunks: DataClient, idx: int, data: bytes) -> ChunkRef:
     """Blocking: hash, dedup-check and upload one slot's bytes; an all-zero slot is a hole."""
     ref = chunk_ref(idx, data)
-    if not ref.chunk_id:
-        return ref
-    cid = ref.chunk_id
-    # Over a network, ask first (dedup saves the transfer); over a local unix socket the
-    # extra round trip costs more than sending: the server deduplicates on put anyway.
-    local = chunks.address.startswith("unix:")
-    if local or not chunks.has_chunks([cid])[0]:
-        chunks.put_chunks([(cid, data)])
-    return ChunkRef(idx, cid, len(data))
+    if ref.chunk_id:
+        put_new(chunks, [(ref.chunk_id, data)])
+    return ref
+
+
+# Uploads share PutChunks calls (PutBatcher): calls out at once, and chunks per call (the
+# server stores a call's chunks as one durable batch of up to 8: sealed in parallel, one
+# directory fsync per directory). A 1 MiB-block writer, 256 MiB, 4 runs each on a shared
+# 2-core machine: one call per chunk (up to 32 out) ~300 CPU ticks of mount + server, median
+# 76 MiB/s; 3 calls of up to 8: ~253 ticks, 79 MiB/s (the wall times were noise-bound).
+PUT_CALLS_MAX = 3
+PUT_BATCH_CHUNKS = 8
+PUT_BATCH_BYTES = 16 << 20
+
+
+class _Put:
+    __slots__ = ("cid", "data", "done", "error")
+
+    def __init__(self, cid: bytes, data: bytes) -> None:
+        self.cid, self.data = cid, data
+        self.done = trio.Event()
+        self.error: BaseException | None = None
+
+
+class PutBatcher:
+    """Whole-chunk uploads of the mount, several per PutChunks call.
+
+    An upload goes out at once while fewer than `calls_max` calls are out; past that, uploads
+    queue and the next call to end takes everything queued (up to PUT_BATCH_CHUNKS chunks or
+    PUT_BATCH_BYTES) as one call. `await put(cid, data)` returns once the chunk is durable
+    on the server (the call's reply), or raises the call's error."""
+
+    def __init__(self, data: DataClient, limiter: trio.CapacityLimiter,
+                 calls_max: int = PUT_CALLS_MAX) -> None:
+        self.data, self.limiter, self.calls_max = data, limiter, calls_max
+        self._queue: list[_Put] = []
+        self._calls = 0
+        self._ended = trio.Event()
+        self.calls = 0           # PutChunks calls made (for tests and stats)
+
+    async def put(self, cid: bytes, data: bytes) -> None:
+        req = _Put(cid, data)
+        self._queue.append(req)
+        while not req.done.is_set():
+            if self._calls < self.calls_max and self._queue:
+                await self._send(self._take())
+            else:
+                await self._ended.wait()
+        if req.error is not None:
+            raise req.error
+
+    def _take(self) -> list[_Put]:
+        batch: list[_Put] = []
+        size = 0
+        while self._queue and len(batch) < PUT_BATCH_CHUNKS and (
+                not batch or size + len(self._queue[0].data) <= PUT_BATCH_BYTES):
+            req = self._queue.pop(0)
+            batch.append(req)
+            size += len(req.data)
+        return batch
+
+    async def _send(self, batch: list[_Put]) -> None:
+        self._calls += 1
+        try:
+            # one id once per call (two slots with the same bytes)
+            items = list({r.cid: r.data for r in batch}.items())
+            await trio.to_thread.run_sync(put_new, self.data, items, limiter=self.limiter)
+            self.calls += 1
+        except Exception as exc:  # noqa: BLE001 - handed to every upload of the batch
+            for r in batch:
+                r.error = exc
+        except BaseException:
+            for r in batch:      # cancelled: the others' uploads did not happen either
+                r.error = OSError(errno.EIO, "chunk upload interrupted")
+            raise
+        finally:
+            self._calls -= 1
+            for r in batch:
+                r.done.set()
+            ended, self._ended = self._ended, trio.Event()
+            ended.set()
 
 
 class WriteBuffers:
@@ -336,6 +422,7 @@ class WriteBuffers:
         self._held: dict[tuple[int, int], FileState] = {}   # (ino, slot) in age order
         self.reuploads = 0
         self._nursery: trio.Nursery | None = None
+        self.putter = PutBatcher(data, limiter)
         self._progress = trio.Event()
         self._states: dict[int, FileState] = {}   # states with dirty chunks (for spilling)
         self.uploads = 0
@@ -489,8 +576,9 @@ class WriteBuffers:
             return
         ev, data = claimed
         try:
-            ref = await trio.to_thread.run_sync(store_chunk, self.data, idx, data,
-                                                limiter=self.limiter)
+            ref = await trio.to_thread.run_sync(chunk_ref, idx, data, limiter=self.limiter)
+            if ref.chunk_id:
+                await self.putter.put(ref.chunk_id, data)
             self.uploads += 1
             if ref.chunk_id:
                 st.refs[idx] = ref
