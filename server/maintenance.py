@@ -302,7 +302,11 @@ def gc(parts: StorageParts, namespaces: Iterable[str] | None = None, *,
                 result.complete = False
                 return result
             if dry_run:
-                result.chunks_deleted += 1
+                grace_ns = int(grace_seconds * 1e9)
+                if pins is None or pins.deleting(ns, cid, since, grace_ns):
+                    result.chunks_deleted += 1   # what a real run would delete now
+                    if pins is not None:
+                        pins.deleted(ns, cid)
                 continue
             delete_chunk(parts, pins, ns, cid, since, result, grace_seconds)
     # temp files a crashed writer left: no record names them, so nothing else ever would
