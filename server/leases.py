@@ -27,6 +27,13 @@ Interface:
         .tree_change(tree, deadline)            context manager around a change of a whole
                                                 tree by another service (branch reset, merge,
                                                 delete): recalls every lease on the tree first
+        .bus                                    None, or a lease_bus.LeaseBus: then change,
+                                                recall and tree_change also recall the leases
+                                                held through other servers (remote=True: a
+                                                peer's change, only marked and recalled here),
+                                                and grants wait for bus.granting()
+        .forget_all()                           the bus lost touch: recall every lease, refuse
+                                                grants of reads begun before now
     Session: .id .tree .outbox (queue of ("recall", seq, inos) | ("renew_ok", stamp) | None)
 
 Term: AIFS_LEASE_TERM_SECONDS (default 10). A holder that keeps its stream open renews every
@@ -84,6 +91,7 @@ class LeaseManager:
         self._floor = 0                                 # starts forgotten are all <= floor
         self._tree_changing: dict[Any, int] = {}        # whole-tree changes running
         self._tree_started: dict[Any, int] = {}         # last whole-tree change per tree
+        self.bus: Any = None                            # lease_bus.LeaseBus (other servers)
 
     # --- sessions -------------------------------------------------------------------------------
     def open_session(self, tree: Any) -> Session:
@@ -161,6 +169,8 @@ class LeaseManager:
         with self._cv:
             if not sess.alive or len(sess.held) + len(keys) > self.max_per_session:
                 return False
+            if self.bus is not None and not self.bus.granting():
+                return False     # another server's change might not reach this one now
             if self._floor > since:
                 return False     # a change start we no longer remember may be after `since`
             if self._tree_changing.get(tree) or self._tree_started.get(tree, 0) > since:
@@ -176,7 +186,7 @@ class LeaseManager:
     # --- changes --------------------------------------------------------------------------------
     @contextlib.contextmanager
     def change(self, tree: Any, inos: Iterable[int], origin: Session | None,
-               deadline: Any) -> Iterator[None]:
+               deadline: Any, remote: bool = False) -> Iterator[None]:
         keys = list({(tree, ino) for ino in inos})
         with self._cv:
             self._seq += 1
@@ -189,7 +199,8 @@ class LeaseManager:
                 self._floor = max(self._floor, old)
         try:
             self._recall_keys(keys, origin, deadline)
-            yield
+            with self._across(tree, [k[1] for k in keys], deadline, remote):
+                yield
         finally:
             with self._cv:
                 # a grant racing the body would lease what it read before the commit: the
@@ -205,7 +216,7 @@ class LeaseManager:
                         self._changing.pop(k, None)
 
     @contextlib.contextmanager
-    def tree_change(self, tree: Any, deadline: Any) -> Iterator[None]:
+    def tree_change(self, tree: Any, deadline: Any, remote: bool = False) -> Iterator[None]:
         """Around a change of a whole tree made outside the Filesystem calls (a branch reset,
         a merge applied, a branch deleted): every lease on the tree is recalled first, and no
         grant on it is made until the body has returned."""
@@ -216,7 +227,8 @@ class LeaseManager:
             keys = [k for k in self._holders if k[0] == tree]
         try:
             self._recall_keys(keys, None, deadline)
-            yield
+            with self._across(tree, None, deadline, remote):
+                yield
         finally:
             with self._cv:
                 self._seq += 1
@@ -236,6 +248,22 @@ class LeaseManager:
                 self._started[k] = self._seq
                 self._started.move_to_end(k)
         self._recall_keys(keys, origin, deadline)
+        with self._across(tree, [k[1] for k in keys], deadline, False):
+            pass
+
+    def _across(self, tree: Any, inos: list[int] | None, deadline: Any,
+                remote: bool) -> contextlib.AbstractContextManager[None]:
+        """Other servers' leases (lease_bus.py): recalled before the body, marked until after."""
+        if self.bus is None or remote:
+            return contextlib.nullcontext()
+        return self.bus.change(tree, inos, deadline)  # type: ignore[no-any-return]
+
+    def forget_all(self) -> None:
+        with self._cv:
+            self._seq += 1
+            self._floor = self._seq   # a read begun before now may have missed a change
+            keys = list(self._holders)
+        self._recall_keys(keys, None, None)
 
     def _recall_keys(self, keys: list[Key], origin: Session | None, deadline: Any) -> None:
         """Send one Recall per holding session and wait until each acked it, or died, or its

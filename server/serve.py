@@ -248,6 +248,8 @@ class Server:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.collector is not None:
             self.collector.start()
+        if self.leases is not None and self.leases.bus is not None:
+            self.leases.bus.start()
 
     def stop(self, grace: float = DEFAULT_GRACE) -> None:
         if self._stopped:
@@ -263,6 +265,8 @@ class Server:
             self.leases.close_all()  # mounts' session streams never end by themselves
         done = self.grpc_server.stop(grace)
         done.wait(grace + 5)
+        if self.leases is not None and self.leases.bus is not None:
+            self.leases.bus.stop()   # after the calls: a change still running recalls first
         # Cancelled calls may still be unwinding in their threads: the storage must outlive
         # them (bounded: every handler loop checks its deadline or its cancelled stream).
         self.idle = IN_FLIGHT.wait_idle(STOP_DRAIN_SECONDS)
@@ -331,7 +335,12 @@ def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | 
     if assets is None:
         assets = _open_asset_store(datadir)
     sole, lock_fd = sole_server(datadir)
-    backend = Backend(datadir, assets=assets, metrics=metrics, lease_grants=sole)
+    dsn = getattr(meta, "dsn", None)  # PostgreSQL: leases across servers (lease_bus.py)
+    backend = Backend(datadir, assets=assets, metrics=metrics, lease_grants=sole or bool(dsn))
+    if dsn:
+        from aifs_server.lease_bus import LeaseBus
+
+        LeaseBus(dsn, backend.leases)   # grants once it has joined the other servers
     pins = UploadPins(sdk_grace=upload_grace)
     datadir.chunks.pins = pins
     collector = None

@@ -8,11 +8,14 @@ Interface:
         AIFS_MASTER_KEY_FILE: never argv); returns once it prints its listening line.
     SharedServer: .address (the first listener, TCP ports resolved), .addresses, .proc,
         .log_path, .log(), .kill() (SIGKILL), .stop() (SIGTERM, then SIGKILL)
-    start_cluster(base, n=2, *, meta_url=None, s3=None, tcp=False) -> Cluster
+    start_cluster(base, n=2, *, meta_url=None, s3=None, tcp=False, server_args=()) -> Cluster
         base: a short directory (unix socket paths <= 107 bytes). meta_url / s3: an existing
         database and S3Location (the tests' session services); without them a PostgreSQL and a
         SeaweedFS are started under base. Writes base/master.key and base/token (an admin
         token for every namespace, minted from the root key the database holds).
+    session_cluster(postgres, seaweedfs, name, n=2, **kw) -> context manager of a Cluster
+        on a fresh database of the session PostgreSQL and a fresh prefix of the session
+        SeaweedFS bucket (`name` + random tag); stopped and its directory removed at exit
     Cluster: .servers, .addresses ("A,B,..." for --server), .meta_url, .store_url, .env,
         .token_file, .master_key_file, .add_server() -> SharedServer, .stop()
     stop_service(svc) / start_again(svc, wait=60.0)   stop a Postgres or SeaweedFS this module
@@ -35,6 +38,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,8 +85,10 @@ class SharedServer:
 
 
 def start_shared_server(meta_url: str, store_url: str, env: dict[str, str], listen: list[str],
-                        *, log_path: Path, wait: float = 60.0) -> SharedServer:
-    args = [sys.executable, "-m", "aifs_server.serve", "--meta", meta_url, "--store", store_url]
+                        *, log_path: Path, wait: float = 60.0,
+                        extra: tuple[str, ...] = ()) -> SharedServer:
+    args = [sys.executable, "-m", "aifs_server.serve", "--meta", meta_url, "--store", store_url,
+            *extra]
     for addr in listen:
         args += ["--listen", addr]
     full_env = {**os.environ, **env}
@@ -118,6 +124,7 @@ class Cluster:
     token_file: Path
     tcp: bool = False
     servers: list[SharedServer] = field(default_factory=list)
+    server_args: tuple[str, ...] = ()   # more `aifs server` flags (e.g. --metrics-port 0)
     postgres: Postgres | None = None
     seaweedfs: SeaweedFS | None = None
 
@@ -129,7 +136,7 @@ class Cluster:
         i = len(self.servers)
         listen = ["127.0.0.1:0"] if self.tcp else [f"unix:{self.base}/s{i}.sock"]
         srv = start_shared_server(self.meta_url, self.store_url, self.env, listen,
-                                  log_path=self.base / f"server{i}.log")
+                                  log_path=self.base / f"server{i}.log", extra=self.server_args)
         self.servers.append(srv)
         return srv
 
@@ -155,7 +162,8 @@ def _write_token(meta_url: str, master_key_file: Path, path: Path) -> None:
 
 
 def start_cluster(base: str | os.PathLike[str], n: int = 2, *, meta_url: str | None = None,
-                  s3: S3Location | None = None, tcp: bool = False) -> Cluster:
+                  s3: S3Location | None = None, tcp: bool = False,
+                  server_args: tuple[str, ...] = ()) -> Cluster:
     from aifs_server.secrets import MASTER_KEY_FILE_ENV, write_master_key
 
     root = Path(base)
@@ -174,7 +182,7 @@ def start_cluster(base: str | os.PathLike[str], n: int = 2, *, meta_url: str | N
         env = {**s3.sw.env(), MASTER_KEY_FILE_ENV: str(master)}
         cluster = Cluster(base=root, meta_url=meta_url, store_url=s3.url, env=env,
                           master_key_file=master, token_file=root / "token", tcp=tcp,
-                          postgres=pg, seaweedfs=sw)
+                          server_args=server_args, postgres=pg, seaweedfs=sw)
     except BaseException:
         for svc in (sw, pg):
             if svc is not None:
@@ -188,6 +196,24 @@ def start_cluster(base: str | os.PathLike[str], n: int = 2, *, meta_url: str | N
         cluster.stop()
         raise
     return cluster
+
+
+@contextlib.contextmanager
+def session_cluster(postgres: Postgres, seaweedfs: SeaweedFS, name: str, n: int = 2,
+                    **kw: Any) -> Iterator[Cluster]:
+    from tests.helpers import short_tmpdir
+
+    base = short_tmpdir()
+    c = None
+    try:
+        tag = os.urandom(4).hex()
+        c = start_cluster(base, n, meta_url=postgres.create_database(f"{name}_{tag}"),
+                          s3=S3Location(seaweedfs, f"{name.replace('_', '-')}-{tag}"), **kw)
+        yield c
+    finally:
+        if c is not None:
+            c.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # --- restarting a service ---------------------------------------------------------------------

@@ -246,6 +246,7 @@ class PostgresMetadata(PosixMeta):
 
     def __init__(self, dsn: str, *, pool_size: int = 10, timeout: float = POOL_TIMEOUT) -> None:
         self._pg = PostgresStore(dsn, pool_size=pool_size, timeout=timeout)  # for PostgreSQL-only tests
+        self.dsn = dsn  # the lease bus (lease_bus.py) opens its own LISTEN connection with it
         self._depth = threading.local()
         super().__init__(self._pg)
 

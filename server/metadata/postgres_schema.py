@@ -19,7 +19,7 @@ from typing import Any
 
 from aifs_core.errors import InvalidArgument
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 # pg_advisory_xact_lock key of the migration: two servers opening a new database at once must
 # not both run CREATE TABLE (IF NOT EXISTS is not safe against a concurrent creator)
@@ -174,7 +174,17 @@ _V2 = [
     )""",
 ]
 
-MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2}
+# The servers that may hold leases (lease_bus.py): a row per joined LISTEN connection, renewed
+# while it lives. UNLOGGED: after a database crash the rows are gone, and so are the connections
+# whose liveness they stood for (each server joins again under a new id).
+_V3 = [
+    """CREATE UNLOGGED TABLE IF NOT EXISTS aifs_lease_peers (
+        id TEXT PRIMARY KEY,
+        expires TIMESTAMPTZ NOT NULL
+    )""",
+]
+
+MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2, 3: _V3}
 
 
 def migrate(conn: Any) -> None:

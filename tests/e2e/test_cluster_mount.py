@@ -36,10 +36,10 @@ import pytest
 from aifs_core.types import ROOT_INO
 from aifsfs.client import AIFSClient
 from aifsfs.errors import DeadlineExceeded, ServerUnavailable
-from tests.cluster import Cluster, start_again, start_cluster, stop_service
+from tests.cluster import Cluster, session_cluster, start_again, start_cluster, stop_service
 from tests.e2e.conftest import Mount, start_mount, teardown_mount
 from tests.helpers import short_tmpdir
-from tests.services import Postgres, S3Location, SeaweedFS
+from tests.services import Postgres, SeaweedFS
 
 # 256 MiB as the issue asks: a cp and a cmp through two servers take seconds here, and the
 # file is shared by the copy tests (generated once per module).
@@ -55,17 +55,8 @@ class Endpoint:
 
 @pytest.fixture(scope="module")
 def cluster(postgres: Postgres, seaweedfs: SeaweedFS) -> Iterator[Cluster]:
-    base = short_tmpdir()
-    c = None
-    try:
-        tag = os.urandom(4).hex()
-        c = start_cluster(base, 2, meta_url=postgres.create_database(f"e2e_cluster_{tag}"),
-                          s3=S3Location(seaweedfs, f"e2e-cluster-{tag}"))
+    with session_cluster(postgres, seaweedfs, "e2e_cluster") as c:
         yield c
-    finally:
-        if c is not None:
-            c.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

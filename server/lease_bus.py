@@ -1,0 +1,380 @@
+"""Leases across servers on one PostgreSQL database (docs/LEASES.md, "Across servers"): a change
+through this server recalls the leases held through every other one before it commits, so every
+server may grant leases and close-to-open still holds between mounts on different servers.
+
+Interface:
+    LeaseBus(dsn, leases, *, ttl=None)   attaches itself as `leases.bus` (leases.LeaseManager);
+                                         ttl: seconds a registration lives (default one term)
+        .start() / .stop()               the listener thread; stop() expires the registration
+        .granting() -> bool              listening, registered and joined: any other server's
+                                         change will reach this server before it commits
+        .change(tree, inos, deadline)    context manager the LeaseManager enters after its
+                                         local recall (inos None: the whole tree): publishes
+                                         recall, waits for each live peer's ack (or for its
+                                         registration's expiry + one term; never past the
+                                         deadline: TimedOut, nothing committed), runs the body,
+                                         publishes done
+    Messages (NOTIFY on CHANNEL, JSON): recall{o, s, t, i, d}, ack{o, to, s}, done{o, s},
+    hello{o, s}. A peer receiving recall marks the inodes changing in its LeaseManager (the
+    same `change(..., remote=True)` a local change runs: its holders recalled and waited for),
+    acks, and keeps them marked until done (or d + one term). hello is a server joining: each
+    peer acks it once its own changes published before it are over.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from aifs_core.errors import StoreUnavailable, TimedOut
+from aifs_core.types import TreeRef
+from aifs_server.deadline import MAX_CALL_SECONDS, Deadline
+
+log = logging.getLogger("aifs.lease_bus")
+
+CHANNEL = "aifs_leases"
+PAYLOAD_MAX = 7900          # NOTIFY payloads stop at 8000 bytes: a longer inode list is "the tree"
+HELLO_WAIT = 120.0          # a peer acks a hello once its changes in flight are over (bounded)
+_CONNECT = {"autocommit": True, "connect_timeout": 5}
+
+
+class _Mark:
+    """A peer's change this server holds marked: the LeaseManager context, until done."""
+    __slots__ = ("cm", "finished", "until")
+
+    def __init__(self) -> None:
+        self.cm: Any = None
+        self.finished = False
+        self.until = float("inf")
+
+
+class LeaseBus:
+    def __init__(self, dsn: str, leases: Any, *, ttl: float | None = None) -> None:
+        self.dsn = dsn
+        self.leases = leases
+        self.term = float(leases.term)
+        self.ttl = float(ttl or leases.term)
+        self.id = ""                                     # a new one per join
+        self._mine: set[str] = set()                     # every id this server joined under
+        self._gen = 0                                    # LISTEN connections opened so far
+        self._cv = threading.Condition()
+        self._seq = 0
+        self._acks: dict[int, set[str]] = {}            # my recall/hello seq -> peers that acked
+        self._outgoing: dict[int, threading.Event] = {}  # my changes between recall and done
+        self._marks: dict[tuple[str, int], _Mark] = {}  # peers' changes held marked here
+        self._joined = False
+        self._rejoin = ""                               # a join of this id failed
+        self._healthy_until = 0.0                       # monotonic: registration surely live
+        self._stop = threading.Event()
+        self._pool = ConnectionPool(dsn, min_size=1, max_size=4, kwargs=_CONNECT, open=False,
+                                    timeout=10.0, name="aifs-lease-bus")
+        self._work = ThreadPoolExecutor(max_workers=8, thread_name_prefix="aifs-lease-bus")
+        self._threads = [threading.Thread(target=self._listen, name="aifs-lease-listen",
+                                          daemon=True),
+                         threading.Thread(target=self._watchdog, name="aifs-lease-watch",
+                                          daemon=True)]
+        leases.bus = self
+
+    # --- life -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._pool.open(wait=False)
+        for t in self._threads:
+            t.start()
+
+    def stop(self) -> None:
+        """Stop listening; the registration expires now (peers then wait one term for the
+        leases this server's mounts may still trust, not a whole registration)."""
+        self._joined = False
+        self._stop.set()
+        for t in self._threads:
+            t.join(self.term)
+        with contextlib.suppress(Exception):
+            self._execute("UPDATE aifs_lease_peers SET expires = now() WHERE id = %s", (self.id,))
+        self._work.shutdown(wait=False, cancel_futures=True)
+        self._pool.close()
+
+    def granting(self) -> bool:
+        return self._joined and time.monotonic() < self._healthy_until
+
+    def _lost(self, why: str) -> None:
+        """Other servers' changes may no longer reach this one: no grant, every lease recalled
+        (the LeaseManager also refuses any grant whose read began before this)."""
+        with self._cv:
+            was, self._joined = self._joined, False
+            self._healthy_until = 0.0
+            self._gen += 1       # a join still waiting for its acks must not conclude
+        if was:
+            log.warning("leases suspended: %s", why)
+        self.leases.forget_all()
+
+    def _watchdog(self) -> None:
+        # the listener may be stuck in a call on a cut connection: the registration's end is
+        # watched from here too, so the leases go before the peers stop waiting for them
+        while not self._stop.wait(self.term / 8):
+            if self._joined and time.monotonic() >= self._healthy_until:
+                self._lost("no heartbeat answered within the registration's life")
+
+    def _listen(self) -> None:
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.dsn, **_CONNECT,  # type: ignore[arg-type]
+                                     application_name=f"aifs-lease-listen-{os.getpid()}") as conn:
+                    conn.execute(f"LISTEN {CHANNEL}")
+                    self._register(conn)
+                    self._work.submit(self._join, self.id, self._gen)
+                    beat = time.monotonic() + self.ttl / 4
+                    while not self._stop.is_set():
+                        for n in conn.notifies(timeout=max(0.0, beat - time.monotonic())):
+                            self._on(n.payload)
+                        if time.monotonic() >= beat:
+                            beat = time.monotonic() + self.ttl / 4
+                            self._heartbeat(conn)
+                            self._sweep()
+                            if self._rejoin == self.id:
+                                raise StoreUnavailable("the lease bus join did not complete")
+            except Exception as e:  # a lost connection, the database down, a lapsed row
+                if not self._stop.is_set():
+                    self._lost(f"{type(e).__name__}: {e}")
+            self._stop.wait(min(1.0, self.term / 4))
+        self._lost("stopping")
+
+    # --- registration -------------------------------------------------------------------------
+    def _register(self, conn: Any) -> None:
+        # a new id per LISTEN connection: a peer still waiting on the old one (whose messages
+        # this server may have missed) waits for its expiry, never for a renewal of it
+        sent = time.monotonic()
+        with self._cv:
+            self.id = secrets.token_hex(8)
+            self._mine.add(self.id)
+            self._gen += 1
+            self._cv.notify_all()    # changes waiting for acks publish their recall again
+        conn.execute("DELETE FROM aifs_lease_peers WHERE expires < now() - interval '1 hour'")
+        conn.execute("INSERT INTO aifs_lease_peers (id, expires) VALUES (%s, now() + "
+                     "make_interval(secs => %s))", (self.id, self.ttl))
+        self._healthy_until = sent + 0.9 * self.ttl
+
+    def _heartbeat(self, conn: Any) -> None:
+        sent = time.monotonic()
+        row = conn.execute("UPDATE aifs_lease_peers SET expires = now() + make_interval(secs "
+                           "=> %s) WHERE id = %s AND expires > now() RETURNING 1",
+                           (self.ttl, self.id)).fetchone()
+        if row is None:
+            raise StoreUnavailable("this server's lease registration lapsed; joining again")
+        self._healthy_until = sent + 0.9 * self.ttl
+
+    def _join(self, me: str, gen: int) -> None:
+        """Grant nothing until every live peer acked this hello: a change a peer published
+        before this server listened (so never heard here) is over by then."""
+        seq = self._next()
+        try:
+            self._publish({"k": "hello", "o": me, "s": seq})
+            self._wait_acks(seq, self._peers(me), Deadline.after(HELLO_WAIT))
+        except Exception as e:
+            log.warning("joining the lease bus failed (%s); joining again", e)
+            self._rejoin = me   # the listener reconnects (a new id, a new hello)
+            return
+        finally:
+            with self._cv:
+                self._acks.pop(seq, None)
+        self.leases.forget_all()    # reads begun before now may have missed a change
+        with self._cv:
+            if self._gen == gen and not self._stop.is_set():
+                self._joined = True
+                log.info("lease bus joined as %s", me)
+
+    # --- publishing and peers -----------------------------------------------------------------
+    def _execute(self, sql: str, params: Any) -> list[Any]:
+        try:
+            with self._pool.connection() as c:
+                cur = c.execute(sql, params)
+                return cur.fetchall() if cur.description else []
+        except psycopg.Error as e:
+            raise StoreUnavailable(f"lease bus: the metadata database cannot be reached: "
+                                   f"{type(e).__name__}: {e}") from e
+
+    def _publish(self, msg: dict[str, Any]) -> None:
+        self._execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(msg)))
+
+    def _peers(self, me: str) -> dict[str, float]:
+        """Other registrations that may still stand for leases: id -> seconds until expiry
+        (database clock; negative: expired that long ago, its leases lapse a term later)."""
+        rows = self._execute("SELECT id, EXTRACT(EPOCH FROM expires - now()) FROM "
+                             "aifs_lease_peers WHERE id <> %s AND expires > now() - "
+                             "make_interval(secs => %s)", (me, self.term))
+        return {r[0]: float(r[1]) for r in rows}
+
+    def _next(self) -> int:
+        with self._cv:
+            self._seq += 1
+            self._acks[self._seq] = set()
+            return self._seq
+
+    def _wait_acks(self, seq: int, peers: dict[str, float], deadline: Any,
+                   resend: dict[str, Any] | None = None) -> None:
+        """Until each peer acked `seq`, or its registration was seen expired + one term.
+        `resend`: published again when this server's LISTEN connection was replaced (acks
+        sent while it was down were never heard; a peer acks a repeated recall again)."""
+        gen = self._gen
+        now = time.monotonic()
+        exp = {p: now + rem for p, rem in peers.items()}    # local estimate of each expiry
+        final = {p for p, rem in peers.items() if rem <= 0}
+        while True:
+            refresh: list[str] = []
+            with self._cv:
+                acked = self._acks.get(seq, set())
+                now = time.monotonic()
+                wait = {p: e + self.term if p in final else e for p, e in exp.items()
+                        if p not in acked and (p not in final or now < e + self.term)}
+                if not wait:
+                    return
+                left = deadline.remaining() if deadline is not None else None
+                if left is not None and left <= 0:
+                    raise TimedOut("a server whose mounts may hold leases neither acknowledged "
+                                   "a recall nor expired before this call's deadline; nothing "
+                                   "was changed")
+                again = resend is not None and gen != self._gen
+                gen = self._gen
+                refresh = [p for p, at in wait.items() if p not in final and at <= now]
+                if again and resend is not None:
+                    self._cv.release()       # publish outside the lock, then look again
+                    try:
+                        self._publish(resend)
+                    finally:
+                        self._cv.acquire()
+                    continue
+                if not refresh:
+                    until = min(wait.values()) - now
+                    self._cv.wait(until if left is None else min(until, left))
+                    continue
+            # a registration past its estimated expiry: renewed since, or really expired?
+            rows = self._peers("")
+            now = time.monotonic()
+            for p in refresh:
+                rem = rows.get(p, -self.term)
+                exp[p] = now + rem
+                if rem <= 0:
+                    final.add(p)
+
+    @contextlib.contextmanager
+    def change(self, tree: Any, inos: Iterable[int] | None, deadline: Any) -> Iterator[None]:
+        seq = self._next()
+        over = threading.Event()
+        with self._cv:
+            self._outgoing[seq] = over   # before the publish: a hello after it waits for us
+        me = self.id
+        try:
+            left = deadline.remaining() if deadline is not None else None
+            msg = {"k": "recall", "o": me, "s": seq, "t": [tree.namespace, tree.branch],
+                   "i": None if inos is None else sorted(set(inos)),
+                   "d": MAX_CALL_SECONDS if left is None else max(0.0, left)}
+            if len(json.dumps(msg)) > PAYLOAD_MAX:
+                msg["i"] = None          # too long a list for one NOTIFY: the whole tree
+            self._publish(msg)
+            # read after the publish: a server registered too late to be read here listened
+            # too late to hear it, and its hello waits for this change to be over
+            self._wait_acks(seq, self._peers(me), deadline, resend=msg)
+            yield
+        finally:
+            with self._cv:
+                self._acks.pop(seq, None)
+                self._outgoing.pop(seq, None)
+            try:
+                self._publish({"k": "done", "o": me, "s": seq})
+            except StoreUnavailable as e:   # peers unmark at d + one term instead
+                log.warning("lease bus: cannot publish done: %s", e)
+            over.set()
+
+    # --- receiving ----------------------------------------------------------------------------
+    def _on(self, payload: str) -> None:
+        try:
+            m = json.loads(payload)
+            kind, origin, seq = m["k"], m["o"], int(m["s"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("lease bus: ignoring a malformed message %r", payload[:200])
+            return
+        if origin == self.id:
+            return
+        if kind == "ack":
+            if m.get("to") in self._mine:
+                with self._cv:
+                    got = self._acks.get(seq)
+                    if got is not None:
+                        got.add(origin)
+                        self._cv.notify_all()
+        elif kind == "recall":
+            with self._cv:
+                mark = self._marks.get((origin, seq))
+                new = mark is None
+                if mark is None:
+                    mark = self._marks[(origin, seq)] = _Mark()
+            if new:
+                self._work.submit(self._enter, mark, m)
+            elif mark.cm is not None:   # a repeat (the origin's listener was replaced)
+                self._ack(origin, seq)
+        elif kind == "done":
+            with self._cv:
+                found = self._marks.pop((origin, seq), None)
+            if found is not None:
+                self._finish(found)
+        elif kind == "hello":
+            with self._cv:
+                pending = list(self._outgoing.values())
+            self._work.submit(self._ack_hello, origin, seq, pending)
+
+    def _enter(self, mark: _Mark, m: dict[str, Any]) -> None:
+        tree = TreeRef(str(m["t"][0]), str(m["t"][1]))
+        d = float(m.get("d") or MAX_CALL_SECONDS)
+        deadline = Deadline.after(d)
+        if m.get("i") is None:
+            cm = self.leases.tree_change(tree, deadline, remote=True)
+        else:
+            cm = self.leases.change(tree, [int(i) for i in m["i"]], None, deadline, remote=True)
+        try:
+            cm.__enter__()   # this server's holders recalled and acked (or lapsed)
+        except TimedOut:
+            with self._cv:
+                self._marks.pop((m["o"], int(m["s"])), None)
+            return           # no ack: the origin times out too, and commits nothing
+        with self._cv:
+            mark.cm, mark.until = cm, time.monotonic() + d + self.term
+            early = mark.finished
+        if early:
+            self._finish(mark)
+        self._ack(m["o"], int(m["s"]))
+
+    def _ack(self, origin: str, seq: int) -> None:
+        with contextlib.suppress(StoreUnavailable):  # unacked: the origin waits for our expiry
+            self._publish({"k": "ack", "o": self.id, "to": origin, "s": seq})
+
+    def _finish(self, mark: _Mark) -> None:
+        with self._cv:
+            mark.finished = True
+            cm, mark.cm = mark.cm, None
+        if cm is not None:
+            cm.__exit__(None, None, None)
+
+    def _sweep(self) -> None:
+        """Unmark the changes whose done never came (their origin died): past d + one term."""
+        now = time.monotonic()
+        with self._cv:
+            late = [k for k, mk in self._marks.items() if mk.until <= now]
+            gone = [self._marks.pop(k) for k in late]
+        for mk in gone:
+            self._finish(mk)
+
+    def _ack_hello(self, origin: str, seq: int, pending: list[threading.Event]) -> None:
+        until = time.monotonic() + HELLO_WAIT
+        for ev in pending:
+            ev.wait(max(0.0, until - time.monotonic()))
+        self._ack(origin, seq)
