@@ -88,21 +88,33 @@ class DirtyChunk:
     __slots__ = ("data", "intervals")
 
     def __init__(self) -> None:
-        self.data = bytearray()
+        # bytes when one write filled it from the start (kept as given: no copy), else a
+        # bytearray the writes are copied into
+        self.data: bytes | bytearray = bytearray()
         self.intervals: list[list[int]] = []
 
     @property
     def nbytes(self) -> int:
         return len(self.data)
 
+    def _mutable(self) -> bytearray:
+        if isinstance(self.data, bytes):
+            self.data = bytearray(self.data)
+        return self.data
+
     def write(self, pos: int, buf: bytes | bytearray | memoryview) -> None:
         n = len(buf)
         if n == 0:
             return
-        cur = len(self.data)
+        if pos == 0 and not self.data and type(buf) is bytes:
+            self.data = buf   # a 1 MiB write of a sequential writer: the FUSE buffer itself
+            self._add(0, n)
+            return
+        data = self._mutable()
+        cur = len(data)
         if pos > cur:
-            self.data.extend(bytes(pos - cur))
-        self.data[pos:pos + n] = buf
+            data.extend(bytes(pos - cur))
+        data[pos:pos + n] = buf
         self._add(pos, pos + n)
 
     def _add(self, s: int, e: int) -> None:
@@ -137,6 +149,8 @@ class DirtyChunk:
     def overlay(self, base: bytes, n: int) -> bytes:
         """The slot's new first n bytes: `base` with the written intervals on top."""
         if self.covers(n):
+            if type(self.data) is bytes and len(self.data) == n:
+                return self.data                      # the writer's own buffer: no copy
             out = bytes(memoryview(self.data)[:n])   # one copy (a bytearray slice is another)
             return out if len(out) == n else out + bytes(n - len(out))
         buf = bytearray(base[:n])
@@ -164,7 +178,7 @@ class DirtyChunk:
 
     def truncate(self, n: int) -> None:
         """Forget everything written at or past slot offset n."""
-        del self.data[n:]
+        del self._mutable()[n:]
         iv = [[a, min(b, n)] for a, b in self.intervals if a < n]
         self.intervals = iv
 
@@ -463,7 +477,7 @@ class WriteBuffers:
                 dc = st.dirty[idx] = DirtyChunk()
             st.slot_writes[idx] = st.slot_writes.get(idx, 0) + 1
             before = dc.nbytes
-            dc.write(in_off, mv[pos - offset:pos - offset + take])
+            dc.write(in_off, buf if take == n else mv[pos - offset:pos - offset + take])
             self.dirty_bytes += dc.nbytes - before
             if dc.covers(cs):
                 self._start_upload(st, idx)
