@@ -272,12 +272,12 @@ def run_mount(opts: MountOptions) -> int:
         code = 1
         raise
     finally:
+        if pages is not None:
+            pages.close()   # before the session goes: a push after it would use a freed one
         # unmount=True unmounts when we stop on our own (signal); after an external
         # unmount it is a no-op.
         with contextlib.suppress(Exception):
             pyfuse3.close(unmount=True)
-        if pages is not None:
-            pages.close()
         client.close()
         if disk is not None:
             disk.close()   # its entries are unreadable without the key: remove them now
