@@ -102,6 +102,11 @@ READDIR_PAGE = 1000
 BATCH_MIN = 16
 BATCH_MAX = 256
 INLINE_BATCH = 4 << 20
+# A leased directory that keeps getting lookups of absent names (creates in an existing
+# directory: tar, cp -r) is listed whole after this many, so that it becomes complete and the
+# next creates ask no negative Lookup -- when it has at most LIST_MAX_PAGES pages.
+NEGATIVES_BEFORE_LISTING = 8
+LIST_MAX_PAGES = 10
 # readdir offsets: 1 and 2 resume after "." and ".."; a server cookie c is offset c + _DOTS
 # (server cookies are dentry ids, stable while entries come and go).
 _DOTS = 2
@@ -215,6 +220,7 @@ class AIFSOperations(pyfuse3.Operations):
         # the directory walk in progress: (parent, cookie of the last file opened or
         # fetched, next batch size) -- a heuristic, shared by all openers
         self._walk: tuple[int, int, int] | None = None
+        self._negatives: dict[int, int] = {}     # directory -> negative lookups asked
 
     # --- plumbing ---------------------------------------------------------------------------
     def start(self, nursery: trio.Nursery) -> None:
@@ -244,6 +250,10 @@ class AIFSOperations(pyfuse3.Operations):
             a: Attr = self.fs.lookup(parent, name)
         except NotFound:
             self.leases.put_negative(tok, parent, name)
+            if self._session is not None:
+                if len(self._negatives) > 1000:
+                    self._negatives.clear()
+                self._negatives[parent] = self._negatives.get(parent, 0) + 1
             raise
         self.leases.put_entry(tok, parent, name, a)
         return a
@@ -329,6 +339,22 @@ class AIFSOperations(pyfuse3.Operations):
             if e.attr.ino == ino:
                 mine = (e.attr, cs, refs, data)
         return mine
+
+    async def _list_whole(self, parent: int, name: bytes) -> Any:
+        """List a directory that keeps being asked for absent names, so that its lease
+        makes it complete; then the lease's answer for `name` (None: ask)."""
+        self._negatives[parent] = 0
+        cookie = 0
+        for _ in range(LIST_MAX_PAGES):
+            entries, eof = await self._call(self._readdir_sync, parent, cookie)
+            if eof or not entries:
+                break
+            cookie = entries[-1].cookie
+        hit = self.leases.lookup(parent, name)
+        if hit is None:
+            # not complete (too big, or changed meanwhile): try again only much later
+            self._negatives[parent] = -16 * NEGATIVES_BEFORE_LISTING
+        return hit
 
     def _leased_ino(self, parent: int, name: bytes) -> int | None:
         a = self.leases.lookup(parent, name)
@@ -418,6 +444,10 @@ class AIFSOperations(pyfuse3.Operations):
             hit = self.leases.lookup(parent_inode, name)
             if hit is NEGATIVE:
                 raise pyfuse3.FUSEError(errno.ENOENT)
+            if hit is None and self._negatives.get(parent_inode, 0) >= NEGATIVES_BEFORE_LISTING:
+                hit = await self._list_whole(parent_inode, name)
+                if hit is NEGATIVE:
+                    raise pyfuse3.FUSEError(errno.ENOENT)
             a = hit if hit is not None else await self._call(self._lookup_sync, parent_inode,
                                                              name)
         self.inodes.remember_lookup(a.ino)

@@ -173,3 +173,24 @@ def test_closed_small_files_survive_a_server_sigkill(
         m2.unmount()
     finally:
         stop_server(sp)
+
+
+def test_creates_in_an_existing_directory_list_it_once(
+        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:  # noqa: F811
+    a = mount_factory(metered)
+    (a.path / "old").mkdir()
+    for i in range(50):
+        (a.path / "old" / f"x{i}").write_bytes(b"x")
+    b = mount_factory(metered)          # never listed "old": its names are unknown to B
+    _ready(b, metered)
+    before = calls(metered)
+    for i in range(200):
+        (b.path / "old" / f"y{i}").write_bytes(b"y")
+    c = _delta(metered, before)
+    # a few negative lookups, then one listing makes the directory complete in B's lease
+    assert c.get("Lookup", 0) <= 10 and c.get("ReadDir", 0) <= 2, c
+    assert sorted(os.listdir(a.path / "old")) == sorted(
+        [f"x{i}" for i in range(50)] + [f"y{i}" for i in range(200)])
+    # names A adds later are seen by B (A's creates recall B's lease on the directory)
+    (a.path / "old" / "z").write_bytes(b"z")
+    assert (b.path / "old" / "z").read_bytes() == b"z"
