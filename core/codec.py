@@ -9,7 +9,8 @@ Interface:
                                                 without content size; not zstd -> ValueError
         .compress_or_raw(data, level=None) -> (bytes, is_compressed)
                                                 the input itself when zstd does not make it
-                                                smaller (never inflates)
+                                                smaller (never inflates), or when two 4 KiB
+                                                samples of it do not compress at all
         .compress_stream(src, dst) -> int       file-likes, bounded memory; bytes written
         .decompress_stream(src, dst) -> int
         .compress_iter(iterable) -> Iterator[bytes]     generators, bounded memory
@@ -282,6 +283,11 @@ def _decompress_pieces(chunks: Iterable[bytes] | BinaryIO) -> Iterator[bytes]:
     tracker.finish()
 
 
+# compress_or_raw's incompressibility probe: sample size, and the smallest buffer probed
+PROBE = 4096
+PROBE_MIN = 16 * PROBE
+
+
 class CompressionService:
     """zstd with a run-time level, per-thread contexts and statistics."""
 
@@ -355,8 +361,22 @@ class CompressionService:
     def compress_or_raw(
         self, data: bytes | bytearray | memoryview, level: int | None = None
     ) -> tuple[bytes | bytearray | memoryview, bool]:
-        """(zstd frame, True) if that is smaller than `data`, else (data, False) unchanged."""
-        out: bytes = thread_compressor(self._level(level)).compress(data)
+        """(zstd frame, True) if that is smaller than `data`, else (data, False) unchanged.
+
+        A buffer of PROBE_MIN bytes or more whose middle and start samples (PROBE bytes
+        each) do not compress at all is taken as incompressible (random, encrypted, already
+        compressed) and kept raw without compressing the whole: zstd-1 spends ~0.8 ms a MiB
+        failing on random data, the samples ~0.2 ms."""
+        zc = thread_compressor(self._level(level))
+        n = len(data)
+        if n >= PROBE_MIN:
+            view = memoryview(data).cast("B")
+            mid = (n // 2) & ~(PROBE - 1)
+            if (len(zc.compress(view[mid:mid + PROBE])) >= PROBE
+                    and len(zc.compress(view[:PROBE])) >= PROBE):
+                self._count(n, n, raw=1)
+                return data, False
+        out: bytes = zc.compress(data)
         if len(out) < len(data):
             self._count(len(data), len(out), compressed=1)
             return out, True
