@@ -23,6 +23,9 @@ Interface:
                                      unless a recall or reset came since `mark` (taken before
                                      the call): then it is dropped
         .recalled(inos);  .reset()   the session's callbacks (any thread)
+        .take_changed(ino) -> bool   whether a recall named the inode since the last ask: a
+                                     file this mount holds open was changed by another client
+                                     (close-to-open: the next open takes the new map)
         .stats -> {"hits": n, "misses": n}
 
 Every entry is covered by the lease on one inode: attributes and chunk map by the inode's,
@@ -85,6 +88,7 @@ class LeaseCache:
         self._e: OrderedDict[int, _Entry] = OrderedDict()
         self._recalls = 0         # recalls and resets so far (own_entry's check)
         self._pos: dict[int, tuple[int, int, int]] = {}     # position hints (put_page)
+        self._changed: set[int] = set()                      # recalled since take_changed
         self.stats = {"hits": 0, "misses": 0}
 
     @property
@@ -264,9 +268,19 @@ class LeaseCache:
             else:
                 d.names[name] = ino
 
+    def take_changed(self, ino: int) -> bool:
+        with self._lock:
+            if ino in self._changed:
+                self._changed.discard(ino)
+                return True
+            return False
+
     def recalled(self, inos: list[int]) -> None:
         with self._lock:
             self._recalls += 1
+            if len(self._changed) > self.max_inodes:
+                self._changed.clear()
+            self._changed.update(inos)
             for ino in inos:
                 self._e.pop(ino, None)
 

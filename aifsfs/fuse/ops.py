@@ -767,8 +767,21 @@ class AIFSOperations(pyfuse3.Operations):
                                  ) -> tuple[FileState, bool]:
         st = self.inodes.state(ino)
         if st is not None and (st.handles > 0 or st.is_dirty()):
-            return st, True
+            if st.is_dirty() or not self.leases.take_changed(ino):
+                return st, True
+            # Held open here (or its last release not yet arrived: the kernel sends RELEASE
+            # after close returns) while another client changed it, which recalled our
+            # lease: an open after that change must see it (close-to-open).
+            gen = st.generation
+            try:
+                await self._reload(st)
+            except Exception as exc:
+                _stale_if_gone(exc)
+                raise
+            self.inodes.set_seen_gen(ino, st.generation)
+            return st, st.generation == gen
         t0 = time.monotonic()
+        self.leases.take_changed(ino)      # what is loaded now is newer than that recall
         hit = self.leases.chunk_map(ino)
         if hit is not None:
             # leased: no change since it was read (another mount's would have recalled it)

@@ -194,3 +194,18 @@ def test_creates_in_an_existing_directory_list_it_once(
     # names A adds later are seen by B (A's creates recall B's lease on the directory)
     (a.path / "old" / "z").write_bytes(b"z")
     assert (b.path / "old" / "z").read_bytes() == b"z"
+
+
+def test_open_sees_another_mounts_change_while_a_handle_is_held(
+        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:  # noqa: F811
+    a = mount_factory(metered)
+    b = mount_factory(metered)
+    _ready(b, metered)
+    (a.path / "h").write_bytes(b"v0")
+    with open(b.path / "h", "rb") as held:       # B holds the file open throughout
+        assert held.read() == b"v0"
+        for i in range(1, 30):
+            data = b"v%d" % i * (1 + i % 5)
+            (a.path / "h").write_bytes(data)     # recalls B's lease before it commits
+            with open(b.path / "h", "rb") as f:  # a new open after that close: new bytes
+                assert f.read() == data, i
