@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from aifs_core.errors import StoreUnavailable, TimedOut
 from aifs_core.types import TreeRef
@@ -45,6 +45,7 @@ log = logging.getLogger("aifs.lease_bus")
 
 CHANNEL = "aifs_leases"
 PAYLOAD_MAX = 7900          # NOTIFY payloads stop at 8000 bytes: a longer inode list is "the tree"
+POOL_WAIT = 3.0             # seconds a message waits for a connection of the bus's pool
 HELLO_WAIT = 120.0          # a peer acks a hello once its changes in flight are over (bounded)
 _CONNECT = {"autocommit": True, "connect_timeout": 5}
 
@@ -77,8 +78,13 @@ class LeaseBus:
         self._rejoin = ""                               # a join of this id failed
         self._healthy_until = 0.0                       # monotonic: registration surely live
         self._stop = threading.Event()
-        self._pool = ConnectionPool(dsn, min_size=1, max_size=4, kwargs=_CONNECT, open=False,
-                                    timeout=10.0, name="aifs-lease-bus")
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+        self.where = repr(f"{info.get('dbname', '')} on {info.get('host', '')}")
+        # checked when taken: after a database restart the pooled connections are dead; a
+        # short wait: with the database down, a change fails with the reason, not a deadline
+        self._pool = ConnectionPool(dsn, min_size=1, max_size=8, kwargs=_CONNECT, open=False,
+                                    timeout=POOL_WAIT, name="aifs-lease-bus",
+                                    check=ConnectionPool.check_connection)
         self._work = ThreadPoolExecutor(max_workers=8, thread_name_prefix="aifs-lease-bus")
         self._threads = [threading.Thread(target=self._listen, name="aifs-lease-listen",
                                           daemon=True),
@@ -179,7 +185,7 @@ class LeaseBus:
         seq = self._next()
         try:
             self._publish({"k": "hello", "o": me, "s": seq})
-            self._wait_acks(seq, self._peers(me), Deadline.after(HELLO_WAIT))
+            self._wait_acks(seq, self._peers(), Deadline.after(HELLO_WAIT))
         except Exception as e:
             log.warning("joining the lease bus failed (%s); joining again", e)
             self._rejoin = me   # the listener reconnects (a new id, a new hello)
@@ -195,23 +201,32 @@ class LeaseBus:
 
     # --- publishing and peers -----------------------------------------------------------------
     def _execute(self, sql: str, params: Any) -> list[Any]:
-        try:
-            with self._pool.connection() as c:
-                cur = c.execute(sql, params)
-                return cur.fetchall() if cur.description else []
-        except psycopg.Error as e:
-            raise StoreUnavailable(f"lease bus: the metadata database cannot be reached: "
-                                   f"{type(e).__name__}: {e}") from e
+        # every statement here may run twice: a repeated message is acted on once
+        for attempt in (0, 1):
+            try:
+                with self._pool.connection() as c:
+                    cur = c.execute(sql, params)
+                    return cur.fetchall() if cur.description else []
+            except psycopg.Error as e:
+                if (attempt or not isinstance(e, psycopg.OperationalError)
+                        or isinstance(e, PoolTimeout)):
+                    raise StoreUnavailable(f"metadata database {self.where} cannot be reached "
+                                           f"(lease bus): {type(e).__name__}: {e}") from e
+        raise AssertionError("unreachable")
 
     def _publish(self, msg: dict[str, Any]) -> None:
         self._execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(msg)))
 
-    def _peers(self, me: str) -> dict[str, float]:
-        """Other registrations that may still stand for leases: id -> seconds until expiry
-        (database clock; negative: expired that long ago, its leases lapse a term later)."""
+    def _peers(self, skip_mine: bool = True) -> dict[str, float]:
+        """Other servers' registrations that may still stand for leases: id -> seconds until
+        expiry (database clock; negative: expired that long ago, its leases lapse a term
+        later). This server's own earlier ids are skipped: it recalled their leases before it
+        registered again."""
+        with self._cv:
+            mine = list(self._mine) if skip_mine else []
         rows = self._execute("SELECT id, EXTRACT(EPOCH FROM expires - now()) FROM "
-                             "aifs_lease_peers WHERE id <> %s AND expires > now() - "
-                             "make_interval(secs => %s)", (me, self.term))
+                             "aifs_lease_peers WHERE NOT (id = ANY(%s)) AND expires > now() - "
+                             "make_interval(secs => %s)", (mine, self.term))
         return {r[0]: float(r[1]) for r in rows}
 
     def _next(self) -> int:
@@ -258,7 +273,7 @@ class LeaseBus:
                     self._cv.wait(until if left is None else min(until, left))
                     continue
             # a registration past its estimated expiry: renewed since, or really expired?
-            rows = self._peers("")
+            rows = self._peers(skip_mine=False)
             now = time.monotonic()
             for p in refresh:
                 rem = rows.get(p, -self.term)
@@ -283,7 +298,7 @@ class LeaseBus:
             self._publish(msg)
             # read after the publish: a server registered too late to be read here listened
             # too late to hear it, and its hello waits for this change to be over
-            self._wait_acks(seq, self._peers(me), deadline, resend=msg)
+            self._wait_acks(seq, self._peers(), deadline, resend=msg)
             yield
         finally:
             with self._cv:

@@ -335,7 +335,8 @@ def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | 
     if assets is None:
         assets = _open_asset_store(datadir)
     sole, lock_fd = sole_server(datadir)
-    dsn = getattr(meta, "dsn", None)  # PostgreSQL: leases across servers (lease_bus.py)
+    # PostgreSQL: leases across servers (lease_bus.py); AIFS_LEASE_BUS=0: none granted
+    dsn = getattr(meta, "dsn", None) if os.environ.get("AIFS_LEASE_BUS") != "0" else None
     backend = Backend(datadir, assets=assets, metrics=metrics, lease_grants=sole or bool(dsn))
     if dsn:
         from aifs_server.lease_bus import LeaseBus
