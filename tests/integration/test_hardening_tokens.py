@@ -9,35 +9,21 @@ not understand, or a malformed expiry, makes the whole token invalid (fail close
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
 from pymacaroons import Macaroon
 
-from aifs_proto.v1 import (
-    admin_pb2,
-    admin_pb2_grpc,
-    assets_pb2,
-    assets_pb2_grpc,
-    data_pb2,
-    data_pb2_grpc,
-    filesystem_pb2,
-    filesystem_pb2_grpc,
-)
+from aifs_proto.v1 import admin_pb2, admin_pb2_grpc
 from aifs_server.auth import mint_token
 from tests.helpers import ServerProc, call_md, error_info
+from tests.integration.test_server_auth import FAMILIES
 
 NAMESPACES = ("default", "nsb")
-PROBES: dict[str, Callable[[grpc.Channel, Any], Any]] = {
-    "stat": lambda ch, md: filesystem_pb2_grpc.FilesystemStub(ch).GetAttr(
-        filesystem_pb2.InodeRequest(ino=1), metadata=md, timeout=10),
-    "list": lambda ch, md: assets_pb2_grpc.AssetsStub(ch).ListAssets(
-        assets_pb2.ListAssetsRequest(), metadata=md, timeout=10),
-    "put": lambda ch, md: data_pb2_grpc.DataStub(ch).HasChunks(
-        data_pb2.HasChunksRequest(chunk_ids=[b"\0" * 32]), metadata=md, timeout=10),
-}
+# GetAttr of the root, ListAssets, HasChunks
+PROBES = {"stat": FAMILIES["fs"], "list": FAMILIES["assets"], "put": FAMILIES["data"]}
 EVERY = frozenset(PROBES)
 LATER = int(time.time()) + 10 * 365 * 86400       # ten years: later than any base expiry
 PAST = int(time.time()) - 60
