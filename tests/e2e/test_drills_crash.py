@@ -7,8 +7,8 @@ other bytes.
 - The mount SIGKILLed mid-copy: the writer gets an error, not a hang; a new mount of the same
   server has every closed file.
 - The server stalled (SIGSTOP) for several times the mount's deadline, then resumed: the
-  mount's calls fail with EIO (or wait and succeed), a stat in another process returns within
-  its bound, and the writer carries on after SIGCONT; nothing closed is lost.
+  mount's calls fail with EIO (or wait and succeed), a create in another process returns EIO
+  within its bound, and the writer carries on after SIGCONT; nothing closed is lost.
 
 The SIGKILL of the server mid-copy is tests/e2e/test_mount_failures.py
 (test_server_killed_during_writes) and test_small_files.py
@@ -135,10 +135,11 @@ def test_mount_sigkilled_mid_copy_keeps_every_closed_file(tmp_path: Path) -> Non
         check_files(m2.path / "copy", w)
 
 
-def _stat_in_child(path: Path) -> int:
-    """errno of a stat in another process (0 when it succeeds); it must return."""
-    code = ("import os, sys\ntry:\n os.stat(sys.argv[1])\n print(0)\n"
-            "except OSError as e:\n print(e.errno)\n")
+def _create_in_child(path: Path) -> int:
+    """errno of a create (a call only the server can answer) in another process, 0 when it
+    succeeds; it must return."""
+    code = ("import os, sys\ntry:\n os.close(os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY))\n"
+            " print(0)\nexcept OSError as e:\n print(e.errno)\n")
     r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
                        timeout=GUARD)
     return int(r.stdout.strip())
@@ -158,7 +159,7 @@ def test_server_stall_fails_or_waits_clearly_and_loses_nothing(tmp_path: Path) -
             try:
                 stalled_at = len(w.closed) + len(w.failed)
                 # a call that needs the server answers within its bound: EIO, not a hang
-                assert _stat_in_child(m.path / "copy" / "not-there") == errno.EIO
+                assert _create_in_child(m.path / "during-stall") == errno.EIO
                 time.sleep(max(0.0, stall - deadline * 2))
             finally:
                 os.kill(sp.pid, signal.SIGCONT)
