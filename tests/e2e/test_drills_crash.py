@@ -6,9 +6,10 @@ other bytes.
 
 - The mount SIGKILLed mid-copy: the writer gets an error, not a hang; a new mount of the same
   server has every closed file.
-- The server stalled (SIGSTOP) for several times the mount's deadline, then resumed: the
-  mount's calls fail with EIO (or wait and succeed), a create in another process returns EIO
-  within its bound, and the writer carries on after SIGCONT; nothing closed is lost.
+- The server stalled (SIGSTOP) 10 s, 5 times the mount's deadline and the lease term, then
+  resumed: the mount's calls fail with EIO (or wait and succeed), a create in another process
+  returns EIO within its bound, and the writer carries on after SIGCONT; nothing closed is
+  lost.
 
 The SIGKILL of the server mid-copy is tests/e2e/test_mount_failures.py
 (test_server_killed_during_writes) and test_small_files.py
@@ -25,6 +26,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+import pytest
 
 from tests.e2e.conftest import Mount
 from tests.e2e.drills import Rig, content
@@ -145,9 +148,13 @@ def _create_in_child(path: Path) -> int:
     return int(r.stdout.strip())
 
 
-def test_server_stall_fails_or_waits_clearly_and_loses_nothing(tmp_path: Path) -> None:
+def test_server_stall_fails_or_waits_clearly_and_loses_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     deadline = 2.0      # the mount's per-call deadline and its retry bound, seconds
     stall = 4 * deadline + 2
+    # a 2 s lease term: the stall outlives the mount's session 5 times over (as the issue's
+    # 20-45 s stalls did the default 10 s term)
+    monkeypatch.setenv("AIFS_LEASE_TERM_SECONDS", "2")
     with Rig(tmp_path) as rig:
         sp = rig.serve()
         m: Mount = rig.mount(sp, "--timeout", str(deadline), "--retry-for", str(deadline),
