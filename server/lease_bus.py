@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import secrets
 import threading
 import time
@@ -48,6 +49,8 @@ PAYLOAD_MAX = 7900          # NOTIFY payloads stop at 8000 bytes: a longer inode
 POOL_WAIT = 3.0             # seconds a message waits for a connection of the bus's pool
 HELLO_WAIT = 120.0          # a peer acks a hello once its changes in flight are over (bounded)
 _CONNECT = {"autocommit": True, "connect_timeout": 5}
+_PEERS = ("SELECT id, EXTRACT(EPOCH FROM expires - now()) FROM aifs_lease_peers WHERE NOT "
+          "(id = ANY(%s)) AND expires > now() - make_interval(secs => %s)")
 
 
 class _Mark:
@@ -86,7 +89,12 @@ class LeaseBus:
                                     timeout=POOL_WAIT, name="aifs-lease-bus",
                                     check=ConnectionPool.check_connection)
         self._work = ThreadPoolExecutor(max_workers=8, thread_name_prefix="aifs-lease-bus")
+        # done and ack messages go out in order on their own thread: off the caller's path
+        self._outq: queue.Queue[tuple[dict[str, Any], threading.Event | None] | None] = \
+            queue.Queue()
         self._threads = [threading.Thread(target=self._listen, name="aifs-lease-listen",
+                                          daemon=True),
+                         threading.Thread(target=self._send, name="aifs-lease-send",
                                           daemon=True),
                          threading.Thread(target=self._watchdog, name="aifs-lease-watch",
                                           daemon=True)]
@@ -103,6 +111,7 @@ class LeaseBus:
         leases this server's mounts may still trust, not a whole registration)."""
         self._joined = False
         self._stop.set()
+        self._outq.put(None)
         for t in self._threads:
             t.join(self.term)
         with contextlib.suppress(Exception):
@@ -210,12 +219,43 @@ class LeaseBus:
             except psycopg.Error as e:
                 if (attempt or not isinstance(e, psycopg.OperationalError)
                         or isinstance(e, PoolTimeout)):
-                    raise StoreUnavailable(f"metadata database {self.where} cannot be reached "
-                                           f"(lease bus): {type(e).__name__}: {e}") from e
+                    raise self._down(e) from e
         raise AssertionError("unreachable")
 
     def _publish(self, msg: dict[str, Any]) -> None:
         self._execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(msg)))
+
+    def _send(self) -> None:
+        while (item := self._outq.get()) is not None:
+            msg, over = item
+            try:
+                self._publish(msg)
+            except StoreUnavailable as e:  # unacked: the origin waits for our expiry; no done:
+                log.warning("lease bus: cannot publish %s: %s", msg["k"], e)  # d + one term
+            if over is not None:
+                over.set()
+
+    def _publish_then_peers(self, msg: dict[str, Any]) -> dict[str, float]:
+        """Publish, then read the peers (in that order, each its own transaction) in one round
+        trip: a server registered too late to be read listened too late to hear `msg`."""
+        with self._cv:
+            mine = list(self._mine)
+        for attempt in (0, 1):
+            try:
+                with self._pool.connection() as c, c.pipeline() as pipe:
+                    c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(msg)))
+                    pipe.sync()   # commits the NOTIFY before the SELECT begins (else one
+                    cur = c.execute(_PEERS, (mine, self.term))  # implicit transaction)
+                return {r[0]: float(r[1]) for r in cur.fetchall()}
+            except psycopg.Error as e:
+                if (attempt or not isinstance(e, psycopg.OperationalError)
+                        or isinstance(e, PoolTimeout)):
+                    raise self._down(e) from e
+        raise AssertionError("unreachable")
+
+    def _down(self, e: Exception) -> StoreUnavailable:
+        return StoreUnavailable(f"metadata database {self.where} cannot be reached (lease bus): "
+                                f"{type(e).__name__}: {e}")
 
     def _peers(self, skip_mine: bool = True) -> dict[str, float]:
         """Other servers' registrations that may still stand for leases: id -> seconds until
@@ -224,9 +264,7 @@ class LeaseBus:
         registered again."""
         with self._cv:
             mine = list(self._mine) if skip_mine else []
-        rows = self._execute("SELECT id, EXTRACT(EPOCH FROM expires - now()) FROM "
-                             "aifs_lease_peers WHERE NOT (id = ANY(%s)) AND expires > now() - "
-                             "make_interval(secs => %s)", (mine, self.term))
+        rows = self._execute(_PEERS, (mine, self.term))
         return {r[0]: float(r[1]) for r in rows}
 
     def _next(self) -> int:
@@ -295,20 +333,16 @@ class LeaseBus:
                    "d": MAX_CALL_SECONDS if left is None else max(0.0, left)}
             if len(json.dumps(msg)) > PAYLOAD_MAX:
                 msg["i"] = None          # too long a list for one NOTIFY: the whole tree
-            self._publish(msg)
-            # read after the publish: a server registered too late to be read here listened
-            # too late to hear it, and its hello waits for this change to be over
-            self._wait_acks(seq, self._peers(), deadline, resend=msg)
+            # a server registered too late to be read here listened too late to hear the
+            # recall, and its hello waits for this change to be over
+            peers = self._publish_then_peers(msg)
+            self._wait_acks(seq, peers, deadline, resend=msg)
             yield
         finally:
             with self._cv:
                 self._acks.pop(seq, None)
                 self._outgoing.pop(seq, None)
-            try:
-                self._publish({"k": "done", "o": me, "s": seq})
-            except StoreUnavailable as e:   # peers unmark at d + one term instead
-                log.warning("lease bus: cannot publish done: %s", e)
-            over.set()
+            self._outq.put(({"k": "done", "o": me, "s": seq}, over))
 
     # --- receiving ----------------------------------------------------------------------------
     def _on(self, payload: str) -> None:
@@ -369,8 +403,7 @@ class LeaseBus:
         self._ack(m["o"], int(m["s"]))
 
     def _ack(self, origin: str, seq: int) -> None:
-        with contextlib.suppress(StoreUnavailable):  # unacked: the origin waits for our expiry
-            self._publish({"k": "ack", "o": self.id, "to": origin, "s": seq})
+        self._outq.put(({"k": "ack", "o": self.id, "to": origin, "s": seq}, None))
 
     def _finish(self, mark: _Mark) -> None:
         with self._cv:
