@@ -60,6 +60,9 @@ class InvalidArgument(AIFSError):
 
 class NoSpace(AIFSError):
     reason = "NO_SPACE"
+    # set by the server when this failure gave back its space reserve (space_reserve.py):
+    # the failed change was rolled back and may run once more
+    reserve_released = False
 
 
 class CorruptChunk(AIFSError):

@@ -145,6 +145,9 @@ class LocalChunkStore:
         os.makedirs(self.root, mode=0o700, exist_ok=True)
         self._lock = threading.Lock()
         self._used: int | None = None  # bytes used, computed on first usage() then tracked
+        # Bytes a chunk write leaves free on the disk (the server sets its space reserve's
+        # size): the metadata database on the same disk always has room to record deletions.
+        self.min_free = 0
         # Directories holding links whose directory fsync has not happened yet (a count per
         # directory): has_many fsyncs such a directory before it reports a name in it, so
         # "present" always means durable, even mid-way through another thread's batch.
@@ -192,6 +195,10 @@ class LocalChunkStore:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             view = memoryview(data).cast("B")
             nbytes = len(view)
+            if self.min_free:
+                st = os.statvfs(directory)
+                if st.f_bavail * st.f_frsize - nbytes < self.min_free:
+                    raise OSError(errno.ENOSPC, "below the space kept for deletions")
             try:
                 while view:
                     view = view[os.write(fd, view) :]

@@ -28,8 +28,9 @@ from collections.abc import Callable, Iterator
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
-from aifs_core.errors import AIFSError
+from aifs_core.errors import AIFSError, NoSpace
 from aifs_core.status import status_for, status_of
 from aifs_server.request_limits import check_request, checked_stream
 from aifs_server.upload_pins import call_scope
@@ -170,7 +171,15 @@ def rpc(fn: F) -> F:
         # call_scope: chunks this call uploads stay safe from the collector until it returns
         with IN_FLIGHT, call_scope():
             try:
-                return fn(self, _checked(request), context)
+                try:
+                    return fn(self, _checked(request), context)
+                except NoSpace as full:
+                    if not (full.reserve_released and isinstance(request, Message)):
+                        raise
+                    # The metadata disk was full and this failure gave back the server's space
+                    # reserve (space_reserve.py); the change was rolled back, so the same call
+                    # runs once more, now with room (an rm that would free space must work).
+                    return fn(self, request, context)
             except Exception as exc:  # noqa: BLE001 - mapped to a status
                 _fail(context, exc, name)
     return wrapper  # type: ignore[return-value]

@@ -301,6 +301,25 @@ def sole_server(datadir: Any) -> tuple[bool, int | None]:
     return True, fd
 
 
+def _space_reserve(datadir: Any) -> Any:
+    """A data dir whose metadata is SQLite on its own disk holds a space reserve, released when
+    that database finds the disk full (space_reserve.py). None elsewhere."""
+    from aifs_server.chunkstore import LocalChunkStore
+    from aifs_server.metadata.sqlite import SQLiteMetadata
+    from aifs_server.space_reserve import SpaceReserve
+
+    if datadir.path is None or not isinstance(datadir.meta, SQLiteMetadata):
+        return None
+    reserve = SpaceReserve(Path(datadir.path) / "reserve")
+    reserve.restore()
+    datadir.meta.on_full(reserve.release)
+    store = datadir.chunks.store
+    if isinstance(store, LocalChunkStore) and \
+            os.stat(datadir.path).st_dev == os.stat(store.root).st_dev:
+        store.min_free = reserve.size   # data never takes what deletions need
+    return reserve
+
+
 def _collector_metrics(metrics: Metrics) -> Any:
     passes = Counter("aifs_collector_passes", "Background collection passes completed",
                      registry=metrics.registry)
@@ -344,11 +363,19 @@ def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | 
         LeaseBus(dsn, backend.leases)   # grants once it has joined the other servers
     pins = UploadPins(sdk_grace=upload_grace)
     datadir.chunks.pins = pins
+    on_pass = _collector_metrics(metrics)
+    reserve = _space_reserve(datadir)
+    if reserve is not None:
+        count_pass = on_pass
+
+        def on_pass(r: Any) -> None:
+            count_pass(r)
+            reserve.restore()   # taken back once the collection made room
     collector = None
     if collect_interval > 0:
         # precise only where every upload and session is this server's (as leases)
         collector = Collector(backend, pins, precise=sole, interval=collect_interval,
-                              sdk_grace=upload_grace, on_pass=_collector_metrics(metrics))
+                              sdk_grace=upload_grace, on_pass=on_pass)
     limit = max_message_bytes()
     gserver = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="aifs-rpc"),

@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -86,16 +86,18 @@ class _Connection(sqlite3.Connection):
             full = no_space_error(self.aifs_path, e)
             if full is None:
                 raise
-            raise full from e
+            raise _on_full(self.aifs_on_full, full) from e
 
     def cursor(self, *args: Any, **kwargs: Any) -> Any:
         if args or kwargs:
             return super().cursor(*args, **kwargs)
         cur = super().cursor(_Cursor)
         cur.aifs_path = self.aifs_path
+        cur.aifs_on_full = self.aifs_on_full
         return cur
 
     aifs_path = ""
+    aifs_on_full: list[Callable[[], bool]] = []
 
 
 class _Cursor(sqlite3.Cursor):
@@ -108,7 +110,16 @@ class _Cursor(sqlite3.Cursor):
             full = no_space_error(self.aifs_path, e)
             if full is None:
                 raise
-            raise full from e
+            raise _on_full(self.aifs_on_full, full) from e
+
+    aifs_on_full: list[Callable[[], bool]] = []
+
+
+def _on_full(hooks: list[Callable[[], bool]], full: NoSpace) -> NoSpace:
+    """Tell the store's on-full hook (the server's space reserve) and note whether it made room."""
+    for hook in hooks:
+        full.reserve_released = hook() or full.reserve_released
+    return full
 
 
 class SQLiteStore:
@@ -121,7 +132,13 @@ class SQLiteStore:
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
         self._closed = False
+        self._on_full: list[Callable[[], bool]] = []   # shared with every connection
         migrate(self._conn())
+
+    def on_full(self, hook: Callable[[], bool]) -> None:
+        """Call `hook` when a statement finds the disk full; it returns True if it made room
+        (then the NoSpace raised says so: the rolled-back change may be run again)."""
+        self._on_full.append(hook)
 
     def _conn(self) -> sqlite3.Connection:
         c: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -132,6 +149,7 @@ class SQLiteStore:
         c = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False,
                             timeout=30.0, cached_statements=512, factory=_Connection)
         c.aifs_path = self._path
+        c.aifs_on_full = self._on_full
         c.execute("PRAGMA busy_timeout=30000")
         c.execute("PRAGMA foreign_keys=ON")
         c.execute(f"PRAGMA synchronous={self._sync}")
@@ -195,3 +213,7 @@ class SQLiteMetadata(PosixMeta):
     def __init__(self, path: str | Path, *, durable: bool = False) -> None:
         self._sqlite = SQLiteStore(path, durable=durable)  # for SQLite-only tests and tools
         super().__init__(self._sqlite)
+
+    def on_full(self, hook: Callable[[], bool]) -> None:
+        """See SQLiteStore.on_full: the server's space reserve listens here."""
+        self._sqlite.on_full(hook)
