@@ -367,7 +367,9 @@ class LeaseBus:
                 new = mark is None
                 if mark is None:
                     mark = self._marks[(origin, seq)] = _Mark()
-            if new:
+            if new and not self.leases.held(TreeRef(*m["t"]), m.get("i")):
+                self._enter(mark, m)    # nothing to wait for: no thread hop before the ack
+            elif new:
                 self._work.submit(self._enter, mark, m)
             elif mark.cm is not None:   # a repeat (the origin's listener was replaced)
                 self._ack(origin, seq)

@@ -32,6 +32,7 @@ Interface:
                                                 held through other servers (remote=True: a
                                                 peer's change, only marked and recalled here),
                                                 and grants wait for bus.granting()
+        .held(tree, inos) -> bool               a lease on one of them (None: the tree) is held
         .forget_all()                           the bus lost touch: recall every lease, refuse
                                                 grants of reads begun before now
     Session: .id .tree .outbox (queue of ("recall", seq, inos) | ("renew_ok", stamp) | None)
@@ -257,6 +258,13 @@ class LeaseManager:
         if self.bus is None or remote:
             return contextlib.nullcontext()
         return self.bus.change(tree, inos, deadline)  # type: ignore[no-any-return]
+
+    def held(self, tree: Any, inos: Iterable[int] | None) -> bool:
+        """Whether any session holds a lease on one of `inos` (None: on the tree)."""
+        with self._cv:
+            if inos is None:
+                return any(k[0] == tree for k in self._holders)
+            return any((tree, ino) in self._holders for ino in inos)
 
     def forget_all(self) -> None:
         with self._cv:
