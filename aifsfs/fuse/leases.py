@@ -13,6 +13,7 @@ Interface:
                                      leased and no recall or reset came since `token`
         .put_new_dir(token, a)       a directory this mount just made, leased to it: empty and
                                      complete (every lookup in it answered here)
+        .dir_bytes(ino) -> int | None    sum of the sizes a complete leased listing shows
         .position(ino) -> (parent, cookie before it, its cookie) | None
                                      where a leased listing last showed the inode (a hint for
                                      batched opens of the next files of a directory)
@@ -147,6 +148,15 @@ class LeaseCache:
             page = None if d is None else d.pages.get(cookie)
             self._count(page is not None)
             return page
+
+    def dir_bytes(self, ino: int) -> int | None:
+        """The total size of a complete leased directory's entries as listed (None: not
+        known complete, or its pages were dropped since)."""
+        with self._lock:
+            d = self._get(ino)
+            if d is None or not d.complete or not _chain_complete(d):
+                return None
+            return sum(e.attr.size for entries, _ in d.pages.values() for e in entries)
 
     def position(self, ino: int) -> tuple[int, int, int] | None:
         with self._lock:

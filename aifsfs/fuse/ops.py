@@ -220,6 +220,7 @@ class AIFSOperations(pyfuse3.Operations):
         # the directory walk in progress: (parent, cookie of the last file opened or
         # fetched, next batch size) -- a heuristic, shared by all openers
         self._walk: tuple[int, int, int] | None = None
+        self._last_cold: int | None = None       # directory of the last cold open's file
         self._negatives: dict[int, int] = {}     # directory -> negative lookups asked
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -321,9 +322,18 @@ class AIFSOperations(pyfuse3.Operations):
         parent, before, cookie = pos
         walk = self._walk
         if walk is None or walk[0] != parent or walk[1] != before:
-            self._walk = (parent, cookie, BATCH_MIN)
-            return None
-        n = walk[2]
+            # Not the next file in listing order. A directory whose files all fit well in the
+            # memory cache is fetched anyway from a second cold open in it on (a reader of
+            # sorted names, say, while the listing is in creation order): whatever order the
+            # opens take, what is fetched stays cached until they come.
+            last, self._last_cold = self._last_cold, parent
+            size = self.leases.dir_bytes(parent) if last == parent else None
+            if size is None or size > self.cache.capacity // 2:
+                self._walk = (parent, cookie, BATCH_MIN)
+                return None
+            n = BATCH_MAX
+        else:
+            n = walk[2]
         total = min(INLINE_BATCH, self.cache.capacity // 8)
         entries, eof, cs, maps = await self._call(self._maps_sync, parent, before, n, total)
         self._walk = (None if eof or not entries
