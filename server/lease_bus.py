@@ -70,7 +70,8 @@ class LeaseBus:
         self.term = float(leases.term)
         self.ttl = float(ttl or leases.term)
         self.id = ""                                     # a new one per join
-        self._mine: set[str] = set()                     # every id this server joined under
+        # every id this server used ("" before its first registration: a change may come first)
+        self._mine: set[str] = {""}
         self._gen = 0                                    # LISTEN connections opened so far
         self._cv = threading.Condition()
         self._seq = 0
@@ -352,7 +353,7 @@ class LeaseBus:
         except (ValueError, KeyError, TypeError):
             log.warning("lease bus: ignoring a malformed message %r", payload[:200])
             return
-        if origin == self.id:
+        if origin in self._mine:
             return
         if kind == "ack":
             if m.get("to") in self._mine:

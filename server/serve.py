@@ -282,14 +282,13 @@ class Server:
 
 def sole_server(datadir: Any) -> tuple[bool, int | None]:
     """(True, fd of a held lock) when this server is the only one changing its metadata: a
-    SQLite data dir whose `server.lock` it could flock. Leases are granted only then: a server
-    cannot recall a lease for a change another server made (cross-server recall is not built),
-    so with PostgreSQL, or a second server on one data dir, no read is leased and every open
-    asks the server, as close-to-open requires."""
+    SQLite data dir whose `server.lock` it could flock. On SQLite, leases are granted only
+    then: a second server on one data dir would not hear of the first one's changes. PostgreSQL
+    servers grant them once their lease bus has joined (lease_bus.py, build_server)."""
     from aifs_server.metadata.sqlite import SQLiteMetadata
 
     if datadir.path is None or not isinstance(datadir.meta, SQLiteMetadata):
-        log.info("leases off: the metadata may be changed by other servers")
+        log.info("not the sole server of its metadata: leases need the lease bus")
         return False, None
     fd = os.open(os.path.join(datadir.path, "server.lock"), os.O_RDWR | os.O_CREAT, 0o600)
     try:
