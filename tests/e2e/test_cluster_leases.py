@@ -12,7 +12,9 @@ mount B on server 1:
 - a third server SIGKILLed while its mount holds a lease: a writer through server 1 completes
   (it waits for the dead server's registration to expire, then one term);
 - server 0's LISTEN connection terminated (pg_terminate_backend): it recalls its leases and
-  grants none until it has joined again, reads stay fresh, and leases come back.
+  grants none until it has joined again, reads stay fresh, and leases come back;
+- a branch reset through server 1 (a whole-tree recall) reaches mount A's lease (last: it
+  resets the tree the other tests wrote in).
 """
 
 from __future__ import annotations
@@ -182,3 +184,20 @@ def test_a_broken_listen_connection_stops_grants_until_joined_again(
         assert time.monotonic() < until, srv0.log()
         time.sleep(0.05)
     _wait_leased(sub_a, f, s0)  # type: ignore[arg-type]
+
+
+def test_a_branch_reset_through_one_server_recalls_leases_held_through_another(
+        cluster: Cluster, two_mounts: tuple[Mount, Mount]) -> None:
+    """A whole-tree change (recall with no inode list) crosses servers too."""
+    from aifsfs.client import AIFSClient
+
+    a, _ = two_mounts
+    s0 = metered(cluster.servers[0])
+    f = a.path / "reset.bin"
+    f.write_bytes(b"1" * 5000)
+    with AIFSClient(cluster.servers[1].address, token_file=cluster.token_file) as sdk:
+        snap = sdk.versions.snapshot("main", "before")
+        f.write_bytes(b"2" * 5000)          # same size: only the content tells
+        _wait_leased(a, f, s0)              # type: ignore[arg-type]
+        sdk.versions.reset_branch("main", snap["id"])
+    assert f.read_bytes() == b"1" * 5000
