@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 
 from aifs_server.deadline import Deadline
+from aifs_server.grpc_errors import LogLimiter
 from aifs_server.maintenance import GCResult, StorageParts, delete_chunk
 from aifs_server.upload_pins import UploadPins
 
@@ -49,6 +50,7 @@ class Collector:
         self.on_pass = on_pass
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._log_limit = LogLimiter()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="aifs-collector", daemon=True)
@@ -64,8 +66,12 @@ class Collector:
             try:
                 r = self.run_pass()
             except Exception as e:  # noqa: BLE001 - a store or database away: next pass
-                log.warning("background collection: %s: %s (next pass in %.0f s)",
-                            type(e).__name__, e, self.interval)
+                # a full disk or a store away fails every pass: a few lines a minute, counted
+                ok, suppressed = self._log_limit.allow(type(e).__name__)
+                if ok:
+                    more = f"; {suppressed} more like it not logged" if suppressed else ""
+                    log.warning("background collection: %s: %s (next pass in %.3g s%s)",
+                                type(e).__name__, e, self.interval, more)
                 continue
             if r.chunks_deleted:
                 log.debug("background collection: %d chunks, %d bytes freed",
