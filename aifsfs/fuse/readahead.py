@@ -210,8 +210,10 @@ class ChunkReader:
         return f
 
     async def _fetch(self, chunk_id: bytes, start: int, stop: int,
-                     f: _Fetch | None = None, keep: bool = True) -> bytes:
-        """keep=False: a fill's fetch, for the disk cache only (when there is one)."""
+                     f: _Fetch | None = None, keep: bool = True, to_disk: bool = True
+                     ) -> bytes:
+        """keep=False: a fill's fetch, for the disk cache only (when there is one);
+        to_disk=False: not for the disk cache either (a fill larger than its budget)."""
         if f is None:
             f = self._register(chunk_id, start, stop)
         try:
@@ -241,7 +243,7 @@ class ChunkReader:
                 # a fill with neither (its only other home is the page cache): the memory
                 # cache keeps the reader's working set instead
                 self.cache.put(chunk_id, start, data)
-            if disk is not None:
+            if disk is not None and to_disk:
                 disk.submit(chunk_id, start, data)
             f.data = data
             return data
@@ -381,11 +383,17 @@ class ChunkReader:
         return False
 
     async def _fill(self, key: Any, refs: list[Any], target: Target | None) -> None:
+        # a file past half the disk cache (filled for the page cache only) would evict the
+        # disk cache's working set: it goes to the page cache alone
+        disk = self.disk
+        to_disk = disk is not None and sum(r.length for r in refs) <= disk.capacity // 2
         try:
+            if not to_disk and target is None:
+                return
             it = iter(refs)
             async with trio.open_nursery() as workers:
                 for _ in range(FILL_PARALLEL):
-                    workers.start_soon(self._fill_worker, it, target)
+                    workers.start_soon(self._fill_worker, it, target, to_disk)
         finally:
             self._filling.discard(key)
 
@@ -403,8 +411,9 @@ class ChunkReader:
         if data is not None:
             pages.offer(t, ref.index, data)
 
-    async def _fill_worker(self, refs: Any, target: Target | None = None) -> None:
-        disk = self.disk
+    async def _fill_worker(self, refs: Any, target: Target | None = None,
+                           to_disk: bool = True) -> None:
+        disk = self.disk if to_disk else None
         pages = self.pages if target is not None else None
         for ref in refs:     # the workers share one iterator: each chunk is taken once
             if pages is not None:
@@ -422,7 +431,8 @@ class ChunkReader:
             while disk is not None and disk.pending_bytes > disk.max_pending // 2:
                 await trio.sleep(0.005)
             try:
-                data = await self._fetch(ref.chunk_id, 0, ref.length, keep=False)
+                data = await self._fetch(ref.chunk_id, 0, ref.length, keep=False,
+                                         to_disk=to_disk)
             except Exception:  # noqa: BLE001 - a hint: the reads fetch what they need
                 return
             self.filled_chunks += 1

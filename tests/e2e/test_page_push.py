@@ -43,7 +43,8 @@ def _reader(mount_factory: Callable[..., Mount], sp: ServerProc, tmp_path: Path)
 
 
 def _random_readers(path: Path, data: bytes, n_threads: int = 16, reads: int = 150,
-                    seed: int = 0) -> None:
+                    seed: int = 0, sizes: tuple[int, ...] = (4096, 4096, 4096, 1, 9000, 70000)
+                    ) -> None:
     """n_threads readers of random 4 KiB ranges (and a few odd sizes), each checked."""
     errors: list[str] = []
 
@@ -54,7 +55,7 @@ def _random_readers(path: Path, data: bytes, n_threads: int = 16, reads: int = 1
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
             for _ in range(reads):
                 off = rng.randrange(len(data))
-                n = rng.choice([4096, 4096, 4096, 1, 9000, 70000])
+                n = rng.choice(sizes)
                 if os.pread(fd, n, off) != data[off:off + n]:
                     errors.append(f"reader {k}: bytes {off}+{n} differ")
                     return
@@ -119,12 +120,14 @@ def _settled_calls(sp: ServerProc, quiet: float = 1.5, timeout: float = 120) -> 
     raise AssertionError("GetChunks calls kept growing: the fill never finished")
 
 
-def _wait_resident(path: Path, timeout: float = 120) -> None:
+def _wait_resident(path: Path, timeout: float = 60) -> None:
+    """Until 90% of the file's pages are in the page cache (the kernel may reclaim a few
+    under other load: the machine is shared)."""
     deadline = time.monotonic() + timeout
     got = (0, 1)
     while time.monotonic() < deadline:
         got = _resident_pages(path)
-        if got[0] >= got[1] - 1:       # the partial last page is not marked up to date
+        if got[0] >= got[1] * 0.9:
             return
         time.sleep(0.2)
     raise AssertionError(f"only {got[0]} of {got[1]} pages came into the page cache")
@@ -136,22 +139,30 @@ def test_sixteen_random_readers_exact_from_every_layer(
     _put(mount_factory, metered, "r.bin", data)
     m = _reader(mount_factory, metered, tmp_path)
     path = m.path / "r.bin"
-    # 1. cold: from the server (and the fill it starts, pushing into the page cache)
-    before = get_chunks_calls(metered)
-    _random_readers(path, data, seed=1)
-    assert get_chunks_calls(metered) > before
-    _settled_calls(metered)
-    _wait_resident(path)
-    # 2. from the page cache the pushes filled: no call at all
-    before = get_chunks_calls(metered)
-    _random_readers(path, data, seed=2)
-    # 3. page cache dropped, memory cache 2 MiB: from the disk cache, still no call
-    _drop_pages(path)
-    assert _resident_pages(path)[0] < _resident_pages(path)[1] // 2
-    _random_readers(path, data, seed=3)
-    assert get_chunks_calls(metered) == before
-    # every byte, read in one pass, matches too
-    assert path.read_bytes() == data
+    # held open throughout, as fio holds its file: a reopen with no handle left may drop the
+    # kernel's pages on its own (seen ~1 in 3 runs about a second after the last close; not
+    # the pushes' doing), which would make the residency below a race
+    holder = os.open(path, os.O_RDONLY)
+    try:
+        # 1. cold: from the server (and the fill it starts, pushing into the page cache);
+        # these reads touch at most 16 * 20 * 3 pages of 6146 themselves
+        before = get_chunks_calls(metered)
+        _random_readers(path, data, reads=20, seed=1, sizes=(4096, 1, 9000))
+        assert get_chunks_calls(metered) > before
+        _settled_calls(metered)
+        _wait_resident(path)
+        # 2. from the page cache the pushes filled: no call at all
+        before = get_chunks_calls(metered)
+        _random_readers(path, data, seed=2)
+        # 3. page cache dropped, memory cache 2 MiB: from the disk cache, still no call
+        _drop_pages(path)
+        assert _resident_pages(path)[0] < _resident_pages(path)[1] // 2
+        _random_readers(path, data, seed=3)
+        assert get_chunks_calls(metered) == before
+        # every byte, read in one pass, matches too
+        assert path.read_bytes() == data
+    finally:
+        os.close(holder)
 
 
 def test_a_write_or_truncate_during_the_fill_is_never_undone(
