@@ -80,15 +80,16 @@ class LeaseBus:
         self._marks: dict[tuple[str, int], _Mark] = {}  # peers' changes held marked here
         self._joined = False
         self._rejoin = ""                               # a join of this id failed
+        self._alone = False     # the listener's last read found no other server (kept current
+                                # by the same thread that hears hellos: see _refresh)
         self._healthy_until = 0.0                       # monotonic: registration surely live
         self._stop = threading.Event()
         info = psycopg.conninfo.conninfo_to_dict(dsn)
         self.where = repr(f"{info.get('dbname', '')} on {info.get('host', '')}")
-        # checked when taken: after a database restart the pooled connections are dead; a
-        # short wait: with the database down, a change fails with the reason, not a deadline
+        # a short wait: with the database down, a change fails with the reason, not a deadline
+        # (connections are not checked when taken, a round trip each: see _retry)
         self._pool = ConnectionPool(dsn, min_size=1, max_size=8, kwargs=_CONNECT, open=False,
-                                    timeout=POOL_WAIT, name="aifs-lease-bus",
-                                    check=ConnectionPool.check_connection)
+                                    timeout=POOL_WAIT, name="aifs-lease-bus")
         self._work = ThreadPoolExecutor(max_workers=8, thread_name_prefix="aifs-lease-bus")
         # done and ack messages go out in order on their own thread: off the caller's path
         self._outq: queue.Queue[tuple[dict[str, Any], threading.Event | None] | None] = \
@@ -128,6 +129,7 @@ class LeaseBus:
         (the LeaseManager also refuses any grant whose read began before this)."""
         with self._cv:
             was, self._joined = self._joined, False
+            self._alone = False  # a hello may go unheard now: publish every change
             self._healthy_until = 0.0
             self._gen += 1       # a join still waiting for its acks must not conclude
         if was:
@@ -148,7 +150,9 @@ class LeaseBus:
                                      application_name=f"aifs-lease-listen-{os.getpid()}") as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._register(conn)
-                    self._work.submit(self._join, self.id, self._gen)
+                    self._refresh(conn)
+                    gen = self._gen
+                    self._work.submit(self._join, self.id, gen)
                     beat = time.monotonic() + self.ttl / 4
                     while not self._stop.is_set():
                         for n in conn.notifies(timeout=max(0.0, beat - time.monotonic())):
@@ -156,9 +160,11 @@ class LeaseBus:
                         if time.monotonic() >= beat:
                             beat = time.monotonic() + self.ttl / 4
                             self._heartbeat(conn)
+                            self._refresh(conn)
                             self._sweep()
-                            if self._rejoin == self.id:
-                                raise StoreUnavailable("the lease bus join did not complete")
+                            if self._rejoin == self.id or self._gen != gen:
+                                # the join failed, or the watchdog gave this connection up
+                                raise StoreUnavailable("the lease bus is joining again")
             except Exception as e:  # a lost connection, the database down, a lapsed row
                 if not self._stop.is_set():
                     self._lost(f"{type(e).__name__}: {e}")
@@ -179,6 +185,15 @@ class LeaseBus:
         conn.execute("INSERT INTO aifs_lease_peers (id, expires) VALUES (%s, now() + "
                      "make_interval(secs => %s))", (self.id, self.ttl))
         self._healthy_until = sent + 0.9 * self.ttl
+
+    def _refresh(self, conn: Any) -> None:
+        """On the listener thread, as hellos are heard: a server not read here registered
+        after this read, so its hello comes later on this connection and clears `_alone`."""
+        with self._cv:
+            mine = list(self._mine)
+        alone = not conn.execute(_PEERS, (mine, self.term)).fetchall()
+        with self._cv:
+            self._alone = alone
 
     def _heartbeat(self, conn: Any) -> None:
         sent = time.monotonic()
@@ -218,9 +233,7 @@ class LeaseBus:
                     cur = c.execute(sql, params)
                     return cur.fetchall() if cur.description else []
             except psycopg.Error as e:
-                if (attempt or not isinstance(e, psycopg.OperationalError)
-                        or isinstance(e, PoolTimeout)):
-                    raise self._down(e) from e
+                self._retry(attempt, e)
         raise AssertionError("unreachable")
 
     def _publish(self, msg: dict[str, Any]) -> None:
@@ -249,10 +262,16 @@ class LeaseBus:
                     cur = c.execute(_PEERS, (mine, self.term))  # implicit transaction)
                 return {r[0]: float(r[1]) for r in cur.fetchall()}
             except psycopg.Error as e:
-                if (attempt or not isinstance(e, psycopg.OperationalError)
-                        or isinstance(e, PoolTimeout)):
-                    raise self._down(e) from e
+                self._retry(attempt, e)
         raise AssertionError("unreachable")
+
+    def _retry(self, attempt: int, e: psycopg.Error) -> None:
+        """Raise unless a second attempt may succeed: a lost connection (the database was
+        restarted) once; the pool first drops every idle connection that is dead too."""
+        if attempt or not isinstance(e, psycopg.OperationalError) or isinstance(e, PoolTimeout):
+            raise self._down(e) from e
+        with contextlib.suppress(Exception):
+            self._pool.check()
 
     def _down(self, e: Exception) -> StoreUnavailable:
         return StoreUnavailable(f"metadata database {self.where} cannot be reached (lease bus): "
@@ -326,7 +345,19 @@ class LeaseBus:
         over = threading.Event()
         with self._cv:
             self._outgoing[seq] = over   # before the publish: a hello after it waits for us
+            alone = self._alone
         me = self.id
+        if alone:
+            # no other server registered as of the listener's last read, and any that
+            # registers since sends a hello that waits for this change: nobody to recall
+            try:
+                yield
+            finally:
+                with self._cv:
+                    self._acks.pop(seq, None)
+                    self._outgoing.pop(seq, None)
+                over.set()
+            return
         try:
             left = deadline.remaining() if deadline is not None else None
             msg = {"k": "recall", "o": me, "s": seq, "t": [tree.namespace, tree.branch],
@@ -381,6 +412,7 @@ class LeaseBus:
                 self._finish(found)
         elif kind == "hello":
             with self._cv:
+                self._alone = False
                 pending = list(self._outgoing.values())
             self._work.submit(self._ack_hello, origin, seq, pending)
 
