@@ -52,6 +52,7 @@ from typing import Any
 
 import trio
 
+from aifs_core.errors import MissingChunk, NotFound
 from aifsfs.errors import DeadlineExceeded, ServerUnavailable
 from aifsfs.fuse.chunk_cache import ChunkCache, frame_align, split_range
 from aifsfs.fuse.disk_cache import DiskCache
@@ -183,7 +184,13 @@ class ChunkReader:
         if offset >= stored:
             return bytes(length)
         avail = min(length, stored - offset)
-        data = await self._get(ref.chunk_id, offset, avail, stored, whole)
+        try:
+            data = await self._get(ref.chunk_id, offset, avail, stored, whole)
+        except NotFound as exc:
+            # The id comes from the file's own chunk map: "no such chunk" is not a missing
+            # file (ENOENT) but metadata naming a chunk the server lacks (EIO, named, logged)
+            raise MissingChunk(f"chunk {ref.chunk_id.hex()} named by the file's chunk map is "
+                               f"not stored on the server: {exc}") from None
         if avail < length:
             data = data + bytes(length - avail)
         return data

@@ -4,7 +4,8 @@
   mount is EIO (never ENOENT, never other bytes), the mount's log names the chunk; every other
   range reads exactly what was written.
 - The metadata database altered with sqlite3 while the server is stopped: a chunk-map slot
-  naming another chunk id reads as an error, never bytes; a flipped bit in an inode's size
+  naming another chunk id reads as EIO naming the chunk (the mount knows the id came from the
+  file's own map: not ENOENT); a flipped bit in an inode's size
   reads extra zeros today (keyed row checksums are not built: strict xfail until they are).
 
 Reads always go through a mount started after the damage, so no page or chunk cache of the
@@ -87,14 +88,7 @@ def _written_then_stopped(rig: Rig, seed: int) -> tuple[bytes, Path, int]:
     return data, db, int(ino)
 
 
-@pytest.mark.parametrize("want_eio", [False, pytest.param(True, marks=pytest.mark.xfail(
-    strict=True, raises=AssertionError, reason=(
-        "issue 13: a chunk-map slot naming a chunk the namespace never recorded reads as ENOENT "
-        "(the file exists) with nothing logged by the mount or the server; it should be EIO "
-        "naming the chunk, as a lost chunk is (keyed row checksums would catch it first)")))],
-    ids=["error-not-bytes", "eio-naming-the-chunk"])
-def test_a_flipped_chunk_id_in_the_metadata_is_an_error_never_bytes(tmp_path: Path,
-                                                                    want_eio: bool) -> None:
+def test_a_flipped_chunk_id_in_the_metadata_is_eio_naming_the_chunk(tmp_path: Path) -> None:
     with Rig(tmp_path) as rig:
         data, db, ino = _written_then_stopped(rig, 2)
         # flip one bit of slot 1's chunk id: it now names a chunk nobody recorded
@@ -110,13 +104,11 @@ def test_a_flipped_chunk_id_in_the_metadata_is_an_error_never_bytes(tmp_path: Pa
         want = _slices(data)
         for i, (g, err) in enumerate(got):
             assert want[i].startswith(g), f"slot {i}: wrong bytes"
-            if i == 1:   # it names a chunk that is not stored
-                assert err in (errno.EIO, errno.ENOENT), errno.errorcode.get(err or 0)
+            if i == 1:   # it names a chunk that is not stored: EIO, as a lost chunk
+                assert err == errno.EIO, errno.errorcode.get(err or 0)
             else:
                 assert err is None and g == want[i], f"slot {i}"
-        if want_eio:
-            assert got[1][1] == errno.EIO, errno.errorcode.get(got[1][1] or 0)
-            assert flipped.hex() in m.log(), m.log()
+        assert flipped.hex() in m.log(), m.log()
 
 
 @pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
