@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import queue
 import secrets
 import threading
@@ -49,8 +48,13 @@ PAYLOAD_MAX = 7900          # NOTIFY payloads stop at 8000 bytes: a longer inode
 POOL_WAIT = 3.0             # seconds a message waits for a connection of the bus's pool
 HELLO_WAIT = 120.0          # a peer acks a hello once its changes in flight are over (bounded)
 _CONNECT = {"autocommit": True, "connect_timeout": 5}
-_PEERS = ("SELECT id, EXTRACT(EPOCH FROM expires - now()) FROM aifs_lease_peers WHERE NOT "
-          "(id = ANY(%s)) AND expires > now() - make_interval(secs => %s)")
+# (id, seconds to expiry, its LISTEN connection still open: a killed server's backend ends at
+# once, and one whose connection broke has stopped granting; see _seconds_left)
+_PEERS = ("SELECT p.id, EXTRACT(EPOCH FROM p.expires - now()), EXISTS (SELECT 1 FROM "
+          "pg_stat_activity a WHERE a.application_name = 'aifs-lease-' || p.id) FROM "
+          "aifs_lease_peers p WHERE NOT (p.id = ANY(%s)) AND p.expires > now() - "
+          "make_interval(secs => %s)")
+
 
 
 class _Mark:
@@ -78,6 +82,7 @@ class LeaseBus:
         self._acks: dict[int, set[str]] = {}            # my recall/hello seq -> peers that acked
         self._outgoing: dict[int, threading.Event] = {}  # my changes between recall and done
         self._marks: dict[tuple[str, int], _Mark] = {}  # peers' changes held marked here
+        self._gone: dict[str, float] = {}               # peer -> when first seen not listening
         self._joined = False
         self._rejoin = ""                               # a join of this id failed
         self._alone = False     # the listener's last read found no other server (kept current
@@ -146,10 +151,11 @@ class LeaseBus:
     def _listen(self) -> None:
         while not self._stop.is_set():
             try:
+                new_id = secrets.token_hex(8)   # peers see this connection by its name
                 with psycopg.connect(self.dsn, **_CONNECT,  # type: ignore[arg-type]
-                                     application_name=f"aifs-lease-listen-{os.getpid()}") as conn:
+                                     application_name=f"aifs-lease-{new_id}") as conn:
                     conn.execute(f"LISTEN {CHANNEL}")
-                    self._register(conn)
+                    self._register(conn, new_id)
                     self._refresh(conn)
                     gen = self._gen
                     self._work.submit(self._join, self.id, gen)
@@ -172,12 +178,12 @@ class LeaseBus:
         self._lost("stopping")
 
     # --- registration -------------------------------------------------------------------------
-    def _register(self, conn: Any) -> None:
+    def _register(self, conn: Any, new_id: str) -> None:
         # a new id per LISTEN connection: a peer still waiting on the old one (whose messages
         # this server may have missed) waits for its expiry, never for a renewal of it
         sent = time.monotonic()
         with self._cv:
-            self.id = secrets.token_hex(8)
+            self.id = new_id
             self._mine.add(self.id)
             self._gen += 1
             self._cv.notify_all()    # changes waiting for acks publish their recall again
@@ -260,7 +266,7 @@ class LeaseBus:
                     c.execute("SELECT pg_notify(%s, %s)", (CHANNEL, json.dumps(msg)))
                     pipe.sync()   # commits the NOTIFY before the SELECT begins (else one
                     cur = c.execute(_PEERS, (mine, self.term))  # implicit transaction)
-                return {r[0]: float(r[1]) for r in cur.fetchall()}
+                return self._seconds_left(cur.fetchall())
             except psycopg.Error as e:
                 self._retry(attempt, e)
         raise AssertionError("unreachable")
@@ -284,8 +290,23 @@ class LeaseBus:
         registered again."""
         with self._cv:
             mine = list(self._mine) if skip_mine else []
-        rows = self._execute(_PEERS, (mine, self.term))
-        return {r[0]: float(r[1]) for r in rows}
+        return self._seconds_left(self._execute(_PEERS, (mine, self.term)))
+
+    def _seconds_left(self, rows: list[Any]) -> dict[str, float]:
+        """A registration whose LISTEN connection is gone counts as expired when this server
+        first saw it gone: its server died (its mounts' streams ended with it) or saw the
+        connection break and stopped granting and recalled its leases at once (a recall takes
+        at most the term the waiter adds)."""
+        now = time.monotonic()
+        out: dict[str, float] = {}
+        with self._cv:
+            for pid, rem, listening in rows:
+                out[pid] = float(rem)
+                if not listening:
+                    out[pid] = min(out[pid], self._gone.setdefault(pid, now) - now)
+            for pid in [p for p, t in self._gone.items() if t < now - 10 * self.term]:
+                del self._gone[pid]   # its row no longer read (expired a term ago)
+        return out
 
     def _next(self) -> int:
         with self._cv:
@@ -300,6 +321,7 @@ class LeaseBus:
         sent while it was down were never heard; a peer acks a repeated recall again)."""
         gen = self._gen
         now = time.monotonic()
+        poll = now + self.term / 8      # a killed peer's connection is seen gone by then
         exp = {p: now + rem for p, rem in peers.items()}    # local estimate of each expiry
         final = {p for p, rem in peers.items() if rem <= 0}
         while True:
@@ -318,7 +340,8 @@ class LeaseBus:
                                    "was changed")
                 again = resend is not None and gen != self._gen
                 gen = self._gen
-                refresh = [p for p, at in wait.items() if p not in final and at <= now]
+                refresh = [p for p, at in wait.items()
+                           if p not in final and (at <= now or poll <= now)]
                 if again and resend is not None:
                     self._cv.release()       # publish outside the lock, then look again
                     try:
@@ -327,12 +350,13 @@ class LeaseBus:
                         self._cv.acquire()
                     continue
                 if not refresh:
-                    until = min(wait.values()) - now
+                    until = min(min(wait.values()), poll) - now
                     self._cv.wait(until if left is None else min(until, left))
                     continue
             # a registration past its estimated expiry: renewed since, or really expired?
             rows = self._peers(skip_mine=False)
             now = time.monotonic()
+            poll = now + self.term / 8
             for p in refresh:
                 rem = rows.get(p, -self.term)
                 exp[p] = now + rem

@@ -142,10 +142,13 @@ def test_a_sigkilled_server_delays_a_writer_on_another_server_boundedly(
 
 
 def _terminate_listener(cluster: Cluster, srv: SharedServer) -> int:
+    """pg_terminate_backend on the server's LISTEN connection (named after its bus id, which
+    the server logs when it joins)."""
+    bus_id = srv.log_path.read_text(errors="replace").rsplit("lease bus joined as ", 1)[1]
     with psycopg.connect(cluster.meta_url, autocommit=True) as conn:
         rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
                             "application_name = %s",
-                            (f"aifs-lease-listen-{srv.proc.pid}",)).fetchall()
+                            (f"aifs-lease-{bus_id.split()[0]}",)).fetchall()
     return len(rows)
 
 
