@@ -200,15 +200,29 @@ def start_cluster(base: str | os.PathLike[str], n: int = 2, *, meta_url: str | N
 
 @contextlib.contextmanager
 def session_cluster(postgres: Postgres, seaweedfs: SeaweedFS, name: str, n: int = 2,
-                    **kw: Any) -> Iterator[Cluster]:
+                    lease_term: float | None = None, **kw: Any) -> Iterator[Cluster]:
+    """lease_term: the servers' AIFS_LEASE_TERM_SECONDS (also for servers added later); a
+    short one keeps the waits for a killed server (one term) short in tests."""
     from tests.helpers import short_tmpdir
 
     base = short_tmpdir()
     c = None
+    saved = os.environ.get("AIFS_LEASE_TERM_SECONDS")
     try:
         tag = os.urandom(4).hex()
-        c = start_cluster(base, n, meta_url=postgres.create_database(f"{name}_{tag}"),
-                          s3=S3Location(seaweedfs, f"{name.replace('_', '-')}-{tag}"), **kw)
+        if lease_term is not None:
+            os.environ["AIFS_LEASE_TERM_SECONDS"] = str(lease_term)   # the servers inherit it
+        try:
+            c = start_cluster(base, n, meta_url=postgres.create_database(f"{name}_{tag}"),
+                              s3=S3Location(seaweedfs, f"{name.replace('_', '-')}-{tag}"), **kw)
+        finally:
+            if lease_term is not None:
+                if saved is None:
+                    os.environ.pop("AIFS_LEASE_TERM_SECONDS", None)
+                else:
+                    os.environ["AIFS_LEASE_TERM_SECONDS"] = saved
+        if lease_term is not None:
+            c.env["AIFS_LEASE_TERM_SECONDS"] = str(lease_term)
         yield c
     finally:
         if c is not None:

@@ -7,7 +7,7 @@ session SeaweedFS bucket, servers with a 2 s lease term and metrics), mount A on
 mount B on server 1:
 - warm stat/open on A of a file nobody changes cost zero calls on server 0 (counted from its
   Prometheus metrics): leases are granted in the cluster;
-- write+close on B then open+read on A, 300 rounds of in-place rewrites, os.replace and
+- write+close on B then open+read on A, 200 rounds of in-place rewrites, os.replace and
   unlink/recreate: zero stale reads;
 - a third server SIGKILLed while its mount holds a lease: a writer through server 1 completes
   (it waits for the dead server's registration to expire, then one term);
@@ -19,7 +19,6 @@ mount B on server 1:
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -53,12 +52,8 @@ def metered(srv: SharedServer) -> Metered:
 
 @pytest.fixture(scope="module")
 def cluster(postgres: Postgres, seaweedfs: SeaweedFS) -> Iterator[Cluster]:
-    with contextlib.ExitStack() as stack:
-        with pytest.MonkeyPatch.context() as mp:   # the servers inherit it
-            mp.setenv("AIFS_LEASE_TERM_SECONDS", str(TERM))
-            c = stack.enter_context(session_cluster(postgres, seaweedfs, "e2e_cleases",
-                                                    server_args=("--metrics-port", "0")))
-        c.env["AIFS_LEASE_TERM_SECONDS"] = str(TERM)     # and the ones added later
+    with session_cluster(postgres, seaweedfs, "e2e_cleases", lease_term=TERM,
+                         server_args=("--metrics-port", "0")) as c:
         yield c
 
 
@@ -96,14 +91,14 @@ def test_warm_stat_open_cost_zero_calls_on_a_cluster(cluster: Cluster,
     assert total(after) == total(before), {k: after[k] - before.get(k, 0) for k in after}
 
 
-def test_close_to_open_between_mounts_on_two_servers_300_rounds(
+def test_close_to_open_between_mounts_on_two_servers_200_rounds(
         cluster: Cluster, two_mounts: tuple[Mount, Mount]) -> None:
     a, b = two_mounts
     (a.path / "c2o").mkdir()
     sub_a, sub_b = _Sub(a, "c2o"), _Sub(b, "c2o")
     (sub_b.path / "f.txt").write_bytes(b"start")
     _wait_leased(sub_a, sub_a.path / "f.txt", metered(cluster.servers[0]))  # type: ignore[arg-type]
-    for i in range(300):
+    for i in range(200):
         _check_round(sub_a, sub_b, i)  # type: ignore[arg-type]
 
 
@@ -143,13 +138,18 @@ def test_a_sigkilled_server_delays_a_writer_on_another_server_boundedly(
 
 def _terminate_listener(cluster: Cluster, srv: SharedServer) -> int:
     """pg_terminate_backend on the server's LISTEN connection (named after its bus id, which
-    the server logs when it joins)."""
-    bus_id = srv.log_path.read_text(errors="replace").rsplit("lease bus joined as ", 1)[1]
-    with psycopg.connect(cluster.meta_url, autocommit=True) as conn:
-        rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                            "application_name = %s",
-                            (f"aifs-lease-{bus_id.split()[0]}",)).fetchall()
-    return len(rows)
+    the server logs when it joins). On a loaded machine a lapsed heartbeat may have the server
+    rejoining under a new id right now: try again (for a bounded time) until one is there."""
+    until = time.monotonic() + 20
+    while True:
+        bus_id = srv.log_path.read_text(errors="replace").rsplit("lease bus joined as ", 1)[1]
+        with psycopg.connect(cluster.meta_url, autocommit=True) as conn:
+            rows = conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                                "application_name = %s",
+                                (f"aifs-lease-{bus_id.split()[0]}",)).fetchall()
+        if rows or time.monotonic() > until:
+            return len(rows)
+        time.sleep(0.2)
 
 
 def _log_count(srv: SharedServer, text: str) -> int:

@@ -55,7 +55,9 @@ class Endpoint:
 
 @pytest.fixture(scope="module")
 def cluster(postgres: Postgres, seaweedfs: SeaweedFS) -> Iterator[Cluster]:
-    with session_cluster(postgres, seaweedfs, "e2e_cluster") as c:
+    # a 3 s lease term: after the kill in the failover test, the other server's changes wait
+    # for the dead one's leases (one term) before going on
+    with session_cluster(postgres, seaweedfs, "e2e_cluster", lease_term=3.0) as c:
         yield c
 
 
