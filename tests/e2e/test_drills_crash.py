@@ -143,9 +143,17 @@ def _create_in_child(path: Path) -> int:
     succeeds; it must return."""
     code = ("import os, sys\ntry:\n os.close(os.open(sys.argv[1], os.O_CREAT | os.O_WRONLY))\n"
             " print(0)\nexcept OSError as e:\n print(e.errno)\n")
-    r = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True,
-                       timeout=GUARD)
-    return int(r.stdout.strip())
+    child = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE,
+                             text=True)
+    try:
+        out, _ = child.communicate(timeout=GUARD)
+    except subprocess.TimeoutExpired:
+        # Not subprocess.run: its cleanup waits for the child, and a process whose FUSE
+        # request the mount never answers cannot even be killed (the caller's finally must
+        # get to SIGCONT the server, which lets everything unwind)
+        child.kill()
+        raise AssertionError(f"a create during the stall got no answer in {GUARD:.0f} s") from None
+    return int(out.strip())
 
 
 def test_server_stall_fails_or_waits_clearly_and_loses_nothing(
