@@ -440,8 +440,8 @@ def _du(d: Path) -> tuple[int, int]:
     files = size = 0
     for dirpath, _, names in os.walk(d):
         for nm in names:
-            if nm in (LOCK_NAME, STATS_NAME, CLEAR_NAME):
-                continue
+            if nm in (LOCK_NAME, STATS_NAME, STATS_NAME + ".tmp", CLEAR_NAME):
+                continue   # (the .tmp exists for a moment while the writer publishes stats)
             with contextlib.suppress(OSError):
                 size += os.stat(os.path.join(dirpath, nm)).st_blocks * 512
                 files += 1
