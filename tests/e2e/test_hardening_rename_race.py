@@ -22,7 +22,7 @@ import pytest
 from tests.e2e.conftest import Mount
 
 NOBODY = 65534
-ROUNDS = 25
+ROUNDS = 12
 
 
 def _run(fn: Callable[[], object], uid: int = 0) -> str:
