@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from aifs_core.errors import InvalidArgument
+from aifs_core.errors import InvalidArgument, TimedOut
 from aifs_core.wire import asset_info_to_pb, parent_from_pb
 from aifs_proto.v1 import assets_pb2, assets_pb2_grpc, common_pb2
 from aifs_server.auth import call_scope
@@ -71,6 +71,11 @@ class AssetsServicer(assets_pb2_grpc.AssetsServicer):
                         yield req.data
                 elif part == "header":
                     raise InvalidArgument("PutAsset: a second header arrived mid-stream")
+            # A stream the server cut (shutdown past its grace) or the client cancelled may
+            # just end instead of raising: whatever arrived is not the whole asset
+            if not context.is_active():
+                raise TimedOut("PutAsset: the call was cancelled before its stream ended; "
+                               "nothing was stored")
 
         rec = self._store().put(ns, h.kind or "blob", data(), metadata, parents)
         return asset_info_to_pb(ns, rec)
