@@ -4,7 +4,8 @@ Interface:
     AIFSError(message)          base; `.reason` (the `google.rpc.ErrorInfo` reason on the wire),
                                 `.message`; the gRPC code for a reason is `aifs_core.status`'s
     NotFound, AlreadyExists, NotEmpty, NotADirectory, IsADirectory, NameTooLong, NoSpace,
-    InvalidArgument, CorruptChunk, KeyUnavailable, MissingChunk, ParentNotCommitted,
+    InvalidArgument, CorruptChunk, CorruptMetadata (a metadata row fails its checksum),
+    KeyUnavailable, MissingChunk, ParentNotCommitted,
     PermissionDenied, Unauthenticated, TokenExpired, CrossDevice, TimedOut,
     StoreUnavailable (the server's chunk store or metadata database cannot be reached: retry
     later),
@@ -69,6 +70,12 @@ class CorruptChunk(AIFSError):
     reason = "CORRUPT_CHUNK"
 
 
+class CorruptMetadata(AIFSError):
+    """A metadata row that decides a file's bytes fails its keyed checksum: never served."""
+
+    reason = "CORRUPT_METADATA"
+
+
 class KeyUnavailable(AIFSError):
     reason = "KEY_UNAVAILABLE"
 
@@ -118,7 +125,7 @@ REASONS: dict[str, type[AIFSError]] = {
     for cls in (
         NotFound, AlreadyExists, NotEmpty, NotADirectory, IsADirectory, CrossDevice, NameTooLong,
         InvalidArgument, NoSpace, CorruptChunk, KeyUnavailable, MissingChunk, ParentNotCommitted,
-        PermissionDenied, Unauthenticated, TokenExpired, TimedOut, StoreUnavailable,
+        CorruptMetadata, PermissionDenied, Unauthenticated, TokenExpired, TimedOut, StoreUnavailable,
         StoreMisconfigured,
     )
 }

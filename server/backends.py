@@ -1,11 +1,13 @@
 """The backend registry: which metadata engine and which chunk store, by URL scheme.
 
 Interface:
-    open_meta(url) -> MetadataEngine        e.g. sqlite:///abs/path/meta.db
+    open_meta(url, row_key=None) -> MetadataEngine   e.g. sqlite:///abs/path/meta.db;
+                                            row_key: the deployment's storage key (keys the
+                                            metadata row MACs: metadata/row_mac.py)
     open_store(url) -> ChunkStore           e.g. file:///abs/path/chunks
     register_meta(scheme, factory, config_name=None)
     register_store(scheme, factory, config_name=None)
-        factory(url) -> the engine / store. `config_name` is the name a data dir's config
+        factory(url) -> the store; factory(url, row_key) -> the engine. `config_name` is the name a data dir's config
         records for it ("sqlite", "local"); the scheme is the default.
     meta_url(root, section) -> str          the URL a data dir config's "meta" section names
     store_url(root, section) -> str         ... its "chunks" section
@@ -36,31 +38,30 @@ from aifs_server.metadata.base import MetadataEngine
 
 T = TypeVar("T")
 
-MetaFactory = Callable[[str], MetadataEngine]
+MetaFactory = Callable[[str, bytes | None], MetadataEngine]
 StoreFactory = Callable[[str], ChunkStore]
 
 
 class _Registry(Generic[T]):
-    """Factories by URL scheme, and the config name each one is recorded under."""
+    """Factories (T) by URL scheme, and the config name each one is recorded under."""
 
     def __init__(self, what: str, config_key: str) -> None:
         self.what, self.config_key = what, config_key
-        self.factories: dict[str, Callable[[str], T]] = {}
+        self.factories: dict[str, T] = {}
         self.by_config_name: dict[str, str] = {}
 
-    def register(self, scheme: str, factory: Callable[[str], T],
-                 config_name: str | None = None) -> None:
+    def register(self, scheme: str, factory: T, config_name: str | None = None) -> None:
         self.factories[scheme] = factory
         self.by_config_name[config_name or scheme] = scheme
 
-    def open(self, url: str) -> T:
+    def factory(self, url: str) -> T:
         scheme = urlsplit(url).scheme
         factory = self.factories.get(scheme)
         if factory is None:
             raise InvalidArgument(
                 f"unknown {self.what} {scheme or url!r} in {url!r}: known are "
                 f"{', '.join(s + '://' for s in sorted(self.factories))}")
-        return factory(url)
+        return factory
 
     def url(self, root: Path, section: Any, default_name: str, default_path: str) -> str:
         section = section if isinstance(section, dict) else {}
@@ -76,8 +77,8 @@ class _Registry(Generic[T]):
         return f"{scheme}://{path.absolute()}"
 
 
-_META: _Registry[MetadataEngine] = _Registry("metadata engine", "engine")
-_STORES: _Registry[ChunkStore] = _Registry("chunk store", "store")
+_META: _Registry[MetaFactory] = _Registry("metadata engine", "engine")
+_STORES: _Registry[StoreFactory] = _Registry("chunk store", "store")
 
 
 def register_meta(scheme: str, factory: MetaFactory, config_name: str | None = None) -> None:
@@ -96,12 +97,12 @@ def known_stores() -> list[str]:
     return sorted(_STORES.factories)
 
 
-def open_meta(url: str) -> MetadataEngine:
-    return _META.open(url)
+def open_meta(url: str, row_key: bytes | None = None) -> MetadataEngine:
+    return _META.factory(url)(url, row_key)
 
 
 def open_store(url: str) -> ChunkStore:
-    return _STORES.open(url)
+    return _STORES.factory(url)(url)
 
 
 def meta_url(root: Path, section: Any) -> str:
@@ -124,12 +125,12 @@ def local_path(url: str) -> str | None:
 
 # --- built-in backends -------------------------------------------------------------------
 
-def _sqlite(url: str) -> MetadataEngine:
+def _sqlite(url: str, row_key: bytes | None) -> MetadataEngine:
     from aifs_server.metadata.sqlite import SQLiteMetadata
 
     path = local_path(url)
     assert path is not None
-    meta = SQLiteMetadata(path)
+    meta = SQLiteMetadata(path, row_key=row_key)
     if os.path.exists(path):
         os.chmod(path, 0o600)  # it names every file: as private as the keys
     return meta
@@ -167,12 +168,12 @@ def _s3(url: str) -> ChunkStore:
                         credentials_file=os.environ.get("AWS_SHARED_CREDENTIALS_FILE"))
 
 
-def _postgresql(url: str) -> MetadataEngine:
+def _postgresql(url: str, row_key: bytes | None) -> MetadataEngine:
     """postgresql://[user@]host[:port]/db or postgresql:///db?host=/run/postgresql: a libpq URL,
     passed as is (passwords from PGPASSFILE / PGPASSWORD, never from a config file)."""
     from aifs_server.metadata.postgres import PostgresMetadata
 
-    return PostgresMetadata(url)
+    return PostgresMetadata(url, row_key=row_key)
 
 
 register_meta("sqlite", _sqlite)

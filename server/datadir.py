@@ -227,7 +227,7 @@ def format_data_dir(path: str | os.PathLike[str], *, dry_run: bool = False,
         write_file_atomic(root / SIGNING_KEY, sk.private_bytes_raw(), 0o600)
     (root / CHUNKS).mkdir(exist_ok=True, mode=0o700)
     os.chmod(root / CHUNKS, 0o700)
-    meta = _open_meta(root, config)
+    meta = _open_meta(root, config, (root / STORAGE_KEY).read_bytes())
     try:
         _ensure_namespace(meta, namespace, chunk_size, zstd_level, keyring.current_key_id())
     finally:
@@ -250,9 +250,9 @@ def _backend_urls(root: Path, config: dict[str, Any]) -> tuple[str, str]:
         raise DataDirError(f"{root / CONFIG}: {e.message}") from None
 
 
-def _open_meta(root: Path, config: dict[str, Any]) -> MetadataEngine:
+def _open_meta(root: Path, config: dict[str, Any], storage_key: bytes) -> MetadataEngine:
     url, _ = _backend_urls(root, config)
-    return backends.open_meta(url)
+    return backends.open_meta(url, storage_key)
 
 
 def _ensure_namespace(meta: MetadataEngine, name: str, chunk_size: int, zstd_level: int,
@@ -362,7 +362,7 @@ def open_data_dir(path: str | os.PathLike[str], *, codec: Any = None) -> DataDir
         codec = CompressionService(config.get("zstd_level", 1))
     try:
         store = backends.open_store(store_url)
-        meta = backends.open_meta(meta_url)
+        meta = backends.open_meta(meta_url, storage_key)  # it keys the row MACs
     except InvalidArgument as e:  # a scheme nothing registered
         raise DataDirError(f"{root / CONFIG}: {e.message}") from None
     chunks = ChunkService(store, keys, codec, storage_key)
@@ -393,13 +393,15 @@ def open_shared(meta_url: str, store_url: str, master: Any, *, chunk_size: int =
         raise DataDirError(f"{db.where} holds no AIFS deployment (start a server on it to "
                            f"format it, or `aifs migrate` a data dir into it)")
     store = backends.open_store(store_url)
-    meta = backends.open_meta(meta_url)  # creates or migrates the engine's schema
+    # the secrets first (their tables are secrets.py's own): the storage key keys the row MACs
+    # that the engine's schema migration may have to compute (metadata/row_mac.py)
+    db.bootstrap(master, Initial.generate({
+        "format": SHARED_FORMAT, "format_version": FORMAT_VERSION,
+        "created_ns": time.time_ns(), "chunk_size": chunk_size, "zstd_level": zstd_level,
+        "default_namespace": namespace}))
+    shared = db.load(master)
+    meta = backends.open_meta(meta_url, shared.storage_key)  # creates or migrates the schema
     try:
-        db.bootstrap(master, Initial.generate({
-            "format": SHARED_FORMAT, "format_version": FORMAT_VERSION,
-            "created_ns": time.time_ns(), "chunk_size": chunk_size, "zstd_level": zstd_level,
-            "default_namespace": namespace}))
-        shared = db.load(master)
         config = dict(shared.config)
         if config.get("format") != SHARED_FORMAT or config.get("format_version") != FORMAT_VERSION:
             raise DataDirError(f"{db.where} holds a {config.get('format')!r} version "

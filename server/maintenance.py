@@ -7,8 +7,13 @@ Interface:
         a truncated chunk is found without --read-data); with read_data each is read whole
         (opened, decrypted, verified). Then every file of every branch (path, or "unlinked
         inode N") and every asset is walked: each chunk-map slot must name a recorded chunk,
-        and each bad chunk is reported with the files and assets that use it. Temp files
-        older than STALE_TEMP_SECONDS in a local store are reported (gc removes them).
+        and each bad chunk is reported with the files and assets that use it. Every inode and
+        chunk-map row of every tree (branches and snapshots) must match its keyed checksum
+        (metadata/row_mac.py): a row that does not is reported with the file's path (or
+        inode number) and the slot. Temp files older than STALE_TEMP_SECONDS in a local store
+        are reported (gc removes them).
+    check_rows(meta, ns, problems, deadline=NEVER) -> bool
+        that row check alone for one namespace (False: the deadline stopped it)
     gc(parts, namespaces=None, *, grace_seconds=GC_GRACE_DEFAULT, dry_run=False,
        deadline=NEVER) -> GCResult
         Deletes (a) orphan inodes (nlink 0, left by a mount that crashed while a file was
@@ -41,9 +46,9 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Protocol
+from typing import Any, Protocol
 
-from aifs_core.errors import AIFSError, NotFound
+from aifs_core.errors import AIFSError, CorruptMetadata, NotFound
 from aifs_core.types import ROOT_INO, ChunkRef
 from aifs_server.chunks import ChunkService
 from aifs_server.deadline import NEVER, Deadline
@@ -130,7 +135,10 @@ def fsck(parts: StorageParts, namespaces: Iterable[str] | None = None, *,
                     _report_chunks(problems, ns, bad, {})
                     return _stopped(result, f"more than {MAX_PROBLEMS} problems; stopped "
                                             f"listing")
-        # 2. every file of every branch and every asset: each slot must name a recorded chunk;
+        # 2. the metadata rows that decide files' bytes: each must match its keyed checksum
+        if not check_rows(parts.meta, ns, problems, deadline):
+            return _out_of_time(result, read_data)
+        # 3. every file of every branch and every asset: each slot must name a recorded chunk;
         #    who uses a bad chunk is what an operator must restore or delete
         users: dict[bytes, list[str]] = {}
         if not _check_users(parts, ns, bad, users, result, deadline):
@@ -139,7 +147,7 @@ def fsck(parts: StorageParts, namespaces: Iterable[str] | None = None, *,
         _report_chunks(problems, ns, bad, users)
         if len(problems) >= MAX_PROBLEMS:
             return _stopped(result, f"more than {MAX_PROBLEMS} problems; stopped listing")
-    # 3. temp files a crashed writer left in the store (GC removes them)
+    # 4. temp files a crashed writer left in the store (GC removes them)
     stale, complete = stale_temp_files(parts.chunks.store, deadline)
     if not complete:
         return _out_of_time(result, read_data)
@@ -152,6 +160,49 @@ def fsck(parts: StorageParts, namespaces: Iterable[str] | None = None, *,
 
 
 USERS_SHOWN = 10   # files named per bad chunk; the rest are counted
+PATH_DEPTH_MAX = 4096   # parents walked to name a damaged row's file (a cycle cannot hang it)
+
+
+def check_rows(meta: MetadataEngine, ns: str, problems: list[str],
+               deadline: Deadline = NEVER) -> bool:
+    """Append a problem for every inode or chunk-map row of a tree of `ns` (branches and
+    snapshots' frozen trees) whose keyed checksum does not match; False when the deadline
+    stopped it. Engines without row checksums (no `store`) are skipped."""
+    store = getattr(meta, "store", None)
+    if store is None:
+        return True
+    tx = store.single()
+    for tree in meta.list_trees(ns):
+        if _passed(deadline):
+            return False
+        got = tx.get_tree(ns, tree.branch)
+        if got is None:
+            continue   # deleted meanwhile
+        tid = got[0]
+        for ino, idx in tx.corrupt_rows(tid):
+            row = "inode row" if idx is None else f"chunk-map slot {idx}"
+            problems.append(f"namespace {ns}: {tree.branch}:{_path_of(tx, tid, ino)} (inode "
+                            f"{ino}): its {row} fails its keyed checksum (altered at rest); "
+                            f"reads of it are EIO: restore the file from a snapshot or backup, "
+                            f"or delete it")
+            if len(problems) >= MAX_PROBLEMS:
+                return True
+    return True
+
+
+def _path_of(tx: Any, tree_id: int, ino: int) -> str:
+    """The file's path from its names (one of them, for a hard link); "?" where a name is
+    missing (an unlinked inode, a broken parent chain)."""
+    parts: list[str] = []
+    for _ in range(PATH_DEPTH_MAX):
+        if ino == ROOT_INO:
+            return "/" + "/".join(reversed(parts))
+        got = tx.dentry_of(tree_id, ino)
+        if got is None:
+            break
+        ino, name = got[0], got[1].decode("utf-8", "backslashreplace")
+        parts.append(name)
+    return "?/" + "/".join(reversed(parts)) if parts else "(unlinked)"
 
 
 def _report_chunks(problems: list[str], ns: str, bad: dict[bytes, str],
@@ -198,7 +249,10 @@ def _check_users(parts: StorageParts, ns: str, bad: dict[bytes, str],
             while True:
                 if _passed(deadline):
                     return False
-                entries, eof = meta.readdir(tree, ino, cookie, FSCK_BATCH)
+                try:
+                    entries, eof = meta.readdir(tree, ino, cookie, FSCK_BATCH)
+                except CorruptMetadata:
+                    break   # a damaged row in this directory: check_rows reported it
                 for e in entries:
                     child = path.rstrip("/") + "/" + e.name.decode("utf-8", "backslashreplace")
                     if stat.S_ISDIR(e.attr.mode):
@@ -207,7 +261,10 @@ def _check_users(parts: StorageParts, ns: str, bad: dict[bytes, str],
                         seen.add(e.attr.ino)   # a hard link: its chunks were checked already
                         if _passed(deadline):
                             return False
-                        _, refs = meta.get_chunk_map(tree, e.attr.ino)
+                        try:
+                            _, refs = meta.get_chunk_map(tree, e.attr.ino)
+                        except CorruptMetadata:
+                            continue   # reported by check_rows
                         result.files_checked += 1
                         check(f"{tree.branch}:{child}", refs)
                     cookie = e.cookie

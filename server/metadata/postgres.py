@@ -1,16 +1,18 @@
 """PostgreSQL implementation of the metadata engine: several servers share one database.
 
 Interface:
-    PostgresMetadata(dsn, *, pool_size=10, timeout=POOL_TIMEOUT)
+    PostgresMetadata(dsn, *, pool_size=10, timeout=POOL_TIMEOUT, row_key=None)
                                             implements `MetadataEngine` (metadata/base.py):
                                             `posix.PosixMeta` over a `PostgresStore`, every call
                                             re-run (bounded) when the database aborted it for a
                                             conflict; `close()` closes the pool
-    PostgresStore(dsn, *, pool_size=10, timeout=POOL_TIMEOUT)
+    PostgresStore(dsn, *, pool_size=10, timeout=POOL_TIMEOUT, row_key=None)
                                             implements `store.Store` over a psycopg 3 connection
                                             pool of at most `pool_size` (creating or migrating
                                             the schema on open: postgres_schema.py); `timeout`:
-                                            seconds a call waits for a connection
+                                            seconds a call waits for a connection; `row_key`:
+                                            the deployment's storage key, which keys the row
+                                            MACs (row_mac.py; None: unkeyed)
     POSTGRES                                the `sql.Dialect` of PostgreSQL
 
 Only connections, transactions, errors and the dialect live here; the statements are sql.py's
@@ -58,6 +60,7 @@ from aifs_core.errors import AlreadyExists, InvalidArgument, StoreUnavailable
 from aifs_server.metadata.base import MetadataEngine
 from aifs_server.metadata.posix import PosixMeta
 from aifs_server.metadata.postgres_schema import migrate
+from aifs_server.metadata.row_mac import RowMac
 from aifs_server.metadata.sql import Dialect, SQLTx
 
 # Moves of directories between parents within one tree take this advisory lock (two 32-bit keys:
@@ -160,13 +163,15 @@ class _Autocommit:
 class PostgresStore:
     """`store.Store` over a PostgreSQL database (see the module docstring)."""
 
-    def __init__(self, dsn: str, *, pool_size: int = 10, timeout: float = POOL_TIMEOUT) -> None:
+    def __init__(self, dsn: str, *, pool_size: int = 10, timeout: float = POOL_TIMEOUT,
+                 row_key: bytes | None = None) -> None:
+        self._mac = RowMac(row_key)
         info = psycopg.conninfo.conninfo_to_dict(dsn)
         self.where = repr(f"{info.get('dbname', '')} on {info.get('host', '')}")
         kwargs = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT}
         try:
             with psycopg.connect(dsn, **kwargs) as conn:  # type: ignore[arg-type]
-                migrate(conn)
+                migrate(conn, self._mac)
         except psycopg.OperationalError as e:
             raise _unavailable(self.where, e) from e
         self._pool = ConnectionPool(dsn, min_size=1, max_size=max(1, pool_size), kwargs=kwargs,
@@ -177,7 +182,7 @@ class PostgresStore:
         except PoolTimeout as e:
             self._pool.close()
             raise _unavailable(self.where, e) from e
-        self._single = SQLTx(_Autocommit(self), POSTGRES)  # its bind() shares its caches
+        self._single = SQLTx(_Autocommit(self), POSTGRES, self._mac)  # bind() shares its caches
 
     def connection(self) -> Any:
         return self._pool.connection()
@@ -205,7 +210,7 @@ class PostgresStore:
             with self._pool.connection() as conn:
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 try:
-                    yield SQLTx(conn, POSTGRES)
+                    yield SQLTx(conn, POSTGRES, self._mac)
                 finally:
                     if not conn.broken:
                         conn.execute("COMMIT")
@@ -244,8 +249,10 @@ def _rerun(fn: F) -> F:
 class PostgresMetadata(PosixMeta):
     """`MetadataEngine` over a PostgreSQL database (see the module docstring)."""
 
-    def __init__(self, dsn: str, *, pool_size: int = 10, timeout: float = POOL_TIMEOUT) -> None:
-        self._pg = PostgresStore(dsn, pool_size=pool_size, timeout=timeout)  # for PostgreSQL-only tests
+    def __init__(self, dsn: str, *, pool_size: int = 10, timeout: float = POOL_TIMEOUT,
+                 row_key: bytes | None = None) -> None:
+        # for PostgreSQL-only tests
+        self._pg = PostgresStore(dsn, pool_size=pool_size, timeout=timeout, row_key=row_key)
         self.dsn = dsn  # the lease bus (lease_bus.py) opens its own LISTEN connection with it
         self._depth = threading.local()
         super().__init__(self._pg)

@@ -2,9 +2,10 @@
 
 Interface:
     SCHEMA_VERSION          the version this code writes (the row of table `aifs_schema`)
-    migrate(conn)           bring a database to SCHEMA_VERSION (creates it when empty), safe when
+    migrate(conn, mac=None) bring a database to SCHEMA_VERSION (creates it when empty), safe when
                             several servers open one database at once; raises InvalidArgument for
                             a database written by a newer version. `conn` is in autocommit mode.
+                            `mac` (row_mac.RowMac) seals the rows a version-3 database holds.
 
 The tables are sqlite_schema.py's (read its layout notes) in PostgreSQL types: BIGINT for every
 integer (inode numbers, sizes and nanosecond times pass 2^31), BYTEA for names, chunk ids and
@@ -18,8 +19,9 @@ from __future__ import annotations
 from typing import Any
 
 from aifs_core.errors import InvalidArgument
+from aifs_server.metadata.row_mac import RowMac, seal_rows
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # pg_advisory_xact_lock key of the migration: two servers opening a new database at once must
 # not both run CREATE TABLE (IF NOT EXISTS is not safe against a concurrent creator)
@@ -184,10 +186,17 @@ _V3 = [
     )""",
 ]
 
-MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2, 3: _V3}
+# Row MACs: sqlite_schema.py's _V3; the rows already there are sealed by the same migration
+_V4 = [
+    "ALTER TABLE inodes ADD COLUMN IF NOT EXISTS mac BYTEA",
+    "ALTER TABLE chunk_maps ADD COLUMN IF NOT EXISTS mac BYTEA",
+]
+
+MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+ROW_MACS = 4   # the version whose migration seals the rows written before it
 
 
-def migrate(conn: Any) -> None:
+def migrate(conn: Any, mac: RowMac | None = None) -> None:
     """Create or upgrade the schema in one transaction, under the migration advisory lock (a
     second opener waits, then finds the version current and does nothing)."""
     with conn.transaction():
@@ -202,6 +211,8 @@ def migrate(conn: Any) -> None:
         for target in range(version + 1, SCHEMA_VERSION + 1):
             for stmt in MIGRATIONS[target]:
                 conn.execute(stmt)
+            if target == ROW_MACS:
+                seal_rows(conn, mac or RowMac(), "%s")
         if r is None:
             conn.execute("INSERT INTO aifs_schema (version) VALUES (%s)", (SCHEMA_VERSION,))
         elif version != SCHEMA_VERSION:

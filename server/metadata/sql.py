@@ -9,11 +9,11 @@ Interface:
                             suffix that keeps chunk rows a commit names from being deleted under
                             it, and a statement (one "?": the tree id) that serialises the moves
                             of directories between parents within a tree
-    SQLTx(conn, dialect, locking=False)
+    SQLTx(conn, dialect, mac=RowMac(), locking=False)
                             implements `store.Tx` over one DB-API connection; the store that made
                             it owns BEGIN/COMMIT (it runs these statements inside one transaction
                             or, for one-statement reads, in autocommit); `locking` for a write
-                            transaction of a row-locking database
+                            transaction of a row-locking database; `mac` keys the row MACs
     SQLTx.bind(conn)        a locking SQLTx for one write transaction on `conn`, sharing this
                             one's statement caches
 
@@ -23,6 +23,13 @@ before any row of its entries (`entry` locks the parent first), chunk rows in id
 takes the tree's move lock (Linux's s_vfs_rename_mutex), since two directory moves each checking
 the other's subtree before either commits could otherwise close a cycle.
     ATTR_COLUMNS            column list that `attr_of` turns into an `Attr`
+
+Row MACs (row_mac.py): every write of an inode's size or generation and of a chunk-map slot
+writes its row's MAC in the same transaction (an update that changes size or generation reads
+the new values back with RETURNING and writes the MAC with a second UPDATE); every read of an
+inode's attrs (inode, lookup, list_dir) and of slots (slots, slots_at, slot_length) checks it and
+raises CorruptMetadata (DATA_LOSS) instead of returning a row that fails. `corrupt_rows` scans a
+tree for fsck.
 
 The statements use only SQL that SQLite (>= 3.35) and PostgreSQL both accept (RETURNING,
 INSERT ... ON CONFLICT, WITH RECURSIVE); a database that needs something else gets a Dialect
@@ -47,17 +54,24 @@ from aifs_core.types import (
     Namespace,
     ParentEdge,
 )
+from aifs_server.metadata.row_mac import RowMac, corrupt
 from aifs_server.metadata.sql_versions import VersionSQL
 
 ATTR_COLUMNS = ("ino, mode, nlink, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns, "
                 "data_bytes, generation")
 _ATTR_I = ", ".join("i." + c.strip() for c in ATTR_COLUMNS.split(","))
+# what a checked read selects: the attrs, then what only the MAC needs (at _SYM, _SYM + 1)
+_CHECKED = ATTR_COLUMNS + ", symlink, mac"
+_CHECKED_I = _ATTR_I + ", i.symlink, i.mac"
+_SYM = 12
 _IN_BATCH = 500  # ids per "IN (...)" query (well under SQLite's variable limit)
 
 # update_inode may set these columns and add to those (names are never taken from callers' data)
 _SETTABLE = frozenset({"mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "ctime_ns",
                        "nlink", "parent", "generation", "asset_id", "asset_gen"})
 _ADDABLE = frozenset({"nlink", "data_bytes", "generation"})
+_MACCED = frozenset({"size", "generation", "mode"})  # an update of one of these re-MACs the row
+_SCAN_PAGE = 2000  # rows per page of corrupt_rows
 
 
 def attr_of(r: Sequence[Any]) -> Attr:
@@ -79,9 +93,11 @@ class Dialect:
 class SQLTx(VersionSQL):
     """`store.Tx` in SQL (see the module docstring); versions' primitives in sql_versions."""
 
-    def __init__(self, conn: Any, dialect: Dialect, *, locking: bool = False) -> None:
+    def __init__(self, conn: Any, dialect: Dialect, mac: RowMac | None = None, *,
+                 locking: bool = False) -> None:
         self._c = conn
         self._d = dialect
+        self._mac = mac or RowMac()
         self._lock = (" " + dialect.row_lock) if locking and dialect.row_lock else ""
         self._share = (" " + dialect.share_lock) if locking and dialect.share_lock else ""
         self._tree_lock = dialect.tree_lock if locking else ""
@@ -91,7 +107,7 @@ class SQLTx(VersionSQL):
         self._updates: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
 
     def bind(self, conn: Any) -> SQLTx:
-        tx = SQLTx(conn, self._d, locking=True)
+        tx = SQLTx(conn, self._d, self._mac, locking=True)
         tx._cache, tx._updates = self._cache, self._updates  # built once, shared (GIL-safe)
         return tx
 
@@ -165,20 +181,30 @@ class SQLTx(VersionSQL):
             "ORDER BY ino", (tree_id,)).fetchall()]
 
     # --- inodes ------------------------------------------------------------------------------
+    def _checked(self, tree_id: int, r: Sequence[Any], at: int = 0) -> Attr:
+        """The attrs of a row selected as _CHECKED from index `at`; CorruptMetadata when its MAC
+        does not match."""
+        row = r[at:] if at else r
+        if not self._mac.inode_ok(row, _SYM):
+            raise corrupt(tree_id, row[0], "its size, generation, type or link target")
+        return attr_of(row)
+
     def inode(self, tree_id: int, ino: int) -> Attr | None:
-        r = self._x(f"SELECT {ATTR_COLUMNS} FROM inodes WHERE tree_id = ? AND ino = ?{self._lock}",
+        r = self._x(f"SELECT {_CHECKED} FROM inodes WHERE tree_id = ? AND ino = ?{self._lock}",
                     (tree_id, ino)).fetchone()
         if self._lock:
             self._locked.add((tree_id, ino))
-        return None if r is None else attr_of(r)
+        return None if r is None else self._checked(tree_id, r)
 
     def insert_inode(self, tree_id: int, a: Attr, parent: int, symlink: bytes | None) -> None:
-        """A new inode row from `a` (its blocks and generation are 0); `parent` is the parent
-        directory of a directory, 0 otherwise."""
+        """A new inode row from `a` (its blocks are 0); `parent` is the parent directory of a
+        directory, 0 otherwise."""
         self._x("INSERT INTO inodes (tree_id, ino, mode, nlink, uid, gid, rdev, size, atime_ns, "
-                "mtime_ns, ctime_ns, parent, symlink) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "mtime_ns, ctime_ns, generation, parent, symlink, mac) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (tree_id, a.ino, a.mode, a.nlink, a.uid, a.gid, a.rdev, a.size, a.atime_ns,
-                 a.mtime_ns, a.ctime_ns, parent, symlink))
+                 a.mtime_ns, a.ctime_ns, a.generation, parent, symlink,
+                 self._mac.inode(a.ino, a.mode, a.size, a.generation, symlink)))
 
     def update_inode(self, tree_id: int, ino: int, set: dict[str, Any],
                      add: dict[str, int] | None = None) -> Attr | None:
@@ -190,11 +216,17 @@ class SQLTx(VersionSQL):
             if not (set.keys() <= _SETTABLE and add.keys() <= _ADDABLE):
                 raise ValueError(f"update_inode: unknown columns in {set} / {add}")
             cols = [f"{k} = ?" for k in set] + [f"{k} = {k} + ?" for k in add]
+            macced = bool(_MACCED & (set.keys() | add.keys()))
             sql = self._updates[key] = self._q(
                 f"UPDATE inodes SET {', '.join(cols)} WHERE tree_id = ? AND ino = ? "
-                f"RETURNING {ATTR_COLUMNS}")
+                f"RETURNING {ATTR_COLUMNS}" + (", symlink" if macced else ""))
         r = self._c.execute(sql, (*set.values(), *add.values(), tree_id, ino)).fetchone()
-        return None if r is None else attr_of(r)
+        if r is None:
+            return None
+        if len(r) > _SYM:  # size or generation changed: the row's new MAC, same transaction
+            self._x("UPDATE inodes SET mac = ? WHERE tree_id = ? AND ino = ?",
+                    (self._mac.inode(r[0], r[1], r[6], r[11], r[_SYM]), tree_id, ino))
+        return attr_of(r)
 
     def inode_asset(self, tree_id: int, ino: int) -> tuple[str, int, int] | None:
         """(asset_id, generation it was set for, current generation), or None: no inode."""
@@ -246,11 +278,11 @@ class SQLTx(VersionSQL):
         return None if r is None else (r[0], r[1], r[2])
 
     def lookup(self, tree_id: int, parent: int, name: bytes) -> Attr | None:
-        r = self._x(f"SELECT {_ATTR_I} FROM dentries d JOIN inodes i "
+        r = self._x(f"SELECT {_CHECKED_I} FROM dentries d JOIN inodes i "
                     "ON i.tree_id = d.tree_id AND i.ino = d.ino "
                     "WHERE d.tree_id = ? AND d.parent = ? AND d.name = ?",
                     (tree_id, parent, name)).fetchone()
-        return None if r is None else attr_of(r)
+        return None if r is None else self._checked(tree_id, r)
 
     def insert_dentry(self, tree_id: int, parent: int, name: bytes, ino: int) -> bool:
         """False when `name` already exists in `parent`."""
@@ -274,11 +306,13 @@ class SQLTx(VersionSQL):
 
     def list_dir(self, tree_id: int, ino: int, cookie: int, limit: int) -> list[DirEntry]:
         """Up to `limit` entries after `cookie` (the dentry id), in cookie order."""
-        rows = self._x(f"SELECT d.id, d.name, {_ATTR_I} FROM dentries d JOIN inodes i "
+        rows = self._x(f"SELECT d.id, d.name, {_CHECKED_I} FROM dentries d JOIN inodes i "
                        "ON i.tree_id = d.tree_id AND i.ino = d.ino "
                        "WHERE d.tree_id = ? AND d.parent = ? AND d.id > ? ORDER BY d.id LIMIT ?",
                        (tree_id, ino, cookie, limit)).fetchall()
-        return [DirEntry(bytes(r[1]), attr_of(r[2:]), r[0]) for r in rows]
+        # readdir hands these attrs to the kernel (READDIRPLUS): a row that fails is refused
+        # like a getattr of it, and so is the page that holds it
+        return [DirEntry(bytes(r[1]), self._checked(tree_id, r, 2), r[0]) for r in rows]
 
     # --- xattrs ------------------------------------------------------------------------------
     def xattr(self, tree_id: int, ino: int, name: bytes) -> bytes | None:
@@ -303,29 +337,40 @@ class SQLTx(VersionSQL):
         self._x("DELETE FROM xattrs WHERE tree_id = ? AND ino = ?", (tree_id, ino))
 
     # --- chunk maps --------------------------------------------------------------------------
+    def _slot(self, tree_id: int, ino: int, idx: int, cid: Any, n: Any, mac: Any
+              ) -> tuple[bytes, int]:
+        """(chunk id, length) of a slot row; CorruptMetadata when its MAC does not match."""
+        if not self._mac.slot_ok(ino, idx, cid, n, mac):
+            raise corrupt(tree_id, ino, "its chunk id, length or index", idx)
+        return bytes(cid), n
+
     def slots(self, tree_id: int, ino: int, first: int, end: int) -> list[ChunkRef]:
         """The file's chunk-map slots with first <= index < end, by index."""
-        return [ChunkRef(i, bytes(cid), n) for i, cid, n in self._x(
-            "SELECT idx, chunk_id, length FROM chunk_maps WHERE tree_id = ? AND ino = ? "
-            "AND idx >= ? AND idx < ? ORDER BY idx", (tree_id, ino, first, end)).fetchall()]
+        return [ChunkRef(i, *self._slot(tree_id, ino, i, cid, n, mac))
+                for i, cid, n, mac in self._x(
+                    "SELECT idx, chunk_id, length, mac FROM chunk_maps WHERE tree_id = ? AND "
+                    "ino = ? AND idx >= ? AND idx < ? ORDER BY idx",
+                    (tree_id, ino, first, end)).fetchall()]
 
     def slots_at(self, tree_id: int, ino: int, idxs: list[int]) -> dict[int, tuple[bytes, int]]:
         """index -> (chunk id, length) for those of `idxs` that are mapped."""
         out: dict[int, tuple[bytes, int]] = {}
         for i in range(0, len(idxs), _IN_BATCH):
             part = idxs[i:i + _IN_BATCH]
-            for idx, cid, n in self._x(
-                    "SELECT idx, chunk_id, length FROM chunk_maps WHERE tree_id = ? AND ino = ? "
-                    "AND idx IN (" + ",".join("?" * len(part)) + ")" + self._lock,
+            for idx, cid, n, mac in self._x(
+                    "SELECT idx, chunk_id, length, mac FROM chunk_maps WHERE tree_id = ? AND "
+                    "ino = ? AND idx IN (" + ",".join("?" * len(part)) + ")" + self._lock,
                     (tree_id, ino, *part)):
-                out[idx] = (bytes(cid), n)
+                out[idx] = self._slot(tree_id, ino, idx, cid, n, mac)
         return out
 
     def put_slots(self, tree_id: int, ino: int, refs: list[ChunkRef]) -> None:
-        self._many("INSERT INTO chunk_maps (tree_id, ino, idx, chunk_id, length) "
-                   "VALUES (?, ?, ?, ?, ?) ON CONFLICT (tree_id, ino, idx) DO UPDATE SET "
-                   "chunk_id = excluded.chunk_id, length = excluded.length",
-                   [(tree_id, ino, r.index, r.chunk_id, r.length) for r in refs])
+        slot = self._mac.slot
+        self._many("INSERT INTO chunk_maps (tree_id, ino, idx, chunk_id, length, mac) "
+                   "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tree_id, ino, idx) DO UPDATE SET "
+                   "chunk_id = excluded.chunk_id, length = excluded.length, mac = excluded.mac",
+                   [(tree_id, ino, r.index, r.chunk_id, r.length,
+                     slot(ino, r.index, r.chunk_id, r.length)) for r in refs])
 
     def delete_slots(self, tree_id: int, ino: int, idxs: list[int]) -> None:
         self._many("DELETE FROM chunk_maps WHERE tree_id = ? AND ino = ? AND idx = ?",
@@ -337,14 +382,21 @@ class SQLTx(VersionSQL):
             "DELETE FROM chunk_maps WHERE tree_id = ? AND ino = ? AND idx >= ? "
             "RETURNING chunk_id, length", (tree_id, ino, first)).fetchall()]
 
+    def _slot_row(self, tree_id: int, ino: int, idx: int) -> tuple[bytes, int] | None:
+        r = self._x("SELECT chunk_id, length, mac FROM chunk_maps WHERE tree_id = ? AND ino = ? "
+                    "AND idx = ?" + self._lock, (tree_id, ino, idx)).fetchone()
+        return None if r is None else self._slot(tree_id, ino, idx, r[0], r[1], r[2])
+
     def slot_length(self, tree_id: int, ino: int, idx: int) -> int | None:
-        r = self._x("SELECT length FROM chunk_maps WHERE tree_id = ? AND ino = ? AND idx = ?"
-                    + self._lock, (tree_id, ino, idx)).fetchone()
-        return None if r is None else int(r[0])
+        r = self._slot_row(tree_id, ino, idx)
+        return None if r is None else int(r[1])
 
     def set_slot_length(self, tree_id: int, ino: int, idx: int, length: int) -> None:
-        self._x("UPDATE chunk_maps SET length = ? WHERE tree_id = ? AND ino = ? AND idx = ?",
-                (length, tree_id, ino, idx))
+        r = self._slot_row(tree_id, ino, idx)   # checked: its chunk id goes into the new MAC
+        if r is not None:
+            self._x("UPDATE chunk_maps SET length = ?, mac = ? WHERE tree_id = ? AND ino = ? "
+                    "AND idx = ?", (length, self._mac.slot(ino, idx, r[0], length), tree_id,
+                                    ino, idx))
 
     def slot_chunk_counts(self, tree_id: int, ino: int) -> list[tuple[bytes, int]]:
         """(chunk id, slots naming it) over the file's whole map."""
@@ -354,6 +406,31 @@ class SQLTx(VersionSQL):
 
     def delete_all_slots(self, tree_id: int, ino: int) -> None:
         self._x("DELETE FROM chunk_maps WHERE tree_id = ? AND ino = ?", (tree_id, ino))
+
+    # --- integrity (fsck) --------------------------------------------------------------------
+    def corrupt_rows(self, tree_id: int) -> list[tuple[int, int | None]]:
+        """(ino, None) for every inode row and (ino, idx) for every chunk-map row of the tree
+        whose MAC does not match, by ino; read page by page (a tree may hold millions)."""
+        bad: list[tuple[int, int | None]] = []
+        after = -1
+        while rows := self._x(f"SELECT {_CHECKED} FROM inodes WHERE tree_id = ? AND ino > ? "
+                              "ORDER BY ino LIMIT ?", (tree_id, after, _SCAN_PAGE)).fetchall():
+            bad += [(int(r[0]), None) for r in rows if not self._mac.inode_ok(r, _SYM)]
+            after = rows[-1][0]
+        at = (-1, -1)
+        while rows := self._x("SELECT ino, idx, chunk_id, length, mac FROM chunk_maps WHERE "
+                              "tree_id = ? AND (ino > ? OR (ino = ? AND idx > ?)) "
+                              "ORDER BY ino, idx LIMIT ?",
+                              (tree_id, at[0], at[0], at[1], _SCAN_PAGE)).fetchall():
+            bad += [(int(r[0]), int(r[1])) for r in rows if not self._mac.slot_ok(*r)]
+            at = (rows[-1][0], rows[-1][1])
+        return sorted(bad, key=lambda b: (b[0], -1 if b[1] is None else b[1]))
+
+    def dentry_of(self, tree_id: int, ino: int) -> tuple[int, bytes] | None:
+        """(parent, name) of one of the inode's names, or None: it has none."""
+        r = self._x("SELECT parent, name FROM dentries WHERE tree_id = ? AND ino = ? LIMIT 1",
+                    (tree_id, ino)).fetchone()
+        return None if r is None else (int(r[0]), bytes(r[1]))
 
     # --- chunk records -----------------------------------------------------------------------
     def recorded(self, namespace: str, ids: Iterable[bytes]) -> dict[bytes, int]:

@@ -23,7 +23,8 @@ Interface (the `store.Tx` methods under "versions"; rules in aifs_server.version
     append_log / branch_log / delete_log
 
 Statements are SQL that SQLite and PostgreSQL both accept, like sql.py's; the tables are
-schema version 2 (sqlite_schema._V2, postgres_schema._V2).
+schema version 2 (sqlite_schema._V2, postgres_schema._V2) and the row MAC columns of version 3
+(SQLite) / 4 (PostgreSQL).
 """
 
 from __future__ import annotations
@@ -31,8 +32,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+# mac: copied as it is (row MACs do not cover the tree id: row_mac.py), so that a copy stays
+# one INSERT ... SELECT however many rows it holds
 _INODE_COLS = ("ino, mode, nlink, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns, "
-               "data_bytes, generation, parent, symlink, asset_id, asset_gen")
+               "data_bytes, generation, parent, symlink, asset_id, asset_gen, mac")
 _IN_BATCH = 500  # ids per "IN (...)" query (as sql.py: under SQLite's variable limit)
 _SNAP_COLS = "snap_id, tree_id, branch, parents, created_ns, message, root_hash, signature"
 
@@ -57,8 +60,8 @@ class VersionSQL:
         self._x("INSERT INTO xattrs (tree_id, ino, name, value) SELECT ?, x.ino, x.name, "
                 "x.value FROM xattrs x JOIN inodes i ON i.tree_id = x.tree_id AND i.ino = x.ino "
                 "WHERE x.tree_id = ? AND i.nlink > 0", (dst, src))
-        self._x("INSERT INTO chunk_maps (tree_id, ino, idx, chunk_id, length) SELECT ?, c.ino, "
-                "c.idx, c.chunk_id, c.length FROM chunk_maps c JOIN inodes i ON "
+        self._x("INSERT INTO chunk_maps (tree_id, ino, idx, chunk_id, length, mac) SELECT ?, "
+                "c.ino, c.idx, c.chunk_id, c.length, c.mac FROM chunk_maps c JOIN inodes i ON "
                 "i.tree_id = c.tree_id AND i.ino = c.ino WHERE c.tree_id = ? AND i.nlink > 0",
                 (dst, src))
         # inode numbers stay unique within `dst` whatever it held before

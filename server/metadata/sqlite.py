@@ -1,11 +1,15 @@
 """SQLite implementation of the metadata engine (the embedded default).
 
 Interface:
-    SQLiteMetadata(path, *, durable=False)   implements `MetadataEngine` (metadata/base.py):
+    SQLiteMetadata(path, *, durable=False, row_key=None)
+                                             implements `MetadataEngine` (metadata/base.py):
                                              `posix.PosixMeta` over a `SQLiteStore`;
                                              `close()` closes every thread's connection
-    SQLiteStore(path, *, durable=False)      implements `store.Store` over one SQLite file
-                                             (creating or migrating its schema on open)
+    SQLiteStore(path, *, durable=False, row_key=None)
+                                             implements `store.Store` over one SQLite file
+                                             (creating or migrating its schema on open);
+                                             `row_key`: the deployment's storage key, which
+                                             keys the row MACs (row_mac.py; None: unkeyed)
     SQLITE                                   the `sql.Dialect` of SQLite
 
 Only connection handling, the schema (sqlite_schema.py) and the dialect live here; the
@@ -40,6 +44,7 @@ from typing import Any
 
 from aifs_core.errors import InvalidArgument, NoSpace
 from aifs_server.metadata.posix import PosixMeta
+from aifs_server.metadata.row_mac import RowMac
 from aifs_server.metadata.sql import Dialect, SQLTx
 from aifs_server.metadata.sqlite_schema import migrate
 
@@ -125,15 +130,17 @@ def _on_full(hooks: list[Callable[[], bool]], full: NoSpace) -> NoSpace:
 class SQLiteStore:
     """`store.Store` over one SQLite file (see the module docstring)."""
 
-    def __init__(self, path: str | Path, *, durable: bool = False) -> None:
+    def __init__(self, path: str | Path, *, durable: bool = False,
+                 row_key: bytes | None = None) -> None:
         self._path = str(path)
+        self._mac = RowMac(row_key)
         self._sync = "FULL" if durable else "NORMAL"
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
         self._closed = False
         self._on_full: list[Callable[[], bool]] = []   # shared with every connection
-        migrate(self._conn())
+        migrate(self._conn(), self._mac)
 
     def on_full(self, hook: Callable[[], bool]) -> None:
         """Call `hook` when a statement finds the disk full; it returns True if it made room
@@ -158,7 +165,7 @@ class SQLiteStore:
         self._local.conn = c
         # SQLite locks the whole database for a write transaction, so one Tx per connection
         # serves reads, writes and autocommit alike
-        self._local.tx = SQLTx(c, SQLITE)
+        self._local.tx = SQLTx(c, SQLITE, self._mac)
         return c
 
     def single(self) -> SQLTx:
@@ -210,8 +217,10 @@ class SQLiteStore:
 class SQLiteMetadata(PosixMeta):
     """`MetadataEngine` over one SQLite file (see the module docstring)."""
 
-    def __init__(self, path: str | Path, *, durable: bool = False) -> None:
-        self._sqlite = SQLiteStore(path, durable=durable)  # for SQLite-only tests and tools
+    def __init__(self, path: str | Path, *, durable: bool = False,
+                 row_key: bytes | None = None) -> None:
+        # for SQLite-only tests and tools
+        self._sqlite = SQLiteStore(path, durable=durable, row_key=row_key)
         super().__init__(self._sqlite)
 
     def on_full(self, hook: Callable[[], bool]) -> None:

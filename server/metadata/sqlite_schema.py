@@ -2,8 +2,9 @@
 
 Interface:
     SCHEMA_VERSION          the version this code writes (stored in PRAGMA user_version)
-    migrate(conn)           bring a database to SCHEMA_VERSION (creates it when empty); raises
-                            InvalidArgument for a database written by a newer version
+    migrate(conn, mac=None) bring a database to SCHEMA_VERSION (creates it when empty); raises
+                            InvalidArgument for a database written by a newer version; `mac`
+                            (row_mac.RowMac) seals the rows a version-2 database holds
 
 A later schema change adds an entry to `MIGRATIONS` (version reached -> statements) and bumps
 `SCHEMA_VERSION`; `migrate` applies the missing steps in order, in one transaction.
@@ -20,6 +21,9 @@ Layout notes (why the tables look the way they do):
   period, so a commit racing a GC never loses data.
 - Lineage rows (`asset_parents.parent_id`) have no foreign key on purpose: deleting an asset
   leaves its children's edges naming it.
+- `inodes.mac` and `chunk_maps.mac` (version 3) are the keyed checksums of row_mac.py; NULL
+  only between the ALTER and the sealing of the same migration, so a NULL read later fails
+  the check like any other mismatch.
 """
 
 from __future__ import annotations
@@ -27,8 +31,9 @@ from __future__ import annotations
 import sqlite3
 
 from aifs_core.errors import InvalidArgument
+from aifs_server.metadata.row_mac import RowMac, seal_rows
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _V1 = [
     """CREATE TABLE IF NOT EXISTS namespaces (
@@ -180,11 +185,18 @@ _V2 = [
     ) WITHOUT ROWID""",
 ]
 
+# Row MACs (row_mac.py): the rows already there are sealed by the same migration (seal_rows)
+_V3 = [
+    "ALTER TABLE inodes ADD COLUMN mac BLOB",
+    "ALTER TABLE chunk_maps ADD COLUMN mac BLOB",
+]
+
 # version reached -> statements that take the previous version there
-MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2}
+MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2, 3: _V3}
+ROW_MACS = 3   # the version whose migration seals the rows written before it
 
 
-def migrate(conn: sqlite3.Connection) -> None:
+def migrate(conn: sqlite3.Connection, mac: RowMac | None = None) -> None:
     """Create or upgrade the schema; `conn` must be in autocommit mode (isolation_level None)."""
     conn.execute("PRAGMA journal_mode=WAL")  # persistent in the file; cheap when already set
     conn.execute("BEGIN IMMEDIATE")  # re-read the version under the write lock: two openers race
@@ -197,6 +209,8 @@ def migrate(conn: sqlite3.Connection) -> None:
         for target in range(version + 1, SCHEMA_VERSION + 1):
             for stmt in MIGRATIONS[target]:
                 conn.execute(stmt)
+            if target == ROW_MACS:
+                seal_rows(conn, mac or RowMac())
         if version != SCHEMA_VERSION:
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     except BaseException:

@@ -49,7 +49,8 @@ def test_directory_of_100k_entries_lists_through_the_mount() -> None:
     server = mount = None
     try:
         data = make_data_dir(os.path.join(base, "data"))
-        meta = SQLiteMetadata(data / "meta.db")
+        # keyed as the server's engine is (its row MACs: server/metadata/row_mac.py)
+        meta = SQLiteMetadata(data / "meta.db", row_key=(data / "storage.key").read_bytes())
         tree_ref = TreeRef("default")
         big = meta.mkdir(tree_ref, ROOT_INO, b"big", 0o755, 0, 0)
         tree = meta._tree(tree_ref)

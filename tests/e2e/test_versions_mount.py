@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from aifs_server.metadata.row_mac import RowMac
 from aifsfs.client import AIFSClient
 from tests.e2e.conftest import Mount
 from tests.helpers import ServerProc
@@ -145,9 +146,19 @@ def test_tampered_database_value_gives_eio(server: ServerProc, client: AIFSClien
     populate(m.path)
     snap = client.versions.snapshot()
     ino = os.stat(m.path / "dir" / "sub" / "c.bin").st_ino
+    tree = snap_tree(server, snap["id"])
     with sqlite3.connect(Path(server.data_dir) / "meta.db") as db:
         db.execute("UPDATE inodes SET size = size + 1 WHERE tree_id = ? AND ino = ?",
-                   (snap_tree(server, snap["id"]), ino))
+                   (tree, ino))
+        # as a compromised server would serve it: the row's MAC forged with the server's own
+        # key (else the server refuses the row itself, row_mac.py), so the mount's check is
+        # what must refuse it
+        mode, size, gen, link = db.execute(
+            "SELECT mode, size, generation, symlink FROM inodes WHERE tree_id = ? AND ino = ?",
+            (tree, ino)).fetchone()
+        mac = RowMac((Path(server.data_dir) / "storage.key").read_bytes())
+        db.execute("UPDATE inodes SET mac = ? WHERE tree_id = ? AND ino = ?",
+                   (mac.inode(ino, mode, size, gen, link), tree, ino))
     view = m.path / ".aifs" / "snapshots" / snap["id"]
     assert (view / "a.bin").stat().st_size == (3 << 20) + 4    # untouched parts still verify
     with pytest.raises(OSError) as ei:

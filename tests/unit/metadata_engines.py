@@ -5,11 +5,14 @@ Interface:
     ENGINES                     name -> factory(request) -> Harness; a new engine plugs in by
                                 adding one factory here (it takes the fixtures it needs with
                                 request.getfixturevalue: tmp_path, pg_dsn, ...)
-    Harness.open()              a new engine over the harness's storage (the same data on every
-                                call, so reopening is testable); the caller closes it
+    Harness.open(row_key=None)  a new engine over the harness's storage (the same data on every
+                                call, so reopening is testable); the caller closes it; row_key:
+                                the secret its row MACs are keyed from (None: unkeyed)
     Harness.scalar(sql, *args)  one value read with plain SQL ("?" placeholders) from that
                                 storage, None when no row: for what the engine's API does not
                                 show (refcounts, grace clocks, rows left behind)
+    Harness.execute(sql, *args) one statement ("?" placeholders) on a separate connection,
+                                committed; its rowcount: to damage rows at rest
     harness_fixture             the pytest fixture `harness`, parametrised over ENGINES (import
                                 it into a test module to use it there)
 """
@@ -30,8 +33,9 @@ from aifs_server.metadata.sqlite import SQLiteMetadata
 
 
 class Harness(Protocol):
-    def open(self) -> MetadataEngine: ...
+    def open(self, row_key: bytes | None = None) -> MetadataEngine: ...
     def scalar(self, sql: str, *args: Any) -> Any: ...
+    def execute(self, sql: str, *args: Any) -> int: ...
     def close(self) -> None: ...
 
 
@@ -39,8 +43,12 @@ class SQLiteHarness:
     def __init__(self, tmp_path: Path) -> None:
         self.path = tmp_path / "meta.db"
 
-    def open(self) -> SQLiteMetadata:
-        return SQLiteMetadata(self.path)
+    def open(self, row_key: bytes | None = None) -> SQLiteMetadata:
+        return SQLiteMetadata(self.path, row_key=row_key)
+
+    def execute(self, sql: str, *args: Any) -> int:
+        with sqlite3.connect(self.path) as c:
+            return int(c.execute(sql, args).rowcount)
 
     def scalar(self, sql: str, *args: Any) -> Any:
         # a separate connection: what is committed, not what the engine's connection caches
@@ -58,8 +66,12 @@ class PostgresHarness:
     def __init__(self, dsn: str) -> None:
         self.dsn = dsn
 
-    def open(self) -> PostgresMetadata:
-        return PostgresMetadata(self.dsn, pool_size=8)
+    def open(self, row_key: bytes | None = None) -> PostgresMetadata:
+        return PostgresMetadata(self.dsn, pool_size=8, row_key=row_key)
+
+    def execute(self, sql: str, *args: Any) -> int:
+        with psycopg.connect(self.dsn, autocommit=True) as c:
+            return int(c.execute(sql.replace("?", "%s"), args).rowcount)
 
     def scalar(self, sql: str, *args: Any) -> Any:
         # a separate connection, as for SQLite; the tests write "?" (SQLite's placeholder)
