@@ -38,10 +38,16 @@ read again when the server answers UNAUTHENTICATED/TOKEN_EXPIRED and the file ch
 server renews the socket's admin token), and at most every TOKEN_RECHECK seconds if the file's
 stamp changed. The default token next to a unix socket is sent only to a socket owned by the
 caller's uid or root (another user could have bound the path to collect it).
+
+No call returns later than its deadline plus deadline_watch.GRACE (and a watchdog tick): grpc
+cannot end a call whose request sits in a socket write a stopped server never reads, so a
+watchdog cuts the connections of a call that outlived its deadline (deadline_watch). A call
+that fails after its deadline fails as DEADLINE_EXCEEDED, whatever status the cut gave it.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import threading
@@ -59,6 +65,7 @@ from aifs_core.status import reason_of
 from aifs_core.verbs import DEFAULT_BRANCH, DEFAULT_NAMESPACE
 
 from ..errors import DeadlineExceeded, LocalError, RemoteError, ServerUnavailable, from_rpc_error
+from .deadline_watch import CallWatch
 
 T = TypeVar("T")
 
@@ -248,6 +255,7 @@ class Channel:
         self.failovers = 0
         self._failover_lock = threading.Lock()
         self._failover_listeners: list[Callable[[str, str], None]] = []
+        self._watch = CallWatch()
 
         creds = None
         if tls_ca is not None:
@@ -464,12 +472,13 @@ class Channel:
         while True:
             tries += 1
             used = self._fail.index if self._fail is not None else 0
+            expiry = time.monotonic() + (timeout or self.timeout)
             try:
-                result = attempt()
+                result = self._watched(attempt, expiry)
                 self._seen_server = True
                 return result
             except grpc.RpcError as err:
-                code = err.code() if hasattr(err, "code") else None
+                code = self._code_of(err, expiry)
                 retry = code == grpc.StatusCode.UNAVAILABLE or (
                     idempotent and code == grpc.StatusCode.DEADLINE_EXCEEDED)
                 now = time.monotonic()
@@ -481,7 +490,7 @@ class Channel:
                     reloads -= 1
                     continue  # an expired token: the file holds the renewed one
                 if not retry:
-                    raise self.remote_error(err) from None
+                    raise self._past_deadline(err, expiry) from None
                 if now >= give_up:
                     if code == grpc.StatusCode.UNAVAILABLE:
                         raise self._unavailable(tries, started, err) from None
@@ -496,6 +505,34 @@ class Channel:
                 # full jitter keeps many mount threads from retrying in lockstep
                 time.sleep(min(random.uniform(delay / 2, delay), max(0.0, give_up - now)))
                 delay = min(delay * 2, 2.0)
+
+    def _watched(self, call: Callable[[], T], expiry: float) -> T:
+        """call() (one gRPC call whose deadline is `expiry`), in the watchdog's sight."""
+        key = self._watch.begin(expiry, self.address)
+        try:
+            return call()
+        finally:
+            self._watch.end(key)
+
+    @staticmethod
+    def _code_of(err: grpc.RpcError, expiry: float) -> grpc.StatusCode | None:
+        """The status of a failed call; one that failed after its deadline (its connection
+        cut by the watchdog: UNAVAILABLE or CANCELLED) counts as past its deadline."""
+        code = err.code() if hasattr(err, "code") else None
+        if (code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+                and time.monotonic() > expiry):
+            return grpc.StatusCode.DEADLINE_EXCEEDED
+        return code
+
+    def _past_deadline(self, err: grpc.RpcError, expiry: float) -> RemoteError:
+        """remote_error(err), or DeadlineExceeded for a call cut after its deadline."""
+        code = err.code() if hasattr(err, "code") else None
+        if (code != grpc.StatusCode.DEADLINE_EXCEEDED
+                and self._code_of(err, expiry) == grpc.StatusCode.DEADLINE_EXCEEDED):
+            return DeadlineExceeded(
+                f"the AIFS server at {self.address} did not answer within the call's "
+                f"deadline", address=self.address)
+        return self.remote_error(err)
 
     def _await_token(self, until: float) -> bool:
         while True:
@@ -521,12 +558,15 @@ class Channel:
             used = self._fail.index if self._fail is not None else 0
             left = limit - (time.monotonic() - started)
             per_try = left if self._fail is None else min(left, 1.0)
+            per_try = max(per_try, 0.01)
+            expiry = time.monotonic() + per_try
             try:
-                self._health.Check(health_pb2.HealthCheckRequest(), timeout=max(per_try, 0.01),
-                                   wait_for_ready=True)
+                self._watched(functools.partial(
+                    self._health.Check, health_pb2.HealthCheckRequest(), timeout=per_try,
+                    wait_for_ready=True), expiry)
             except grpc.RpcError as err:
-                if err.code() in (grpc.StatusCode.UNAVAILABLE,
-                                  grpc.StatusCode.DEADLINE_EXCEEDED):
+                if self._code_of(err, expiry) in (grpc.StatusCode.UNAVAILABLE,
+                                                  grpc.StatusCode.DEADLINE_EXCEEDED):
                     if time.monotonic() - started >= limit or self._fail is None:
                         raise self._unavailable(1, started, None) from None
                     self._switch_from(used)
@@ -548,9 +588,11 @@ class Channel:
         if not replayable:
             if not self._seen_server:
                 self.wait_ready()
+            expiry = time.monotonic() + t
             try:
-                return method(make_requests(), metadata=self.metadata(), timeout=t)
+                return self._watched(
+                    lambda: method(make_requests(), metadata=self.metadata(), timeout=t), expiry)
             except grpc.RpcError as err:
-                raise self.remote_error(err) from None
+                raise self._past_deadline(err, expiry) from None
         return self.retrying(
             lambda: method(make_requests(), metadata=self.metadata(), timeout=t), True, t)

@@ -1,18 +1,34 @@
-"""Server-side loops stop at the call's deadline (issue 13, "one call takes a server thread
-forever"): the asset id of a 4 EiB sparse file used to hash zeros for ever, ignoring the
-deadline, and `--max-workers` such calls left the server answering nobody."""
+"""Calls stop at their deadlines (issue 13).
+
+- Server side: loops stop at the call's deadline ("one call takes a server thread forever"):
+  the asset id of a 4 EiB sparse file used to hash zeros for ever, ignoring the deadline, and
+  `--max-workers` such calls left the server answering nobody.
+- Client side: a call through `aifsfs.rpc.channel.Channel` to a stopped server (SIGSTOP) ends
+  soon after its deadline even when its request sits in a socket write the server never reads
+  (grpc alone kept such calls for as long as the server was stopped: the stall drill saw a
+  mount's Lookup 490 s past its 2 s deadline); the channel works again once the server does.
+"""
 
 from __future__ import annotations
 
+import os
+import random
 import signal
+import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import blake3
 import grpc
 import pytest
 
 from aifs_proto.v1 import filesystem_pb2
+from aifsfs.errors import DeadlineExceeded
+from aifsfs.rpc.channel import Channel
+from aifsfs.rpc.data import GrpcData
+from aifsfs.rpc.filesystem import GrpcFilesystem
 from tests.helpers import call_md, error_info, start_server, stop_server
 
 EIB4 = 1 << 62
@@ -64,4 +80,76 @@ def test_file_info_of_a_huge_sparse_file_stops_at_the_deadline(data_dir: Path) -
         assert sp.proc.wait(timeout=20) == 0
         assert time.monotonic() - t0 < 20
     finally:
+        stop_server(sp)
+
+
+GUARD = 60.0       # seconds before a call is called hung (a guard, not a speed check)
+
+
+def _id(data: bytes) -> bytes:
+    return blake3.blake3(data).digest()
+
+
+class _Timed(threading.Thread):
+    """fn() on its own thread: how long it took and what it raised."""
+
+    def __init__(self, fn: Callable[[], object]) -> None:
+        super().__init__(daemon=True)
+        self.fn = fn
+        self.took: float | None = None
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        t0 = time.monotonic()
+        try:
+            self.fn()
+        except BaseException as e:  # noqa: BLE001 - reported to the test
+            self.error = e
+        self.took = time.monotonic() - t0
+
+
+def test_calls_to_a_stopped_server_end_near_their_deadline(data_dir: Path) -> None:
+    deadline = 2.0
+    sp = start_server(data_dir)
+    ch = Channel(sp.address, token=sp.token, timeout=deadline, retry_for=deadline)
+    stopped = False
+    try:
+        fs, data = GrpcFilesystem(ch), GrpcData(ch)
+        fs.getattr(1)
+        sent = 0
+
+        def megabytes() -> Iterator[tuple[bytes, bytes]]:
+            nonlocal sent
+            rnd = random.Random(7)
+            while True:      # more than the socket and HTTP/2 windows hold: writes block
+                b = rnd.randbytes(1 << 20)
+                sent += 1
+                yield _id(b), b
+
+        stream = _Timed(lambda: data.put_chunks(megabytes(), timeout=deadline))
+        stream.start()
+        while sent < 4:
+            assert stream.is_alive(), stream.error
+            time.sleep(0.01)
+        os.kill(sp.pid, signal.SIGSTOP)
+        stopped = True
+        time.sleep(0.3)      # the stream's write is blocked now: the call queues behind it
+        unary = _Timed(lambda: fs.getattr(1))
+        unary.start()
+        for call in (unary, stream):
+            call.join(GUARD)
+            assert not call.is_alive(), "a call to the stopped server never returned"
+            assert isinstance(call.error, DeadlineExceeded), call.error
+            # a hang check, not a speed check: without the deadline watchdog these calls
+            # took as long as the server was stopped
+            assert call.took is not None and call.took < 5 * deadline, call.took
+        os.kill(sp.pid, signal.SIGCONT)
+        stopped = False
+        # the channel works again once the server does
+        assert fs.getattr(1).ino == 1
+        assert data.put_chunks([(_id(b"back"), b"back")]).stored == 1
+    finally:
+        if stopped:
+            os.kill(sp.pid, signal.SIGCONT)
+        ch.close()
         stop_server(sp)
