@@ -6,6 +6,7 @@ Interface:
         .tree(context) -> TreeRef                 namespace + branch from call metadata; the
                                                   main branch's tree is created on first use
         .usage() -> (used_bytes, free_bytes)      of the chunk store
+        .request_log                              request_log.RequestLog over the engine's store
     attr_to_pb(Attr) -> common_pb2.Attr
     FilesystemServicer(backend)                   every RPC of filesystem.proto
 
@@ -14,6 +15,10 @@ the directory's attributes after the change (`parent_attr`); Unlink/RmDir/Rename
 they removed and may drop it at once (`forget`); CommitFile may carry small chunks inline
 (stored exactly as PutChunks stores them, before the commit applies); GetChunkMap may carry a
 small file's bytes (`inline_max`), unless the caller's cache already holds that generation.
+
+The changing calls carry a `request_id` (the client's, one per logical call, resent by its
+retries): they run through `request_log.RequestLog.once`, so a retry of a call that committed
+gets that call's result instead of running again (AlreadyExists for its own create).
 
 Namespace and branch come from call metadata (`aifs-namespace`, `aifs-branch`), already
 checked against the caller's token by `auth.AuthInterceptor`.
@@ -51,6 +56,7 @@ from aifs_server.auth import call_scope, current_grant
 from aifs_server.deadline import Deadline
 from aifs_server.grpc_errors import rpc
 from aifs_server.leases import LeaseManager, Session
+from aifs_server.request_log import ATTR_OR_NONE, RequestLog, is_retry
 
 READDIR_DEFAULT = 256
 INLINE_COMMIT_MAX = 16 << 20    # inline chunk bytes one CommitFile may carry
@@ -71,6 +77,9 @@ class Backend:
         self.assets = assets
         self.metrics = metrics
         self.leases = LeaseManager(grants=lease_grants)
+        # exactly-once changing calls (request ids): Filesystem and Versioning share it
+        self.request_log = RequestLog(self.meta.store,
+                                      metrics.registry if metrics is not None else None)
         self._lock = threading.Lock()
         self._namespaces: dict[str, Namespace] = {}
         self._trees: set[TreeRef] = set()
@@ -190,6 +199,12 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         except (NotFound, AIFSError):
             return None
 
+    def _once(self, method: str, context: grpc.ServicerContext, tree: TreeRef, request: Any,
+              run: Any) -> Any:
+        """run() -> Attr | None, at most once per request id (request_log.py)."""
+        return self.b.request_log.once(method, tree.namespace, request.request_id, run,
+                                       ATTR_OR_NONE, retry=is_retry(context))
+
     # --- calls --------------------------------------------------------------------------------
     @rpc
     def Lookup(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -266,9 +281,11 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         tree = self.b.tree(context)
         sess = self._session(context, tree)
         since = self.leases.mark()
-        with self._change(context, tree, [request.parent]):
-            a = self.meta.mkdir(tree, request.parent, _name(request.name), request.mode,
-                                request.uid, request.gid)
+        def run() -> Attr:
+            with self._change(context, tree, [request.parent]):
+                return self.meta.mkdir(tree, request.parent, _name(request.name), request.mode,
+                                       request.uid, request.gid)
+        a = self._once("MkDir", context, tree, request, run)
         # The new directory is empty: its maker may lease that (a change of it by anyone
         # since the mark, i.e. since before it existed, refuses the grant), so creates in it
         # need no negative lookup.
@@ -281,9 +298,11 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         if stat_mod.S_IFMT(mode) == 0:
             mode |= stat_mod.S_IFREG
         tree = self.b.tree(context)
-        with self._change(context, tree, [request.parent]):
-            a = self.meta.create(tree, request.parent, _name(request.name), mode, request.uid,
-                                 request.gid, request.rdev)
+        def run() -> Attr:
+            with self._change(context, tree, [request.parent]):
+                return self.meta.create(tree, request.parent, _name(request.name), mode,
+                                        request.uid, request.gid, request.rdev)
+        a = self._once("Create", context, tree, request, run)
         return self._entry_reply(tree, a, request.parent)
 
     def _entry_reply(self, tree: TreeRef, a: Attr, parent: int) -> Any:
@@ -302,11 +321,13 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         tree = self.b.tree(context)
         victim = self._ino_of(tree, request.parent, _name(request.name))
         known = {request.parent} | ({victim} if victim is not None else set())
-        with self._change(context, tree, list(known)):
-            # the engine drops an nlink-0 inode in the unlink's own transaction
-            a = (self.meta.unlink(tree, request.parent, _name(request.name), forget=True)
-                 if request.forget
-                 else self.meta.unlink(tree, request.parent, _name(request.name)))
+        def run() -> Attr:
+            with self._change(context, tree, list(known)):
+                # the engine drops an nlink-0 inode in the unlink's own transaction
+                return (self.meta.unlink(tree, request.parent, _name(request.name), forget=True)
+                        if request.forget
+                        else self.meta.unlink(tree, request.parent, _name(request.name)))
+        a = self._once("Unlink", context, tree, request, run)
         self._recall_after(context, tree, a.ino, known)
         return filesystem_pb2.RemoveReply(attr=attr_to_pb(a),
                                           parent_attr=self._attr_or_none(tree, request.parent))
@@ -316,10 +337,12 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         tree = self.b.tree(context)
         victim = self._ino_of(tree, request.parent, _name(request.name))
         known = {request.parent} | ({victim} if victim is not None else set())
-        with self._change(context, tree, list(known)):
-            # the removed directory comes from rmdir's own transaction (no lookup racing it)
-            a = self.meta.rmdir(tree, request.parent, _name(request.name),
-                                forget=request.forget)
+        def run() -> Attr:
+            with self._change(context, tree, list(known)):
+                # the removed directory comes from rmdir's own transaction (no lookup racing it)
+                return self.meta.rmdir(tree, request.parent, _name(request.name),
+                                       forget=request.forget)
+        a = self._once("RmDir", context, tree, request, run)
         self._recall_after(context, tree, a.ino, known)
         return filesystem_pb2.RemoveReply(attr=attr_to_pb(a),
                                           parent_attr=self._attr_or_none(tree, request.parent))
@@ -341,12 +364,14 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         target = self._ino_of(tree, request.new_parent, new_name)
         known = {request.parent, request.new_parent} | {i for i in (moved, target)
                                                          if i is not None}
-        try:
+        def run() -> Attr | None:
             with self._change(context, tree, list(known)):
                 # what a replace unlinked comes from rename's own transaction (None: nothing)
-                replaced = self.meta.rename(
+                return self.meta.rename(
                     tree, request.parent, name, request.new_parent, new_name,
                     flags | RENAME_NOREPLACE if forced else flags, forget=request.forget)
+        try:
+            replaced = self._once("Rename", context, tree, request, run)
             self._recall_after(context, tree, replaced.ino if replaced is not None else None,
                                known)
         except AlreadyExists:
@@ -380,9 +405,11 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     @rpc
     def Symlink(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
-        with self._change(context, tree, [request.parent]):
-            a = self.meta.symlink(tree, request.parent, _name(request.name), request.target,
-                                  request.uid, request.gid)
+        def run() -> Attr:
+            with self._change(context, tree, [request.parent]):
+                return self.meta.symlink(tree, request.parent, _name(request.name),
+                                         request.target, request.uid, request.gid)
+        a = self._once("Symlink", context, tree, request, run)
         return self._entry_reply(tree, a, request.parent)
 
     @rpc
@@ -393,8 +420,11 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     @rpc
     def Link(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
-        with self._change(context, tree, [request.ino, request.new_parent]):
-            a = self.meta.link(tree, request.ino, request.new_parent, _name(request.new_name))
+        def run() -> Attr:
+            with self._change(context, tree, [request.ino, request.new_parent]):
+                return self.meta.link(tree, request.ino, request.new_parent,
+                                      _name(request.new_name))
+        a = self._once("Link", context, tree, request, run)
         return self._entry_reply(tree, a, request.new_parent)
 
     @rpc
@@ -405,8 +435,11 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     @rpc
     def SetXattr(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
-        with self._change(context, tree, [request.ino]):   # ctime
-            self.meta.setxattr(tree, request.ino, request.name, request.value, request.flags)
+        def run() -> None:
+            with self._change(context, tree, [request.ino]):   # ctime
+                self.meta.setxattr(tree, request.ino, request.name, request.value,
+                                   request.flags)
+        self._once("SetXattr", context, tree, request, run)
         return common_pb2.Empty()
 
     @rpc
@@ -417,8 +450,10 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     @rpc
     def RemoveXattr(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
-        with self._change(context, tree, [request.ino]):
-            self.meta.removexattr(tree, request.ino, request.name)
+        def run() -> None:
+            with self._change(context, tree, [request.ino]):
+                self.meta.removexattr(tree, request.ino, request.name)
+        self._once("RemoveXattr", context, tree, request, run)
         return common_pb2.Empty()
 
     @rpc

@@ -4,7 +4,10 @@ Interface:
     VersioningServicer(backend: rpc_filesystem.Backend)   builds Versions over backend.meta and
                                                           the data dir's signing key
 The namespace comes from call metadata (the interceptor checked it); walks stop at the call's
-deadline (deadline.Deadline.of_call).
+deadline (deadline.Deadline.of_call). The one-transaction changes (CreateSnapshot, CreateBranch,
+DeleteBranch, MoveBranch, CreateTag, DeleteTag) run at most once per request id
+(request_log.py): versions.py records its result in the change's transaction, encoded here as
+the reply message. Merge and PruneSnapshots span several transactions and carry no id.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from aifs_proto.v1 import common_pb2, versioning_pb2, versioning_pb2_grpc
 from aifs_server.auth import call_scope
 from aifs_server.deadline import Deadline
 from aifs_server.grpc_errors import rpc
+from aifs_server.request_log import Codec, is_retry
 from aifs_server.rpc_filesystem import Backend
 from aifs_server.versions import Snapshot, Versions
 
@@ -31,6 +35,21 @@ def _info(s: Snapshot, tags: list[str] | None = None) -> Any:
                            created_ns=s.created_ns, message=s.message, root_hash=s.root,
                            signature=s.signature, tree_branch=s.tree.branch, uri=s.uri,
                            namespace=s.namespace, tags=tags or [])
+
+
+def _branch_info(r: tuple[str, str, int]) -> Any:
+    return pb.BranchInfo(name=r[0], head=r[1], created_ns=r[2])
+
+
+def _tag_info(r: tuple[str, str, int]) -> Any:
+    return pb.TagInfo(name=r[0], snapshot=r[1], created_ns=r[2])
+
+
+# what versions.py records (its result) -> the reply's bytes; and back to the reply message
+_SNAPSHOT = Codec(lambda s: _info(s).SerializeToString(), pb.SnapshotInfo.FromString)
+_BRANCH = Codec(lambda r: _branch_info(r).SerializeToString(), pb.BranchInfo.FromString)
+_TAG = Codec(lambda r: _tag_info(r).SerializeToString(), pb.TagInfo.FromString)
+_EMPTY = Codec(lambda _: b"", common_pb2.Empty.FromString)
 
 
 def _xattrs(d: dict[bytes, bytes]) -> dict[str, list[bytes]]:
@@ -48,13 +67,20 @@ class VersioningServicer(versioning_pb2_grpc.VersioningServicer):
         self.b.namespace(ns)
         return ns
 
+    def _once(self, method: str, context: grpc.ServicerContext, ns: str, request: Any, run: Any,
+              codec: Codec[Any]) -> Any:
+        """run() -> the reply, at most once per request id (request_log.py)."""
+        return self.b.request_log.once(method, ns, request.request_id, run, codec,
+                                       retry=is_retry(context))
+
     @rpc
     def CreateSnapshot(self, request: Any, context: grpc.ServicerContext) -> Any:
         ns, branch = call_scope(context)
         self.b.namespace(ns)
-        s = self.v.create_snapshot(ns, request.branch or branch, request.message,
-                                   deadline=Deadline.of_call(context))
-        return _info(s)
+        def run() -> Any:
+            return _info(self.v.create_snapshot(ns, request.branch or branch, request.message,
+                                                deadline=Deadline.of_call(context)))
+        return self._once("CreateSnapshot", context, ns, request, run, _SNAPSHOT)
 
     @rpc
     def GetSnapshot(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -84,9 +110,9 @@ class VersioningServicer(versioning_pb2_grpc.VersioningServicer):
 
     @rpc
     def CreateBranch(self, request: Any, context: grpc.ServicerContext) -> Any:
-        name, head, at = self.v.create_branch(self._ns(context), request.name,
-                                              getattr(request, "from"))
-        return pb.BranchInfo(name=name, head=head, created_ns=at)
+        ns = self._ns(context)
+        return self._once("CreateBranch", context, ns, request, lambda: _branch_info(
+            self.v.create_branch(ns, request.name, getattr(request, "from"))), _BRANCH)
 
     @rpc
     def ListBranches(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -100,16 +126,21 @@ class VersioningServicer(versioning_pb2_grpc.VersioningServicer):
     @rpc
     def DeleteBranch(self, request: Any, context: grpc.ServicerContext) -> Any:
         ns = self._ns(context)
-        with self._replacing(ns, request.name, context):
-            self.v.delete_branch(ns, request.name)
-        return common_pb2.Empty()
+
+        def run() -> Any:
+            with self._replacing(ns, request.name, context):
+                self.v.delete_branch(ns, request.name)
+            return common_pb2.Empty()
+        return self._once("DeleteBranch", context, ns, request, run, _EMPTY)
 
     @rpc
     def MoveBranch(self, request: Any, context: grpc.ServicerContext) -> Any:
         ns = self._ns(context)
-        with self._replacing(ns, request.name, context):
-            name, head, at = self.v.reset_branch(ns, request.name, request.to)
-        return pb.BranchInfo(name=name, head=head, created_ns=at)
+
+        def run() -> Any:
+            with self._replacing(ns, request.name, context):
+                return _branch_info(self.v.reset_branch(ns, request.name, request.to))
+        return self._once("MoveBranch", context, ns, request, run, _BRANCH)
 
     @rpc
     def BranchLog(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -119,8 +150,9 @@ class VersioningServicer(versioning_pb2_grpc.VersioningServicer):
 
     @rpc
     def CreateTag(self, request: Any, context: grpc.ServicerContext) -> Any:
-        name, sid, at = self.v.create_tag(self._ns(context), request.name, request.snapshot)
-        return pb.TagInfo(name=name, snapshot=sid, created_ns=at)
+        ns = self._ns(context)
+        return self._once("CreateTag", context, ns, request, lambda: _tag_info(
+            self.v.create_tag(ns, request.name, request.snapshot)), _TAG)
 
     @rpc
     def ListTags(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -129,8 +161,12 @@ class VersioningServicer(versioning_pb2_grpc.VersioningServicer):
 
     @rpc
     def DeleteTag(self, request: Any, context: grpc.ServicerContext) -> Any:
-        self.v.delete_tag(self._ns(context), request.name)
-        return common_pb2.Empty()
+        ns = self._ns(context)
+
+        def run() -> Any:
+            self.v.delete_tag(ns, request.name)
+            return common_pb2.Empty()
+        return self._once("DeleteTag", context, ns, request, run, _EMPTY)
 
     @rpc
     def Diff(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -15,13 +15,22 @@ Interface:
         commit_file(..., inline=[(id, data)]) stores small chunks with the commit.
     (its plain results FileInfo, Removed, Renamed, StatFs are aifsfs.protocols')
 
+The changing calls (mkdir, create, remove, rename, symlink, link, setxattr, removexattr) carry
+a `request_id`: 16 random bytes (`new_request_id()`) chosen once per call, in the request message
+that every retry of the call resends, so the server runs the call once even when a reply was
+lost and the retry goes to another server (server/request_log.py). `call_once(channel, method,
+request)` sends such a call: its retries also carry the metadata `aifs-retry: 1`, which tells
+the server to look for the id in its log first (a first attempt skips that read).
+
 Attr, DirEntry and ChunkRef are `aifs_core.types`; the messages are converted by
 `aifs_core.wire` only.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from aifs_core.types import Attr, ChunkRef, DirEntry
 from aifs_core.wire import attr_from_pb, chunkref_from_pb, chunkref_to_pb, opt_attr
@@ -29,6 +38,43 @@ from aifs_proto.v1 import common_pb2, filesystem_pb2, filesystem_pb2_grpc
 
 from ..protocols import FileInfo, Removed, Renamed, StatFs
 from .channel import Channel
+
+RETRY_METADATA = ("aifs-retry", "1")
+
+
+def new_request_id() -> bytes:
+    """A changing call's id: random, so two clients (or two calls) never share one."""
+    return os.urandom(16)
+
+
+class _RetryMarked:
+    """A stub method whose invocations after the first carry RETRY_METADATA. Works under any
+    channel's `unary` (the plain one calls it, a mount's session channel calls `with_call`)."""
+
+    def __init__(self, method: Any) -> None:
+        self._method = method
+        self._sent = 0
+
+    def _metadata(self, metadata: Any) -> list[tuple[str, str]]:
+        md = list(metadata or ())
+        if self._sent:
+            md.append(RETRY_METADATA)
+        self._sent += 1
+        return md
+
+    def __call__(self, request: Any, metadata: Any = None, **kw: Any) -> Any:
+        return self._method(request, metadata=self._metadata(metadata), **kw)
+
+    def with_call(self, request: Any, metadata: Any = None, **kw: Any) -> Any:
+        return self._method.with_call(request, metadata=self._metadata(metadata), **kw)
+
+
+def call_once(channel: Any, method: Any, request: Any, timeout: float | None = None) -> Any:
+    """A changing call whose `request` holds a request id: retried like any non-idempotent
+    call (through `channel.unary`), each retry marked so that the server first looks the id up
+    (a first attempt cannot have been recorded: it skips that read, one round trip to the
+    database less)."""
+    return channel.unary(_RetryMarked(method), request, idempotent=False, timeout=timeout)
 
 
 class GrpcFilesystem:
@@ -84,8 +130,9 @@ class GrpcFilesystem:
 
     def mkdir_entry(self, parent: int, name: bytes, mode: int = 0o755, uid: int = 0,
                     gid: int = 0) -> tuple[Attr, Attr | None]:
-        r = self._ch.unary(self._fs.MkDir, filesystem_pb2.MkDirRequest(
-            parent=parent, name=name, mode=mode, uid=uid, gid=gid), idempotent=False)
+        r = call_once(self._ch, self._fs.MkDir, filesystem_pb2.MkDirRequest(
+            parent=parent, name=name, mode=mode, uid=uid, gid=gid,
+            request_id=new_request_id()))
         return attr_from_pb(r.attr), opt_attr(r, "parent_attr")
 
     def create(self, parent: int, name: bytes, mode: int = 0o100644, uid: int = 0,
@@ -94,8 +141,9 @@ class GrpcFilesystem:
 
     def create_entry(self, parent: int, name: bytes, mode: int = 0o100644, uid: int = 0,
                      gid: int = 0, rdev: int = 0) -> tuple[Attr, Attr | None]:
-        r = self._ch.unary(self._fs.Create, filesystem_pb2.CreateRequest(
-            parent=parent, name=name, mode=mode, uid=uid, gid=gid, rdev=rdev), idempotent=False)
+        r = call_once(self._ch, self._fs.Create, filesystem_pb2.CreateRequest(
+            parent=parent, name=name, mode=mode, uid=uid, gid=gid, rdev=rdev,
+            request_id=new_request_id()))
         return attr_from_pb(r.attr), opt_attr(r, "parent_attr")
 
     def unlink(self, parent: int, name: bytes) -> None:
@@ -109,8 +157,8 @@ class GrpcFilesystem:
         """Unlink (or RmDir with directory=True). forget: drop the inode at once if this was
         its last link -- only when the caller holds no handle of it."""
         method = self._fs.RmDir if directory else self._fs.Unlink
-        r = self._ch.unary(method, filesystem_pb2.NameRequest(parent=parent, name=name,
-                                                           forget=forget), idempotent=False)
+        r = call_once(self._ch, method, filesystem_pb2.NameRequest(
+            parent=parent, name=name, forget=forget, request_id=new_request_id()))
         return Removed(opt_attr(r, "attr"), opt_attr(r, "parent_attr"))
 
     def rename(self, parent: int, name: bytes, new_parent: int, new_name: bytes,
@@ -119,9 +167,9 @@ class GrpcFilesystem:
 
     def rename_entry(self, parent: int, name: bytes, new_parent: int, new_name: bytes,
                      flags: int = 0, forget: bool = False) -> Renamed:
-        r = self._ch.unary(self._fs.Rename, filesystem_pb2.RenameRequest(
+        r = call_once(self._ch, self._fs.Rename, filesystem_pb2.RenameRequest(
             parent=parent, name=name, new_parent=new_parent, new_name=new_name, flags=flags,
-            forget=forget), idempotent=False)
+            forget=forget, request_id=new_request_id()))
         return Renamed(opt_attr(r, "replaced"), opt_attr(r, "parent_attr"),
                        opt_attr(r, "new_parent_attr"))
 
@@ -131,8 +179,9 @@ class GrpcFilesystem:
 
     def symlink_entry(self, parent: int, name: bytes, target: bytes, uid: int = 0,
                       gid: int = 0) -> tuple[Attr, Attr | None]:
-        r = self._ch.unary(self._fs.Symlink, filesystem_pb2.SymlinkRequest(
-            parent=parent, name=name, target=target, uid=uid, gid=gid), idempotent=False)
+        r = call_once(self._ch, self._fs.Symlink, filesystem_pb2.SymlinkRequest(
+            parent=parent, name=name, target=target, uid=uid, gid=gid,
+            request_id=new_request_id()))
         return attr_from_pb(r.attr), opt_attr(r, "parent_attr")
 
     def readlink(self, ino: int) -> bytes:
@@ -143,8 +192,9 @@ class GrpcFilesystem:
 
     def link_entry(self, ino: int, new_parent: int, new_name: bytes
                    ) -> tuple[Attr, Attr | None]:
-        r = self._ch.unary(self._fs.Link, filesystem_pb2.LinkRequest(
-            ino=ino, new_parent=new_parent, new_name=new_name), idempotent=False)
+        r = call_once(self._ch, self._fs.Link, filesystem_pb2.LinkRequest(
+            ino=ino, new_parent=new_parent, new_name=new_name,
+            request_id=new_request_id()))
         return attr_from_pb(r.attr), opt_attr(r, "parent_attr")
 
     def getxattr(self, ino: int, name: bytes) -> bytes:
@@ -152,16 +202,16 @@ class GrpcFilesystem:
         return bytes(r.value)
 
     def setxattr(self, ino: int, name: bytes, value: bytes, flags: int = 0) -> None:
-        self._ch.unary(self._fs.SetXattr, filesystem_pb2.XattrRequest(
-            ino=ino, name=name, value=value, flags=flags), idempotent=False)
+        call_once(self._ch, self._fs.SetXattr, filesystem_pb2.XattrRequest(
+            ino=ino, name=name, value=value, flags=flags, request_id=new_request_id()))
 
     def listxattr(self, ino: int) -> list[bytes]:
         r = self._ch.unary(self._fs.ListXattr, filesystem_pb2.InodeRequest(ino=ino))
         return [bytes(n) for n in r.names]
 
     def removexattr(self, ino: int, name: bytes) -> None:
-        self._ch.unary(self._fs.RemoveXattr, filesystem_pb2.XattrRequest(ino=ino, name=name),
-                    idempotent=False)
+        call_once(self._ch, self._fs.RemoveXattr, filesystem_pb2.XattrRequest(
+            ino=ino, name=name, request_id=new_request_id()))
 
     def statfs(self) -> StatFs:
         r = self._ch.unary(self._fs.StatFs, common_pb2.Empty())

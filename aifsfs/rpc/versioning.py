@@ -32,7 +32,10 @@ Interface:
                                          to `expect` and each non-directory entry's hash
                                          matches its attributes
 A ref is a snapshot id, "tag:NAME", "branch:NAME", a bare tag or branch name, or an
-aifs-snap:// URI. Changes are not retried (a retry after a lost reply could snapshot twice).
+aifs-snap:// URI. The one-transaction changes (snapshot, create/delete/reset branch, create/delete
+tag) carry a request id (filesystem.new_request_id) that their retries resend: the server runs
+each once. Merge and prune carry none (they span several transactions): a retry after a lost
+reply runs them again.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ from aifs_proto.v1 import common_pb2, versioning_pb2, versioning_pb2_grpc
 from ..keypin import check_pinned
 from .channel import Channel
 from .data import GrpcData
-from .filesystem import GrpcFilesystem
+from .filesystem import GrpcFilesystem, call_once, new_request_id
 from .snapshot_file import SnapshotFile, SnapshotRaw
 
 pb = versioning_pb2
@@ -122,9 +125,14 @@ class GrpcVersioning:
         return self._ch.unary(getattr(self._v, method), request, idempotent=idempotent,
                               timeout=max(self._ch.timeout, 120.0))
 
+    def _call_once(self, method: str, request: Any) -> Any:
+        """A change whose request carries a request id (filesystem.call_once)."""
+        return call_once(self._ch, getattr(self._v, method), request,
+                         timeout=max(self._ch.timeout, 120.0))
+
     def snapshot(self, branch: str = "", message: str = "") -> dict[str, Any]:
-        return snapshot_dict(self._call("CreateSnapshot", pb.CreateSnapshotRequest(
-            branch=branch, message=message), idempotent=False))
+        return snapshot_dict(self._call_once("CreateSnapshot", pb.CreateSnapshotRequest(
+            branch=branch, message=message, request_id=new_request_id())))
 
     def get_snapshot(self, ref: str) -> dict[str, Any]:
         return snapshot_dict(self._call("GetSnapshot", pb.RefRequest(ref=ref)))
@@ -145,9 +153,9 @@ class GrpcVersioning:
         return {"removed": list(r.removed), "kept": list(r.kept)}
 
     def create_branch(self, name: str, source: str = "") -> dict[str, Any]:
-        req = pb.CreateBranchRequest(name=name)
+        req = pb.CreateBranchRequest(name=name, request_id=new_request_id())
         setattr(req, "from", source)  # `from` is a Python keyword
-        r = self._call("CreateBranch", req, idempotent=False)
+        r = self._call_once("CreateBranch", req)
         return {"name": r.name, "head": r.head, "created_ns": r.created_ns}
 
     def list_branches(self) -> list[dict[str, Any]]:
@@ -155,10 +163,12 @@ class GrpcVersioning:
         return [{"name": b.name, "head": b.head, "created_ns": b.created_ns} for b in r.branches]
 
     def delete_branch(self, name: str) -> None:
-        self._call("DeleteBranch", pb.VersionNameRequest(name=name), idempotent=False)
+        self._call_once("DeleteBranch", pb.VersionNameRequest(name=name,
+                                                         request_id=new_request_id()))
 
     def reset_branch(self, name: str, ref: str) -> dict[str, Any]:
-        r = self._call("MoveBranch", pb.MoveBranchRequest(name=name, to=ref), idempotent=False)
+        r = self._call_once("MoveBranch", pb.MoveBranchRequest(name=name, to=ref,
+                                                               request_id=new_request_id()))
         return {"name": r.name, "head": r.head, "created_ns": r.created_ns}
 
     def branch_log(self, name: str) -> list[dict[str, Any]]:
@@ -167,8 +177,8 @@ class GrpcVersioning:
                 for e in r.entries]
 
     def create_tag(self, name: str, ref: str) -> dict[str, Any]:
-        r = self._call("CreateTag", pb.CreateTagRequest(name=name, snapshot=ref),
-                       idempotent=False)
+        r = self._call_once("CreateTag", pb.CreateTagRequest(name=name, snapshot=ref,
+                                                             request_id=new_request_id()))
         return {"name": r.name, "snapshot": r.snapshot, "created_ns": r.created_ns}
 
     def list_tags(self) -> list[dict[str, Any]]:
@@ -177,7 +187,8 @@ class GrpcVersioning:
                 for t in r.tags]
 
     def delete_tag(self, name: str) -> None:
-        self._call("DeleteTag", pb.VersionNameRequest(name=name), idempotent=False)
+        self._call_once("DeleteTag", pb.VersionNameRequest(name=name,
+                                                         request_id=new_request_id()))
 
     def diff(self, a: str, b: str) -> dict[str, Any]:
         r = self._call("Diff", pb.DiffRequest(a=a, b=b))

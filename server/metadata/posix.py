@@ -57,6 +57,7 @@ from aifs_core.types import (
 )
 from aifs_server.metadata.records import Records, now_ns
 from aifs_server.metadata.store import Store, Tx
+from aifs_server.request_log import record
 
 FROZEN_PREFIX = "@snap:"
 
@@ -272,6 +273,7 @@ class PosixMeta(Records):
         a = Attr(ino, mode, nlink, uid, gid, rdev, size, now, now, now, 0, 0)
         tx.insert_inode(t.tree_id, a, parent if is_dir else 0, symlink)
         self._touch_dir(tx, t, parent, now, 1 if is_dir else 0)
+        record(tx, a)   # exactly-once calls (request_log.py): no-op outside one
         return a
 
     def mkdir(self, tree: TreeRef, parent: int, name: bytes, mode: int, uid: int, gid: int
@@ -336,6 +338,7 @@ class PosixMeta(Records):
                                     f"{new_parent} of {t.where()}")
             a = tx.update_inode(t.tree_id, ino, {"ctime_ns": now}, {"nlink": 1})
             self._touch_dir(tx, t, new_parent, now)
+            record(tx, a)
         assert a is not None  # the row was read in this transaction
         return a
 
@@ -358,6 +361,7 @@ class PosixMeta(Records):
             self._touch_dir(tx, t, parent, now)
             if forget and a.nlink == 0:
                 self._drop_inode(tx, t, e[1], now)
+            record(tx, a)
         return a
 
     def rmdir(self, tree: TreeRef, parent: int, name: bytes, forget: bool = False) -> Attr:
@@ -381,6 +385,7 @@ class PosixMeta(Records):
             self._touch_dir(tx, t, parent, now, -1)
             if forget:
                 self._drop_inode(tx, t, e[1], now)
+            record(tx, a)
         return a
 
     def rename(self, tree: TreeRef, parent: int, name: bytes, new_parent: int,
@@ -429,6 +434,7 @@ class PosixMeta(Records):
                 self._touch_dir(tx, t, parent, now, -shift)
                 if moved:
                     self._touch_dir(tx, t, new_parent, now, shift)
+                record(tx, None)
                 return None
             new_parent_links = 1 if src_dir and moved else 0
             replaced: Attr | None = None
@@ -456,6 +462,7 @@ class PosixMeta(Records):
             self._touch_dir(tx, t, new_parent, now, new_parent_links)
             if forget and replaced is not None and replaced.nlink == 0:
                 self._drop_inode(tx, t, replaced.ino, now)
+            record(tx, replaced)
         return replaced
 
     # --- xattrs ------------------------------------------------------------------------------
@@ -489,6 +496,7 @@ class PosixMeta(Records):
                 raise NotFound(f"inode {ino} has no extended attribute {name!r} (XATTR_REPLACE)")
             tx.put_xattr(t.tree_id, ino, name, bytes(value))
             tx.update_inode(t.tree_id, ino, {"ctime_ns": now})
+            record(tx, None)
 
     def listxattr(self, tree: TreeRef, ino: int) -> list[bytes]:
         t = self._tree(tree)
@@ -505,6 +513,7 @@ class PosixMeta(Records):
             if not tx.delete_xattr(t.tree_id, ino, name):
                 raise NotFound(f"inode {ino} has no extended attribute {name!r}")
             tx.update_inode(t.tree_id, ino, {"ctime_ns": now})
+            record(tx, None)
 
     # --- inode lifetime ----------------------------------------------------------------------
     def forget(self, tree: TreeRef, ino: int) -> None:

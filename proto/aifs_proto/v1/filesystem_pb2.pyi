@@ -104,44 +104,50 @@ class ReadDirReply(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[DirEntry, _Mapping]]] = ..., eof: _Optional[bool] = ..., chunk_size: _Optional[int] = ...) -> None: ...
 
 class MkDirRequest(_message.Message):
-    __slots__ = ("parent", "name", "mode", "uid", "gid")
+    __slots__ = ("parent", "name", "mode", "uid", "gid", "request_id")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
     GID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     parent: int
     name: bytes
     mode: int
     uid: int
     gid: int
-    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ...) -> None: ...
+    request_id: bytes
+    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., request_id: _Optional[bytes] = ...) -> None: ...
 
 class CreateRequest(_message.Message):
-    __slots__ = ("parent", "name", "mode", "uid", "gid", "rdev")
+    __slots__ = ("parent", "name", "mode", "uid", "gid", "rdev", "request_id")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
     GID_FIELD_NUMBER: _ClassVar[int]
     RDEV_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     parent: int
     name: bytes
     mode: int
     uid: int
     gid: int
     rdev: int
-    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., rdev: _Optional[int] = ...) -> None: ...
+    request_id: bytes
+    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., rdev: _Optional[int] = ..., request_id: _Optional[bytes] = ...) -> None: ...
 
 class NameRequest(_message.Message):
-    __slots__ = ("parent", "name", "forget")
+    __slots__ = ("parent", "name", "forget", "request_id")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     FORGET_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     parent: int
     name: bytes
     forget: bool
-    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., forget: _Optional[bool] = ...) -> None: ...
+    request_id: bytes
+    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., forget: _Optional[bool] = ..., request_id: _Optional[bytes] = ...) -> None: ...
 
 class RemoveReply(_message.Message):
     __slots__ = ("attr", "parent_attr")
@@ -152,20 +158,22 @@ class RemoveReply(_message.Message):
     def __init__(self, attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., parent_attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ...) -> None: ...
 
 class RenameRequest(_message.Message):
-    __slots__ = ("parent", "name", "new_parent", "new_name", "flags", "forget")
+    __slots__ = ("parent", "name", "new_parent", "new_name", "flags", "forget", "request_id")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     NEW_PARENT_FIELD_NUMBER: _ClassVar[int]
     NEW_NAME_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
     FORGET_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     parent: int
     name: bytes
     new_parent: int
     new_name: bytes
     flags: int
     forget: bool
-    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., new_parent: _Optional[int] = ..., new_name: _Optional[bytes] = ..., flags: _Optional[int] = ..., forget: _Optional[bool] = ...) -> None: ...
+    request_id: bytes
+    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., new_parent: _Optional[int] = ..., new_name: _Optional[bytes] = ..., flags: _Optional[int] = ..., forget: _Optional[bool] = ..., request_id: _Optional[bytes] = ...) -> None: ...
 
 class RenameReply(_message.Message):
     __slots__ = ("replaced", "parent_attr", "new_parent_attr")
@@ -178,18 +186,20 @@ class RenameReply(_message.Message):
     def __init__(self, replaced: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., parent_attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., new_parent_attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ...) -> None: ...
 
 class SymlinkRequest(_message.Message):
-    __slots__ = ("parent", "name", "target", "uid", "gid")
+    __slots__ = ("parent", "name", "target", "uid", "gid", "request_id")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     UID_FIELD_NUMBER: _ClassVar[int]
     GID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     parent: int
     name: bytes
     target: bytes
     uid: int
     gid: int
-    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., target: _Optional[bytes] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ...) -> None: ...
+    request_id: bytes
+    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., target: _Optional[bytes] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., request_id: _Optional[bytes] = ...) -> None: ...
 
 class ReadLinkReply(_message.Message):
     __slots__ = ("target",)
@@ -198,26 +208,30 @@ class ReadLinkReply(_message.Message):
     def __init__(self, target: _Optional[bytes] = ...) -> None: ...
 
 class LinkRequest(_message.Message):
-    __slots__ = ("ino", "new_parent", "new_name")
+    __slots__ = ("ino", "new_parent", "new_name", "request_id")
     INO_FIELD_NUMBER: _ClassVar[int]
     NEW_PARENT_FIELD_NUMBER: _ClassVar[int]
     NEW_NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ino: int
     new_parent: int
     new_name: bytes
-    def __init__(self, ino: _Optional[int] = ..., new_parent: _Optional[int] = ..., new_name: _Optional[bytes] = ...) -> None: ...
+    request_id: bytes
+    def __init__(self, ino: _Optional[int] = ..., new_parent: _Optional[int] = ..., new_name: _Optional[bytes] = ..., request_id: _Optional[bytes] = ...) -> None: ...
 
 class XattrRequest(_message.Message):
-    __slots__ = ("ino", "name", "value", "flags")
+    __slots__ = ("ino", "name", "value", "flags", "request_id")
     INO_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     ino: int
     name: bytes
     value: bytes
     flags: int
-    def __init__(self, ino: _Optional[int] = ..., name: _Optional[bytes] = ..., value: _Optional[bytes] = ..., flags: _Optional[int] = ...) -> None: ...
+    request_id: bytes
+    def __init__(self, ino: _Optional[int] = ..., name: _Optional[bytes] = ..., value: _Optional[bytes] = ..., flags: _Optional[int] = ..., request_id: _Optional[bytes] = ...) -> None: ...
 
 class XattrReply(_message.Message):
     __slots__ = ("value",)

@@ -34,12 +34,14 @@ class SnapshotInfo(_message.Message):
     def __init__(self, id: _Optional[str] = ..., branch: _Optional[str] = ..., parents: _Optional[_Iterable[str]] = ..., created_ns: _Optional[int] = ..., message: _Optional[str] = ..., root_hash: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., tree_branch: _Optional[str] = ..., uri: _Optional[str] = ..., namespace: _Optional[str] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CreateSnapshotRequest(_message.Message):
-    __slots__ = ("branch", "message")
+    __slots__ = ("branch", "message", "request_id")
     BRANCH_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     branch: str
     message: str
-    def __init__(self, branch: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
+    request_id: bytes
+    def __init__(self, branch: _Optional[str] = ..., message: _Optional[str] = ..., request_id: _Optional[bytes] = ...) -> None: ...
 
 class RefRequest(_message.Message):
     __slots__ = ("ref",)
@@ -102,17 +104,21 @@ class BranchInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., head: _Optional[str] = ..., created_ns: _Optional[int] = ...) -> None: ...
 
 class CreateBranchRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "request_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     FROM_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ..., **kwargs) -> None: ...
+    request_id: bytes
+    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[bytes] = ..., **kwargs) -> None: ...
 
 class VersionNameRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "request_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    request_id: bytes
+    def __init__(self, name: _Optional[str] = ..., request_id: _Optional[bytes] = ...) -> None: ...
 
 class BranchList(_message.Message):
     __slots__ = ("branches",)
@@ -121,12 +127,14 @@ class BranchList(_message.Message):
     def __init__(self, branches: _Optional[_Iterable[_Union[BranchInfo, _Mapping]]] = ...) -> None: ...
 
 class MoveBranchRequest(_message.Message):
-    __slots__ = ("name", "to")
+    __slots__ = ("name", "to", "request_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TO_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     to: str
-    def __init__(self, name: _Optional[str] = ..., to: _Optional[str] = ...) -> None: ...
+    request_id: bytes
+    def __init__(self, name: _Optional[str] = ..., to: _Optional[str] = ..., request_id: _Optional[bytes] = ...) -> None: ...
 
 class BranchLogEntry(_message.Message):
     __slots__ = ("seq", "action", "snapshot", "at_ns")
@@ -157,12 +165,14 @@ class TagInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., snapshot: _Optional[str] = ..., created_ns: _Optional[int] = ...) -> None: ...
 
 class CreateTagRequest(_message.Message):
-    __slots__ = ("name", "snapshot")
+    __slots__ = ("name", "snapshot", "request_id")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     name: str
     snapshot: str
-    def __init__(self, name: _Optional[str] = ..., snapshot: _Optional[str] = ...) -> None: ...
+    request_id: bytes
+    def __init__(self, name: _Optional[str] = ..., snapshot: _Optional[str] = ..., request_id: _Optional[bytes] = ...) -> None: ...
 
 class TagList(_message.Message):
     __slots__ = ("tags",)
