@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ from aifsfs.errors import DeadlineExceeded
 from aifsfs.rpc.channel import Channel
 from aifsfs.rpc.data import GrpcData
 from aifsfs.rpc.filesystem import GrpcFilesystem
+from aifsfs.rpc.transport_cut import cut_connections
 from tests.helpers import call_md, error_info, start_server, stop_server
 
 EIB4 = 1 << 62
@@ -153,3 +155,39 @@ def test_calls_to_a_stopped_server_end_near_their_deadline(data_dir: Path) -> No
             os.kill(sp.pid, signal.SIGCONT)
         ch.close()
         stop_server(sp)
+
+
+@pytest.mark.parametrize("family", ["unix", "tcp"])
+def test_cut_connections_cuts_only_the_sockets_to_that_server(tmp_path: Path, family: str
+                                                              ) -> None:
+    """What the watchdog does to a stopped server's connections, on real sockets: this
+    process's connection to the address is shut down (its reads end), one to another server
+    is left alone."""
+    listeners: list[socket.socket] = []
+    clients: list[socket.socket] = []
+    try:
+        addresses = []
+        for i in range(2):
+            if family == "unix":
+                lst = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                lst.bind(str(tmp_path / f"s{i}.sock"))
+                addresses.append(f"unix:{tmp_path / f's{i}.sock'}")
+            else:
+                lst = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                lst.bind(("127.0.0.1", 0))
+                addresses.append(f"127.0.0.1:{lst.getsockname()[1]}")
+            lst.listen()
+            listeners.append(lst)
+            c = socket.socket(lst.family, socket.SOCK_STREAM)
+            c.connect(lst.getsockname())
+            c.settimeout(10)
+            clients.append(c)
+        assert cut_connections(addresses[0]) == 1
+        assert clients[0].recv(1) == b""             # shut down: end of stream at once
+        clients[1].sendall(b"x")                      # the other server's connection works
+        with pytest.raises(TimeoutError):
+            clients[1].settimeout(0.2)
+            clients[1].recv(1)                        # open, nothing sent: it waits
+    finally:
+        for s in clients + listeners:
+            s.close()
