@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import threading
 import time
 from collections.abc import Callable
@@ -58,8 +59,6 @@ from typing import Any, Generic, TypeVar
 
 from aifs_core.errors import InvalidArgument
 from aifs_core.types import Attr
-from aifs_core.wire import attr_from_pb, attr_to_pb
-from aifs_proto.v1 import common_pb2
 
 TABLE = "aifs_request_log"
 MAX_REQUEST_ID = 64
@@ -79,12 +78,20 @@ class Codec(Generic[R]):
     decode: Callable[[bytes], R]
 
 
+# an Attr's 12 integers, packed: a tenth of what building its protobuf message costs, and
+# the hot path (every create and unlink) pays it
+_ATTR = struct.Struct("<12q")
+
+
 def _encode_attr(a: Attr | None) -> bytes:
-    return b"" if a is None else attr_to_pb(a).SerializeToString()
+    if a is None:
+        return b""
+    return _ATTR.pack(a.ino, a.mode, a.nlink, a.uid, a.gid, a.rdev, a.size, a.atime_ns,
+                      a.mtime_ns, a.ctime_ns, a.blocks, a.generation)
 
 
 def _decode_attr(b: bytes) -> Attr | None:
-    return attr_from_pb(common_pb2.Attr.FromString(b)) if b else None
+    return Attr(*_ATTR.unpack(b)) if b else None
 
 
 ATTR_OR_NONE: Codec[Attr | None] = Codec(_encode_attr, _decode_attr)
@@ -155,11 +162,13 @@ class RequestLog:
         for attempt in (0, 1):
             try:
                 with self._store.write() as tx:
-                    blob, int64 = ("BYTEA", "BIGINT") if _is_postgres(tx) else ("BLOB", "INTEGER")
+                    # SQLite: the primary key is the table (one B-tree less per insert)
+                    blob, int64, rowid = (("BYTEA", "BIGINT", "") if _is_postgres(tx)
+                                          else ("BLOB", "INTEGER", " WITHOUT ROWID"))
                     _execute(tx, f"CREATE TABLE IF NOT EXISTS {TABLE} ("
                                  f"namespace TEXT NOT NULL, request_id {blob} NOT NULL, "
                                  f"reply {blob} NOT NULL, created_ns {int64} NOT NULL, "
-                                 f"PRIMARY KEY (namespace, request_id))")
+                                 f"PRIMARY KEY (namespace, request_id)){rowid}")
                     _execute(tx, f"CREATE INDEX IF NOT EXISTS {TABLE}_created "
                                  f"ON {TABLE} (created_ns)")
                 return
