@@ -58,6 +58,12 @@ _NAME = re.compile(r"[0-9a-z]{4,128}")
 _TMP_PREFIX = ".tmp-"
 # Threads writing one batch's files: their fsyncs overlap (they release the GIL).
 WRITE_WORKERS = 4
+# Threads fsyncing a batch's directories together (see LocalChunkStore._sync).
+SYNC_WORKERS = 8
+# The free-space figure a write checks against min_free is asked again (statvfs) after this
+# long, or whenever a write would bring it within this margin of min_free.
+FREE_RECHECK_S = 1.0
+FREE_RECHECK_MARGIN = 256 << 20
 
 Data = bytes | bytearray | memoryview
 
@@ -153,6 +159,10 @@ class LocalChunkStore:
         # "present" always means durable, even mid-way through another thread's batch.
         self._unsynced: dict[str, int] = {}
         self._pool: ThreadPoolExecutor | None = None
+        self._dir_pool: ThreadPoolExecutor | None = None
+        # free bytes on the disk as last asked (statvfs) minus what was written since, and
+        # when it was asked: see _check_room
+        self._free_est: tuple[int, float] = (0, -FREE_RECHECK_S)
 
     def _path(self, name: str) -> str:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -195,10 +205,7 @@ class LocalChunkStore:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             view = memoryview(data).cast("B")
             nbytes = len(view)
-            if self.min_free:
-                st = os.statvfs(directory)
-                if st.f_bavail * st.f_frsize - nbytes < self.min_free:
-                    raise OSError(errno.ENOSPC, "below the space kept for deletions")
+            self._check_room(directory, nbytes)
             try:
                 while view:
                     view = view[os.write(fd, view) :]
@@ -228,9 +235,19 @@ class LocalChunkStore:
                 pass
 
     def _sync(self, directories: Iterable[str], linked: Iterable[str]) -> None:
-        """fsync each directory once, then drop the unsynced counts of our own links."""
-        for directory in sorted(set(directories)):
-            fsync_dir(directory)
+        """fsync each directory once, then drop the unsynced counts of our own links.
+
+        The directories are fsynced at the same time (a batch's chunks land in as many
+        fan-out directories as it has chunks): concurrent fsyncs share the filesystem's
+        journal commits, where one after the other each waits for its own (a fresh store's
+        8-chunk batch: ~45-60% of put_many's time in serial directory fsyncs)."""
+        todo = sorted(set(directories))
+        if len(todo) > 1:
+            for _ in self._sync_pool().map(fsync_dir, todo):
+                pass
+        else:
+            for directory in todo:
+                fsync_dir(directory)
         with self._lock:
             for directory in linked:
                 left = self._unsynced.get(directory, 0) - 1
@@ -244,6 +261,36 @@ class LocalChunkStore:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(WRITE_WORKERS, thread_name_prefix="aifs-store")
             return self._pool
+
+    def _sync_pool(self) -> ThreadPoolExecutor:
+        # its own threads: a batch's directory fsyncs never queue behind other batches' writes
+        with self._lock:
+            if self._dir_pool is None:
+                self._dir_pool = ThreadPoolExecutor(SYNC_WORKERS,
+                                                    thread_name_prefix="aifs-store-dirsync")
+            return self._dir_pool
+
+    def _check_room(self, directory: str, nbytes: int) -> None:
+        """Refuse a write that would leave less than min_free bytes on the disk.
+
+        statvfs is asked only when the figure is old (FREE_RECHECK_S) or the disk is near
+        the line (FREE_RECHECK_MARGIN): between asks, writes take their bytes off the last
+        figure. Near full, every write asks, so ENOSPC comes exactly when it did before."""
+        if not self.min_free:
+            return
+        now = time.monotonic()
+        with self._lock:
+            est, at = self._free_est
+            if (now - at < FREE_RECHECK_S
+                    and est - nbytes >= self.min_free + FREE_RECHECK_MARGIN):
+                self._free_est = (est - nbytes, at)
+                return
+        st = os.statvfs(directory)
+        free = st.f_bavail * st.f_frsize
+        if free - nbytes < self.min_free:
+            raise OSError(errno.ENOSPC, "below the space kept for deletions")
+        with self._lock:
+            self._free_est = (free - nbytes, now)
 
     def put_many(self, items: Iterable[tuple[str, Data]]) -> list[bool]:
         names: list[str] = []

@@ -17,6 +17,9 @@ Rules:
   PIECE_MAX), so a compressible 1 MiB chunk is one message, not 16 (serial 1 MiB reads of
   text: ~120-200 -> ~240-300 MiB/s). Without "zstd": identity bytes covering exactly the
   range, in pieces of at most PIECE_MAX. Raw frames are joined into one message (one copy).
+- A call of several ranges reads (and decrypts) the next RANGE_LOOKAHEAD of them in a pool
+  while it sends one, so a sequential reader's several whole chunks per call are read from
+  the store in parallel; errors still surface in range order.
 - A corrupt chunk is DATA_LOSS naming the chunk. A chunk recorded in the namespace but gone
   from the store is MISSING_CHUNK naming the chunk and the store (EIO at a mount, logged once
   at WARNING by ChunkService), never NOT_FOUND: the file that names it exists.
@@ -24,7 +27,9 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Generator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -33,11 +38,19 @@ from aifs_core.codec import decompress_bounded
 from aifs_core.errors import AIFSError, CorruptChunk, InvalidArgument, NotFound
 from aifs_proto.v1 import data_pb2, data_pb2_grpc
 from aifs_server.auth import call_scope
+from aifs_server.envelope import Frame
 from aifs_server.grpc_errors import rpc
 from aifs_server.rpc_filesystem import Backend
 
 PIECE_MAX = 1 << 20
 HAS_CHUNKS_MAX = 100_000
+# A GetChunks call of several ranges has up to this many read and decrypted ahead of the one
+# being sent (see DataServicer._opened), by threads shared by all calls: the store's reads
+# overlap (a cold disk serves many at once far faster than one after the other) and the
+# memory a call holds stays bounded (LOOKAHEAD + 1 ranges; a range is at most a chunk).
+RANGE_LOOKAHEAD = 3
+RANGE_READERS = 16
+_RANGE_POOL = ThreadPoolExecutor(RANGE_READERS, thread_name_prefix="aifs-getchunks")
 
 
 def _check_id(chunk_id: bytes) -> bytes:
@@ -111,11 +124,15 @@ class DataServicer(data_pb2_grpc.DataServicer):
         def store_batch() -> None:
             # Chunks are recorded only once the whole batch is durable, so a record never
             # names a chunk a crash could lose (dedup would then skip re-uploading it).
+            # All of the batch's records go in one metadata transaction (one commit).
             results = self.chunks.put_batch(ns_name, batch, ns.zstd_level)
-            for (cid, plain), (_new, stored_len) in zip(batch, results, strict=True):
-                if self.meta.record_chunk(ns_name, cid, len(plain), int(stored_len)):
+            records = [(cid, len(plain), int(stored_len))
+                       for (cid, plain), (_new, stored_len) in zip(batch, results, strict=True)]
+            for (_cid, _raw, stored_len), new in zip(
+                    records, self.meta.record_chunks(ns_name, records), strict=True):
+                if new:
                     reply.stored += 1
-                    reply.stored_bytes += int(stored_len)
+                    reply.stored_bytes += stored_len
                 else:
                     reply.deduplicated += 1
             self._hold(context, ns_name, [cid for cid, _ in batch])
@@ -167,22 +184,61 @@ class DataServicer(data_pb2_grpc.DataServicer):
         accepted = {e.lower() for e in request.accept_encodings}
         zstd_ok = "zstd" in accepted
         multi = "zstd-frames" in accepted
-        for i, (r, cid) in enumerate(zip(ranges, ids, strict=True)):
-            length = r.length or None
-            try:
-                if zstd_ok:
-                    yield from self._frames(ns, i, cid, r.offset, length, multi)
-                else:
-                    yield from self._identity(ns, i, cid, r.offset, length)
-            except AIFSError:
-                raise
-            except (ValueError, OSError) as e:
-                raise CorruptChunk(f"chunk {cid.hex()} could not be read ({e}); run "
-                                   f"`aifs fsck --read-data`") from e
+        opened = self._opened(ns, ranges, ids, zstd_ok)
+        try:
+            for i, (r, cid) in enumerate(zip(ranges, ids, strict=True)):
+                try:
+                    content = next(opened)
+                    if zstd_ok:
+                        yield from self._frames(i, r.offset, r.length or None, content, multi)
+                    else:
+                        yield from self._identity(i, r.offset, content)
+                except AIFSError:
+                    raise
+                except (ValueError, OSError) as e:
+                    raise CorruptChunk(f"chunk {cid.hex()} could not be read ({e}); run "
+                                       f"`aifs fsck --read-data`") from e
+        finally:
+            opened.close()
 
-    def _identity(self, ns: str, index: int, cid: bytes, offset: int, length: int | None
-                  ) -> Iterator[Any]:
-        data = self.chunks.read(ns, cid, offset, length)
+    def _open(self, ns: str, cid: bytes, offset: int, length: int | None, zstd_ok: bool
+              ) -> Any:
+        """One range read from the store and decrypted: its frames (a list), or its
+        plaintext bytes when the caller takes no zstd."""
+        if zstd_ok:
+            return list(self.chunks.frames(ns, cid, offset, length))
+        return self.chunks.read(ns, cid, offset, length)
+
+    def _opened(self, ns: str, ranges: list[Any], ids: list[bytes], zstd_ok: bool
+                ) -> Generator[Any, None, None]:
+        """The ranges' contents (_open), in order. With several ranges, the next
+        RANGE_LOOKAHEAD are read and decrypted in a pool while one is sent: a cold chunk is a
+        disk round trip of its own (its file's open and read), and a sequential reader asks
+        for several whole chunks per call. Errors surface in order, when their range's turn
+        comes; memory stays bounded by the lookahead."""
+        if len(ranges) == 1:
+            r = ranges[0]
+            yield self._open(ns, ids[0], r.offset, r.length or None, zstd_ok)
+            return
+        pending: deque[Future[Any]] = deque()
+        todo = iter(zip(ranges, ids, strict=True))
+        try:
+            while True:
+                while len(pending) <= RANGE_LOOKAHEAD:
+                    nxt = next(todo, None)
+                    if nxt is None:
+                        break
+                    r, cid = nxt
+                    pending.append(_RANGE_POOL.submit(
+                        self._open, ns, cid, r.offset, r.length or None, zstd_ok))
+                if not pending:
+                    return
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:     # the call ended early (an error, the client went away)
+                fut.cancel()
+
+    def _identity(self, index: int, offset: int, data: bytes) -> Iterator[Any]:
         view = memoryview(data)
         pos = 0
         while True:
@@ -195,7 +251,7 @@ class DataServicer(data_pb2_grpc.DataServicer):
             if pos >= len(data):
                 break
 
-    def _frames(self, ns: str, index: int, cid: bytes, offset: int, length: int | None,
+    def _frames(self, index: int, offset: int, length: int | None, frames: list[Frame],
                 multi: bool = False) -> Iterator[Any]:
         end = None if length is None else offset + length
         # Contiguous raw (uncompressed) pieces are coalesced into one IDENTITY message up to
@@ -218,7 +274,7 @@ class DataServicer(data_pb2_grpc.DataServicer):
             pend, pend_len, pend_off = [], 0, -1
 
         sent = False
-        for f in self.chunks.frames(ns, cid, offset, length):
+        for f in frames:
             if f.compressed:
                 if not multi:
                     yield from flush()

@@ -24,7 +24,7 @@ Rules every implementation keeps:
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from aifs_core.types import (
@@ -93,6 +93,8 @@ class MetadataEngine(Protocol):
     # --- chunk records ----------------------------------------------------------------------
     def record_chunk(self, namespace: str, chunk_id: bytes, raw_len: int, stored_len: int
                      ) -> bool: ...        # True when new, False when already recorded
+    def record_chunks(self, namespace: str, chunks: Sequence[tuple[bytes, int, int]]
+                      ) -> list[bool]: ...  # (id, raw_len, stored_len) each; one transaction
     def has_chunks(self, namespace: str, chunk_ids: list[bytes]) -> list[bool]: ...
     def chunk_stats(self, namespace: str) -> ChunkStats: ...
     def iter_chunks(self, namespace: str) -> Iterator[bytes]: ...   # every recorded chunk id

@@ -2,7 +2,7 @@
 
 Interface:
     Records(store)      the namespace, chunk-record and asset part of `MetadataEngine`
-                        (metadata/base.py): create/get/list_namespace(s), record_chunk,
+                        (metadata/base.py): create/get/list_namespace(s), record_chunk(s),
                         has_chunks, chunk_stats, iter_chunks, gc_candidates, forget_chunk,
                         put/get/list/delete_asset, lineage, close; `posix.PosixMeta` adds trees
 
@@ -19,7 +19,7 @@ import json
 import re
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from aifs_core.errors import (
     AlreadyExists,
@@ -102,6 +102,29 @@ class Records:
             # a GC pass cannot take it while the commit that will name it is on its way.
             tx.restart_grace(namespace, chunk_id, now)
         return new
+
+    def record_chunks(self, namespace: str, chunks: Sequence[tuple[bytes, int, int]]
+                      ) -> list[bool]:
+        """record_chunk of each (chunk_id, raw_len, stored_len), in one transaction: a
+        PutChunks batch (durable in the store already) pays one commit, not one per chunk."""
+        for chunk_id, raw_len, stored_len in chunks:
+            if len(chunk_id) != 32:
+                raise InvalidArgument(
+                    f"chunk id must be 32 bytes (BLAKE3), got {len(chunk_id)}")
+            if raw_len < 0 or stored_len < 0:
+                raise InvalidArgument("chunk lengths must not be negative")
+        if not chunks:
+            return []
+        self._need_namespace(namespace)
+        now = now_ns()
+        out: list[bool] = []
+        with self._store.write() as tx:
+            for chunk_id, raw_len, stored_len in chunks:
+                new = tx.insert_chunk(namespace, chunk_id, raw_len, stored_len, now)
+                if not new:   # as in record_chunk: restart an unreferenced chunk's grace
+                    tx.restart_grace(namespace, chunk_id, now)
+                out.append(new)
+        return out
 
     def has_chunks(self, namespace: str, chunk_ids: list[bytes]) -> list[bool]:
         self._need_namespace(namespace)

@@ -102,7 +102,8 @@ def test_partial_overwrite_reads_new_over_old_and_reads_ahead() -> None:
         for _ in range(20):      # let the background fetches land
             await trio.sleep(0.01)
         fetched = srv.calls.count("get_chunks")
-        assert fetched >= 3        # the slot read plus slots ahead of it (slot 1 is dirty)
+        # the slot read, plus the slots ahead of it (slot 1 is dirty) in one grouped call
+        assert fetched >= 2
         srv.calls.clear()
         assert await ops.read(fi.fh, 2 * CS, CS) == want[2 * CS:3 * CS]
         assert "get_chunks" not in srv.calls          # served by the read-ahead
