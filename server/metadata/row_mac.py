@@ -37,6 +37,7 @@ from aifs_core.errors import CorruptMetadata
 CONTEXT = "aifs 2026 metadata row mac v1"   # blake3 derive_key context of the MAC key
 MAC_LEN = 16
 UNKEYED = bytes(32)
+_S_IFMT = 0o170000   # stat.S_IFMT's mask
 
 # tag, ino, S_IFMT(mode), size, generation, symlink length (-1: none); the target follows
 _INODE = struct.Struct("<1sqqqqq")
@@ -75,12 +76,18 @@ class RowMac:
 
     def inode_ok(self, r: Sequence[Any], at: int) -> bool:
         """`r` holds ino, mode, ..., size (6), ... generation (11) from index 0 (sql.ATTR_COLUMNS)
-        and the symlink and the MAC at `at`, `at` + 1."""
-        mac = r[at + 1]
+        and the symlink and the MAC at `at`, `at` + 1. (`inode` inlined: every getattr, lookup
+        and readdir entry passes here.)"""
+        mac, link = r[at + 1], r[at]
         if mac is None:
             return False
         try:
-            return self.inode(r[0], r[1], r[6], r[11], r[at]) == bytes(mac)
+            h = self._proto.copy()
+            h.update(_INODE.pack(b"I", r[0], r[1] & _S_IFMT, r[6], r[11],
+                                 -1 if link is None else len(link)))
+            if link:
+                h.update(link)
+            return h.digest(MAC_LEN) == mac
         except (struct.error, TypeError):   # a value no write could have stored
             return False
 

@@ -376,11 +376,27 @@ class SQLTx(VersionSQL):
         self._many("DELETE FROM chunk_maps WHERE tree_id = ? AND ino = ? AND idx = ?",
                    [(tree_id, ino, i) for i in idxs])
 
+    def _released(self, tree_id: int, ino: int, rows: Iterable[Sequence[Any]]
+                  ) -> list[tuple[bytes, int]]:
+        """(chunk id, length) of the slot rows (idx, chunk_id, length, mac) whose MAC matches.
+        A damaged row's chunk id is not the one its refcount counted: releasing it could drop
+        a chunk other files use to 0 (and GC would delete it), so it is logged and skipped (the
+        chunk it named keeps one reference too many: kept, never lost)."""
+        out: list[tuple[bytes, int]] = []
+        for idx, cid, n, mac in rows:
+            if self._mac.slot_ok(ino, idx, cid, n, mac):
+                out.append((bytes(cid), n))
+            else:
+                corrupt(tree_id, ino, "its chunk id, length or index; its reference is not "
+                        "released", idx)
+        return out
+
     def cut_slots(self, tree_id: int, ino: int, first: int) -> list[tuple[bytes, int]]:
-        """Delete the slots at index >= first; returns their (chunk id, length)."""
-        return [(bytes(cid), n) for cid, n in self._x(
+        """Delete the slots at index >= first; returns their (chunk id, length) (of the rows
+        whose MAC matches: `_released`)."""
+        return self._released(tree_id, ino, self._x(
             "DELETE FROM chunk_maps WHERE tree_id = ? AND ino = ? AND idx >= ? "
-            "RETURNING chunk_id, length", (tree_id, ino, first)).fetchall()]
+            "RETURNING idx, chunk_id, length, mac", (tree_id, ino, first)).fetchall())
 
     def _slot_row(self, tree_id: int, ino: int, idx: int) -> tuple[bytes, int] | None:
         r = self._x("SELECT chunk_id, length, mac FROM chunk_maps WHERE tree_id = ? AND ino = ? "
@@ -399,10 +415,12 @@ class SQLTx(VersionSQL):
                                     ino, idx))
 
     def slot_chunk_counts(self, tree_id: int, ino: int) -> list[tuple[bytes, int]]:
-        """(chunk id, slots naming it) over the file's whole map."""
-        return [(bytes(cid), n) for cid, n in self._x(
-            "SELECT chunk_id, COUNT(*) FROM chunk_maps WHERE tree_id = ? AND ino = ? "
-            "GROUP BY chunk_id", (tree_id, ino)).fetchall()]
+        """(chunk id, slots naming it) over the file's whole map (rows whose MAC matches:
+        `_released`)."""
+        counts = Counter(cid for cid, _n in self._released(tree_id, ino, self._x(
+            "SELECT idx, chunk_id, length, mac FROM chunk_maps WHERE tree_id = ? AND ino = ?",
+            (tree_id, ino)).fetchall()))
+        return list(counts.items())
 
     def delete_all_slots(self, tree_id: int, ino: int) -> None:
         self._x("DELETE FROM chunk_maps WHERE tree_id = ? AND ino = ?", (tree_id, ino))

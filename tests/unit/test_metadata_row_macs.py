@@ -19,6 +19,7 @@ from aifs_core.errors import CorruptMetadata
 from aifs_core.types import ROOT_INO, SET_MODE, SET_SIZE, SET_UID, ChunkRef, Namespace, TreeRef
 from aifs_server.maintenance import check_rows
 from aifs_server.metadata.posix import PosixMeta
+from aifs_server.metadata.row_mac import RowMac
 from aifs_server.versions import Versions
 from tests.unit.metadata_engines import Harness, SQLiteHarness, harness_fixture  # noqa: F401
 
@@ -98,6 +99,18 @@ def test_an_altered_row_is_refused_and_fsck_names_it(harness: Harness, md: Posix
     assert f"main:/dir/victim (inode {ino})" in problems[0]
     slot = {"slot index": 5, "chunk id": 1, "slot length": 2}.get(what)
     assert ("inode row" if slot is None else f"chunk-map slot {slot}") in problems[0], problems
+    # the way out: removing the name (unlink reads no checked row) drops the damaged rows
+    if what == "file type":   # it now reads as a directory, and goes as one
+        md.rmdir(T, d, b"victim", forget=True)
+    else:
+        md.unlink(T, d, b"victim", forget=True)
+    # and no chunk lost a reference it still has (a damaged slot's chunk id is not released)
+    assert harness.scalar("SELECT MIN(refcount) FROM chunks") >= 0
+    refs = md.get_chunk_map(T, other)[1]
+    assert all(harness.scalar("SELECT refcount FROM chunks WHERE chunk_id = ?", r.chunk_id)
+               >= 1 for r in refs)
+    problems.clear()
+    assert check_rows(md, "ns1", problems) and problems == []
 
 
 def test_what_the_mac_does_not_cover_may_change(harness: Harness, md: PosixMeta) -> None:
@@ -185,3 +198,27 @@ def test_rows_written_before_the_macs_are_sealed_at_the_first_open(harness: Harn
             m.getattr(T, ino)
     finally:
         m.close()
+
+
+def test_the_mac_is_the_one_format_md_describes() -> None:
+    """docs/FORMAT.md §7 written out field by field (independent of row_mac.py's structs)."""
+    def i64(v: int) -> bytes:
+        return v.to_bytes(8, "little", signed=True)
+
+    secret = bytes(range(32))
+    k = blake3.blake3(secret, derive_key_context="aifs 2026 metadata row mac v1").digest()
+    cid = bytes(range(100, 132))
+    cases = [
+        (RowMac(secret).inode(7, 0o120777, 3, 2, b"abc"),
+         b"I" + i64(7) + i64(0o120000) + i64(3) + i64(2) + i64(3) + b"abc"),
+        (RowMac(secret).inode(7, 0o100644, 10, 0, None),
+         b"I" + i64(7) + i64(0o100000) + i64(10) + i64(0) + i64(-1)),
+        (RowMac(secret).slot(7, 4, cid, 1000),
+         b"S" + i64(7) + i64(4) + i64(1000) + i64(32) + cid),
+    ]
+    for got, message in cases:
+        assert len(message) in (41, 44, 65)
+        assert got == blake3.blake3(message, key=k).digest()[:16]
+    unkeyed = blake3.blake3(bytes(32), derive_key_context="aifs 2026 metadata row mac v1")
+    assert RowMac().slot(7, 4, cid, 1000) == blake3.blake3(
+        cases[2][1], key=unkeyed.digest()).digest()[:16]
