@@ -2,6 +2,8 @@
 
 Interface:
     DataServicer(backend: rpc_filesystem.Backend)
+    add_data_service(servicer, grpc_server)   register it (GetChunks answers encode_piece bytes)
+    encode_piece(index, offset, raw_length, encoding, parts) -> bytes   one ChunkPiece, encoded
     PIECE_MAX = 1 MiB          the largest data payload of one GetChunks message
 
 Rules:
@@ -78,6 +80,58 @@ def _decompress_limited(data: bytes, limit: int, chunk_hex: str) -> bytes:
 # Bounded so a stream holds at most this much plaintext in memory.
 PUT_BATCH_CHUNKS = 8
 PUT_BATCH_BYTES = 16 << 20
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def encode_piece(index: int, offset: int, raw_length: int, encoding: int,
+                 data: list[bytes | memoryview]) -> bytes:
+    """A ChunkPiece message in protobuf wire format, `data` joined behind its header: ONE copy
+    of the payload. Building the message and serializing it (data_pb2.ChunkPiece) copies the
+    payload twice more: ~1.2 ms of CPU per MiB against ~0.25 here, most of the server's cost
+    per byte sent. Fields in number order, zeros left out (proto3's own encoding)."""
+    head = bytearray()
+    for tag, value in ((0x08, index), (0x10, offset), (0x18, raw_length), (0x20, encoding)):
+        if value:
+            head.append(tag)
+            head += _varint(value)
+    size = sum(len(d) for d in data)
+    if size:
+        head.append(0x2A)
+        head += _varint(size)
+    return b"".join([head, *data])
+
+
+def _serialize_piece(m: Any) -> bytes:
+    """GetChunks' response serializer: encode_piece's bytes as they are (a message object,
+    should one come, serialized as usual)."""
+    return m if type(m) is bytes else bytes(m.SerializeToString())
+
+
+def add_data_service(servicer: DataServicer, server: grpc.Server) -> None:
+    """data_pb2_grpc.add_DataServicer_to_server, with GetChunks sending the pre-encoded
+    messages of encode_piece."""
+    handlers = {
+        "HasChunks": grpc.unary_unary_rpc_method_handler(
+            servicer.HasChunks, request_deserializer=data_pb2.HasChunksRequest.FromString,
+            response_serializer=data_pb2.HasChunksReply.SerializeToString),
+        "PutChunks": grpc.stream_unary_rpc_method_handler(
+            servicer.PutChunks, request_deserializer=data_pb2.PutChunkRequest.FromString,
+            response_serializer=data_pb2.PutChunksReply.SerializeToString),
+        "GetChunks": grpc.unary_stream_rpc_method_handler(
+            servicer.GetChunks, request_deserializer=data_pb2.GetChunksRequest.FromString,
+            response_serializer=_serialize_piece),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("aifs.v1.Data",
+                                                                          handlers),))
+    server.add_registered_method_handlers("aifs.v1.Data", handlers)
+
 
 class DataServicer(data_pb2_grpc.DataServicer):
     def __init__(self, backend: Backend) -> None:
@@ -238,21 +292,19 @@ class DataServicer(data_pb2_grpc.DataServicer):
             for fut in pending:     # the call ended early (an error, the client went away)
                 fut.cancel()
 
-    def _identity(self, index: int, offset: int, data: bytes) -> Iterator[Any]:
+    def _identity(self, index: int, offset: int, data: bytes) -> Iterator[bytes]:
         view = memoryview(data)
         pos = 0
         while True:
             piece = data if len(data) <= PIECE_MAX else bytes(view[pos:pos + PIECE_MAX])
             self._count("out", len(piece))
-            yield data_pb2.ChunkPiece(range_index=index, offset=offset + pos,
-                                      raw_length=len(piece), encoding=data_pb2.IDENTITY,
-                                      data=piece)
+            yield encode_piece(index, offset + pos, len(piece), data_pb2.IDENTITY, [piece])
             pos += len(piece)
             if pos >= len(data):
                 break
 
     def _frames(self, index: int, offset: int, length: int | None, frames: list[Frame],
-                multi: bool = False) -> Iterator[Any]:
+                multi: bool = False) -> Iterator[bytes]:
         end = None if length is None else offset + length
         # Contiguous raw (uncompressed) pieces are coalesced into one IDENTITY message up to
         # PIECE_MAX; with `multi` ("zstd-frames" accepted) contiguous compressed frames are
@@ -262,15 +314,12 @@ class DataServicer(data_pb2_grpc.DataServicer):
         pend_len = 0                    # plaintext bytes the pending pieces cover
         pend_enc = data_pb2.IDENTITY
 
-        def flush() -> Iterator[Any]:
+        def flush() -> Iterator[bytes]:
             nonlocal pend, pend_len, pend_off
             if pend:
-                # one copy for the whole message (a lone whole frame: none)
-                only = pend[0]
-                blob = only if len(pend) == 1 and isinstance(only, bytes) else b"".join(pend)
-                self._count("out", len(blob))
-                yield data_pb2.ChunkPiece(range_index=index, offset=pend_off,
-                                          raw_length=pend_len, encoding=pend_enc, data=blob)
+                # the message's one copy: its pieces joined behind the header
+                self._count("out", sum(len(p) for p in pend))
+                yield encode_piece(index, pend_off, pend_len, pend_enc, pend)
             pend, pend_len, pend_off = [], 0, -1
 
         sent = False
@@ -280,9 +329,7 @@ class DataServicer(data_pb2_grpc.DataServicer):
                     yield from flush()
                     self._count("out", len(f.data))
                     sent = True
-                    yield data_pb2.ChunkPiece(range_index=index, offset=f.offset,
-                                              raw_length=f.raw_length, encoding=data_pb2.ZSTD,
-                                              data=bytes(f.data))
+                    yield encode_piece(index, f.offset, f.raw_length, data_pb2.ZSTD, [f.data])
                     continue
                 if pend and (pend_enc != data_pb2.ZSTD or pend_len + f.raw_length > PIECE_MAX):
                     yield from flush()
@@ -311,5 +358,4 @@ class DataServicer(data_pb2_grpc.DataServicer):
             yield from flush()
         elif not sent:
             # an empty range (or an empty chunk): one empty piece so the client sees the range
-            yield data_pb2.ChunkPiece(range_index=index, offset=offset, raw_length=0,
-                                      encoding=data_pb2.IDENTITY, data=b"")
+            yield encode_piece(index, offset, 0, data_pb2.IDENTITY, [])

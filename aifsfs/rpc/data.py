@@ -8,6 +8,7 @@ Interface:
         get_chunks([(id, offset, length)], accept_zstd=None, timeout=None) -> [bytes]
             exact ranges, in order; length 0 = to the chunk's end
     unzstd(data, raw_length) -> bytes     one GetChunks ZSTD piece, bounded to raw_length
+    decode_piece(message bytes) -> Piece  a GetChunks answer parsed without copying its data
 
 Payload bytes are counted in the channel's `wire_stats` (zstd vs identity). get_chunks is the
 mount's hot path: one retrying call, pieces joined once per range (no copy for a range that
@@ -17,6 +18,7 @@ arrives as one exact piece).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from typing import NamedTuple
 
 import grpc
 import zstandard
@@ -29,7 +31,71 @@ from ..protocols import PutChunksResult
 from .channel import Channel
 
 
-def unzstd(data: bytes, raw_length: int) -> bytes:
+class Piece(NamedTuple):
+    """A GetChunks answer (data_pb2.ChunkPiece's fields), `data` a view into the message."""
+
+    range_index: int
+    offset: int
+    raw_length: int
+    encoding: int
+    data: memoryview
+
+
+def decode_piece(buf: bytes) -> Piece:
+    """A ChunkPiece message from its protobuf wire format, without copying the payload:
+    data_pb2.ChunkPiece.FromString copies it into the message and each `.data` access copies
+    it again (~0.4 ms of CPU per MiB against ~0.2 for the one copy get_chunks makes of a
+    view). Unknown fields are skipped, as protobuf does; a malformed message is a
+    RemoteError."""
+    view = memoryview(buf)
+    fields = [0, 0, 0, 0, 0]
+    data = view[0:0]
+    pos, end = 0, len(view)
+
+    def varint() -> int:
+        nonlocal pos
+        shift = value = 0
+        while True:
+            if pos >= end or shift > 63:
+                raise ValueError("truncated varint")
+            b = view[pos]
+            pos += 1
+            value |= (b & 0x7F) << shift
+            if b < 0x80:
+                return value
+            shift += 7
+
+    try:
+        while pos < end:
+            key = varint()
+            number, wire = key >> 3, key & 7
+            if wire == 0:
+                value = varint()
+                if 1 <= number <= 4:
+                    fields[number] = value
+            elif wire == 2:
+                n = varint()
+                if pos + n > end:
+                    raise ValueError("truncated field")
+                if number == 5:
+                    data = view[pos:pos + n]
+                pos += n
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            else:
+                raise ValueError(f"wire type {wire}")
+        if pos != end:
+            raise ValueError("truncated field")
+    except ValueError as exc:
+        raise RemoteError(f"GetChunks sent a malformed ChunkPiece ({exc})",
+                          grpc.StatusCode.INTERNAL, "PROTOCOL", "") from None
+    return Piece(fields[1] & 0xFFFFFFFF, fields[2] & 0xFFFFFFFF, fields[3] & 0xFFFFFFFF,
+                 fields[4], data)
+
+
+def unzstd(data: bytes | memoryview, raw_length: int) -> bytes:
     """A GetChunks ZSTD piece: one zstd frame, or (we accept "zstd-frames") several back to
     back, `raw_length` bytes in all. Never more than raw_length + 1 bytes are produced."""
     if zstandard.frame_content_size(data) == raw_length:
@@ -43,6 +109,11 @@ class GrpcData:
     def __init__(self, channel: Channel) -> None:
         self._ch = channel
         self._data = data_pb2_grpc.DataStub(channel.grpc)
+        # GetChunks answers are parsed by decode_piece (the payload a view, not a copy)
+        self._get_chunks_call = channel.grpc.unary_stream(
+            "/aifs.v1.Data/GetChunks",
+            request_serializer=data_pb2.GetChunksRequest.SerializeToString,
+            response_deserializer=decode_piece)
         self.address = channel.address
 
     def has_chunks(self, chunk_ids: Sequence[bytes]) -> list[bool]:
@@ -112,12 +183,12 @@ class GrpcData:
         nexts = [int(o) for _, o, _ in ranges]
         ends = [int(o) + int(n) if n else None for _, o, n in ranges]
         received = raw_received = zpieces = ipieces = 0
-        for piece in self._data.GetChunks(req, metadata=self._ch.metadata(), timeout=timeout):
+        for piece in self._get_chunks_call(req, metadata=self._ch.metadata(), timeout=timeout):
             i = piece.range_index
             if i >= len(ranges):
                 raise RemoteError(f"GetChunks sent a piece for range {i} of {len(ranges)}",
                                   grpc.StatusCode.INTERNAL, "PROTOCOL", self._ch.address)
-            data = piece.data  # each access of a bytes field copies it: once only
+            data = piece.data  # a view into the received message: no copy
             received += len(data)
             if piece.encoding == data_pb2.ZSTD:
                 zpieces += 1
@@ -153,6 +224,6 @@ class GrpcData:
                     f"chunk {bytes(cid).hex()}: asked for {n} bytes at offset {off}, got "
                     f"{sizes[i]} (is the range past the chunk's end?)", address=self._ch.address)
             got = parts[i]
-            one = got[0] if len(got) == 1 else None
-            out.append(one if isinstance(one, bytes) else b"".join(got))
+            # one copy per range: a lone piece (a view) made bytes, or the pieces joined
+            out.append(bytes(got[0]) if len(got) == 1 else b"".join(got))
         return out
