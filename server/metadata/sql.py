@@ -25,8 +25,9 @@ the other's subtree before either commits could otherwise close a cycle.
     ATTR_COLUMNS            column list that `attr_of` turns into an `Attr`
 
 Row MACs (row_mac.py): every write of an inode's size or generation and of a chunk-map slot
-writes its row's MAC in the same transaction (an update that changes size or generation reads
-the new values back with RETURNING and writes the MAC with a second UPDATE); every read of an
+writes its row's MAC in the same transaction (an update that sets size, generation or mode
+reads the new values back with RETURNING and, when the MAC they give differs from the row's,
+writes it with a second UPDATE); every read of an
 inode's attrs (inode, lookup, list_dir) and of slots (slots, slots_at, slot_length) checks it and
 raises CorruptMetadata (DATA_LOSS) instead of returning a row that fails. `corrupt_rows` scans a
 tree for fsck.
@@ -219,13 +220,15 @@ class SQLTx(VersionSQL):
             macced = bool(_MACCED & (set.keys() | add.keys()))
             sql = self._updates[key] = self._q(
                 f"UPDATE inodes SET {', '.join(cols)} WHERE tree_id = ? AND ino = ? "
-                f"RETURNING {ATTR_COLUMNS}" + (", symlink" if macced else ""))
+                f"RETURNING {ATTR_COLUMNS}" + (", symlink, mac" if macced else ""))
         r = self._c.execute(sql, (*set.values(), *add.values(), tree_id, ino)).fetchone()
         if r is None:
             return None
-        if len(r) > _SYM:  # size or generation changed: the row's new MAC, same transaction
-            self._x("UPDATE inodes SET mac = ? WHERE tree_id = ? AND ino = ?",
-                    (self._mac.inode(r[0], r[1], r[6], r[11], r[_SYM]), tree_id, ino))
+        if len(r) > _SYM:  # size, generation or mode set: the row's MAC, same transaction
+            mac = self._mac.inode(r[0], r[1], r[6], r[11], r[_SYM])
+            if r[_SYM + 1] is None or mac != bytes(r[_SYM + 1]):   # chmod, utimens: the same
+                self._x("UPDATE inodes SET mac = ? WHERE tree_id = ? AND ino = ?",
+                        (mac, tree_id, ino))
         return attr_of(r)
 
     def inode_asset(self, tree_id: int, ino: int) -> tuple[str, int, int] | None:
