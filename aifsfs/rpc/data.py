@@ -215,6 +215,10 @@ class GrpcData:
                                 else memoryview(raw)[lo - start:hi - start])
                 sizes[i] += hi - lo
                 nexts[i] = hi
+                if sizes[i] == ranges[i][2]:
+                    # complete: made bytes now, so the received messages it came in are freed
+                    # as the call goes on (a several-chunk call never holds all twice)
+                    parts[i] = [_joined(parts[i])]
         self._ch.wire_stats.add(received_bytes=received, received_raw_bytes=raw_received,
                             zstd_pieces=zpieces, identity_pieces=ipieces)
         out: list[bytes] = []
@@ -223,7 +227,13 @@ class GrpcData:
                 raise IncompleteRead(
                     f"chunk {bytes(cid).hex()}: asked for {n} bytes at offset {off}, got "
                     f"{sizes[i]} (is the range past the chunk's end?)", address=self._ch.address)
-            got = parts[i]
-            # one copy per range: a lone piece (a view) made bytes, or the pieces joined
-            out.append(bytes(got[0]) if len(got) == 1 else b"".join(got))
+            out.append(_joined(parts[i]))
         return out
+
+
+def _joined(got: list[bytes | memoryview]) -> bytes:
+    """A range's pieces as one bytes: its one copy (a lone bytes piece: none)."""
+    if len(got) == 1:
+        one = got[0]
+        return one if isinstance(one, bytes) else bytes(one)
+    return b"".join(got)
