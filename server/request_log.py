@@ -153,9 +153,11 @@ class RequestLog:
         self._replay_counter: Any = None
         if metrics_registry is not None:
             from prometheus_client import Counter
-            self._replay_counter = Counter(
-                "aifs_request_replays_total", "Changing calls answered from the request log "
-                "(a retry of a call that had committed)", ["method"], registry=metrics_registry)
+            with suppress(ValueError):   # a registry that has it already (a second Backend)
+                self._replay_counter = Counter(
+                    "aifs_request_replays_total", "Changing calls answered from the request "
+                    "log (a retry of a call that had committed)", ["method"],
+                    registry=metrics_registry)
         self._create_table()
 
     def _create_table(self) -> None:

@@ -13,6 +13,10 @@ RENAME_EXCHANGE, type mismatches, non-empty targets and moving a directory into 
 subtree; chunk refcounts follow every change of a chunk map (commit, truncate, drop), and a
 truncate trims the map without rewriting the chunk that holds the new end.
 
+mkdir/create/symlink/link/unlink/rmdir/rename/setxattr/removexattr record their result in their
+own transaction with `request_log.record(tx, result)`: exactly-once calls, a no-op unless the
+server runs the call under a request id.
+
 A tree whose branch starts with FROZEN_PREFIX ("@snap:") is a snapshot's (aifs_server.versions):
 every change to it is PermissionDenied. `store` exposes the Store to that module and
 `forget_tree` drops a deleted tree from the cache of tree ids.
