@@ -281,15 +281,21 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         tree = self.b.tree(context)
         sess = self._session(context, tree)
         since = self.leases.mark()
+        made: list[Attr] = []
+
         def run() -> Attr:
             with self._change(context, tree, [request.parent]):
-                return self.meta.mkdir(tree, request.parent, _name(request.name), request.mode,
-                                       request.uid, request.gid)
+                a = self.meta.mkdir(tree, request.parent, _name(request.name), request.mode,
+                                    request.uid, request.gid)
+            made.append(a)
+            return a
         a = self._once("MkDir", context, tree, request, run)
         # The new directory is empty: its maker may lease that (a change of it by anyone
         # since the mark, i.e. since before it existed, refuses the grant), so creates in it
-        # need no negative lookup.
-        self._grant(context, sess, tree, [a.ino], since)
+        # need no negative lookup. Not a replayed answer: the directory was made before the
+        # mark, and entries may have come into it since.
+        if made:
+            self._grant(context, sess, tree, [a.ino], since)
         return self._entry_reply(tree, a, request.parent)
 
     @rpc
@@ -298,6 +304,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         if stat_mod.S_IFMT(mode) == 0:
             mode |= stat_mod.S_IFREG
         tree = self.b.tree(context)
+
         def run() -> Attr:
             with self._change(context, tree, [request.parent]):
                 return self.meta.create(tree, request.parent, _name(request.name), mode,
@@ -321,6 +328,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         tree = self.b.tree(context)
         victim = self._ino_of(tree, request.parent, _name(request.name))
         known = {request.parent} | ({victim} if victim is not None else set())
+
         def run() -> Attr:
             with self._change(context, tree, list(known)):
                 # the engine drops an nlink-0 inode in the unlink's own transaction
@@ -337,6 +345,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         tree = self.b.tree(context)
         victim = self._ino_of(tree, request.parent, _name(request.name))
         known = {request.parent} | ({victim} if victim is not None else set())
+
         def run() -> Attr:
             with self._change(context, tree, list(known)):
                 # the removed directory comes from rmdir's own transaction (no lookup racing it)
@@ -364,6 +373,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         target = self._ino_of(tree, request.new_parent, new_name)
         known = {request.parent, request.new_parent} | {i for i in (moved, target)
                                                          if i is not None}
+
         def run() -> Attr | None:
             with self._change(context, tree, list(known)):
                 # what a replace unlinked comes from rename's own transaction (None: nothing)
@@ -405,6 +415,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     @rpc
     def Symlink(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
+
         def run() -> Attr:
             with self._change(context, tree, [request.parent]):
                 return self.meta.symlink(tree, request.parent, _name(request.name),
@@ -420,6 +431,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     @rpc
     def Link(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
+
         def run() -> Attr:
             with self._change(context, tree, [request.ino, request.new_parent]):
                 return self.meta.link(tree, request.ino, request.new_parent,
@@ -435,6 +447,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     @rpc
     def SetXattr(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
+
         def run() -> None:
             with self._change(context, tree, [request.ino]):   # ctime
                 self.meta.setxattr(tree, request.ino, request.name, request.value,
@@ -450,6 +463,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     @rpc
     def RemoveXattr(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
+
         def run() -> None:
             with self._change(context, tree, [request.ino]):
                 self.meta.removexattr(tree, request.ino, request.name)
