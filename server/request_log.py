@@ -36,7 +36,7 @@ Interface:
     is_retry(context) -> bool                  the call carries `aifs-retry: 1`
     record(tx, result)                         in a write transaction of the engine: record the
                                                current call's result (a no-op outside `once`)
-    Codec(encode, decode); ATTR_OR_NONE        Attr | None <-> bytes
+    Codec(encode, decode); ATTR_OR_NONE        Attr | None <-> bytes; EMPTY: -> common Empty
     TABLE, MAX_REQUEST_ID (64 bytes), KEEP_SECONDS (600)
 
 Test hook: AIFS_TEST_KILL_AFTER_COMMIT="Create,Unlink": the server SIGKILLs itself after such a
@@ -59,6 +59,7 @@ from typing import Any, Generic, TypeVar
 
 from aifs_core.errors import InvalidArgument
 from aifs_core.types import Attr
+from aifs_proto.v1 import common_pb2
 
 TABLE = "aifs_request_log"
 MAX_REQUEST_ID = 64
@@ -95,6 +96,8 @@ def _decode_attr(b: bytes) -> Attr | None:
 
 
 ATTR_OR_NONE: Codec[Attr | None] = Codec(_encode_attr, _decode_attr)
+# a call whose reply is Empty: nothing to record but the fact
+EMPTY: Codec[Any] = Codec(lambda _: b"", lambda _: common_pb2.Empty())
 
 
 @dataclass
@@ -236,12 +239,14 @@ class RequestLog:
             return codec.decode(got)
         finally:
             _pending.reset(token)
+        if method in KILL_AFTER_COMMIT:
+            # before the late record below: a change that failed to record in its own
+            # transaction is then answered NotFound / AlreadyExists on retry, which the tests see
+            os.kill(os.getpid(), signal.SIGKILL)
         if not p.recorded:
             # the engine committed no change (e.g. a rename of a name onto a link of itself,
             # which returns before it writes): record the result on its own
             with suppress(Exception), self._store.write() as tx:
                 _insert(tx, p, result)
-        if method in KILL_AFTER_COMMIT:
-            os.kill(os.getpid(), signal.SIGKILL)
         self._maybe_expire()
         return result

@@ -23,6 +23,7 @@ from aifs_core.wire import asset_info_to_pb, parent_from_pb
 from aifs_proto.v1 import assets_pb2, assets_pb2_grpc, common_pb2
 from aifs_server.auth import call_scope
 from aifs_server.grpc_errors import rpc
+from aifs_server.request_log import EMPTY, is_retry
 from aifs_server.rpc_filesystem import Backend
 
 PIECE_MAX = 1 << 20
@@ -109,8 +110,13 @@ class AssetsServicer(assets_pb2_grpc.AssetsServicer):
     @rpc
     def DeleteAsset(self, request: Any, context: grpc.ServicerContext) -> Any:
         ns = self._ns(context)
-        self._store().delete(ns, request.asset_id)
-        return common_pb2.Empty()
+
+        def run() -> Any:
+            self._store().delete(ns, request.asset_id)
+            return common_pb2.Empty()
+        # at most once per request id (request_log.py; records.delete_asset records it)
+        return self.b.request_log.once("DeleteAsset", ns, request.request_id, run, EMPTY,
+                                       retry=is_retry(context))
 
     @rpc
     def VerifyAsset(self, request: Any, context: grpc.ServicerContext) -> Any:

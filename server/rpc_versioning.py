@@ -23,7 +23,7 @@ from aifs_proto.v1 import common_pb2, versioning_pb2, versioning_pb2_grpc
 from aifs_server.auth import call_scope
 from aifs_server.deadline import Deadline
 from aifs_server.grpc_errors import rpc
-from aifs_server.request_log import Codec, is_retry
+from aifs_server.request_log import EMPTY, Codec, is_retry
 from aifs_server.rpc_filesystem import Backend
 from aifs_server.versions import Snapshot, Versions
 
@@ -49,7 +49,6 @@ def _tag_info(r: tuple[str, str, int]) -> Any:
 _SNAPSHOT = Codec(lambda s: _info(s).SerializeToString(), pb.SnapshotInfo.FromString)
 _BRANCH = Codec(lambda r: _branch_info(r).SerializeToString(), pb.BranchInfo.FromString)
 _TAG = Codec(lambda r: _tag_info(r).SerializeToString(), pb.TagInfo.FromString)
-_EMPTY = Codec(lambda _: b"", common_pb2.Empty.FromString)
 
 
 def _xattrs(d: dict[bytes, bytes]) -> dict[str, list[bytes]]:
@@ -131,7 +130,7 @@ class VersioningServicer(versioning_pb2_grpc.VersioningServicer):
             with self._replacing(ns, request.name, context):
                 self.v.delete_branch(ns, request.name)
             return common_pb2.Empty()
-        return self._once("DeleteBranch", context, ns, request, run, _EMPTY)
+        return self._once("DeleteBranch", context, ns, request, run, EMPTY)
 
     @rpc
     def MoveBranch(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -166,7 +165,7 @@ class VersioningServicer(versioning_pb2_grpc.VersioningServicer):
         def run() -> Any:
             self.v.delete_tag(ns, request.name)
             return common_pb2.Empty()
-        return self._once("DeleteTag", context, ns, request, run, _EMPTY)
+        return self._once("DeleteTag", context, ns, request, run, EMPTY)
 
     @rpc
     def Diff(self, request: Any, context: grpc.ServicerContext) -> Any:

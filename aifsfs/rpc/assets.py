@@ -11,6 +11,8 @@ Interface:
         verify_asset(id) -> {"ok", "detail"}; get_lineage(id) -> [info of ancestors]
         put_tensor / get_tensor, put_embedding / get_embedding, put_artifact / get_artifact:
             the kinds' payload encoders are `aifs_core.kinds` (shared with the server)
+delete_asset carries a request id (filesystem.call_once): a retry after a lost reply succeeds
+instead of saying NotFound. put_asset needs none (the same bytes again return the stored asset).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from aifs_proto.v1 import assets_pb2, assets_pb2_grpc
 
 from ..errors import IncompleteRead, LocalError, RemoteError
 from .channel import Channel
+from .filesystem import call_once, new_request_id
 
 PIECE_SIZE = 1 << 20            # PutAsset data pieces
 
@@ -172,8 +175,8 @@ class GrpcAssets:
                 return out
 
     def delete_asset(self, asset_id: str) -> None:
-        self._ch.unary(self._assets.DeleteAsset, assets_pb2.AssetRequest(asset_id=asset_id),
-                    idempotent=False)
+        call_once(self._ch, self._assets.DeleteAsset, assets_pb2.AssetRequest(
+            asset_id=asset_id, request_id=new_request_id()))
 
     def verify_asset(self, asset_id: str) -> dict[str, Any]:
         reply = self._ch.unary(self._assets.VerifyAsset, assets_pb2.AssetRequest(asset_id=asset_id),

@@ -35,6 +35,7 @@ from aifs_server.metadata.snapshot_parents import (
     parent_exists,
 )
 from aifs_server.metadata.store import Store, Tx
+from aifs_server.request_log import record
 
 LIST_MAX = 1000           # cap on one list_assets page
 _PAGE = 1000              # chunk ids per iter_chunks query
@@ -226,6 +227,7 @@ class Records:
                 deltas[cid] -= n
             tx.adjust_refs(namespace, deltas, now)
             tx.delete_asset(namespace, asset_id)
+            record(tx, None)   # exactly-once calls (request_log.py): no-op outside one
 
     def lineage(self, namespace: str, asset_id: str) -> list[AssetRecord]:
         self._need_namespace(namespace)

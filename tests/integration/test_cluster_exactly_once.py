@@ -137,13 +137,22 @@ def test_retries_after_a_commit_without_reply_happen_once_sqlite(
 
         # a versioning change: the branch is made once and its reply comes back whole
         t, out = in_thread(lambda: client.versions.create_branch("b1"))
-        sp = _killed_then_restarted(sp, restartable, "")
+        sp = _killed_then_restarted(sp, restartable, "DeleteAsset")
         info = joined(t, out)
         assert info["name"] == "b1"
         assert [b["name"] for b in client.versions.list_branches()].count("b1") == 1
         assert replays(sp.ready_line) == {"CreateBranch": 1.0}
         with pytest.raises(AlreadyExists):
             client.versions.create_branch("b1")
+
+        # DeleteAsset: the retry succeeds (not NotFound)
+        aid = client.put_asset(b"an asset")
+        t, out = in_thread(lambda: client.assets.delete_asset(aid))
+        sp = _killed_then_restarted(sp, restartable, "")
+        joined(t, out)
+        assert replays(sp.ready_line) == {"DeleteAsset": 1.0}
+        with pytest.raises(NotFound):
+            client.assets.delete_asset(aid)
 
 
 def test_a_request_id_is_bounded(restartable: Callable[[str], ServerProc]) -> None:

@@ -72,10 +72,12 @@ class GetAssetReply(_message.Message):
     def __init__(self, info: _Optional[_Union[AssetInfo, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class AssetRequest(_message.Message):
-    __slots__ = ("asset_id",)
+    __slots__ = ("asset_id", "request_id")
     ASSET_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     asset_id: str
-    def __init__(self, asset_id: _Optional[str] = ...) -> None: ...
+    request_id: bytes
+    def __init__(self, asset_id: _Optional[str] = ..., request_id: _Optional[bytes] = ...) -> None: ...
 
 class ListAssetsRequest(_message.Message):
     __slots__ = ("kind", "limit", "after")
