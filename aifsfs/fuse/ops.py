@@ -77,6 +77,7 @@ from aifs_core.types import (
 )
 from aifsfs.errors import errno_for, xattr_errno_for
 from aifsfs.fuse.chunk_cache import ChunkCache, split_range
+from aifsfs.fuse.dir_fill import Batch, DirFill, plan_batches
 from aifsfs.fuse.inodes import InodeTable
 from aifsfs.fuse.leases import NEGATIVE, LeaseCache
 from aifsfs.fuse.readahead import ChunkReader, ReadWindow
@@ -102,6 +103,12 @@ READDIR_PAGE = 1000
 BATCH_MIN = 16
 BATCH_MAX = 256
 INLINE_BATCH = 4 << 20
+# Directory fills (dir_fill.py): a listed directory whose small files total at most this (and
+# what the page cache may take, or half the memory cache) is fetched whole from the second cold
+# open in it on. A wrong guess (two files read of a directory the reader leaves) costs at
+# most this much server work, a few seconds.
+FILL_MAX = 1 << 30
+FILL_PARALLEL_CALLS = 2     # ReadDir calls a fill keeps out: the server decrypts on 2 threads
 # A leased directory that keeps getting lookups of absent names (creates in an existing
 # directory: tar, cp -r) is listed whole after this many, so that it becomes complete and the
 # next creates ask no negative Lookup -- when it has at most LIST_MAX_PAGES pages.
@@ -221,6 +228,8 @@ class AIFSOperations(pyfuse3.Operations):
         # fetched, next batch size) -- a heuristic, shared by all openers
         self._walk: tuple[int, int, int] | None = None
         self._last_cold: int | None = None       # directory of the last cold open's file
+        self._fills: dict[int, DirFill] = {}      # directory -> its fill in progress
+        self.fill_stats = {"fills": 0, "batches": 0, "pushed": 0}   # and skipped pushes, why
         self._negatives: dict[int, int] = {}     # directory -> negative lookups asked
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -312,28 +321,35 @@ class AIFSOperations(pyfuse3.Operations):
         return entries, eof, cs, maps
 
     async def _batched_open(self, ino: int) -> tuple[Attr, int, list[ChunkRef], bytes] | None:
-        """A cold open that continues a walk of a directory in order (this file follows the
-        last one opened cold there) fetches its map with the next files' in one ReadDir:
-        their opens then hit the leases, their bytes the chunk cache. Else None (the first
-        open of a walk, or random order: one GetChunkMap as before)."""
+        """A cold open of a file of a listed directory: from the directory's fill (the
+        second cold open in a directory that fits starts one), else, when this file follows
+        the last one opened cold there in listing order, with the next files' maps in one
+        ReadDir (their opens then hit the leases, their bytes the chunk cache). None: ask
+        one GetChunkMap (the first open of a walk, or random order in a large directory)."""
         pos = self.leases.position(ino) if self._session is not None else None
         if pos is None:
             return None
         parent, before, cookie = pos
+        fill = self._fills.get(parent)
+        if fill is None:
+            # From a second cold open in a directory whose files fit what a fill may take,
+            # fetch all of it, ahead of the reader: whatever order the opens take (a shuffled
+            # DataLoader epoch, sorted names over a listing in creation order), what is
+            # fetched stays cached until they come.
+            last, self._last_cold = self._last_cold, parent
+            if last == parent:
+                fill = self._start_fill(parent, ino)
+        if fill is not None:
+            if await fill.wait_for(ino):
+                hit = self.leases.chunk_map(ino)
+                if hit is not None:
+                    return (*hit, b"")        # its bytes: page cache and/or chunk cache
+            return None
         walk = self._walk
         if walk is None or walk[0] != parent or walk[1] != before:
-            # Not the next file in listing order. A directory whose files all fit well in the
-            # memory cache is fetched anyway from a second cold open in it on (a reader of
-            # sorted names, say, while the listing is in creation order): whatever order the
-            # opens take, what is fetched stays cached until they come.
-            last, self._last_cold = self._last_cold, parent
-            size = self.leases.dir_bytes(parent) if last == parent else None
-            if size is None or size > self.cache.capacity // 2:
-                self._walk = (parent, cookie, BATCH_MIN)
-                return None
-            n = BATCH_MAX
-        else:
-            n = walk[2]
+            self._walk = (parent, cookie, BATCH_MIN)     # random order: one GetChunkMap
+            return None
+        n = walk[2]
         total = min(INLINE_BATCH, self.cache.capacity // 8)
         entries, eof, cs, maps = await self._call(self._maps_sync, parent, before, n, total)
         self._walk = (None if eof or not entries
@@ -349,6 +365,90 @@ class AIFSOperations(pyfuse3.Operations):
             if e.attr.ino == ino:
                 mine = (e.attr, cs, refs, data)
         return mine
+
+    def _fill_limit(self) -> int:
+        """Bytes a directory fill may fetch: half the memory cache, or what the page cache
+        may take (at most FILL_MAX) when pages are pushed."""
+        pages = self.reader.pages
+        in_cache = self.cache.capacity // 2
+        if pages is not None and pages.enabled:
+            return max(in_cache, min(FILL_MAX, pages.budget()))
+        return in_cache
+
+    def _start_fill(self, parent: int, ino: int) -> DirFill | None:
+        """Start fetching the files of a listed directory whose maps this mount lacks, when
+        they fit (_fill_limit); None when not (not listed whole, too large, no nursery)."""
+        size = self.leases.dir_bytes(parent)
+        if self._nursery is None or size is None or size > self._fill_limit():
+            return None
+        listing = self.leases.unmapped(parent)
+        if not listing:
+            return None
+        batches = plan_batches(listing, INLINE_MAX, INLINE_BATCH, BATCH_MAX)
+        fill = DirFill(parent, batches, functools.partial(self._fill_batch, parent, size),
+                       FILL_PARALLEL_CALLS)
+        fill.start_at(ino)
+        self._fills[parent] = fill
+        self.fill_stats["fills"] += 1
+        self._nursery.start_soon(self._run_fill, fill)
+        return fill
+
+    async def _run_fill(self, fill: DirFill) -> None:
+        try:
+            await fill.run()
+        finally:
+            if self._fills.get(fill.parent) is fill:
+                del self._fills[fill.parent]
+
+    async def _fill_batch(self, parent: int, dir_size: int, b: Batch) -> None:
+        """One ReadDir(with_maps) of a fill: maps leased (_maps_sync), whole small files
+        pushed into the kernel's page cache, and into the memory cache when the directory
+        fits half of it or an open waits for the file."""
+        pages = self.reader.pages
+        while (pages is not None and pages.pending_bytes > pages.max_pending // 2
+               and not b.wanted):
+            # never outrun the pusher (a dropped push is a wasted fetch) -- unless an open
+            # waits: the pusher may itself wait for a page a read of ours has locked
+            await trio.sleep(0.005)
+        fill = self._fills.get(parent)
+        entries, _eof, cs, maps = await self._call(
+            self._maps_sync, parent, b.cookie, len(b.inos), max(1, b.inline_bytes))
+        self.fill_stats["batches"] += 1
+        in_cache = dir_size <= self.cache.capacity // 2
+        for e in entries:
+            m = maps.get(e.attr.ino)
+            if m is None:
+                continue
+            refs, data = m
+            if not (data and len(refs) == 1 and refs[0].index == 0
+                    and len(data) == refs[0].length):
+                continue
+            if in_cache or (fill is not None and fill.waiting(e.attr.ino)):
+                self.cache.put(refs[0].chunk_id, 0, data)
+            self._push_whole(e.attr, cs, data)
+
+    def _push_whole(self, a: Attr, cs: int, data: bytes) -> None:
+        """Push a small file's bytes, fetched with its leased map, into the kernel's page
+        cache before any open asks: only for an inode the kernel holds (listed), not open
+        here, whose pages can only be of this generation, while the map is still leased (a
+        change since would have recalled it: then the next open fetches the map and drops
+        the kernel's pages, keep_cache being false for a generation other than seen_gen)."""
+        pages = self.reader.pages
+        node = self.inodes.get(a.ino)
+        why = ("off" if pages is None or not pages.enabled or a.size != len(data)
+               else "forgotten" if node is None or node.lookups <= 0
+               else "open" if node.state is not None
+               else "other generation" if node.seen_gen not in (None, a.generation)
+               else "not leased" if not self.leases.has_map(a.ino, a.generation)
+               else "")
+        t = None if why or pages is None else pages.target_for(a.ino, cs, a.size)
+        if t is None or pages is None:
+            why = why or "writer"
+            self.fill_stats[why] = self.fill_stats.get(why, 0) + 1
+            return
+        self.inodes.set_seen_gen(a.ino, a.generation)
+        pages.offer(t, 0, data)
+        self.fill_stats["pushed"] += 1
 
     async def _list_whole(self, parent: int, name: bytes) -> Any:
         """List a directory that keeps being asked for absent names, so that its lease
@@ -1027,6 +1127,8 @@ class AIFSOperations(pyfuse3.Operations):
         for ino in self.inodes.dead_dirs():
             await self._forget_remote(ino)
         self.inodes.clear_dead_dirs()
+        if self.fill_stats["fills"]:
+            log.info("directory fills: %s", self.fill_stats)
         if self._session is not None:
             await trio.to_thread.run_sync(self._session.close)
 

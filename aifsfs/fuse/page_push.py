@@ -6,6 +6,9 @@ Interface:
         .target(st) -> Target | None taken on the trio thread where a read or fill learns which
                                      chunks a clean file holds: None when the file has
                                      buffered changes or a handle open for writing here
+        .target_for(ino, chunk_size, size) -> Target | None
+                                     the same for a file not open here (a directory fill,
+                                     dir_fill.py): None while a handle open for writing lives
         .offer(target, slot, data)   queue a push of `data` at slot `slot`'s start (offset in
                                      the slot: .offer_at); dropped when the queue is full or
                                      anything fenced the inode since the target was taken
@@ -121,12 +124,15 @@ class PagePusher:
                 and t.ino not in self._writers)
 
     def target(self, st: Any) -> Target | None:
-        if not self.enabled or self._thread is None or st.is_dirty() or st.size <= 0:
+        return None if st.is_dirty() else self.target_for(st.ino, st.chunk_size, st.size)
+
+    def target_for(self, ino: int, chunk_size: int, size: int) -> Target | None:
+        if not self.enabled or self._thread is None or size <= 0:
             return None
         with self._lock:
-            if st.ino in self._writers:
+            if ino in self._writers:
                 return None
-            return Target(st.ino, next(self._counter), st.chunk_size, st.size)
+            return Target(ino, next(self._counter), chunk_size, size)
 
     def budget(self) -> int:
         now = time.monotonic()
