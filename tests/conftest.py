@@ -44,6 +44,19 @@ def server(data_dir: Path) -> Iterator[ServerProc]:
         stop_server(sp)
 
 
+@pytest.fixture
+def metered(tmp_path: Path) -> Iterator[ServerProc]:
+    """A server of its own (not the `server` fixture's data dir) publishing its metrics on a
+    free port (read them with tests.integration.test_snapshot_open.metric). Environment set
+    before it starts (e.g. an autouse monkeypatch.setenv) reaches the server. Ask for it before
+    mount_factory so mounts are torn down while it still runs."""
+    sp = start_server(make_data_dir(tmp_path / "metered"), args=["--metrics-port", "0"])
+    try:
+        yield sp
+    finally:
+        stop_server(sp)
+
+
 @pytest.fixture(scope="module")
 def server_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc]:
     d = make_data_dir(tmp_path_factory.mktemp("srv") / "data")

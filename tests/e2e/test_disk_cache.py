@@ -14,30 +14,17 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from aifsfs.fuse.disk_cache import scan
 from tests.e2e.conftest import Mount
-from tests.helpers import ServerProc, make_data_dir, start_server, stop_server
+from tests.helpers import ServerProc
 
 MiB = 1 << 20
 FILES = {f"d/part-{i}.bin": 3 * MiB + 1000 * i for i in range(5)} | {"d/big.bin": 6 * MiB + 77}
 TOTAL = sum(FILES.values())
-
-
-@pytest.fixture
-def metered(tmp_path: Path) -> Iterator[ServerProc]:
-    """A server of its own (not the `server` fixture's data dir) publishing its metrics. Tests
-    ask for it before mount_factory, so their mounts are torn down while it still runs."""
-    sp = start_server(make_data_dir(tmp_path / "metered"), args=["--metrics-port", "0"])
-    try:
-        yield sp
-    finally:
-        stop_server(sp)
 
 
 def get_chunks_calls(sp: ServerProc) -> int:

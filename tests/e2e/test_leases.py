@@ -10,25 +10,22 @@ import os
 import signal
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from tests.e2e.conftest import Mount
-from tests.helpers import ServerProc, start_server, stop_server
+from tests.helpers import ServerProc
 
 TERM = 2.0      # seconds: the lease term of the test server
 
 
-@pytest.fixture
-def metered(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ServerProc]:
+@pytest.fixture(autouse=True)
+def lease_term(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The short lease term, set before the shared `metered` server (tests/conftest.py) starts:
+    autouse fixtures are set up before the ones a test asks for."""
     monkeypatch.setenv("AIFS_LEASE_TERM_SECONDS", str(TERM))
-    sp = start_server(data_dir, args=["--metrics-port", "0"])
-    try:
-        yield sp
-    finally:
-        stop_server(sp)
 
 
 def calls(sp: ServerProc) -> dict[str, int]:

@@ -5,30 +5,18 @@ stored when its upload returns, and a refused batch fails each of its uploads.""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import blake3
-import pytest
 import trio
 import trio.testing
 
 from aifs_core.errors import InvalidArgument
 from aifsfs.client import AIFSClient
 from aifsfs.fuse.write_buffer import PUT_BATCH_CHUNKS, PUT_CALLS_MAX, PutBatcher
-from tests.helpers import ServerProc, make_data_dir, start_server, stop_server
+from tests.helpers import ServerProc
 from tests.integration.test_snapshot_open import metric
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def metered(tmp_path: Path) -> Iterator[ServerProc]:
-    sp = start_server(make_data_dir(tmp_path / "data"), args=["--metrics-port", "0"])
-    try:
-        yield sp
-    finally:
-        stop_server(sp)
 
 
 def _put_calls(sp: ServerProc) -> float:
