@@ -16,14 +16,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from tests.e2e import test_disk_cache
 from tests.e2e.conftest import Mount
 from tests.e2e.test_disk_cache import get_chunks_calls
 from tests.helpers import ServerProc
 
 MiB = 1 << 20
 SIZE = 24 * MiB + 4096 + 5        # a partial last chunk, and a partial last page
-metered = test_disk_cache.metered  # the fixture: a server of its own, with metrics
 
 
 def _data(seed: str, size: int = SIZE) -> bytes:

@@ -25,9 +25,11 @@ import pytest
 
 from aifsfs.bench.workloads import create_small
 from tests.e2e.conftest import Mount
-from tests.e2e.test_leases import _wait_leased, calls, metered  # noqa: F401 - fixture
+from tests.e2e.test_leases import _wait_leased, calls, lease_term  # noqa: F401 - fixture
 from tests.helpers import ServerProc, start_server, stop_server
 
+# lease_term (imported): test_leases' autouse 2 s lease term, set before the shared `metered`
+# server (tests/conftest.py) starts
 N = 400          # files per test (the untar test: the issue's 1,000)
 UNTAR_FILES = 1000
 # The test server's lease term is 2 s (renewed every 0.5 s): on a loaded machine a late renewal
