@@ -162,7 +162,7 @@ def test_untar_of_small_files_calls(
 
 
 def test_closed_small_files_survive_a_server_sigkill(
-        data_dir: Path, metered: ServerProc, mount_factory: Callable[..., Mount],  # noqa: F811
+        metered: ServerProc, mount_factory: Callable[..., Mount],  # noqa: F811
         monkeypatch: pytest.MonkeyPatch) -> None:
     m = mount_factory(metered)
     _ready(m, metered)
@@ -170,7 +170,7 @@ def test_closed_small_files_survive_a_server_sigkill(
     metered.proc.send_signal(signal.SIGKILL)
     metered.proc.wait(10)
     m.unmount()
-    sp = start_server(data_dir)
+    sp = start_server(metered.data_dir)   # the killed server's own data dir
     try:
         m2 = mount_factory(sp)
         names = sorted(os.listdir(m2.path / "small"))
