@@ -88,15 +88,16 @@ class Records:
             self._namespaces.add(name)
 
     # --- chunk records -----------------------------------------------------------------------
-    def record_chunk(self, namespace: str, chunk_id: bytes, raw_len: int, stored_len: int
-                     ) -> bool:
+    @staticmethod
+    def _check_chunk(chunk_id: bytes, raw_len: int, stored_len: int) -> None:
         if len(chunk_id) != 32:
             raise InvalidArgument(f"chunk id must be 32 bytes (BLAKE3), got {len(chunk_id)}")
         if raw_len < 0 or stored_len < 0:
             raise InvalidArgument("chunk lengths must not be negative")
-        self._need_namespace(namespace)
-        now = now_ns()
-        tx = self._store.single()
+
+    @staticmethod
+    def _insert_chunk(tx: Tx, namespace: str, chunk_id: bytes, raw_len: int, stored_len: int,
+                      now: int) -> bool:
         new = tx.insert_chunk(namespace, chunk_id, raw_len, stored_len, now)
         if not new:
             # Recorded again (re-uploaded): restart the grace clock of an unreferenced chunk so
@@ -104,28 +105,25 @@ class Records:
             tx.restart_grace(namespace, chunk_id, now)
         return new
 
+    def record_chunk(self, namespace: str, chunk_id: bytes, raw_len: int, stored_len: int
+                     ) -> bool:
+        self._check_chunk(chunk_id, raw_len, stored_len)
+        self._need_namespace(namespace)
+        return self._insert_chunk(self._store.single(), namespace, chunk_id, raw_len,
+                                  stored_len, now_ns())
+
     def record_chunks(self, namespace: str, chunks: Sequence[tuple[bytes, int, int]]
                       ) -> list[bool]:
         """record_chunk of each (chunk_id, raw_len, stored_len), in one transaction: a
         PutChunks batch (durable in the store already) pays one commit, not one per chunk."""
-        for chunk_id, raw_len, stored_len in chunks:
-            if len(chunk_id) != 32:
-                raise InvalidArgument(
-                    f"chunk id must be 32 bytes (BLAKE3), got {len(chunk_id)}")
-            if raw_len < 0 or stored_len < 0:
-                raise InvalidArgument("chunk lengths must not be negative")
+        for chunk in chunks:
+            self._check_chunk(*chunk)
         if not chunks:
             return []
         self._need_namespace(namespace)
         now = now_ns()
-        out: list[bool] = []
         with self._store.write() as tx:
-            for chunk_id, raw_len, stored_len in chunks:
-                new = tx.insert_chunk(namespace, chunk_id, raw_len, stored_len, now)
-                if not new:   # as in record_chunk: restart an unreferenced chunk's grace
-                    tx.restart_grace(namespace, chunk_id, now)
-                out.append(new)
-        return out
+            return [self._insert_chunk(tx, namespace, *chunk, now) for chunk in chunks]
 
     def has_chunks(self, namespace: str, chunk_ids: list[bytes]) -> list[bool]:
         self._need_namespace(namespace)
