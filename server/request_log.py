@@ -114,13 +114,13 @@ _pending: ContextVar[_Pending | None] = ContextVar("aifs_request_log_call", defa
 
 
 def _execute(tx: Any, sql: str, params: tuple[Any, ...] = ()) -> Any:
-    """Run one statement on a `sql.SQLTx` (its helper turns "?" into the database's
-    placeholder), in whatever transaction `tx` is part of."""
-    return tx._x(sql, params)
+    """Run one statement on a `sql.SQLTx` ("?" placeholders), in whatever transaction `tx`
+    is part of."""
+    return tx.execute(sql, params)
 
 
 def _is_postgres(tx: Any) -> bool:
-    return getattr(getattr(tx, "_d", None), "name", "") == "postgresql"
+    return bool(tx.dialect_name == "postgresql")
 
 
 def is_retry(context: Any) -> bool:

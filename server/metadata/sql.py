@@ -123,6 +123,14 @@ class SQLTx(VersionSQL):
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self._c.execute(self._q(sql), params)
 
+    # For a module that keeps its own table in the engine's transactions (request_log.py):
+    # one statement ("?" placeholders) in this transaction, and which database it runs on.
+    execute = _x
+
+    @property
+    def dialect_name(self) -> str:
+        return self._d.name
+
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
         rows = list(rows)
         if rows:  # a cursor's: psycopg's connections have no executemany
