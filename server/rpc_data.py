@@ -4,6 +4,7 @@ Interface:
     DataServicer(backend: rpc_filesystem.Backend)
     add_data_service(servicer, grpc_server)   register it (GetChunks answers encode_piece bytes)
     encode_piece(index, offset, raw_length, encoding, parts) -> bytes   one ChunkPiece, encoded
+    decode_put(message bytes) -> PutRequest   a PutChunkRequest parsed without copying its data
     PIECE_MAX = 1 MiB          the largest data payload of one GetChunks message
 
 Rules:
@@ -32,12 +33,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, NamedTuple
 
 import grpc
 
 from aifs_core.codec import decompress_bounded
 from aifs_core.errors import AIFSError, CorruptChunk, InvalidArgument, NotFound
+from aifs_core.protowire import fields, varint
 from aifs_proto.v1 import data_pb2, data_pb2_grpc
 from aifs_server.auth import call_scope
 from aifs_server.envelope import Frame
@@ -81,14 +83,6 @@ def _decompress_limited(data: bytes, limit: int, chunk_hex: str) -> bytes:
 PUT_BATCH_CHUNKS = 8
 PUT_BATCH_BYTES = 16 << 20
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
 
 def encode_piece(index: int, offset: int, raw_length: int, encoding: int,
                  data: list[bytes | memoryview]) -> bytes:
@@ -100,12 +94,48 @@ def encode_piece(index: int, offset: int, raw_length: int, encoding: int,
     for tag, value in ((0x08, index), (0x10, offset), (0x18, raw_length), (0x20, encoding)):
         if value:
             head.append(tag)
-            head += _varint(value)
+            head += varint(value)
     size = sum(len(d) for d in data)
     if size:
         head.append(0x2A)
-        head += _varint(size)
+        head += varint(size)
     return b"".join([head, *data])
+
+
+class PutRequest(NamedTuple):
+    """A PutChunks request (data_pb2.PutChunkRequest's fields), `data` a view into the
+    received message."""
+
+    chunk_id: bytes
+    data: memoryview
+    encoding: int
+    raw_length: int
+
+
+def decode_put(buf: bytes) -> PutRequest:
+    """A PutChunkRequest from its protobuf wire format, the payload a view, not a copy:
+    data_pb2.PutChunkRequest.FromString copies the 1 MiB payload into the message and `.data`
+    copies it again. As protobuf does: unknown fields skipped, the last of a repeated field
+    kept, enums and uint32 truncated to 32 bits. Malformed: an error, which grpc turns into
+    INTERNAL "Exception deserializing request!" as it does when protobuf's parser fails."""
+    cid = data = memoryview(buf)[0:0]
+    encoding = raw_length = 0
+    try:
+        for number, value in fields(buf):
+            if isinstance(value, int):
+                if number == 3:
+                    encoding = value & 0xFFFFFFFF
+                elif number == 4:
+                    raw_length = value & 0xFFFFFFFF
+            elif number == 1:
+                cid = value
+            elif number == 2:
+                data = value
+    except ValueError as exc:
+        raise InvalidArgument(f"malformed PutChunkRequest ({exc})") from None
+    if encoding >= 1 << 31:     # an enum is an int32: protobuf reads it signed
+        encoding -= 1 << 32
+    return PutRequest(bytes(cid), data, encoding, raw_length)
 
 
 def _serialize_piece(m: Any) -> bytes:
@@ -116,13 +146,13 @@ def _serialize_piece(m: Any) -> bytes:
 
 def add_data_service(servicer: DataServicer, server: grpc.Server) -> None:
     """data_pb2_grpc.add_DataServicer_to_server, with GetChunks sending the pre-encoded
-    messages of encode_piece."""
+    messages of encode_piece and PutChunks parsing its requests with decode_put."""
     handlers = {
         "HasChunks": grpc.unary_unary_rpc_method_handler(
             servicer.HasChunks, request_deserializer=data_pb2.HasChunksRequest.FromString,
             response_serializer=data_pb2.HasChunksReply.SerializeToString),
         "PutChunks": grpc.stream_unary_rpc_method_handler(
-            servicer.PutChunks, request_deserializer=data_pb2.PutChunkRequest.FromString,
+            servicer.PutChunks, request_deserializer=decode_put,
             response_serializer=data_pb2.PutChunksReply.SerializeToString),
         "GetChunks": grpc.unary_stream_rpc_method_handler(
             servicer.GetChunks, request_deserializer=data_pb2.GetChunksRequest.FromString,
@@ -172,7 +202,7 @@ class DataServicer(data_pb2_grpc.DataServicer):
         ns_name, _ = call_scope(context)
         ns = self.b.namespace(ns_name)
         reply = data_pb2.PutChunksReply()
-        batch: list[tuple[bytes, bytes]] = []
+        batch: list[tuple[bytes, bytes | memoryview]] = []
         batch_bytes = 0
 
         def store_batch() -> None:
@@ -204,7 +234,8 @@ class DataServicer(data_pb2_grpc.DataServicer):
             store_batch()
         return reply
 
-    def _plaintext(self, req: Any, cid: bytes, ns_name: str, chunk_size: int) -> bytes:
+    def _plaintext(self, req: Any, cid: bytes, ns_name: str, chunk_size: int
+                   ) -> bytes | memoryview:
         """The uploaded chunk's plaintext, its encoding undone and its size checked."""
         hexid = cid.hex()
         self._count("in", len(req.data))
@@ -222,7 +253,8 @@ class DataServicer(data_pb2_grpc.DataServicer):
             raise InvalidArgument(
                 f"chunk {hexid}: raw_length says {req.raw_length} bytes but the data is "
                 f"{len(plain)}")
-        return bytes(plain)
+        # a view into the received message is kept as it is (no copy): the store seals it
+        return plain
 
     @rpc
     def GetChunks(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
