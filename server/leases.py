@@ -35,7 +35,23 @@ Interface:
         .held(tree, inos) -> bool               a lease on one of them (None: the tree) is held
         .forget_all()                           the bus lost touch: recall every lease, refuse
                                                 grants of reads begun before now
+      exclusive directory leases (docs/LEASES.md "Exclusive directory leases"):
+        .holds_excl(sess, tree, d) -> bool      `sess` holds d exclusively
+        .may_excl(sess, tree, d) -> bool        cheap check before listing d for grant_excl
+        .grant_excl(sess, tree, d, children, since) -> bool
+                                                d and its listed children (read after mark()
+                                                `since`) leased to `sess` alone, when nobody
+                                                else holds a lease on any of them and no change
+                                                of them started since; False otherwise
+        .cover(sess, tree, d, ino)              a child `sess` made in d it holds exclusively
+        .read_excl(tree, inos, origin, deadline) -> bool
+                                                before a read of `inos`: recall every other
+                                                session's exclusive lease covering one of them
+                                                (the holder sends its pending changes, then
+                                                acks); True if it recalled any
+        .excl_other(tree, inos, origin) -> bool whether another session covers one of them
     Session: .id .tree .outbox (queue of ("recall", seq, inos) | ("renew_ok", stamp) | None)
+             .excl {directory ino: the inodes its exclusive lease covers}
 
 Term: AIFS_LEASE_TERM_SECONDS (default 10). A holder that keeps its stream open renews every
 term/4; one that dies closes the stream (the kernel closes its socket) and loses its leases at
@@ -65,7 +81,7 @@ Key = tuple[Any, int]           # (TreeRef, ino)
 
 
 class Session:
-    __slots__ = ("id", "tree", "expires", "outbox", "held", "acked", "alive")
+    __slots__ = ("id", "tree", "expires", "outbox", "held", "acked", "alive", "excl")
 
     def __init__(self, tree: Any, term: float) -> None:
         self.id = secrets.token_hex(16)
@@ -75,6 +91,7 @@ class Session:
         self.held: set[int] = set()
         self.acked = 0            # highest recall seq acked (acks come in order)
         self.alive = True
+        self.excl: dict[int, set[int]] = {}   # exclusive leases: directory -> covered inodes
 
 
 class LeaseManager:
@@ -93,6 +110,8 @@ class LeaseManager:
         self._tree_changing: dict[Any, int] = {}        # whole-tree changes running
         self._tree_started: dict[Any, int] = {}         # last whole-tree change per tree
         self.bus: Any = None                            # lease_bus.LeaseBus (other servers)
+        # exclusive directory leases: covered inode -> (holding session id, its directory)
+        self._excl: dict[Key, tuple[str, int]] = {}
 
     # --- sessions -------------------------------------------------------------------------------
     def open_session(self, tree: Any) -> Session:
@@ -110,6 +129,10 @@ class LeaseManager:
             for ino in s.held:
                 self._unhold((s.tree, ino), sid)
             s.held.clear()
+            for covered in s.excl.values():      # its pending changes are lost with it
+                for ino in covered:
+                    self._excl.pop((s.tree, ino), None)
+            s.excl.clear()
             self._cv.notify_all()
         s.outbox.put(None)
 
@@ -179,6 +202,9 @@ class LeaseManager:
             for k in keys:
                 if self._changing.get(k) or self._started.get(k, 0) > since:
                     return False     # what was read may predate a change: no lease on it
+                ex = self._excl.get(k)
+                if ex is not None and ex[0] != sess.id:
+                    return False     # another session may have changes of it pending
             for k in keys:
                 self._holders.setdefault(k, set()).add(sess.id)
                 sess.held.add(k[1])
@@ -226,6 +252,7 @@ class LeaseManager:
             self._tree_changing[tree] = self._tree_changing.get(tree, 0) + 1
             self._tree_started[tree] = self._seq
             keys = [k for k in self._holders if k[0] == tree]
+            keys += [k for k in self._excl if k[0] == tree]
         try:
             self._recall_keys(keys, None, deadline)
             with self._across(tree, None, deadline, remote):
@@ -264,22 +291,33 @@ class LeaseManager:
         with self._cv:
             if inos is None:
                 return any(k[0] == tree for k in self._holders)
-            return any((tree, ino) in self._holders for ino in inos)
+            return any((tree, ino) in self._holders or (tree, ino) in self._excl
+                       for ino in inos)
 
     def forget_all(self) -> None:
         with self._cv:
             self._seq += 1
             self._floor = self._seq   # a read begun before now may have missed a change
-            keys = list(self._holders)
+            keys = list(self._holders) + list(self._excl)
         self._recall_keys(keys, None, None)
 
-    def _recall_keys(self, keys: list[Key], origin: Session | None, deadline: Any) -> None:
+    def _recall_keys(self, keys: list[Key], origin: Session | None, deadline: Any,
+                     reads: bool = True) -> None:
         """Send one Recall per holding session and wait until each acked it, or died, or its
-        term ran out. The origin's own leases are not recalled: its client drops them itself."""
+        term ran out. The origin's own leases are not recalled: its client drops them itself.
+        An exclusive lease covering a key is recalled whole (the Recall names its directory:
+        the holder sends its pending changes there before it acks). reads=False: only those
+        (a read recalls no read lease)."""
         waits: list[tuple[Session, int, float]] = []
         with self._cv:
             per: dict[str, list[int]] = {}
             for k in keys:
+                ex = self._excl.get(k)
+                if ex is not None and (origin is None or ex[0] != origin.id):
+                    self._drop_excl(k[0], *ex)
+                    per.setdefault(ex[0], []).append(ex[1])
+                if not reads:
+                    continue
                 for sid in list(self._holders.get(k, ())):
                     if origin is not None and sid == origin.id:
                         continue
@@ -293,7 +331,7 @@ class LeaseManager:
                 if s is None:
                     continue
                 self._seq += 1
-                s.outbox.put(("recall", self._seq, inos))
+                s.outbox.put(("recall", self._seq, sorted(set(inos))))
                 # a lease is good until the holder's expiry as of now: renewals that come
                 # after the recall do not extend leases the holder was told to drop
                 waits.append((s, self._seq, s.expires))
@@ -310,7 +348,92 @@ class LeaseManager:
                 until = min(exp for _, _, exp in waits) - now
                 self._cv.wait(min(until, left) if left is not None else until)
 
+    def _drop_excl(self, tree: Any, sid: str, d: int) -> None:
+        s = self._sessions.get(sid)
+        covered = s.excl.pop(d, set()) if s is not None else set()
+        for ino in covered | {d}:
+            if self._excl.get((tree, ino), (None,))[0] == sid:
+                del self._excl[(tree, ino)]
+
+    # --- exclusive directory leases -------------------------------------------------------------
+    def _excl_ok(self, sess: Session | None) -> bool:
+        # On several servers a read through another one would not recall it: not granted
+        # there (docs/DECISIONS.md "Exclusive directory leases")
+        return sess is not None and sess.alive and self.grants and self.bus is None
+
+    def holds_excl(self, sess: Session | None, tree: Any, d: int) -> bool:
+        if sess is None:
+            return False
+        with self._cv:
+            return d in sess.excl and self._excl.get((tree, d), (None,))[0] == sess.id
+
+    def may_excl(self, sess: Session | None, tree: Any, d: int) -> bool:
+        if not self._excl_ok(sess):
+            return False
+        assert sess is not None
+        with self._cv:
+            k = (tree, d)
+            return (len(self._holders.get(k, set()) - {sess.id}) == 0
+                    and self._excl.get(k, (sess.id,))[0] == sess.id
+                    and not self._changing.get(k))
+
+    def grant_excl(self, sess: Session | None, tree: Any, d: int, children: Iterable[int],
+                   since: int) -> bool:
+        if not self._excl_ok(sess):
+            return False
+        assert sess is not None
+        keys = [(tree, d)] + [(tree, c) for c in children]
+        with self._cv:
+            if not sess.alive or len(sess.held) + len(keys) > self.max_per_session:
+                return False
+            if (self._floor > since or self._tree_changing.get(tree)
+                    or self._tree_started.get(tree, 0) > since):
+                return False
+            for k in keys:
+                if self._changing.get(k) or self._started.get(k, 0) > since:
+                    return False     # changed since the listing: what it covers is unknown
+                if self._holders.get(k, set()) - {sess.id}:
+                    return False     # another session caches it: it would not see ours
+                ex = self._excl.get(k)
+                if ex is not None and ex[0] != sess.id:
+                    return False
+            for k in keys:
+                self._excl[k] = (sess.id, d)
+            sess.excl[d] = {k[1] for k in keys}
+            return True
+
+    def cover(self, sess: Session | None, tree: Any, d: int, ino: int) -> None:
+        if sess is None:
+            return
+        with self._cv:
+            covered = sess.excl.get(d)
+            if covered is not None and (tree, ino) not in self._excl:
+                covered.add(ino)
+                self._excl[(tree, ino)] = (sess.id, d)
+
+    def excl_other(self, tree: Any, inos: Iterable[int], origin: Session | None) -> bool:
+        if not self._excl:
+            return False
+        with self._cv:
+            for ino in inos:
+                ex = self._excl.get((tree, ino))
+                if ex is not None and (origin is None or ex[0] != origin.id):
+                    return True
+            return False
+
+    def read_excl(self, tree: Any, inos: Iterable[int], origin: Session | None,
+                  deadline: Any) -> bool:
+        if not self._excl:          # the common case: nothing held exclusively, no lock
+            return False
+        inos = list(inos)
+        keys = [(tree, ino) for ino in inos]
+        if not self.excl_other(tree, inos, origin):
+            return False
+        self._recall_keys(keys, origin, deadline, reads=False)
+        return True
+
     # --- introspection (tests, metrics) ---------------------------------------------------------
     def stats(self) -> dict[str, int]:
         with self._cv:
-            return {"sessions": len(self._sessions), "leases": sum(map(len, self._holders.values()))}
+            return {"sessions": len(self._sessions), "leases": sum(map(len, self._holders.values())),
+                    "exclusive": sum(len(s.excl) for s in self._sessions.values())}

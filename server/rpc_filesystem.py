@@ -57,6 +57,7 @@ from aifs_server.deadline import Deadline
 from aifs_server.grpc_errors import rpc
 from aifs_server.leases import LeaseManager, Session
 from aifs_server.request_log import ATTR_OR_NONE, RequestLog, is_retry
+from aifs_server.rpc_batch import excl_after, unlink_batch
 
 READDIR_DEFAULT = 256
 INLINE_COMMIT_MAX = 16 << 20    # inline chunk bytes one CommitFile may carry
@@ -182,6 +183,12 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         if sess is not None and self.leases.grant(sess, tree, inos, since):
             context.send_initial_metadata((("aifs-lease", "1"),))
 
+    def _read_excl(self, context: grpc.ServicerContext, tree: TreeRef, sess: Session | None,
+                   inos: list[int]) -> bool:
+        """Before a read: another session's exclusive lease covering one of `inos` is
+        recalled (its holder sends its pending changes first); True if one was."""
+        return self.leases.read_excl(tree, inos, sess, Deadline.of_call(context))
+
     def _change(self, context: grpc.ServicerContext, tree: TreeRef, inos: list[int]) -> Any:
         return self.leases.change(tree, inos, self._session(context, tree),
                                   Deadline.of_call(context))
@@ -210,6 +217,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     def Lookup(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
         sess = self._session(context, tree)
+        self._read_excl(context, tree, sess, [request.parent])
         since = self.leases.mark()
         try:
             a = self.meta.lookup(tree, request.parent, _name(request.name))
@@ -217,6 +225,9 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
             # a negative entry is the parent's to lease: its entries are what changes
             self._grant(context, sess, tree, [request.parent], since)
             raise
+        if self._read_excl(context, tree, sess, [a.ino]):   # covered through another name
+            since = self.leases.mark()
+            a = self.meta.lookup(tree, request.parent, _name(request.name))
         self._grant(context, sess, tree, [request.parent, a.ino], since)
         return filesystem_pb2.EntryReply(attr=attr_to_pb(a))
 
@@ -224,6 +235,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     def GetAttr(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
         sess = self._session(context, tree)
+        self._read_excl(context, tree, sess, [request.ino])
         since = self.leases.mark()
         a = self.meta.getattr(tree, request.ino)
         self._grant(context, sess, tree, [request.ino], since)
@@ -244,6 +256,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         limit = min(request.limit or READDIR_DEFAULT, READDIR_MAX)
         tree = self.b.tree(context)
         sess = self._session(context, tree)
+        self._read_excl(context, tree, sess, [request.ino])
         since = self.leases.mark()
         if request.with_maps:
             # maps and bytes are what GetChunkMap gives: `get`, beyond ReadDir's `stat`
@@ -252,6 +265,9 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
                 raise PermissionDenied("ReadDir with_maps returns chunk maps and file bytes, "
                                        "which needs the `get` verb; this token lacks it")
         entries, eof = self.meta.readdir(tree, request.ino, request.cookie, limit)
+        if self._read_excl(context, tree, sess, [e.attr.ino for e in entries]):
+            since = self.leases.mark()          # an entry is covered through another name
+            entries, eof = self.meta.readdir(tree, request.ino, request.cookie, limit)
         reply = filesystem_pb2.ReadDirReply(eof=eof)
         budget = min(request.inline_total, INLINE_READ_MAX)
         for e in entries:
@@ -310,6 +326,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
                 return self.meta.create(tree, request.parent, _name(request.name), mode,
                                         request.uid, request.gid, request.rdev)
         a = self._once("Create", context, tree, request, run)
+        excl_after(self, context, tree, self._session(context, tree), request.parent, a.ino)
         return self._entry_reply(tree, a, request.parent)
 
     def _entry_reply(self, tree: TreeRef, a: Attr, parent: int) -> Any:
@@ -337,8 +354,13 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
                         else self.meta.unlink(tree, request.parent, _name(request.name)))
         a = self._once("Unlink", context, tree, request, run)
         self._recall_after(context, tree, a.ino, known)
+        excl_after(self, context, tree, self._session(context, tree), request.parent)
         return filesystem_pb2.RemoveReply(attr=attr_to_pb(a),
                                           parent_attr=self._attr_or_none(tree, request.parent))
+
+    @rpc
+    def UnlinkBatch(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return unlink_batch(self, request, context)
 
     @rpc
     def RmDir(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -425,8 +447,9 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
 
     @rpc
     def ReadLink(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return filesystem_pb2.ReadLinkReply(
-            target=self.meta.readlink(self.b.tree(context), request.ino))
+        tree = self.b.tree(context)
+        self._read_excl(context, tree, self._session(context, tree), [request.ino])
+        return filesystem_pb2.ReadLinkReply(target=self.meta.readlink(tree, request.ino))
 
     @rpc
     def Link(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -441,8 +464,10 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
 
     @rpc
     def GetXattr(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return filesystem_pb2.XattrReply(
-            value=self.meta.getxattr(self.b.tree(context), request.ino, request.name))
+        tree = self.b.tree(context)
+        self._read_excl(context, tree, self._session(context, tree), [request.ino])
+        return filesystem_pb2.XattrReply(value=self.meta.getxattr(tree, request.ino,
+                                                                  request.name))
 
     @rpc
     def SetXattr(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -457,8 +482,9 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
 
     @rpc
     def ListXattr(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return filesystem_pb2.ListXattrReply(
-            names=self.meta.listxattr(self.b.tree(context), request.ino))
+        tree = self.b.tree(context)
+        self._read_excl(context, tree, self._session(context, tree), [request.ino])
+        return filesystem_pb2.ListXattrReply(names=self.meta.listxattr(tree, request.ino))
 
     @rpc
     def RemoveXattr(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -490,6 +516,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     def GetChunkMap(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
         sess = self._session(context, tree)
+        self._read_excl(context, tree, sess, [request.ino])
         since = self.leases.mark()
         a, refs = self.meta.get_chunk_map(tree, request.ino, request.first_index, request.count)
         if request.first_index == 0 and request.count == 0:   # the whole map: leasable
@@ -586,6 +613,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     @rpc
     def GetFileInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
+        self._read_excl(context, tree, self._session(context, tree), [request.ino])
         a, refs = self.meta.get_chunk_map(tree, request.ino, 0, 0)
         if not stat_mod.S_ISREG(a.mode):
             return filesystem_pb2.FileInfoReply(kind="", logical_bytes=a.size)

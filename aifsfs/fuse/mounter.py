@@ -77,6 +77,7 @@ class MountOptions:
     timeout: float = 30.0
     max_dirty: int = MAX_DIRTY_DEFAULT
     debug: bool = False
+    sync_dirops: bool = False       # send every unlink before answering (docs/LEASES.md)
 
     def to_argv(self) -> list[str]:
         argv = [self.address, self.mountpoint, "--namespace", self.namespace,
@@ -97,6 +98,8 @@ class MountOptions:
             argv.append("--assets-for-all")
         if self.read_only:
             argv.append("--read-only")
+        if self.sync_dirops:
+            argv.append("--sync-dirops")
         if self.debug:
             argv.append("--debug")
         return argv
@@ -221,7 +224,8 @@ def run_mount(opts: MountOptions) -> int:
     ops = AIFSOperations(
         client, attr_timeout=opts.attr_timeout,
         entry_timeout=opts.attr_timeout if opts.entry_timeout is None else opts.entry_timeout,
-        cache_bytes=opts.mem_cache_size, max_dirty_bytes=opts.max_dirty, read_only=opts.read_only)
+        cache_bytes=opts.mem_cache_size, max_dirty_bytes=opts.max_dirty, read_only=opts.read_only,
+        sync_dirops=opts.sync_dirops or None)
     ops.synthetic.assets_for_all = opts.assets_for_all
     disk = _open_disk_cache(opts)
     ops.reader.disk = disk
@@ -389,6 +393,10 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="per-call deadline, seconds")
     p.add_argument("--max-dirty", type=parse_size, default=MAX_DIRTY_DEFAULT,
                    help="unwritten data the mount may buffer, e.g. 64M (default 32M)")
+    p.add_argument("--sync-dirops", action="store_true",
+                   help="send each unlink to the server before answering it, instead of in "
+                        "batches under an exclusive directory lease (docs/LEASES.md: batched "
+                        "unlinks not yet sent are lost if the mount dies)")
     p.add_argument("--debug", action="store_true")
 
 
@@ -409,7 +417,7 @@ def options_from_args(a: argparse.Namespace) -> MountOptions:
         read_only=a.read_only, mem_cache_size=a.mem_cache_size, cache_dir=a.cache_dir,
         cache_size=a.cache_size, attr_timeout=a.attr_timeout,
         entry_timeout=a.entry_timeout, retry_for=a.retry_for, timeout=a.timeout,
-        max_dirty=a.max_dirty, debug=a.debug)
+        max_dirty=a.max_dirty, debug=a.debug, sync_dirops=a.sync_dirops)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,6 +39,8 @@ How it behaves (the consistency rules of docs/ARCHITECTURE.md, "The mount"):
   * open asks GetChunkMap to inline a small file's bytes (unless the page cache we keep
     already holds that generation): they go to the chunk cache, so the first read is local.
   * close of a small file commits its data inside CommitFile (write_buffer.py `inline_max`).
+  * an unlink in a directory this mount holds exclusively is answered here and sent in a
+    batch (dirops_queue.py; a recall, fsyncdir or a call depending on it sends it first).
 - What the mount knows per inode lives in one InodeTable (inodes.py); what it shows of an open
   file (buffered writes over stored chunks) is the FileState's (write_buffer.py); read-ahead is
   the handle's ReadWindow and the ChunkReader's (readahead.py).
@@ -49,6 +51,7 @@ How it behaves (the consistency rules of docs/ARCHITECTURE.md, "The mount"):
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import logging
@@ -78,6 +81,7 @@ from aifs_core.types import (
 from aifsfs.errors import errno_for, xattr_errno_for
 from aifsfs.fuse.chunk_cache import ChunkCache, split_range
 from aifsfs.fuse.dir_fill import Batch, DirFill, plan_batches
+from aifsfs.fuse.dirops_queue import DirOps, OrderedFs
 from aifsfs.fuse.inodes import InodeTable
 from aifsfs.fuse.leases import NEGATIVE, LeaseCache
 from aifsfs.fuse.readahead import ChunkReader, ReadWindow
@@ -188,7 +192,7 @@ class AIFSOperations(pyfuse3.Operations):
     def __init__(self, client: MountClient, *, attr_timeout: float = 1.0, entry_timeout: float = 1.0,
                  cache_bytes: int = 128 << 20, max_dirty_bytes: int = 64 << 20,
                  readahead_chunks: int = 8, threads: int = 32, read_only: bool = False,
-                 leases: bool | None = None) -> None:
+                 leases: bool | None = None, sync_dirops: bool | None = None) -> None:
         super().__init__()
         self.client = client
         self.fs = client.fs
@@ -199,11 +203,21 @@ class AIFSOperations(pyfuse3.Operations):
             leases = os.environ.get("AIFS_LEASES", "1") != "0"
         self.leases = LeaseCache(None)
         self._session: LeaseSession | None = None
+        # Unlinks under an exclusive directory lease are answered here and sent in batches
+        # (dirops_queue.py, LEASES.md); AIFS_SYNC_DIROPS=1 sends each one before answering.
+        self.dirops: DirOps | None = None
+        self._dirops_wake: trio.Event | None = None
         channel = getattr(client, "channel", None)
         if leases and isinstance(channel, Channel):
-            self._session = LeaseSession(channel, self.leases.recalled, self.leases.reset)
+            self._session = LeaseSession(channel, self._recalled, self._reset)
             self.leases.session = self._session
             self.fs = self._session.fs
+            if sync_dirops is None:
+                sync_dirops = os.environ.get("AIFS_SYNC_DIROPS", "0") == "1"
+            if not sync_dirops:
+                self.dirops = DirOps(self._session, self.leases.drop)
+                self._session.want_excl = True
+                self.fs = cast(Any, OrderedFs(self._session.fs, self.dirops))
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.read_only = read_only
@@ -238,6 +252,71 @@ class AIFSOperations(pyfuse3.Operations):
         self.buffers.start(nursery)
         if self._session is not None:
             self._session.start()
+        if self.dirops is not None:
+            self._dirops_wake = trio.Event()
+            nursery.start_soon(self._dirops_timer)
+
+    def _recalled(self, inos: list[int]) -> None:
+        """The lease stream's recall, before its ack: queued unlinks of a directory recalled
+        reach the server first (so the other client's call sees them), then the cache goes."""
+        if self.dirops is not None:
+            self.dirops.recalled(inos)
+        self.leases.recalled(inos)
+
+    def _reset(self) -> None:
+        if self.dirops is not None:
+            self.dirops.reset()
+        self.leases.reset()
+
+    async def _dirops_timer(self) -> None:
+        """Send queued unlinks at most dirops.interval after the first of a batch."""
+        assert self.dirops is not None
+        while True:
+            wake = self._dirops_wake
+            assert wake is not None
+            await wake.wait()
+            self._dirops_wake = trio.Event()
+            while self.dirops.queued():
+                await trio.sleep(self.dirops.interval)
+                for parent in self.dirops.due():
+                    try:
+                        await self._call(self.dirops.flush, parent)
+                    except Exception as exc:  # noqa: BLE001 - flush logs its own failures
+                        log.warning("sending queued unlinks of %d: %s", parent, exc)
+
+    async def _unlink_queued(self, parent: int, name: bytes) -> bool:
+        """Answer an unlink without a call (dirops_queue.py): in a directory this mount holds
+        exclusively, of a name its leased listing knows, a file or symlink with one link and
+        not open here. It reaches the server in a batch before anything can see the directory
+        (a recall flushes first). False: do it with a call."""
+        q = self.dirops
+        if q is None or not q.held(parent):
+            return False
+        a = self.leases.lookup(parent, name)
+        if (not isinstance(a, Attr) or stat.S_ISDIR(a.mode) or a.nlink != 1
+                or self.inodes.state(a.ino) is not None):
+            return False
+        mark = self.leases.recalls()
+        n = q.try_unlink(parent, name, a.ino)
+        if n is None:
+            return False
+        t0 = time.monotonic()
+        # the directory's times as the batch will set them (within the interval): the kernel
+        # asks for them after every unlink, and asking the server would flush the queue
+        pa = self.leases.attr(parent)
+        if pa is not None:
+            now = time.time_ns()
+            pa = dataclasses.replace(pa, mtime_ns=now, ctime_ns=now)
+        self.leases.own_entry(mark, parent, name, None, pa)
+        self._changed(a.ino)
+        self._note_attr(pa, t0)
+        self.inodes.drop_fresh(a.ino)
+        self.inodes.drop_seen_gen(a.ino)
+        if n == 1 and self._dirops_wake is not None:
+            self._dirops_wake.set()
+        if n >= q.max_batch:
+            await self._call(q.flush, parent)
+        return True
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         return await trio.to_thread.run_sync(functools.partial(fn, *args, **kw),
@@ -747,6 +826,8 @@ class AIFSOperations(pyfuse3.Operations):
 
     async def _remove(self, parent: int, name: bytes, directory: bool) -> None:
         self._check_writable(parent, name)
+        if not directory and await self._unlink_queued(parent, name):
+            return
         # A removed directory may be one of the open ones (we do not know its inode before
         # the call): then the server must keep it, _after_unlink decides.
         forget = self._nothing_open() and not (directory and self.dirs)
@@ -858,7 +939,10 @@ class AIFSOperations(pyfuse3.Operations):
             await self._forget_remote(dh.ino)
 
     async def fsyncdir(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
-        return None   # metadata calls are durable on the server when they return
+        # metadata calls are durable on the server when they return; queued unlinks go now
+        dh = self.dirs.get(fh)
+        if dh is not None and self.dirops is not None and self.dirops.pending(dh.ino):
+            await self._call(self.dirops.flush, dh.ino)
 
     # --- files ------------------------------------------------------------------------------
     async def _load_state(self, ino: int, want_data: bool = False) -> tuple[FileState, bool]:
@@ -1106,7 +1190,10 @@ class AIFSOperations(pyfuse3.Operations):
             self.inodes.retry_ended(st.ino)
 
     async def flush_all(self) -> list[tuple[int, BaseException]]:
-        """Commit every buffered file; returns the failures (inode, error)."""
+        """Commit every buffered file, send the queued unlinks; returns the failures (inode,
+        error)."""
+        if self.dirops is not None:
+            await self._call(self.dirops.flush_all)
         failed: list[tuple[int, BaseException]] = []
         for st in self.inodes.states():
             if st.is_dirty():
@@ -1129,6 +1216,8 @@ class AIFSOperations(pyfuse3.Operations):
         self.inodes.clear_dead_dirs()
         if self.fill_stats["fills"]:
             log.info("directory fills: %s", self.fill_stats)
+        if self.dirops is not None:
+            log.info("queued dirops: %s", self.dirops.stats)
         if self._session is not None:
             await trio.to_thread.run_sync(self._session.close)
 

@@ -12,7 +12,9 @@ Interface:
         cached_generation) -> (attr, chunk_size, chunks, inline bytes of slot 0 or b"");
         readdir_maps(ino, cookie, limit, inline_max, inline_total) -> (entries, eof,
         chunk_size, {ino: (chunks, inline bytes)}): the next files' maps in one call;
-        commit_file(..., inline=[(id, data)]) stores small chunks with the commit.
+        commit_file(..., inline=[(id, data)]) stores small chunks with the commit;
+        unlink_batch(parent, [(name, ino)], forget=True) -> ([(errno, attr | None)], parent
+        attr): several unlinks in one call (a mount's batch under an exclusive lease).
     (its plain results FileInfo, Removed, Renamed, StatFs are aifsfs.protocols')
 
 The changing calls (mkdir, create, remove, rename, symlink, link, setxattr, removexattr) carry
@@ -145,6 +147,17 @@ class GrpcFilesystem:
             parent=parent, name=name, mode=mode, uid=uid, gid=gid, rdev=rdev,
             request_id=new_request_id()))
         return attr_from_pb(r.attr), opt_attr(r, "parent_attr")
+
+    def unlink_batch(self, parent: int, items: Sequence[tuple[bytes, int]], forget: bool = True
+                     ) -> tuple[list[tuple[int, Attr | None]], Attr | None]:
+        """Unlink several (name, inode seen under it) of `parent` in one call and one
+        transaction: ([(errno or 0, attrs after it | None)], the parent's attrs). An item whose
+        name is gone or names another inode now is left alone (ENOENT, ESTALE)."""
+        r = call_once(self._ch, self._fs.UnlinkBatch, filesystem_pb2.UnlinkBatchRequest(
+            parent=parent, forget=forget, request_id=new_request_id(),
+            items=[filesystem_pb2.UnlinkItem(name=n, ino=i) for n, i in items]))
+        return ([(x.errno, attr_from_pb(x.attr) if x.HasField("attr") else None)
+                 for x in r.results], opt_attr(r, "parent_attr"))
 
     def unlink(self, parent: int, name: bytes) -> None:
         self.remove(parent, name)

@@ -13,6 +13,10 @@ Interface:
         .data -> GrpcData            HasChunks/PutChunks carry the session id too (the server
                                      keeps a session's uploads until it commits them or ends)
         .granted() -> bool           whether the last call of this thread was leased
+        .excl_granted() -> int       the directory the last call of this thread leased to us
+                                     exclusively (reply metadata `aifs-excl`), else 0
+        .want_excl                   set True to ask for exclusive directory leases (every
+                                     call then carries `aifs-excl-ok: 1`; dirops_queue.py)
         .epoch -> int                bumps on every recall and reset (a reply read across a
                                      change of it may predate a recall: not cacheable)
 
@@ -57,10 +61,13 @@ class _SessionChannel:
         t = timeout or self._ch.timeout
         tls = self._owner._tls
         tls.granted = False
+        tls.excl = 0
         sid = self._owner.session_id
         md = self._ch.metadata()
         if sid:
             md.append(("aifs-session", sid))
+            if self._owner.want_excl:
+                md.append(("aifs-excl-ok", "1"))
 
         def attempt() -> Any:
             try:
@@ -69,6 +76,7 @@ class _SessionChannel:
                 tls.granted = bool(sid) and _leased(err)
                 raise
             tls.granted = bool(sid) and _leased(call)
+            tls.excl = _excl(call) if sid else 0
             return resp
         return self._ch.retrying(attempt, idempotent, t)
 
@@ -84,6 +92,17 @@ class _SessionChannel:
                 md.append(("aifs-session", sid))
             return method(requests, metadata=md, timeout=timeout)
         return self._ch.client_stream(call, make_requests, replayable, timeout)
+
+
+def _excl(call: Any) -> int:
+    try:
+        md = call.initial_metadata() or ()
+    except Exception:  # noqa: BLE001
+        return 0
+    for k, v in md:
+        if k == "aifs-excl":
+            return int(v)
+    return 0
 
 
 def _leased(call: Any) -> bool:
@@ -107,6 +126,7 @@ class LeaseSession:
         self._term = 0.0
         self._valid_until = 0.0
         self.epoch = 0
+        self.want_excl = False
         self._stop = threading.Event()
         self._out: queue.Queue[Any] | None = None
         self._call: Any = None
@@ -129,6 +149,9 @@ class LeaseSession:
 
     def granted(self) -> bool:
         return bool(getattr(self._tls, "granted", False))
+
+    def excl_granted(self) -> int:
+        return int(getattr(self._tls, "excl", 0))
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="aifs-lease-stream", daemon=True)

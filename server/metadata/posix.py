@@ -24,6 +24,7 @@ every change to it is PermissionDenied. `store` exposes the Store to that module
 
 from __future__ import annotations
 
+import errno
 import stat
 from collections import Counter
 from dataclasses import dataclass
@@ -367,6 +368,41 @@ class PosixMeta(Records):
                 self._drop_inode(tx, t, e[1], now)
             record(tx, a)
         return a
+
+    def unlink_many(self, tree: TreeRef, parent: int, items: list[tuple[bytes, int]],
+                    forget: bool = False) -> list[tuple[int, Attr | None]]:
+        """Several unlinks in `parent`, one transaction (a mount's batch: rpc_batch.py). Each
+        item is (name, the inode the caller saw under it); one result per item: (0, the
+        inode's attrs after it), or (errno, None) for an item left alone: ENOENT (no such
+        name), ESTALE (the name is another inode's now), EISDIR. forget: as unlink's."""
+        for name, _ in items:
+            _check_name(name)
+        t = self._wtree(tree)
+        now = now_ns()
+        out: list[tuple[int, Attr | None]] = []
+        with self._store.write() as tx:
+            self._dir(tx, t, parent)
+            for name, want in items:
+                e = tx.entry(t.tree_id, parent, name)
+                if e is None:
+                    out.append((errno.ENOENT, None))
+                    continue
+                if want and e[1] != want:
+                    out.append((errno.ESTALE, None))
+                    continue
+                if stat.S_ISDIR(e[2]):
+                    out.append((errno.EISDIR, None))
+                    continue
+                tx.delete_dentry(e[0])
+                a = tx.update_inode(t.tree_id, e[1], {"ctime_ns": now}, {"nlink": -1})
+                assert a is not None  # the dentry names it
+                if forget and a.nlink == 0:
+                    self._drop_inode(tx, t, e[1], now)
+                out.append((0, a))
+            if any(code == 0 for code, _ in out):
+                self._touch_dir(tx, t, parent, now)
+            record(tx, out)
+        return out
 
     def rmdir(self, tree: TreeRef, parent: int, name: bytes, forget: bool = False) -> Attr:
         """Remove an empty directory; returns its attrs after it (nlink 0). forget: drop it in

@@ -157,6 +157,42 @@ class RemoveReply(_message.Message):
     parent_attr: _common_pb2.Attr
     def __init__(self, attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., parent_attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ...) -> None: ...
 
+class UnlinkItem(_message.Message):
+    __slots__ = ("name", "ino")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INO_FIELD_NUMBER: _ClassVar[int]
+    name: bytes
+    ino: int
+    def __init__(self, name: _Optional[bytes] = ..., ino: _Optional[int] = ...) -> None: ...
+
+class UnlinkBatchRequest(_message.Message):
+    __slots__ = ("parent", "items", "forget", "request_id")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    FORGET_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    parent: int
+    items: _containers.RepeatedCompositeFieldContainer[UnlinkItem]
+    forget: bool
+    request_id: bytes
+    def __init__(self, parent: _Optional[int] = ..., items: _Optional[_Iterable[_Union[UnlinkItem, _Mapping]]] = ..., forget: _Optional[bool] = ..., request_id: _Optional[bytes] = ...) -> None: ...
+
+class UnlinkResult(_message.Message):
+    __slots__ = ("errno", "attr")
+    ERRNO_FIELD_NUMBER: _ClassVar[int]
+    ATTR_FIELD_NUMBER: _ClassVar[int]
+    errno: int
+    attr: _common_pb2.Attr
+    def __init__(self, errno: _Optional[int] = ..., attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ...) -> None: ...
+
+class UnlinkBatchReply(_message.Message):
+    __slots__ = ("results", "parent_attr")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    PARENT_ATTR_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[UnlinkResult]
+    parent_attr: _common_pb2.Attr
+    def __init__(self, results: _Optional[_Iterable[_Union[UnlinkResult, _Mapping]]] = ..., parent_attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ...) -> None: ...
+
 class RenameRequest(_message.Message):
     __slots__ = ("parent", "name", "new_parent", "new_name", "flags", "forget", "request_id")
     PARENT_FIELD_NUMBER: _ClassVar[int]

@@ -78,6 +78,11 @@ class FilesystemStub:
                 request_serializer=aifs_dot_v1_dot_filesystem__pb2.NameRequest.SerializeToString,
                 response_deserializer=aifs_dot_v1_dot_filesystem__pb2.RemoveReply.FromString,
                 _registered_method=True)
+        self.UnlinkBatch = channel.unary_unary(
+                '/aifs.v1.Filesystem/UnlinkBatch',
+                request_serializer=aifs_dot_v1_dot_filesystem__pb2.UnlinkBatchRequest.SerializeToString,
+                response_deserializer=aifs_dot_v1_dot_filesystem__pb2.UnlinkBatchReply.FromString,
+                _registered_method=True)
         self.Rename = channel.unary_unary(
                 '/aifs.v1.Filesystem/Rename',
                 request_serializer=aifs_dot_v1_dot_filesystem__pb2.RenameRequest.SerializeToString,
@@ -197,6 +202,14 @@ class FilesystemServicer:
 
     def RmDir(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnlinkBatch(self, request, context):
+        """Several unlinks in one directory, one transaction (docs/LEASES.md "Exclusive directory
+        leases": a mount sends the unlinks it answered itself under its exclusive lease).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -326,6 +339,11 @@ def add_FilesystemServicer_to_server(servicer, server):
                     servicer.RmDir,
                     request_deserializer=aifs_dot_v1_dot_filesystem__pb2.NameRequest.FromString,
                     response_serializer=aifs_dot_v1_dot_filesystem__pb2.RemoveReply.SerializeToString,
+            ),
+            'UnlinkBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnlinkBatch,
+                    request_deserializer=aifs_dot_v1_dot_filesystem__pb2.UnlinkBatchRequest.FromString,
+                    response_serializer=aifs_dot_v1_dot_filesystem__pb2.UnlinkBatchReply.SerializeToString,
             ),
             'Rename': grpc.unary_unary_rpc_method_handler(
                     servicer.Rename,
@@ -612,6 +630,33 @@ class Filesystem:
             '/aifs.v1.Filesystem/RmDir',
             aifs_dot_v1_dot_filesystem__pb2.NameRequest.SerializeToString,
             aifs_dot_v1_dot_filesystem__pb2.RemoveReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnlinkBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aifs.v1.Filesystem/UnlinkBatch',
+            aifs_dot_v1_dot_filesystem__pb2.UnlinkBatchRequest.SerializeToString,
+            aifs_dot_v1_dot_filesystem__pb2.UnlinkBatchReply.FromString,
             options,
             channel_credentials,
             insecure,

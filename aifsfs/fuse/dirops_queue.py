@@ -1,0 +1,263 @@
+"""Unlinks the mount answers itself under an exclusive directory lease, sent in batches
+(docs/LEASES.md "Exclusive directory leases").
+
+Interface:
+    DirOps(session, on_failed, max_batch=MAX_BATCH, interval=INTERVAL)
+        session: the LeaseSession (its .fs sends UnlinkBatch; .valid_until bounds the lease)
+        on_failed(parent): a batch (or some of its items) did not apply: what the mount
+            believes of `parent` is wrong (any thread)
+        .mark() -> int                    before a change call of ours
+        .took(parent, mark)               after it, in the same thread: if the reply leased
+                                          `parent` to us exclusively and no recall or reset
+                                          came since `mark`, we hold it
+        .held(parent) -> bool
+        .try_unlink(parent, name, ino) -> int | None
+                                          queued (we hold `parent` and the lease is live): the
+                                          number queued there now; None: not ours to answer
+        .pending(parent, name=None) -> bool   unlinks queued in parent (of that name)
+        .victim_dir(ino) -> int | None    the directory of a queued unlink of that inode
+        .flush(parent);  .flush_all()     send what is queued (blocking: a worker thread or
+                                          the lease stream's); one call per MAX_BATCH items
+        .due() -> [parent]                queues older than `interval` (the mount's timer)
+        .recalled(inos)                   the lease stream, before its ack: each directory
+                                          named is flushed and no longer held
+        .reset()                          the session is gone: nothing is held (what is queued
+                                          goes with the next flush)
+        .stats                            {"queued", "batches", "failed"}
+    OrderedFs(fs, dirops)                 the session's Filesystem client, whose calls first
+                                          send the queued unlinks they depend on (a read of the
+                                          directory or of a victim, a create of a queued name,
+                                          rename and rmdir: everything), and note exclusive
+                                          grants of create/unlink replies
+
+Why a failed batch loses nothing: each item names the inode the mount saw; the server removes
+only that (a name re-made since is left alone), and an item that did not apply leaves the file
+where it was -- the mount then forgets what it believed of the directory and asks again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("aifsfs.dirops")
+
+MAX_BATCH = 256         # unlinks per UnlinkBatch call (the server takes up to 1024)
+# seconds an unlink waits at most for others to join its batch (the tests set it longer, to
+# hold a batch pending)
+INTERVAL = float(os.environ.get("AIFS_DIROPS_INTERVAL", "0.05"))
+
+
+class DirOps:
+    def __init__(self, session: Any, on_failed: Callable[[int], None],
+                 max_batch: int = MAX_BATCH, interval: float = INTERVAL) -> None:
+        self.session = session
+        self.on_failed = on_failed
+        self.max_batch = max_batch
+        self.interval = interval
+        self._lock = threading.Lock()
+        self._held: set[int] = set()
+        self._q: dict[int, dict[bytes, int]] = {}       # parent -> {name: ino}, in order
+        self._since: dict[int, float] = {}              # parent -> first queued (monotonic)
+        self._victims: dict[int, int] = {}              # ino -> parent, queued or in flight
+        self._sending: dict[int, threading.Lock] = {}   # one batch at a time per directory
+        self._recalls = 0
+        self.stats = {"queued": 0, "batches": 0, "failed": 0}
+
+    # --- grants -----------------------------------------------------------------------------
+    def mark(self) -> int:
+        with self._lock:
+            return self._recalls
+
+    def took(self, parent: int, mark: int) -> None:
+        if self.session.excl_granted() != parent:
+            return
+        with self._lock:
+            if self._recalls == mark:
+                self._held.add(parent)
+
+    def held(self, parent: int) -> bool:
+        with self._lock:
+            return parent in self._held
+
+    # --- the queue ----------------------------------------------------------------------------
+    def try_unlink(self, parent: int, name: bytes, ino: int) -> int | None:
+        if time.monotonic() >= self.session.valid_until:
+            return None         # the lease may have lapsed on the server: ask it
+        with self._lock:
+            if parent not in self._held or ino in self._victims:
+                return None
+            q = self._q.setdefault(parent, {})
+            if not q:
+                self._since[parent] = time.monotonic()
+            q[name] = ino
+            self._victims[ino] = parent
+            self.stats["queued"] += 1
+            return len(q)
+
+    def pending(self, parent: int, name: bytes | None = None) -> bool:
+        with self._lock:
+            q = self._q.get(parent)
+            return bool(q) and (name is None or name in q)   # type: ignore[operator]
+
+    def victim_dir(self, ino: int) -> int | None:
+        with self._lock:
+            return self._victims.get(ino)
+
+    def due(self) -> list[int]:
+        now = time.monotonic()
+        with self._lock:
+            return [p for p, t in self._since.items()
+                    if now - t >= self.interval or len(self._q.get(p, ())) >= self.max_batch]
+
+    def queued(self) -> bool:
+        with self._lock:
+            return bool(self._q)
+
+    def flush_all(self) -> None:
+        with self._lock:
+            parents = list(self._q)
+        for p in parents:
+            self.flush(p)
+
+    def flush(self, parent: int) -> None:
+        """Send what is queued in `parent`; returns when it is applied (or failed). A flush
+        already sending there is waited for: whoever returns from here knows every unlink
+        queued before it is on the server."""
+        with self._lock:
+            lk = self._sending.setdefault(parent, threading.Lock())
+        with lk:
+            while True:
+                with self._lock:
+                    q = self._q.get(parent)
+                    if not q:
+                        self._q.pop(parent, None)
+                        self._since.pop(parent, None)
+                        return
+                    items = list(q.items())[:self.max_batch]
+                    for name, _ in items:
+                        del q[name]
+                    if not q:
+                        del self._q[parent]
+                        self._since.pop(parent, None)
+                try:
+                    self._send(parent, items)
+                finally:
+                    with self._lock:
+                        for _, ino in items:
+                            self._victims.pop(ino, None)
+
+    def _send(self, parent: int, items: list[tuple[bytes, int]]) -> None:
+        mark = self.mark()
+        try:
+            results, _pa = self.session.fs.unlink_batch(parent, items, forget=True)
+        except Exception as exc:  # noqa: BLE001 - answered already: log, and forget the belief
+            self.stats["failed"] += len(items)
+            log.warning("%d unlinks in directory %d were answered but could not be sent (%s);"
+                        " those files are still there", len(items), parent, exc)
+            self.on_failed(parent)
+            return
+        self.stats["batches"] += 1
+        self.took(parent, mark)
+        bad = [(name, code) for (name, _), (code, _) in zip(items, results, strict=False)
+               if code]
+        if bad or len(results) != len(items):
+            self.stats["failed"] += len(bad)
+            log.info("%d of %d unlinks in directory %d did not apply (e.g. %r: errno %d); "
+                     "those names are left as the server has them", len(bad), len(items),
+                     parent, bad[0][0] if bad else b"", bad[0][1] if bad else 0)
+            self.on_failed(parent)
+
+    # --- the session's callbacks ----------------------------------------------------------------
+    def recalled(self, inos: list[int]) -> None:
+        with self._lock:
+            self._recalls += 1
+            dirs = [d for d in inos if d in self._held or d in self._q]
+            self._held.difference_update(inos)
+        for d in dirs:
+            self.flush(d)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._recalls += 1
+            self._held.clear()
+
+
+class OrderedFs:
+    """See the module docstring. Calls not named here pass through, after the queued unlink
+    of their inode (first argument) if there is one."""
+
+    def __init__(self, fs: Any, dirops: DirOps) -> None:
+        self._fs = fs
+        self._q = dirops
+
+    def __getattr__(self, name: str) -> Any:
+        fn = getattr(self._fs, name)
+        if not callable(fn):
+            return fn
+        q = self._q
+
+        def call(*args: Any, **kw: Any) -> Any:
+            if args and isinstance(args[0], int):
+                d = q.victim_dir(args[0])
+                if d is not None:
+                    q.flush(d)
+            return fn(*args, **kw)
+        return call
+
+    def _dir(self, parent: int, name: bytes | None = None) -> None:
+        if self._q.pending(parent, name):
+            self._q.flush(parent)
+
+    def lookup(self, parent: int, name: bytes) -> Any:
+        self._dir(parent, name)
+        return self._fs.lookup(parent, name)
+
+    def readdir(self, ino: int, *a: Any, **kw: Any) -> Any:
+        self._dir(ino)
+        return self._fs.readdir(ino, *a, **kw)
+
+    def readdir_maps(self, ino: int, *a: Any, **kw: Any) -> Any:
+        self._dir(ino)
+        return self._fs.readdir_maps(ino, *a, **kw)
+
+    def create_entry(self, parent: int, name: bytes, *a: Any, **kw: Any) -> Any:
+        self._dir(parent, name)
+        mark = self._q.mark()
+        r = self._fs.create_entry(parent, name, *a, **kw)
+        self._q.took(parent, mark)
+        return r
+
+    def mkdir_entry(self, parent: int, name: bytes, *a: Any, **kw: Any) -> Any:
+        self._dir(parent, name)
+        return self._fs.mkdir_entry(parent, name, *a, **kw)
+
+    def symlink_entry(self, parent: int, name: bytes, *a: Any, **kw: Any) -> Any:
+        self._dir(parent, name)
+        return self._fs.symlink_entry(parent, name, *a, **kw)
+
+    def link_entry(self, ino: int, new_parent: int, new_name: bytes) -> Any:
+        d = self._q.victim_dir(ino)
+        if d is not None:
+            self._q.flush(d)
+        self._dir(new_parent, new_name)
+        return self._fs.link_entry(ino, new_parent, new_name)
+
+    def remove(self, parent: int, name: bytes, directory: bool = False, **kw: Any) -> Any:
+        if directory:
+            self._q.flush_all()     # the directory removed may hold queued unlinks
+        else:
+            self._dir(parent, name)
+        mark = self._q.mark()
+        r = self._fs.remove(parent, name, directory=directory, **kw)
+        if not directory:
+            self._q.took(parent, mark)
+        return r
+
+    def rename_entry(self, *a: Any, **kw: Any) -> Any:
+        self._q.flush_all()         # rare; which queued names it depends on is not worth it
+        return self._fs.rename_entry(*a, **kw)

@@ -1,0 +1,134 @@
+"""Exclusive directory leases on the Filesystem service (docs/LEASES.md "Exclusive directory
+leases"): when a mount's change leaves it the only one caching a directory, the reply leases
+the directory to it exclusively, and UnlinkBatch, the call that carries the unlinks it then
+answered itself.
+
+Interface (used by rpc_filesystem.FilesystemServicer):
+    wants_excl(context) -> bool         the call carries `aifs-excl-ok: 1` (a mount that
+                                        batches; others are never granted one)
+    excl_after(fs, context, tree, sess, parent, new_ino=None, grant=True)
+                                        after `sess` changed `parent`: grant (or keep) its
+                                        exclusive lease on it, covering its children (listed
+                                        here, at most EXCL_MAX_ENTRIES) and `new_ino`; the
+                                        reply then carries initial metadata `aifs-excl: <parent>`
+    unlink_batch(fs, request, context) -> UnlinkBatchReply
+                                        the items in one transaction, exactly once per request
+                                        id (request_log.py), recalling the other sessions'
+                                        leases on the directory and the named inodes first
+    UNLINK_RESULTS                      request_log codec of [(errno, Attr | None)]
+    BATCH_MAX                           items one call may carry
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import grpc
+
+from aifs_core.errors import InvalidArgument
+from aifs_core.types import NAME_MAX
+from aifs_core.wire import attr_to_pb
+from aifs_proto.v1 import filesystem_pb2
+from aifs_server.deadline import Deadline
+from aifs_server.request_log import ATTR_OR_NONE, Codec, is_retry
+
+EXCL_MAX_ENTRIES = 20_000   # a directory larger than this is not leased exclusively (the grant
+#                             lists it: bounded work on the caller's path)
+BATCH_MAX = 1024
+_CODE = struct.Struct("<IH")      # errno, length of the encoded attrs that follow
+
+
+def _encode(results: list[tuple[int, Any]]) -> bytes:
+    out = []
+    for code, a in results:
+        b = ATTR_OR_NONE.encode(a)
+        out.append(_CODE.pack(code, len(b)) + b)
+    return b"".join(out)
+
+
+def _decode(b: bytes) -> list[tuple[int, Any]]:
+    out: list[tuple[int, Any]] = []
+    off = 0
+    while off < len(b):
+        code, n = _CODE.unpack_from(b, off)
+        off += _CODE.size
+        out.append((code, ATTR_OR_NONE.decode(b[off:off + n])))
+        off += n
+    return out
+
+
+UNLINK_RESULTS: Codec[list[tuple[int, Any]]] = Codec(_encode, _decode)
+
+
+def wants_excl(context: grpc.ServicerContext) -> bool:
+    return any(k == "aifs-excl-ok" and v == "1" for k, v in context.invocation_metadata() or ())
+
+
+def _children(meta: Any, tree: Any, parent: int) -> list[int] | None:
+    kids: list[int] = []
+    cookie = 0
+    while True:
+        entries, eof = meta.readdir(tree, parent, cookie, 4096)
+        kids.extend(e.attr.ino for e in entries)
+        if len(kids) > EXCL_MAX_ENTRIES:
+            return None
+        if eof or not entries:
+            return kids
+        cookie = entries[-1].cookie
+
+
+def excl_after(fs: Any, context: grpc.ServicerContext, tree: Any, sess: Any, parent: int,
+               new_ino: int | None = None, grant: bool = True) -> None:
+    leases = fs.leases
+    if sess is None or not wants_excl(context):
+        return
+    if leases.holds_excl(sess, tree, parent):
+        if new_ino is not None:
+            leases.cover(sess, tree, parent, new_ino)
+    elif grant and leases.may_excl(sess, tree, parent):
+        since = leases.mark()
+        try:
+            kids = _children(fs.meta, tree, parent)
+        except Exception:  # noqa: BLE001 - no grant is always safe
+            return
+        if kids is None or not leases.grant_excl(sess, tree, parent, kids, since):
+            return
+    else:
+        return
+    context.send_initial_metadata((("aifs-excl", str(parent)),))
+
+
+def unlink_batch(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    tree = fs.b.tree(context)
+    sess = fs._session(context, tree)
+    if len(request.items) > BATCH_MAX:
+        raise InvalidArgument(f"UnlinkBatch carries {len(request.items)} items; the limit is "
+                              f"{BATCH_MAX}")
+    items: list[tuple[bytes, int]] = []
+    for it in request.items:
+        if not it.ino:
+            raise InvalidArgument("every UnlinkBatch item names the inode it unlinks (ino)")
+        if len(it.name) > NAME_MAX:
+            raise InvalidArgument(f"a name is {len(it.name)} bytes; the limit is {NAME_MAX}")
+        items.append((bytes(it.name), it.ino))
+    known = [request.parent, *(ino for _, ino in items)]
+
+    def run() -> list[tuple[int, Any]]:
+        with fs.leases.change(tree, known, sess, Deadline.of_call(context)):
+            return list(fs.meta.unlink_many(tree, request.parent, items,
+                                            forget=request.forget))
+    results = fs.b.request_log.once("UnlinkBatch", tree.namespace, request.request_id, run,
+                                    UNLINK_RESULTS, retry=is_retry(context))
+    # a batch is often a recall's flush: granting again here would hand the lease back while
+    # the recalling call still waits for the ack
+    excl_after(fs, context, tree, sess, request.parent, grant=False)
+    reply = filesystem_pb2.UnlinkBatchReply()
+    for code, a in results:
+        r = reply.results.add(errno=code)
+        if a is not None:
+            r.attr.CopyFrom(attr_to_pb(a))
+    pa = fs._attr_or_none(tree, request.parent)
+    if pa is not None:
+        reply.parent_attr.CopyFrom(pa)
+    return reply
