@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aifsfs.fuse.disk_cache import scan
+from aifsfs.fuse.disk_cache import SLOT, scan
 from tests.e2e.conftest import Mount
 from tests.helpers import ServerProc
 
@@ -117,12 +117,15 @@ def test_a_damaged_cache_file_is_refetched_never_served(
     _live_stats(tmp_path / "dc", _written)
     files = sorted(p for p in (tmp_path / "dc").glob("m-*/*/*") if p.is_file())
     assert len(files) >= TOTAL // MiB
+    # slots are SLOT bytes apart, a sealed frame then zero padding (which holds nothing to
+    # serve): the damage goes into sealed bytes (header 16 bytes, ciphertext, tag)
     for k, p in enumerate(files):
+        last = (p.stat().st_size - 1) // SLOT
         if k % 3 == 0:
-            os.truncate(p, p.stat().st_size - 100)      # torn tail
+            os.truncate(p, last * SLOT + 16)             # torn tail: the last slot cut
         else:
             with open(p, "r+b") as f:                    # a flipped bit in the middle
-                f.seek(p.stat().st_size // 2)
+                f.seek(last // 2 * SLOT + 20)
                 b = f.read(1)
                 f.seek(-1, os.SEEK_CUR)
                 f.write(bytes([b[0] ^ 0x40]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,34 @@ def test_a_big_chunk_is_written_in_several_vectored_writes(tmp_path: Path) -> No
         assert c.read(b"Z" * 32, 0, len(data)) == data
     finally:
         c.close()
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_direct_and_buffered_writes_same_slots(tmp_path: Path, direct: bool) -> None:
+    """Entries are written with O_DIRECT where the file system takes it (tmp_path is on a
+    disk here) and buffered where it does not: the same slots either way, whole chunks,
+    a lone short last frame and frames added later to an entry."""
+    root = tmp_path / "dc"
+    c = DiskCache(str(root), 64 * MiB).open()
+    if not direct:
+        c._direct = False       # as after a file system refused O_DIRECT
+    try:
+        data = _chunk(7, 3 * MiB + 5)      # more frames than one write takes, a short last
+        c.submit(b"D" * 32, 0, data)
+        tail = len(data) - len(data) % FRAME_SIZE
+        c.submit(b"E" * 32, tail, data[tail:])
+        c.submit(b"E" * 32, FRAME_SIZE, data[FRAME_SIZE:2 * FRAME_SIZE])
+        assert c.flush(10)
+        assert c.read(b"D" * 32, 0, len(data)) == data
+        assert c.read(b"E" * 32, tail, len(data)) == data[tail:]
+        assert c.read(b"E" * 32, FRAME_SIZE + 3, 2 * FRAME_SIZE) == \
+            data[FRAME_SIZE + 3:2 * FRAME_SIZE]
+        s = c.stats()
+        assert s["errors"] == 0 and s["corrupt"] == 0
+        # fully written slots: the whole file is slot-sized (padding included)
+        frames = len(range(0, len(data), FRAME_SIZE))
+        assert sorted(p.stat().st_size for p in _files(c)) == [frames * SLOT] * 2
+        assert c._direct is direct or not hasattr(os, "O_DIRECT")
+    finally:
+        c.close()
+        shutil.rmtree(root, ignore_errors=True)
