@@ -70,17 +70,14 @@ def test_file_info_of_a_huge_sparse_file_stops_at_the_deadline(data_dir: Path) -
             with ThreadPoolExecutor(2 * workers) as pool:
                 codes = list(pool.map(one, range(2 * workers)))
             assert set(codes) == {grpc.StatusCode.DEADLINE_EXCEEDED}
-            # every worker thread is free again: an ordinary call is answered promptly
-            t0 = time.monotonic()
+            # every worker thread is free again: an ordinary call is answered within its own
+            # deadline (workers still busy on the sparse file would make it DEADLINE_EXCEEDED)
             assert getattr_(filesystem_pb2.InodeRequest(ino=ino), metadata=md,
                             timeout=10).attr.size == EIB4
-            assert time.monotonic() - t0 < 5
         assert "Traceback" not in sp.log()
-        # and the server stops promptly on SIGTERM
-        t0 = time.monotonic()
+        # and the server stops on SIGTERM (wait's timeout is the hang guard)
         sp.proc.send_signal(signal.SIGTERM)
         assert sp.proc.wait(timeout=20) == 0
-        assert time.monotonic() - t0 < 20
     finally:
         stop_server(sp)
 
@@ -92,22 +89,19 @@ def _id(data: bytes) -> bytes:
     return blake3.blake3(data).digest()
 
 
-class _Timed(threading.Thread):
-    """fn() on its own thread: how long it took and what it raised."""
+class _Call(threading.Thread):
+    """fn() on its own thread: what it raised."""
 
     def __init__(self, fn: Callable[[], object]) -> None:
         super().__init__(daemon=True)
         self.fn = fn
-        self.took: float | None = None
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        t0 = time.monotonic()
         try:
             self.fn()
         except BaseException as e:  # noqa: BLE001 - reported to the test
             self.error = e
-        self.took = time.monotonic() - t0
 
 
 def test_calls_to_a_stopped_server_end_near_their_deadline(data_dir: Path) -> None:
@@ -128,7 +122,7 @@ def test_calls_to_a_stopped_server_end_near_their_deadline(data_dir: Path) -> No
                 sent += 1
                 yield _id(b), b
 
-        stream = _Timed(lambda: data.put_chunks(megabytes(), timeout=deadline))
+        stream = _Call(lambda: data.put_chunks(megabytes(), timeout=deadline))
         stream.start()
         while sent < 4:
             assert stream.is_alive(), stream.error
@@ -136,15 +130,15 @@ def test_calls_to_a_stopped_server_end_near_their_deadline(data_dir: Path) -> No
         os.kill(sp.pid, signal.SIGSTOP)
         stopped = True
         time.sleep(0.3)      # the stream's write is blocked now: the call queues behind it
-        unary = _Timed(lambda: fs.getattr(1))
+        unary = _Call(lambda: fs.getattr(1))
         unary.start()
         for call in (unary, stream):
             call.join(GUARD)
             assert not call.is_alive(), "a call to the stopped server never returned"
+            # ended by their deadline while the server is still stopped (it stays stopped
+            # until both have returned): without the deadline watchdog these calls took as
+            # long as the server was stopped, so join(GUARD) above found them alive
             assert isinstance(call.error, DeadlineExceeded), call.error
-            # a hang check, not a speed check: without the deadline watchdog these calls
-            # took as long as the server was stopped
-            assert call.took is not None and call.took < 5 * deadline, call.took
         os.kill(sp.pid, signal.SIGCONT)
         stopped = False
         # the channel works again once the server does

@@ -7,7 +7,6 @@ set to 2**64 - 1; the server must answer INVALID_ARGUMENT, stay healthy, and log
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -140,11 +139,11 @@ def test_deeply_nested_asset_metadata_is_invalid_argument(server_module: ServerP
         stub = ch.stream_unary("/aifs.v1.Assets/PutAsset",
                                assets_pb2.PutAssetRequest.SerializeToString,
                                assets_pb2.AssetInfo.FromString)
-        t0 = time.monotonic()
+        # the call's own 30 s deadline is the hang guard: a server that churned on the
+        # nesting past it answers DEADLINE_EXCEEDED, which fails the code check below
         with pytest.raises(grpc.RpcError) as err:
             stub(iter([header, data]), metadata=call_md(server_module.token), timeout=30)
         code, _reason, message = error_info(err.value)
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, message)
         assert "nested too deeply" in message or "JSON" in message
-        assert time.monotonic() - t0 < 30
     assert "RecursionError" not in server_module.log()

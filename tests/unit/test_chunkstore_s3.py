@@ -22,6 +22,7 @@ from aifs_server.chunkstore_s3 import READ_AHEAD, S3ChunkStore
 from tests.services import S3Location, SeaweedFS, free_port
 
 NAME = "abcd" + "0123456789abcdef" * 3 + "0123456789ab"
+HANG_GUARD = 60.0  # seconds before a call is called hung: a guard, not a speed check
 
 
 def _raw_keys(loc: S3Location) -> list[str]:
@@ -134,15 +135,17 @@ def test_a_read_only_identity_reads_and_is_refused_writes(s3_bucket: S3Location)
 
 def test_server_gone_is_a_clear_error_within_a_bounded_time(seaweedfs: SeaweedFS) -> None:
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    # bounded by the retry count, not the retry deadline: "failed 4 time(s)" is the count,
+    # and the deadline is set far past the hang guard so that waiting it out shows
     t = time.monotonic()
     with pytest.raises(StoreUnavailable) as exc:
         S3ChunkStore("aifs", endpoint=dead, access_key="k", secret_key="s", retries=3,
-                     retry_deadline=10)
+                     retry_deadline=600)
     took = time.monotonic() - t
     msg = str(exc.value)
     assert dead in msg and "'aifs'" in msg and "failed 4 time(s)" in msg
     assert exc.value.reason == "STORE_UNAVAILABLE"
-    assert 0.1 < took < 5  # three backoffs (about 0.05-0.4 s each), not the deadline
+    assert took < HANG_GUARD, took
 
 
 @pytest.fixture
@@ -175,11 +178,13 @@ def silent_listener() -> Iterator[str]:
 
 
 def test_a_hung_server_times_out(silent_listener: str) -> None:
+    # the 1 s request timeout ends each try; without it a try waits for the default 120 s
+    # and the hang guard fails
     t = time.monotonic()
     with pytest.raises(StoreUnavailable, match="failed 2 time"):
         S3ChunkStore("aifs", endpoint=silent_listener, access_key="k", secret_key="s",
-                     retries=1, timeout=1.0, retry_deadline=10)
-    assert time.monotonic() - t < 6
+                     retries=1, timeout=1.0, retry_deadline=600)
+    assert time.monotonic() - t < HANG_GUARD
 
 
 class FaultProxy:
@@ -319,10 +324,9 @@ def test_throttling_is_retried_with_backoff_then_succeeds(s3_bucket: S3Location)
 def test_retries_are_bounded_and_say_what_failed(s3_bucket: S3Location) -> None:
     proxy = FaultProxy(s3_bucket.endpoint, fail=100)
     try:
-        t = time.monotonic()
+        # bounded by the count (three connections), not by time
         with pytest.raises(StoreUnavailable) as exc:
             s3_bucket.store(endpoint=proxy.endpoint, retries=2)
-        assert time.monotonic() - t < 5
         assert "failed 3 time(s)" in str(exc.value) and "HTTP 503 SlowDown" in str(exc.value)
         assert proxy.connections == 3
     finally:
