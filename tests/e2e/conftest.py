@@ -5,6 +5,9 @@ Fixtures:
                     `server`) on a fresh directory; every mount made is unmounted at teardown
                     with `fusermount3 -u`, then `-uz`, and its process stopped, even on failure
     aifs_mount / mount   one mount of the function-scoped `server`
+    module_mount    one mount of `server_module`, shared by a module's tests (for modules
+                    whose tests are independent, use names of their own and leave the mount
+                    working; a module opts in by defining `mount` as this fixture)
     Mount: .path (Path), .server (ServerProc), .proc (Popen), .log(), .unmount()
 
 Skips the module when /dev/fuse or fusermount3 is missing.
@@ -139,3 +142,12 @@ def aifs_mount(mount_factory: Callable[..., Mount]) -> Mount:
 @pytest.fixture
 def mount(aifs_mount: Mount) -> Mount:
     return aifs_mount
+
+
+@pytest.fixture(scope="module")
+def module_mount(server_module: ServerProc) -> Iterator[Mount]:
+    m = start_mount(server_module)
+    try:
+        yield m
+    finally:
+        teardown_mount(m)

@@ -125,12 +125,10 @@ def test_a_sigkilled_server_delays_a_writer_on_another_server_boundedly(
         (b.path / "held.txt").write_bytes(b"v1")
         _wait_leased(mc, mc.path / "held.txt", metered(c))  # type: ignore[arg-type]
         c.kill()                       # its registration stays until it expires
-        t0 = time.monotonic()
+        # succeeds within the mount's 30 s call deadline (its retry budget is no longer): it
+        # waits the registration's life (one term) + one term; a writer that waited for the
+        # dead server's answer until its deadline fails here
         (b.path / "held.txt").write_bytes(b"v2")
-        took = time.monotonic() - t0
-        # the registration's life (one term) + one term, with room for a loaded machine; a
-        # writer that waited for its call's deadline instead (minutes) fails here
-        assert took < 10 * TERM, f"the writer waited {took:.1f} s for a dead server"
         assert (a.path / "held.txt").read_bytes() == b"v2"
     finally:
         teardown_mount(mc)

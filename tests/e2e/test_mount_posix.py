@@ -22,6 +22,13 @@ from tests.e2e.conftest import Mount
 CS = 1 << 20  # the default namespace's chunk size
 
 
+@pytest.fixture(scope="module")
+def mount(module_mount: Mount) -> Mount:
+    """One server and mount for the module's `mount` tests (each test uses names of its own
+    in the root, none kills or damages the mount); the mount_factory tests get their own."""
+    return module_mount
+
+
 def _client(m: Mount) -> AIFSClient:
     return AIFSClient(m.server.address, token_file=m.server.token_file)
 

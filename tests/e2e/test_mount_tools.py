@@ -14,6 +14,13 @@ import pytest
 from tests.e2e.conftest import Mount
 
 
+@pytest.fixture(scope="module")
+def mount(module_mount: Mount) -> Mount:
+    """One server and mount for the module (each test works in a directory of its own, none
+    kills or damages the mount)."""
+    return module_mount
+
+
 def _make_tree(root: Path) -> None:
     (root / "sub" / "deeper").mkdir(parents=True)
     (root / "empty").mkdir()
