@@ -376,7 +376,11 @@ class DiskCache:
 
     def _open_for_write(self, path: Path) -> int:
         flags = os.O_WRONLY | os.O_CREAT
-        if self._direct:
+        # A direct write waits for the device, which a cold read keeps busy: when the queue
+        # backs up (it holds chunks in memory, and drops what does not fit), the page cache
+        # absorbs the writes instead (measured: a cold 1 GiB read dropped 40 of 1,024 chunks
+        # writing only directly, and the mount's peak RSS grew by the queue's 32 MiB).
+        if self._direct and self._pending <= self.max_pending // 4:
             try:
                 return os.open(path, flags | os.O_DIRECT, 0o600)
             except OSError as exc:
