@@ -1,8 +1,9 @@
 """Real services for tests and local clusters: SeaweedFS (S3) and PostgreSQL 15, on loopback only.
 
 Interface:
-    start_seaweedfs(base_dir, *, bucket="aifs-test", wait=60.0) -> SeaweedFS
-        `weed mini` with every listener on 127.0.0.1 and free ports, the admin UI, WebDAV,
+    start_seaweedfs(base_dir, *, bucket="aifs-test", wait=60.0, attempts=3) -> SeaweedFS
+        `weed mini` with every listener on 127.0.0.1 and free ports (a start that lost a
+        port to another process is tried again on new ones), the admin UI, WebDAV,
         Iceberg, Lance and telemetry off, bucket auto-creation off (a missing bucket stays an
         error), and an S3 config with two real identities. Returns once `bucket` exists and
         answers a signed request.
@@ -152,7 +153,22 @@ def _s3_answers(endpoint: str) -> bool:
 
 
 def start_seaweedfs(base_dir: str | os.PathLike[str], *, bucket: str = "aifs-test",
-                    wait: float = 60.0) -> SeaweedFS:
+                    wait: float = 60.0, attempts: int = 3) -> SeaweedFS:
+    """free_port() hands back a port it has closed again: another process (a second pytest
+    worker, another test run on the machine) may bind it before `weed` does. Such a start
+    fails with "address already in use" and is tried again on new ports, `attempts` times."""
+    for attempt in range(attempts):
+        try:
+            return _start_seaweedfs(base_dir, bucket=bucket, wait=wait)
+        except RuntimeError as e:
+            if "address already in use" not in str(e) or attempt == attempts - 1:
+                raise
+            shutil.rmtree(Path(base_dir) / "data", ignore_errors=True)   # start clean
+    raise AssertionError("unreachable")
+
+
+def _start_seaweedfs(base_dir: str | os.PathLike[str], *, bucket: str, wait: float
+                     ) -> SeaweedFS:
     base = Path(base_dir)
     data = base / "data"
     data.mkdir(parents=True, exist_ok=True)
