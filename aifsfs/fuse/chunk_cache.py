@@ -12,6 +12,7 @@ Interface:
     ChunkCache(capacity_bytes)      LRU by bytes of (chunk_id, start) -> bytes segments
         .get(chunk_id, offset, length) -> bytes | None   a hit when one segment covers it all
         .put(chunk_id, start, data)                      insert; evicts least recently used
+        .discard(chunk_id)                               drop every segment of a chunk
         .used_bytes, .capacity, .hits, .misses
 
 Chunks are content-addressed and immutable, so an entry never goes stale: nothing here is ever
@@ -113,6 +114,10 @@ class ChunkCache:
             segs.pop(start, None)
             if not segs:
                 del self._segments[chunk_id]
+
+    def discard(self, chunk_id: bytes) -> None:
+        for start in list(self._segments.get(chunk_id, ())):
+            self._drop(chunk_id, start)
 
     def clear(self) -> None:
         self._lru.clear()

@@ -23,6 +23,10 @@ Interface:
             random access (RANDOM_READS non-sequential reads) and the file fits `budget`
             (ChunkReader.fill_budget()): time to fetch the whole file (asked again every
             RANDOM_RECHECK random reads, in case a fill was refused or cut short)
+    ChunkReader.consumed(st, slots)   a sequential reader has read these slots of file state
+        `st` to their ends: in a file larger than a quarter of the memory cache, their chunks
+        leave the memory cache (the kernel's page cache holds what was read, the disk cache
+        a copy; kept, they only pushed the memory cache and the mount's RSS to the full cache)
     ChunkReader.fill_budget() -> int   bytes a whole-file fill may take: half the disk cache,
         or a quarter of the memory cache when there is no disk cache; or, when more, what the
         page pusher may put in the page cache (PagePusher.budget())
@@ -405,6 +409,14 @@ class ChunkReader:
                 group = []
         if group:
             nursery.start_soon(self._fetch_group, nursery, group)
+
+    def consumed(self, st: Any, slots: list[int]) -> None:
+        if st.size <= self.cache.capacity // 4:
+            return      # small files: the memory cache is where a re-read finds them
+        for idx in slots:
+            ref = st.refs.get(idx)
+            if ref is not None and ref.chunk_id:
+                self.cache.discard(ref.chunk_id)
 
     def fill_budget(self) -> int:
         budget = self.disk.capacity // 2 if self.disk is not None else self.cache.capacity // 4
