@@ -86,7 +86,11 @@ def test_server_killed_during_writes(mount_factory: Callable[..., Mount],
             time.sleep(0.05)
         server.proc.send_signal(signal.SIGKILL)
         server.proc.wait(10)
-        time.sleep(4)                 # the writer hits the dead server meanwhile
+        # until the writer has hit the dead server (its first EIO, after the 3 s retry
+        # budget); the 60 s bound is a hang guard, the assertions below tell what happened
+        until = time.monotonic() + 60
+        while not errors and time.monotonic() < until and t.is_alive():
+            time.sleep(0.1)
     finally:
         stop.set()
         t.join(120)
