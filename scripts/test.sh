@@ -7,4 +7,6 @@ scripts/setup.sh
 scripts/gen_proto.sh --check
 ruff check .
 mypy core aifsfs server cli
-pytest -q -p no:cacheprovider "$@"
+# two workers, each test file whole on one of them (module-scoped servers and mounts stay
+# shared; file order kept); AIFS_TEST_WORKERS=0 runs it in this process (docs/DECISIONS.md)
+pytest -q -p no:cacheprovider -n "${AIFS_TEST_WORKERS:-2}" --dist loadfile "$@"
