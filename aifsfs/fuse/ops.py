@@ -40,7 +40,9 @@ How it behaves (the consistency rules of docs/ARCHITECTURE.md, "The mount"):
     already holds that generation): they go to the chunk cache, so the first read is local.
   * close of a small file commits its data inside CommitFile (write_buffer.py `inline_max`).
   * an unlink in a directory this mount holds exclusively is answered here and sent in a
-    batch (dirops_queue.py; a recall, fsyncdir or a call depending on it sends it first).
+    batch (dirops_queue.py; a recall, fsyncdir or a call depending on it sends it first);
+    a create there is answered with a delegated inode number and made with its data by one
+    CreateFile at the close (sooner when something depends on it).
 - What the mount knows per inode lives in one InodeTable (inodes.py); what it shows of an open
   file (buffered writes over stored chunks) is the FileState's (write_buffer.py); read-ahead is
   the handle's ReadWindow and the ChunkReader's (readahead.py).
@@ -283,6 +285,37 @@ class AIFSOperations(pyfuse3.Operations):
                         await self._call(self.dirops.flush, parent)
                     except Exception as exc:  # noqa: BLE001 - flush logs its own failures
                         log.warning("sending queued unlinks of %d: %s", parent, exc)
+
+    def _create_unborn(self, parent: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+                       ) -> tuple[Attr, Attr] | None:
+        """Answer a create without a call (dirops_queue.py): a regular file, in a directory
+        this mount holds exclusively whose leased listing says the name is free, at a
+        delegated inode number. Its CreateFile goes with its first commit at the close (or
+        sooner, when something depends on it). None: create it with a call."""
+        q = self.dirops
+        if (q is None or not stat.S_ISREG(mode) or not q.held(parent)
+                or self.leases.lookup(parent, name) is not NEGATIVE):
+            return None
+        pa = self.leases.attr(parent)
+        ino = q.take_ino() if pa is not None else None
+        if pa is None or ino is None:
+            return None
+        # as the server's create: a setgid directory gives its group
+        gid = pa.gid if pa.mode & stat.S_ISGID else ctx.gid
+        mark = self.leases.recalls()
+        if not q.add_unborn(parent, name, ino, mode & 0o7777, ctx.uid, gid):
+            return None     # the number is not used: a gap in the tree's numbers, harmless
+        now = time.time_ns()
+        a = Attr(ino, stat.S_IFREG | (mode & 0o7777), 1, ctx.uid, gid, 0, 0, now, now, now,
+                 0, 0)
+        pa = dataclasses.replace(pa, mtime_ns=now, ctime_ns=now)
+        self.leases.own_entry(mark, parent, name, ino, pa)
+        return a, pa
+
+    async def _born(self, ino: int) -> None:
+        """A file created here and not yet on the server is created now (empty)."""
+        if self.dirops is not None and self.dirops.unborn(ino):
+            await self._call(self.dirops.birth, ino)
 
     async def _unlink_queued(self, parent: int, name: bytes) -> bool:
         """Answer an unlink without a call (dirops_queue.py): in a directory this mount holds
@@ -1060,8 +1093,9 @@ class AIFSOperations(pyfuse3.Operations):
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._check_writable(parent_inode, name)
         t0 = time.monotonic()
-        a, pa = await self._add_entry(parent_inode, name, self.fs.create_entry, parent_inode,
-                                      name, mode, ctx.uid, ctx.gid)
+        local = self._create_unborn(parent_inode, name, mode, ctx)
+        a, pa = local if local is not None else await self._add_entry(
+            parent_inode, name, self.fs.create_entry, parent_inode, name, mode, ctx.uid, ctx.gid)
         self._note_attr(pa, t0)
         self._note_attr(a, t0)
         if not self.chunk_size:
@@ -1138,7 +1172,10 @@ class AIFSOperations(pyfuse3.Operations):
     @_errors()
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
         h = self.handles.get(fh)
-        if h is None or h.state is None or not h.state.is_dirty():
+        if h is None or h.state is None:
+            return
+        if not h.state.is_dirty():
+            await self._born(h.ino)      # close returns once the file is on the server
             return
         await self._commit(h.state)
 
@@ -1148,6 +1185,7 @@ class AIFSOperations(pyfuse3.Operations):
         if h is None or h.state is None:
             return
         await self._commit(h.state, durable=True)
+        await self._born(h.ino)
 
     async def release(self, fh: pyfuse3.FileHandleT) -> None:
         self.reader.released(fh)
@@ -1193,10 +1231,8 @@ class AIFSOperations(pyfuse3.Operations):
             self.inodes.retry_ended(st.ino)
 
     async def flush_all(self) -> list[tuple[int, BaseException]]:
-        """Commit every buffered file, send the queued unlinks; returns the failures (inode,
-        error)."""
-        if self.dirops is not None:
-            await self._call(self.dirops.flush_all)
+        """Commit every buffered file, send the queued unlinks and the files created here
+        and not on the server yet; returns the failures (inode, error)."""
         failed: list[tuple[int, BaseException]] = []
         for st in self.inodes.states():
             if st.is_dirty():
@@ -1204,6 +1240,8 @@ class AIFSOperations(pyfuse3.Operations):
                     await self._commit(st)
                 except Exception as exc:  # noqa: BLE001
                     failed.append((st.ino, exc))
+        if self.dirops is not None:
+            await self._call(self.dirops.flush_all)
         return failed
 
     async def shutdown(self) -> None:
