@@ -112,6 +112,9 @@ class LeaseManager:
         self.bus: Any = None                            # lease_bus.LeaseBus (other servers)
         # exclusive directory leases: covered inode -> (holding session id, its directory)
         self._excl: dict[Key, tuple[str, int]] = {}
+        # directories whose exclusive grant was refused for a child another session caches:
+        # not listed again for a term (each try lists the directory on a caller's path)
+        self._excl_refused: OrderedDict[Key, float] = OrderedDict()
 
     # --- sessions -------------------------------------------------------------------------------
     def open_session(self, tree: Any) -> Session:
@@ -373,6 +376,11 @@ class LeaseManager:
         assert sess is not None
         with self._cv:
             k = (tree, d)
+            until = self._excl_refused.get(k)
+            if until is not None:
+                if time.monotonic() < until:
+                    return False
+                del self._excl_refused[k]
             return (len(self._holders.get(k, set()) - {sess.id}) == 0
                     and self._excl.get(k, (sess.id,))[0] == sess.id
                     and not self._changing.get(k))
@@ -393,7 +401,11 @@ class LeaseManager:
                 if self._changing.get(k) or self._started.get(k, 0) > since:
                     return False     # changed since the listing: what it covers is unknown
                 if self._holders.get(k, set()) - {sess.id}:
-                    return False     # another session caches it: it would not see ours
+                    # another session caches it: it would not see ours
+                    self._excl_refused[(tree, d)] = time.monotonic() + self.term
+                    while len(self._excl_refused) > _STARTS_MAX:
+                        self._excl_refused.popitem(last=False)
+                    return False
                 ex = self._excl.get(k)
                 if ex is not None and ex[0] != sess.id:
                     return False

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from aifs_core.errors import InvalidArgument
-from aifs_server import backends, request_log
+from aifs_server import backends, delegated_inos, request_log
 
 MIGRATING = "migrating"
 
@@ -47,10 +47,11 @@ class MigrateResult:
 
 
 def _sqlite_tables(conn: sqlite3.Connection) -> dict[str, list[str]]:
-    # not the request log: its rows answer retries of the old deployment's calls, for minutes
+    # not the request log: its rows answer retries of the old deployment's calls, for minutes;
+    # nor the inode numbers given out to the old deployment's mounts (delegated_inos.py)
     names = [r[0] for r in conn.execute(
         "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'")
-        if r[0] != request_log.TABLE]
+        if r[0] not in (request_log.TABLE, delegated_inos.TABLE)]
     return {n: [r[1] for r in conn.execute(f'PRAGMA table_info("{n}")')] for n in names}
 
 

@@ -11,6 +11,12 @@ Interface (used by rpc_filesystem.FilesystemServicer):
                                         exclusive lease on it, covering its children (listed
                                         here, at most EXCL_MAX_ENTRIES) and `new_ino`; the
                                         reply then carries initial metadata `aifs-excl: <parent>`
+                                        and, when the call asked (`aifs-inos-want: 1`),
+                                        `aifs-inos: <first>:<count>`: DELEGATE inode numbers
+                                        for CreateFile
+    create_file(fs, request, context) -> EntryReply
+                                        a regular file at a delegated inode number (used
+                                        once) and, if the request carries one, its commit
     unlink_batch(fs, request, context) -> UnlinkBatchReply
                                         the items in one transaction, exactly once per request
                                         id (request_log.py), recalling the other sessions'
@@ -21,6 +27,7 @@ Interface (used by rpc_filesystem.FilesystemServicer):
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from typing import Any
 
@@ -36,6 +43,7 @@ from aifs_server.request_log import ATTR_OR_NONE, Codec, is_retry
 EXCL_MAX_ENTRIES = 20_000   # a directory larger than this is not leased exclusively (the grant
 #                             lists it: bounded work on the caller's path)
 BATCH_MAX = 1024
+DELEGATE = 256
 _CODE = struct.Struct("<IH")      # errno, length of the encoded attrs that follow
 
 
@@ -61,8 +69,12 @@ def _decode(b: bytes) -> list[tuple[int, Any]]:
 UNLINK_RESULTS: Codec[list[tuple[int, Any]]] = Codec(_encode, _decode)
 
 
+def _flag(context: grpc.ServicerContext, key: str) -> bool:
+    return any(k == key and v == "1" for k, v in context.invocation_metadata() or ())
+
+
 def wants_excl(context: grpc.ServicerContext) -> bool:
-    return any(k == "aifs-excl-ok" and v == "1" for k, v in context.invocation_metadata() or ())
+    return _flag(context, "aifs-excl-ok")
 
 
 def _children(meta: Any, tree: Any, parent: int) -> list[int] | None:
@@ -96,7 +108,35 @@ def excl_after(fs: Any, context: grpc.ServicerContext, tree: Any, sess: Any, par
             return
     else:
         return
-    context.send_initial_metadata((("aifs-excl", str(parent)),))
+    md = [("aifs-excl", str(parent))]
+    if _flag(context, "aifs-inos-want"):
+        with contextlib.suppress(Exception):     # none given: the mount asks Create again
+            first = fs.meta.take_inos(tree, DELEGATE)
+            md.append(("aifs-inos", f"{first}:{DELEGATE}"))
+    context.send_initial_metadata(tuple(md))
+
+
+def create_file(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    tree = fs.b.tree(context)
+    sess = fs._session(context, tree)
+    name = bytes(request.name)
+    if len(name) > NAME_MAX:
+        raise InvalidArgument(f"name is {len(name)} bytes; the limit is {NAME_MAX}")
+
+    def run() -> Any:
+        # create_at uses the number up in its own transaction (delegated_inos.py)
+        with fs.leases.change(tree, [request.parent], sess, Deadline.of_call(context)):
+            return fs.meta.create_at(tree, request.parent, name, request.ino,
+                                     request.mode, request.uid, request.gid)
+    a = fs.b.request_log.once("CreateFile", tree.namespace, request.request_id, run,
+                              ATTR_OR_NONE, retry=is_retry(context))
+    if request.HasField("commit"):
+        c = filesystem_pb2.CommitFileRequest()
+        c.CopyFrom(request.commit)
+        c.ino = a.ino
+        a = fs._commit_file(tree, c, context)     # idempotent: a replay commits again
+    excl_after(fs, context, tree, sess, request.parent, a.ino)
+    return fs._entry_reply(tree, a, request.parent)
 
 
 def unlink_batch(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:

@@ -52,12 +52,13 @@ from aifs_core.types import (
 )
 from aifs_core.wire import attr_to_pb, chunkref_from_pb, chunkref_to_pb
 from aifs_proto.v1 import common_pb2, filesystem_pb2, filesystem_pb2_grpc
+from aifs_server import delegated_inos
 from aifs_server.auth import call_scope, current_grant
 from aifs_server.deadline import Deadline
 from aifs_server.grpc_errors import rpc
 from aifs_server.leases import LeaseManager, Session
 from aifs_server.request_log import ATTR_OR_NONE, RequestLog, is_retry
-from aifs_server.rpc_batch import excl_after, unlink_batch
+from aifs_server.rpc_batch import create_file, excl_after, unlink_batch
 
 READDIR_DEFAULT = 256
 INLINE_COMMIT_MAX = 16 << 20    # inline chunk bytes one CommitFile may carry
@@ -81,6 +82,7 @@ class Backend:
         # exactly-once changing calls (request ids): Filesystem and Versioning share it
         self.request_log = RequestLog(self.meta.store,
                                       metrics.registry if metrics is not None else None)
+        delegated_inos.ensure_table(self.meta.store)   # inode numbers given out (CreateFile)
         self._lock = threading.Lock()
         self._namespaces: dict[str, Namespace] = {}
         self._trees: set[TreeRef] = set()
@@ -546,6 +548,15 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     @rpc
     def CommitFile(self, request: Any, context: grpc.ServicerContext) -> Any:
         tree = self.b.tree(context)
+        return filesystem_pb2.AttrReply(attr=attr_to_pb(self._commit_file(tree, request,
+                                                                           context)))
+
+    @rpc
+    def CreateFile(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return create_file(self, request, context)
+
+    def _commit_file(self, tree: TreeRef, request: Any, context: grpc.ServicerContext) -> Attr:
+        """CommitFile's work (CreateFile's second half too): the file's attrs after it."""
         chunk_size = self.b.namespace(tree.namespace).chunk_size
         changed: list[ChunkRef] = []
         for c in request.chunks:
@@ -570,7 +581,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
                                       truncated=request.truncated, mtime_ns=request.mtime_ns,
                                       asset_id=_known_asset_id(request, changed, inline_sizes),
                                       durable=request.durable)
-        return filesystem_pb2.AttrReply(attr=attr_to_pb(a))
+        return a
 
     def _store_inline(self, ns_name: str, items: Any) -> dict[bytes, int]:
         """Store CommitFile's inline chunks as PutChunks would: verified against their ids,

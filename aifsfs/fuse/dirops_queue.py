@@ -1,5 +1,6 @@
-"""Unlinks the mount answers itself under an exclusive directory lease, sent in batches
-(docs/LEASES.md "Exclusive directory leases").
+"""Unlinks and creates the mount answers itself under an exclusive directory lease
+(docs/LEASES.md "Exclusive directory leases", "Delegated inodes"): unlinks sent in batches,
+creates sent at the close with the file's first commit (one call per small file).
 
 Interface:
     DirOps(session, on_failed, max_batch=MAX_BATCH, interval=INTERVAL)
@@ -9,7 +10,17 @@ Interface:
         .mark() -> int                    before a change call of ours
         .took(parent, mark)               after it, in the same thread: if the reply leased
                                           `parent` to us exclusively and no recall or reset
-                                          came since `mark`, we hold it
+                                          came since `mark`, we hold it; inode numbers the
+                                          reply delegated join the pool
+        .take_ino() -> int | None         a delegated inode number (None: the pool is empty)
+        .add_unborn(parent, name, ino, mode, uid, gid) -> bool
+                                          a create answered here (we hold `parent`): the file
+                                          exists on the server only once born
+        .unborn(ino) -> bool
+        .birth(ino, commit=None) -> Attr | None
+                                          send an unborn file's CreateFile, with its first
+                                          commit ((args, kwargs) of commit_file after the ino)
+                                          or empty; None: it was born already
         .held(parent) -> bool
         .try_unlink(parent, name, ino) -> int | None
                                           queued (we hold `parent` and the lease is live): the
@@ -17,7 +28,8 @@ Interface:
         .pending(parent, name=None) -> bool   unlinks queued in parent (of that name)
         .victim_dir(ino) -> int | None    the directory of a queued unlink of that inode
         .flush(parent);  .flush_all()     send what is queued (blocking: a worker thread or
-                                          the lease stream's); one call per MAX_BATCH items
+                                          the lease stream's); one call per MAX_BATCH unlinks,
+                                          one per unborn file (made empty)
         .due() -> [parent]                queues older than `interval` (the mount's timer)
         .recalled(inos)                   the lease stream, before its ack: each directory
                                           named is flushed and no longer held
@@ -25,10 +37,12 @@ Interface:
                                           goes with the next flush)
         .stats                            {"queued", "batches", "failed"}
     OrderedFs(fs, dirops)                 the session's Filesystem client, whose calls first
-                                          send the queued unlinks they depend on (a read of the
-                                          directory or of a victim, a create of a queued name,
-                                          rename and rmdir: everything), and note exclusive
-                                          grants of create/unlink replies
+                                          send the queued unlinks and unborn files they depend
+                                          on (a read of the directory, of a victim or of an
+                                          unborn file, a create of a queued name, rename and
+                                          rmdir: everything), note exclusive grants of
+                                          create/unlink replies, and make an unborn file's
+                                          first commit its CreateFile
 
 Why a failed batch loses nothing: each item names the inode the mount saw; the server removes
 only that (a name re-made since is left alone), and an item that did not apply leaves the file
@@ -47,6 +61,7 @@ from typing import Any
 log = logging.getLogger("aifsfs.dirops")
 
 MAX_BATCH = 256         # unlinks per UnlinkBatch call (the server takes up to 1024)
+INOS_LOW = 64           # delegated inode numbers left when the mount asks for more
 # seconds an unlink waits at most for others to join its batch (the tests set it longer, to
 # hold a batch pending)
 INTERVAL = float(os.environ.get("AIFS_DIROPS_INTERVAL", "0.05"))
@@ -66,7 +81,11 @@ class DirOps:
         self._victims: dict[int, int] = {}              # ino -> parent, queued or in flight
         self._sending: dict[int, threading.Lock] = {}   # one batch at a time per directory
         self._recalls = 0
-        self.stats = {"queued": 0, "batches": 0, "failed": 0}
+        self._inos: list[int] = []                      # delegated, unused (a stack)
+        self._unborn: dict[int, tuple[int, bytes, int, int, int]] = {}   # ino -> create args
+        self._unborn_in: dict[int, dict[bytes, int]] = {}                # parent -> names
+        self.stats = {"queued": 0, "batches": 0, "failed": 0, "created": 0}
+        session.want_inos = True
 
     # --- grants -----------------------------------------------------------------------------
     def mark(self) -> int:
@@ -74,11 +93,67 @@ class DirOps:
             return self._recalls
 
     def took(self, parent: int, mark: int) -> None:
+        got = self.session.inos_granted()
+        if got:
+            with self._lock:
+                self._inos.extend(reversed(got))
+                self.session.want_inos = len(self._inos) < INOS_LOW
         if self.session.excl_granted() != parent:
             return
         with self._lock:
             if self._recalls == mark:
                 self._held.add(parent)
+
+    def take_ino(self) -> int | None:
+        with self._lock:
+            ino = self._inos.pop() if self._inos else None
+            if len(self._inos) < INOS_LOW:
+                self.session.want_inos = True
+            return ino
+
+    def add_unborn(self, parent: int, name: bytes, ino: int, mode: int, uid: int,
+                   gid: int) -> bool:
+        if time.monotonic() >= self.session.valid_until:
+            return False
+        with self._lock:
+            if parent not in self._held or name in self._q.get(parent, {}):
+                return False
+            self._unborn[ino] = (parent, name, mode, uid, gid)
+            self._unborn_in.setdefault(parent, {})[name] = ino
+            return True
+
+    def unborn(self, ino: int) -> bool:
+        with self._lock:
+            return ino in self._unborn
+
+    def birth(self, ino: int, commit: tuple[Any, dict[str, Any]] | None = None) -> Any:
+        with self._lock:
+            u = self._unborn.get(ino)
+            if u is None:
+                return None
+            lk = self._sending.setdefault(u[0], threading.Lock())
+        with lk:
+            return self._birth_locked(ino, commit)
+
+    def _birth_locked(self, ino: int, commit: tuple[Any, dict[str, Any]] | None) -> Any:
+        """With the directory's sending lock held: one at a time, in order with the unlinks."""
+        with self._lock:
+            u = self._unborn.get(ino)
+        if u is None:
+            return None
+        parent, name, mode, uid, gid = u
+        mark = self.mark()
+        a, _pa = self.session.fs.create_file(parent, name, ino, mode, uid, gid, commit)
+        with self._lock:
+            self._unborn.pop(ino, None)
+            names = self._unborn_in.get(parent)
+            if names is not None:
+                names.pop(name, None)
+                if not names:
+                    del self._unborn_in[parent]
+        self.stats["created"] += 1
+        self.took(parent, mark)
+        return a
 
     def held(self, parent: int) -> bool:
         with self._lock:
@@ -100,9 +175,12 @@ class DirOps:
             return len(q)
 
     def pending(self, parent: int, name: bytes | None = None) -> bool:
+        """Unlinks queued or files unborn in `parent` (under that name)."""
         with self._lock:
-            q = self._q.get(parent)
-            return bool(q) and (name is None or name in q)   # type: ignore[operator]
+            for d in (self._q.get(parent), self._unborn_in.get(parent)):
+                if d and (name is None or name in d):
+                    return True
+            return False
 
     def victim_dir(self, ino: int) -> int | None:
         with self._lock:
@@ -120,7 +198,7 @@ class DirOps:
 
     def flush_all(self) -> None:
         with self._lock:
-            parents = list(self._q)
+            parents = list(self._q) + [p for p in self._unborn_in if p not in self._q]
         for p in parents:
             self.flush(p)
 
@@ -131,6 +209,13 @@ class DirOps:
         with self._lock:
             lk = self._sending.setdefault(parent, threading.Lock())
         with lk:
+            with self._lock:
+                unborn = list(self._unborn_in.get(parent, {}).values())
+            for ino in unborn:      # made empty; their close commits as for any file
+                try:
+                    self._birth_locked(ino, None)
+                except Exception as exc:  # noqa: BLE001 - its close reports it
+                    log.warning("creating inode %d in directory %d: %s", ino, parent, exc)
             while True:
                 with self._lock:
                     q = self._q.get(parent)
@@ -176,7 +261,8 @@ class DirOps:
     def recalled(self, inos: list[int]) -> None:
         with self._lock:
             self._recalls += 1
-            dirs = [d for d in inos if d in self._held or d in self._q]
+            dirs = [d for d in inos
+                    if d in self._held or d in self._q or d in self._unborn_in]
             self._held.difference_update(inos)
         for d in dirs:
             self.flush(d)
@@ -206,8 +292,13 @@ class OrderedFs:
                 d = q.victim_dir(args[0])
                 if d is not None:
                     q.flush(d)
+                q.birth(args[0])
             return fn(*args, **kw)
         return call
+
+    def commit_file(self, ino: int, *a: Any, **kw: Any) -> Any:
+        born = self._q.birth(ino, (a, kw))      # unborn: its create and this commit, one call
+        return born if born is not None else self._fs.commit_file(ino, *a, **kw)
 
     def _dir(self, parent: int, name: bytes | None = None) -> None:
         if self._q.pending(parent, name):
@@ -244,6 +335,7 @@ class OrderedFs:
         d = self._q.victim_dir(ino)
         if d is not None:
             self._q.flush(d)
+        self._q.birth(ino)
         self._dir(new_parent, new_name)
         return self._fs.link_entry(ino, new_parent, new_name)
 

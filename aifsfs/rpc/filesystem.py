@@ -263,15 +263,35 @@ class GrpcFilesystem:
         # Idempotent: the same slots and size applied twice give the same file (and storing a
         # chunk twice is a no-op), so a retry after a lost reply is safe.
         # durable=True (fsync) returns only once the commit is on the server's stable storage.
-        r = self._ch.unary(self._fs.CommitFile, filesystem_pb2.CommitFileRequest(
-            ino=ino, chunks=[chunkref_to_pb(c) for c in chunks], size=size,
-            truncated=truncated, mtime_ns=mtime_ns, asset_id=asset_id, durable=durable,
-            inline_chunks=[filesystem_pb2.InlineChunk(chunk_id=bytes(c), data=bytes(d))
-                           for c, d in inline]))
+        r = self._ch.unary(self._fs.CommitFile, self._commit_request(
+            ino, chunks, size, truncated, mtime_ns, asset_id, durable, inline))
+        return attr_from_pb(r.attr)
+
+    def _commit_request(self, ino: int, chunks: Iterable[ChunkRef | tuple[int, bytes, int]],
+                        size: int, truncated: bool = False, mtime_ns: int = 0,
+                        asset_id: str = "", durable: bool = False,
+                        inline: Sequence[tuple[bytes, bytes]] = ()) -> Any:
         if inline:
             n = sum(len(d) for _, d in inline)
             self._ch.wire_stats.add(sent_bytes=n, sent_raw_bytes=n)
-        return attr_from_pb(r.attr)
+        return filesystem_pb2.CommitFileRequest(
+            ino=ino, chunks=[chunkref_to_pb(c) for c in chunks], size=size,
+            truncated=truncated, mtime_ns=mtime_ns, asset_id=asset_id, durable=durable,
+            inline_chunks=[filesystem_pb2.InlineChunk(chunk_id=bytes(c), data=bytes(d))
+                           for c, d in inline])
+
+    def create_file(self, parent: int, name: bytes, ino: int, mode: int, uid: int, gid: int,
+                    commit: tuple[Sequence[Any], dict[str, Any]] | None = None
+                    ) -> tuple[Attr, Attr | None]:
+        """A regular file at an inode number delegated to this session, with its first
+        commit (commit_file's (args, kwargs) after the inode) or empty: (attrs after it,
+        the parent's)."""
+        req = filesystem_pb2.CreateFileRequest(parent=parent, name=name, ino=ino, mode=mode,
+                                               uid=uid, gid=gid, request_id=new_request_id())
+        if commit is not None:
+            req.commit.CopyFrom(self._commit_request(ino, *commit[0], **commit[1]))
+        r = call_once(self._ch, self._fs.CreateFile, req)
+        return attr_from_pb(r.attr), opt_attr(r, "parent_attr")
 
     def forget(self, ino: int) -> None:
         self._ch.unary(self._fs.Forget, filesystem_pb2.InodeRequest(ino=ino))

@@ -17,6 +17,11 @@ Interface:
                                      exclusively (reply metadata `aifs-excl`), else 0
         .want_excl                   set True to ask for exclusive directory leases (every
                                      call then carries `aifs-excl-ok: 1`; dirops_queue.py)
+        .want_inos;  .inos_granted() -> range
+                                     set want_inos to ask for delegated inode numbers with
+                                     the next exclusive grant (`aifs-inos-want: 1`); the
+                                     range the last call of this thread got (reply metadata
+                                     `aifs-inos: first:count`), else an empty one
         .epoch -> int                bumps on every recall and reset (a reply read across a
                                      change of it may predate a recall: not cacheable)
 
@@ -62,12 +67,15 @@ class _SessionChannel:
         tls = self._owner._tls
         tls.granted = False
         tls.excl = 0
+        tls.inos = _NO_INOS
         sid = self._owner.session_id
         md = self._ch.metadata()
         if sid:
             md.append(("aifs-session", sid))
             if self._owner.want_excl:
                 md.append(("aifs-excl-ok", "1"))
+                if self._owner.want_inos:
+                    md.append(("aifs-inos-want", "1"))
 
         def attempt() -> Any:
             try:
@@ -76,7 +84,8 @@ class _SessionChannel:
                 tls.granted = bool(sid) and _leased(err)
                 raise
             tls.granted = bool(sid) and _leased(call)
-            tls.excl = _excl(call) if sid else 0
+            if sid:
+                tls.excl, tls.inos = _excl(call)
             return resp
         return self._ch.retrying(attempt, idempotent, t)
 
@@ -94,15 +103,23 @@ class _SessionChannel:
         return self._ch.client_stream(call, make_requests, replayable, timeout)
 
 
-def _excl(call: Any) -> int:
+_NO_INOS = range(0)
+
+
+def _excl(call: Any) -> tuple[int, range]:
+    """(the directory leased exclusively or 0, the inode numbers delegated)."""
     try:
         md = call.initial_metadata() or ()
     except Exception:  # noqa: BLE001
-        return 0
+        return 0, _NO_INOS
+    d, inos = 0, _NO_INOS
     for k, v in md:
         if k == "aifs-excl":
-            return int(v)
-    return 0
+            d = int(v)
+        elif k == "aifs-inos":
+            first, n = (int(x) for x in v.split(":"))
+            inos = range(first, first + n)
+    return d, inos
 
 
 def _leased(call: Any) -> bool:
@@ -127,6 +144,7 @@ class LeaseSession:
         self._valid_until = 0.0
         self.epoch = 0
         self.want_excl = False
+        self.want_inos = False
         self._stop = threading.Event()
         self._out: queue.Queue[Any] | None = None
         self._call: Any = None
@@ -152,6 +170,10 @@ class LeaseSession:
 
     def excl_granted(self) -> int:
         return int(getattr(self._tls, "excl", 0))
+
+    def inos_granted(self) -> range:
+        r: range = getattr(self._tls, "inos", _NO_INOS)
+        return r
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="aifs-lease-stream", daemon=True)

@@ -60,6 +60,7 @@ from aifs_core.types import (
     TreeRef,
     TreeStats,
 )
+from aifs_server import delegated_inos
 from aifs_server.metadata.records import Records, now_ns
 from aifs_server.metadata.store import Store, Tx
 from aifs_server.request_log import record
@@ -258,8 +259,8 @@ class PosixMeta(Records):
         return ents[:limit], len(ents) <= limit
 
     def _new_inode(self, tx: Tx, t: _Tree, parent: int, name: bytes, mode: int, nlink: int,
-                   uid: int, gid: int, rdev: int, now: int, symlink: bytes | None = None
-                   ) -> Attr:
+                   uid: int, gid: int, rdev: int, now: int, symlink: bytes | None = None,
+                   ino: int = 0) -> Attr:
         """Allocate an inode, name it `name` in `parent` and touch the parent (one transaction).
         A setgid parent gives the new inode its gid, and a new subdirectory its S_ISGID bit
         (BSD group semantics, as Linux's inode_init_owner): decided here, where the parent's
@@ -269,7 +270,7 @@ class PosixMeta(Records):
             gid = pr.gid
             if stat.S_ISDIR(mode):
                 mode |= stat.S_ISGID
-        ino = tx.take_ino(t.tree_id)
+        ino = ino or tx.take_ino(t.tree_id)     # given: delegated (take_inos) to the caller
         is_dir = stat.S_ISDIR(mode)
         size = len(symlink) if symlink is not None else 0
         if not tx.insert_dentry(t.tree_id, parent, name, ino):
@@ -302,6 +303,30 @@ class PosixMeta(Records):
         with self._store.write() as tx:
             return self._new_inode(tx, t, parent, name, fmt | (mode & 0o7777), 1, uid, gid,
                                    rdev if fmt in (stat.S_IFCHR, stat.S_IFBLK) else 0, now)
+
+    def take_inos(self, tree: TreeRef, n: int) -> int:
+        """Allocate n consecutive inode numbers of the tree (never reused); returns the first.
+        A mount creates files at them later (create_at: docs/LEASES.md, delegated inodes)."""
+        t = self._wtree(tree)
+        with self._store.write() as tx:
+            row = tx.execute("UPDATE trees SET next_ino = next_ino + ? WHERE tree_id = ? "
+                             "RETURNING next_ino - ?", (n, t.tree_id, n)).fetchone()
+            delegated_inos.give(tx, t.tree_id, int(row[0]), n)
+        return int(row[0])
+
+    def create_at(self, tree: TreeRef, parent: int, name: bytes, ino: int, mode: int,
+                  uid: int, gid: int) -> Attr:
+        """create() of a regular file at an inode number take_inos gave out and no create used
+        yet (InvalidArgument otherwise)."""
+        _check_name(name)
+        t = self._wtree(tree)
+        now = now_ns()
+        with self._store.write() as tx:
+            if not delegated_inos.use(tx, t.tree_id, ino):
+                raise InvalidArgument(f"inode {ino} was not given out to a client in "
+                                      f"{t.where()}, or is used already")
+            return self._new_inode(tx, t, parent, name, stat.S_IFREG | (mode & 0o7777), 1, uid,
+                                   gid, 0, now, ino=ino)
 
     def symlink(self, tree: TreeRef, parent: int, name: bytes, target: bytes, uid: int,
                 gid: int) -> Attr:

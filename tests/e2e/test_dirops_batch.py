@@ -8,7 +8,9 @@ leases"), over real mounts of one real server, calls counted from its Prometheus
 - fsync of the directory sends it (one call);
 - a mount SIGKILLed with unlinks pending: the other mount goes on and sees the files (the
   documented window: answered unlinks not yet sent are lost with their mount);
-- `--sync-dirops` sends each unlink before answering it.
+- `--sync-dirops` sends each unlink before answering it;
+- a create answered here (delegated inode number) is made on the server before another
+  mount's lookup of the directory goes on, and at its close even across a server restart.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import pytest
 from tests.e2e.conftest import Mount
 from tests.e2e.test_leases import calls, lease_term  # noqa: F401 - fixture
 from tests.e2e.test_small_files import _delta, _opens, _ready
-from tests.helpers import ServerProc
+from tests.helpers import ServerProc, start_server, stop_server
 
 N = 300
 SLACK = N // 20     # lapses of a 2 s lease term on a loaded machine make a few unlinks sync
@@ -59,7 +61,9 @@ def long_interval(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unlinks_are_batched_and_another_mount_sees_them(
-        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+        monkeypatch: pytest.MonkeyPatch, metered: ServerProc,
+        mount_factory: Callable[..., Mount]) -> None:
+    monkeypatch.setenv("AIFS_DIROPS_INTERVAL", "1")   # batch sizes independent of the load
     a = mount_factory(metered)
     b = mount_factory(metered)
     _ready(a, metered)
@@ -149,3 +153,57 @@ def test_sync_dirops_sends_every_unlink(
         os.unlink(d / f"f{i:04d}")
     c = _delta(metered, before)
     assert c.get("Unlink", 0) == 30 and c.get("UnlinkBatch", 0) == 0, c
+
+
+# --- creates answered here (delegated inode numbers, docs/LEASES.md "Delegated inodes") ----
+
+def _exclusive_dir(a: Mount) -> Path:
+    """A directory A made and created a file in: A holds it exclusively, with inode numbers
+    delegated (the first create's reply)."""
+    d = a.path / "d"
+    d.mkdir()
+    (d / "first").write_bytes(b"1")
+    return d
+
+
+def test_a_file_still_open_here_is_seen_by_another_mounts_lookup(
+        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+    a = mount_factory(metered)
+    b = mount_factory(metered)
+    _ready(a, metered)
+    d = _exclusive_dir(a)
+    before = calls(metered)
+    with open(d / "new", "wb") as f:
+        f.write(b"hello")
+        f.flush()
+        assert _delta(metered, before) == {}     # created and written here: no call yet
+        # B's lookup recalls A's lease: A makes the file (empty, still open) before it acks
+        assert _opens(b.path / "d" / "new")
+    assert (b.path / "d" / "new").read_bytes() == b"hello"      # the close committed it
+    c = _delta(metered, before)
+    assert c.get("CreateFile", 0) == 1 and c.get("CommitFile", 0) == 1, c
+
+
+def test_a_file_created_here_is_made_at_its_close_across_a_server_restart(
+        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+    """The inode numbers given out are in the database: a file answered here before the
+    server was SIGKILLed and restarted (same data dir, same socket) is made at its close."""
+    a = mount_factory(metered)
+    _ready(a, metered)
+    d = _exclusive_dir(a)
+    f = open(d / "late", "wb")      # noqa: SIM115 - closed after the restart
+    restarted = None
+    try:
+        f.write(b"made after the restart")
+        metered.proc.send_signal(signal.SIGKILL)
+        metered.proc.wait(10)
+        restarted = start_server(metered.data_dir, listen=[metered.address])
+        f.close()                   # CreateFile + commit, to the restarted server
+        a.unmount()
+        c = mount_factory(restarted)
+        assert (c.path / "d" / "late").read_bytes() == b"made after the restart"
+        c.unmount()
+    finally:
+        f.close()
+        if restarted is not None:
+            stop_server(restarted)

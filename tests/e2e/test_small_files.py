@@ -53,7 +53,11 @@ def _delta(sp: ServerProc, before: dict[str, int]) -> dict[str, int]:
 
 
 def test_creates_and_unlinks_in_own_directory_ask_no_lookup(
-        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:  # noqa: F811
+        monkeypatch: pytest.MonkeyPatch, metered: ServerProc,
+        mount_factory: Callable[..., Mount]) -> None:  # noqa: F811
+    # batches sent 1 s after their first unlink, not 50 ms: how many a call carries must not
+    # depend on how fast this machine unlinks today
+    monkeypatch.setenv("AIFS_DIROPS_INTERVAL", "1")
     m = mount_factory(metered)
     _ready(m, metered)
     d = m.path / "small"
@@ -62,15 +66,19 @@ def test_creates_and_unlinks_in_own_directory_ask_no_lookup(
     create_small(m.path, N)         # the benchmark's: N 4 KiB files in m.path/small
     c = _delta(metered, before)
     assert c.get("Lookup", 0) <= SLACK, c          # N before: one negative Lookup a create
-    assert c.get("Create", 0) == N and c.get("CommitFile", 0) == N, c
-    assert sum(c.values()) <= 2 * N + SLACK, c
+    # one call a file: the first create takes the exclusive lease and delegated inode
+    # numbers, the others are answered here and sent with their data at the close (CreateFile)
+    made = c.get("Create", 0) + c.get("CreateFile", 0)
+    assert made == N and c.get("Create", 0) <= SLACK, c
+    assert c.get("CommitFile", 0) <= SLACK, c
+    assert sum(c.values()) <= N + 2 * SLACK, c
     names = sorted(os.listdir(d))
     assert len(names) == N
     before = calls(metered)
     for name in names:
         os.unlink(d / name)
     c = _delta(metered, before)
-    # one call per batch (at most 256 unlinks, sent 50 ms after the first): N without them
+    # one call per batch (at most 256 unlinks): N without them
     assert c.get("Lookup", 0) <= SLACK and c.get("Unlink", 0) <= SLACK, c
     assert 1 <= c.get("UnlinkBatch", 0) <= N // 10, c
     assert sum(c.values()) <= N // 10 + SLACK, c
@@ -155,11 +163,13 @@ def test_untar_of_small_files_calls(
     subprocess.run(["tar", "-xf", str(tarball), "-C", str(m.path)], check=True)
     c = _delta(metered, before)
     # into directories tar made itself: no negative lookups (one a file before); per file one
-    # Create, one CommitFile (data inline) and tar's chown, chmod and utimens after the close
-    # (one SetAttr each: 5 calls a file, not the ~1 of issue 9's goal: see LEASES.md)
+    # CreateFile (create, data inline and commit: the first file of a directory takes the
+    # exclusive lease with a Create and a CommitFile) and tar's chown, chmod and utimens after
+    # the close (one SetAttr each: 4 calls a file, not the ~1 of issue 9's goal: LEASES.md)
     assert c.get("Lookup", 0) <= 15 + SLACK, c
-    assert c.get("Create", 0) == UNTAR_FILES and c.get("CommitFile", 0) == UNTAR_FILES, c
-    assert c.get("SetAttr", 0) <= 3 * UNTAR_FILES and sum(c.values()) <= 5 * UNTAR_FILES + 50, c
+    assert c.get("Create", 0) + c.get("CreateFile", 0) == UNTAR_FILES, c
+    assert c.get("Create", 0) <= 10 + SLACK and c.get("CommitFile", 0) <= 10 + SLACK, c
+    assert c.get("SetAttr", 0) <= 3 * UNTAR_FILES and sum(c.values()) <= 4 * UNTAR_FILES + 50, c
     for d in range(10):
         got = (m.path / "t" / f"d{d}" / "f0007.txt").read_bytes()
         assert got == b"%d/7 " % d * 20

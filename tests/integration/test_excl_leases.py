@@ -35,6 +35,7 @@ def test_granted_only_when_nobody_else_caches_the_directory_or_a_child() -> None
     assert mgr.grant(s2, TREE, [B], since)             # s2 caches a child
     assert mgr.may_excl(s1, TREE, D)
     assert not mgr.grant_excl(s1, TREE, D, [A, B], mgr.mark())
+    assert not mgr.may_excl(s1, TREE, D)     # not listed again for a term after a refusal
     mgr.release(s2.id, [B])
     assert mgr.grant_excl(s1, TREE, D, [A, B], mgr.mark())
     assert mgr.holds_excl(s1, TREE, D)

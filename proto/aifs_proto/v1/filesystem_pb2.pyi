@@ -185,6 +185,26 @@ class UnlinkResult(_message.Message):
     attr: _common_pb2.Attr
     def __init__(self, errno: _Optional[int] = ..., attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ...) -> None: ...
 
+class CreateFileRequest(_message.Message):
+    __slots__ = ("parent", "name", "ino", "mode", "uid", "gid", "commit", "request_id")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    INO_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    parent: int
+    name: bytes
+    ino: int
+    mode: int
+    uid: int
+    gid: int
+    commit: CommitFileRequest
+    request_id: bytes
+    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., ino: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., commit: _Optional[_Union[CommitFileRequest, _Mapping]] = ..., request_id: _Optional[bytes] = ...) -> None: ...
+
 class UnlinkBatchReply(_message.Message):
     __slots__ = ("results", "parent_attr")
     RESULTS_FIELD_NUMBER: _ClassVar[int]

@@ -83,6 +83,11 @@ class FilesystemStub:
                 request_serializer=aifs_dot_v1_dot_filesystem__pb2.UnlinkBatchRequest.SerializeToString,
                 response_deserializer=aifs_dot_v1_dot_filesystem__pb2.UnlinkBatchReply.FromString,
                 _registered_method=True)
+        self.CreateFile = channel.unary_unary(
+                '/aifs.v1.Filesystem/CreateFile',
+                request_serializer=aifs_dot_v1_dot_filesystem__pb2.CreateFileRequest.SerializeToString,
+                response_deserializer=aifs_dot_v1_dot_filesystem__pb2.EntryReply.FromString,
+                _registered_method=True)
         self.Rename = channel.unary_unary(
                 '/aifs.v1.Filesystem/Rename',
                 request_serializer=aifs_dot_v1_dot_filesystem__pb2.RenameRequest.SerializeToString,
@@ -209,6 +214,15 @@ class FilesystemServicer:
     def UnlinkBatch(self, request, context):
         """Several unlinks in one directory, one transaction (docs/LEASES.md "Exclusive directory
         leases": a mount sends the unlinks it answered itself under its exclusive lease).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateFile(self, request, context):
+        """A regular file made at an inode number the server delegated to the caller's session
+        (reply metadata `aifs-inos`), with its first commit: one call per small file under an
+        exclusive directory lease (docs/LEASES.md "Delegated inodes").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -344,6 +358,11 @@ def add_FilesystemServicer_to_server(servicer, server):
                     servicer.UnlinkBatch,
                     request_deserializer=aifs_dot_v1_dot_filesystem__pb2.UnlinkBatchRequest.FromString,
                     response_serializer=aifs_dot_v1_dot_filesystem__pb2.UnlinkBatchReply.SerializeToString,
+            ),
+            'CreateFile': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateFile,
+                    request_deserializer=aifs_dot_v1_dot_filesystem__pb2.CreateFileRequest.FromString,
+                    response_serializer=aifs_dot_v1_dot_filesystem__pb2.EntryReply.SerializeToString,
             ),
             'Rename': grpc.unary_unary_rpc_method_handler(
                     servicer.Rename,
@@ -657,6 +676,33 @@ class Filesystem:
             '/aifs.v1.Filesystem/UnlinkBatch',
             aifs_dot_v1_dot_filesystem__pb2.UnlinkBatchRequest.SerializeToString,
             aifs_dot_v1_dot_filesystem__pb2.UnlinkBatchReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateFile(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aifs.v1.Filesystem/CreateFile',
+            aifs_dot_v1_dot_filesystem__pb2.CreateFileRequest.SerializeToString,
+            aifs_dot_v1_dot_filesystem__pb2.EntryReply.FromString,
             options,
             channel_credentials,
             insecure,
