@@ -50,6 +50,8 @@ Interface:
                                                 (the holder sends its pending changes, then
                                                 acks); True if it recalled any
         .excl_other(tree, inos, origin) -> bool whether another session covers one of them
+        .read_excl_tree(tree, deadline)         before a read of the whole tree (a snapshot):
+                                                recall every exclusive lease on it
     Session: .id .tree .outbox (queue of ("recall", seq, inos) | ("renew_ok", stamp) | None)
              .excl {directory ino: the inodes its exclusive lease covers}
 
@@ -443,6 +445,14 @@ class LeaseManager:
             return False
         self._recall_keys(keys, origin, deadline, reads=False)
         return True
+
+    def read_excl_tree(self, tree: Any, deadline: Any) -> None:
+        if not self._excl:
+            return
+        with self._cv:
+            keys = [k for k in self._excl if k[0] == tree]
+        if keys:
+            self._recall_keys(keys, None, deadline, reads=False)
 
     # --- introspection (tests, metrics) ---------------------------------------------------------
     def stats(self) -> dict[str, int]:

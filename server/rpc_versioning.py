@@ -77,6 +77,10 @@ class VersioningServicer(versioning_pb2_grpc.VersioningServicer):
         ns, branch = call_scope(context)
         self.b.namespace(ns)
         def run() -> Any:
+            # a mount's changes answered under an exclusive directory lease (unlinks queued,
+            # files created and not sent) reach the server before the snapshot reads the tree
+            self.b.leases.read_excl_tree(TreeRef(ns, request.branch or branch),
+                                         Deadline.of_call(context))
             return _info(self.v.create_snapshot(ns, request.branch or branch, request.message,
                                                 deadline=Deadline.of_call(context)))
         return self._once("CreateSnapshot", context, ns, request, run, _SNAPSHOT)
