@@ -131,8 +131,10 @@ FILL_FILES_MAX = 2
 # needs many chunks in flight. A short reader (a header, a small file) never gets past the
 # first window. Bounded by memory: the window's chunks are in flight or in the memory cache;
 # copying 4 GiB through a mount (scripts/memcheck.py), the mount's cold-read peak RSS was
-# 235 MiB with 8 slots, 242 with 12, 257-263 with 16 and 289 with 32 (the budget is 256).
-SEQ_WINDOW_MAX = 12
+# 235 MiB with 8 slots, 242 with 12, 257-263 with 16 and 289 with 32 (the budget is 256)
+# while read chunks stayed in the memory cache; since they leave it (consumed()), 224-227
+# with 12 and 208-209 with 32 (one run each, load 7-9), so the window is back to 32.
+SEQ_WINDOW_MAX = 32
 
 
 class ReadWindow:
