@@ -7,7 +7,7 @@ Interface:
                             their own; it finds damage, not forgery.
     .inode(ino, mode, size, generation, symlink) -> bytes     16 bytes
     .slot(ino, idx, chunk_id, length) -> bytes                16 bytes
-    .inode_ok(row, at) / .slot_ok(ino, idx, chunk_id, length, mac) -> bool
+    .inode_ok(row, at, o=0) / .slot_ok(ino, idx, chunk_id, length, mac) -> bool
     corrupt(tree_id, ino, what, idx=None) -> CorruptMetadata  the error (DATA_LOSS, EIO at a
                             mount), logged at most a few times a minute
     seal_rows(conn, mac, param)  compute the MAC of every row that has none (the migration that
@@ -74,16 +74,17 @@ class RowMac:
         cid = bytes(chunk_id)
         return self._mac(_SLOT.pack(b"S", ino, idx, length, len(cid)), cid)
 
-    def inode_ok(self, r: Sequence[Any], at: int) -> bool:
-        """`r` holds ino, mode, ..., size (6), ... generation (11) from index 0 (sql.ATTR_COLUMNS)
-        and the symlink and the MAC at `at`, `at` + 1. (`inode` inlined: every getattr, lookup
-        and readdir entry passes here.)"""
+    def inode_ok(self, r: Sequence[Any], at: int, o: int = 0) -> bool:
+        """`r` holds ino, mode, ..., size (6), ... generation (11) from index `o`
+        (sql.ATTR_COLUMNS) and the symlink and the MAC at `at`, `at` + 1. (`inode` inlined, and
+        the offset rather than a slice of the row: every getattr, lookup and readdir entry
+        passes here.)"""
         mac, link = r[at + 1], r[at]
         if mac is None:
             return False
         try:
             h = self._proto.copy()
-            h.update(_INODE.pack(b"I", r[0], r[1] & _S_IFMT, r[6], r[11],
+            h.update(_INODE.pack(b"I", r[o], r[o + 1] & _S_IFMT, r[o + 6], r[o + 11],
                                  -1 if link is None else len(link)))
             if link:
                 h.update(link)

@@ -73,6 +73,7 @@ _SETTABLE = frozenset({"mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "ct
 _ADDABLE = frozenset({"nlink", "data_bytes", "generation"})
 _MACCED = frozenset({"size", "generation", "mode"})  # an update of one of these re-MACs the row
 _SCAN_PAGE = 2000  # rows per page of corrupt_rows
+_INODE_WHAT = "its size, generation, type or link target"   # what a failing inode MAC means
 
 
 def attr_of(r: Sequence[Any]) -> Attr:
@@ -195,7 +196,7 @@ class SQLTx(VersionSQL):
         does not match."""
         row = r[at:] if at else r
         if not self._mac.inode_ok(row, _SYM):
-            raise corrupt(tree_id, row[0], "its size, generation, type or link target")
+            raise corrupt(tree_id, row[0], _INODE_WHAT)
         return attr_of(row)
 
     def inode(self, tree_id: int, ino: int) -> Attr | None:
@@ -322,8 +323,17 @@ class SQLTx(VersionSQL):
                        "WHERE d.tree_id = ? AND d.parent = ? AND d.id > ? ORDER BY d.id LIMIT ?",
                        (tree_id, ino, cookie, limit)).fetchall()
         # readdir hands these attrs to the kernel (READDIRPLUS): a row that fails is refused
-        # like a getattr of it, and so is the page that holds it
-        return [DirEntry(bytes(r[1]), self._checked(tree_id, r, 2), r[0]) for r in rows]
+        # like a getattr of it, and so is the page that holds it. One loop, no row slices
+        # (the attrs start at 2): a listing pays this per entry.
+        ok, at = self._mac.inode_ok, _SYM + 2
+        out = []
+        for r in rows:
+            if not ok(r, at, 2):
+                raise corrupt(tree_id, r[2], _INODE_WHAT)
+            out.append(DirEntry(bytes(r[1]), Attr(r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9],
+                                                  r[10], r[11], (r[12] + 511) // 512, r[13]),
+                                r[0]))
+        return out
 
     # --- xattrs ------------------------------------------------------------------------------
     def xattr(self, tree_id: int, ino: int, name: bytes) -> bytes | None:
