@@ -38,8 +38,10 @@ def test_socket_token_expires_is_renewed_and_clients_follow(tmp_path: Path) -> N
     sp = start_server(make_data_dir(tmp_path / "data"), args=["--token-ttl", str(TTL)])
     try:
         first = sp.token
-        # the file's token carries an expiry about TTL from now (no longer a permanent token)
-        assert 0 < _expiry(first) - time.time() <= TTL + 1
+        # the file's token carries an expiry at most TTL from now (no longer a permanent
+        # token); no lower bound: a slow start between the mint and this read (a loaded
+        # machine) only brings the expiry closer, and renewal is checked below
+        assert _expiry(first) <= time.time() + TTL + 1
         with AIFSClient(sp.address, timeout=10, retry_for=5) as client:
             assert client.getattr(ROOT_INO).ino == ROOT_INO        # reads the first token
             # the server rewrites the file well before expiry
