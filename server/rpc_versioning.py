@@ -114,8 +114,15 @@ class VersioningServicer(versioning_pb2_grpc.VersioningServicer):
     @rpc
     def CreateBranch(self, request: Any, context: grpc.ServicerContext) -> Any:
         ns = self._ns(context)
-        return self._once("CreateBranch", context, ns, request, lambda: _branch_info(
-            self.v.create_branch(ns, request.name, getattr(request, "from"))), _BRANCH)
+        source = getattr(request, "from")
+
+        def run() -> Any:
+            # a source that is a live tree is read now: its mounts' changes answered under an
+            # exclusive lease reach it first (as for CreateSnapshot)
+            self.b.leases.read_excl_tree(TreeRef(ns, source or "main"),
+                                         Deadline.of_call(context))
+            return _branch_info(self.v.create_branch(ns, request.name, source))
+        return self._once("CreateBranch", context, ns, request, run, _BRANCH)
 
     @rpc
     def ListBranches(self, request: Any, context: grpc.ServicerContext) -> Any:
