@@ -2,6 +2,7 @@
 
 Fixtures:
     mount_factory(server=None, *extra_args) -> Mount   mount a server (default: the test's
+                    `server`, not started for a test that asks for `metered` and not for
                     `server`) on a fresh directory; every mount made is unmounted at teardown
                     with `fusermount3 -u`, then `-uz`, and its process stopped, even on failure
     aifs_mount / mount   one mount of the function-scoped `server`
@@ -113,11 +114,21 @@ def teardown_mount(m: Mount) -> None:
 
 
 @pytest.fixture
-def mount_factory(server: ServerProc) -> Iterator[Callable[..., Mount]]:
+def mount_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Mount]]:
+    # The default server is the test's `server`, started here (during this fixture's set-up,
+    # so it is stopped after the mounts are down). A test that asks for `metered` (a server of
+    # its own) and not for `server` mounts only what it names: no unused server is started.
+    server: ServerProc | None = None
+    if "server" in request.fixturenames or "metered" not in request.fixturenames:
+        server = request.getfixturevalue("server")
     made: list[Mount] = []
 
     def make(srv: ServerProc | None = None, *extra: str) -> Mount:
-        m = start_mount(srv or server, *extra)
+        target = srv or server
+        if target is None:
+            raise AssertionError("mount_factory(): name the server to mount (this test has "
+                                 "`metered`, not `server`)")
+        m = start_mount(target, *extra)
         made.append(m)
         return m
 
