@@ -83,7 +83,6 @@ from aifs_core.types import (
 from aifsfs.errors import errno_for, xattr_errno_for
 from aifsfs.fuse.chunk_cache import ChunkCache, split_range
 from aifsfs.fuse.dir_fill import Batch, DirFill, plan_batches
-from aifsfs.fuse.dir_pages import PageAhead
 from aifsfs.fuse.dirops_queue import DirOps, OrderedFs
 from aifsfs.fuse.inodes import InodeTable
 from aifsfs.fuse.leases import NEGATIVE, LeaseCache
@@ -179,14 +178,13 @@ class _Handle:
 
 
 class _DirHandle:
-    __slots__ = ("ino", "buf", "buf_cookie", "eof", "ahead", "end")
+    __slots__ = ("ino", "buf", "buf_cookie", "eof", "end")
 
     def __init__(self, ino: int) -> None:
         self.ino = ino
         self.buf: list[Any] = []        # entries fetched but not yet returned to the kernel
         self.buf_cookie = -1            # the cookie the kernel will resume from to get `buf`
         self.eof = False
-        self.ahead = PageAhead()        # the next page, fetched while the kernel takes this one
         self.end = -1                   # cookie after which this handle's listing ended
 
 
@@ -956,12 +954,8 @@ class AIFSOperations(pyfuse3.Operations):
                 entries, eof = dh.buf, dh.eof
             else:
                 page = self.leases.readdir(dh.ino, cookie)
-                if page is None:
-                    page = await dh.ahead.take(cookie)
                 entries, eof = page if page is not None else await self._call(
                     self._readdir_sync, dh.ino, cookie)
-                if not eof and entries:
-                    self._readdir_ahead(dh, entries[-1].cookie)
             dh.buf = []
             for i, e in enumerate(entries):
                 if dh.ino == ROOT_INO and e.name == SYN_NAME:
@@ -977,15 +971,6 @@ class AIFSOperations(pyfuse3.Operations):
                 dh.end = cookie
                 return
             cookie = entries[-1].cookie
-
-    def _readdir_ahead(self, dh: _DirHandle, cookie: int) -> None:
-        """Fetch the page after `cookie` while the kernel takes this one (dir_pages.py),
-        unless the lease cache holds it or it is on its way."""
-        if (self._nursery is None or dh.ahead.pending(cookie)
-                or self.leases.readdir(dh.ino, cookie) is not None):
-            return
-        dh.ahead.start(self._nursery, cookie,
-                       functools.partial(self._call, self._readdir_sync, dh.ino, cookie))
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         dh = self.dirs.pop(fh, None)

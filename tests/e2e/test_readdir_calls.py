@@ -1,9 +1,9 @@
-"""Readdir pages fetched one ahead of the kernel (aifsfs/fuse/dir_pages.py) over a real mount of
-a real server: a cold listing of a directory of several pages shows every entry once, in
-order, and costs exactly one ReadDir per page (the page fetched ahead is the one the listing
-takes next, never asked twice, nothing past the end); a reader that stops after the first page
-costs no more than the whole listing; a name another mount adds is in the next listing.
-Calls are counted with the server's Prometheus metrics.
+"""What a listing costs over a real mount of a real server: a cold listing of a directory of
+several pages shows every entry once, in order, and costs exactly one ReadDir per page (the
+kernel's last READDIR, asked after the last entry to learn the end, is answered by the mount:
+it cost one more ReadDir per listing); a reader that stops early costs no more than the whole
+listing; a name another mount adds is in the next listing. Calls are counted with the
+server's Prometheus metrics.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def _settled(sp: ServerProc, at_least: int, wait: float = 10.0) -> int:
     return n
 
 
-def test_cold_listing_pages_fetched_ahead_once_each(
+def test_cold_listing_costs_one_call_per_page(
         metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
     with AIFSClient(metered.address, token=metered.token) as c:
         d = c.fs.mkdir(1, b"big").ino
@@ -49,12 +49,11 @@ def test_cold_listing_pages_fetched_ahead_once_each(
     before = _readdirs(metered)
     names = os.listdir(a.path / "big")
     assert names == [f"f{i:05d}" for i in range(N)]      # listing (creation) order, once each
-    # one call per page: pages 2 and 3 came ahead of the kernel, none twice, none past eof
+    # one call per page, none twice, none past the end (the kernel's last READDIR asked 4)
     assert _settled(metered, before + 3) - before == 3
 
     # a reader that stops after one entry: the kernel still fills its buffer (more than a
-    # page on recent kernels), the mount fetches one page ahead of what the kernel took;
-    # never more than the whole listing
+    # page on recent kernels); never more than the whole listing
     b = mount_factory(metered)
     before = _readdirs(metered)
     with os.scandir(b.path / "big") as it:
