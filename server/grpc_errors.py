@@ -33,6 +33,7 @@ from google.protobuf.message import Message
 from aifs_core.errors import AIFSError, NoSpace
 from aifs_core.status import status_for, status_of
 from aifs_server.request_limits import check_request, checked_stream
+from aifs_server.space_reserve import FREES_SPACE
 from aifs_server.upload_pins import call_scope
 
 log = logging.getLogger("aifs.server")
@@ -151,9 +152,17 @@ def _checked(request: Any) -> Any:
     return checked_stream(request)
 
 
+# Methods whose work frees space: the only ones that may take the server's space reserve on a
+# full disk (space_reserve.FREES_SPACE).
+FREES_SPACE_METHODS = frozenset({
+    "Unlink", "UnlinkBatch", "RmDir", "Rename", "SetAttr", "RemoveXattr", "Forget",
+    "DeleteAsset", "DeleteBranch", "DeleteTag", "PruneSnapshots", "GC"})
+
+
 def rpc(fn: F) -> F:
     """Run a servicer method and turn its errors into statuses (works for generators too)."""
     name = fn.__qualname__
+    frees_space = name.rsplit(".", 1)[-1] in FREES_SPACE_METHODS
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
@@ -169,6 +178,7 @@ def rpc(fn: F) -> F:
     @functools.wraps(fn)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         # call_scope: chunks this call uploads stay safe from the collector until it returns
+        token = FREES_SPACE.set(frees_space)
         with IN_FLIGHT, call_scope():
             try:
                 try:
@@ -182,4 +192,6 @@ def rpc(fn: F) -> F:
                     return fn(self, request, context)
             except Exception as exc:  # noqa: BLE001 - mapped to a status
                 _fail(context, exc, name)
+            finally:
+                FREES_SPACE.reset(token)
     return wrapper  # type: ignore[return-value]

@@ -5,7 +5,8 @@ Interface:
         .restore() -> bool   (re)create the reserve file when the disk has room for it twice
                              over; True if it is held afterwards
         .release() -> bool   give its space back to the file system; True if this call did
-                             (the caller may then retry what failed for lack of space)
+                             (the caller may then retry what failed for lack of space);
+                             never in a context whose FREES_SPACE is False
         .held -> bool
 
 Why: SQLite writes its WAL before it can delete a row, and the collector records what it
@@ -25,9 +26,18 @@ import contextlib
 import logging
 import os
 import threading
+from contextvars import ContextVar
 from pathlib import Path
 
 log = logging.getLogger("aifs.server.space")
+
+# Whether the work running in this context frees space: only such work may take the reserve.
+# True by default (the collector, offline tools); the gRPC layer sets it per method
+# (grpc_errors.rpc): removals yes, creates and data writes no. Without it, a create that found
+# the disk full took the reserve for itself and the next rm found none (a mount sends the
+# create of a file made under an exclusive directory lease at its close, after the file's data
+# filled the disk: the disk-full drill saw the space never come back).
+FREES_SPACE: ContextVar[bool] = ContextVar("aifs_frees_space", default=True)
 
 RESERVE_MAX = 16 << 20
 RESERVE_MIN = 256 << 10
@@ -79,6 +89,8 @@ class SpaceReserve:
             return True
 
     def release(self) -> bool:
+        if not FREES_SPACE.get():
+            return False
         with self._lock:
             if not self.held:
                 return False

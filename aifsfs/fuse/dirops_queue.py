@@ -26,6 +26,7 @@ Interface:
                                           queued (we hold `parent` and the lease is live): the
                                           number queued there now; None: not ours to answer
         .pending(parent, name=None) -> bool   unlinks queued in parent (of that name)
+        .pending_unlinks(parent) -> bool  unlinks queued in parent (unborn files aside)
         .victim_dir(ino) -> int | None    the directory of a queued unlink of that inode
         .flush(parent);  .flush_all()     send what is queued (blocking: a worker thread or
                                           the lease stream's); one call per MAX_BATCH unlinks,
@@ -58,6 +59,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from aifsfs.rpc.filesystem import new_request_id
+
 log = logging.getLogger("aifsfs.dirops")
 
 MAX_BATCH = 256         # unlinks per UnlinkBatch call (the server takes up to 1024)
@@ -82,7 +85,10 @@ class DirOps:
         self._sending: dict[int, threading.Lock] = {}   # one batch at a time per directory
         self._recalls = 0
         self._inos: list[int] = []                      # delegated, unused (a stack)
-        self._unborn: dict[int, tuple[int, bytes, int, int, int]] = {}   # ino -> create args
+        # ino -> create args and the request id of its CreateFile: one id for every attempt,
+        # so an attempt after one whose create committed (and whose commit half failed, e.g.
+        # a full disk) is answered from the server's request log, not "number used already"
+        self._unborn: dict[int, tuple[int, bytes, int, int, int, bytes]] = {}
         self._unborn_in: dict[int, dict[bytes, int]] = {}                # parent -> names
         self.stats = {"queued": 0, "batches": 0, "failed": 0, "created": 0}
         session.want_inos = True
@@ -118,7 +124,7 @@ class DirOps:
         with self._lock:
             if parent not in self._held or name in self._q.get(parent, {}):
                 return False
-            self._unborn[ino] = (parent, name, mode, uid, gid)
+            self._unborn[ino] = (parent, name, mode, uid, gid, new_request_id())
             self._unborn_in.setdefault(parent, {})[name] = ino
             return True
 
@@ -133,6 +139,9 @@ class DirOps:
                 return None
             lk = self._sending.setdefault(u[0], threading.Lock())
         with lk:
+            # unlinks first: they free the space a create may need (on a full disk, a create
+            # sent first can take the server's space reserve that the unlinks needed)
+            self._send_queued_locked(u[0], skip_unborn=True)
             return self._birth_locked(ino, commit)
 
     def _birth_locked(self, ino: int, commit: tuple[Any, dict[str, Any]] | None) -> Any:
@@ -141,9 +150,10 @@ class DirOps:
             u = self._unborn.get(ino)
         if u is None:
             return None
-        parent, name, mode, uid, gid = u
+        parent, name, mode, uid, gid, request_id = u
         mark = self.mark()
-        a, _pa = self.session.fs.create_file(parent, name, ino, mode, uid, gid, commit)
+        a, _pa = self.session.fs.create_file(parent, name, ino, mode, uid, gid, commit,
+                                             request_id=request_id)
         with self._lock:
             self._unborn.pop(ino, None)
             names = self._unborn_in.get(parent)
@@ -182,6 +192,10 @@ class DirOps:
                     return True
             return False
 
+    def pending_unlinks(self, parent: int) -> bool:
+        with self._lock:
+            return bool(self._q.get(parent))
+
     def victim_dir(self, ino: int) -> int | None:
         with self._lock:
             return self._victims.get(ino)
@@ -216,25 +230,33 @@ class DirOps:
                     self._birth_locked(ino, None)
                 except Exception as exc:  # noqa: BLE001 - its close reports it
                     log.warning("creating inode %d in directory %d: %s", ino, parent, exc)
-            while True:
-                with self._lock:
-                    q = self._q.get(parent)
+            self._send_queued_locked(parent)
+
+    def _send_queued_locked(self, parent: int, skip_unborn: bool = False) -> None:
+        """With the directory's sending lock held: send its queued unlinks (those of files
+        not on the server yet stay queued with `skip_unborn`: a flush births them first)."""
+        while True:
+            with self._lock:
+                q = self._q.get(parent)
+                items = [(n, i) for n, i in (q or {}).items()
+                         if not (skip_unborn and i in self._unborn)][:self.max_batch]
+                if not items:
                     if not q:
                         self._q.pop(parent, None)
                         self._since.pop(parent, None)
-                        return
-                    items = list(q.items())[:self.max_batch]
-                    for name, _ in items:
-                        del q[name]
-                    if not q:
-                        del self._q[parent]
-                        self._since.pop(parent, None)
-                try:
-                    self._send(parent, items)
-                finally:
-                    with self._lock:
-                        for _, ino in items:
-                            self._victims.pop(ino, None)
+                    return
+                assert q is not None
+                for name, _ in items:
+                    del q[name]
+                if not q:
+                    del self._q[parent]
+                    self._since.pop(parent, None)
+            try:
+                self._send(parent, items)
+            finally:
+                with self._lock:
+                    for _, ino in items:
+                        self._victims.pop(ino, None)
 
     def _send(self, parent: int, items: list[tuple[bytes, int]]) -> None:
         mark = self.mark()
@@ -304,6 +326,12 @@ class OrderedFs:
         if self._q.pending(parent, name):
             self._q.flush(parent)
 
+    def _dir_before_new(self, parent: int, name: bytes) -> None:
+        """Before a new entry in `parent`: its queued unlinks go first, whatever their names,
+        since they free the space the new entry may need (see DirOps.birth)."""
+        if self._q.pending_unlinks(parent) or self._q.pending(parent, name):
+            self._q.flush(parent)
+
     def lookup(self, parent: int, name: bytes) -> Any:
         self._dir(parent, name)
         return self._fs.lookup(parent, name)
@@ -317,18 +345,18 @@ class OrderedFs:
         return self._fs.readdir_maps(ino, *a, **kw)
 
     def create_entry(self, parent: int, name: bytes, *a: Any, **kw: Any) -> Any:
-        self._dir(parent, name)
+        self._dir_before_new(parent, name)
         mark = self._q.mark()
         r = self._fs.create_entry(parent, name, *a, **kw)
         self._q.took(parent, mark)
         return r
 
     def mkdir_entry(self, parent: int, name: bytes, *a: Any, **kw: Any) -> Any:
-        self._dir(parent, name)
+        self._dir_before_new(parent, name)
         return self._fs.mkdir_entry(parent, name, *a, **kw)
 
     def symlink_entry(self, parent: int, name: bytes, *a: Any, **kw: Any) -> Any:
-        self._dir(parent, name)
+        self._dir_before_new(parent, name)
         return self._fs.symlink_entry(parent, name, *a, **kw)
 
     def link_entry(self, ino: int, new_parent: int, new_name: bytes) -> Any:

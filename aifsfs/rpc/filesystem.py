@@ -281,13 +281,14 @@ class GrpcFilesystem:
                            for c, d in inline])
 
     def create_file(self, parent: int, name: bytes, ino: int, mode: int, uid: int, gid: int,
-                    commit: tuple[Sequence[Any], dict[str, Any]] | None = None
-                    ) -> tuple[Attr, Attr | None]:
+                    commit: tuple[Sequence[Any], dict[str, Any]] | None = None,
+                    request_id: bytes | None = None) -> tuple[Attr, Attr | None]:
         """A regular file at an inode number delegated to this session, with its first
         commit (commit_file's (args, kwargs) after the inode) or empty: (attrs after it,
-        the parent's)."""
+        the parent's). `request_id`: the caller's, kept across its own later attempts."""
         req = filesystem_pb2.CreateFileRequest(parent=parent, name=name, ino=ino, mode=mode,
-                                               uid=uid, gid=gid, request_id=new_request_id())
+                                               uid=uid, gid=gid,
+                                               request_id=request_id or new_request_id())
         if commit is not None:
             req.commit.CopyFrom(self._commit_request(ino, *commit[0], **commit[1]))
         r = call_once(self._ch, self._fs.CreateFile, req)
