@@ -187,6 +187,10 @@ class VersioningServicer(versioning_pb2_grpc.VersioningServicer):
     @rpc
     def Merge(self, request: Any, context: grpc.ServicerContext) -> Any:
         ns = self._ns(context)
+        # the merge snapshots its source first: a branch's mounts' changes answered under an
+        # exclusive lease reach it before (as for CreateSnapshot; `into` is recalled whole by
+        # _replacing; a snapshot or tag as source has no leases: nothing to recall)
+        self.b.leases.read_excl_tree(TreeRef(ns, request.source), Deadline.of_call(context))
         with self._replacing(ns, request.into, context):
             r = self.v.merge(ns, request.source, request.into, request.message,
                              request.dry_run, Deadline.of_call(context))

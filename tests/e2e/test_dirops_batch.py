@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from aifsfs.client import AIFSClient
 from tests.e2e.conftest import Mount
 from tests.e2e.test_leases import calls, lease_term  # noqa: F401 - fixture
 from tests.e2e.test_small_files import _delta, _opens, _ready
@@ -207,3 +208,22 @@ def test_a_file_created_here_is_made_at_its_close_across_a_server_restart(
         f.close()
         if restarted is not None:
             stop_server(restarted)
+
+
+def test_a_merge_takes_the_source_branchs_pending_unlinks(
+        long_interval: None, metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+    """A merge snapshots its source branch first: a mount of that branch holding unlinks it
+    answered under an exclusive lease sends them before (as for CreateSnapshot and
+    CreateBranch), so the merge carries them."""
+    main = mount_factory(metered)
+    (main.path / "seed").write_bytes(b"x")
+    with AIFSClient(metered.address, token=metered.token, timeout=30) as c:
+        base = c.versions.snapshot(message="base")
+        c.versions.create_branch("exp", base["id"])
+        exp = mount_factory(metered, "--branch", "exp")
+        _ready(exp, metered)
+        _pending(metered, exp, 20, 10)
+        before = calls(metered)
+        c.versions.merge("exp", "main")
+        assert _delta(metered, before).get("UnlinkBatch", 0) == 1
+    assert sorted(os.listdir(main.path / "d")) == [f"f{i:04d}" for i in range(10, 20)]
