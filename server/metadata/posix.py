@@ -385,13 +385,20 @@ class PosixMeta(Records):
                 raise self._missing(tx, t, parent, name)
             if stat.S_ISDIR(e[2]):
                 raise IsADirectory(f"{_text(name)!r} is a directory; use rmdir")
-            tx.delete_dentry(e[0])
-            a = tx.update_inode(t.tree_id, e[1], {"ctime_ns": now}, {"nlink": -1})
-            assert a is not None  # the dentry names it
+            a = self._unlink_entry(tx, t, e[0], e[1], now, forget)
             self._touch_dir(tx, t, parent, now)
-            if forget and a.nlink == 0:
-                self._drop_inode(tx, t, e[1], now)
             record(tx, a)
+        return a
+
+    def _unlink_entry(self, tx: Tx, t: _Tree, dentry_id: int, ino: int, now: int,
+                      forget: bool) -> Attr:
+        """unlink's step, also each item of unlink_many's: delete the dentry and one link of
+        its (non-directory) inode; forget: drop an inode left with none. Its attrs after."""
+        tx.delete_dentry(dentry_id)
+        a = tx.update_inode(t.tree_id, ino, {"ctime_ns": now}, {"nlink": -1})
+        assert a is not None  # the dentry names it
+        if forget and a.nlink == 0:
+            self._drop_inode(tx, t, ino, now)
         return a
 
     def unlink_many(self, tree: TreeRef, parent: int, items: list[tuple[bytes, int]],
@@ -418,12 +425,7 @@ class PosixMeta(Records):
                 if stat.S_ISDIR(e[2]):
                     out.append((errno.EISDIR, None))
                     continue
-                tx.delete_dentry(e[0])
-                a = tx.update_inode(t.tree_id, e[1], {"ctime_ns": now}, {"nlink": -1})
-                assert a is not None  # the dentry names it
-                if forget and a.nlink == 0:
-                    self._drop_inode(tx, t, e[1], now)
-                out.append((0, a))
+                out.append((0, self._unlink_entry(tx, t, e[0], e[1], now, forget)))
             if any(code == 0 for code, _ in out):
                 self._touch_dir(tx, t, parent, now)
             record(tx, out)
