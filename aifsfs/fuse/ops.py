@@ -667,6 +667,8 @@ class AIFSOperations(pyfuse3.Operations):
             hit = self.leases.lookup(parent_inode, name)
             if hit is NEGATIVE:
                 raise pyfuse3.FUSEError(errno.ENOENT)
+            if hit is None and self.dirops is not None:
+                hit = self.dirops.made_in(parent_inode, name)
             if hit is None and self._negatives.get(parent_inode, 0) >= NEGATIVES_BEFORE_LISTING:
                 hit = await self._list_whole(parent_inode, name)
                 if hit is NEGATIVE:
@@ -691,6 +693,9 @@ class AIFSOperations(pyfuse3.Operations):
         if cached is not None:
             return cached
         leased = self.leases.attr(inode)
+        if leased is None and self.dirops is not None:
+            m = self.dirops.made(inode)         # created here, its directory held
+            leased = m[2] if m is not None else None
         if leased is not None:
             return self._entry(leased)
         st = self.inodes.state(inode)
@@ -745,6 +750,14 @@ class AIFSOperations(pyfuse3.Operations):
             bits = SET_CTIME
             kw["ctime_ns"] = time.time_ns()
         t0 = time.monotonic()
+        local = None if bits & SET_SIZE else self._setattr_local(inode, bits, kw, st)
+        if local is not None:
+            if st is not None:
+                st.attr = local
+            self._note_attr(local, t0)
+            if self._dirops_wake is not None:
+                self._dirops_wake.set()     # queued: sent within the interval
+            return self._entry(local)
         try:
             a: Attr = await self._call(self.fs.setattr, inode, bits, **kw)
         finally:
@@ -757,6 +770,38 @@ class AIFSOperations(pyfuse3.Operations):
         if bits & SET_SIZE:
             self.inodes.set_seen_gen(inode, a.generation)
         return self._entry(a)
+
+    def _setattr_local(self, ino: int, bits: int, kw: dict[str, int], st: FileState | None
+                       ) -> Attr | None:
+        """Answer an attribute change (no size) without a call (dirops_queue.py): of a file
+        this mount created in a directory it holds exclusively, folded into its CreateFile
+        if that is not sent yet, else queued with the directory's unlinks (tar's chown,
+        chmod and utimens after each close). The server is told our ctime, so what it stores
+        is what we answered. None: make the call."""
+        q = self.dirops
+        if q is None:
+            return None
+        if q.unborn(ino):
+            cur = st.attr if st is not None else None
+        else:
+            m = q.made(ino)
+            cur = m[2] if m is not None else None
+        if cur is None or not stat.S_ISREG(cur.mode):
+            return None
+        attrs = dict(kw, fields=bits | SET_CTIME)
+        attrs.setdefault("ctime_ns", time.time_ns())
+        a = dataclasses.replace(
+            cur,
+            mode=stat.S_IFMT(cur.mode) | (kw["mode"] & 0o7777) if bits & SET_MODE else cur.mode,
+            uid=kw["uid"] if bits & SET_UID else cur.uid,
+            gid=kw["gid"] if bits & SET_GID else cur.gid,
+            atime_ns=kw["atime_ns"] if bits & SET_ATIME else cur.atime_ns,
+            mtime_ns=kw["mtime_ns"] if bits & SET_MTIME else cur.mtime_ns,
+            ctime_ns=attrs["ctime_ns"])
+        if q.try_setattr(ino, attrs, a) is None:
+            return None
+        self._changed(ino)          # a read lease's attrs of it are old now
+        return a
 
     async def _reload(self, st: FileState) -> None:
         """Refresh a clean state's chunk map (after a truncate)."""
