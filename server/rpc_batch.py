@@ -10,10 +10,10 @@ Interface (used by rpc_filesystem.FilesystemServicer):
                                         after `sess` changed `parent`: grant (or keep) its
                                         exclusive lease on it, covering its children (listed
                                         here, at most EXCL_MAX_ENTRIES) and `new_ino`; the
-                                        reply then carries initial metadata `aifs-excl: <parent>`
+                                        reply then carries metadata `aifs-excl: <parent>`
                                         and, when the call asked (`aifs-inos-want: 1`),
                                         `aifs-inos: <first>:<count>`: DELEGATE inode numbers
-                                        for CreateFile
+                                        for CreateFile (both trailing metadata)
     create_file(fs, request, context) -> EntryReply
                                         a regular file at a delegated inode number (used
                                         once) with, if the request carries them, its folded
@@ -118,7 +118,10 @@ def excl_after(fs: Any, context: grpc.ServicerContext, tree: Any, sess: Any, par
         with contextlib.suppress(Exception):     # none given: the mount asks Create again
             first = fs.meta.take_inos(tree, DELEGATE)
             md.append(("aifs-inos", f"{first}:{DELEGATE}"))
-    context.send_initial_metadata(tuple(md))
+    # trailing, not initial: they then travel with the reply and its status in one batch
+    # (an initial-metadata send of its own was an eighth of a CreateFile's server time); a
+    # call that fails after this grants nothing, and its error status replaces them
+    context.set_trailing_metadata(tuple(md))
 
 
 def _attrs(req: Any) -> dict[str, int]:
@@ -162,7 +165,9 @@ def create_file(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:
                                     UNLINK_RESULTS, retry=is_retry(context))
     a = results[0][1]
     excl_after(fs, context, tree, sess, request.parent, a.ino)
-    reply = fs._entry_reply(tree, a, request.parent)
+    # no parent_attr: the mount answered the create itself and does not read it (reading it
+    # again after the commit was an eighth of the call's server time)
+    reply = filesystem_pb2.EntryReply(attr=attr_to_pb(a))
     _results(reply, results[1:])
     return reply
 
