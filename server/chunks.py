@@ -127,7 +127,7 @@ class ChunkService:
                 raise InvalidArgument(str(exc)) from None
 
     def _seal(self, scope: str, cid: bytes, plaintext: bytes | bytearray | memoryview,
-              level: int | None) -> bytes:
+              level: int | None) -> bytearray:
         return seal_chunk(
             cid, plaintext, self.keys.for_namespace(scope), self.codec, self.frame_size, level
         )
@@ -162,7 +162,7 @@ class ChunkService:
         names = [self.name_for(scope, cid) for cid, _ in items]
         present = self.store.has_many(names)
 
-        def verify_and_seal(cid: bytes, data: bytes | bytearray | memoryview) -> bytes:
+        def verify_and_seal(cid: bytes, data: bytes | bytearray | memoryview) -> bytearray:
             return self._seal(scope, self._verify(cid, data), data, level)
 
         todo = [i for i, there in enumerate(present) if not there]
@@ -172,7 +172,7 @@ class ChunkService:
                   for i, there in enumerate(present) if there]
         lengths: dict[int, int] = {}
 
-        def sealed() -> Iterator[tuple[str, bytes]]:
+        def sealed() -> Iterator[tuple[str, bytearray]]:
             # in order, as each is sealed: the store starts writing the first ones while
             # the rest are still being sealed (the first failure re-raises here)
             for i, fut in zip(todo, sealing, strict=True):

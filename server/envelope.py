@@ -2,7 +2,7 @@
 
 Interface:
     seal_chunk(chunk_id, plaintext, keys, codec, frame_size=65536, level=None,
-               frame_digests=False) -> bytes
+               frame_digests=False) -> bytearray
         A fresh random 256-bit data key per chunk, wrapped by `keys` (kms.ChunkKeys). The
         plaintext is cut into frames of `frame_size` bytes; each frame is zstd-compressed on
         its own (stored raw when that does not make it smaller) and AES-256-GCM-sealed on its
@@ -156,7 +156,7 @@ def seal_chunk(
     frame_size: int = DEFAULT_FRAME_SIZE,
     level: int | None = None,
     frame_digests: bool = False,
-) -> bytes:
+) -> bytearray:
     """Seal `plaintext` as the envelope of chunk `chunk_id` (see module docstring). Without
     `frame_digests` (the default) the frame table's digests are zeros and the header says so
     (HFLAG_NO_FRAME_DIGESTS): the caller has checked BLAKE3(plaintext) == chunk_id already."""
@@ -201,13 +201,21 @@ def seal_chunk(
     aead = AESGCM(data_key)
     base = int.from_bytes(nonce_base, "big")
     cid = bytes(chunk_id)
-    parts: list[bytes | bytearray] = [header]
+    # Frames are encrypted straight into the envelope's buffer: no ciphertext object per frame
+    # and no join of them afterwards (one 1 MiB copy less per chunk written).
+    out = bytearray(len(header) + sum(len(d) + TAG_BYTES for d in stored))
+    out[: len(header)] = header
+    dest = memoryview(out)
+    at = len(header)
     for i, data in enumerate(stored):
         aad = cid + _AAD.pack(i, count) + header_digest
-        parts.append(aead.encrypt(_nonce(base, i), data, aad))
+        end = at + len(data) + TAG_BYTES
+        aead.encrypt_into(_nonce(base, i), data, aad, dest[at:end])
+        at = end
+    dest.release()
     ENVELOPE_STATS.add("frames_sealed", count)
     ENVELOPE_STATS.add("chunks_sealed")
-    return b"".join(parts)
+    return out
 
 
 # -- parsing ----------------------------------------------------------------------------------
