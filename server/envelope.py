@@ -173,9 +173,9 @@ def seal_chunk(
 
     stored: list[bytes | bytearray | memoryview] = []
     table = bytearray()
-    for i in range(count):
+    # one incompressibility probe for the whole chunk, then frame by frame if it compresses
+    for i, (data, compressed) in enumerate(codec.compress_frames(view, frame_size, level)):
         piece = view[i * frame_size : (i + 1) * frame_size]
-        data, compressed = codec.compress_or_raw(piece, level)
         stored.append(data)
         table += _ENTRY.pack(
             len(data) + TAG_BYTES, FLAG_COMPRESSED if compressed else 0,
