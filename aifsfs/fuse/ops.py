@@ -83,6 +83,7 @@ from aifs_core.types import (
 from aifsfs.errors import errno_for, xattr_errno_for
 from aifsfs.fuse.chunk_cache import ChunkCache, split_range
 from aifsfs.fuse.dir_fill import Batch, DirFill, plan_batches
+from aifsfs.fuse.dir_prefetch import DirPrefetch
 from aifsfs.fuse.dirops_queue import DirOps, OrderedFs
 from aifsfs.fuse.inodes import InodeTable
 from aifsfs.fuse.leases import NEGATIVE, LeaseCache
@@ -247,6 +248,9 @@ class AIFSOperations(pyfuse3.Operations):
         self._last_cold: int | None = None       # directory of the last cold open's file
         self._fills: dict[int, DirFill] = {}      # directory -> its fill in progress
         self.fill_stats = {"fills": 0, "batches": 0, "pushed": 0}   # and skipped pushes, why
+        # a directory whose maps are held but whose bytes left the caches: batched GetChunks
+        # once reads show a pass over it (dir_prefetch.py)
+        self.prefetch = DirPrefetch(self.reader, self.leases, self._push_whole)
         self._negatives: dict[int, int] = {}     # directory -> negative lookups asked
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -1136,6 +1140,8 @@ class AIFSOperations(pyfuse3.Operations):
             await self.reader.fence(inode)    # pushed pages of the old content land first
         st.handles += 1
         self.handles[fh] = _Handle(inode, st, self.readahead_chunks)
+        if not flags & (os.O_WRONLY | os.O_RDWR):
+            self.prefetch.opened(inode)
         return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh), keep_cache=keep)
 
     @_errors()
@@ -1172,6 +1178,13 @@ class AIFSOperations(pyfuse3.Operations):
         end = min(off + size, st.size)
         if off >= end:
             return b""
+        if off == 0 and self._nursery is not None:
+            # a cold read of a small file of a listed directory may start its prefetch; a
+            # read of a chunk the prefetch plans waits for its call instead of its own
+            self.prefetch.cold_read(self._nursery, h.ino, st)
+            ref = st.refs.get(0)
+            if ref is not None:
+                await self.prefetch.wait_planned(ref.chunk_id)
         seq = h.window.observe(off, size)
         cs = st.chunk_size
         push = None if seq else self.reader.target(st)   # taken before any await
@@ -1308,6 +1321,9 @@ class AIFSOperations(pyfuse3.Operations):
         self.inodes.clear_dead_dirs()
         if self.fill_stats["fills"]:
             log.info("directory fills: %s", self.fill_stats)
+        self.prefetch.stop()
+        if self.prefetch.stats["runs"]:
+            log.info("directory prefetches: %s", self.prefetch.stats)
         if self.dirops is not None:
             log.info("queued dirops: %s", self.dirops.stats)
         if self._session is not None:
