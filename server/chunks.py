@@ -15,6 +15,7 @@ Interface:
                 returns, every chunk of the batch is durable (the store's put_many contract).
         .has(scope, ids) -> list[bool]              one has_many
         .read(scope, chunk_id, offset=0, length=None) -> bytes
+                a whole read (offset 0, no length) is checked against the chunk id;
                 MissingChunk if the store lacks it (a caller reads only chunks something
                 names: its absence is lost data, logged once at WARNING, EIO at a mount)
         .frames(scope, chunk_id, offset=0, length=None) -> Iterator[envelope.Frame]
@@ -39,7 +40,7 @@ from typing import Any
 from blake3 import blake3
 
 from aifs_core.codec import CompressionService, validate_level
-from aifs_core.errors import InvalidArgument, MissingChunk, NotFound
+from aifs_core.errors import CorruptChunk, InvalidArgument, MissingChunk, NotFound
 from aifs_server.chunkstore import ChunkStore, RangeReader
 from aifs_server.envelope import (
     DEFAULT_FRAME_SIZE,
@@ -126,7 +127,7 @@ class ChunkService:
                 raise InvalidArgument(str(exc)) from None
 
     def _seal(self, scope: str, cid: bytes, plaintext: bytes | bytearray | memoryview,
-              level: int | None) -> bytes:
+              level: int | None) -> bytearray:
         return seal_chunk(
             cid, plaintext, self.keys.for_namespace(scope), self.codec, self.frame_size, level
         )
@@ -161,7 +162,7 @@ class ChunkService:
         names = [self.name_for(scope, cid) for cid, _ in items]
         present = self.store.has_many(names)
 
-        def verify_and_seal(cid: bytes, data: bytes | bytearray | memoryview) -> bytes:
+        def verify_and_seal(cid: bytes, data: bytes | bytearray | memoryview) -> bytearray:
             return self._seal(scope, self._verify(cid, data), data, level)
 
         todo = [i for i, there in enumerate(present) if not there]
@@ -171,7 +172,7 @@ class ChunkService:
                   for i, there in enumerate(present) if there]
         lengths: dict[int, int] = {}
 
-        def sealed() -> Iterator[tuple[str, bytes]]:
+        def sealed() -> Iterator[tuple[str, bytearray]]:
             # in order, as each is sealed: the store starts writing the first ones while
             # the rest are still being sealed (the first failure re-raises here)
             for i, fut in zip(todo, sealing, strict=True):
@@ -226,7 +227,15 @@ class ChunkService:
     ) -> bytes:
         keys = self.keys.for_namespace(scope)
         with self._reader(scope, chunk_id) as r:
-            return open_chunk_at(chunk_id, r.read_at, r.size, keys, offset, length)
+            plain = open_chunk_at(chunk_id, r.read_at, r.size, keys, offset, length)
+        if offset == 0 and length is None and blake3(plain).digest() != bytes(chunk_id):
+            # a whole read (fsck --read-data) proves the chunk is what its id says: envelopes
+            # sealed without frame digests are otherwise checked by their GCM tags only
+            raise CorruptChunk(
+                f"chunk {bytes(chunk_id).hex()} is corrupt: its plaintext's BLAKE3 is not its "
+                f"id. Restore the chunk store from backup, or run `aifs fsck` to list the "
+                f"files that use this chunk")
+        return plain
 
     def frames(
         self, scope: str, chunk_id: bytes, offset: int = 0, length: int | None = None

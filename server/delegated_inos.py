@@ -44,9 +44,11 @@ def ensure_table(store: Any) -> None:
 def give(tx: Any, tree_id: int, first: int, n: int) -> None:
     now = time.time_ns()
     tx.execute(f"DELETE FROM {TABLE} WHERE given_ns < ?", (now - KEEP_SECONDS * 10**9,))
-    for ino in range(first, first + n):
-        tx.execute(f"INSERT INTO {TABLE} (tree_id, ino, given_ns) VALUES (?, ?, ?)",
-                   (tree_id, ino, now))
+    # one statement for the n rows (n single INSERTs were a tenth of a create's server time)
+    tx.execute(f"WITH RECURSIVE s(i) AS (SELECT CAST(? AS BIGINT) UNION ALL "
+               f"SELECT i + 1 FROM s WHERE i < ?) "
+               f"INSERT INTO {TABLE} (tree_id, ino, given_ns) SELECT ?, i, ? FROM s",
+               (first, first + n - 1, tree_id, now))
 
 
 def use(tx: Any, tree_id: int, ino: int) -> bool:

@@ -1,13 +1,16 @@
 """The chunk envelope: how one chunk is kept on disk (byte layout in docs/FORMAT.md).
 
 Interface:
-    seal_chunk(chunk_id, plaintext, keys, codec, frame_size=65536, level=None) -> bytes
+    seal_chunk(chunk_id, plaintext, keys, codec, frame_size=65536, level=None,
+               frame_digests=False) -> bytearray
         A fresh random 256-bit data key per chunk, wrapped by `keys` (kms.ChunkKeys). The
         plaintext is cut into frames of `frame_size` bytes; each frame is zstd-compressed on
         its own (stored raw when that does not make it smaller) and AES-256-GCM-sealed on its
         own. The header (key id, wrapped key, nonce base, sizes, frame table with each frame's
-        stored length, flags and BLAKE3) ends with its BLAKE3 digest, which is in every frame's
+        stored length, flags and BLAKE3 — zeros unless `frame_digests`, header flag
+        HFLAG_NO_FRAME_DIGESTS) ends with its BLAKE3 digest, which is in every frame's
         associated data: editing, swapping, dropping or truncating anything is detected.
+        The caller checks BLAKE3(plaintext) == chunk_id (ChunkService does, once per byte).
     open_chunk(chunk_id, envelope, keys, offset=0, length=None) -> bytes
         The plaintext range; decrypts only the frames the range covers.
     iter_frames(chunk_id, envelope, keys, offset=0, length=None) -> Iterator[Frame]
@@ -19,7 +22,7 @@ Interface:
         (a pread): only the header (one HEADER_PROBE read, one more if it is longer) and the
         covered frames (one read) are read, so a 4 KiB read of a 1 MiB chunk reads ~70 KiB.
         Legacy or malformed envelopes are read whole and handled as above.
-    decode_frame(frame) -> bytes        decompress a Frame and check its BLAKE3
+    decode_frame(frame) -> bytes        decompress a Frame and check its BLAKE3 (if it has one)
     Frame(offset, raw_length, compressed, data, digest, chunk_id)
     ENVELOPE_STATS                      counters (frames_decrypted, frames_sealed, bytes_read,
                                         ...); .reset()
@@ -59,6 +62,12 @@ TAG_BYTES = 16
 NONCE_BYTES = 12
 DIGEST_BYTES = 32
 FLAG_COMPRESSED = 0x01
+# Header flag: the frame table's digests are zeros, not BLAKE3s of the frames. Sealing then
+# hashes each byte once (the upload's id check) instead of twice (13% of the server's CPU per
+# written byte); frames stay authenticated by their GCM tag, and a whole read is checked
+# against the chunk id (ChunkService.read). Set on every envelope sealed since 2026-12-06.
+HFLAG_NO_FRAME_DIGESTS = 0x01
+_NO_DIGEST = bytes(DIGEST_BYTES)
 
 # After magic: version u8, flags u8, key id length u8
 _PRE = struct.Struct("<BBB")
@@ -84,7 +93,7 @@ class Frame(NamedTuple):
     raw_length: int  # plaintext bytes in the frame
     compressed: bool  # data is a zstd frame (else the plaintext itself)
     data: bytes | memoryview  # decrypted stored bytes
-    digest: bytes  # BLAKE3 of the frame plaintext
+    digest: bytes | None  # BLAKE3 of the frame plaintext; None: the envelope keeps none
     chunk_id: bytes
 
 
@@ -146,8 +155,11 @@ def seal_chunk(
     codec: CompressionService,
     frame_size: int = DEFAULT_FRAME_SIZE,
     level: int | None = None,
-) -> bytes:
-    """Seal `plaintext` as the envelope of chunk `chunk_id` (see module docstring)."""
+    frame_digests: bool = False,
+) -> bytearray:
+    """Seal `plaintext` as the envelope of chunk `chunk_id` (see module docstring). Without
+    `frame_digests` (the default) the frame table's digests are zeros and the header says so
+    (HFLAG_NO_FRAME_DIGESTS): the caller has checked BLAKE3(plaintext) == chunk_id already."""
     if not 1 <= frame_size <= MAX_FRAME_SIZE:
         raise InvalidArgument(f"frame size {frame_size} out of range 1-{MAX_FRAME_SIZE}")
     view = memoryview(plaintext).cast("B")
@@ -161,12 +173,13 @@ def seal_chunk(
 
     stored: list[bytes | bytearray | memoryview] = []
     table = bytearray()
-    for i in range(count):
+    # one incompressibility probe for the whole chunk, then frame by frame if it compresses
+    for i, (data, compressed) in enumerate(codec.compress_frames(view, frame_size, level)):
         piece = view[i * frame_size : (i + 1) * frame_size]
-        data, compressed = codec.compress_or_raw(piece, level)
         stored.append(data)
         table += _ENTRY.pack(
-            len(data) + TAG_BYTES, FLAG_COMPRESSED if compressed else 0, blake3(piece).digest()
+            len(data) + TAG_BYTES, FLAG_COMPRESSED if compressed else 0,
+            blake3(piece).digest() if frame_digests else _NO_DIGEST,
         )
 
     data_key = os.urandom(32)
@@ -176,7 +189,7 @@ def seal_chunk(
         raise InvalidArgument(f"key id {key_id!r} or its wrapped key has an unsupported length")
     nonce_base = os.urandom(NONCE_BYTES)
     header = bytearray(MAGIC)
-    header += _PRE.pack(VERSION, 0, len(kid))
+    header += _PRE.pack(VERSION, 0 if frame_digests else HFLAG_NO_FRAME_DIGESTS, len(kid))
     header += kid
     header += _WLEN.pack(len(wrapped))
     header += wrapped
@@ -188,13 +201,21 @@ def seal_chunk(
     aead = AESGCM(data_key)
     base = int.from_bytes(nonce_base, "big")
     cid = bytes(chunk_id)
-    parts: list[bytes | bytearray] = [header]
+    # Frames are encrypted straight into the envelope's buffer: no ciphertext object per frame
+    # and no join of them afterwards (one 1 MiB copy less per chunk written).
+    out = bytearray(len(header) + sum(len(d) + TAG_BYTES for d in stored))
+    out[: len(header)] = header
+    dest = memoryview(out)
+    at = len(header)
     for i, data in enumerate(stored):
         aad = cid + _AAD.pack(i, count) + header_digest
-        parts.append(aead.encrypt(_nonce(base, i), data, aad))
+        end = at + len(data) + TAG_BYTES
+        aead.encrypt_into(_nonce(base, i), data, aad, dest[at:end])
+        at = end
+    dest.release()
     ENVELOPE_STATS.add("frames_sealed", count)
     ENVELOPE_STATS.add("chunks_sealed")
-    return b"".join(parts)
+    return out
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -210,6 +231,7 @@ class _Header(NamedTuple):
     entries: list[tuple[int, int, bytes]]  # (stored length, flags, digest)
     starts: list[int]  # envelope offset of each frame
     digest: bytes
+    frame_digests: bool  # the table holds each frame's BLAKE3 (else zeros)
 
 
 class _NeedMore(Exception):
@@ -243,7 +265,7 @@ def _parse(chunk_id: bytes, mv: memoryview, size: int | None = None) -> _Header:
         raise _corrupt(
             chunk_id, f"envelope version {version} is not one this server reads ({VERSION})"
         )
-    if flags != 0 or klen == 0:
+    if flags & ~HFLAG_NO_FRAME_DIGESTS or klen == 0:
         raise _corrupt(chunk_id, "reserved header flags set or empty key id")
     pos += _PRE.size
     need(klen + _WLEN.size, "key id")
@@ -284,6 +306,8 @@ def _parse(chunk_id: bytes, mv: memoryview, size: int | None = None) -> _Header:
             ok = fflags == 0 and slen == raw + TAG_BYTES
         if not ok:
             raise _corrupt(chunk_id, f"frame {i} has stored length {slen} / flags {fflags}")
+        if flags and fdigest != _NO_DIGEST:
+            raise _corrupt(chunk_id, f"frame {i} has a digest in an envelope that keeps none")
         entries.append((slen, fflags, fdigest))
         starts.append(at)
         at += slen
@@ -292,7 +316,7 @@ def _parse(chunk_id: bytes, mv: memoryview, size: int | None = None) -> _Header:
             chunk_id, f"envelope is {size} bytes but its header describes {at} bytes"
         )
     return _Header(key_id, wrapped, int.from_bytes(nonce_base, "big"), frame_size, total,
-                   count, entries, starts, digest)
+                   count, entries, starts, digest, not flags & HFLAG_NO_FRAME_DIGESTS)
 
 
 def _range(total: int, offset: int, length: int | None) -> tuple[int, int]:
@@ -422,11 +446,13 @@ def _decrypt_frames(
         ENVELOPE_STATS.add("frames_decrypted")
         foff = i * hdr.frame_size
         raw = min(hdr.frame_size, hdr.total - foff)
-        yield Frame(foff, raw, fflags == FLAG_COMPRESSED, data, fdigest, cid)
+        yield Frame(foff, raw, fflags == FLAG_COMPRESSED, data,
+                    fdigest if hdr.frame_digests else None, cid)
 
 
 def decode_frame(frame: Frame) -> bytes:
-    """The plaintext of a Frame: decompressed if needed, BLAKE3 checked."""
+    """The plaintext of a Frame: decompressed if needed, its BLAKE3 checked where the envelope
+    keeps one."""
     if frame.compressed:
         try:
             plain = decompress_exact(frame.data, frame.raw_length)
@@ -436,7 +462,7 @@ def decode_frame(frame: Frame) -> bytes:
         plain = bytes(frame.data)
         if len(plain) != frame.raw_length:
             raise _corrupt(frame.chunk_id, f"frame at offset {frame.offset} has wrong length")
-    if blake3(plain).digest() != frame.digest:
+    if frame.digest is not None and blake3(plain).digest() != frame.digest:
         raise _corrupt(frame.chunk_id, f"frame at offset {frame.offset}: BLAKE3 mismatch")
     return plain
 

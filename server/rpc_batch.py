@@ -10,17 +10,21 @@ Interface (used by rpc_filesystem.FilesystemServicer):
                                         after `sess` changed `parent`: grant (or keep) its
                                         exclusive lease on it, covering its children (listed
                                         here, at most EXCL_MAX_ENTRIES) and `new_ino`; the
-                                        reply then carries initial metadata `aifs-excl: <parent>`
+                                        reply then carries metadata `aifs-excl: <parent>`
                                         and, when the call asked (`aifs-inos-want: 1`),
                                         `aifs-inos: <first>:<count>`: DELEGATE inode numbers
-                                        for CreateFile
+                                        for CreateFile (both trailing metadata)
     create_file(fs, request, context) -> EntryReply
                                         a regular file at a delegated inode number (used
-                                        once) and, if the request carries one, its commit
+                                        once) with, if the request carries them, its folded
+                                        attribute changes and its first commit: one
+                                        transaction, exactly once per request id
     unlink_batch(fs, request, context) -> UnlinkBatchReply
-                                        the items in one transaction, exactly once per request
-                                        id (request_log.py), recalling the other sessions'
-                                        leases on the directory and the named inodes first
+                                        the items (unlinks, and attribute changes of files the
+                                        mount answered itself) in one transaction, exactly once
+                                        per request id (request_log.py), recalling the other
+                                        sessions' leases on the directory and the named inodes
+                                        first
     UNLINK_RESULTS                      request_log codec of [(errno, Attr | None)]
     BATCH_MAX                           items one call may carry
 """
@@ -34,11 +38,12 @@ from typing import Any
 import grpc
 
 from aifs_core.errors import InvalidArgument
-from aifs_core.types import NAME_MAX
+from aifs_core.types import NAME_MAX, SET_SIZE
 from aifs_core.wire import attr_to_pb
 from aifs_proto.v1 import filesystem_pb2
 from aifs_server.deadline import Deadline
 from aifs_server.request_log import ATTR_OR_NONE, Codec, is_retry
+from aifs_server.space_reserve import FREES_SPACE
 
 EXCL_MAX_ENTRIES = 20_000   # a directory larger than this is not leased exclusively (the grant
 #                             lists it: bounded work on the caller's path)
@@ -113,7 +118,21 @@ def excl_after(fs: Any, context: grpc.ServicerContext, tree: Any, sess: Any, par
         with contextlib.suppress(Exception):     # none given: the mount asks Create again
             first = fs.meta.take_inos(tree, DELEGATE)
             md.append(("aifs-inos", f"{first}:{DELEGATE}"))
-    context.send_initial_metadata(tuple(md))
+    # trailing, not initial: they then travel with the reply and its status in one batch
+    # (an initial-metadata send of its own was an eighth of a CreateFile's server time); a
+    # call that fails after this grants nothing, and its error status replaces them
+    context.set_trailing_metadata(tuple(md))
+
+
+def _attrs(req: Any) -> dict[str, int]:
+    """A SetAttrRequest folded into CreateFile or carried by an UnlinkBatch item: setattr's
+    keyword arguments. A size change is refused: it may free space and must fence the data
+    path, so the mount sends it as a SetAttr of its own."""
+    if req.fields & SET_SIZE:
+        raise InvalidArgument("a size change is sent as a SetAttr call, not folded into "
+                              "CreateFile or an UnlinkBatch")
+    return {"fields": req.fields, "mode": req.mode, "uid": req.uid, "gid": req.gid, "size": 0,
+            "atime_ns": req.atime_ns, "mtime_ns": req.mtime_ns, "ctime_ns": req.ctime_ns}
 
 
 def create_file(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:
@@ -124,35 +143,68 @@ def create_file(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:
         raise InvalidArgument(f"name is {len(name)} bytes; the limit is {NAME_MAX}")
 
     def run() -> Any:
-        # create_at uses the number up in its own transaction (delegated_inos.py)
-        with fs.leases.change(tree, [request.parent], sess, Deadline.of_call(context)):
-            return fs.meta.create_at(tree, request.parent, name, request.ino,
-                                     request.mode, request.uid, request.gid)
-    a = fs.b.request_log.once("CreateFile", tree.namespace, request.request_id, run,
-                              ATTR_OR_NONE, retry=is_retry(context))
-    if request.HasField("commit"):
-        c = filesystem_pb2.CommitFileRequest()
-        c.CopyFrom(request.commit)
-        c.ino = a.ino
-        a = fs._commit_file(tree, c, context)     # idempotent: a replay commits again
+        # One transaction: the number used up (delegated_inos.py), the create, its folded
+        # attributes and its first commit; the request log records the attrs after them, so
+        # a retry of a call that committed is answered from the log and runs nothing.
+        commit = None
+        if request.HasField("commit"):
+            commit = fs._commit_args(tree, request.commit)     # inline chunks stored first
+        attrs = _attrs(request.setattr) if request.HasField("setattr") else None
+        with fs.leases.change(tree, [request.parent, request.ino, *(b[1] for b in before)],
+                              sess, Deadline.of_call(context)):
+            return fs.meta.create_at(tree, request.parent, name, request.ino, request.mode,
+                                     request.uid, request.gid, attrs=attrs, commit=commit,
+                                     durable=request.HasField("commit") and request.commit.durable,
+                                     before=before)
+    before = _items(request.items)
+    if any(len(b) == 2 for b in before):
+        # unlinks free space, a create may not take the reserve: they go in an UnlinkBatch
+        raise InvalidArgument("CreateFile carries attribute changes only (every item sets "
+                              "`setattr`); unlinks go in an UnlinkBatch")
+    results = fs.b.request_log.once("CreateFile", tree.namespace, request.request_id, run,
+                                    UNLINK_RESULTS, retry=is_retry(context))
+    a = results[0][1]
     excl_after(fs, context, tree, sess, request.parent, a.ino)
-    return fs._entry_reply(tree, a, request.parent)
+    # no parent_attr: the mount answered the create itself and does not read it (reading it
+    # again after the commit was an eighth of the call's server time)
+    reply = filesystem_pb2.EntryReply(attr=attr_to_pb(a))
+    _results(reply, results[1:])
+    return reply
+
+
+def _items(pb_items: Any) -> list[tuple[Any, ...]]:
+    """UnlinkItems checked: (name, ino) an unlink, (name, ino, setattr kwargs) a change."""
+    if len(pb_items) > BATCH_MAX:
+        raise InvalidArgument(f"a call carries {len(pb_items)} items; the limit is "
+                              f"{BATCH_MAX}")
+    items: list[tuple[Any, ...]] = []
+    for it in pb_items:
+        if not it.ino:
+            raise InvalidArgument("every UnlinkBatch item names the inode it unlinks or "
+                                  "changes (ino)")
+        if len(it.name) > NAME_MAX:
+            raise InvalidArgument(f"a name is {len(it.name)} bytes; the limit is {NAME_MAX}")
+        items.append((bytes(it.name), it.ino, _attrs(it.setattr)) if it.HasField("setattr")
+                     else (bytes(it.name), it.ino))
+    return items
+
+
+def _results(reply: Any, results: list[tuple[int, Any]]) -> None:
+    for code, a in results:
+        r = reply.results.add(errno=code)
+        if a is not None:
+            r.attr.CopyFrom(attr_to_pb(a))
 
 
 def unlink_batch(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:
     tree = fs.b.tree(context)
     sess = fs._session(context, tree)
-    if len(request.items) > BATCH_MAX:
-        raise InvalidArgument(f"UnlinkBatch carries {len(request.items)} items; the limit is "
-                              f"{BATCH_MAX}")
-    items: list[tuple[bytes, int]] = []
-    for it in request.items:
-        if not it.ino:
-            raise InvalidArgument("every UnlinkBatch item names the inode it unlinks (ino)")
-        if len(it.name) > NAME_MAX:
-            raise InvalidArgument(f"a name is {len(it.name)} bytes; the limit is {NAME_MAX}")
-        items.append((bytes(it.name), it.ino))
-    known = [request.parent, *(ino for _, ino in items)]
+    items = _items(request.items)
+    known = [request.parent, *(it[1] for it in items)]
+    if all(len(it) > 2 for it in items):
+        # attribute changes alone free no space: they may not take the disk-full reserve
+        # (space_reserve.py), which is kept for the removals that make room
+        FREES_SPACE.set(False)
 
     def run() -> list[tuple[int, Any]]:
         with fs.leases.change(tree, known, sess, Deadline.of_call(context)):
@@ -164,10 +216,7 @@ def unlink_batch(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:
     # the recalling call still waits for the ack
     excl_after(fs, context, tree, sess, request.parent, grant=False)
     reply = filesystem_pb2.UnlinkBatchReply()
-    for code, a in results:
-        r = reply.results.add(errno=code)
-        if a is not None:
-            r.attr.CopyFrom(attr_to_pb(a))
+    _results(reply, results)
     pa = fs._attr_or_none(tree, request.parent)
     if pa is not None:
         reply.parent_attr.CopyFrom(pa)

@@ -556,7 +556,15 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         return create_file(self, request, context)
 
     def _commit_file(self, tree: TreeRef, request: Any, context: grpc.ServicerContext) -> Attr:
-        """CommitFile's work (CreateFile's second half too): the file's attrs after it."""
+        """CommitFile's work: the file's attrs after it."""
+        kw = self._commit_args(tree, request)
+        with self._change(context, tree, [request.ino]):
+            return self.meta.commit_file(tree, request.ino, durable=request.durable, **kw)
+
+    def _commit_args(self, tree: TreeRef, request: Any) -> dict[str, Any]:
+        """A CommitFileRequest checked, its inline chunks stored: commit_file's keyword
+        arguments but the inode and `durable` (CreateFile applies them in its create's
+        transaction: rpc_batch.py)."""
         chunk_size = self.b.namespace(tree.namespace).chunk_size
         changed: list[ChunkRef] = []
         for c in request.chunks:
@@ -576,12 +584,9 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         # file: it is never stored (GetFileInfo, the xattr and aifs:// URIs would publish it).
         # Only an id the server can derive from what it verified itself is cached now; any
         # other is computed from the stored chunks on first request (per generation).
-        with self._change(context, tree, [request.ino]):
-            a = self.meta.commit_file(tree, request.ino, changed, request.size,
-                                      truncated=request.truncated, mtime_ns=request.mtime_ns,
-                                      asset_id=_known_asset_id(request, changed, inline_sizes),
-                                      durable=request.durable)
-        return a
+        return {"changed": changed, "size": request.size, "truncated": request.truncated,
+                "mtime_ns": request.mtime_ns,
+                "asset_id": _known_asset_id(request, changed, inline_sizes)}
 
     def _store_inline(self, ns_name: str, items: Any) -> dict[bytes, int]:
         """Store CommitFile's inline chunks as PutChunks would: verified against their ids,

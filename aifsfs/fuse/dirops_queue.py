@@ -1,6 +1,7 @@
-"""Unlinks and creates the mount answers itself under an exclusive directory lease
-(docs/LEASES.md "Exclusive directory leases", "Delegated inodes"): unlinks sent in batches,
-creates sent at the close with the file's first commit (one call per small file).
+"""Unlinks, creates and attribute changes the mount answers itself under an exclusive
+directory lease (docs/LEASES.md "Exclusive directory leases", "Delegated inodes", "Attribute
+changes"): unlinks and attribute changes sent in batches, creates sent at the close with the
+file's first commit (one call per small file) and the attribute changes made before it.
 
 Interface:
     DirOps(session, on_failed, max_batch=MAX_BATCH, interval=INTERVAL)
@@ -22,10 +23,22 @@ Interface:
                                           commit ((args, kwargs) of commit_file after the ino)
                                           or empty; None: it was born already
         .held(parent) -> bool
+        .made(ino) -> (parent, name, Attr) | None
+                                          a file this mount created in a directory it still
+                                          holds (the lease live), with its attributes as the
+                                          server has them once the queue is sent
+        .made_in(parent, name) -> Attr | None   the same, by name
+        .noted(ino, a, mark)              a reply of ours gave the made file's attributes
         .try_unlink(parent, name, ino) -> int | None
                                           queued (we hold `parent` and the lease is live): the
                                           number queued there now; None: not ours to answer
-        .pending(parent, name=None) -> bool   unlinks queued in parent (of that name)
+        .try_setattr(ino, attrs, a) -> int | None
+                                          an attribute change of a made file (`attrs`:
+                                          setattr's keyword arguments with `fields`, no size;
+                                          `a`: its attributes after it): folded into an unborn
+                                          file's CreateFile (0) or queued with the directory's
+                                          unlinks (the number queued); None: not ours to answer
+        .pending(parent, name=None) -> bool   items queued in parent (of that name)
         .pending_unlinks(parent) -> bool  unlinks queued in parent (unborn files aside)
         .victim_dir(ino) -> int | None    the directory of a queued unlink of that inode
         .flush(parent);  .flush_all()     send what is queued (blocking: a worker thread or
@@ -36,7 +49,8 @@ Interface:
                                           named is flushed and no longer held
         .reset()                          the session is gone: nothing is held (what is queued
                                           goes with the next flush)
-        .stats                            {"queued", "batches", "failed"}
+        .stats                            {"queued", "batches", "failed", "created",
+                                           "attrs"}
     OrderedFs(fs, dirops)                 the session's Filesystem client, whose calls first
                                           send the queued unlinks and unborn files they depend
                                           on (a read of the directory, of a victim or of an
@@ -54,6 +68,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -63,7 +78,11 @@ from aifsfs.rpc.filesystem import new_request_id
 
 log = logging.getLogger("aifsfs.dirops")
 
-MAX_BATCH = 256         # unlinks per UnlinkBatch call (the server takes up to 1024)
+MAX_BATCH = 256         # items per UnlinkBatch call (the server takes up to 1024)
+MADE_MAX = 100_000      # files made here whose attributes are kept (made())
+# calls that change nothing of the inode they name (the rest forget what made() knew of it)
+_READS = frozenset({"getattr", "get_chunk_map", "open_chunk_map", "readlink", "getxattr",
+                    "listxattr", "file_info", "forget", "lookup", "readdir", "readdir_maps"})
 INOS_LOW = 64           # delegated inode numbers left when the mount asks for more
 # seconds an unlink waits at most for others to join its batch (the tests set it longer, to
 # hold a batch pending)
@@ -79,9 +98,18 @@ class DirOps:
         self.interval = interval
         self._lock = threading.Lock()
         self._held: set[int] = set()
-        self._q: dict[int, dict[bytes, int]] = {}       # parent -> {name: ino}, in order
+        # parent -> its queued items, in order: (name, ino) an unlink, (name, ino, attrs) an
+        # attribute change; _names counts the items per name, _unlinks the unlinks
+        self._q: dict[int, list[tuple[Any, ...]]] = {}
+        self._names: dict[int, dict[bytes, int]] = {}
+        self._unlinks: dict[int, int] = {}
         self._since: dict[int, float] = {}              # parent -> first queued (monotonic)
         self._victims: dict[int, int] = {}              # ino -> parent, queued or in flight
+        self._gone: set[int] = set()                    # inodes whose unlink is queued
+        # files created here, while their directory is held: ino -> (parent, name, attrs)
+        self._made: dict[int, tuple[int, bytes, Any]] = {}
+        self._made_names: dict[int, dict[bytes, int]] = {}     # parent -> {name: ino}
+        self._unborn_attrs: dict[int, dict[str, int]] = {}     # folded into CreateFile
         self._sending: dict[int, threading.Lock] = {}   # one batch at a time per directory
         self._recalls = 0
         self._inos: list[int] = []                      # delegated, unused (a stack)
@@ -90,7 +118,7 @@ class DirOps:
         # a full disk) is answered from the server's request log, not "number used already"
         self._unborn: dict[int, tuple[int, bytes, int, int, int, bytes]] = {}
         self._unborn_in: dict[int, dict[bytes, int]] = {}                # parent -> names
-        self.stats = {"queued": 0, "batches": 0, "failed": 0, "created": 0}
+        self.stats = {"queued": 0, "batches": 0, "failed": 0, "created": 0, "attrs": 0}
         session.want_inos = True
 
     # --- grants -----------------------------------------------------------------------------
@@ -122,7 +150,7 @@ class DirOps:
         if time.monotonic() >= self.session.valid_until:
             return False
         with self._lock:
-            if parent not in self._held or name in self._q.get(parent, {}):
+            if parent not in self._held or name in self._names.get(parent, {}):
                 return False
             self._unborn[ino] = (parent, name, mode, uid, gid, new_request_id())
             self._unborn_in.setdefault(parent, {})[name] = ino
@@ -140,8 +168,10 @@ class DirOps:
             lk = self._sending.setdefault(u[0], threading.Lock())
         with lk:
             # unlinks first: they free the space a create may need (on a full disk, a create
-            # sent first can take the server's space reserve that the unlinks needed)
-            self._send_queued_locked(u[0], skip_unborn=True)
+            # sent first can take the server's space reserve that the unlinks needed); queued
+            # attribute changes alone may wait for their batch (they name other inodes)
+            if self.pending_unlinks(u[0]):
+                self._send_queued_locked(u[0], skip_unborn=True)
             return self._birth_locked(ino, commit)
 
     def _birth_locked(self, ino: int, commit: tuple[Any, dict[str, Any]] | None) -> Any:
@@ -152,10 +182,27 @@ class DirOps:
             return None
         parent, name, mode, uid, gid, request_id = u
         mark = self.mark()
-        a, _pa = self.session.fs.create_file(parent, name, ino, mode, uid, gid, commit,
-                                             request_id=request_id)
+        with self._lock:
+            attrs = self._unborn_attrs.get(ino)
+            # the directory's queued attribute changes travel with the create (tar: the
+            # previous files' chown, chmod and utimens), unless unlinks are queued (they go
+            # in an UnlinkBatch first: they free space)
+            items = [] if self._unlinks.get(parent) else self._pop_locked(parent, True)
+        try:
+            a, _pa, results = self.session.fs.create_file(
+                parent, name, ino, mode, uid, gid, commit, request_id=request_id, attrs=attrs,
+                items=items)
+        except BaseException:
+            # one transaction: nothing of it applied, or all of it did and the changes are
+            # sent again (absolute values and the ctime we answered: the same result)
+            self._requeue(parent, items)
+            raise
+        self._sent(items)
+        if items:
+            self._check(parent, items, results)
         with self._lock:
             self._unborn.pop(ino, None)
+            self._unborn_attrs.pop(ino, None)
             names = self._unborn_in.get(parent)
             if names is not None:
                 names.pop(name, None)
@@ -163,7 +210,99 @@ class DirOps:
                     del self._unborn_in[parent]
         self.stats["created"] += 1
         self.took(parent, mark)
+        self.remember(parent, name, a, mark)
         return a
+
+    # --- files made here ----------------------------------------------------------------------
+    def remember(self, parent: int, name: bytes, a: Any, mark: int) -> None:
+        with self._lock:
+            if self._recalls != mark or parent not in self._held:
+                return
+            self._made[a.ino] = (parent, name, a)
+            self._made_names.setdefault(parent, {})[name] = a.ino
+            while len(self._made) > MADE_MAX:       # the oldest go: asked of the server again
+                self._unmake_locked(next(iter(self._made)))
+
+    def _unmake_locked(self, ino: int) -> None:
+        m = self._made.pop(ino, None)
+        if m is not None:
+            names = self._made_names.get(m[0])
+            if names is not None and names.get(m[1]) == ino:
+                del names[m[1]]
+                if not names:
+                    del self._made_names[m[0]]
+
+    def unmake(self, ino: int) -> None:
+        """What we know of the made file no longer holds (a call of ours changed it)."""
+        with self._lock:
+            self._unmake_locked(ino)
+
+    def unmake_name(self, parent: int, name: bytes) -> None:
+        with self._lock:
+            ino = self._made_names.get(parent, {}).get(name)
+            if ino is not None:
+                self._unmake_locked(ino)
+
+    def _live(self) -> bool:
+        return time.monotonic() < self.session.valid_until
+
+    def made(self, ino: int) -> tuple[int, bytes, Any] | None:
+        with self._lock:
+            m = self._made.get(ino)
+            if m is None or m[0] not in self._held:
+                return None
+        return m if self._live() else None
+
+    def made_in(self, parent: int, name: bytes) -> Any:
+        with self._lock:
+            ino = self._made_names.get(parent, {}).get(name)
+            m = None if ino is None or parent not in self._held else self._made.get(ino)
+        return m[2] if m is not None and self._live() else None
+
+    def noted(self, ino: int, a: Any, mark: int) -> None:
+        with self._lock:
+            m = self._made.get(ino)
+            if m is None:
+                return
+            if self._recalls != mark:
+                self._unmake_locked(ino)
+            else:
+                self._made[ino] = (m[0], m[1], a)
+
+    def try_setattr(self, ino: int, attrs: dict[str, int], a: Any) -> int | None:
+        if not self._live():
+            return None
+        with self._lock:
+            if ino in self._unborn:
+                u = self._unborn[ino]
+                if u[0] not in self._held:
+                    return None
+                _merge(self._unborn_attrs.setdefault(ino, {}), attrs)
+                self.stats["attrs"] += 1
+                return 0
+            m = self._made.get(ino)
+            if m is None or m[0] not in self._held or ino in self._gone:
+                return None
+            parent, name, _ = m
+            self._made[ino] = (parent, name, a)
+            q = self._q.setdefault(parent, [])
+            if not q:
+                self._since[parent] = time.monotonic()
+            last = q[-1] if q else None
+            if last is not None and len(last) > 2 and last[1] == ino:
+                _merge(last[2], attrs)      # chown, chmod, utimens of one file: one item
+            else:
+                q.append((name, ino, dict(attrs)))
+                names = self._names.setdefault(parent, {})
+                names[name] = names.get(name, 0) + 1
+            self._victims[ino] = parent
+            self.stats["attrs"] += 1
+            return len(q)
+
+    def reset_made(self) -> None:
+        with self._lock:
+            self._made.clear()
+            self._made_names.clear()
 
     def held(self, parent: int) -> bool:
         with self._lock:
@@ -174,27 +313,34 @@ class DirOps:
         if time.monotonic() >= self.session.valid_until:
             return None         # the lease may have lapsed on the server: ask it
         with self._lock:
-            if parent not in self._held or ino in self._victims:
+            if parent not in self._held or ino in self._gone:
                 return None
-            q = self._q.setdefault(parent, {})
+            if self._victims.get(ino, parent) != parent:
+                return None
+            q = self._q.setdefault(parent, [])
             if not q:
                 self._since[parent] = time.monotonic()
-            q[name] = ino
+            q.append((name, ino))
+            names = self._names.setdefault(parent, {})
+            names[name] = names.get(name, 0) + 1
+            self._unlinks[parent] = self._unlinks.get(parent, 0) + 1
             self._victims[ino] = parent
+            self._gone.add(ino)
+            self._unmake_locked(ino)
             self.stats["queued"] += 1
             return len(q)
 
     def pending(self, parent: int, name: bytes | None = None) -> bool:
-        """Unlinks queued or files unborn in `parent` (under that name)."""
+        """Items queued or files unborn in `parent` (under that name)."""
         with self._lock:
-            for d in (self._q.get(parent), self._unborn_in.get(parent)):
+            for d in (self._names.get(parent), self._unborn_in.get(parent)):
                 if d and (name is None or name in d):
                     return True
             return False
 
     def pending_unlinks(self, parent: int) -> bool:
         with self._lock:
-            return bool(self._q.get(parent))
+            return bool(self._unlinks.get(parent))
 
     def victim_dir(self, ino: int) -> int | None:
         with self._lock:
@@ -237,47 +383,111 @@ class DirOps:
         not on the server yet stay queued with `skip_unborn`: a flush births them first)."""
         while True:
             with self._lock:
-                q = self._q.get(parent)
-                items = [(n, i) for n, i in (q or {}).items()
-                         if not (skip_unborn and i in self._unborn)][:self.max_batch]
+                items = self._pop_locked(parent, skip_unborn)
                 if not items:
-                    if not q:
-                        self._q.pop(parent, None)
-                        self._since.pop(parent, None)
                     return
-                assert q is not None
-                for name, _ in items:
-                    del q[name]
-                if not q:
-                    del self._q[parent]
-                    self._since.pop(parent, None)
             try:
                 self._send(parent, items)
             finally:
-                with self._lock:
-                    for _, ino in items:
-                        self._victims.pop(ino, None)
+                self._sent(items)
 
-    def _send(self, parent: int, items: list[tuple[bytes, int]]) -> None:
+    def _pop_locked(self, parent: int, skip_unborn: bool) -> list[tuple[Any, ...]]:
+        """Take the next batch of `parent`'s queue (items of unborn files stay with
+        `skip_unborn`); [] when there is none."""
+        q = self._q.get(parent) or []
+        items: list[tuple[Any, ...]] = []
+        rest: list[tuple[Any, ...]] = []
+        for it in q:
+            if len(items) < self.max_batch and not (skip_unborn and it[1] in self._unborn):
+                items.append(it)
+            else:
+                rest.append(it)
+        if not items:
+            if not q:
+                self._q.pop(parent, None)
+                self._since.pop(parent, None)
+            return []
+        names = self._names.get(parent, {})
+        for it in items:
+            names[it[0]] -= 1
+            if not names[it[0]]:
+                del names[it[0]]
+            if len(it) == 2:
+                self._unlinks[parent] -= 1
+        if not names:
+            self._names.pop(parent, None)
+        if not self._unlinks.get(parent, 1):
+            del self._unlinks[parent]
+        if rest:
+            self._q[parent] = rest
+        else:
+            del self._q[parent]
+            self._since.pop(parent, None)
+        return items
+
+    def _sent(self, items: list[tuple[Any, ...]]) -> None:
+        """Items taken by _pop_locked are on the server (or failed): not victims any more,
+        unless queued again."""
+        if not items:
+            return
+        with self._lock:
+            queued: set[int] = set()
+            for p in {self._victims.get(it[1]) for it in items}:
+                queued.update(x[1] for x in self._q.get(p or 0, ()))
+            for it in items:
+                if it[1] not in queued:
+                    self._victims.pop(it[1], None)
+                if len(it) == 2:
+                    self._gone.discard(it[1])
+
+    def _requeue(self, parent: int, items: list[tuple[Any, ...]]) -> None:
+        """Items taken and not sent (the call failed): back to the front of the queue."""
+        if not items:
+            return
+        with self._lock:
+            q = self._q.setdefault(parent, [])
+            if not q:
+                self._since[parent] = time.monotonic()
+            q[:0] = items
+            names = self._names.setdefault(parent, {})
+            for it in items:
+                names[it[0]] = names.get(it[0], 0) + 1
+                self._victims[it[1]] = parent
+
+    def _send(self, parent: int, items: list[tuple[Any, ...]]) -> None:
         mark = self.mark()
         try:
             results, _pa = self.session.fs.unlink_batch(parent, items, forget=True)
         except Exception as exc:  # noqa: BLE001 - answered already: log, and forget the belief
             self.stats["failed"] += len(items)
-            log.warning("%d unlinks in directory %d were answered but could not be sent (%s);"
-                        " those files are still there", len(items), parent, exc)
-            self.on_failed(parent)
+            log.warning("%d unlinks and attribute changes in directory %d were answered but "
+                        "could not be sent (%s); those files are as they were", len(items),
+                        parent, exc)
+            self._failed(parent, items)
             return
         self.stats["batches"] += 1
         self.took(parent, mark)
-        bad = [(name, code) for (name, _), (code, _) in zip(items, results, strict=False)
-               if code]
+        self._check(parent, items, results)
+
+    def _check(self, parent: int, items: list[tuple[Any, ...]],
+               results: list[tuple[int, Any]]) -> None:
+        bad = [(it[0], code) for it, (code, _) in zip(items, results, strict=False) if code]
         if bad or len(results) != len(items):
             self.stats["failed"] += len(bad)
-            log.info("%d of %d unlinks in directory %d did not apply (e.g. %r: errno %d); "
+            log.info("%d of %d items in directory %d did not apply (e.g. %r: errno %d); "
                      "those names are left as the server has them", len(bad), len(items),
                      parent, bad[0][0] if bad else b"", bad[0][1] if bad else 0)
-            self.on_failed(parent)
+            self._failed(parent, items)
+
+    def _failed(self, parent: int, items: list[tuple[Any, ...]]) -> None:
+        """What we answered of these is not what the server has: forget all of it."""
+        inos = [it[1] for it in items if len(it) > 2]
+        with self._lock:
+            for ino in inos:
+                self._unmake_locked(ino)
+        self.on_failed(parent)
+        for ino in inos:
+            self.on_failed(ino)
 
     # --- the session's callbacks ----------------------------------------------------------------
     def recalled(self, inos: list[int]) -> None:
@@ -286,6 +496,11 @@ class DirOps:
             dirs = [d for d in inos
                     if d in self._held or d in self._q or d in self._unborn_in]
             self._held.difference_update(inos)
+            for d in inos:
+                for ino in list(self._made_names.get(d, {}).values()):
+                    self._unmake_locked(ino)
+                if d in self._made:     # a made file itself recalled
+                    self._unmake_locked(d)
         for d in dirs:
             self.flush(d)
 
@@ -293,6 +508,16 @@ class DirOps:
         with self._lock:
             self._recalls += 1
             self._held.clear()
+            self._made.clear()
+            self._made_names.clear()
+
+
+def _merge(into: dict[str, int], attrs: dict[str, int]) -> None:
+    """Later attribute changes of one file over earlier ones (setattr's keyword arguments)."""
+    into["fields"] = into.get("fields", 0) | attrs["fields"]
+    for k, v in attrs.items():
+        if k != "fields":
+            into[k] = v
 
 
 class OrderedFs:
@@ -315,12 +540,22 @@ class OrderedFs:
                 if d is not None:
                     q.flush(d)
                 q.birth(args[0])
+                if name not in _READS:
+                    q.unmake(args[0])           # changed by a call: its attrs are the reply's
             return fn(*args, **kw)
         return call
 
     def commit_file(self, ino: int, *a: Any, **kw: Any) -> Any:
+        mark = self._q.mark()
         born = self._q.birth(ino, (a, kw))      # unborn: its create and this commit, one call
-        return born if born is not None else self._fs.commit_file(ino, *a, **kw)
+        if born is not None:
+            return born
+        d = self._q.victim_dir(ino)
+        if d is not None:
+            self._q.flush(d)            # its queued attribute changes came before this data
+        r = self._fs.commit_file(ino, *a, **kw)
+        self._q.noted(ino, r, mark)
+        return r
 
     def _dir(self, parent: int, name: bytes | None = None) -> None:
         if self._q.pending(parent, name):
@@ -349,6 +584,8 @@ class OrderedFs:
         mark = self._q.mark()
         r = self._fs.create_entry(parent, name, *a, **kw)
         self._q.took(parent, mark)
+        if stat.S_ISREG(r[0].mode):
+            self._q.remember(parent, name, r[0], mark)     # held now: its attrs are ours
         return r
 
     def mkdir_entry(self, parent: int, name: bytes, *a: Any, **kw: Any) -> Any:
@@ -364,6 +601,7 @@ class OrderedFs:
         if d is not None:
             self._q.flush(d)
         self._q.birth(ino)
+        self._q.unmake(ino)             # its nlink and ctime change
         self._dir(new_parent, new_name)
         return self._fs.link_entry(ino, new_parent, new_name)
 
@@ -372,6 +610,7 @@ class OrderedFs:
             self._q.flush_all()     # the directory removed may hold queued unlinks
         else:
             self._dir(parent, name)
+        self._q.unmake_name(parent, name)
         mark = self._q.mark()
         r = self._fs.remove(parent, name, directory=directory, **kw)
         if not directory:
@@ -380,4 +619,5 @@ class OrderedFs:
 
     def rename_entry(self, *a: Any, **kw: Any) -> Any:
         self._q.flush_all()         # rare; which queued names it depends on is not worth it
+        self._q.reset_made()
         return self._fs.rename_entry(*a, **kw)

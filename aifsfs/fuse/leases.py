@@ -18,6 +18,10 @@ Interface:
                                      a complete leased listing's entries, in listing order,
                                      whose chunk maps this cache does not hold (what a fill of
                                      the directory fetches: dir_fill.py)
+        .mapped(ino) -> [(attr, chunk size, refs)] | None
+                                     a complete leased listing's entries whose chunk maps
+                                     this cache holds, in listing order (what a directory
+                                     prefetch fetches: dir_prefetch.py)
         .has_map(ino, generation=None) -> bool
                                      a leased chunk map (of that generation) is held (no hit
                                      or miss counted)
@@ -181,20 +185,30 @@ class LeaseCache:
                 d.total = sum(e.attr.size for entries, _ in d.pages.values() for e in entries)
             return d.total
 
+    def _listing(self, ino: int) -> list[tuple[int, DirEntry, _Entry | None]] | None:
+        """A complete leased directory's entries in listing order, each with the cookie
+        before it and what this cache holds of it (under the lock)."""
+        d = self._get(ino)
+        listing = None if d is None or not d.complete else _chain(d)
+        if listing is None:
+            return None
+        return [(before, de, self._e.get(de.attr.ino)) for before, de in listing]
+
     def unmapped(self, ino: int) -> list[tuple[int, DirEntry]] | None:
         with self._lock:
-            d = self._get(ino)
-            if d is None or not d.complete:
-                return None
-            listing = _chain(d)
-            if listing is None:
-                return None
-            out = []
-            for before, de in listing:
-                e = self._e.get(de.attr.ino)
-                if e is None or e.refs is None:
-                    out.append((before, de))
-            return out
+            listing = self._listing(ino)
+            return None if listing is None else [
+                (before, de) for before, de, e in listing if e is None or e.refs is None]
+
+    def mapped(self, ino: int) -> list[tuple[Attr, int, list[ChunkRef]]] | None:
+        """A complete leased listing's entries whose chunk maps this cache holds, in listing
+        order, each as (attr, chunk size, refs): what a directory prefetch fetches
+        (dir_prefetch.py)."""
+        with self._lock:
+            listing = self._listing(ino)
+            return None if listing is None else [
+                (e.attr, e.cs, list(e.refs)) for _b, _de, e in listing
+                if e is not None and e.attr is not None and e.refs is not None]
 
     def has_map(self, ino: int, generation: int | None = None) -> bool:
         with self._lock:

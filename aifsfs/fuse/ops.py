@@ -83,6 +83,7 @@ from aifs_core.types import (
 from aifsfs.errors import errno_for, xattr_errno_for
 from aifsfs.fuse.chunk_cache import ChunkCache, split_range
 from aifsfs.fuse.dir_fill import Batch, DirFill, plan_batches
+from aifsfs.fuse.dir_prefetch import DirPrefetch
 from aifsfs.fuse.dirops_queue import DirOps, OrderedFs
 from aifsfs.fuse.inodes import InodeTable
 from aifsfs.fuse.leases import NEGATIVE, LeaseCache
@@ -247,6 +248,9 @@ class AIFSOperations(pyfuse3.Operations):
         self._last_cold: int | None = None       # directory of the last cold open's file
         self._fills: dict[int, DirFill] = {}      # directory -> its fill in progress
         self.fill_stats = {"fills": 0, "batches": 0, "pushed": 0}   # and skipped pushes, why
+        # a directory whose maps are held but whose bytes left the caches: batched GetChunks
+        # once reads show a pass over it (dir_prefetch.py)
+        self.prefetch = DirPrefetch(self.reader, self.leases, self._push_whole)
         self._negatives: dict[int, int] = {}     # directory -> negative lookups asked
 
     # --- plumbing ---------------------------------------------------------------------------
@@ -667,6 +671,8 @@ class AIFSOperations(pyfuse3.Operations):
             hit = self.leases.lookup(parent_inode, name)
             if hit is NEGATIVE:
                 raise pyfuse3.FUSEError(errno.ENOENT)
+            if hit is None and self.dirops is not None:
+                hit = self.dirops.made_in(parent_inode, name)
             if hit is None and self._negatives.get(parent_inode, 0) >= NEGATIVES_BEFORE_LISTING:
                 hit = await self._list_whole(parent_inode, name)
                 if hit is NEGATIVE:
@@ -691,6 +697,9 @@ class AIFSOperations(pyfuse3.Operations):
         if cached is not None:
             return cached
         leased = self.leases.attr(inode)
+        if leased is None and self.dirops is not None:
+            m = self.dirops.made(inode)         # created here, its directory held
+            leased = m[2] if m is not None else None
         if leased is not None:
             return self._entry(leased)
         st = self.inodes.state(inode)
@@ -745,6 +754,14 @@ class AIFSOperations(pyfuse3.Operations):
             bits = SET_CTIME
             kw["ctime_ns"] = time.time_ns()
         t0 = time.monotonic()
+        local = None if bits & SET_SIZE else self._setattr_local(inode, bits, kw, st)
+        if local is not None:
+            if st is not None:
+                st.attr = local
+            self._note_attr(local, t0)
+            if self._dirops_wake is not None:
+                self._dirops_wake.set()     # queued: sent within the interval
+            return self._entry(local)
         try:
             a: Attr = await self._call(self.fs.setattr, inode, bits, **kw)
         finally:
@@ -757,6 +774,38 @@ class AIFSOperations(pyfuse3.Operations):
         if bits & SET_SIZE:
             self.inodes.set_seen_gen(inode, a.generation)
         return self._entry(a)
+
+    def _setattr_local(self, ino: int, bits: int, kw: dict[str, int], st: FileState | None
+                       ) -> Attr | None:
+        """Answer an attribute change (no size) without a call (dirops_queue.py): of a file
+        this mount created in a directory it holds exclusively, folded into its CreateFile
+        if that is not sent yet, else queued with the directory's unlinks (tar's chown,
+        chmod and utimens after each close). The server is told our ctime, so what it stores
+        is what we answered. None: make the call."""
+        q = self.dirops
+        if q is None:
+            return None
+        if q.unborn(ino):
+            cur = st.attr if st is not None else None
+        else:
+            m = q.made(ino)
+            cur = m[2] if m is not None else None
+        if cur is None or not stat.S_ISREG(cur.mode):
+            return None
+        attrs = dict(kw, fields=bits | SET_CTIME)
+        attrs.setdefault("ctime_ns", time.time_ns())
+        a = dataclasses.replace(
+            cur,
+            mode=stat.S_IFMT(cur.mode) | (kw["mode"] & 0o7777) if bits & SET_MODE else cur.mode,
+            uid=kw["uid"] if bits & SET_UID else cur.uid,
+            gid=kw["gid"] if bits & SET_GID else cur.gid,
+            atime_ns=kw["atime_ns"] if bits & SET_ATIME else cur.atime_ns,
+            mtime_ns=kw["mtime_ns"] if bits & SET_MTIME else cur.mtime_ns,
+            ctime_ns=attrs["ctime_ns"])
+        if q.try_setattr(ino, attrs, a) is None:
+            return None
+        self._changed(ino)          # a read lease's attrs of it are old now
+        return a
 
     async def _reload(self, st: FileState) -> None:
         """Refresh a clean state's chunk map (after a truncate)."""
@@ -1091,6 +1140,8 @@ class AIFSOperations(pyfuse3.Operations):
             await self.reader.fence(inode)    # pushed pages of the old content land first
         st.handles += 1
         self.handles[fh] = _Handle(inode, st, self.readahead_chunks)
+        if not flags & (os.O_WRONLY | os.O_RDWR):
+            self.prefetch.opened(inode)
         return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh), keep_cache=keep)
 
     @_errors()
@@ -1127,6 +1178,13 @@ class AIFSOperations(pyfuse3.Operations):
         end = min(off + size, st.size)
         if off >= end:
             return b""
+        if off == 0 and self._nursery is not None:
+            # a cold read of a small file of a listed directory may start its prefetch; a
+            # read of a chunk the prefetch plans waits for its call instead of its own
+            self.prefetch.cold_read(self._nursery, h.ino, st)
+            ref = st.refs.get(0)
+            if ref is not None:
+                await self.prefetch.wait_planned(ref.chunk_id)
         seq = h.window.observe(off, size)
         cs = st.chunk_size
         push = None if seq else self.reader.target(st)   # taken before any await
@@ -1263,6 +1321,9 @@ class AIFSOperations(pyfuse3.Operations):
         self.inodes.clear_dead_dirs()
         if self.fill_stats["fills"]:
             log.info("directory fills: %s", self.fill_stats)
+        self.prefetch.stop()
+        if self.prefetch.stats["runs"]:
+            log.info("directory prefetches: %s", self.prefetch.stats)
         if self.dirops is not None:
             log.info("queued dirops: %s", self.dirops.stats)
         if self._session is not None:

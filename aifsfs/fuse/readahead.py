@@ -23,6 +23,9 @@ Interface:
             random access (RANDOM_READS non-sequential reads) and the file fits `budget`
             (ChunkReader.fill_budget()): time to fetch the whole file (asked again every
             RANDOM_RECHECK random reads, in case a fill was refused or cut short)
+    ChunkReader.holds(chunk_id, length) -> bool   the whole chunk is cached or in flight
+    await ChunkReader.fetch_many(refs, keep) -> [bytes | None]   whole chunks in ONE call,
+        registered in flight first (a directory prefetch: dir_prefetch.py)
     ChunkReader.consumed(st, slots)   a sequential reader has read these slots of file state
         `st` to their ends: in a file larger than a quarter of the memory cache, their chunks
         leave the memory cache (the kernel's page cache holds what was read, the disk cache
@@ -411,6 +414,49 @@ class ChunkReader:
                 group = []
         if group:
             nursery.start_soon(self._fetch_group, nursery, group)
+
+    def holds(self, chunk_id: bytes, length: int) -> bool:
+        """The whole chunk is in the memory cache, the disk cache or in flight (a probe: no
+        hit or miss counted)."""
+        if self.cache.get(chunk_id, 0, length) is not None:
+            self.cache.hits -= 1
+            return True
+        self.cache.misses -= 1
+        if any(f.start == 0 and f.end >= length for f in self._inflight.get(chunk_id, ())):
+            return True
+        return self.disk is not None and self.disk.has(chunk_id, 0, length)
+
+    async def fetch_many(self, refs: list[Any], keep: bool) -> list[bytes | None]:
+        """Whole chunks of `refs` in ONE GetChunks call, for a directory prefetch
+        (dir_prefetch.py). They are registered in flight before this first awaits, so a read
+        of one waits for this call instead of fetching it again; kept in the memory cache
+        when `keep`, queued for the disk cache. None in place of a chunk already held (not
+        fetched again) and of every chunk when the call fails (a hint: the reads fetch
+        what they need and report their own errors; the error is raised after the reads
+        waiting for the call were told)."""
+        out: list[bytes | None] = [None] * len(refs)
+        items: list[tuple[int, bytes, _Fetch]] = []
+        for i, ref in enumerate(refs):
+            if ref.chunk_id and ref.length > 0 and not self.holds(ref.chunk_id, ref.length):
+                items.append((i, ref.chunk_id, self._register(ref.chunk_id, 0, ref.length)))
+        if not items:
+            return out
+        try:
+            datas = await trio.to_thread.run_sync(
+                fetch_ranges, self.data, [(c, 0, f.end) for _i, c, f in items],
+                limiter=self.limiter)
+            self.calls += 1
+            for (i, c, f), data in zip(items, datas, strict=True):
+                out[i] = self._arrived(c, f, data, keep)
+        except BaseException as exc:
+            for _i, _c, f in items:
+                if f.data is None:
+                    f.error = exc
+            raise
+        finally:
+            for _i, c, f in items:
+                self._settle(c, f)
+        return out
 
     def consumed(self, st: Any, slots: list[int]) -> None:
         if st.size <= self.cache.capacity // 4:

@@ -13,8 +13,10 @@ Interface:
         readdir_maps(ino, cookie, limit, inline_max, inline_total) -> (entries, eof,
         chunk_size, {ino: (chunks, inline bytes)}): the next files' maps in one call;
         commit_file(..., inline=[(id, data)]) stores small chunks with the commit;
-        unlink_batch(parent, [(name, ino)], forget=True) -> ([(errno, attr | None)], parent
-        attr): several unlinks in one call (a mount's batch under an exclusive lease).
+        unlink_batch(parent, [(name, ino) | (name, ino, attrs)], forget=True) -> ([(errno,
+        attr | None)], parent attr): several unlinks and attribute changes in one call (a
+        mount's batch under an exclusive lease); create_file(parent, name, ino, mode, uid,
+        gid, commit, request_id, attrs): a file at a delegated number, one call.
     (its plain results FileInfo, Removed, Renamed, StatFs are aifsfs.protocols')
 
 The changing calls (mkdir, create, remove, rename, symlink, link, setxattr, removexattr) carry
@@ -47,6 +49,19 @@ RETRY_METADATA = ("aifs-retry", "1")
 def new_request_id() -> bytes:
     """A changing call's id: random, so two clients (or two calls) never share one."""
     return os.urandom(16)
+
+
+def _items(items: Iterable[tuple[Any, ...]]) -> list[Any]:
+    """unlink_batch's items as UnlinkItems: (name, ino) an unlink, (name, ino, attrs) a
+    change of attributes."""
+    return [filesystem_pb2.UnlinkItem(name=it[0], ino=it[1]) if len(it) == 2
+            else filesystem_pb2.UnlinkItem(
+                name=it[0], ino=it[1], setattr=filesystem_pb2.SetAttrRequest(ino=it[1], **it[2]))
+            for it in items]
+
+
+def _results(results: Any) -> list[tuple[int, Attr | None]]:
+    return [(x.errno, attr_from_pb(x.attr) if x.HasField("attr") else None) for x in results]
 
 
 class _RetryMarked:
@@ -148,16 +163,16 @@ class GrpcFilesystem:
             request_id=new_request_id()))
         return attr_from_pb(r.attr), opt_attr(r, "parent_attr")
 
-    def unlink_batch(self, parent: int, items: Sequence[tuple[bytes, int]], forget: bool = True
+    def unlink_batch(self, parent: int, items: Sequence[tuple[Any, ...]], forget: bool = True
                      ) -> tuple[list[tuple[int, Attr | None]], Attr | None]:
         """Unlink several (name, inode seen under it) of `parent` in one call and one
         transaction: ([(errno or 0, attrs after it | None)], the parent's attrs). An item whose
-        name is gone or names another inode now is left alone (ENOENT, ESTALE)."""
+        name is gone or names another inode now is left alone (ENOENT, ESTALE). An item
+        (name, inode, attrs) sets that inode's attributes instead (`attrs`: setattr's keyword
+        arguments with `fields`; no size), in order with the unlinks."""
         r = call_once(self._ch, self._fs.UnlinkBatch, filesystem_pb2.UnlinkBatchRequest(
-            parent=parent, forget=forget, request_id=new_request_id(),
-            items=[filesystem_pb2.UnlinkItem(name=n, ino=i) for n, i in items]))
-        return ([(x.errno, attr_from_pb(x.attr) if x.HasField("attr") else None)
-                 for x in r.results], opt_attr(r, "parent_attr"))
+            parent=parent, forget=forget, request_id=new_request_id(), items=_items(items)))
+        return _results(r.results), opt_attr(r, "parent_attr")
 
     def unlink(self, parent: int, name: bytes) -> None:
         self.remove(parent, name)
@@ -282,17 +297,26 @@ class GrpcFilesystem:
 
     def create_file(self, parent: int, name: bytes, ino: int, mode: int, uid: int, gid: int,
                     commit: tuple[Sequence[Any], dict[str, Any]] | None = None,
-                    request_id: bytes | None = None) -> tuple[Attr, Attr | None]:
+                    request_id: bytes | None = None, attrs: dict[str, int] | None = None,
+                    items: Sequence[tuple[Any, ...]] = ()
+                    ) -> tuple[Attr, Attr | None, list[tuple[int, Attr | None]]]:
         """A regular file at an inode number delegated to this session, with its first
         commit (commit_file's (args, kwargs) after the inode) or empty: (attrs after it,
-        the parent's). `request_id`: the caller's, kept across its own later attempts."""
+        the parent's). `attrs`: attribute changes made before it was sent (setattr's keyword
+        arguments with `fields`; no size), applied before the commit in its transaction.
+        `items`: attribute changes of other files of `parent` (unlink_batch's (name, ino,
+        attrs) items), applied first; their results come third, as unlink_batch's.
+        `request_id`: the caller's, kept across its own later attempts."""
         req = filesystem_pb2.CreateFileRequest(parent=parent, name=name, ino=ino, mode=mode,
                                                uid=uid, gid=gid,
                                                request_id=request_id or new_request_id())
+        if attrs:
+            req.setattr.CopyFrom(filesystem_pb2.SetAttrRequest(ino=ino, **attrs))
+        req.items.extend(_items(items))
         if commit is not None:
             req.commit.CopyFrom(self._commit_request(ino, *commit[0], **commit[1]))
         r = call_once(self._ch, self._fs.CreateFile, req)
-        return attr_from_pb(r.attr), opt_attr(r, "parent_attr")
+        return attr_from_pb(r.attr), opt_attr(r, "parent_attr"), _results(r.results)
 
     def forget(self, ino: int) -> None:
         self._ch.unary(self._fs.Forget, filesystem_pb2.InodeRequest(ino=ino))

@@ -107,9 +107,10 @@ _NO_INOS = range(0)
 
 
 def _excl(call: Any) -> tuple[int, range]:
-    """(the directory leased exclusively or 0, the inode numbers delegated)."""
+    """(the directory leased exclusively or 0, the inode numbers delegated): trailing
+    metadata (initial from servers before it moved there)."""
     try:
-        md = call.initial_metadata() or ()
+        md = (*(call.trailing_metadata() or ()), *(call.initial_metadata() or ()))
     except Exception:  # noqa: BLE001
         return 0, _NO_INOS
     d, inos = 0, _NO_INOS

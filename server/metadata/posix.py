@@ -28,6 +28,7 @@ import errno
 import stat
 from collections import Counter
 from dataclasses import dataclass
+from typing import Any
 
 from aifs_core.errors import (
     AlreadyExists,
@@ -210,41 +211,49 @@ class PosixMeta(Records):
             raise InvalidArgument(f"size must not be negative, got {size}")
         now = now_ns()
         with self._store.write() as tx:
-            r = self._row(tx, t, ino)
-            new_mode, new_uid, new_gid, new_size = r.mode, r.uid, r.gid, r.size
-            atime, mtime = r.atime_ns, r.mtime_ns
-            if fields & SET_MODE:
-                new_mode = stat.S_IFMT(r.mode) | (mode & 0o7777)
-            if fields & SET_UID:
-                new_uid = uid
-            if fields & SET_GID:
-                new_gid = gid
-            if fields & SET_ATIME:
-                atime = atime_ns
-            if fields & SET_MTIME:
-                mtime = mtime_ns
-            gen_bump, data_delta = 0, 0
-            if fields & SET_SIZE:
-                if stat.S_ISDIR(r.mode):
-                    raise IsADirectory(f"cannot truncate inode {ino}: it is a directory")
-                if not stat.S_ISREG(r.mode):
-                    raise InvalidArgument(f"cannot truncate inode {ino}: not a regular file")
-                if size < r.size:
-                    deltas: Counter[bytes] = Counter()
-                    data_delta = self._trim(tx, t, ino, size, deltas)
-                    tx.adjust_refs(t.namespace, deltas, now)
-                if not fields & SET_MTIME:
-                    # POSIX: truncate/O_TRUNC change mtime even when the size stays the same
-                    mtime = now
-                new_size, gen_bump = size, 1
-            cols: dict[str, object] = {
-                "mode": new_mode, "uid": new_uid, "gid": new_gid, "size": new_size,
-                "atime_ns": atime, "mtime_ns": mtime,
-                "ctime_ns": ctime_ns if fields & SET_CTIME else now}
-            if gen_bump:
-                cols["asset_id"] = ""  # new content: the cached asset no longer describes it
-            a = tx.update_inode(t.tree_id, ino, cols,
-                                {"data_bytes": data_delta, "generation": gen_bump})
+            return self._setattr_in(tx, t, ino, fields, mode, uid, gid, size, atime_ns,
+                                    mtime_ns, ctime_ns, now)
+
+    def _setattr_in(self, tx: Tx, t: _Tree, ino: int, fields: int, mode: int, uid: int,
+                    gid: int, size: int, atime_ns: int, mtime_ns: int, ctime_ns: int, now: int
+                    ) -> Attr:
+        """setattr's work inside the caller's write transaction (also a create's folded
+        attributes and a batch's items: rpc_batch.py)."""
+        r = self._row(tx, t, ino)
+        new_mode, new_uid, new_gid, new_size = r.mode, r.uid, r.gid, r.size
+        atime, mtime = r.atime_ns, r.mtime_ns
+        if fields & SET_MODE:
+            new_mode = stat.S_IFMT(r.mode) | (mode & 0o7777)
+        if fields & SET_UID:
+            new_uid = uid
+        if fields & SET_GID:
+            new_gid = gid
+        if fields & SET_ATIME:
+            atime = atime_ns
+        if fields & SET_MTIME:
+            mtime = mtime_ns
+        gen_bump, data_delta = 0, 0
+        if fields & SET_SIZE:
+            if stat.S_ISDIR(r.mode):
+                raise IsADirectory(f"cannot truncate inode {ino}: it is a directory")
+            if not stat.S_ISREG(r.mode):
+                raise InvalidArgument(f"cannot truncate inode {ino}: not a regular file")
+            if size < r.size:
+                deltas: Counter[bytes] = Counter()
+                data_delta = self._trim(tx, t, ino, size, deltas)
+                tx.adjust_refs(t.namespace, deltas, now)
+            if not fields & SET_MTIME:
+                # POSIX: truncate/O_TRUNC change mtime even when the size stays the same
+                mtime = now
+            new_size, gen_bump = size, 1
+        cols: dict[str, object] = {
+            "mode": new_mode, "uid": new_uid, "gid": new_gid, "size": new_size,
+            "atime_ns": atime, "mtime_ns": mtime,
+            "ctime_ns": ctime_ns if fields & SET_CTIME else now}
+        if gen_bump:
+            cols["asset_id"] = ""  # new content: the cached asset no longer describes it
+        a = tx.update_inode(t.tree_id, ino, cols,
+                            {"data_bytes": data_delta, "generation": gen_bump})
         assert a is not None  # the row was read in this transaction
         return a
 
@@ -260,7 +269,7 @@ class PosixMeta(Records):
 
     def _new_inode(self, tx: Tx, t: _Tree, parent: int, name: bytes, mode: int, nlink: int,
                    uid: int, gid: int, rdev: int, now: int, symlink: bytes | None = None,
-                   ino: int = 0) -> Attr:
+                   ino: int = 0, log: bool = True) -> Attr:
         """Allocate an inode, name it `name` in `parent` and touch the parent (one transaction).
         A setgid parent gives the new inode its gid, and a new subdirectory its S_ISGID bit
         (BSD group semantics, as Linux's inode_init_owner): decided here, where the parent's
@@ -279,7 +288,8 @@ class PosixMeta(Records):
         a = Attr(ino, mode, nlink, uid, gid, rdev, size, now, now, now, 0, 0)
         tx.insert_inode(t.tree_id, a, parent if is_dir else 0, symlink)
         self._touch_dir(tx, t, parent, now, 1 if is_dir else 0)
-        record(tx, a)   # exactly-once calls (request_log.py): no-op outside one
+        if log:     # else the caller records what it does next in this transaction
+            record(tx, a)   # exactly-once calls (request_log.py): no-op outside one
         return a
 
     def mkdir(self, tree: TreeRef, parent: int, name: bytes, mode: int, uid: int, gid: int
@@ -315,18 +325,40 @@ class PosixMeta(Records):
         return int(row[0])
 
     def create_at(self, tree: TreeRef, parent: int, name: bytes, ino: int, mode: int,
-                  uid: int, gid: int) -> Attr:
+                  uid: int, gid: int, attrs: dict[str, int] | None = None,
+                  commit: dict[str, Any] | None = None, durable: bool = False,
+                  before: list[tuple[Any, ...]] | None = None
+                  ) -> list[tuple[int, Attr | None]]:
         """create() of a regular file at an inode number take_inos gave out and no create used
-        yet (InvalidArgument otherwise)."""
+        yet (InvalidArgument otherwise), then (same transaction: one commit, one fsync) its
+        folded attribute changes (`attrs`: setattr's keyword arguments, `fields` among them)
+        and its first commit (`commit`: commit_file's keyword arguments but `durable`).
+        `before`: unlink_many's items of `parent`, applied first. Returns (and records in the
+        request log) [(0, the file's attributes after all of it), *the results of `before`]."""
         _check_name(name)
+        for item in before or ():
+            _check_name(item[0])
         t = self._wtree(tree)
+        slots = self._slots(t, commit["changed"], commit["size"]) if commit else None
         now = now_ns()
-        with self._store.write() as tx:
+        with self._store.write(durable) as tx:
+            done = self._items_in(tx, t, parent, before, now, False) if before else []
             if not delegated_inos.use(tx, t.tree_id, ino):
                 raise InvalidArgument(f"inode {ino} was not given out to a client in "
                                       f"{t.where()}, or is used already")
-            return self._new_inode(tx, t, parent, name, stat.S_IFREG | (mode & 0o7777), 1, uid,
-                                   gid, 0, now, ino=ino)
+            a = self._new_inode(tx, t, parent, name, stat.S_IFREG | (mode & 0o7777), 1, uid,
+                                gid, 0, now, ino=ino, log=False)
+            if attrs:
+                a = self._setattr_in(tx, t, ino, now=now, **{
+                    k: attrs.get(k, 0) for k in ("fields", "mode", "uid", "gid", "size",
+                                                 "atime_ns", "mtime_ns", "ctime_ns")})
+            if slots is not None and commit is not None:
+                a = self._commit_in(tx, t, ino, slots, commit["size"],
+                                    commit.get("truncated", False), commit.get("mtime_ns", 0),
+                                    commit.get("asset_id", ""), now)
+            out: list[tuple[int, Attr | None]] = [(0, a), *done]
+            record(tx, out)
+        return out
 
     def symlink(self, tree: TreeRef, parent: int, name: bytes, target: bytes, uid: int,
                 gid: int) -> Attr:
@@ -401,34 +433,49 @@ class PosixMeta(Records):
             self._drop_inode(tx, t, ino, now)
         return a
 
-    def unlink_many(self, tree: TreeRef, parent: int, items: list[tuple[bytes, int]],
+    def unlink_many(self, tree: TreeRef, parent: int, items: list[tuple[Any, ...]],
                     forget: bool = False) -> list[tuple[int, Attr | None]]:
         """Several unlinks in `parent`, one transaction (a mount's batch: rpc_batch.py). Each
         item is (name, the inode the caller saw under it); one result per item: (0, the
         inode's attrs after it), or (errno, None) for an item left alone: ENOENT (no such
-        name), ESTALE (the name is another inode's now), EISDIR. forget: as unlink's."""
-        for name, _ in items:
-            _check_name(name)
+        name), ESTALE (the name is another inode's now), EISDIR. forget: as unlink's.
+        An item (name, inode, attrs) instead sets that inode's attributes (`attrs`: setattr's
+        keyword arguments, `fields` among them), under the same name check, in order."""
+        for item in items:
+            _check_name(item[0])
         t = self._wtree(tree)
         now = now_ns()
-        out: list[tuple[int, Attr | None]] = []
         with self._store.write() as tx:
             self._dir(tx, t, parent)
-            for name, want in items:
-                e = tx.entry(t.tree_id, parent, name)
-                if e is None:
-                    out.append((errno.ENOENT, None))
-                    continue
-                if want and e[1] != want:
-                    out.append((errno.ESTALE, None))
-                    continue
-                if stat.S_ISDIR(e[2]):
-                    out.append((errno.EISDIR, None))
-                    continue
-                out.append((0, self._unlink_entry(tx, t, e[0], e[1], now, forget)))
-            if any(code == 0 for code, _ in out):
-                self._touch_dir(tx, t, parent, now)
+            out = self._items_in(tx, t, parent, items, now, forget)
             record(tx, out)
+        return out
+
+    def _items_in(self, tx: Tx, t: _Tree, parent: int, items: list[tuple[Any, ...]], now: int,
+                  forget: bool) -> list[tuple[int, Attr | None]]:
+        """unlink_many's work inside the caller's write transaction (also the attribute
+        changes a CreateFile carries); touches `parent` when an unlink applied."""
+        out: list[tuple[int, Attr | None]] = []
+        unlinked = False
+        for item in items:
+            name, want = item[0], item[1]
+            e = tx.entry(t.tree_id, parent, name)
+            if e is None:
+                out.append((errno.ENOENT, None))
+                continue
+            if want and e[1] != want:
+                out.append((errno.ESTALE, None))
+                continue
+            if len(item) > 2:
+                out.append((0, self._setattr_in(tx, t, e[1], now=now, **item[2])))
+                continue
+            if stat.S_ISDIR(e[2]):
+                out.append((errno.EISDIR, None))
+                continue
+            out.append((0, self._unlink_entry(tx, t, e[0], e[1], now, forget)))
+            unlinked = True
+        if unlinked:
+            self._touch_dir(tx, t, parent, now)
         return out
 
     def rmdir(self, tree: TreeRef, parent: int, name: bytes, forget: bool = False) -> Attr:
@@ -652,6 +699,14 @@ class PosixMeta(Records):
                     truncated: bool = False, mtime_ns: int = 0, asset_id: str = "",
                     durable: bool = False) -> Attr:
         t = self._wtree(tree)
+        slots = self._slots(t, changed, size)
+        now = now_ns()
+        with self._store.write(durable) as tx:
+            return self._commit_in(tx, t, ino, slots, size, truncated, mtime_ns, asset_id, now)
+
+    @staticmethod
+    def _slots(t: _Tree, changed: list[ChunkRef], size: int) -> dict[int, ChunkRef]:
+        """A commit's changed slots, checked before any row is touched."""
         if size < 0:
             raise InvalidArgument(f"size must not be negative, got {size}")
         slots: dict[int, ChunkRef] = {}  # a later change of the same slot wins
@@ -666,61 +721,64 @@ class PosixMeta(Records):
                     raise InvalidArgument(f"slot {ref.index}: length {ref.length} is outside "
                                           f"1..{t.chunk_size} (the namespace chunk size)")
             slots[ref.index] = ref
-        now = now_ns()
-        with self._store.write(durable) as tx:
-            r = self._row(tx, t, ino)
-            if stat.S_ISDIR(r.mode):
-                raise IsADirectory(f"inode {ino} in {t.where()} is a directory, not a file")
-            if not stat.S_ISREG(r.mode):
-                raise InvalidArgument(f"inode {ino} in {t.where()} is not a regular file")
-            new_size = size if truncated else max(r.size, size)
-            need = [ref.chunk_id for ref in slots.values() if ref.chunk_id]
-            raw = tx.recorded(t.namespace, need)
-            for ref in slots.values():
-                if not ref.chunk_id:
-                    continue
-                if ref.chunk_id not in raw:
-                    raise MissingChunk(
-                        f"chunk {ref.chunk_id.hex()} (slot {ref.index}) is not stored in "
-                        f"namespace {t.namespace!r}; upload it with PutChunks, then commit again")
-                if ref.length > raw[ref.chunk_id]:
-                    raise InvalidArgument(
-                        f"slot {ref.index}: length {ref.length} exceeds chunk "
-                        f"{ref.chunk_id.hex()}'s {raw[ref.chunk_id]} bytes")
-                if not truncated and ref.index * t.chunk_size >= new_size:
-                    raise InvalidArgument(
-                        f"slot {ref.index} starts at or past the file size {new_size}; "
-                        "send a size that covers every committed slot")
-            deltas: Counter[bytes] = Counter()
-            data_delta = 0
-            if slots:
-                old = tx.slots_at(t.tree_id, ino, list(slots))
-                puts: list[ChunkRef] = []
-                drops: list[int] = []
-                for idx, ref in slots.items():
-                    prev = old.get(idx)
-                    if prev is not None:
-                        deltas[prev[0]] -= 1
-                        data_delta -= prev[1]
-                    room = new_size - idx * t.chunk_size  # <= 0 only for a truncating commit
-                    if ref.chunk_id and room > 0:
-                        length = min(ref.length, room)
-                        deltas[ref.chunk_id] += 1
-                        data_delta += length
-                        puts.append(ChunkRef(idx, ref.chunk_id, length))
-                    elif prev is not None:
-                        drops.append(idx)
-                tx.put_slots(t.tree_id, ino, puts)
-                tx.delete_slots(t.tree_id, ino, drops)
-            if truncated:
-                data_delta += self._trim(tx, t, ino, new_size, deltas)
-            tx.adjust_refs(t.namespace, deltas, now)
-            # the row was read in this transaction (and locked by it), so generation + 1 is
-            # the value the update below writes: asset_gen names the new generation
-            a = tx.update_inode(t.tree_id, ino, {
-                "size": new_size, "mtime_ns": mtime_ns or now, "ctime_ns": now,
-                "asset_id": asset_id, "asset_gen": r.generation + 1},
-                {"data_bytes": data_delta, "generation": 1})
+        return slots
+
+    def _commit_in(self, tx: Tx, t: _Tree, ino: int, slots: dict[int, ChunkRef], size: int,
+                   truncated: bool, mtime_ns: int, asset_id: str, now: int) -> Attr:
+        """commit_file's work inside the caller's write transaction (also CreateFile's)."""
+        r = self._row(tx, t, ino)
+        if stat.S_ISDIR(r.mode):
+            raise IsADirectory(f"inode {ino} in {t.where()} is a directory, not a file")
+        if not stat.S_ISREG(r.mode):
+            raise InvalidArgument(f"inode {ino} in {t.where()} is not a regular file")
+        new_size = size if truncated else max(r.size, size)
+        need = [ref.chunk_id for ref in slots.values() if ref.chunk_id]
+        raw = tx.recorded(t.namespace, need)
+        for ref in slots.values():
+            if not ref.chunk_id:
+                continue
+            if ref.chunk_id not in raw:
+                raise MissingChunk(
+                    f"chunk {ref.chunk_id.hex()} (slot {ref.index}) is not stored in "
+                    f"namespace {t.namespace!r}; upload it with PutChunks, then commit again")
+            if ref.length > raw[ref.chunk_id]:
+                raise InvalidArgument(
+                    f"slot {ref.index}: length {ref.length} exceeds chunk "
+                    f"{ref.chunk_id.hex()}'s {raw[ref.chunk_id]} bytes")
+            if not truncated and ref.index * t.chunk_size >= new_size:
+                raise InvalidArgument(
+                    f"slot {ref.index} starts at or past the file size {new_size}; "
+                    "send a size that covers every committed slot")
+        deltas: Counter[bytes] = Counter()
+        data_delta = 0
+        if slots:
+            old = tx.slots_at(t.tree_id, ino, list(slots))
+            puts: list[ChunkRef] = []
+            drops: list[int] = []
+            for idx, ref in slots.items():
+                prev = old.get(idx)
+                if prev is not None:
+                    deltas[prev[0]] -= 1
+                    data_delta -= prev[1]
+                room = new_size - idx * t.chunk_size  # <= 0 only for a truncating commit
+                if ref.chunk_id and room > 0:
+                    length = min(ref.length, room)
+                    deltas[ref.chunk_id] += 1
+                    data_delta += length
+                    puts.append(ChunkRef(idx, ref.chunk_id, length))
+                elif prev is not None:
+                    drops.append(idx)
+            tx.put_slots(t.tree_id, ino, puts)
+            tx.delete_slots(t.tree_id, ino, drops)
+        if truncated:
+            data_delta += self._trim(tx, t, ino, new_size, deltas)
+        tx.adjust_refs(t.namespace, deltas, now)
+        # the row was read in this transaction (and locked by it), so generation + 1 is
+        # the value the update below writes: asset_gen names the new generation
+        a = tx.update_inode(t.tree_id, ino, {
+            "size": new_size, "mtime_ns": mtime_ns or now, "ctime_ns": now,
+            "asset_id": asset_id, "asset_gen": r.generation + 1},
+            {"data_bytes": data_delta, "generation": 1})
         assert a is not None
         return a
 

@@ -227,3 +227,80 @@ def test_a_merge_takes_the_source_branchs_pending_unlinks(
         c.versions.merge("exp", "main")
         assert _delta(metered, before).get("UnlinkBatch", 0) == 1
     assert sorted(os.listdir(main.path / "d")) == [f"f{i:04d}" for i in range(10, 20)]
+
+
+def _two_mounts_and_an_own_dir(sp: ServerProc, mount_factory: Callable[..., Mount]
+                               ) -> tuple[Mount, Mount, Path]:
+    """Mounts A and B; a directory A made and holds exclusively (its first create took it)."""
+    a = mount_factory(sp)
+    b = mount_factory(sp)
+    _ready(a, sp)
+    d = a.path / "d"
+    d.mkdir()
+    (d / "first").write_bytes(b"0")
+    return a, b, d
+
+
+def _attrs_of(p: Path) -> tuple[int, int, int, int, int]:
+    st = os.stat(p)
+    return st.st_mode & 0o7777, st.st_uid, st.st_gid, st.st_mtime_ns, st.st_atime_ns
+
+
+def _set(p: Path, i: int) -> tuple[int, int, int, int, int]:
+    """tar's three changes after a close: chown, chmod, utimens; what they set."""
+    os.chown(p, 500 + i, 600 + i)
+    os.chmod(p, 0o640 | i % 8)
+    os.utime(p, ns=(1_500_000_000 * 10**9 + i, 1_600_000_000 * 10**9 + i))
+    return 0o640 | i % 8, 500 + i, 600 + i, 1_600_000_000 * 10**9 + i, 1_500_000_000 * 10**9 + i
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another owner needs root")
+def test_attribute_changes_of_own_files_are_queued_and_another_mount_sees_them(
+        long_interval: None, metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+    a, b, d = _two_mounts_and_an_own_dir(metered, mount_factory)
+    before = calls(metered)
+    want = {}
+    for i in range(20):
+        p = d / f"f{i:02d}"
+        p.write_bytes(b"x" * i)         # one CreateFile at the close
+        want[p.name] = _set(p, i)       # answered here: queued (the next create carries them)
+        assert _attrs_of(p) == want[p.name]
+    c = _delta(metered, before)
+    assert c.get("SetAttr", 0) == 0 and c.get("UnlinkBatch", 0) == 0, c
+    assert c.get("CreateFile", 0) == 20 and sum(c.values()) == 20, c
+    # the last file's changes are still queued: B's lookup recalls A's lease, A sends them
+    # (one UnlinkBatch) before it acks, and B sees every change
+    for name, attrs in want.items():
+        assert _attrs_of(b.path / "d" / name) == attrs, name
+    c = _delta(metered, before)
+    assert c.get("UnlinkBatch", 0) == 1 and c.get("SetAttr", 0) == 0, c
+    # after the recall A asks the server again: same answers
+    for name, attrs in want.items():
+        assert _attrs_of(d / name) == attrs, name
+
+
+def test_a_change_of_an_open_unborn_file_goes_with_its_create(
+        long_interval: None, metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+    a, b, d = _two_mounts_and_an_own_dir(metered, mount_factory)
+    before = calls(metered)
+    with open(d / "g", "wb") as f:
+        os.fchmod(f.fileno(), 0o604)            # folded into the file's CreateFile
+        f.write(b"data")
+    c = _delta(metered, before)
+    assert c == {"CreateFile": 1}, c
+    st = os.stat(b.path / "d" / "g")
+    assert st.st_mode & 0o7777 == 0o604 and st.st_size == 4
+
+
+def test_sync_dirops_sends_each_attribute_change(
+        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+    a = mount_factory(metered, "--sync-dirops")
+    _ready(a, metered)
+    d = a.path / "d"
+    d.mkdir()
+    (d / "f").write_bytes(b"0")
+    before = calls(metered)
+    os.chmod(d / "f", 0o600)
+    os.utime(d / "f", ns=(10**18, 10**18))
+    c = _delta(metered, before)
+    assert c.get("SetAttr", 0) == 2, c

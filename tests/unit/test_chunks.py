@@ -303,6 +303,23 @@ def test_a_damaged_stored_chunk_is_corrupt_on_ranged_reads(env: Env) -> None:
         env.svc.read("default", cid(data), 0, 4096)
 
 
+def test_a_whole_read_checks_the_plaintext_against_the_chunk_id(env: Env) -> None:
+    """Envelopes keep no frame digests: a whole read (what fsck --read-data does) is checked
+    against the chunk id. Here a chunk sealed under the id of other bytes (the GCM tags and
+    associated data all agree) is CorruptChunk read whole; a ranged read returns its bytes."""
+    from aifs_server.envelope import seal_chunk
+
+    data, other = os.urandom(MiB), os.urandom(16)
+    name = env.svc.name_for("default", cid(other))
+    sealed = seal_chunk(cid(other), data, env.cache.for_namespace("default"), CompressionService())
+    env.store.put(name, sealed)
+    assert env.svc.read("default", cid(other), 0, 4096) == data[:4096]
+    with pytest.raises(CorruptChunk, match=cid(other).hex()):
+        env.svc.read("default", cid(other))
+    env.svc.put("default", cid(data), data)
+    assert env.svc.read("default", cid(data)) == data
+
+
 def test_tune_malloc_applies_on_glibc_and_is_idempotent() -> None:
     import platform
 

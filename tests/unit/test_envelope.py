@@ -74,7 +74,7 @@ class Layout:
 
 def layout(env: bytes) -> Layout:
     assert env[:8] == MAGIC == b"\x89AIFSCK\n"
-    assert env[8] == 1 and env[9] == 0
+    assert env[8] == 1 and env[9] in (0, 1)  # flags bit 0: the frame table keeps no digests
     klen = env[10]
     pos = 11
     key_id = (pos, pos + klen)
@@ -87,7 +87,10 @@ def layout(env: bytes) -> Layout:
     _nb, _fs, _total, count = struct.unpack_from("<12sIQI", env, pos)
     pos += 28
     table = (pos, pos + 37 * count)
-    lens = [struct.unpack_from("<IB32s", env, pos + 37 * i)[0] for i in range(count)]
+    entries = [struct.unpack_from("<IB32s", env, pos + 37 * i) for i in range(count)]
+    lens = [e[0] for e in entries]
+    if env[9]:
+        assert all(e[2] == bytes(32) for e in entries)
     pos += 37 * count
     digest = (pos, pos + 32)
     assert blake3(env[:pos]).digest() == env[pos : pos + 32]
@@ -188,6 +191,11 @@ def test_iter_frames_gives_stored_zstd_frames(keys, codec) -> None:
     assert b"".join(decode_frame(f) for f in frames) == data
     part = list(iter_frames(cid(data), env, keys, FRAME + 10, 100))
     assert len(part) == 1 and part[0].offset == FRAME
+    assert part[0].digest is None  # sealed without frame digests (the default)
+    with_digests = seal_chunk(cid(data), data, keys, codec, frame_digests=True)
+    part = list(iter_frames(cid(data), with_digests, keys, FRAME + 10, 100))
+    assert part[0].digest == blake3(data[FRAME:2 * FRAME]).digest()
+    assert decode_frame(part[0]) == data[FRAME:2 * FRAME]
     bad = part[0]._replace(digest=bytes(32))
     with pytest.raises(CorruptChunk, match=cid(data).hex()):
         decode_frame(bad)
@@ -464,3 +472,43 @@ def test_ranged_reads_of_legacy_chunks(keys, codec) -> None:
     with pytest.raises(CorruptChunk, match=cid(raw).hex()):
         open_chunk_at(cid(raw), CountingSource(bytes(damaged)).read_at, len(damaged), keys)
     assert open_chunk_at(cid(b""), CountingSource(b"").read_at, 0, keys) == b""
+
+
+def test_frame_digests_are_zeros_and_flagged_unless_asked_for(keys, codec) -> None:
+    """Sealing hashes each byte once: the table's digests are zeros, header flag bit 0 says
+    so; an envelope sealed with frame digests (as before 2026-12-06) still reads, and each
+    frame's BLAKE3 is still checked."""
+    data = prose(2 * FRAME) + os.urandom(FRAME + 7)
+    new = seal_chunk(cid(data), data, keys, codec)
+    old = seal_chunk(cid(data), data, keys, codec, frame_digests=True)
+    assert new[9] == 1 and old[9] == 0
+    for env in (new, old):
+        lay = layout(env)
+        digests = [env[lay.table[0] + 37 * i + 5:lay.table[0] + 37 * (i + 1)]
+                   for i in range(lay.frame_count)]
+        if env is new:
+            assert digests == [bytes(32)] * 4
+        else:
+            assert digests == [blake3(data[i * FRAME:(i + 1) * FRAME]).digest()
+                               for i in range(4)]
+        assert open_chunk(cid(data), env, keys) == data
+        assert open_chunk(cid(data), env, keys, FRAME - 3, FRAME + 9) == \
+            data[FRAME - 3:2 * FRAME + 6]
+
+
+def test_flag_and_table_must_agree(keys, codec) -> None:
+    """A digest in the table of an envelope flagged as keeping none, or an unknown header flag,
+    is CorruptChunk (even with the header digest recomputed), before any frame is opened."""
+    data = os.urandom(FRAME + 1)
+    env = bytearray(seal_chunk(cid(data), data, keys, codec))
+    lay = layout(bytes(env))
+    forged = bytearray(env)
+    forged[lay.table[0] + 5] = 1  # frame 0's digest, first byte
+    forged[lay.digest[0]:lay.digest[1]] = blake3(bytes(forged[:lay.digest[0]])).digest()
+    with pytest.raises(CorruptChunk, match="keeps none"):
+        open_chunk(cid(data), bytes(forged), keys)
+    forged = bytearray(env)
+    forged[9] = 3
+    forged[lay.digest[0]:lay.digest[1]] = blake3(bytes(forged[:lay.digest[0]])).digest()
+    with pytest.raises(CorruptChunk, match="reserved header flags"):
+        open_chunk(cid(data), bytes(forged), keys)

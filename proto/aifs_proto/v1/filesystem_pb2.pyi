@@ -22,12 +22,14 @@ class InodeRequest(_message.Message):
     def __init__(self, ino: _Optional[int] = ...) -> None: ...
 
 class EntryReply(_message.Message):
-    __slots__ = ("attr", "parent_attr")
+    __slots__ = ("attr", "parent_attr", "results")
     ATTR_FIELD_NUMBER: _ClassVar[int]
     PARENT_ATTR_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
     attr: _common_pb2.Attr
     parent_attr: _common_pb2.Attr
-    def __init__(self, attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., parent_attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ...) -> None: ...
+    results: _containers.RepeatedCompositeFieldContainer[UnlinkResult]
+    def __init__(self, attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., parent_attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., results: _Optional[_Iterable[_Union[UnlinkResult, _Mapping]]] = ...) -> None: ...
 
 class AttrReply(_message.Message):
     __slots__ = ("attr",)
@@ -158,12 +160,14 @@ class RemoveReply(_message.Message):
     def __init__(self, attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., parent_attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ...) -> None: ...
 
 class UnlinkItem(_message.Message):
-    __slots__ = ("name", "ino")
+    __slots__ = ("name", "ino", "setattr")
     NAME_FIELD_NUMBER: _ClassVar[int]
     INO_FIELD_NUMBER: _ClassVar[int]
+    SETATTR_FIELD_NUMBER: _ClassVar[int]
     name: bytes
     ino: int
-    def __init__(self, name: _Optional[bytes] = ..., ino: _Optional[int] = ...) -> None: ...
+    setattr: SetAttrRequest
+    def __init__(self, name: _Optional[bytes] = ..., ino: _Optional[int] = ..., setattr: _Optional[_Union[SetAttrRequest, _Mapping]] = ...) -> None: ...
 
 class UnlinkBatchRequest(_message.Message):
     __slots__ = ("parent", "items", "forget", "request_id")
@@ -186,7 +190,7 @@ class UnlinkResult(_message.Message):
     def __init__(self, errno: _Optional[int] = ..., attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ...) -> None: ...
 
 class CreateFileRequest(_message.Message):
-    __slots__ = ("parent", "name", "ino", "mode", "uid", "gid", "commit", "request_id")
+    __slots__ = ("parent", "name", "ino", "mode", "uid", "gid", "commit", "setattr", "items", "request_id")
     PARENT_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     INO_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +198,8 @@ class CreateFileRequest(_message.Message):
     UID_FIELD_NUMBER: _ClassVar[int]
     GID_FIELD_NUMBER: _ClassVar[int]
     COMMIT_FIELD_NUMBER: _ClassVar[int]
+    SETATTR_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     parent: int
     name: bytes
@@ -202,8 +208,10 @@ class CreateFileRequest(_message.Message):
     uid: int
     gid: int
     commit: CommitFileRequest
+    setattr: SetAttrRequest
+    items: _containers.RepeatedCompositeFieldContainer[UnlinkItem]
     request_id: bytes
-    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., ino: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., commit: _Optional[_Union[CommitFileRequest, _Mapping]] = ..., request_id: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., ino: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., commit: _Optional[_Union[CommitFileRequest, _Mapping]] = ..., setattr: _Optional[_Union[SetAttrRequest, _Mapping]] = ..., items: _Optional[_Iterable[_Union[UnlinkItem, _Mapping]]] = ..., request_id: _Optional[bytes] = ...) -> None: ...
 
 class UnlinkBatchReply(_message.Message):
     __slots__ = ("results", "parent_attr")
