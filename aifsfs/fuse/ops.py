@@ -53,6 +53,7 @@ How it behaves (the consistency rules of docs/ARCHITECTURE.md, "The mount"):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import functools
@@ -86,6 +87,7 @@ from aifsfs.fuse.dir_fill import Batch, DirFill, plan_batches
 from aifsfs.fuse.dir_prefetch import DirPrefetch
 from aifsfs.fuse.dirops_queue import DirOps, OrderedFs
 from aifsfs.fuse.inodes import InodeTable
+from aifsfs.fuse.kernel_names import KernelNames
 from aifsfs.fuse.leases import NEGATIVE, LeaseCache
 from aifsfs.fuse.readahead import ChunkReader, ReadWindow
 from aifsfs.fuse.synthetic import SYN_ROOT, Synthetic, is_synthetic
@@ -207,6 +209,10 @@ class AIFSOperations(pyfuse3.Operations):
             leases = os.environ.get("AIFS_LEASES", "1") != "0"
         self.leases = LeaseCache(None)
         self._session: LeaseSession | None = None
+        # what the kernel was told to keep for as long as a lease lasts (kernel_names.py)
+        self.kernel = KernelNames()
+        self._recalled_fresh: set[int] = set()          # recalled: their fresh attrs are old
+        self.requests = {"lookup": 0, "getattr": 0}     # logged at unmount (tests count them)
         # Unlinks under an exclusive directory lease are answered here and sent in batches
         # (dirops_queue.py, LEASES.md); AIFS_SYNC_DIROPS=1 sends each one before answering.
         self.dirops: DirOps | None = None
@@ -219,7 +225,7 @@ class AIFSOperations(pyfuse3.Operations):
             if sync_dirops is None:
                 sync_dirops = os.environ.get("AIFS_SYNC_DIROPS", "0") == "1"
             if not sync_dirops:
-                self.dirops = DirOps(self._session, self.leases.drop)
+                self.dirops = DirOps(self._session, self._dirops_failed)
                 self._session.want_excl = True
                 self.fs = cast(Any, OrderedFs(self._session.fs, self.dirops))
         self.attr_timeout = attr_timeout
@@ -269,11 +275,62 @@ class AIFSOperations(pyfuse3.Operations):
         if self.dirops is not None:
             self.dirops.recalled(inos)
         self.leases.recalled(inos)
+        # attrs noted from our own replies are old now too: the kernel, told to ask again,
+        # must not get them back (set.update: this is the lease stream's thread)
+        self._recalled_fresh.update(inos)
+        self.kernel.recalled(inos)      # the kernel's long-lived entries go before the ack
 
     def _reset(self) -> None:
         if self.dirops is not None:
             self.dirops.reset()
         self.leases.reset()
+        self.kernel.reset()
+
+    def _dirops_failed(self, ino: int) -> None:
+        """A batch of ours did not apply: what we and the kernel believe of `ino` goes (any
+        thread, a request handler's worker too: the kernel's part is not waited for)."""
+        self.leases.drop(ino)
+        self.kernel.forget_dir(ino)
+
+    def _lease_timeout(self) -> float | None:
+        """How long the kernel may keep what a lease answered (None: no lease now)."""
+        s = self._session
+        if s is None:
+            return None
+        t = self.kernel.timeout(s.valid_until, self.entry_timeout)
+        return t if t > self.entry_timeout else None
+
+    def _long(self, e: pyfuse3.EntryAttributes, parent: int | None, name: bytes | None,
+              under: int | None, mark: tuple[int, int]) -> pyfuse3.EntryAttributes:
+        """Let the kernel keep an entry answered from a lease (a name of `parent`, and/or
+        the attributes of e.st_ino, covered by `under`'s exclusive lease when given) for as
+        long as the lease lasts; recorded first, so that a recall drops it."""
+        t = self._lease_timeout()
+        if t is None:
+            return e
+        if parent is not None and name is not None:
+            self.kernel.entry(parent, name, t)
+            e.entry_timeout = t
+        if e.st_ino:
+            self.kernel.attr(e.st_ino, t, under)
+            e.attr_timeout = t
+        if self._nursery is not None:
+            # a recall between the lease's answer and the kernel taking this reply would find
+            # nothing to drop yet: looked at again once the reply is in (after this returns)
+            self._nursery.start_soon(self._recheck, mark, parent, name, int(e.st_ino))
+        return e
+
+    async def _recheck(self, mark: tuple[int, int], parent: int | None, name: bytes | None,
+                       ino: int) -> None:
+        if self.leases.recalls()[0] == mark[0]:
+            return
+        if parent is not None and name is not None:
+            with contextlib.suppress(Exception):    # not mounted any more: nothing cached
+                pyfuse3.invalidate_entry_async(cast(pyfuse3.InodeT, parent), name,
+                                               ignore_enoent=True)
+        if ino:
+            with contextlib.suppress(Exception):
+                pyfuse3.invalidate_inode(cast(pyfuse3.InodeT, ino), attr_only=True)
 
     async def _dirops_timer(self) -> None:
         """Send queued unlinks at most dirops.interval after the first of a batch."""
@@ -596,8 +653,10 @@ class AIFSOperations(pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         st = self.inodes.state(a.ino)
         size, mtime, ctime = a.size, a.mtime_ns, a.ctime_ns
-        if st is not None and (st.handles or st.is_dirty()):
-            size = st.size       # this mount's writes are visible at once
+        if st is not None and (st.is_dirty() or (st.handles and st.generation >= a.generation)):
+            # this mount's writes are visible at once; a clean state of an older generation
+            # than these attrs (another mount rewrote the file since) does not hide their size
+            size = st.size
             if st.mtime_ns and st.is_dirty():
                 # write(2) marks mtime/ctime at once; the commit stores this mtime later
                 mtime, ctime = st.mtime_ns, max(ctime, st.mtime_ns)
@@ -644,6 +703,10 @@ class AIFSOperations(pyfuse3.Operations):
         self.inodes.note_attr(a, asked_at)
 
     def _cached_attr(self, ino: int) -> pyfuse3.EntryAttributes | None:
+        if ino in self._recalled_fresh:
+            self._recalled_fresh.discard(ino)
+            self.inodes.drop_fresh(ino)
+            return None
         hit = self.inodes.fresh_attr(ino)
         if hit is None:
             return None
@@ -663,22 +726,44 @@ class AIFSOperations(pyfuse3.Operations):
     async def lookup(self, parent_inode: pyfuse3.InodeT, name: bytes,
                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
         _check_name(name)
+        self.requests["lookup"] += 1
         if parent_inode == ROOT_INO and name == SYN_NAME:
             a = self.synthetic.root_entry()
         elif is_synthetic(parent_inode):
             a = await self.synthetic.lookup(parent_inode, name)
         else:
+            mark = self.leases.recalls()
             hit = self.leases.lookup(parent_inode, name)
-            if hit is NEGATIVE:
-                raise pyfuse3.FUSEError(errno.ENOENT)
+            under = None
             if hit is None and self.dirops is not None:
                 hit = self.dirops.made_in(parent_inode, name)
+                under = parent_inode if hit is not None else None
             if hit is None and self._negatives.get(parent_inode, 0) >= NEGATIVES_BEFORE_LISTING:
                 hit = await self._list_whole(parent_inode, name)
-                if hit is NEGATIVE:
+            if hit is None:
+                try:
+                    hit = await self._call(self._lookup_sync, parent_inode, name)
+                except NotFound:
+                    if self.leases.lookup(parent_inode, name) is not NEGATIVE:
+                        raise           # not leased: the kernel asks again next time
+                    hit = NEGATIVE
+                else:
+                    leased = self.leases.lookup(parent_inode, name)
+                    if not (isinstance(leased, Attr) and leased.ino == hit.ino):
+                        self.inodes.remember_lookup(hit.ino)
+                        self.inodes.saw_in(hit, parent_inode)
+                        return self._entry(hit)
+            if hit is NEGATIVE:
+                # a negative entry the kernel keeps while the lease lasts (st_ino 0)
+                if self._lease_timeout() is None:
                     raise pyfuse3.FUSEError(errno.ENOENT)
-            a = hit if hit is not None else await self._call(self._lookup_sync, parent_inode,
-                                                             name)
+                neg = pyfuse3.EntryAttributes()
+                neg.st_ino = cast(pyfuse3.InodeT, 0)
+                return self._long(neg, parent_inode, name, None, mark)
+            a = hit
+            self.inodes.remember_lookup(a.ino)
+            self.inodes.saw_in(a, parent_inode)
+            return self._long(self._entry(a), parent_inode, name, under, mark)
         self.inodes.remember_lookup(a.ino)
         self.inodes.saw_in(a, parent_inode)
         return self._entry(a)
@@ -691,17 +776,20 @@ class AIFSOperations(pyfuse3.Operations):
     @_errors()
     async def getattr(self, inode: pyfuse3.InodeT,
                       ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        self.requests["getattr"] += 1
         if is_synthetic(inode):
             return self._entry(await self.synthetic.getattr(inode))
         cached = self._cached_attr(inode)
         if cached is not None:
             return cached
+        mark = self.leases.recalls()
         leased = self.leases.attr(inode)
+        under = None
         if leased is None and self.dirops is not None:
             m = self.dirops.made(inode)         # created here, its directory held
-            leased = m[2] if m is not None else None
+            leased, under = (m[2], m[0]) if m is not None else (None, None)
         if leased is not None:
-            return self._entry(leased)
+            return self._long(self._entry(leased), None, None, under, mark)
         st = self.inodes.state(inode)
         try:
             a = await self._call(self._getattr_sync, inode)
@@ -710,6 +798,8 @@ class AIFSOperations(pyfuse3.Operations):
                 return self._entry(st.attr)
             _stale_if_gone(exc)
             raise
+        if self.leases.attr(inode) is not None:     # the reply was leased
+            return self._long(self._entry(a), None, None, None, mark)
         return self._entry(a)
 
     @_errors()
@@ -1150,6 +1240,7 @@ class AIFSOperations(pyfuse3.Operations):
                      ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
         self._check_writable(parent_inode, name)
         t0 = time.monotonic()
+        mark = self.leases.recalls()
         local = self._create_unborn(parent_inode, name, mode, ctx)
         a, pa = local if local is not None else await self._add_entry(
             parent_inode, name, self.fs.create_entry, parent_inode, name, mode, ctx.uid, ctx.gid)
@@ -1166,7 +1257,10 @@ class AIFSOperations(pyfuse3.Operations):
         await self.reader.writer_open(a.ino, fh)
         self.handles[fh] = _Handle(a.ino, st, self.readahead_chunks)
         self.inodes.remember_lookup(a.ino)
-        return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh)), self._entry(a)
+        e = self._entry(a)
+        if local is not None:       # in a directory held exclusively: the kernel keeps it
+            e = self._long(e, parent_inode, name, parent_inode, mark)
+        return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh)), e
 
     @_errors()
     async def read(self, fh: pyfuse3.FileHandleT, off: int, size: int) -> bytes:
@@ -1326,6 +1420,8 @@ class AIFSOperations(pyfuse3.Operations):
             log.info("directory prefetches: %s", self.prefetch.stats)
         if self.dirops is not None:
             log.info("queued dirops: %s", self.dirops.stats)
+        log.info("fuse requests: %s; kernel entries dropped: %s", self.requests,
+                 self.kernel.stats)
         if self._session is not None:
             await trio.to_thread.run_sync(self._session.close)
 

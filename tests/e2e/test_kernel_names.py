@@ -1,0 +1,94 @@
+"""The kernel keeps what a lease answered for as long as the lease lasts (docs/LEASES.md "Kernel
+caches under a lease", aifsfs/fuse/kernel_names.py), over real mounts of one real server with
+the default lease term (10 s):
+
+- stats of files this mount created, past the 1 s timeouts, reach the mount no more (FUSE
+  LOOKUP/GETATTR requests counted by the mount, logged at its unmount);
+- yet another mount's change is seen at once by a mount whose own timeouts are 0 (so that
+  only entries kept for a lease's term could be stale): the recall drops them first.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests.e2e.conftest import Mount
+from tests.e2e.test_leases import _wait_leased
+from tests.helpers import ServerProc
+
+N = 50
+
+
+def _requests(m: Mount) -> dict[str, int]:
+    """The FUSE lookups and getattrs the mount served (its unmount logs them; read before
+    the fixture's teardown removes the log)."""
+    subprocess.run(["fusermount3", "-u", str(m.path)], check=True)
+    m.proc.wait(60)
+    for line in m.log().splitlines():
+        if "fuse requests: " in line:
+            return dict(ast.literal_eval(line.split("fuse requests: ", 1)[1].split(";")[0]))
+    raise AssertionError(f"no request counts in the mount's log:\n{m.log()[-2000:]}")
+
+
+def test_stats_of_own_files_past_the_timeouts_reach_the_mount_no_more(
+        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+    m = mount_factory(metered)
+    ready = m.path / "ready"
+    ready.write_bytes(b"ok")
+    _wait_leased(m, ready, metered)
+    d = m.path / "d"
+    d.mkdir()
+    for i in range(N):
+        (d / f"f{i}").write_bytes(b"x" * i)
+    time.sleep(1.5)     # past the mount's 1 s entry and attribute timeouts
+    for _ in range(3):
+        for i in range(N):
+            assert os.stat(d / f"f{i}").st_size == i
+    got = _requests(m)
+    # one negative LOOKUP per create (the kernel never saw the name before) and none for the
+    # 3 x N stats (3 N more with 1 s entries): the kernel kept the created entries for the
+    # lease's term. Two GETATTRs a file: one in its create, one at the first stat (the close's
+    # commit makes the kernel ask for the attributes once); the later stats ask nothing.
+    assert got["lookup"] <= N + 10, got
+    assert got["getattr"] <= 2 * N + 10, got
+
+
+def test_another_mounts_change_is_seen_at_once(
+        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+    # no kernel caching but what a lease answered: a stale entry here could only be one the
+    # lease handed out for longer and the recall failed to drop
+    a = mount_factory(metered, "--attr-timeout", "0", "--entry-timeout", "0")
+    b = mount_factory(metered)
+    ready = a.path / "ready"
+    ready.write_bytes(b"ok")
+    _wait_leased(a, ready, metered)
+    (a.path / "d").mkdir()
+    da, db = a.path / "d", b.path / "d"
+    for i in range(40):
+        name = f"n{i % 5}"
+        # A caches the name (or its absence), its attributes and the directory's
+        st = _stat(da / name)
+        size = 0 if st is None else st.st_size
+        if i % 3 == 0 and st is not None:
+            os.unlink(db / name)                    # gone: A must not find it
+            assert _stat(da / name) is None, i
+            continue
+        tmp = db / f".tmp{i}"
+        tmp.write_bytes(b"y" * (size + 1 + i))
+        os.replace(tmp, db / name)                  # a new inode under the name
+        st2 = _stat(da / name)
+        assert st2 is not None and st2.st_size == size + 1 + i, (i, st2)
+        assert (da / name).read_bytes() == b"y" * (size + 1 + i)
+    assert sorted(os.listdir(da)) == sorted(os.listdir(db))
+
+
+def _stat(p: Path) -> os.stat_result | None:
+    try:
+        return os.stat(p)
+    except FileNotFoundError:
+        return None
