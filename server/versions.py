@@ -447,8 +447,8 @@ class Versions:
     def prune(self, ns: str, keep_last: int = 0, keep_daily: int = 0, keep_within_s: int = 0,
               dry_run: bool = False, branch: str = "", now: int | None = None
               ) -> tuple[list[str], list[str]]:
-        """restic's `forget` policy per branch; snapshots a tag or a branch head names are
-        always kept (they are reachable)."""
+        """restic's `forget` policy per branch; snapshots a tag or a branch head names, and
+        those an asset's lineage cites as a parent, are always kept (they are reachable)."""
         if not (keep_last or keep_daily or keep_within_s):
             raise InvalidArgument("prune needs a policy: --keep-last, --keep-daily or "
                                   "--keep-within (refusing to remove every snapshot)")
@@ -456,6 +456,7 @@ class Versions:
         tx0 = self._store.single()
         pinned = {sid for _, sid, _ in tx0.list_tags(ns)}
         pinned |= {self._head(tx0, ns, b) for b in tx0.list_branches(ns)}
+        pinned |= tx0.cited_snapshots(ns)
         by_branch: dict[str, list[Snapshot]] = defaultdict(list)
         for s in snaps:
             by_branch[s.branch].append(s)
@@ -477,10 +478,16 @@ class Versions:
         if not dry_run and removed:
             t = now if now is not None else now_ns()
             with self._store.write() as tx:
+                # a child citing one may have been put since the policy was read: its parent
+                # check share-locks the snapshot row, so after these locks the citations
+                # read here are all there are until this transaction ends
+                tx.lock_snapshots(ns, removed)
+                cited = tx.cited_snapshots(ns)
+                removed = [r for r in removed if r not in cited]
                 for s in snaps:
                     if s.id in removed:
                         self._drop_snapshot(tx, s, t)
-        return removed, [s.id for s in snaps if s.id in keep]
+        return removed, [s.id for s in snaps if s.id not in removed]
 
     # --- branches ----------------------------------------------------------------------------
     def create_branch(self, ns: str, name: str, source: str = "") -> tuple[str, str, int]:

@@ -18,6 +18,7 @@ Interface (the `store.Tx` methods under "versions"; rules in aifs_server.version
     node_hashes_of(tree_id, inos) / copy_node_hashes(src, dst) (of dst's linked inodes)
     put_node_hashes / node_hashes / node_hash
     insert_snapshot / snapshot / list_snapshots / delete_snapshot
+    lock_snapshots(ns, ids) / cited_snapshots(ns) -> ids a lineage names (prune keeps them)
     insert_tag (False: exists) / tag / list_tags / delete_tag
     append_log / branch_log / delete_log
 
@@ -31,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from aifs_core.merkle import SNAP_SCHEME
 from aifs_server.metadata.history_schema import LIVE
 from aifs_server.metadata.sql_views import ViewSQL
 
@@ -45,6 +47,8 @@ class VersionSQL(ViewSQL):
     """Mixin for sql.SQLTx: needs `_x(sql, params)` and `_many(sql, rows)`."""
 
     _d: Any                                                            # from SQLTx: the Dialect
+    _lock: str                                             # from SQLTx: row lock suffix or ""
+    _share: str                                            # from SQLTx: share lock suffix or ""
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any: ...     # from SQLTx
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...  # from SQLTx
 
@@ -332,8 +336,10 @@ class VersionSQL(ViewSQL):
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (namespace, *row))
 
     def snapshot(self, namespace: str, snap_id: str) -> tuple[Any, ...] | None:
-        r = self._x(f"SELECT {_SNAP_COLS} FROM snapshots WHERE namespace = ? AND snap_id = ?",
-                    (namespace, snap_id)).fetchone()
+        # share-locked in a write transaction (PostgreSQL): a lineage child citing it commits
+        # before a prune can delete it (lock_snapshots), or finds it gone
+        r = self._x(f"SELECT {_SNAP_COLS} FROM snapshots WHERE namespace = ? AND snap_id = ?"
+                    + self._share, (namespace, snap_id)).fetchone()
         return None if r is None else tuple(r)
 
     def list_snapshots(self, namespace: str) -> list[tuple[Any, ...]]:
@@ -341,6 +347,22 @@ class VersionSQL(ViewSQL):
         return [tuple(r) for r in self._x(
             f"SELECT {_SNAP_COLS} FROM snapshots WHERE namespace = ? ORDER BY created_ns, "
             "snap_id", (namespace,)).fetchall()]
+
+    def lock_snapshots(self, namespace: str, snap_ids: Sequence[str]) -> None:
+        """Lock those snapshot rows for deletion (row-locking engines; SQLite's write lock is
+        the database's)."""
+        if self._lock:
+            for sid in sorted(snap_ids):
+                self._x("SELECT 1 FROM snapshots WHERE namespace = ? AND snap_id = ?" + self._lock,
+                        (namespace, sid)).fetchall()
+
+    def cited_snapshots(self, namespace: str) -> set[str]:
+        """Ids of the snapshots of `namespace` that an asset's lineage names as a parent."""
+        prefix = f"{SNAP_SCHEME}{namespace}/"
+        return {str(r[0])[len(prefix):] for r in self._x(
+            "SELECT DISTINCT parent_id FROM asset_parents WHERE namespace = ? AND "
+            "parent_id LIKE ?", (namespace, SNAP_SCHEME + "%")).fetchall()
+            if str(r[0]).startswith(prefix)}
 
     def delete_snapshot(self, namespace: str, snap_id: str) -> None:
         self._x("DELETE FROM snapshots WHERE namespace = ? AND snap_id = ?", (namespace, snap_id))

@@ -10,7 +10,7 @@ import secrets
 
 import blake3
 
-from aifs_core.types import ROOT_INO, SET_MODE, TreeRef
+from aifs_core.types import ROOT_INO, SET_MODE, AssetRecord, ParentEdge, TreeRef
 from aifs_server.metadata.posix import FROZEN_PREFIX, PosixMeta
 from aifs_server.versions import Snapshot, Versions, compute_hashes
 from tests.unit.metadata_engines import Harness, harness_fixture  # noqa: F401 (fixture)
@@ -171,3 +171,26 @@ def test_snapshots_copied_before_epochs_read_verify_and_prune(harness: Harness,
     removed, _ = v.prune("ns1", keep_last=1)
     assert removed == [old.id] and harness.scalar(WRONG_REFS) == 0
     assert harness.scalar("SELECT COUNT(*) FROM inodes WHERE tree_id = ?", old.tree_id) == 0
+
+
+def test_prune_keeps_snapshots_a_lineage_cites(harness: Harness, v: Versions) -> None:
+    """A snapshot an asset names as its parent (the data a model was trained on) is reachable:
+    prune keeps it with its rows, as it keeps tagged ones."""
+    m = v.meta
+    d, files = _files(m, 3)
+    cited = v.create_snapshot("ns1", "main")
+    m.commit_file(T, files[0], [chunk(m, b"later")], 5)
+    dropped = v.create_snapshot("ns1", "main")
+    m.commit_file(T, files[0], [chunk(m, b"latest")], 6)
+    v.create_snapshot("ns1", "main")
+    m.put_asset("ns1", AssetRecord(asset_id="model", kind="blob", size=0, chunks=[],
+                                   metadata_json="{}",
+                                   parents=[ParentEdge(cited.uri, "train", "")]))
+    before = _read(m, cited.tree, d)
+    removed, kept = v.prune("ns1", keep_last=1, dry_run=True)
+    assert removed == [dropped.id] and cited.id in kept
+    removed, kept = v.prune("ns1", keep_last=1)
+    assert removed == [dropped.id] and cited.id in kept
+    assert _read(m, cited.tree, d) == before and v.verify("ns1", cited.id)[0]
+    assert [a.asset_id for a in m.lineage("ns1", "model")] == [cited.uri]
+    assert harness.scalar(WRONG_REFS) == 0
