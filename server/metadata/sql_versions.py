@@ -118,10 +118,12 @@ class VersionSQL(ViewSQL):
         """A snapshot of the tree as it is: a new tree `name` that reads the tree at its
         current epoch E, and the tree moved to E + 1. O(1): no row is copied.
         (the new tree's id, E)"""
-        if self._d.freeze_lock:   # PostgreSQL: writers in flight commit first, new ones wait
-            self._x(self._d.freeze_lock)
+        # the tree's row first, then the tables: a create locks the row (take_ino) before it
+        # writes any of them, so it never waits for the tables while holding what this waits for
         ep, next_ino = self._x("UPDATE trees SET epoch = epoch + 1 WHERE tree_id = ? "
                                "RETURNING epoch - 1, next_ino", (tree_id,)).fetchone()
+        if self._d.freeze_lock:   # PostgreSQL: writers in flight commit first, new ones wait
+            self._x(self._d.freeze_lock)
         r = self._x("INSERT INTO trees (namespace, branch, next_ino, created_ns, base_tree, "
                     "base_epoch) VALUES (?, ?, ?, ?, ?, ?) RETURNING tree_id",
                     (namespace, name, next_ino, now, tree_id, ep)).fetchone()
