@@ -53,6 +53,7 @@ from aifs_core.types import ROOT_INO, ChunkRef
 from aifs_server.chunks import ChunkService
 from aifs_server.deadline import NEVER, Deadline
 from aifs_server.metadata.base import MetadataEngine
+from aifs_server.metadata.posix import FROZEN_PREFIX
 from aifs_server.upload_pins import UploadPins
 
 GC_GRACE_DEFAULT = 3600
@@ -340,6 +341,8 @@ def gc(parts: StorageParts, namespaces: Iterable[str] | None = None, *,
     result = GCResult()
     for ns in _names(parts, namespaces):
         for tree in meta.list_trees(ns):  # every branch: a crash can orphan inodes in any
+            if tree.branch.startswith(FROZEN_PREFIX):
+                continue   # a snapshot's tree (or a deleted branch's kept for its snapshots)
             for ino in meta.orphan_inodes(tree):
                 if _passed(deadline):
                     result.complete = False

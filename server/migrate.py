@@ -102,10 +102,14 @@ def _copy_rows(src: sqlite3.Connection, dsn: str, log: Callable[[str], None]) ->
             cols = tables[t]
             collist = ", ".join(f'"{c}"' for c in cols)
             n = 0
+            # the rows arrive as they are, history and epochs included: the triggers that keep
+            # history and mark changes (history_schema.py) must not act on the copy itself
+            pg.execute(f'ALTER TABLE "{t}" DISABLE TRIGGER USER')
             with pg.cursor() as cur, cur.copy(f'COPY "{t}" ({collist}) FROM STDIN') as copy:
                 for row in src.execute(f'SELECT {collist} FROM "{t}"'):
                     copy.write_row(row)
                     n += 1
+            pg.execute(f'ALTER TABLE "{t}" ENABLE TRIGGER USER')
             counts[t] = n
             # identity columns: the next generated id must follow the copied ones
             for (col,) in pg.execute(

@@ -17,10 +17,14 @@ Interface:
         list_tree(ns, ref, ino) -> (dir Attr, stored hash, xattrs, [TreeEntry])
     Snapshot.tree (TreeRef of its frozen tree), .uri, .statement()
 
-The encoding and the storage layout are docs/FORMAT.md §6. A snapshot is a frozen copy of the
-branch's tree (branch "@snap:<id>", which posix.PosixMeta refuses to change) plus one row; the
-copy is made inside the database and counts in chunk refcounts, so GC never frees a chunk a
-snapshot (or a branch or tag, which name snapshots) reaches, and frees what pruned ones alone held.
+The encoding and the storage layout are docs/FORMAT.md §6. A snapshot is the branch's tree at
+an epoch (a tree "@snap:<id>" with no rows of its own, which posix.PosixMeta refuses to change,
+plus one row): O(1) to take; the rows the branch changes afterwards are kept in history for it
+(metadata/history_schema.py) and hold chunk references, so GC never frees a chunk a snapshot
+(or a branch or tag, which name snapshots) reaches; pruning frees what pruned ones alone held.
+Its hashes are computed from the last snapshot's for what changed since (epoch_hashes).
+Branches are still copies of a snapshot's rows. Snapshots copied by the schema before epochs
+read, verify and prune as before.
 A branch's head is the snapshot of its last log entry (create, snapshot, reset, merge).
 Every walk checks the call's deadline.
 """
@@ -32,6 +36,7 @@ import re
 import secrets
 import stat
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,6 +57,12 @@ from aifs_server.request_log import record
 
 _ID_RE = re.compile(r"[0-9a-f]{32}")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
+
+
+def _kept_name(tree_id: int) -> str:
+    """The name of a deleted branch's tree kept for its snapshots (frozen: read-only, listed
+    as no branch)."""
+    return f"{FROZEN_PREFIX}deleted-{tree_id}"
 
 
 def check_name(kind: str, name: str) -> str:
@@ -188,41 +199,96 @@ def compute_hashes(inputs: tuple[list[Any], list[Any], list[Any], list[Any]],
     return hashes, paths
 
 
-def incremental_hashes(tx: Tx, tree_id: int, base: int, size: int,
-                       deadline: Deadline = NEVER) -> tuple[bytes, int] | None:
-    """Store the node hashes of frozen tree `tree_id` (`size` inodes) from those of frozen
-    tree `base`
-    (normally the branch's head): only the nodes whose hashed rows differ from `base`'s
-    (tx.changed_nodes) and their ancestors are recomputed, every other hash is copied.
-    (root hash, nodes recomputed); None when too much changed to gain over a full pass (or a
-    clean node has no stored hash to reuse): the caller hashes the whole tree."""
-    rows = tx.changed_nodes(tree_id, base)
-    if not rows:
-        tx.copy_node_hashes(base, tree_id)
-        root = tx.node_hash(tree_id, ROOT_INO)
-        return (root, 0) if root is not None else None
-    dirty = {ino for ino, _ in rows}
-    # a quarter of a big tree changed: one full pass costs less than batched lookups of each
-    if len(dirty) > max(size // 4, 1024):
-        return None
-    # ancestors: every directory above a changed node is rehashed (directories have one name:
-    # inodes.parent; the parents of changed files came with changed_nodes)
-    frontier = [ino for ino, is_parent in rows if is_parent]
-    while frontier:
-        deadline.check("finding the changed directories")
-        up = {p for _, p in tx.dir_parents(tree_id, frontier) if p and p not in dirty}
-        dirty |= up
-        frontier = sorted(up)
+def _too_many(tx: Tx, tree_id: int, dirty: set[int]) -> bool:
+    """A quarter of a big tree changed: one full pass costs less than batched lookups."""
+    return len(dirty) > 1024 and len(dirty) > tx.tree_totals(tree_id)[0] // 4
+
+
+def _rehash(tx: Tx, tree_id: int, dirty: set[int], known_from: int | None,
+            deadline: Deadline) -> dict[int, bytes] | None:
+    """The hashes of the `dirty` nodes of the live tree (`dirty` grows by every node with no
+    stored hash below them: nodes new since), every clean child's hash taken from the tree's
+    current hashes (known_from None) or from snapshot tree `known_from`'s; None when the root is
+    not dirty (the caller hashes the whole tree)."""
     if ROOT_INO not in dirty:  # a change always reaches the root; anything else is a surprise
         return None
-    inputs = tx.hash_inputs_of(tree_id, sorted(dirty))
-    clean = {int(ino) for _, _, ino in inputs[1]} - dirty
-    known = tx.node_hashes_of(base, sorted(clean))
-    if len(known) != len(clean):
-        return None
+    inputs: tuple[list[Any], list[Any], list[Any], list[Any]] = ([], [], [], [])
+    todo, known = set(dirty), {}
+    while todo:
+        deadline.check("reading the changed nodes")
+        got = tx.hash_inputs_of(tree_id, sorted(todo))
+        for mine, more in zip(inputs, got, strict=True):
+            mine += more
+        clean = {int(ino) for _, _, ino in got[1]} - dirty
+        hashed = (tx.current_hashes(tree_id, sorted(clean)) if known_from is None else
+                  tx.node_hashes_of(known_from, sorted(clean)))
+        known.update(hashed)
+        todo = clean - hashed.keys()    # new: hashed from their rows, and what is below them
+        dirty |= todo
     hashes, _ = compute_hashes(inputs, deadline, known, with_paths=False)
-    tx.copy_node_hashes(base, tree_id)
-    tx.put_node_hashes(tree_id, hashes.items())
+    return hashes
+
+
+def epoch_hashes(tx: Tx, tree_id: int, epoch: int, deadline: Deadline = NEVER
+                 ) -> tuple[bytes, int] | None:
+    """Store the node hashes of live tree `tree_id` at `epoch` (the snapshot being taken) from
+    those of its last snapshot: only the nodes whose rows changed in the epoch
+    (tx.changed_since) and their ancestors are recomputed; every other hash stays as stored
+    (tree_hashes keeps a hash from the epoch it was computed at until it changes): O(changes ·
+    depth). (root hash, nodes recomputed); None: the caller hashes the whole tree."""
+    changed = set(tx.changed_since(tree_id, epoch))
+    if not changed:
+        root = tx.current_hashes(tree_id, [ROOT_INO]).get(ROOT_INO)
+        return (root, 0) if root is not None else None
+    return _store_rehashed(tx, tree_id, epoch, _ancestors(tx, tree_id, changed, changed,
+                                                          deadline), None, deadline)
+
+
+def incremental_hashes(tx: Tx, tree_id: int, base: int, epoch: int,
+                       deadline: Deadline = NEVER) -> tuple[bytes, int] | None:
+    """Store the node hashes of live tree `tree_id` at `epoch` when it has none yet (a branch's
+    first snapshot) from those of snapshot tree `base` (the branch's head, normally the
+    snapshot it was made of): only the nodes whose hashed rows differ from `base`'s
+    (tx.changed_nodes: set differences, O(tree) in the database) and their ancestors are
+    recomputed, every other hash is copied. (root hash, nodes recomputed); None when too much
+    changed to gain over a full pass (or a clean node has no stored hash to reuse)."""
+    rows = tx.changed_nodes(tree_id, base)
+    if not rows:
+        tx.copy_node_hashes(base, tree_id, epoch)
+        root = tx.current_hashes(tree_id, [ROOT_INO]).get(ROOT_INO)
+        return (root, 0) if root is not None else None
+    # the parents of changed files came with changed_nodes
+    dirty = _ancestors(tx, tree_id, {ino for ino, _ in rows},
+                       [ino for ino, is_parent in rows if is_parent], deadline)
+    return _store_rehashed(tx, tree_id, epoch, dirty, base, deadline)
+
+
+def _ancestors(tx: Tx, tree_id: int, dirty: set[int], frontier: Iterable[int],
+               deadline: Deadline) -> set[int]:
+    """`dirty` with every directory above `frontier`, up to the root (each name's directory:
+    a directory has one name)."""
+    dirty, todo = set(dirty), sorted(frontier)
+    while todo:
+        deadline.check("finding the changed directories")
+        up = {p for _, p in tx.names_of(tree_id, todo) if p not in dirty}
+        dirty |= up
+        todo = sorted(up)
+    return dirty
+
+
+def _store_rehashed(tx: Tx, tree_id: int, epoch: int, dirty: set[int], base: int | None,
+                    deadline: Deadline) -> tuple[bytes, int] | None:
+    """Rehash the `dirty` nodes (clean children's hashes: the tree's own, or snapshot tree
+    `base`'s, copied first) and store them as the tree's hashes at `epoch`."""
+    if _too_many(tx, tree_id, dirty):
+        return None
+    hashes = _rehash(tx, tree_id, dirty, base, deadline)
+    if hashes is None:
+        return None
+    if base is not None:
+        tx.copy_node_hashes(base, tree_id, epoch)
+    tx.close_hashes(tree_id, epoch, dirty - hashes.keys())   # removed, or no longer linked
+    tx.set_hashes(tree_id, epoch, hashes.items())
     return hashes[ROOT_INO], len(hashes)
 
 
@@ -255,12 +321,10 @@ class Versions:
             src = tx.get_tree(ns, branch)
             if src is None:
                 raise NotFound(f"branch {branch!r} of namespace {ns!r} does not exist")
-            dst = tx.insert_tree(ns, FROZEN_PREFIX + sid, now)
-            assert dst is not None  # a fresh random name
-            copied = tx.copy_tree_rows(src[0], dst)
-            tx.add_tree_refs(ns, dst, 1, now)
+            # O(1): the branch's tree at its current epoch, read through (FORMAT.md §6.4)
+            dst, epoch = tx.freeze(ns, src[0], FROZEN_PREFIX + sid, now)
             head = self._head(tx, ns, branch)
-            root = self._hash_tree(tx, ns, dst, head, copied, deadline)
+            root = self._hash_tree(tx, ns, src[0], epoch, head, deadline)
             parents = tuple(p for p in (head, extra_parent) if p)
             snap = Snapshot(sid, ns, dst, branch, parents, now, message, root, b"")
             sig = self._sk.sign(snap.statement())
@@ -271,18 +335,26 @@ class Versions:
             record(tx, done)   # exactly-once calls (request_log.py): no-op outside one
         return done
 
-    def _hash_tree(self, tx: Tx, ns: str, tree_id: int, head: str, size: int,
+    def _hash_tree(self, tx: Tx, ns: str, tree_id: int, epoch: int, head: str,
                    deadline: Deadline) -> bytes:
-        """Store the node hashes of the new frozen tree (`size` inodes); the root hash.
-        Incremental from the branch's head snapshot when there is one (FORMAT.md §6.4), else
-        a full pass."""
-        row = tx.snapshot(ns, head) if head else None
-        got = incremental_hashes(tx, tree_id, int(row[1]), size, deadline) if row else None
+        """Store the node hashes of live tree `tree_id` at `epoch` (the snapshot being taken:
+        its rows are the live ones now); the root hash. From the tree's hashes at its last
+        snapshot when it has them (epoch_hashes), else from the branch's head snapshot
+        (a branch's first snapshot: incremental_hashes), else a full pass (FORMAT.md §6.4)."""
+        got = None
+        has = tx.has_hashes(tree_id)
+        if has:
+            got = epoch_hashes(tx, tree_id, epoch, deadline)
+        elif head:
+            row = tx.snapshot(ns, head)
+            got = incremental_hashes(tx, tree_id, int(row[1]), epoch, deadline) if row else None
         self.last_rehashed = got[1] if got else -1
         if got is not None:
             return got[0]
         hashes, _ = compute_hashes(tx.hash_inputs(tree_id), deadline, with_paths=False)
-        tx.put_node_hashes(tree_id, hashes.items())
+        if has:
+            tx.close_hashes(tree_id, epoch, tx.current_hashes(tree_id).keys() - hashes.keys())
+        tx.set_hashes(tree_id, epoch, hashes.items(), fresh=not has)
         return hashes[ROOT_INO]
 
     def get(self, ns: str, snap_id: str) -> Snapshot:
@@ -356,16 +428,27 @@ class Versions:
         return not problems, problems, len(fresh)
 
     def _drop_snapshot(self, tx: Tx, snap: Snapshot, now: int) -> None:
-        tx.add_tree_refs(snap.namespace, snap.tree_id, -1, now)
+        base = tx.tree_base(snap.tree_id)
+        tx.add_tree_refs(snap.namespace, snap.tree_id, -1, now)   # a copy's (before epochs)
         tx.delete_tree(snap.tree_id)
         tx.delete_snapshot(snap.namespace, snap.id)
         self.meta.forget_tree(snap.tree)
+        if base is not None:   # the history only it saw goes, with the chunks only it held
+            self._gc_tree(tx, snap.namespace, base[0], now)
+
+    @staticmethod
+    def _gc_tree(tx: Tx, ns: str, tree_id: int, now: int) -> None:
+        tx.gc_history(ns, tree_id, now)
+        # a deleted branch's tree was kept for its snapshots: it goes with the last of them
+        if tx.views_of(tree_id) == 0 and tx.get_tree(ns, _kept_name(tree_id)) is not None:
+            tx.add_tree_refs(ns, tree_id, -1, now)
+            tx.delete_tree(tree_id)
 
     def prune(self, ns: str, keep_last: int = 0, keep_daily: int = 0, keep_within_s: int = 0,
               dry_run: bool = False, branch: str = "", now: int | None = None
               ) -> tuple[list[str], list[str]]:
-        """restic's `forget` policy per branch; snapshots a tag or a branch head names are
-        always kept (they are reachable)."""
+        """restic's `forget` policy per branch; snapshots a tag or a branch head names, and
+        those an asset's lineage cites as a parent, are always kept (they are reachable)."""
         if not (keep_last or keep_daily or keep_within_s):
             raise InvalidArgument("prune needs a policy: --keep-last, --keep-daily or "
                                   "--keep-within (refusing to remove every snapshot)")
@@ -373,6 +456,7 @@ class Versions:
         tx0 = self._store.single()
         pinned = {sid for _, sid, _ in tx0.list_tags(ns)}
         pinned |= {self._head(tx0, ns, b) for b in tx0.list_branches(ns)}
+        pinned |= tx0.cited_snapshots(ns)
         by_branch: dict[str, list[Snapshot]] = defaultdict(list)
         for s in snaps:
             by_branch[s.branch].append(s)
@@ -394,10 +478,16 @@ class Versions:
         if not dry_run and removed:
             t = now if now is not None else now_ns()
             with self._store.write() as tx:
+                # a child citing one may have been put since the policy was read: its parent
+                # check share-locks the snapshot row, so after these locks the citations
+                # read here are all there are until this transaction ends
+                tx.lock_snapshots(ns, removed)
+                cited = tx.cited_snapshots(ns)
+                removed = [r for r in removed if r not in cited]
                 for s in snaps:
                     if s.id in removed:
                         self._drop_snapshot(tx, s, t)
-        return removed, [s.id for s in snaps if s.id in keep]
+        return removed, [s.id for s in snaps if s.id not in removed]
 
     # --- branches ----------------------------------------------------------------------------
     def create_branch(self, ns: str, name: str, source: str = "") -> tuple[str, str, int]:
@@ -459,8 +549,12 @@ class Versions:
             r = tx.get_tree(ns, name)
             if r is None:
                 raise NotFound(f"branch {name!r} does not exist in namespace {ns!r}")
-            tx.add_tree_refs(ns, r[0], -1, now)
-            tx.delete_tree(r[0])
+            if tx.views_of(r[0]):   # its snapshots read its rows: kept, nameless, read-only
+                tx.rename_tree(r[0], _kept_name(r[0]))
+            else:
+                tx.add_tree_refs(ns, r[0], -1, now)
+                tx.gc_history(ns, r[0], now)   # no view: every history row goes
+                tx.delete_tree(r[0])
             tx.delete_log(ns, name)
             record(tx, None)
         self.meta.forget_tree(TreeRef(ns, name))

@@ -69,7 +69,10 @@ _TREE_LOCK_CLASS = 0x41494654  # "AIFT"
 POSTGRES = Dialect(
     "postgresql", param="%s", row_lock="FOR UPDATE", orphan_index="",
     share_lock="FOR KEY SHARE",  # a commit's chunk rows: GC's DELETE waits, other commits not
-    tree_lock=f"SELECT pg_advisory_xact_lock({_TREE_LOCK_CLASS}, CAST(? AS INTEGER))")
+    tree_lock=f"SELECT pg_advisory_xact_lock({_TREE_LOCK_CLASS}, CAST(? AS INTEGER))",
+    # a snapshot (an epoch, sql_versions.freeze) waits for the writes in flight and holds new
+    # ones until it commits: a row written at the old epoch after it would appear in it
+    freeze_lock="LOCK TABLE inodes, dentries, xattrs, chunk_maps IN SHARE MODE")
 
 ATTEMPTS = 8            # runs of one call the database aborted for a conflict
 CONNECT_TIMEOUT = 5     # seconds to open one connection
@@ -210,7 +213,7 @@ class PostgresStore:
             with self._pool.connection() as conn:
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 try:
-                    yield SQLTx(conn, POSTGRES, self._mac)
+                    yield self._single.bind(conn, locking=False)  # shared caches
                 finally:
                     if not conn.broken:
                         conn.execute("COMMIT")

@@ -1,14 +1,16 @@
 """Row-level primitives of the metadata engine in SQL, shared by every SQL database.
 
 Interface:
-    Dialect(name, param="?", row_lock="", orphan_index="", share_lock="", tree_lock="")
+    Dialect(name, param="?", row_lock="", orphan_index="", share_lock="", tree_lock="",
+            freeze_lock="")
                             what differs between SQL databases in these statements: the DB-API
                             placeholder, the suffix that locks rows read in a write transaction
                             ("FOR UPDATE" where rows must be locked; "" where the whole database
                             is, as SQLite's BEGIN IMMEDIATE), an index hint for orphan scans, the
                             suffix that keeps chunk rows a commit names from being deleted under
-                            it, and a statement (one "?": the tree id) that serialises the moves
-                            of directories between parents within a tree
+                            it, a statement (one "?": the tree id) that serialises the moves
+                            of directories between parents within a tree, and one that a
+                            snapshot runs first so that no write is half in it
     SQLTx(conn, dialect, mac=RowMac(), locking=False)
                             implements `store.Tx` over one DB-API connection; the store that made
                             it owns BEGIN/COMMIT (it runs these statements inside one transaction
@@ -66,6 +68,8 @@ _CHECKED = ATTR_COLUMNS + ", symlink, mac"
 _CHECKED_I = _ATTR_I + ", i.symlink, i.mac"
 _SYM = 12
 _IN_BATCH = 500  # ids per "IN (...)" query (well under SQLite's variable limit)
+# a new row's epoch (history_schema.py): its tree's current one (one "?": the tree id)
+_BORN = "(SELECT epoch FROM trees WHERE tree_id = ?)"
 
 # update_inode may set these columns and add to those (names are never taken from callers' data)
 _SETTABLE = frozenset({"mode", "uid", "gid", "size", "atime_ns", "mtime_ns", "ctime_ns",
@@ -90,6 +94,7 @@ class Dialect:
     orphan_index: str = ""
     share_lock: str = ""
     tree_lock: str = ""
+    freeze_lock: str = ""   # taken by a snapshot first (sql_versions.freeze)
 
 
 class SQLTx(VersionSQL):
@@ -107,10 +112,14 @@ class SQLTx(VersionSQL):
         self._locked: set[tuple[int, int]] = set()
         self._cache: dict[str, str] = {}
         self._updates: dict[tuple[tuple[str, ...], tuple[str, ...]], str] = {}
+        self._views: dict[int, Any] = {}          # sql_views: tree id -> (base, epoch) | None
+        self._rewrites: dict[tuple[Any, ...], str] = {}
 
-    def bind(self, conn: Any) -> SQLTx:
-        tx = SQLTx(conn, self._d, self._mac, locking=True)
-        tx._cache, tx._updates = self._cache, self._updates  # built once, shared (GIL-safe)
+    def bind(self, conn: Any, locking: bool = True) -> SQLTx:
+        tx = SQLTx(conn, self._d, self._mac, locking=locking)
+        # built once, shared (GIL-safe)
+        tx._cache, tx._updates, tx._views, tx._rewrites = (self._cache, self._updates,
+                                                           self._views, self._rewrites)
         return tx
 
     def _q(self, sql: str) -> str:
@@ -180,13 +189,14 @@ class SQLTx(VersionSQL):
 
     def tree_totals(self, tree_id: int) -> tuple[int, int]:
         """(inodes, sum of their sizes)."""
-        r = self._x("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM inodes WHERE tree_id = ?",
-                    (tree_id,)).fetchone()  # int(): PostgreSQL's SUM of BIGINT is NUMERIC
+        r = self._rx((tree_id,), "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM inodes "
+                     "WHERE tree_id = ?", (tree_id,)).fetchone()  # int(): PostgreSQL's SUM of BIGINT is NUMERIC
         return int(r[0]), int(r[1])
 
     def orphans(self, tree_id: int) -> list[int]:
         """Inodes with nlink 0, ascending."""
-        return [r[0] for r in self._x(
+        return [r[0] for r in self._rx(
+            (tree_id,),
             f"SELECT ino FROM inodes {self._d.orphan_index} WHERE tree_id = ? AND nlink = 0 "
             "ORDER BY ino", (tree_id,)).fetchall()]
 
@@ -200,8 +210,8 @@ class SQLTx(VersionSQL):
         return attr_of(row)
 
     def inode(self, tree_id: int, ino: int) -> Attr | None:
-        r = self._x(f"SELECT {_CHECKED} FROM inodes WHERE tree_id = ? AND ino = ?{self._lock}",
-                    (tree_id, ino)).fetchone()
+        r = self._rx((tree_id,), f"SELECT {_CHECKED} FROM inodes WHERE tree_id = ? AND "
+                     f"ino = ?{self._lock}", (tree_id, ino)).fetchone()
         if self._lock:
             self._locked.add((tree_id, ino))
         return None if r is None else self._checked(tree_id, r)
@@ -210,11 +220,11 @@ class SQLTx(VersionSQL):
         """A new inode row from `a` (its blocks are 0); `parent` is the parent directory of a
         directory, 0 otherwise."""
         self._x("INSERT INTO inodes (tree_id, ino, mode, nlink, uid, gid, rdev, size, atime_ns, "
-                "mtime_ns, ctime_ns, generation, parent, symlink, mac) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "mtime_ns, ctime_ns, generation, parent, symlink, mac, born) "
+                f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, {_BORN})",
                 (tree_id, a.ino, a.mode, a.nlink, a.uid, a.gid, a.rdev, a.size, a.atime_ns,
                  a.mtime_ns, a.ctime_ns, a.generation, parent, symlink,
-                 self._mac.inode(a.ino, a.mode, a.size, a.generation, symlink)))
+                 self._mac.inode(a.ino, a.mode, a.size, a.generation, symlink), tree_id))
 
     def update_inode(self, tree_id: int, ino: int, set: dict[str, Any],
                      add: dict[str, int] | None = None) -> Attr | None:
@@ -242,8 +252,8 @@ class SQLTx(VersionSQL):
 
     def inode_asset(self, tree_id: int, ino: int) -> tuple[str, int, int] | None:
         """(asset_id, generation it was set for, current generation), or None: no inode."""
-        r = self._x("SELECT asset_id, asset_gen, generation FROM inodes "
-                    "WHERE tree_id = ? AND ino = ?", (tree_id, ino)).fetchone()
+        r = self._rx((tree_id,), "SELECT asset_id, asset_gen, generation FROM inodes "
+                     "WHERE tree_id = ? AND ino = ?", (tree_id, ino)).fetchone()
         return None if r is None else (r[0], r[1], r[2])
 
     def set_inode_asset(self, tree_id: int, ino: int, generation: int, asset_id: str) -> bool:
@@ -255,8 +265,8 @@ class SQLTx(VersionSQL):
 
     def symlink_of(self, tree_id: int, ino: int) -> tuple[int, bytes | None] | None:
         """(mode, symlink target or None), or None: no inode."""
-        r = self._x("SELECT mode, symlink FROM inodes WHERE tree_id = ? AND ino = ?",
-                    (tree_id, ino)).fetchone()
+        r = self._rx((tree_id,), "SELECT mode, symlink FROM inodes WHERE tree_id = ? AND "
+                     "ino = ?", (tree_id, ino)).fetchone()
         return None if r is None else (r[0], None if r[1] is None else bytes(r[1]))
 
     def delete_inode(self, tree_id: int, ino: int) -> None:
@@ -277,6 +287,8 @@ class SQLTx(VersionSQL):
     # --- dentries ----------------------------------------------------------------------------
     def entry(self, tree_id: int, parent: int, name: bytes) -> tuple[int, int, int] | None:
         """(dentry id, ino, mode) of `name` in `parent`, or None."""
+        if self._view(tree_id):
+            return self._v_entry(tree_id, parent, name)
         if self._lock and (tree_id, parent) not in self._locked:
             # the directory before its entry: every rule locks in that order (no deadlock
             # between an unlink and a rename or create in one directory)
@@ -290,6 +302,9 @@ class SQLTx(VersionSQL):
         return None if r is None else (r[0], r[1], r[2])
 
     def lookup(self, tree_id: int, parent: int, name: bytes) -> Attr | None:
+        if self._view(tree_id):
+            e = self._v_entry(tree_id, parent, name)
+            return None if e is None else self.inode(tree_id, e[1])
         r = self._x(f"SELECT {_CHECKED_I} FROM dentries d JOIN inodes i "
                     "ON i.tree_id = d.tree_id AND i.ino = d.ino "
                     "WHERE d.tree_id = ? AND d.parent = ? AND d.name = ?",
@@ -298,9 +313,9 @@ class SQLTx(VersionSQL):
 
     def insert_dentry(self, tree_id: int, parent: int, name: bytes, ino: int) -> bool:
         """False when `name` already exists in `parent`."""
-        return bool(self._x("INSERT INTO dentries (tree_id, parent, name, ino) VALUES "
-                            "(?, ?, ?, ?) ON CONFLICT DO NOTHING",
-                            (tree_id, parent, name, ino)).rowcount == 1)
+        return bool(self._x("INSERT INTO dentries (tree_id, parent, name, ino, born) VALUES "
+                            f"(?, ?, ?, ?, {_BORN}) ON CONFLICT DO NOTHING",
+                            (tree_id, parent, name, ino, tree_id)).rowcount == 1)
 
     def delete_dentry(self, dentry_id: int) -> None:
         self._x("DELETE FROM dentries WHERE id = ?", (dentry_id,))
@@ -313,15 +328,18 @@ class SQLTx(VersionSQL):
         self._x("UPDATE dentries SET ino = ? WHERE id = ?", (ino, dentry_id))
 
     def has_entries(self, tree_id: int, ino: int) -> bool:
-        return self._x("SELECT 1 FROM dentries WHERE tree_id = ? AND parent = ? LIMIT 1",
-                       (tree_id, ino)).fetchone() is not None
+        return self._rx((tree_id,), "SELECT 1 FROM dentries WHERE tree_id = ? AND parent = ? "
+                        "LIMIT 1", (tree_id, ino)).fetchone() is not None
 
     def list_dir(self, tree_id: int, ino: int, cookie: int, limit: int) -> list[DirEntry]:
         """Up to `limit` entries after `cookie` (the dentry id), in cookie order."""
-        rows = self._x(f"SELECT d.id, d.name, {_CHECKED_I} FROM dentries d JOIN inodes i "
-                       "ON i.tree_id = d.tree_id AND i.ino = d.ino "
-                       "WHERE d.tree_id = ? AND d.parent = ? AND d.id > ? ORDER BY d.id LIMIT ?",
-                       (tree_id, ino, cookie, limit)).fetchall()
+        if self._view(tree_id):
+            rows = self._v_list_dir(tree_id, ino, cookie, limit, _CHECKED)
+        else:
+            rows = self._x(f"SELECT d.id, d.name, {_CHECKED_I} FROM dentries d JOIN inodes i "
+                           "ON i.tree_id = d.tree_id AND i.ino = d.ino "
+                           "WHERE d.tree_id = ? AND d.parent = ? AND d.id > ? ORDER BY d.id "
+                           "LIMIT ?", (tree_id, ino, cookie, limit)).fetchall()
         # readdir hands these attrs to the kernel (READDIRPLUS): a row that fails is refused
         # like a getattr of it, and so is the page that holds it. One loop, no row slices
         # (the attrs start at 2): a listing pays this per entry.
@@ -337,22 +355,23 @@ class SQLTx(VersionSQL):
 
     # --- xattrs ------------------------------------------------------------------------------
     def xattr(self, tree_id: int, ino: int, name: bytes) -> bytes | None:
-        r = self._x("SELECT value FROM xattrs WHERE tree_id = ? AND ino = ? AND name = ?",
-                    (tree_id, ino, name)).fetchone()
+        r = self._rx((tree_id,), "SELECT value FROM xattrs WHERE tree_id = ? AND ino = ? AND "
+                     "name = ?", (tree_id, ino, name)).fetchone()
         return None if r is None else bytes(r[0])
 
     def put_xattr(self, tree_id: int, ino: int, name: bytes, value: bytes) -> None:
-        self._x("INSERT INTO xattrs (tree_id, ino, name, value) VALUES (?, ?, ?, ?) "
+        self._x(f"INSERT INTO xattrs (tree_id, ino, name, value, born) VALUES (?, ?, ?, ?, {_BORN}) "
                 "ON CONFLICT (tree_id, ino, name) DO UPDATE SET value = excluded.value",
-                (tree_id, ino, name, value))
+                (tree_id, ino, name, value, tree_id))
 
     def delete_xattr(self, tree_id: int, ino: int, name: bytes) -> bool:
         return bool(self._x("DELETE FROM xattrs WHERE tree_id = ? AND ino = ? AND name = ?",
                             (tree_id, ino, name)).rowcount)
 
     def xattr_names(self, tree_id: int, ino: int) -> list[bytes]:
-        return [bytes(r[0]) for r in self._x("SELECT name FROM xattrs WHERE tree_id = ? AND "
-                                             "ino = ? ORDER BY name", (tree_id, ino)).fetchall()]
+        return [bytes(r[0]) for r in self._rx((tree_id,), "SELECT name FROM xattrs WHERE "
+                                              "tree_id = ? AND ino = ? ORDER BY name",
+                                              (tree_id, ino)).fetchall()]
 
     def delete_xattrs(self, tree_id: int, ino: int) -> None:
         self._x("DELETE FROM xattrs WHERE tree_id = ? AND ino = ?", (tree_id, ino))
@@ -368,7 +387,8 @@ class SQLTx(VersionSQL):
     def slots(self, tree_id: int, ino: int, first: int, end: int) -> list[ChunkRef]:
         """The file's chunk-map slots with first <= index < end, by index."""
         return [ChunkRef(i, *self._slot(tree_id, ino, i, cid, n, mac))
-                for i, cid, n, mac in self._x(
+                for i, cid, n, mac in self._rx(
+                    (tree_id,),
                     "SELECT idx, chunk_id, length, mac FROM chunk_maps WHERE tree_id = ? AND "
                     "ino = ? AND idx >= ? AND idx < ? ORDER BY idx",
                     (tree_id, ino, first, end)).fetchall()]
@@ -378,7 +398,8 @@ class SQLTx(VersionSQL):
         out: dict[int, tuple[bytes, int]] = {}
         for i in range(0, len(idxs), _IN_BATCH):
             part = idxs[i:i + _IN_BATCH]
-            for idx, cid, n, mac in self._x(
+            for idx, cid, n, mac in self._rx(
+                    (tree_id,),
                     "SELECT idx, chunk_id, length, mac FROM chunk_maps WHERE tree_id = ? AND "
                     "ino = ? AND idx IN (" + ",".join("?" * len(part)) + ")" + self._lock,
                     (tree_id, ino, *part)):
@@ -387,11 +408,12 @@ class SQLTx(VersionSQL):
 
     def put_slots(self, tree_id: int, ino: int, refs: list[ChunkRef]) -> None:
         slot = self._mac.slot
-        self._many("INSERT INTO chunk_maps (tree_id, ino, idx, chunk_id, length, mac) "
-                   "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (tree_id, ino, idx) DO UPDATE SET "
-                   "chunk_id = excluded.chunk_id, length = excluded.length, mac = excluded.mac",
+        self._many("INSERT INTO chunk_maps (tree_id, ino, idx, chunk_id, length, mac, born) "
+                   f"VALUES (?, ?, ?, ?, ?, ?, {_BORN}) ON CONFLICT (tree_id, ino, idx) DO UPDATE "
+                   "SET chunk_id = excluded.chunk_id, length = excluded.length, "
+                   "mac = excluded.mac",
                    [(tree_id, ino, r.index, r.chunk_id, r.length,
-                     slot(ino, r.index, r.chunk_id, r.length)) for r in refs])
+                     slot(ino, r.index, r.chunk_id, r.length), tree_id) for r in refs])
 
     def delete_slots(self, tree_id: int, ino: int, idxs: list[int]) -> None:
         self._many("DELETE FROM chunk_maps WHERE tree_id = ? AND ino = ? AND idx = ?",
@@ -420,8 +442,9 @@ class SQLTx(VersionSQL):
             "RETURNING idx, chunk_id, length, mac", (tree_id, ino, first)).fetchall())
 
     def _slot_row(self, tree_id: int, ino: int, idx: int) -> tuple[bytes, int] | None:
-        r = self._x("SELECT chunk_id, length, mac FROM chunk_maps WHERE tree_id = ? AND ino = ? "
-                    "AND idx = ?" + self._lock, (tree_id, ino, idx)).fetchone()
+        r = self._rx((tree_id,), "SELECT chunk_id, length, mac FROM chunk_maps WHERE "
+                     "tree_id = ? AND ino = ? AND idx = ?" + self._lock,
+                     (tree_id, ino, idx)).fetchone()
         return None if r is None else self._slot(tree_id, ino, idx, r[0], r[1], r[2])
 
     def slot_length(self, tree_id: int, ino: int, idx: int) -> int | None:
@@ -438,7 +461,8 @@ class SQLTx(VersionSQL):
     def slot_chunk_counts(self, tree_id: int, ino: int) -> list[tuple[bytes, int]]:
         """(chunk id, slots naming it) over the file's whole map (rows whose MAC matches:
         `_released`)."""
-        counts = Counter(cid for cid, _n in self._released(tree_id, ino, self._x(
+        counts = Counter(cid for cid, _n in self._released(tree_id, ino, self._rx(
+            (tree_id,),
             "SELECT idx, chunk_id, length, mac FROM chunk_maps WHERE tree_id = ? AND ino = ?",
             (tree_id, ino)).fetchall()))
         return list(counts.items())
@@ -452,23 +476,24 @@ class SQLTx(VersionSQL):
         whose MAC does not match, by ino; read page by page (a tree may hold millions)."""
         bad: list[tuple[int, int | None]] = []
         after = -1
-        while rows := self._x(f"SELECT {_CHECKED} FROM inodes WHERE tree_id = ? AND ino > ? "
-                              "ORDER BY ino LIMIT ?", (tree_id, after, _SCAN_PAGE)).fetchall():
+        while rows := self._rx((tree_id,), f"SELECT {_CHECKED} FROM inodes WHERE tree_id = ? "
+                               "AND ino > ? ORDER BY ino LIMIT ?",
+                               (tree_id, after, _SCAN_PAGE)).fetchall():
             bad += [(int(r[0]), None) for r in rows if not self._mac.inode_ok(r, _SYM)]
             after = rows[-1][0]
         at = (-1, -1)
-        while rows := self._x("SELECT ino, idx, chunk_id, length, mac FROM chunk_maps WHERE "
-                              "tree_id = ? AND (ino > ? OR (ino = ? AND idx > ?)) "
-                              "ORDER BY ino, idx LIMIT ?",
-                              (tree_id, at[0], at[0], at[1], _SCAN_PAGE)).fetchall():
+        while rows := self._rx((tree_id,), "SELECT ino, idx, chunk_id, length, mac FROM "
+                               "chunk_maps WHERE tree_id = ? AND (ino > ? OR (ino = ? AND "
+                               "idx > ?)) ORDER BY ino, idx LIMIT ?",
+                               (tree_id, at[0], at[0], at[1], _SCAN_PAGE)).fetchall():
             bad += [(int(r[0]), int(r[1])) for r in rows if not self._mac.slot_ok(*r)]
             at = (rows[-1][0], rows[-1][1])
         return sorted(bad, key=lambda b: (b[0], -1 if b[1] is None else b[1]))
 
     def dentry_of(self, tree_id: int, ino: int) -> tuple[int, bytes] | None:
         """(parent, name) of one of the inode's names, or None: it has none."""
-        r = self._x("SELECT parent, name FROM dentries WHERE tree_id = ? AND ino = ? LIMIT 1",
-                    (tree_id, ino)).fetchone()
+        r = self._rx((tree_id,), "SELECT parent, name FROM dentries WHERE tree_id = ? AND "
+                     "ino = ? LIMIT 1", (tree_id, ino)).fetchone()
         return None if r is None else (int(r[0]), bytes(r[1]))
 
     # --- chunk records -----------------------------------------------------------------------

@@ -13,12 +13,12 @@ Interface (the `store.Tx` methods under "versions"; rules in aifs_server.version
     dir_xattrs / dir_slots        the xattrs / chunk-map slots of a directory's entries
     changed_nodes(new, old)       (ino, is a parent of a changed one) of the nodes of `new`
                                   whose hashed rows differ from `old`'s, and their parents
-    dir_parents(tree_id, inos)    (ino, inodes.parent) of those inodes (directories' parent)
     hash_inputs_of(tree_id, inos) hash_inputs restricted to those inodes (entries: of those
                                   directories)
     node_hashes_of(tree_id, inos) / copy_node_hashes(src, dst) (of dst's linked inodes)
     put_node_hashes / node_hashes / node_hash
     insert_snapshot / snapshot / list_snapshots / delete_snapshot
+    lock_snapshots(ns, ids) / cited_snapshots(ns) -> ids a lineage names (prune keeps them)
     insert_tag (False: exists) / tag / list_tags / delete_tag
     append_log / branch_log / delete_log
 
@@ -32,81 +32,203 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from aifs_core.merkle import SNAP_SCHEME
+from aifs_server.metadata.history_schema import LIVE
+from aifs_server.metadata.sql_views import ViewSQL
+
 # mac: copied as it is (row MACs do not cover the tree id: row_mac.py), so that a copy stays
 # one INSERT ... SELECT however many rows it holds
 _INODE_COLS = ("ino, mode, nlink, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns, "
                "data_bytes, generation, parent, symlink, asset_id, asset_gen, mac")
-_IN_BATCH = 500  # ids per "IN (...)" query (as sql.py: under SQLite's variable limit)
 _SNAP_COLS = "snap_id, tree_id, branch, parents, created_ns, message, root_hash, signature"
 
 
-class VersionSQL:
+class VersionSQL(ViewSQL):
     """Mixin for sql.SQLTx: needs `_x(sql, params)` and `_many(sql, rows)`."""
 
     _d: Any                                                            # from SQLTx: the Dialect
+    _lock: str                                             # from SQLTx: row lock suffix or ""
+    _share: str                                            # from SQLTx: share lock suffix or ""
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any: ...     # from SQLTx
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...  # from SQLTx
 
     # --- whole trees -------------------------------------------------------------------------
     def copy_tree_rows(self, src: int, dst: int) -> int:
         # unlinked (nlink 0) inodes are open files waiting for their last close: not part of
-        # the tree's committed state, and they would pin chunks in the copy forever
-        n = self._x(f"INSERT INTO inodes (tree_id, {_INODE_COLS}) SELECT ?, {_INODE_COLS} "
-                    "FROM inodes WHERE tree_id = ? AND nlink > 0", (dst, src)).rowcount
+        # the tree's committed state, and they would pin chunks in the copy forever. `src` may
+        # be a snapshot's view (sql_views); the rows are born at `dst`'s current epoch.
+        ep = int(self._x("SELECT epoch FROM trees WHERE tree_id = ?", (dst,)).fetchone()[0])
+        n = self._rx((src,), f"INSERT INTO inodes (tree_id, {_INODE_COLS}, born) SELECT ?, "
+                     f"{_INODE_COLS}, ? FROM inodes WHERE tree_id = ? AND nlink > 0",
+                     (dst, ep, src)).rowcount
         # (parent, id): each directory keeps its readdir order, and it is the order of the
         # readdir index, so the database needs no sort (ORDER BY id cost a temporary b-tree)
-        self._x("INSERT INTO dentries (tree_id, parent, name, ino) SELECT ?, parent, name, ino "
-                "FROM dentries WHERE tree_id = ? ORDER BY parent, id", (dst, src))
-        self._x("INSERT INTO xattrs (tree_id, ino, name, value) SELECT ?, x.ino, x.name, "
-                "x.value FROM xattrs x JOIN inodes i ON i.tree_id = x.tree_id AND i.ino = x.ino "
-                "WHERE x.tree_id = ? AND i.nlink > 0", (dst, src))
-        self._x("INSERT INTO chunk_maps (tree_id, ino, idx, chunk_id, length, mac) SELECT ?, "
-                "c.ino, c.idx, c.chunk_id, c.length, c.mac FROM chunk_maps c JOIN inodes i ON "
-                "i.tree_id = c.tree_id AND i.ino = c.ino WHERE c.tree_id = ? AND i.nlink > 0",
-                (dst, src))
+        self._rx((src,), "INSERT INTO dentries (tree_id, parent, name, ino, born) SELECT ?, "
+                 "parent, name, ino, ? FROM dentries WHERE tree_id = ? ORDER BY parent, id",
+                 (dst, ep, src))
+        self._rx((src,), "INSERT INTO xattrs (tree_id, ino, name, value, born) SELECT ?, x.ino, "
+                 "x.name, x.value, ? FROM xattrs x JOIN inodes i ON i.tree_id = x.tree_id AND "
+                 "i.ino = x.ino WHERE x.tree_id = ? AND i.nlink > 0", (dst, ep, src))
+        self._rx((src,), "INSERT INTO chunk_maps (tree_id, ino, idx, chunk_id, length, mac, "
+                 "born) SELECT ?, c.ino, c.idx, c.chunk_id, c.length, c.mac, ? FROM chunk_maps c "
+                 "JOIN inodes i ON i.tree_id = c.tree_id AND i.ino = c.ino WHERE c.tree_id = ? "
+                 "AND i.nlink > 0", (dst, ep, src))
         # inode numbers stay unique within `dst` whatever it held before
         self._x("UPDATE trees SET next_ino = (SELECT MAX(next_ino) FROM trees WHERE tree_id "
                 "IN (?, ?)) WHERE tree_id = ?", (src, dst, dst))
         return int(n)
 
     def delete_tree_rows(self, tree_id: int) -> None:
+        """The live rows (the triggers keep in history what the tree's snapshots see)."""
         for table in ("chunk_maps", "xattrs", "dentries", "node_hashes", "inodes"):
             self._x(f"DELETE FROM {table} WHERE tree_id = ?", (tree_id,))
 
     def delete_tree(self, tree_id: int) -> None:
+        """Every row of the tree and the tree; its history must hold no chunk reference any
+        more (gc_history first: it is what releases them)."""
+        self._x("UPDATE trees SET epoch = 0 WHERE tree_id = ?", (tree_id,))  # keep no history
         self.delete_tree_rows(tree_id)
+        for table in ("chunk_maps_hist", "xattrs_hist", "dentries_hist", "inodes_hist",
+                      "tree_hashes"):
+            self._x(f"DELETE FROM {table} WHERE tree_id = ?", (tree_id,))
         self._x("DELETE FROM trees WHERE tree_id = ?", (tree_id,))
 
     def add_tree_refs(self, namespace: str, tree_id: int, sign: int, now: int) -> None:
-        # One set-based UPDATE instead of one per chunk (a tree of 100k one-chunk files: about
-        # a third of a snapshot's time went to those). `refcount` on the right of SET is the
-        # old value in both engines, so the CASE is adjust_refs' rule with d = sign * n.
-        slots = "SELECT chunk_id FROM chunk_maps WHERE tree_id = ?"
+        self._add_refs(namespace, "chunk_maps WHERE tree_id = ?", (tree_id,), sign, now)
+
+    def _add_refs(self, namespace: str, rows: str, args: Sequence[Any], sign: int,
+                  now: int) -> None:
+        """refcount += sign * (the rows `rows` selects naming the chunk) for every chunk.
+        One set-based UPDATE instead of one per chunk (a tree of 100k one-chunk files: about
+        a third of a snapshot's time went to those). `refcount` on the right of SET is the
+        old value in both engines, so the CASE is adjust_refs' rule with d = sign * n."""
+        slots = f"SELECT chunk_id FROM {rows}"
         if self._d.row_lock:  # row-locking engines: lock in id order, as adjust_refs does
             self._x(f"SELECT chunk_id FROM chunks WHERE namespace = ? AND chunk_id IN ({slots}) "
-                    f"ORDER BY chunk_id {self._d.row_lock}", (namespace, tree_id)).fetchall()
+                    f"ORDER BY chunk_id {self._d.row_lock}", (namespace, *args)).fetchall()
         self._x("UPDATE chunks SET refcount = refcount + ? * c.n, unreferenced_since_ns = CASE "
                 "WHEN refcount + ? * c.n > 0 THEN NULL WHEN refcount > 0 THEN ? "
                 "ELSE unreferenced_since_ns END FROM (SELECT chunk_id, COUNT(*) AS n FROM "
-                "chunk_maps WHERE tree_id = ? GROUP BY chunk_id) AS c "
+                f"{rows} GROUP BY chunk_id) AS c "
                 "WHERE chunks.namespace = ? AND chunks.chunk_id = c.chunk_id",
-                (sign, sign, now, tree_id, namespace))
+                (sign, sign, now, *args, namespace))
+
+    # --- epochs (history_schema.py, sql_views.py) --------------------------------------------
+    def freeze(self, namespace: str, tree_id: int, name: str, now: int) -> tuple[int, int]:
+        """A snapshot of the tree as it is: a new tree `name` that reads the tree at its
+        current epoch E, and the tree moved to E + 1. O(1): no row is copied.
+        (the new tree's id, E)"""
+        # the tree's row first, then the tables: a create locks the row (take_ino) before it
+        # writes any of them, so it never waits for the tables while holding what this waits for
+        ep, next_ino = self._x("UPDATE trees SET epoch = epoch + 1 WHERE tree_id = ? "
+                               "RETURNING epoch - 1, next_ino", (tree_id,)).fetchone()
+        if self._d.freeze_lock:   # PostgreSQL: writers in flight commit first, new ones wait
+            self._x(self._d.freeze_lock)
+        r = self._x("INSERT INTO trees (namespace, branch, next_ino, created_ns, base_tree, "
+                    "base_epoch) VALUES (?, ?, ?, ?, ?, ?) RETURNING tree_id",
+                    (namespace, name, next_ino, now, tree_id, ep)).fetchone()
+        return int(r[0]), int(ep)
+
+    def tree_base(self, tree_id: int) -> tuple[int, int] | None:
+        """(base tree, epoch) of a snapshot's view, None for a tree with rows of its own."""
+        return self._view(tree_id)
+
+    def changed_since(self, tree_id: int, epoch: int) -> list[int]:
+        """The nodes whose own hashed rows (inode, entries as a directory, chunk map, xattrs)
+        changed in epoch `epoch` (the current one: since the last snapshot), the nodes new in it
+        aside (their directories are among these). Rows only, no clock: a row of before the
+        epoch that was changed or removed, or whose node got a new row (history_schema's
+        marks), left a history row dying in it."""
+        parts = [f"SELECT {col} FROM {table}_hist WHERE tree_id = ? AND died = ?"
+                 for table, col in (("inodes", "ino"), ("dentries", "parent"),
+                                    ("xattrs", "ino"), ("chunk_maps", "ino"))]
+        return [int(r[0]) for r in self._x(" UNION ".join(parts),
+                                           (tree_id, epoch) * len(parts)).fetchall()]
+
+    def names_of(self, tree_id: int, inos: Sequence[int]) -> list[tuple[int, int]]:
+        """(ino, parent) of every name of those inodes (dentries' (tree_id, ino) index)."""
+        return [(int(r[0]), int(r[1])) for r in self._rin(
+            tree_id, "SELECT ino, parent FROM dentries WHERE tree_id = ? AND ino IN ({})",
+            sorted(inos), tree_id)]
+
+    def gc_history(self, namespace: str, tree_id: int, now: int) -> None:
+        """Drop the history rows and old hashes of the tree that no snapshot of it sees any
+        more (no view with an epoch in [born, died)), releasing the chunks they held."""
+        def unseen(table: str) -> str:
+            return (f"{table} WHERE {table}.tree_id = ? AND NOT EXISTS (SELECT 1 FROM trees r "
+                    f"WHERE r.base_tree = {table}.tree_id AND r.base_epoch >= {table}.born AND "
+                    f"r.base_epoch < {table}.died)")
+        self._add_refs(namespace, unseen("chunk_maps_hist"), (tree_id,), -1, now)
+        for table in ("chunk_maps_hist", "xattrs_hist", "dentries_hist", "inodes_hist"):
+            self._x(f"DELETE FROM {unseen(table)}", (tree_id,))
+        self._x(f"DELETE FROM {unseen('tree_hashes')} AND tree_hashes.died <> {LIVE}",
+                (tree_id,))
+
+    def views_of(self, tree_id: int) -> int:
+        """How many snapshots' views read the tree."""
+        return int(self._x("SELECT COUNT(*) FROM trees WHERE base_tree = ?",
+                           (tree_id,)).fetchone()[0])
+
+    def rename_tree(self, tree_id: int, name: str) -> None:
+        self._x("UPDATE trees SET branch = ? WHERE tree_id = ?", (name, tree_id))
+
+    # --- hashes of a tree by epoch (tree_hashes) ---------------------------------------------
+    def has_hashes(self, tree_id: int) -> bool:
+        return self._x(f"SELECT 1 FROM tree_hashes WHERE tree_id = ? AND died = {LIVE} LIMIT 1",
+                       (tree_id,)).fetchone() is not None
+
+    def current_hashes(self, tree_id: int, inos: Sequence[int] | None = None
+                       ) -> dict[int, bytes]:
+        """ino -> the hash the tree's last snapshot stored (of those inodes, or all)."""
+        if inos is None:
+            rows = self._x(f"SELECT ino, hash FROM tree_hashes WHERE tree_id = ? AND "
+                           f"died = {LIVE}", (tree_id,)).fetchall()
+        else:
+            rows = self._rin(tree_id, f"SELECT ino, hash FROM tree_hashes WHERE tree_id = ? AND "
+                             f"died = {LIVE} AND ino IN ({{}})", sorted(inos), tree_id)
+        return {int(r[0]): bytes(r[1]) for r in rows}
+
+    def set_hashes(self, tree_id: int, epoch: int, rows: Iterable[tuple[int, bytes]],
+                   fresh: bool = False) -> None:
+        """The hashes of the tree at `epoch` for those nodes: a hash that changed closes the
+        old row (died = epoch) and starts a new one; `fresh`: the tree has none yet."""
+        rows = list(rows)
+        if fresh:
+            self._many(f"INSERT INTO tree_hashes (tree_id, ino, born, died, hash) "
+                       f"VALUES (?, ?, ?, {LIVE}, ?)", [(tree_id, i, epoch, h) for i, h in rows])
+            return
+        self._many(f"UPDATE tree_hashes SET died = ? WHERE tree_id = ? AND ino = ? AND "
+                   f"died = {LIVE} AND born < ? AND hash <> ?",
+                   [(epoch, tree_id, i, epoch, h) for i, h in rows])
+        self._many(f"INSERT INTO tree_hashes (tree_id, ino, born, died, hash) SELECT ?, ?, ?, "
+                   f"{LIVE}, ? WHERE NOT EXISTS (SELECT 1 FROM tree_hashes WHERE tree_id = ? AND "
+                   f"ino = ? AND died = {LIVE} AND born < ?) ON CONFLICT (tree_id, ino, born) "
+                   "DO UPDATE SET hash = excluded.hash",
+                   [(tree_id, i, epoch, h, tree_id, i, epoch) for i, h in rows])
+
+    def close_hashes(self, tree_id: int, epoch: int, inos: Iterable[int]) -> None:
+        """Those nodes are gone at `epoch`."""
+        self._many(f"UPDATE tree_hashes SET died = ? WHERE tree_id = ? AND ino = ? AND "
+                   f"died = {LIVE}", [(epoch, tree_id, i) for i in inos])
 
     def hash_inputs(self, tree_id: int) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
         """(ino, mode, uid, gid, size, rdev, symlink) of linked inodes; (parent, name, ino);
         (ino, idx, chunk_id, length) by ino then idx; (ino, name, value)."""
-        inodes = self._x("SELECT ino, mode, uid, gid, size, rdev, symlink FROM inodes "
-                         "WHERE tree_id = ? AND nlink > 0", (tree_id,)).fetchall()
-        dentries = self._x("SELECT parent, name, ino FROM dentries WHERE tree_id = ?",
-                           (tree_id,)).fetchall()
-        slots = self._x("SELECT ino, idx, chunk_id, length FROM chunk_maps WHERE tree_id = ? "
-                        "ORDER BY ino, idx", (tree_id,)).fetchall()
-        xattrs = self._x("SELECT ino, name, value FROM xattrs WHERE tree_id = ?",
-                         (tree_id,)).fetchall()
+        t = (tree_id,)
+        inodes = self._rx(t, "SELECT ino, mode, uid, gid, size, rdev, symlink FROM inodes "
+                          "WHERE tree_id = ? AND nlink > 0", t).fetchall()
+        dentries = self._rx(t, "SELECT parent, name, ino FROM dentries WHERE tree_id = ?",
+                            t).fetchall()
+        slots = self._rx(t, "SELECT ino, idx, chunk_id, length FROM chunk_maps WHERE "
+                         "tree_id = ? ORDER BY ino, idx", t).fetchall()
+        xattrs = self._rx(t, "SELECT ino, name, value FROM xattrs WHERE tree_id = ?",
+                          t).fetchall()
         return inodes, dentries, slots, xattrs
 
     def dir_rows(self, tree_id: int, ino: int) -> list[Any]:
         """(name, ino, mode, uid, gid, size, rdev, symlink, stored hash or None) per entry."""
+        if self._view(tree_id):
+            return self._v_dir_rows(tree_id, ino)
         return self._x("SELECT d.name, i.ino, i.mode, i.uid, i.gid, i.size, i.rdev, i.symlink, "
                        "h.hash FROM dentries d JOIN inodes i ON i.tree_id = d.tree_id AND "
                        "i.ino = d.ino LEFT JOIN node_hashes h ON h.tree_id = d.tree_id AND "
@@ -115,12 +237,21 @@ class VersionSQL:
 
     def dir_xattrs(self, tree_id: int, ino: int) -> list[Any]:
         """(ino, name, value) of the entries of directory `ino` and of the directory itself."""
+        if self._view(tree_id):
+            return self._rin(tree_id, "SELECT ino, name, value FROM xattrs WHERE tree_id = ? "
+                             "AND ino IN ({})", [ino, *self._v_entry_inos(tree_id, ino)],
+                             tree_id)
         return self._x("SELECT x.ino, x.name, x.value FROM xattrs x WHERE x.tree_id = ? AND "
                        "(x.ino = ? OR x.ino IN (SELECT d.ino FROM dentries d WHERE d.tree_id = ? "
                        "AND d.parent = ?))", (tree_id, ino, tree_id, ino)).fetchall()
 
     def dir_slots(self, tree_id: int, ino: int) -> list[Any]:
         """(ino, idx, chunk_id, length) of the files of directory `ino`, by ino then idx."""
+        if self._view(tree_id):
+            return sorted(self._rin(tree_id, "SELECT ino, idx, chunk_id, length FROM chunk_maps "
+                                    "WHERE tree_id = ? AND ino IN ({})",
+                                    self._v_entry_inos(tree_id, ino), tree_id),
+                          key=lambda r: (r[0], r[1]))
         return self._x("SELECT c.ino, c.idx, c.chunk_id, c.length FROM chunk_maps c WHERE "
                        "c.tree_id = ? AND c.ino IN (SELECT d.ino FROM dentries d WHERE "
                        "d.tree_id = ? AND d.parent = ?) ORDER BY c.ino, c.idx",
@@ -147,22 +278,14 @@ class VersionSQL:
             f"AS b UNION SELECT ino FROM ({only_one('ino, idx, chunk_id, length', 'chunk_maps', 'ino')}) "
             f"AS c UNION SELECT ino FROM ({only_one('ino, name, value', 'xattrs', 'ino')}) AS d")
         args = (new, old, new, old, new, old, new, old)
-        rows = self._x(f"WITH c (ino) AS ({diff}) SELECT ino, 0 FROM c UNION ALL "
+        rows = self._rx((new, old), f"WITH c (ino) AS ({diff}) SELECT ino, 0 FROM c UNION ALL "
                        "SELECT DISTINCT d.parent, 1 FROM dentries d WHERE d.tree_id = ? AND "
                        "d.ino IN (SELECT ino FROM c)", (*args, new)).fetchall()
         return [(int(r[0]), int(r[1])) for r in rows]
 
     def _in(self, sql: str, tree_id: int, inos: Sequence[int]) -> list[Any]:
         """`sql` (one "?" for the tree, then "{}" for the id list) over `inos` in batches."""
-        out: list[Any] = []
-        for i in range(0, len(inos), _IN_BATCH):
-            batch = inos[i:i + _IN_BATCH]
-            out += self._x(sql.format(", ".join("?" * len(batch))), (tree_id, *batch)).fetchall()
-        return out
-
-    def dir_parents(self, tree_id: int, inos: Sequence[int]) -> list[tuple[int, int]]:
-        return [(int(r[0]), int(r[1])) for r in self._in(
-            "SELECT ino, parent FROM inodes WHERE tree_id = ? AND ino IN ({})", tree_id, inos)]
+        return self._rin(tree_id, sql, inos, tree_id)
 
     def hash_inputs_of(self, tree_id: int, inos: Sequence[int]
                        ) -> tuple[list[Any], list[Any], list[Any], list[Any]]:
@@ -183,11 +306,13 @@ class VersionSQL:
             "SELECT ino, hash FROM node_hashes WHERE tree_id = ? AND ino IN ({})", tree_id,
             sorted(inos))}
 
-    def copy_node_hashes(self, src: int, dst: int) -> None:
-        """The stored hashes of `src` for the inodes `dst` holds (linked)."""
-        self._x("INSERT INTO node_hashes (tree_id, ino, hash) SELECT ?, h.ino, h.hash FROM "
-                "node_hashes h JOIN inodes i ON i.tree_id = ? AND i.ino = h.ino WHERE "
-                "h.tree_id = ? AND i.nlink > 0", (dst, dst, src))
+    def copy_node_hashes(self, src: int, dst: int, epoch: int) -> None:
+        """The stored hashes of `src` (a snapshot's tree) for the inodes the live tree `dst`
+        holds (linked), as `dst`'s hashes at `epoch` (`dst` has none yet)."""
+        self._rx((src, dst), "INSERT INTO tree_hashes (tree_id, ino, born, died, hash) SELECT "
+                 f"?, h.ino, ?, {LIVE}, h.hash FROM node_hashes h JOIN inodes i ON "
+                 "i.tree_id = ? AND i.ino = h.ino WHERE h.tree_id = ? AND i.nlink > 0",
+                 (dst, epoch, dst, src))
 
     # --- node hashes -------------------------------------------------------------------------
     def put_node_hashes(self, tree_id: int, rows: Iterable[tuple[int, bytes]]) -> None:
@@ -197,12 +322,13 @@ class VersionSQL:
                    [(tree_id, ino, h) for ino, h in rows])
 
     def node_hashes(self, tree_id: int) -> dict[int, bytes]:
-        return {int(r[0]): bytes(r[1]) for r in self._x(
-            "SELECT ino, hash FROM node_hashes WHERE tree_id = ?", (tree_id,)).fetchall()}
+        return {int(r[0]): bytes(r[1]) for r in self._rx(
+            (tree_id,), "SELECT ino, hash FROM node_hashes WHERE tree_id = ?",
+            (tree_id,)).fetchall()}
 
     def node_hash(self, tree_id: int, ino: int) -> bytes | None:
-        r = self._x("SELECT hash FROM node_hashes WHERE tree_id = ? AND ino = ?",
-                    (tree_id, ino)).fetchone()
+        r = self._rx((tree_id,), "SELECT hash FROM node_hashes WHERE tree_id = ? AND ino = ?",
+                     (tree_id, ino)).fetchone()
         return None if r is None else bytes(r[0])
 
     # --- snapshots ---------------------------------------------------------------------------
@@ -212,8 +338,10 @@ class VersionSQL:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (namespace, *row))
 
     def snapshot(self, namespace: str, snap_id: str) -> tuple[Any, ...] | None:
-        r = self._x(f"SELECT {_SNAP_COLS} FROM snapshots WHERE namespace = ? AND snap_id = ?",
-                    (namespace, snap_id)).fetchone()
+        # share-locked in a write transaction (PostgreSQL): a lineage child citing it commits
+        # before a prune can delete it (lock_snapshots), or finds it gone
+        r = self._x(f"SELECT {_SNAP_COLS} FROM snapshots WHERE namespace = ? AND snap_id = ?"
+                    + self._share, (namespace, snap_id)).fetchone()
         return None if r is None else tuple(r)
 
     def list_snapshots(self, namespace: str) -> list[tuple[Any, ...]]:
@@ -221,6 +349,22 @@ class VersionSQL:
         return [tuple(r) for r in self._x(
             f"SELECT {_SNAP_COLS} FROM snapshots WHERE namespace = ? ORDER BY created_ns, "
             "snap_id", (namespace,)).fetchall()]
+
+    def lock_snapshots(self, namespace: str, snap_ids: Sequence[str]) -> None:
+        """Lock those snapshot rows for deletion (row-locking engines; SQLite's write lock is
+        the database's)."""
+        if self._lock:
+            for sid in sorted(snap_ids):
+                self._x("SELECT 1 FROM snapshots WHERE namespace = ? AND snap_id = ?" + self._lock,
+                        (namespace, sid)).fetchall()
+
+    def cited_snapshots(self, namespace: str) -> set[str]:
+        """Ids of the snapshots of `namespace` that an asset's lineage names as a parent."""
+        prefix = f"{SNAP_SCHEME}{namespace}/"
+        return {str(r[0])[len(prefix):] for r in self._x(
+            "SELECT DISTINCT parent_id FROM asset_parents WHERE namespace = ? AND "
+            "parent_id LIKE ?", (namespace, SNAP_SCHEME + "%")).fetchall()
+            if str(r[0]).startswith(prefix)}
 
     def delete_snapshot(self, namespace: str, snap_id: str) -> None:
         self._x("DELETE FROM snapshots WHERE namespace = ? AND snap_id = ?", (namespace, snap_id))

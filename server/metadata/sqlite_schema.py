@@ -28,12 +28,14 @@ Layout notes (why the tables look the way they do):
 
 from __future__ import annotations
 
+import re
 import sqlite3
 
 from aifs_core.errors import InvalidArgument
+from aifs_server.metadata import history_schema
 from aifs_server.metadata.row_mac import RowMac, seal_rows
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _V1 = [
     """CREATE TABLE IF NOT EXISTS namespaces (
@@ -191,9 +193,25 @@ _V3 = [
     "ALTER TABLE chunk_maps ADD COLUMN mac BLOB",
 ]
 
+# Epochs (history_schema.py, FORMAT.md §6.4): a snapshot records its tree's epoch instead of
+# copying the tree; old copied snapshots stay as they are (trees without base_tree)
+_V4 = history_schema.statements("sqlite")
+
 # version reached -> statements that take the previous version there
-MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2, 3: _V3}
+MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 ROW_MACS = 3   # the version whose migration seals the rows written before it
+
+
+_ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)")
+
+
+def _apply(conn: sqlite3.Connection, stmt: str) -> None:
+    """One step; an ADD COLUMN of a column the table has is skipped (SQLite has no IF NOT
+    EXISTS there; every other statement of the steps has one)."""
+    m = _ADD_COLUMN.match(stmt)
+    if m and m.group(2) in {r[1] for r in conn.execute(f"PRAGMA table_info({m.group(1)})")}:
+        return
+    conn.execute(stmt)
 
 
 def migrate(conn: sqlite3.Connection, mac: RowMac | None = None) -> None:
@@ -208,7 +226,7 @@ def migrate(conn: sqlite3.Connection, mac: RowMac | None = None) -> None:
                 f"understands ({SCHEMA_VERSION}); upgrade aifs-fs before opening it")
         for target in range(version + 1, SCHEMA_VERSION + 1):
             for stmt in MIGRATIONS[target]:
-                conn.execute(stmt)
+                _apply(conn, stmt)
             if target == ROW_MACS:
                 seal_rows(conn, mac or RowMac())
         if version != SCHEMA_VERSION:

@@ -56,8 +56,11 @@ def populate(root: Path) -> dict[str, bytes]:
 
 
 def snap_tree(server: ServerProc, snap_id: str) -> int:
+    """The tree whose rows the snapshot reads: the branch's (FORMAT.md §6.4: a snapshot is the
+    branch's tree at an epoch, no copy), whose rows are the snapshot's while nothing changed."""
     with sqlite3.connect(Path(server.data_dir) / "meta.db") as db:
-        return int(db.execute("SELECT tree_id FROM snapshots WHERE snap_id = ?",
+        return int(db.execute("SELECT t.base_tree FROM snapshots s JOIN trees t ON "
+                              "t.tree_id = s.tree_id WHERE s.snap_id = ?",
                               (snap_id,)).fetchone()[0])
 
 
@@ -148,6 +151,8 @@ def test_tampered_database_value_gives_eio(server: ServerProc, client: AIFSClien
     ino = os.stat(m.path / "dir" / "sub" / "c.bin").st_ino
     tree = snap_tree(server, snap["id"])
     with sqlite3.connect(Path(server.data_dir) / "meta.db") as db:
+        # under the engine: epoch 0 turns off the history its triggers keep (FORMAT.md §6.4)
+        db.execute("UPDATE trees SET epoch = 0 WHERE tree_id = ?", (tree,))
         db.execute("UPDATE inodes SET size = size + 1 WHERE tree_id = ? AND ino = ?",
                    (tree, ino))
         # as a compromised server would serve it: the row's MAC forged with the server's own

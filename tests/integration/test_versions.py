@@ -176,15 +176,19 @@ def test_verify_names_a_tampered_path_and_refuses_a_foreign_signature(
     write(client, "data.bin", b"0123456789", parent=d.ino)
     s = v.snapshot()
     ino = client.fs.lookup(d.ino, b"data.bin").ino
-    tree = int(_db(server).execute("SELECT tree_id FROM snapshots WHERE snap_id = ?",
+    # the rows the snapshot reads: main's, at the snapshot's epoch (nothing changed since)
+    tree = int(_db(server).execute("SELECT t.base_tree FROM snapshots s JOIN trees t ON "
+                                   "t.tree_id = s.tree_id WHERE s.snap_id = ?",
                                    (s["id"],)).fetchone()[0])
-    with _db(server) as db:
+    with _db(server) as db:   # under the engine: no history kept (epoch 0 turns it off)
+        db.execute("UPDATE trees SET epoch = 0 WHERE tree_id = ?", (tree,))
         db.execute("UPDATE inodes SET size = 11 WHERE tree_id = ? AND ino = ?", (tree, ino))
     r = v.verify(s["id"])
     assert not r["ok"] and len(r["problems"]) == 1 and r["problems"][0].startswith(
         "/dir/data.bin:"), r
     with _db(server) as db:
         db.execute("UPDATE inodes SET size = 10 WHERE tree_id = ? AND ino = ?", (tree, ino))
+        db.execute("UPDATE trees SET epoch = 2 WHERE tree_id = ?", (tree,))
     assert v.verify(s["id"])["ok"]
 
     foreign = Ed25519PrivateKey.generate()

@@ -5,36 +5,15 @@ equals a full recomputation node for node (verify recomputes every hash from the
 from __future__ import annotations
 
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
-import blake3
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from aifs_core.types import ROOT_INO, SET_MODE, SET_UID, ChunkRef, Namespace, TreeRef
+from aifs_core.types import ROOT_INO, SET_MODE, SET_UID, TreeRef
 from aifs_server.metadata.posix import PosixMeta
 from aifs_server.versions import Versions, compute_hashes
 from tests.unit.metadata_engines import Harness, harness_fixture  # noqa: F401 (fixture)
-
-T = TreeRef("ns1")
-
-
-@pytest.fixture
-def v(harness: Harness) -> Iterator[Versions]:
-    m = harness.open()
-    assert isinstance(m, PosixMeta)
-    m.create_namespace(Namespace("ns1", 1 << 20, 3, "key-1"))
-    m.ensure_tree(T)
-    try:
-        yield Versions(m, Ed25519PrivateKey.generate())
-    finally:
-        m.close()
-
-
-def _chunk(m: PosixMeta, data: bytes) -> ChunkRef:
-    cid = blake3.blake3(data).digest()
-    m.record_chunk("ns1", cid, len(data), len(data) + 40)
-    return ChunkRef(0, cid, len(data))
+from tests.unit.versions_fixtures import T, chunk, versions_fixture  # noqa: F401 (fixture)
 
 
 def _tree(m: PosixMeta) -> dict[str, int]:
@@ -49,21 +28,24 @@ def _tree(m: PosixMeta) -> dict[str, int]:
     ino["h"] = m.create(T, ino["b"], b"h", 0o100644, 0, 0, 0).ino
     m.link(T, ino["h"], ino["a"], b"hl")
     m.symlink(T, ROOT_INO, b"s", b"a", 0, 0)
-    m.commit_file(T, ino["f1"], [_chunk(m, b"one")], 3)
+    m.commit_file(T, ino["f1"], [chunk(m, b"one")], 3)
     return ino
 
 
 CHANGES: dict[str, Callable[[PosixMeta, dict[str, int]], None]] = {
-    "content": lambda m, i: m.commit_file(T, i["g"], [_chunk(m, b"new g")], 5),
+    "content": lambda m, i: m.commit_file(T, i["g"], [chunk(m, b"new g")], 5),
     "truncate": lambda m, i: m.commit_file(T, i["f1"], [], 0, truncated=True),
     "chmod a dir": lambda m, i: m.setattr(T, i["sub"], SET_MODE, mode=0o40700),
     "chown a file": lambda m, i: m.setattr(T, i["f2"], SET_UID, uid=7),
     "xattr": lambda m, i: m.setxattr(T, i["f3"], b"user.k", b"v"),
-    "hard link's content": lambda m, i: m.commit_file(T, i["h"], [_chunk(m, b"hh")], 2),
+    "hard link's content": lambda m, i: m.commit_file(T, i["h"], [chunk(m, b"hh")], 2),
     "rename across dirs": lambda m, i: m.rename(T, i["a"], b"f2", i["b"], b"f2moved"),
     "move a dir": lambda m, i: m.rename(T, i["a"], b"sub", i["b"], b"sub"),
     "unlink": lambda m, i: m.unlink(T, i["a"], b"f3", forget=True),
     "new file": lambda m, i: m.create(T, i["sub"], b"n", 0o100600, 0, 0, 0) and None,
+    "new subtree": lambda m, i: m.create(
+        T, m.mkdir(T, m.mkdir(T, i["b"], b"n1", 0o40755, 0, 0).ino, b"n2", 0o40755, 0, 0).ino,
+        b"f", 0o100644, 0, 0, 0) and None,
     "rmdir": lambda m, i: (m.unlink(T, i["sub"], b"g", forget=True),
                            m.rmdir(T, i["a"], b"sub", forget=True)) and None,
 }
@@ -85,6 +67,19 @@ def test_incremental_hashes_equal_a_full_pass(v: Versions, change: str) -> None:
         stored = tx.node_hashes(snap.tree_id)
     assert stored == fresh and checked == len(fresh)
     assert snap.root == fresh[ROOT_INO] != first.root
+    assert v.verify("ns1", first.id)[0]   # the first one still reads its epoch's rows
+
+
+def test_a_change_undone_before_the_snapshot_hashes_equal(v: Versions) -> None:
+    """A row added and removed between two snapshots leaves its node marked (FORMAT.md §6.4):
+    rehashed, and found unchanged."""
+    ino = _tree(v.meta)
+    a = v.create_snapshot("ns1", "main")
+    v.meta.setxattr(T, ino["f3"], b"user.k", b"v")
+    v.meta.removexattr(T, ino["f3"], b"user.k")
+    b = v.create_snapshot("ns1", "main")
+    assert 0 < v.last_rehashed < 10 and a.root == b.root
+    assert v.verify("ns1", b.id)[0] and v.verify("ns1", a.id)[0]
 
 
 def test_no_change_reuses_every_hash(v: Versions) -> None:
@@ -110,15 +105,18 @@ def test_branch_snapshot_hashes_from_the_snapshot_it_was_made_of(v: Versions) ->
 def test_refcounts_follow_every_tree_a_version_step_adds_or_drops(harness: Harness,
                                                                   v: Versions) -> None:
     """Snapshots, branches, resets, deletes and prune change refcounts in one statement per
-    tree (FORMAT.md §6.4): each chunk's count stays the number of slots naming it in all trees,
+    tree (FORMAT.md §6.4): each chunk's count stays the number of slots naming it in all trees
+    (live or kept in history for a snapshot),
     and the GC clock runs exactly when it is 0."""
     wrong = ("SELECT COUNT(*) FROM chunks c WHERE c.namespace = 'ns1' AND (c.refcount <> "
-             "(SELECT COUNT(*) FROM chunk_maps m JOIN trees t ON t.tree_id = m.tree_id WHERE "
+             "(SELECT COUNT(*) FROM (SELECT tree_id, chunk_id FROM chunk_maps UNION ALL SELECT "
+             "tree_id, chunk_id FROM chunk_maps_hist) m JOIN trees t ON t.tree_id = m.tree_id "
+             "WHERE "
              "t.namespace = 'ns1' AND m.chunk_id = c.chunk_id) OR (c.refcount > 0) = "
              "(c.unreferenced_since_ns IS NOT NULL))")
     m = v.meta
     ino = _tree(m)
-    one = _chunk(m, b"one").chunk_id
+    one = chunk(m, b"one").chunk_id
     steps: list[Callable[[], object]] = [
         lambda: v.create_snapshot("ns1", "main"),
         lambda: m.commit_file(T, ino["f1"], [], 0, truncated=True),   # "one": the snapshot's

@@ -1,0 +1,104 @@
+"""Server-side cost of versions at scale, in one process (no gRPC, no mount): CPU and wall time
+of a first snapshot, a snapshot after N changes, and a branch create, over a tree of `--files`
+files (directories of 1000) on a fresh SQLite (or PostgreSQL: --pg DSN) metadata engine.
+
+    python scripts/bench_versions.py --files 100000 [--changes 10] [--chunks] [--runs 3]
+
+Uses only PosixMeta / Versions calls, so the same script measures any revision (run it with
+that revision's interpreter). What `aifs bench` (snapshot_and_branch) times adds one RPC.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import blake3
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from aifs_core.types import ROOT_INO, SET_MODE, ChunkRef, Namespace, TreeRef
+from aifs_server.metadata.sqlite import SQLiteMetadata
+from aifs_server.versions import Versions
+
+T = TreeRef("bench")
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
+    c0, w0 = time.process_time(), time.perf_counter()
+    out = fn()
+    return (time.process_time() - c0) * 1000, (time.perf_counter() - w0) * 1000, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--files", type=int, default=100_000)
+    ap.add_argument("--changes", type=int, default=10)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--chunks", action="store_true", help="one chunk per file")
+    ap.add_argument("--pg", default="", help="a PostgreSQL DSN instead of SQLite")
+    ap.add_argument("--build-only", action="store_true", help="time the tree's creates only")
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        if a.pg:
+            from aifs_server.metadata.postgres import PostgresMetadata
+            m: Any = PostgresMetadata(a.pg)
+        else:
+            m = SQLiteMetadata(Path(tmp) / "meta.db")
+        m.create_namespace(Namespace("bench", 1 << 20, 3, "key-1"))
+        m.ensure_tree(T)
+        v = Versions(m, Ed25519PrivateKey.generate())
+        t0 = time.perf_counter()
+        files: list[int] = []
+        d = ROOT_INO
+        for i in range(a.files):
+            if i % 1000 == 0:
+                d = m.mkdir(T, ROOT_INO, f"d{i // 1000:05d}".encode(), 0o40755, 0, 0).ino
+            f = m.create(T, d, f"f{i:06d}".encode(), 0o100644, 0, 0, 0).ino
+            files.append(f)
+            if a.chunks:
+                data = i.to_bytes(8, "little")
+                cid = blake3.blake3(data).digest()
+                m.record_chunk("bench", cid, 8, 48)
+                m.commit_file(T, f, [ChunkRef(0, cid, 8)], 8)
+        print(f"tree of {a.files} files built in {time.perf_counter() - t0:.1f} s "
+              f"(cpu {time.process_time():.1f} s)")
+        if a.build_only:
+            return
+        c, w, first = timed(lambda: v.create_snapshot("bench", "main"))
+        print(f"first snapshot: cpu {c:.0f} ms, wall {w:.0f} ms (rehashed {v.last_rehashed})")
+        snaps, branches = [], []
+        for r in range(a.runs):
+            for k in range(a.changes):
+                m.setattr(T, files[(r * a.changes + k) * 7919 % len(files)], SET_MODE,
+                          mode=0o100600 | (r & 1) << 3 | (k & 1) << 2)
+            c, w, snap = timed(lambda: v.create_snapshot("bench", "main"))
+            snaps.append((c, w))
+            print(f"snapshot after {a.changes} changes: cpu {c:.1f} ms, wall {w:.1f} ms "
+                  f"(rehashed {v.last_rehashed})")
+            c, w, _ = timed(lambda r=r, s=snap: v.create_branch("bench", f"b{r}", s.id))
+            branches.append((c, w))
+            print(f"branch create: cpu {c:.1f} ms, wall {w:.1f} ms")
+        print(f"median: snapshot cpu {statistics.median(s[0] for s in snaps):.1f} ms wall "
+              f"{statistics.median(s[1] for s in snaps):.1f} ms; branch cpu "
+              f"{statistics.median(b[0] for b in branches):.1f} ms wall "
+              f"{statistics.median(b[1] for b in branches):.1f} ms")
+        # the live write path on a tree that has snapshots (epochs: history triggers, born)
+        d = m.mkdir(T, ROOT_INO, b"after", 0o40755, 0, 0).ino
+        c, w, _ = timed(lambda: [m.create(T, d, f"n{i:06d}".encode(), 0o100644, 0, 0, 0)
+                                 for i in range(10_000)])
+        print(f"10000 creates after snapshots: cpu {c:.0f} ms, wall {w:.0f} ms")
+        c, w, _ = timed(lambda: [m.setattr(T, f, SET_MODE, mode=0o100640)
+                                 for f in files[:10_000]])
+        print(f"10000 chmods of files a snapshot holds: cpu {c:.0f} ms, wall {w:.0f} ms")
+        ok = v.verify("bench", first.id)[0] and v.verify("bench", snap.id)[0]
+        print("verify:", ok)
+        m.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Reads of a snapshot's tree without a copy (docs/FORMAT.md §6.4); mixed into sql.SQLTx.
+
+A snapshot's tree is a `trees` row with `base_tree` = the tree it was taken of and
+`base_epoch` = that tree's epoch then, and no rows of its own: its rows are the base tree's
+live rows born at or before the epoch plus the history rows (history_schema.py) alive at it.
+Everything under `store.Tx` reads it with the same primitives and the same tree id as a branch.
+
+Interface:
+    ViewSQL._view(tree_id) -> (base tree, epoch) | None     None: a tree with rows of its own
+                                (a branch, or a snapshot copied before epochs); cached, since a
+                                tree's base never changes and tree ids are never reused
+    ViewSQL._rx(trees, sql, params)   run `sql` where each of `trees` that is a view reads its
+                                rows through a subquery in place of each table it names (FROM
+                                or JOIN inodes/dentries/xattrs/chunk_maps/node_hashes); the
+                                statement as it is when none is (the hot path: one dict lookup)
+    ViewSQL._v_entry / _v_list_dir / _v_dir_rows / _v_dir_inodes
+                                the reads that join tables, in steps for a view: SQLite does not
+                                push a join's conditions into a UNION ALL subquery (it would
+                                read the whole tree per lookup), so each step reads one table
+
+Row MACs are checked by the callers exactly as for live rows (history rows keep their MAC).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from aifs_server.metadata.history_schema import TABLES
+
+_SOURCES = re.compile(r"\b(FROM|JOIN)\s+(inodes|dentries|xattrs|chunk_maps|node_hashes)\b"
+                      r"(?:\s+INDEXED BY \w+)?"
+                      r"(\s+(?!WHERE\b|ON\b|ORDER\b|GROUP\b|LIMIT\b|UNION\b|EXCEPT\b)[a-z]\b)?")
+_LOCKS = re.compile(r"\s+FOR (?:UPDATE|KEY SHARE|SHARE)\b")
+_IN_BATCH = 500
+_UNKNOWN = object()
+_REWRITES_MAX = 4096   # rewritten statements cached per engine (one per view and statement)
+
+
+def _cols(table: str) -> tuple[str, ...]:
+    return tuple(c for c in TABLES[table][0] if c != "born")
+
+
+def _view_rows(table: str, view: int, base: int, epoch: int) -> str:
+    """The rows of `table` a view sees, with tree_id = the view's id."""
+    if table == "node_hashes":
+        return (f"SELECT {view} AS tree_id, ino, hash FROM tree_hashes WHERE tree_id = {base} "
+                f"AND born <= {epoch} AND died > {epoch}")
+    cols = ", ".join(f"{view} AS tree_id" if c == "tree_id" else c for c in _cols(table))
+    linked = " AND nlink > 0" if table == "inodes" else ""   # as the copies of old did
+    return (f"SELECT {cols} FROM {table} WHERE tree_id = {base} AND born <= {epoch}{linked} "
+            f"UNION ALL SELECT {cols} FROM {table}_hist WHERE tree_id = {base} AND born <= "
+            f"{epoch} AND died > {epoch}{linked}")
+
+
+def rewrite(sql: str, views: dict[int, tuple[int, int]], plain: Sequence[int]) -> str:
+    """`sql` with every table source replaced by the rows of `plain` trees (live, as they are)
+    and those of `views`; no row locks (a view never changes)."""
+    def source(m: re.Match[str]) -> str:
+        table, alias = m.group(2), (m.group(3) or "").strip() or m.group(2)
+        parts = [_view_rows(table, v, b, e) for v, (b, e) in sorted(views.items())]
+        if plain:
+            cols = "tree_id, ino, hash" if table == "node_hashes" else ", ".join(_cols(table))
+            ids = ", ".join(str(int(t)) for t in plain)
+            parts.insert(0, f"SELECT {cols} FROM {table} WHERE tree_id IN ({ids})")
+        return f"{m.group(1)} ({' UNION ALL '.join(parts)}) {alias}"
+    return _SOURCES.sub(source, _LOCKS.sub("", sql))
+
+
+class ViewSQL:
+    """Mixin for sql.SQLTx: needs `_x`, `_views` and `_rewrites` (shared caches)."""
+
+    _views: dict[int, Any]
+    _rewrites: dict[tuple[Any, ...], str]
+    def _x(self, sql: str, params: Sequence[Any] = ()) -> Any: ...   # from SQLTx
+
+    def _view(self, tree_id: int) -> tuple[int, int] | None:
+        v = self._views.get(tree_id, _UNKNOWN)
+        if v is _UNKNOWN:
+            r = self._x("SELECT base_tree, base_epoch FROM trees WHERE tree_id = ?",
+                        (tree_id,)).fetchone()
+            if r is None:
+                return None   # not (yet) a tree: nothing to cache
+            v = self._views[tree_id] = None if r[0] is None else (int(r[0]), int(r[1]))
+        return v  # type: ignore[no-any-return]
+
+    def _rx(self, trees: Iterable[int], sql: str, params: Sequence[Any] = ()) -> Any:
+        views: dict[int, tuple[int, int]] = {}
+        plain: list[int] = []
+        for t in trees:
+            v = self._view(t)
+            if v is None:
+                plain.append(t)
+            else:
+                views[t] = v
+        if not views:
+            return self._x(sql, params)
+        key = (sql, tuple(sorted(views.items())), tuple(sorted(plain)))
+        out = self._rewrites.get(key)
+        if out is None:
+            if len(self._rewrites) > _REWRITES_MAX:
+                self._rewrites.clear()
+            out = self._rewrites[key] = rewrite(sql, views, sorted(plain))
+        return self._x(out, params)
+
+    def _rin(self, tree_id: int, sql: str, inos: Sequence[int], *head: Any) -> list[Any]:
+        """`sql` ("?" for each of `head`, then "{}" for an id list) over `inos` in batches."""
+        out: list[Any] = []
+        for i in range(0, len(inos), _IN_BATCH):
+            batch = list(inos[i:i + _IN_BATCH])
+            out += self._rx((tree_id,), sql.format(", ".join("?" * len(batch))),
+                            (*head, *batch)).fetchall()
+        return out
+
+    # --- the joined reads, one table per step ------------------------------------------------
+    def _v_entry(self, tree_id: int, parent: int, name: bytes) -> tuple[int, int, int] | None:
+        r = self._rx((tree_id,), "SELECT id, ino FROM dentries WHERE tree_id = ? AND "
+                     "parent = ? AND name = ?", (tree_id, parent, name)).fetchone()
+        if r is None:
+            return None
+        m = self._rx((tree_id,), "SELECT mode FROM inodes WHERE tree_id = ? AND ino = ?",
+                     (tree_id, r[1])).fetchone()
+        return None if m is None else (r[0], r[1], m[0])
+
+    def _v_dir_inodes(self, tree_id: int, cols: str, inos: Sequence[int]) -> dict[int, Any]:
+        """ino -> row (`cols`, starting with ino) of those inodes."""
+        return {int(r[0]): r for r in self._rin(
+            tree_id, f"SELECT {cols} FROM inodes WHERE tree_id = ? AND ino IN ({{}})",
+            sorted(set(inos)), tree_id)}
+
+    def _v_list_dir(self, tree_id: int, ino: int, cookie: int, limit: int, cols: str
+                    ) -> list[tuple[Any, ...]]:
+        """(id, name, *cols of the inode) per entry after `cookie`, in cookie order."""
+        ents = self._rx((tree_id,), "SELECT id, name, ino FROM dentries WHERE tree_id = ? AND "
+                        "parent = ? AND id > ? ORDER BY id LIMIT ?",
+                        (tree_id, ino, cookie, limit)).fetchall()
+        rows = self._v_dir_inodes(tree_id, cols, [e[2] for e in ents])
+        return [(e[0], e[1], *rows[int(e[2])]) for e in ents if int(e[2]) in rows]
+
+    def _v_dir_rows(self, tree_id: int, ino: int) -> list[Any]:
+        """sql_versions.dir_rows for a view."""
+        ents = self._rx((tree_id,), "SELECT name, ino FROM dentries WHERE tree_id = ? AND "
+                        "parent = ? ORDER BY name", (tree_id, ino)).fetchall()
+        inos = [int(e[1]) for e in ents]
+        rows = self._v_dir_inodes(tree_id, "ino, mode, uid, gid, size, rdev, symlink", inos)
+        hashes = {int(r[0]): r[1] for r in self._rin(
+            tree_id, "SELECT ino, hash FROM node_hashes WHERE tree_id = ? AND ino IN ({})",
+            sorted(set(inos)), tree_id)}
+        return [(e[0], *rows[int(e[1])], hashes.get(int(e[1]))) for e in ents
+                if int(e[1]) in rows]
+
+    def _v_entry_inos(self, tree_id: int, ino: int) -> list[int]:
+        return sorted({int(r[0]) for r in self._rx(
+            (tree_id,), "SELECT ino FROM dentries WHERE tree_id = ? AND parent = ?",
+            (tree_id, ino)).fetchall()})
