@@ -4,6 +4,7 @@ entries), xattrs, branch trees."""
 
 from __future__ import annotations
 
+import errno
 import stat
 from collections.abc import Iterator
 
@@ -13,6 +14,7 @@ from aifs_core.errors import (
     AlreadyExists,
     InvalidArgument,
     IsADirectory,
+    MissingChunk,
     NameTooLong,
     NotADirectory,
     NotEmpty,
@@ -31,9 +33,11 @@ from aifs_core.types import (
     SET_UID,
     XATTR_CREATE,
     XATTR_REPLACE,
+    ChunkRef,
     Namespace,
     TreeRef,
 )
+from aifs_server import delegated_inos
 from aifs_server.metadata.posix import PosixMeta
 from tests.unit.metadata_engines import (  # noqa: F401 (fixture)
     Harness,
@@ -572,3 +576,42 @@ def test_rename_returns_what_a_replace_unlinked(md: PosixMeta) -> None:
     assert rd is not None and (rd.ino, rd.nlink) == (d2.ino, 0)
     assert md.lookup(T, ROOT_INO, b"d2").ino == d1.ino
     assert md.orphan_inodes(T) == [b.ino, d2.ino]
+
+
+def test_create_at_is_one_transaction_and_uses_its_number_once(md: PosixMeta) -> None:
+    """CreateFile's work (rpc_batch.py): the delegated number's use, the create, its folded
+    attribute changes and its first commit commit together or not at all."""
+    delegated_inos.ensure_table(md.store)
+    first = md.take_inos(T, 4)
+    attrs = {"fields": SET_MODE | SET_MTIME, "mode": 0o600, "mtime_ns": 5 * 10**18}
+    missing = ChunkRef(0, b"\x01" * 32, 10)
+    with pytest.raises(MissingChunk):
+        md.create_at(T, ROOT_INO, b"f", first, 0o644, 7, 8, attrs=attrs,
+                     commit={"changed": [missing], "size": 10, "truncated": True})
+    with pytest.raises(NotFound):
+        md.lookup(T, ROOT_INO, b"f")            # nothing of the failed call applied
+    cid = b"\x02" * 32
+    md.record_chunk("ns1", cid, 10, 10)
+    out = md.create_at(T, ROOT_INO, b"f", first, 0o644, 7, 8, attrs=attrs,
+                       commit={"changed": [ChunkRef(0, cid, 10)], "size": 10,
+                               "truncated": True})
+    a = out[0][1]
+    assert out[0][0] == 0 and a is not None and a.ino == first
+    assert (a.size, stat.S_IMODE(a.mode), a.uid, a.gid) == (10, 0o600, 7, 8)
+    assert md.lookup(T, ROOT_INO, b"f") == a
+    with pytest.raises(InvalidArgument):        # the number is used up
+        md.create_at(T, ROOT_INO, b"g", first, 0o644, 7, 8)
+
+
+def test_batch_attribute_items_check_the_inode_seen(md: PosixMeta) -> None:
+    a = md.create(T, ROOT_INO, b"f", 0o644, 1, 1)
+    b = md.create(T, ROOT_INO, b"g", 0o644, 1, 1)
+    chmod = {"fields": SET_MODE | SET_CTIME, "mode": 0o640, "uid": 0, "gid": 0, "size": 0,
+             "atime_ns": 0, "mtime_ns": 0, "ctime_ns": 123}
+    out = md.unlink_many(T, ROOT_INO, [(b"f", a.ino, chmod), (b"g", a.ino, chmod),
+                                       (b"h", b.ino, chmod), (b"g", b.ino)], forget=True)
+    assert [code for code, _ in out] == [0, errno.ESTALE, errno.ENOENT, 0]
+    got = md.getattr(T, a.ino)
+    assert stat.S_IMODE(got.mode) == 0o640 and got.ctime_ns == 123
+    with pytest.raises(NotFound):
+        md.lookup(T, ROOT_INO, b"g")            # the unlink in the same batch applied
