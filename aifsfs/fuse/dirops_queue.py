@@ -79,7 +79,8 @@ from aifsfs.rpc.filesystem import new_request_id
 log = logging.getLogger("aifsfs.dirops")
 
 MAX_BATCH = 256         # items per UnlinkBatch call (the server takes up to 1024)
-MADE_MAX = 100_000      # files made here whose attributes are kept (made())
+MADE_MAX = 20_000       # files made here whose attributes are kept (made()): tar's
+#                         changes follow each close closely
 # calls that change nothing of the inode they name (the rest forget what made() knew of it)
 _READS = frozenset({"getattr", "get_chunk_map", "open_chunk_map", "readlink", "getxattr",
                     "listxattr", "file_info", "forget", "lookup", "readdir", "readdir_maps"})

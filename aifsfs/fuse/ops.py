@@ -60,6 +60,7 @@ import functools
 import logging
 import os
 import stat
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar, cast
@@ -101,6 +102,7 @@ log = logging.getLogger("aifsfs.fuse")
 AIFS_XATTRS = (b"user.aifs.asset_id", b"user.aifs.uri", b"user.aifs.kind",
                b"user.aifs.stored_bytes", b"user.aifs.logical_bytes")
 SYN_NAME = b".aifs"
+RECALLED_FRESH_MAX = 10_000     # recall marks kept before the old ones are swept
 INLINE_MAX = 1 << 20          # small-file bytes that ride along with GetChunkMap / CommitFile
 # Not stored by this filesystem: answered locally (a round trip per write() otherwise).
 _LOCAL_XATTR_PREFIXES = (b"security.", b"system.posix_acl_")
@@ -211,7 +213,9 @@ class AIFSOperations(pyfuse3.Operations):
         self._session: LeaseSession | None = None
         # what the kernel was told to keep for as long as a lease lasts (kernel_names.py)
         self.kernel = KernelNames()
-        self._recalled_fresh: set[int] = set()          # recalled: their fresh attrs are old
+        # recalled inodes whose fresh attrs (noted from our replies) are old: ino -> when
+        self._recalled_fresh: dict[int, float] = {}
+        self._recalled_lock = threading.Lock()
         self.requests = {"lookup": 0, "getattr": 0}     # logged at unmount (tests count them)
         # Unlinks under an exclusive directory lease are answered here and sent in batches
         # (dirops_queue.py, LEASES.md); AIFS_SYNC_DIROPS=1 sends each one before answering.
@@ -276,8 +280,15 @@ class AIFSOperations(pyfuse3.Operations):
             self.dirops.recalled(inos)
         self.leases.recalled(inos)
         # attrs noted from our own replies are old now too: the kernel, told to ask again,
-        # must not get them back (set.update: this is the lease stream's thread)
-        self._recalled_fresh.update(inos)
+        # must not get them back (this is the lease stream's thread: only marked here)
+        now = time.monotonic()
+        with self._recalled_lock:
+            if len(self._recalled_fresh) > RECALLED_FRESH_MAX:
+                # a mark older than attr_timeout outlived every fresh attr it could spoil
+                keep = now - self.attr_timeout - 1.0
+                self._recalled_fresh = {i: t for i, t in self._recalled_fresh.items()
+                                        if t > keep}
+            self._recalled_fresh.update((ino, now) for ino in inos)
         self.kernel.recalled(inos)      # the kernel's long-lived entries go before the ack
 
     def _reset(self) -> None:
@@ -703,10 +714,12 @@ class AIFSOperations(pyfuse3.Operations):
         self.inodes.note_attr(a, asked_at)
 
     def _cached_attr(self, ino: int) -> pyfuse3.EntryAttributes | None:
-        if ino in self._recalled_fresh:
-            self._recalled_fresh.discard(ino)
-            self.inodes.drop_fresh(ino)
-            return None
+        if self._recalled_fresh:
+            with self._recalled_lock:
+                marked = self._recalled_fresh.pop(ino, None)
+            if marked is not None:
+                self.inodes.drop_fresh(ino)
+                return None
         hit = self.inodes.fresh_attr(ino)
         if hit is None:
             return None
