@@ -35,7 +35,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -217,11 +217,29 @@ def _emit_token(args: argparse.Namespace, token: str, methods: list[str]) -> int
     return 0
 
 
+def _stdin_pieces(size: int = 1 << 20) -> Iterator[bytes]:
+    """Standard input in whole pieces read with os.read, for `put -`: gRPC reads an upload's
+    pieces in its own daemon thread, and one still inside sys.stdin.buffer.read when the call
+    has already failed (a refused kind) holds that reader's lock while the interpreter exits,
+    which aborts it ("could not acquire lock for <stdin> at interpreter shutdown"). A raw fd
+    read takes no lock."""
+    while True:
+        piece = bytearray()
+        while len(piece) < size:
+            got = os.read(sys.stdin.fileno(), size - len(piece))
+            if not got:
+                break
+            piece += got
+        if not piece:
+            return
+        yield bytes(piece)
+
+
 def cmd_put(args: argparse.Namespace) -> int:
     metadata = _parse_metadata(args.metadata)
     with client_from_args(args) as client:
         if args.file == "-":
-            asset_id = client.put_asset(sys.stdin.buffer, kind=args.kind, metadata=metadata,
+            asset_id = client.put_asset(_stdin_pieces(), kind=args.kind, metadata=metadata,
                                         parents=args.parent or None)
         else:
             path = Path(args.file)

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 
 from aifs_cli import main as cli
 from tests.helpers import ServerProc, short_tmpdir, start_server, stop_server
@@ -143,6 +144,12 @@ def test_env_vars_and_stdin(server: ServerProc, data_dir: Path, tmp_path: Path) 
     assert p.returncode == 0 and p.stdout == b"from stdin"
     p = run("ls", env=env)
     assert p.returncode == 0 and aid.encode() in p.stdout
+    # more than one upload piece through a pipe (short reads joined into whole pieces)
+    big = os.urandom(3 * (1 << 20) + 12345)
+    p = run("put", "-", env=env, stdin=big)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.decode().strip() == blake3(big).hexdigest()
+    assert run("get", p.stdout.decode().strip(), env=env).stdout == big
 
 
 def test_default_socket_from_aifs_data(server: ServerProc, data_dir: Path) -> None:
