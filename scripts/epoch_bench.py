@@ -103,10 +103,13 @@ class AifsRig:
         return self.mnt
 
     def start_server(self) -> None:
-        from aifs_server.datadir import format_data_dir
         from aifsfs.client import default_socket
         if not self.data.exists():
-            format_data_dir(self.data)
+            # formatted by the checkout that serves it (a newer one may write a schema the
+            # older server refuses)
+            subprocess.run([PY, "-c", "import sys; from aifs_server.datadir import "
+                            "format_data_dir; format_data_dir(sys.argv[1])", str(self.data)],
+                           check=True, env=self.env, cwd=self.work)
         logp = self.work / "server.log"
         start = logp.stat().st_size if logp.exists() else 0
         with open(logp, "ab") as log:
