@@ -61,7 +61,6 @@ from aifs_proto.v1 import (
     assets_pb2_grpc,
     data_pb2,
     filesystem_pb2,
-    filesystem_pb2_grpc,
 )
 from aifs_server.auth import AuthInterceptor, mint_token
 from aifs_server.collector import Collector
@@ -71,7 +70,7 @@ from aifs_server.request_limits import SizeLimitInterceptor
 from aifs_server.rpc_admin import AdminServicer
 from aifs_server.rpc_assets import AssetsServicer
 from aifs_server.rpc_data import DataServicer, add_data_service
-from aifs_server.rpc_filesystem import Backend, FilesystemServicer
+from aifs_server.rpc_filesystem import Backend, FilesystemServicer, add_filesystem_service
 from aifs_server.rpc_session import register_session
 from aifs_server.rpc_versioning import register as register_versioning
 from aifs_server.upload_pins import UploadPins
@@ -387,7 +386,7 @@ def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | 
             ("grpc.so_reuseport", 0),
         ],
     )
-    filesystem_pb2_grpc.add_FilesystemServicer_to_server(FilesystemServicer(backend), gserver)
+    add_filesystem_service(FilesystemServicer(backend), gserver)   # ReadDir: pre-encoded
     add_data_service(DataServicer(backend), gserver)   # GetChunks: pre-encoded messages
     assets_pb2_grpc.add_AssetsServicer_to_server(AssetsServicer(backend), gserver)
     admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(backend), gserver)

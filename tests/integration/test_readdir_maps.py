@@ -4,10 +4,13 @@ per-file and per-reply budgets; directories carry none; a token without `get` is
 
 from __future__ import annotations
 
+import os
+
 import blake3
 import grpc
 import pytest
 
+from aifs_core.errors import CorruptChunk
 from aifs_core.types import ChunkRef
 from aifs_proto.v1 import filesystem_pb2, filesystem_pb2_grpc
 from aifs_server.auth import mint_token
@@ -69,3 +72,35 @@ def test_readdir_with_maps_needs_get(server_module: ServerProc) -> None:
         assert code == grpc.StatusCode.PERMISSION_DENIED and "get" in msg, msg
     finally:
         ch.close()
+
+
+def test_readdir_page_with_a_damaged_chunk(server: ServerProc) -> None:
+    """ReadDir's hand-encoded reply (rpc_filesystem.encode_dir_entry): each file's bytes come
+    with its own entry, byte for byte; a chunk damaged at rest is never inlined (its map still
+    comes, so the read path reports it: CORRUPT_CHUNK naming the chunk) and does not stop the
+    rest of the page."""
+    c = AIFSClient(server.address, token_file=server.token_file)
+    try:
+        d = c.mkdir(1, b"dmg").ino
+        chunks = server.data_dir / "chunks"
+        datas = [os.urandom(150_000 + i) for i in range(4)]
+        inos = []
+        for i, data in enumerate(datas):
+            before = {p for p in chunks.rglob("*") if p.is_file()}
+            inos.append(_make(c, d, b"f%d" % i, data))
+            if i == 2:
+                [stored] = {p for p in chunks.rglob("*") if p.is_file()} - before
+                raw = bytearray(stored.read_bytes())
+                raw[len(raw) // 2] ^= 1          # one bit in a frame's ciphertext
+                stored.write_bytes(bytes(raw))
+        entries, eof, _, maps = c.fs.readdir_maps(d, 0, 100, MiB, 4 * MiB)
+        assert eof and [e.name for e in entries] == [b"f0", b"f1", b"f2", b"f3"]
+        assert [e.attr.ino for e in entries] == inos
+        assert [maps[i][1] for i in inos] == [datas[0], datas[1], b"", datas[3]]
+        refs = maps[inos[2]][0]
+        assert len(refs) == 1 and refs[0].length == len(datas[2])
+        with pytest.raises(CorruptChunk) as ei:
+            c.data.get_chunks([(refs[0].chunk_id, 0, 0)])
+        assert refs[0].chunk_id.hex() in ei.value.message
+    finally:
+        c.close()
