@@ -18,6 +18,8 @@ Interface:
                 a whole read (offset 0, no length) is checked against the chunk id;
                 MissingChunk if the store lacks it (a caller reads only chunks something
                 names: its absence is lost data, logged once at WARNING, EIO at a mount)
+        .read_buffer(scope, chunk_id, length) -> bytes | bytearray   read(.., 0, length) that
+                may come as the bytearray its raw frames were decrypted into (ReadDir joins it)
         .frames(scope, chunk_id, offset=0, length=None) -> Iterator[envelope.Frame]
                 both read only the envelope header and the frames the range covers
         .delete(scope, chunk_id) -> bool
@@ -48,6 +50,7 @@ from aifs_server.envelope import (
     Frame,
     iter_frames_at,
     open_chunk_at,
+    open_chunk_buffer_at,
     seal_chunk,
 )
 from aifs_server.kms import KeyProvider
@@ -236,6 +239,13 @@ class ChunkService:
                 f"id. Restore the chunk store from backup, or run `aifs fsck` to list the "
                 f"files that use this chunk")
         return plain
+
+    def read_buffer(self, scope: str, chunk_id: bytes, length: int) -> bytes | bytearray:
+        """The first `length` bytes (read(scope, id, 0, length)) for a caller that only joins
+        or writes them: maybe a bytearray decrypted into (envelope.open_chunk_buffer_at)."""
+        keys = self.keys.for_namespace(scope)
+        with self._reader(scope, chunk_id) as r:
+            return open_chunk_buffer_at(chunk_id, r.read_at, r.size, keys, length)
 
     def frames(
         self, scope: str, chunk_id: bytes, offset: int = 0, length: int | None = None

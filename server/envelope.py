@@ -17,6 +17,9 @@ Interface:
         Frames covering the range, decrypted (tag checked) but NOT decompressed: `data` is the
         stored zstd frame when `compressed`, to send on the wire as-is.
     open_chunk_at(chunk_id, read_at, size, keys, offset=0, length=None) -> bytes
+    open_chunk_buffer_at(chunk_id, read_at, size, keys, length=None) -> bytes | bytearray
+        open_chunk_at from offset 0, whole raw frames decrypted straight into one bytearray
+        (for a caller that only joins or writes the bytes)
     iter_frames_at(chunk_id, read_at, size, keys, offset=0, length=None) -> Iterator[Frame]
         The same from an envelope of `size` bytes read through `read_at(offset, n) -> bytes`
         (a pread): only the header (one HEADER_PROBE read, one more if it is longer) and the
@@ -389,9 +392,10 @@ def _read_exact(chunk_id: bytes, read_at: ReadAt, offset: int, n: int, size: int
 
 def _frames_at(
     chunk_id: bytes, read_at: ReadAt, size: int, keys: ChunkKeys, offset: int,
-    length: int | None,
-) -> tuple[int, int, Iterator[Frame] | bytes]:
-    """Like _frames, reading only the header and the covered frames through `read_at`."""
+    length: int | None, into: bool = False,
+) -> tuple[int, int, Iterator[Frame] | bytes | bytearray]:
+    """Like _frames, reading only the header and the covered frames through `read_at`;
+    `into`: the range's plaintext as one bytearray when _decrypt_into can (see there)."""
     if size < 0:
         raise InvalidArgument(f"envelope size {size} is negative")
     # A range of half the envelope or more: one read of it all (on a cold disk, two reads
@@ -417,6 +421,10 @@ def _frames_at(
             span, base = prefix, 0
         else:  # one read for all the covered frames, back to back on disk
             span, base = _read_exact(chunk_id, read_at, lo, hi - lo, size), lo
+        if into:
+            out = _decrypt_into(chunk_id, span, hdr, keys, start, end, base)
+            if out is not None:
+                return start, end, out
         return start, end, _decrypt_frames(chunk_id, span, hdr, keys, start, end, base)
     whole = prefix if len(prefix) == size else _read_exact(chunk_id, read_at, 0, size, size)
     return _frames(chunk_id, whole, keys, offset, length)
@@ -448,6 +456,44 @@ def _decrypt_frames(
         raw = min(hdr.frame_size, hdr.total - foff)
         yield Frame(foff, raw, fflags == FLAG_COMPRESSED, data,
                     fdigest if hdr.frame_digests else None, cid)
+
+
+def _decrypt_into(
+    chunk_id: bytes, mv: memoryview, hdr: _Header, keys: ChunkKeys, start: int, end: int,
+    base: int = 0,
+) -> bytearray | None:
+    """The plaintext of [start, end) decrypted straight into one bytearray (AESGCM
+    decrypt_into), when the range is whole frames all stored raw (incompressible data, e.g.
+    the float arrays of an ML sample); else None (then _decrypt_frames). Per 147 KiB chunk
+    this saves a bytes object per frame and the join of them (~20-40 us). The same checks:
+    each frame's GCM tag, its BLAKE3 where the envelope keeps one."""
+    if start >= end or start % hdr.frame_size or not (end == hdr.total
+                                                       or end % hdr.frame_size == 0):
+        return None
+    first, last = start // hdr.frame_size, (end - 1) // hdr.frame_size
+    if any(hdr.entries[i][1] != 0 for i in range(first, last + 1)):
+        return None
+    out = bytearray(end - start)
+    view = memoryview(out)
+    aead = AESGCM(keys.unwrap_data_key(hdr.key_id, hdr.wrapped))
+    cid = bytes(chunk_id)
+    for i in range(first, last + 1):
+        slen, _, fdigest = hdr.entries[i]
+        at = hdr.starts[i] - base
+        foff = i * hdr.frame_size
+        piece = view[foff - start : foff - start + slen - TAG_BYTES]
+        aad = cid + _AAD.pack(i, hdr.nframes) + hdr.digest
+        try:
+            aead.decrypt_into(_nonce(hdr.nonce_base, i), mv[at : at + slen], aad, piece)
+        except InvalidTag:
+            raise _corrupt(
+                chunk_id, f"frame {i} of {hdr.nframes} failed authentication (altered, swapped "
+                f"or moved)"
+            ) from None
+        if hdr.frame_digests and blake3(piece).digest() != fdigest:
+            raise _corrupt(chunk_id, f"frame at offset {foff}: BLAKE3 mismatch")
+    ENVELOPE_STATS.add("frames_decrypted", last + 1 - first)
+    return out
 
 
 def decode_frame(frame: Frame) -> bytes:
@@ -491,7 +537,19 @@ def open_chunk_at(
     return _plaintext(*_frames_at(chunk_id, read_at, size, keys, offset, length))
 
 
-def _plaintext(start: int, end: int, frames: Iterator[Frame] | bytes) -> bytes:
+def open_chunk_buffer_at(chunk_id: bytes, read_at: ReadAt, size: int, keys: ChunkKeys,
+                         length: int | None = None) -> bytes | bytearray:
+    """open_chunk_at(.., 0, length) for a caller that only joins or writes the bytes: whole
+    raw frames come as the bytearray they were decrypted into (no copy to make bytes of it)."""
+    start, end, frames = _frames_at(chunk_id, read_at, size, keys, 0, length, into=True)
+    if isinstance(frames, bytearray):
+        return frames
+    return _plaintext(start, end, frames)
+
+
+def _plaintext(start: int, end: int, frames: Iterator[Frame] | bytes | bytearray) -> bytes:
+    if isinstance(frames, bytearray):   # the range already (_frames_at with `into`)
+        return bytes(frames)
     if isinstance(frames, bytes):
         return frames if (start, end) == (0, len(frames)) else frames[start:end]
     pieces: list[bytes | memoryview] = []
@@ -532,11 +590,12 @@ def iter_frames_at(
     return _whole_frames(chunk_id, *_frames_at(chunk_id, read_at, size, keys, offset, length))
 
 
-def _whole_frames(chunk_id: bytes, start: int, end: int, frames: Iterator[Frame] | bytes
-                  ) -> Iterator[Frame]:
-    if isinstance(frames, bytes):
+def _whole_frames(chunk_id: bytes, start: int, end: int,
+                  frames: Iterator[Frame] | bytes | bytearray) -> Iterator[Frame]:
+    if isinstance(frames, (bytes, bytearray)):
         if start < end:
-            piece = frames[start:end]
+            # a bytearray is the range already (_frames_at with `into`), bytes all of it
+            piece = bytes(frames) if isinstance(frames, bytearray) else frames[start:end]
             yield Frame(start, len(piece), False, piece, blake3(piece).digest(), bytes(chunk_id))
         return
     yield from frames

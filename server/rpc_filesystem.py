@@ -131,7 +131,7 @@ class Backend:
         return int(used), int(free)
 
 
-def encode_dir_entry(entry: bytes, inline: bytes) -> list[bytes]:
+def encode_dir_entry(entry: bytes, inline: bytes | bytearray) -> list[bytes | bytearray]:
     """ReadDirReply's `entries` field (1) holding a serialized DirEntry without inline bytes
     and, when `inline` is not empty, its bytes as a second `map` (4) holding only
     `inline_data` (2): protobuf parsers merge the two maps. Pieces to join, `inline` among them
@@ -319,11 +319,11 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         if self._read_excl(context, tree, sess, [e.attr.ino for e in entries]):
             since = self.leases.mark()          # an entry is covered through another name
             entries, eof = self.meta.readdir(tree, request.ino, request.cookie, limit)
-        parts: list[bytes] = []
+        parts: list[bytes | bytearray] = []
         budget = min(request.inline_total, INLINE_READ_MAX)
         for e in entries:
             pe = filesystem_pb2.DirEntry(name=e.name, cookie=e.cookie)
-            data = b""
+            data: bytes | bytearray = b""
             a = e.attr
             if request.with_maps and stat_mod.S_ISREG(a.mode):
                 # the map and the attr it goes with, read together (a change between the
@@ -335,7 +335,8 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
                 if refs is not None:
                     pe.map.SetInParent()        # present even with no chunks (empty file)
                     pe.map.chunks.extend(chunkref_to_pb(r) for r in refs)
-                    data = self._inline(tree, a, refs, min(request.inline_max, budget))
+                    data = self._inline_buffer(tree, a, refs,
+                                               min(request.inline_max, budget))
                     budget -= len(data)
             pe.attr.CopyFrom(attr_to_pb(a))
             parts.extend(encode_dir_entry(pe.SerializeToString(), data))
@@ -589,11 +590,17 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     def _inline(self, tree: TreeRef, a: Attr, refs: list[ChunkRef], limit: int) -> bytes:
         """A small file's bytes for a reply: when it is at most `limit` bytes, held in slot 0
         alone; else b""."""
+        return bytes(self._inline_buffer(tree, a, refs, limit))
+
+    def _inline_buffer(self, tree: TreeRef, a: Attr, refs: list[ChunkRef], limit: int
+                       ) -> bytes | bytearray:
+        """_inline's bytes, maybe as the bytearray they were decrypted into (ReadDir joins
+        them into its reply: no copy to bytes)."""
         if not (limit and 0 < a.size <= limit and len(refs) == 1 and refs[0].index == 0
                 and refs[0].chunk_id):
             return b""
         try:
-            return bytes(self.b.chunks.read(tree.namespace, refs[0].chunk_id, 0, refs[0].length))
+            return self.b.chunks.read_buffer(tree.namespace, refs[0].chunk_id, refs[0].length)
         except AIFSError:
             return b""   # a missing or damaged chunk: the read path reports it precisely
 

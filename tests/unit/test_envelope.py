@@ -25,6 +25,7 @@ from aifs_server.envelope import (
     iter_frames_at,
     open_chunk,
     open_chunk_at,
+    open_chunk_buffer_at,
     seal_chunk,
 )
 from aifs_server.kms import LocalKeyring, NamespaceKeyCache
@@ -512,3 +513,30 @@ def test_flag_and_table_must_agree(keys, codec) -> None:
     forged[lay.digest[0]:lay.digest[1]] = blake3(bytes(forged[:lay.digest[0]])).digest()
     with pytest.raises(CorruptChunk, match="reserved header flags"):
         open_chunk(cid(data), bytes(forged), keys)
+
+
+@pytest.mark.parametrize("digests", [False, True])
+def test_buffer_reads_match_open_chunk_and_check_every_frame(keys, codec, digests) -> None:
+    """open_chunk_buffer_at: raw frames decrypted into one bytearray, anything else as
+    open_chunk_at; the same bytes for every range, a damaged frame still CorruptChunk."""
+    raw = os.urandom(2 * FRAME + 1000)                       # 3 raw frames, the last short
+    mixed = os.urandom(FRAME) + prose(FRAME) + os.urandom(10)  # a compressed one among them
+    for data, compressed in ((raw, set()), (mixed, {1})):     # frame indices
+        env = seal_chunk(cid(data), data, keys, codec, frame_digests=digests)
+        for off, ln in [(0, None), (0, len(data)), (0, FRAME), (0, 100), (0, 0),
+                        (0, FRAME + 1), (0, 2 * FRAME), (0, 5 * FRAME)]:
+            want = data[off:] if ln is None else data[off : off + ln]
+            got = open_chunk_buffer_at(cid(data), CountingSource(env).read_at, len(env), keys,
+                                       ln)
+            assert got == want, (off, ln)
+            # whole raw frames are the bytearray they were decrypted into, nothing else is
+            end = len(data) if ln is None else min(len(data), off + ln)
+            whole = off < end and off % FRAME == 0 and (end == len(data) or end % FRAME == 0)
+            covered = set(range(off // FRAME, (end - 1) // FRAME + 1))
+            assert isinstance(got, bytearray) == (whole and not covered & compressed), (off, ln)
+        for at in (len(env) - 5, len(env) - FRAME - 40):           # a tag, a ciphertext byte
+            bad = bytearray(env)
+            bad[at] ^= 1
+            with pytest.raises(CorruptChunk, match="failed authentication"):
+                open_chunk_buffer_at(cid(data), CountingSource(bytes(bad)).read_at, len(bad),
+                                     keys, len(data))
