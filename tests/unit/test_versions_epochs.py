@@ -10,6 +10,7 @@ import secrets
 import threading
 
 import blake3
+import pytest
 
 from aifs_core.types import ROOT_INO, SET_MODE, AssetRecord, ParentEdge, TreeRef
 from aifs_server.metadata.posix import FROZEN_PREFIX, PosixMeta
@@ -227,3 +228,96 @@ def test_snapshots_taken_while_files_are_created_each_hold_a_whole_state(
             names = sorted(e.name for e in m.readdir(s.tree, d, 0, 1000)[0])
             assert names == [f"f{i:03d}".encode() for i in range(len(names))]
     assert [len(m.readdir(snaps[-1].tree, d, 0, 1000)[0]) for d in dirs] == [60, 60]
+
+
+def _state(m: PosixMeta, tree: TreeRef) -> dict[bytes, tuple[object, ...]]:
+    """path -> (attrs, chunk map, xattrs, link target) of every entry of the tree, listed in
+    readdir (cookie) order per directory."""
+    out: dict[bytes, tuple[object, ...]] = {}
+    todo = [(b"", ROOT_INO)]
+    while todo:
+        path, ino = todo.pop()
+        ents, _ = m.readdir(tree, ino, 0, 1000)
+        out[path + b"/"] = tuple(e.name for e in ents)   # the order a listing sees
+        for e in ents:
+            a = e.attr
+            p = path + b"/" + e.name
+            kind = a.mode & 0o170000
+            refs = m.get_chunk_map(tree, a.ino)[1] if kind == 0o100000 else []
+            xs = {k: m.getxattr(tree, a.ino, k) for k in m.listxattr(tree, a.ino)}
+            link = m.readlink(tree, a.ino) if kind == 0o120000 else b""
+            out[p] = (a, [(r.index, r.chunk_id, r.length) for r in refs], xs, link)
+            if kind == 0o040000:
+                todo.append((p, a.ino))
+    return out
+
+
+# what the base (main) does after the snapshot: each must send a branch create to the view
+_AFTER = {
+    "chmod": lambda m, d, f: m.setattr(T, f[0], SET_MODE, mode=0o100600),
+    "commit": lambda m, d, f: m.commit_file(T, f[1], [chunk(m, b"later")], 5),
+    "create": lambda m, d, f: m.create(T, d, b"later", 0o100644, 0, 0, 0),
+    "deep": lambda m, d, f: m.create(T, m.mkdir(T, m.mkdir(T, d, b"x", 0o40755, 0, 0).ino,
+                                                b"y", 0o40755, 0, 0).ino, b"z", 0o100644, 0, 0, 0),
+    "unlink": lambda m, d, f: m.unlink(T, d, b"f2", forget=True),
+    "rename": lambda m, d, f: m.rename(T, d, b"f3", ROOT_INO, b"moved"),
+    "link": lambda m, d, f: m.link(T, f[4], ROOT_INO, b"hard"),
+    "setxattr": lambda m, d, f: m.setxattr(T, f[0], b"user.new", b"v"),
+    "removexattr": lambda m, d, f: m.removexattr(T, f[5], b"user.k"),
+}
+
+
+def test_a_branch_is_its_snapshots_tree_whether_or_not_the_base_changed_since(
+        harness: Harness, v: Versions) -> None:
+    """A branch create copies a snapshot's view from its base's live rows when nothing of the
+    base changed since the snapshot (copy_tree_rows' fast path), else through the view: either
+    way the branch is the snapshot's tree (listings in order, attrs, chunk maps, xattrs,
+    links; same root hash), and refcounts count every row."""
+    m = v.meta
+    d, files = _files(m, 8)
+    m.setxattr(T, files[5], b"user.k", b"old")
+    m.symlink(T, d, b"ln", b"f1", 0, 0)
+    m.mkdir(T, d, b"sub", 0o40755, 0, 0)
+    v.create_snapshot("ns1", "main")                 # an older epoch, so history has rows
+    m.setattr(T, files[6], SET_MODE, mode=0o100640)
+    s = v.create_snapshot("ns1", "main")
+    want = _state(m, s.tree)
+    tx = v.meta.store.single()
+    base = tx.tree_base(s.tree_id)
+    assert base is not None and not tx.changed_after(*base)
+    v.create_branch("ns1", "fast", s.id)
+    assert _state(m, TreeRef("ns1", "fast")) == want
+    for i, (what, change) in enumerate(_AFTER.items()):
+        change(m, d, files)
+        assert tx.changed_after(*base), what
+        v.create_branch("ns1", f"slow{i}", s.id)
+        assert _state(m, TreeRef("ns1", f"slow{i}")) == want, what
+    assert _state(m, T) != want
+    assert harness.scalar(WRONG_REFS) == 0
+    for b in ["fast", *(f"slow{i}" for i in range(len(_AFTER)))]:
+        assert v.create_snapshot("ns1", b).root == s.root, b
+
+
+def test_a_write_to_the_base_during_a_fast_copy_falls_back_to_the_view(
+        harness: Harness, v: Versions, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL reads each statement at its own snapshot: a write to the base committed
+    between the probe and the copy's reads sends the copy back through the view (seen here as
+    a probe that says "unchanged" first, while the base has changed)."""
+    m = v.meta
+    d, files = _files(m, 4)
+    s = v.create_snapshot("ns1", "main")
+    want = _state(m, s.tree)
+    m.commit_file(T, files[0], [chunk(m, b"later")], 5)
+    m.create(T, d, b"later", 0o100644, 0, 0, 0)
+    real = type(m.store.single()).changed_after
+    calls: list[bool] = []
+
+    def probe(self: object, tree_id: int, epoch: int) -> bool:
+        calls.append(real(self, tree_id, epoch))  # type: ignore[arg-type]
+        return calls[-1] if len(calls) > 1 else False
+
+    monkeypatch.setattr(type(m.store.single()), "changed_after", probe)
+    v.create_branch("ns1", "b", s.id)
+    assert calls == [True, True]                     # the probe before the copy and after
+    assert _state(m, TreeRef("ns1", "b")) == want
+    assert harness.scalar(WRONG_REFS) == 0
