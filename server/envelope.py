@@ -430,6 +430,11 @@ def _frames_at(
     return _frames(chunk_id, whole, keys, offset, length)
 
 
+def _auth_failed(chunk_id: bytes, i: int, hdr: _Header) -> CorruptChunk:
+    return _corrupt(chunk_id, f"frame {i} of {hdr.nframes} failed authentication (altered, "
+                    f"swapped or moved)")
+
+
 def _decrypt_frames(
     chunk_id: bytes, mv: memoryview, hdr: _Header, keys: ChunkKeys, start: int, end: int,
     base: int = 0,
@@ -447,10 +452,7 @@ def _decrypt_frames(
         try:
             data = aead.decrypt(_nonce(hdr.nonce_base, i), mv[at : at + slen], aad)
         except InvalidTag:
-            raise _corrupt(
-                chunk_id, f"frame {i} of {hdr.nframes} failed authentication (altered, swapped "
-                f"or moved)"
-            ) from None
+            raise _auth_failed(chunk_id, i, hdr) from None
         ENVELOPE_STATS.add("frames_decrypted")
         foff = i * hdr.frame_size
         raw = min(hdr.frame_size, hdr.total - foff)
@@ -486,10 +488,7 @@ def _decrypt_into(
         try:
             aead.decrypt_into(_nonce(hdr.nonce_base, i), mv[at : at + slen], aad, piece)
         except InvalidTag:
-            raise _corrupt(
-                chunk_id, f"frame {i} of {hdr.nframes} failed authentication (altered, swapped "
-                f"or moved)"
-            ) from None
+            raise _auth_failed(chunk_id, i, hdr) from None
         if hdr.frame_digests and blake3(piece).digest() != fdigest:
             raise _corrupt(chunk_id, f"frame at offset {foff}: BLAKE3 mismatch")
     ENVELOPE_STATS.add("frames_decrypted", last + 1 - first)

@@ -141,6 +141,11 @@ def create_file(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:
     name = bytes(request.name)
     if len(name) > NAME_MAX:
         raise InvalidArgument(f"name is {len(name)} bytes; the limit is {NAME_MAX}")
+    before = _items(request.items)
+    if any(len(b) == 2 for b in before):
+        # unlinks free space, a create may not take the reserve: they go in an UnlinkBatch
+        raise InvalidArgument("CreateFile carries attribute changes only (every item sets "
+                              "`setattr`); unlinks go in an UnlinkBatch")
 
     def run() -> Any:
         # One transaction: the number used up (delegated_inos.py), the create, its folded
@@ -156,11 +161,6 @@ def create_file(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:
                                      request.uid, request.gid, attrs=attrs, commit=commit,
                                      durable=request.HasField("commit") and request.commit.durable,
                                      before=before)
-    before = _items(request.items)
-    if any(len(b) == 2 for b in before):
-        # unlinks free space, a create may not take the reserve: they go in an UnlinkBatch
-        raise InvalidArgument("CreateFile carries attribute changes only (every item sets "
-                              "`setattr`); unlinks go in an UnlinkBatch")
     results = fs.b.request_log.once("CreateFile", tree.namespace, request.request_id, run,
                                     UNLINK_RESULTS, retry=is_retry(context))
     a = results[0][1]

@@ -286,19 +286,14 @@ class DirOps:
                 return None
             parent, name, _ = m
             self._made[ino] = (parent, name, a)
-            q = self._q.setdefault(parent, [])
-            if not q:
-                self._since[parent] = time.monotonic()
+            q = self._q.get(parent)
             last = q[-1] if q else None
             if last is not None and len(last) > 2 and last[1] == ino:
                 _merge(last[2], attrs)      # chown, chmod, utimens of one file: one item
             else:
-                q.append((name, ino, dict(attrs)))
-                names = self._names.setdefault(parent, {})
-                names[name] = names.get(name, 0) + 1
-            self._victims[ino] = parent
+                self._enqueue_locked(parent, [(name, ino, dict(attrs))])
             self.stats["attrs"] += 1
-            return len(q)
+            return len(self._q[parent])
 
     def reset_made(self) -> None:
         with self._lock:
@@ -318,18 +313,11 @@ class DirOps:
                 return None
             if self._victims.get(ino, parent) != parent:
                 return None
-            q = self._q.setdefault(parent, [])
-            if not q:
-                self._since[parent] = time.monotonic()
-            q.append((name, ino))
-            names = self._names.setdefault(parent, {})
-            names[name] = names.get(name, 0) + 1
-            self._unlinks[parent] = self._unlinks.get(parent, 0) + 1
-            self._victims[ino] = parent
+            self._enqueue_locked(parent, [(name, ino)])
             self._gone.add(ino)
             self._unmake_locked(ino)
             self.stats["queued"] += 1
-            return len(q)
+            return len(self._q[parent])
 
     def pending(self, parent: int, name: bytes | None = None) -> bool:
         """Items queued or files unborn in `parent` (under that name)."""
@@ -446,14 +434,25 @@ class DirOps:
         if not items:
             return
         with self._lock:
-            q = self._q.setdefault(parent, [])
-            if not q:
-                self._since[parent] = time.monotonic()
+            self._enqueue_locked(parent, items, front=True)
+
+    def _enqueue_locked(self, parent: int, items: list[tuple[Any, ...]], front: bool = False
+                        ) -> None:
+        """Queue `items` in `parent` (at the back, or the front: taken and not sent), with
+        the counts _pop_locked takes back: per name, unlinks, the victims' directory."""
+        q = self._q.setdefault(parent, [])
+        if not q:
+            self._since[parent] = time.monotonic()
+        if front:
             q[:0] = items
-            names = self._names.setdefault(parent, {})
-            for it in items:
-                names[it[0]] = names.get(it[0], 0) + 1
-                self._victims[it[1]] = parent
+        else:
+            q.extend(items)
+        names = self._names.setdefault(parent, {})
+        for it in items:
+            names[it[0]] = names.get(it[0], 0) + 1
+            if len(it) == 2:
+                self._unlinks[parent] = self._unlinks.get(parent, 0) + 1
+            self._victims[it[1]] = parent
 
     def _send(self, parent: int, items: list[tuple[Any, ...]]) -> None:
         mark = self.mark()
