@@ -211,14 +211,16 @@ class PosixMeta(Records):
             raise InvalidArgument(f"size must not be negative, got {size}")
         now = now_ns()
         with self._store.write() as tx:
-            return self._setattr_in(tx, t, ino, fields, mode, uid, gid, size, atime_ns,
-                                    mtime_ns, ctime_ns, now)
+            return self._setattr_in(tx, t, ino, now=now, fields=fields, mode=mode, uid=uid,
+                                    gid=gid, size=size, atime_ns=atime_ns, mtime_ns=mtime_ns,
+                                    ctime_ns=ctime_ns)
 
-    def _setattr_in(self, tx: Tx, t: _Tree, ino: int, fields: int, mode: int, uid: int,
-                    gid: int, size: int, atime_ns: int, mtime_ns: int, ctime_ns: int, now: int
-                    ) -> Attr:
+    def _setattr_in(self, tx: Tx, t: _Tree, ino: int, *, now: int, fields: int, mode: int = 0,
+                    uid: int = 0, gid: int = 0, size: int = 0, atime_ns: int = 0,
+                    mtime_ns: int = 0, ctime_ns: int = 0) -> Attr:
         """setattr's work inside the caller's write transaction (also a create's folded
-        attributes and a batch's items: rpc_batch.py)."""
+        attributes and a batch's items: rpc_batch.py); a value `fields` does not name is
+        not read."""
         r = self._row(tx, t, ino)
         new_mode, new_uid, new_gid, new_size = r.mode, r.uid, r.gid, r.size
         atime, mtime = r.atime_ns, r.mtime_ns
@@ -349,9 +351,7 @@ class PosixMeta(Records):
             a = self._new_inode(tx, t, parent, name, stat.S_IFREG | (mode & 0o7777), 1, uid,
                                 gid, 0, now, ino=ino, log=False)
             if attrs:
-                a = self._setattr_in(tx, t, ino, now=now, **{
-                    k: attrs.get(k, 0) for k in ("fields", "mode", "uid", "gid", "size",
-                                                 "atime_ns", "mtime_ns", "ctime_ns")})
+                a = self._setattr_in(tx, t, ino, now=now, **attrs)
             if slots is not None and commit is not None:
                 a = self._commit_in(tx, t, ino, slots, commit["size"],
                                     commit.get("truncated", False), commit.get("mtime_ns", 0),
