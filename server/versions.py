@@ -23,8 +23,9 @@ plus one row): O(1) to take; the rows the branch changes afterwards are kept in 
 (metadata/history_schema.py) and hold chunk references, so GC never frees a chunk a snapshot
 (or a branch or tag, which name snapshots) reaches; pruning frees what pruned ones alone held.
 Its hashes are computed from the last snapshot's for what changed since (epoch_hashes).
-Branches are still copies of a snapshot's rows. Snapshots copied by the schema before epochs
-read, verify and prune as before.
+A branch is created pending (metadata/pending.py): it reads the view it was created from and
+copies its rows on its first change. Snapshots copied by the schema before epochs read, verify
+and prune as before.
 A branch's head is the snapshot of its last log entry (create, snapshot, reset, merge).
 Every walk checks the call's deadline.
 """
@@ -50,6 +51,7 @@ from aifs_core import merkle
 from aifs_core.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 from aifs_core.types import ROOT_INO, SET_GID, SET_MODE, SET_UID, Attr, ChunkRef, TreeRef
 from aifs_server.deadline import NEVER, Deadline
+from aifs_server.metadata.pending import kept_name, materialize, release_base
 from aifs_server.metadata.posix import FROZEN_PREFIX, PosixMeta
 from aifs_server.metadata.records import now_ns
 from aifs_server.metadata.store import Tx
@@ -57,12 +59,6 @@ from aifs_server.request_log import record
 
 _ID_RE = re.compile(r"[0-9a-f]{32}")
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]{0,127}")
-
-
-def _kept_name(tree_id: int) -> str:
-    """The name of a deleted branch's tree kept for its snapshots (frozen: read-only, listed
-    as no branch)."""
-    return f"{FROZEN_PREFIX}deleted-{tree_id}"
 
 
 def check_name(kind: str, name: str) -> str:
@@ -317,6 +313,7 @@ class Versions:
             self.meta.ensure_tree(TreeRef(ns, "main"))  # as the Filesystem service does
         now = now_ns()
         sid = secrets.token_bytes(16).hex()
+        self._settle(ns, branch, now)
         with self._store.write() as tx:
             src = tx.get_tree(ns, branch)
             if src is None:
@@ -334,6 +331,15 @@ class Versions:
             done = Snapshot(**{**snap.__dict__, "signature": sig})
             record(tx, done)   # exactly-once calls (request_log.py): no-op outside one
         return done
+
+    def _settle(self, ns: str, branch: str, now: int) -> None:
+        """A pending branch gets its rows (pending.py) before a snapshot freezes it: a view of
+        a view is not supported. Its own transaction, as a first write's (posix._wtree): the
+        snapshot's table lock then waits for no row lock this holds."""
+        got = self._store.single().get_tree(ns, branch)
+        if got is not None and self._store.single().tree_base(got[0]) is not None:
+            with self._store.write() as tx:
+                materialize(tx, ns, got[0], now)
 
     def _hash_tree(self, tx: Tx, ns: str, tree_id: int, epoch: int, head: str,
                    deadline: Deadline) -> bytes:
@@ -434,15 +440,7 @@ class Versions:
         tx.delete_snapshot(snap.namespace, snap.id)
         self.meta.forget_tree(snap.tree)
         if base is not None:   # the history only it saw goes, with the chunks only it held
-            self._gc_tree(tx, snap.namespace, base[0], now)
-
-    @staticmethod
-    def _gc_tree(tx: Tx, ns: str, tree_id: int, now: int) -> None:
-        tx.gc_history(ns, tree_id, now)
-        # a deleted branch's tree was kept for its snapshots: it goes with the last of them
-        if tx.views_of(tree_id) == 0 and tx.get_tree(ns, _kept_name(tree_id)) is not None:
-            tx.add_tree_refs(ns, tree_id, -1, now)
-            tx.delete_tree(tree_id)
+            release_base(tx, snap.namespace, base[0], now)
 
     def prune(self, ns: str, keep_last: int = 0, keep_daily: int = 0, keep_within_s: int = 0,
               dry_run: bool = False, branch: str = "", now: int | None = None
@@ -491,8 +489,8 @@ class Versions:
 
     # --- branches ----------------------------------------------------------------------------
     def create_branch(self, ns: str, name: str, source: str = "") -> tuple[str, str, int]:
-        """A new branch whose tree is a copy of `source` (a snapshot ref; default: main's
-        head, else main's live tree)."""
+        """A new branch whose tree is `source`'s (a snapshot ref; a branch without snapshots:
+        its live tree; default: main's live tree), in O(1) where it can (_new_tree)."""
         check_name("branch", name)
         self.meta.get_namespace(ns)
         now = now_ns()
@@ -504,7 +502,7 @@ class Versions:
             except NotFound:
                 if self._store.single().get_tree(ns, source) is None:
                     raise
-                src_branch = source  # a branch without snapshots: copy its live tree
+                src_branch = source  # a branch without snapshots: its live tree
         else:
             src_branch = "main"
             self.meta.ensure_tree(TreeRef(ns, "main"))
@@ -516,17 +514,36 @@ class Versions:
                 src_tid, head = r[0], self._head(tx, ns, src_branch)
             else:
                 assert snap is not None
+                # share-locked (PostgreSQL): a prune deleting it waits, or it is gone here
+                if tx.snapshot(ns, snap.id) is None:
+                    raise NotFound(f"snapshot {snap.id} of namespace {ns!r} does not exist")
                 src_tid, head = snap.tree_id, snap.id
-            dst = tx.insert_tree(ns, name, now)
-            if dst is None:
+            if self._new_tree(tx, ns, name, src_tid, bool(src_branch), now) is None:
                 raise AlreadyExists(f"branch {name!r} already exists in namespace {ns!r}")
-            tx.copy_tree_rows(src_tid, dst)
-            tx.add_tree_refs(ns, dst, 1, now)
             tx.delete_log(ns, name)
             if head:
                 tx.append_log(ns, name, f"create from {source or 'main'}", head, now)
             record(tx, (name, head, now))
         return name, head, now
+
+    @staticmethod
+    def _new_tree(tx: Tx, ns: str, name: str, src: int, live: bool, now: int) -> int | None:
+        """Branch `name`'s tree, equal to tree `src` (a snapshot's, or a live branch's: `live`);
+        None when the name is taken. O(1), a pending branch (metadata/pending.py) reading
+        the view `src` reads, flattened (a snapshot's or a pending branch's base), or a
+        live tree frozen at its epoch; a copy (O(tree)) of a snapshot copied before epochs,
+        and of a live tree that has node hashes: its next snapshot hashes from the history
+        rows dying at its epoch (epoch_hashes), so every epoch of it must end in a snapshot."""
+        base = tx.lock_tree(src) if live else tx.tree_base(src)
+        if base is None and live and not tx.has_hashes(src):
+            base = (src, tx.bump_epoch(src))   # as freeze does, without a snapshot row
+        if base is not None:
+            return tx.insert_view(ns, name, base, src, now)
+        dst = tx.insert_tree(ns, name, now)
+        if dst is not None:
+            tx.copy_tree_rows(src, dst)
+            tx.add_tree_refs(ns, dst, 1, now)
+        return dst
 
     def list_branches(self, ns: str) -> list[tuple[str, str, int]]:
         self.meta.get_namespace(ns)
@@ -549,8 +566,12 @@ class Versions:
             r = tx.get_tree(ns, name)
             if r is None:
                 raise NotFound(f"branch {name!r} does not exist in namespace {ns!r}")
-            if tx.views_of(r[0]):   # its snapshots read its rows: kept, nameless, read-only
-                tx.rename_tree(r[0], _kept_name(r[0]))
+            base = tx.lock_tree(r[0])
+            if base is not None:    # pending: no rows, no references, no views of its own
+                tx.delete_tree(r[0])
+                release_base(tx, ns, base[0], now)
+            elif tx.views_of(r[0]):   # its views read its rows: kept, nameless, read-only
+                tx.rename_tree(r[0], kept_name(r[0]))
             else:
                 tx.add_tree_refs(ns, r[0], -1, now)
                 tx.gc_history(ns, r[0], now)   # no view: every history row goes
@@ -561,17 +582,29 @@ class Versions:
 
     def reset_branch(self, ns: str, name: str, ref: str) -> tuple[str, str, int]:
         """Replace the branch's rows by a copy of the snapshot's, in one transaction, keeping
-        its tree id (so every server's cache of it stays right); recorded in its log."""
+        its tree id (so every server's cache of it, "rows of its own", stays right); a
+        pending branch is pointed at the snapshot's view instead (O(1); no server caches
+        that). Recorded in its log."""
         snap = self.resolve(ns, ref)
         now = now_ns()
         with self._store.write() as tx:
             r = tx.get_tree(ns, name)
             if r is None or name.startswith(FROZEN_PREFIX):
                 raise NotFound(f"branch {name!r} does not exist in namespace {ns!r}")
-            tx.add_tree_refs(ns, r[0], -1, now)   # a chunk on both sides ends as it was
-            tx.delete_tree_rows(r[0])
-            tx.copy_tree_rows(snap.tree_id, r[0])
-            tx.add_tree_refs(ns, r[0], 1, now)
+            if tx.snapshot(ns, snap.id) is None:   # pruned since: its view may be gone
+                raise NotFound(f"snapshot {snap.id} of namespace {ns!r} does not exist")
+            old, new = tx.lock_tree(r[0]), tx.tree_base(snap.tree_id)
+            if old is not None and new is not None:
+                tx.set_base(r[0], new, snap.tree_id)
+            else:
+                tx.add_tree_refs(ns, r[0], -1, now)   # a chunk on both sides ends as it was
+                tx.delete_tree_rows(r[0])
+                tx.copy_tree_rows(snap.tree_id, r[0])
+                tx.add_tree_refs(ns, r[0], 1, now)
+                if old is not None:   # a pending branch settled by the copy
+                    tx.set_base(r[0], None)
+            if old is not None:
+                release_base(tx, ns, old[0], now)
             tx.append_log(ns, name, f"reset to {ref}", snap.id, now)
             record(tx, (name, snap.id, now))
         return name, snap.id, now

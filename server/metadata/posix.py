@@ -18,8 +18,9 @@ own transaction with `request_log.record(tx, result)`: exactly-once calls, a no-
 server runs the call under a request id.
 
 A tree whose branch starts with FROZEN_PREFIX ("@snap:") is a snapshot's (aifs_server.versions):
-every change to it is PermissionDenied. `store` exposes the Store to that module and
-`forget_tree` drops a deleted tree from the cache of tree ids.
+every change to it is PermissionDenied. A pending branch (metadata/pending.py: created from a
+snapshot, no rows yet) gets its rows before its first change (`_wtree`). `store` exposes the
+Store to that module and `forget_tree` drops a deleted tree from the cache of tree ids.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ from aifs_core.types import (
     TreeStats,
 )
 from aifs_server import delegated_inos
+from aifs_server.metadata import pending
 from aifs_server.metadata.records import Records, now_ns
 from aifs_server.metadata.store import Store, Tx
 from aifs_server.request_log import record
@@ -127,11 +129,20 @@ class PosixMeta(Records):
         self._trees[tree] = t
         return t
 
-    def _wtree(self, tree: TreeRef) -> _Tree:
-        """The tree for a change: a snapshot's frozen tree (branch "@snap:<id>") refuses it."""
+    def _wtree(self, tree: TreeRef, *, own_rows: bool = True) -> _Tree:
+        """The tree for a change: a snapshot's frozen tree (branch "@snap:<id>") refuses it; a
+        pending branch (pending.py) first gets rows of its own, in a transaction of its own
+        committed before the change's (so no server ever writes under a tree others still
+        read as a view). `own_rows=False`: the change writes none of the tree's rows."""
         if tree.branch.startswith(FROZEN_PREFIX):
             raise PermissionDenied(f"{tree.namespace}/{tree.branch} is a snapshot: read-only")
-        return self._tree(tree)
+        t = self._tree(tree)
+        # a dict lookup for a tree with rows (cached by the store for good); a pending
+        # branch's row is read again until its first change
+        if own_rows and self._store.single().tree_base(t.tree_id) is not None:
+            with self._store.write() as tx:
+                pending.materialize(tx, t.namespace, t.tree_id, now_ns())
+        return t
 
     def forget_tree(self, tree: TreeRef) -> None:
         """Drop a cached tree id (aifs_server.versions deletes trees)."""
@@ -318,8 +329,10 @@ class PosixMeta(Records):
 
     def take_inos(self, tree: TreeRef, n: int) -> int:
         """Allocate n consecutive inode numbers of the tree (never reused); returns the first.
-        A mount creates files at them later (create_at: docs/LEASES.md, delegated inodes)."""
-        t = self._wtree(tree)
+        A mount creates files at them later (create_at: docs/LEASES.md, delegated inodes).
+        A pending branch stays pending (its first create copies its rows; numbers never go
+        down then)."""
+        t = self._wtree(tree, own_rows=False)
         with self._store.write() as tx:
             row = tx.execute("UPDATE trees SET next_ino = next_ino + ? WHERE tree_id = ? "
                              "RETURNING next_ino - ?", (n, t.tree_id, n)).fetchone()
@@ -631,7 +644,7 @@ class PosixMeta(Records):
 
     # --- inode lifetime ----------------------------------------------------------------------
     def forget(self, tree: TreeRef, ino: int) -> None:
-        t = self._wtree(tree)
+        t = self._wtree(tree, own_rows=False)   # a pending branch has no unlinked inode
         now = now_ns()
         with self._store.write() as tx:
             a = tx.inode(t.tree_id, ino)

@@ -120,6 +120,7 @@ class SQLTx(VersionSQL):
         # built once, shared (GIL-safe)
         tx._cache, tx._updates, tx._views, tx._rewrites = (self._cache, self._updates,
                                                            self._views, self._rewrites)
+        tx.begin_views()   # one transaction (sql_views: what it reads of pending branches)
         return tx
 
     def _q(self, sql: str) -> str:

@@ -5,6 +5,11 @@ Interface (the `store.Tx` methods under "versions"; rules in aifs_server.version
                                   and chunk map into the empty tree `dst`, inside the database;
                                   the number of inodes copied (a snapshot's view whose base
                                   has not changed since: from the base's live rows)
+    bump_epoch(tree_id) -> E / insert_view(ns, name, (base, E), inos_of, now) -> id | None
+                                  the two halves of freeze (a snapshot's tree); a pending
+                                  branch is a view too (aifs_server.metadata.pending)
+    lock_tree(tree_id) -> (base, E) | None   the base, the tree's row locked
+    set_base(tree_id, base | None, inos_of=None)   re-point or settle a pending branch
     changed_after(tree_id, epoch) whether a row of live tree `tree_id` was written after
                                   `epoch` (index probes of the history tables)
     delete_tree_rows(tree_id)     drop every row of a tree (not the tree row); delete_tree(id)
@@ -69,10 +74,13 @@ class VersionSQL(ViewSQL):
             # the base committed before one of the copies read it. The view's rows never move.
             self.delete_tree_rows(dst)
             n = self._copy_rows(src, dst, ep)
-        # inode numbers stay unique within `dst` whatever it held before
+        self._raise_next_ino(dst, src)
+        return n
+
+    def _raise_next_ino(self, dst: int, src: int) -> None:
+        # inode numbers stay unique within `dst` whatever it held or gave out before
         self._x("UPDATE trees SET next_ino = (SELECT MAX(next_ino) FROM trees WHERE tree_id "
                 "IN (?, ?)) WHERE tree_id = ?", (src, dst, dst))
-        return n
 
     def _copy_rows(self, src: int, dst: int, ep: int) -> int:
         # unlinked (nlink 0) inodes are open files waiting for their last close: not part of
@@ -146,19 +154,57 @@ class VersionSQL(ViewSQL):
         """A snapshot of the tree as it is: a new tree `name` that reads the tree at its
         current epoch E, and the tree moved to E + 1. O(1): no row is copied.
         (the new tree's id, E)"""
+        ep = self.bump_epoch(tree_id)
+        view = self.insert_view(namespace, name, (tree_id, ep), tree_id, now)
+        assert view is not None, name   # snapshot names are random
+        return view, ep
+
+    def bump_epoch(self, tree_id: int) -> int:
+        """Move the tree to its next epoch; the epoch it was at (whose rows stay readable as
+        they are now: history keeps what changes later)."""
         # the tree's row first, then the tables: a create locks the row (take_ino) before it
         # writes any of them, so it never waits for the tables while holding what this waits for
-        ep, next_ino = self._x("UPDATE trees SET epoch = epoch + 1 WHERE tree_id = ? "
-                               "RETURNING epoch - 1, next_ino", (tree_id,)).fetchone()
+        ep = self._x("UPDATE trees SET epoch = epoch + 1 WHERE tree_id = ? RETURNING epoch - 1",
+                     (tree_id,)).fetchone()[0]
         if self._d.freeze_lock:   # PostgreSQL: writers in flight commit first, new ones wait
             self._x(self._d.freeze_lock)
+        return int(ep)
+
+    def insert_view(self, namespace: str, name: str, base: tuple[int, int], inos_of: int,
+                    now: int) -> int | None:
+        """A new tree `name` that reads tree base[0] at epoch base[1] (a snapshot's, or a
+        pending branch's), its next inode number that of tree `inos_of`; None when `name`
+        exists."""
         r = self._x("INSERT INTO trees (namespace, branch, next_ino, created_ns, base_tree, "
-                    "base_epoch) VALUES (?, ?, ?, ?, ?, ?) RETURNING tree_id",
-                    (namespace, name, next_ino, now, tree_id, ep)).fetchone()
-        return int(r[0]), int(ep)
+                    "base_epoch) SELECT ?, ?, next_ino, ?, ?, ? FROM trees WHERE tree_id = ? "
+                    "ON CONFLICT DO NOTHING RETURNING tree_id",
+                    (namespace, name, now, base[0], base[1], inos_of)).fetchone()
+        return None if r is None else int(r[0])
+
+    def lock_tree(self, tree_id: int) -> tuple[int, int] | None:
+        """The tree's base (a pending branch's: pending.py), read with its row locked
+        (row-locking databases: FOR UPDATE; SQLite's write lock is the database's), so that
+        whoever changes the base next reads what this transaction leaves."""
+        r = self._x("SELECT base_tree, base_epoch FROM trees WHERE tree_id = ?" + self._lock,
+                    (tree_id,)).fetchone()
+        base = None if r is None or r[0] is None else (int(r[0]), int(r[1]))
+        self._set_view(tree_id, base)   # what this transaction's reads of the tree see
+        return base
+
+    def set_base(self, tree_id: int, base: tuple[int, int] | None,
+                 inos_of: int | None = None) -> None:
+        """Point a pending branch at another view (its next inode number raised to tree
+        `inos_of`'s), or (None) make it a tree with rows of its own (once its rows are in)."""
+        b = base or (None, None)
+        self._x("UPDATE trees SET base_tree = ?, base_epoch = ? WHERE tree_id = ?",
+                (b[0], b[1], tree_id))
+        if inos_of is not None:
+            self._raise_next_ino(tree_id, inos_of)
+        self._set_view(tree_id, base)
 
     def tree_base(self, tree_id: int) -> tuple[int, int] | None:
-        """(base tree, epoch) of a snapshot's view, None for a tree with rows of its own."""
+        """(base tree, epoch) of a snapshot's or a pending branch's view, None for a tree with
+        rows of its own."""
         return self._view(tree_id)
 
     def changed_since(self, tree_id: int, epoch: int) -> list[int]:
@@ -180,8 +226,9 @@ class VersionSQL(ViewSQL):
             sorted(inos), tree_id)]
 
     def gc_history(self, namespace: str, tree_id: int, now: int) -> None:
-        """Drop the history rows and old hashes of the tree that no snapshot of it sees any
-        more (no view with an epoch in [born, died)), releasing the chunks they held."""
+        """Drop the history rows and old hashes of the tree that no view of it (a snapshot or
+        a pending branch) sees any more (no `trees` row with this base and an epoch in
+        [born, died)), releasing the chunks they held."""
         def unseen(table: str) -> str:
             return (f"{table} WHERE {table}.tree_id = ? AND NOT EXISTS (SELECT 1 FROM trees r "
                     f"WHERE r.base_tree = {table}.tree_id AND r.base_epoch >= {table}.born AND "
@@ -193,7 +240,7 @@ class VersionSQL(ViewSQL):
                 (tree_id,))
 
     def views_of(self, tree_id: int) -> int:
-        """How many snapshots' views read the tree."""
+        """How many views read the tree (snapshots' and pending branches')."""
         return int(self._x("SELECT COUNT(*) FROM trees WHERE base_tree = ?",
                            (tree_id,)).fetchone()[0])
 

@@ -5,10 +5,20 @@ A snapshot's tree is a `trees` row with `base_tree` = the tree it was taken of a
 live rows born at or before the epoch plus the history rows (history_schema.py) alive at it.
 Everything under `store.Tx` reads it with the same primitives and the same tree id as a branch.
 
+A branch created from a snapshot is such a view too until its first change (a *pending*
+branch: aifs_server.metadata.pending copies the rows in and clears its base, once).
+
 Interface:
     ViewSQL._view(tree_id) -> (base tree, epoch) | None     None: a tree with rows of its own
-                                (a branch, or a snapshot copied before epochs); cached, since a
-                                tree's base never changes and tree ids are never reused
+                                (a branch, or a snapshot copied before epochs). Cached per
+                                engine for snapshots and for trees with rows (neither ever
+                                changes: a snapshot keeps its base, a tree with rows never gets
+                                one, tree ids are never reused); a pending branch's is read
+                                again by every transaction (its base goes at its first change),
+                                once per transaction (the memo: what it read, or set_base)
+    ViewSQL.begin_views() / end_views()   the store brackets each transaction with these (the
+                                memo lives for one transaction; without them every statement
+                                reads a pending branch's row again)
     ViewSQL._rx(trees, sql, params)   run `sql` where each of `trees` that is a view reads its
                                 rows through a subquery in place of each table it names (FROM
                                 or JOIN inodes/dentries/xattrs/chunk_maps/node_hashes); the
@@ -35,6 +45,9 @@ _SOURCES = re.compile(r"\b(FROM|JOIN)\s+(inodes|dentries|xattrs|chunk_maps|node_
 _LOCKS = re.compile(r"\s+FOR (?:UPDATE|KEY SHARE|SHARE)\b")
 _IN_BATCH = 500
 _UNKNOWN = object()
+# how the branch names of snapshots' trees start: posix.FROZEN_PREFIX (the rules' module; the
+# row primitives do not import it), checked equal by tests/unit/test_pending_branches.py
+SNAPSHOT_PREFIX = "@snap:"
 _REWRITES_MAX = 4096   # rewritten statements cached per engine (one per view and statement)
 
 
@@ -75,15 +88,43 @@ class ViewSQL:
     _rewrites: dict[tuple[Any, ...], str]
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any: ...   # from SQLTx
 
+    # this transaction's view of the trees whose base may change (pending branches): what it
+    # read (PostgreSQL's REPEATABLE READ reads must agree with their snapshot, which an
+    # engine-wide "no base" filled after the branch's first change would not) and what it set
+    # (never shared before it commits); None outside a transaction
+    _memo: dict[int, tuple[int, int] | None] | None = None
+
+    def begin_views(self) -> None:
+        self._memo = {}
+
+    def end_views(self) -> None:
+        self._memo = None
+
     def _view(self, tree_id: int) -> tuple[int, int] | None:
+        memo = self._memo
+        if memo is not None and tree_id in memo:
+            return memo[tree_id]
         v = self._views.get(tree_id, _UNKNOWN)
-        if v is _UNKNOWN:
-            r = self._x("SELECT base_tree, base_epoch FROM trees WHERE tree_id = ?",
-                        (tree_id,)).fetchone()
-            if r is None:
-                return None   # not (yet) a tree: nothing to cache
-            v = self._views[tree_id] = None if r[0] is None else (int(r[0]), int(r[1]))
-        return v  # type: ignore[no-any-return]
+        if v is not _UNKNOWN:
+            return v  # type: ignore[no-any-return]
+        r = self._x("SELECT base_tree, base_epoch, branch FROM trees WHERE tree_id = ?",
+                    (tree_id,)).fetchone()
+        if r is None:
+            return None   # not (yet) a tree: nothing to cache
+        base = None if r[0] is None else (int(r[0]), int(r[1]))
+        if base is not None and not str(r[2]).startswith(SNAPSHOT_PREFIX):
+            if memo is not None:   # a pending branch: only for this transaction
+                memo[tree_id] = base
+            return base
+        self._views[tree_id] = base
+        return base
+
+    def _set_view(self, tree_id: int, base: tuple[int, int] | None) -> None:
+        """This transaction changed the tree's base (sql_versions.set_base): what its own
+        statements read from now on, and nothing cached before it commits."""
+        if self._memo is not None:
+            self._memo[tree_id] = base
+        self._views.pop(tree_id, None)
 
     def _rx(self, trees: Iterable[int], sql: str, params: Sequence[Any] = ()) -> Any:
         views: dict[int, tuple[int, int]] = {}

@@ -182,8 +182,10 @@ class SQLiteStore:
             c.execute("PRAGMA synchronous=FULL")
         try:
             c.execute("BEGIN IMMEDIATE")
+            tx: SQLTx = self._local.tx
+            tx.begin_views()   # sql_views: what this transaction reads of pending branches
             try:
-                yield self._local.tx
+                yield tx
                 c.execute("COMMIT")
             except BaseException:
                 # SQLite may have rolled back already (it does on SQLITE_FULL): a second
@@ -194,6 +196,7 @@ class SQLiteStore:
                         c.execute("ROLLBACK")
                 raise
         finally:
+            self._local.tx.end_views()
             if durable and self._sync != "FULL":
                 c.execute(f"PRAGMA synchronous={self._sync}")
 
@@ -201,9 +204,12 @@ class SQLiteStore:
     def read(self) -> Iterator[SQLTx]:
         c = self._conn()
         c.execute("BEGIN")
+        tx: SQLTx = self._local.tx
+        tx.begin_views()
         try:
-            yield self._local.tx
+            yield tx
         finally:
+            tx.end_views()
             c.execute("COMMIT")
 
     def close(self) -> None:

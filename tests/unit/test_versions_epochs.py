@@ -13,6 +13,7 @@ import blake3
 import pytest
 
 from aifs_core.types import ROOT_INO, SET_MODE, AssetRecord, ParentEdge, TreeRef
+from aifs_server.metadata.pending import materialize
 from aifs_server.metadata.posix import FROZEN_PREFIX, PosixMeta
 from aifs_server.versions import Snapshot, Versions, compute_hashes
 from tests.unit.metadata_engines import Harness, harness_fixture  # noqa: F401 (fixture)
@@ -318,6 +319,11 @@ def test_a_write_to_the_base_during_a_fast_copy_falls_back_to_the_view(
 
     monkeypatch.setattr(type(m.store.single()), "changed_after", probe)
     v.create_branch("ns1", "b", s.id)
+    assert calls == []                  # created pending (pending.py): copied at its first change
+    b = m.store.single().get_tree("ns1", "b")
+    assert b is not None
+    with m.store.write() as tx:
+        assert materialize(tx, "ns1", b[0], s.created_ns)
     assert calls == [True, True]                     # the probe before the copy and after
     assert _state(m, TreeRef("ns1", "b")) == want
     assert harness.scalar(WRONG_REFS) == 0
