@@ -12,7 +12,8 @@ Interface (every function takes the directory to work in; sizes come from `Sizes
   `LoaderPool` (4 worker processes calling numpy.load) with `.epoch(dir, seed)` (samples/s).
 - `tree_bytes(dir)`: apparent bytes of every regular file under dir (du -sb).
 - `snapshot_and_branch(address, n)` (aifs only): add `n` empty files through the SDK, then time
-  one snapshot of main ("snapshot 100k files" at full size) and one branch create from it (ms).
+  one snapshot of main ("snapshot 100k files" at full size), one branch create from it and the
+  first write to that branch, which copies the branch's rows (ms).
 
 Every byte written is distinct at 1 MiB (chunk) granularity, so no target's dedup can make a
 figure out of repeated blocks; the text set compresses like real CSV (random values), the
@@ -68,11 +69,13 @@ FIGURES: dict[str, Figure] = {
     "mem_server": Figure("peak RSS, AIFS server", "MiB", "lower"),
     "snapshot_files": Figure("snapshot 100k files (--quick: 500)", "ms", "lower"),
     "branch_create": Figure("branch create from that snapshot", "ms", "lower"),
+    # the branch's copy, deferred from its create to here (FORMAT.md §6.4 "Branches")
+    "branch_first_write": Figure("first write to that branch (copies it)", "ms", "lower"),
 }
 WRITE_FIGURES = {"seq_write", "small_create", "small_unlink"}
 MEMORY_FIGURES = {"mem_fuse", "mem_total", "mem_server"}
 SERVER_FIGURES = {"mem_server"}  # only targets with a separate server process (aifs)
-VERSION_FIGURES = {"snapshot_files", "branch_create"}  # snapshots and branches: aifs only
+VERSION_FIGURES = {"snapshot_files", "branch_create", "branch_first_write"}  # aifs only
 
 
 @dataclass(frozen=True)
@@ -354,11 +357,14 @@ def tree_bytes(d: Path) -> int:
     return total
 
 
-def snapshot_and_branch(address: str, n: int, per_dir: int = 1000) -> tuple[float, float]:
-    """(snapshot ms, branch create ms) on the aifs server at `address`: `n` empty files (in
-    directories of `per_dir`) are added to main through the SDK (not timed: building the tree
-    is not what is measured), then one snapshot of main and one branch from it are timed,
-    each a single RPC. Both copy the tree in the database today (FORMAT.md §6.4): O(tree)."""
+def snapshot_and_branch(address: str, n: int, per_dir: int = 1000
+                        ) -> tuple[float, float, float]:
+    """(snapshot ms, branch create ms, first write ms) on the aifs server at `address`: `n`
+    empty files (in directories of `per_dir`) are added to main through the SDK (not timed:
+    building the tree is not what is measured), then one snapshot of main, one branch from it
+    and one create in that branch are timed, each a single RPC. The snapshot and the create
+    copy nothing (O(changes), O(1)); the branch's first write copies its rows: O(tree)
+    (FORMAT.md §6.4)."""
     from aifs_core.types import ROOT_INO
     from aifsfs.client import AIFSClient
 
@@ -374,4 +380,7 @@ def snapshot_and_branch(address: str, n: int, per_dir: int = 1000) -> tuple[floa
         t1 = time.perf_counter()
         c.versions.create_branch("bench-branch", snap["id"])
         t2 = time.perf_counter()
-    return (t1 - t0) * 1000, (t2 - t1) * 1000
+        c.branch = "bench-branch"
+        c.fs.create_entry(top, b"first-write", 0o100644, 0, 0)
+        t3 = time.perf_counter()
+    return (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000
