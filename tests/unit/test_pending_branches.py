@@ -82,7 +82,7 @@ def test_a_branch_copies_no_row_until_its_first_change(harness: Harness, v: Vers
     m.setattr(B, files[0], SET_MODE, mode=0o100600)               # the first change
     assert _base(m, B) is None and _rows(harness, bid) == main_rows
     got = _state(m, B)
-    assert got[b"/d/f0"][0].mode == 0o100600                       # type: ignore[index]
+    assert got[b"/d/f0"][0].mode == 0o100600                       # type: ignore[attr-defined]
     assert {k: x for k, x in got.items() if k != b"/d/f0"} == {
         k: x for k, x in want.items() if k != b"/d/f0"}
     assert _state(m, T) == want and _state(m, s.tree) == want     # main and the snapshot
@@ -190,12 +190,13 @@ def test_reset_of_a_pending_branch_points_it_at_the_new_view(harness: Harness,
     assert harness.scalar(WRONG_REFS) == 0
 
 
+@pytest.mark.parametrize("last", ["first change", "delete"])
 def test_what_a_pending_branch_reads_outlives_prune_and_its_base_branch(
-        harness: Harness, v: Versions) -> None:
+        harness: Harness, v: Versions, last: str) -> None:
     """A pending branch of a live branch without snapshots holds that branch's rows at its
     epoch as a snapshot does: prunes of the source's later snapshots keep them (chunk
     references included), deleting the source keeps its tree (nameless, read-only), and the
-    kept tree goes with its last reader -- here the pending branch's first change."""
+    kept tree goes with its last reader: the pending branch's first change, or its delete."""
     m = v.meta
     src = TreeRef("ns1", "src")
     v.create_branch("ns1", "src", "")                 # main has no snapshot: src is pending
@@ -220,10 +221,50 @@ def test_what_a_pending_branch_reads_outlives_prune_and_its_base_branch(
         with m.store.write() as tx:                   # as prune drops one (a head is kept)
             v._drop_snapshot(tx, s, s.created_ns)
     assert m.store.single().get_tree("ns1", kept) is not None and _state(m, B) == want
-    m.create(B, ROOT_INO, b"mine", 0o100644, 0, 0, 0)   # b's rows: the kept tree's last reader
-    assert m.store.single().get_tree("ns1", kept) is None
-    assert m.get_chunk_map(B, f)[1][0].chunk_id == old.chunk_id
-    assert harness.scalar("SELECT refcount FROM chunks WHERE chunk_id = ?", old.chunk_id) == 1
+    if last == "delete":
+        v.delete_branch("ns1", "b")
+        assert m.store.single().get_tree("ns1", kept) is None
+        assert harness.scalar("SELECT refcount FROM chunks WHERE chunk_id = ?",
+                              old.chunk_id) == 0
+        assert harness.scalar("SELECT COUNT(*) FROM trees") == 1      # main alone
+    else:
+        m.create(B, ROOT_INO, b"mine", 0o100644, 0, 0, 0)   # b's rows: the last reader's
+        assert m.store.single().get_tree("ns1", kept) is None
+        assert m.get_chunk_map(B, f)[1][0].chunk_id == old.chunk_id
+        assert harness.scalar("SELECT refcount FROM chunks WHERE chunk_id = ?",
+                              old.chunk_id) == 1
+    assert harness.scalar(WRONG_REFS) == 0
+
+
+def _content(m: PosixMeta, tree: TreeRef) -> dict[bytes, object]:
+    """_state without inode numbers, times and listing order (a merge makes new inodes)."""
+    out: dict[bytes, object] = {}
+    for p, x in _state(m, tree).items():
+        if p.endswith(b"/"):
+            out[p] = sorted(x)   # type: ignore[type-var]
+        else:
+            a, *rest = x
+            out[p] = (a.mode, a.size, *rest)   # type: ignore[attr-defined]
+    return out
+
+
+def test_merges_into_and_from_a_pending_branch(harness: Harness, v: Versions) -> None:
+    """Merging into a pending branch copies it (its snapshot first) and applies the changes;
+    merging an untouched pending branch into main changes nothing."""
+    m = v.meta
+    d, files = _tree(m)
+    s = v.create_snapshot("ns1", "main")
+    v.create_branch("ns1", "b", s.id)
+    v.create_branch("ns1", "c", s.id)
+    m.create(T, d, b"on-main", 0o100644, 0, 0, 0)
+    m.commit_file(T, files[2], [chunk(m, b"main's")], 6)
+    r = v.merge("ns1", "main", "b")
+    assert r.merged and sorted(r.applied) == ["/d/f2", "/d/on-main"]
+    assert _base(m, B) is None and _content(m, B) == _content(m, T)
+    assert v.verify("ns1", r.snapshot)[0]
+    main_before = _state(m, T)
+    r = v.merge("ns1", "c", "main")
+    assert r.merged and r.applied == [] and _state(m, T) == main_before
     assert harness.scalar(WRONG_REFS) == 0
 
 
