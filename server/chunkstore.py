@@ -195,13 +195,13 @@ class LocalChunkStore:
             return False
         directory = os.path.dirname(path)
         tmp = os.path.join(directory, f"{_TMP_PREFIX}{name}-{os.getpid()}-{threading.get_ident()}")
+        parents: list[Future[None]] = []
         try:
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             except FileNotFoundError:
                 os.makedirs(directory, mode=0o700, exist_ok=True)
-                fsync_dir(os.path.dirname(directory))
-                fsync_dir(os.path.dirname(os.path.dirname(directory)))
+                parents = self._sync_parents(directory)
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
             view = memoryview(data).cast("B")
             nbytes = len(view)
@@ -212,6 +212,8 @@ class LocalChunkStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+            for done in parents:
+                done.result()   # the new directory is durable before a name appears in it
             # link, unlike rename, fails if another writer got there first: the chunk is then
             # stored exactly once and this put reports "already there". Under the lock so the
             # usage counter and the unsynced count match the files.
@@ -233,6 +235,16 @@ class LocalChunkStore:
                 os.unlink(tmp)
             except FileNotFoundError:
                 pass
+
+    def _sync_parents(self, directory: str) -> list[Future[None]]:
+        """fsync the parent and the root of a fan-out directory just made, in the background:
+        they run while the chunk's own file is written and fsynced (concurrent fsyncs share
+        the file system's journal commits). One after the other, these four fsyncs were most
+        of a small file's create in a fresh store, where nearly every chunk makes its leaf
+        directory (~11-12 ms against ~4.5 ms a chunk on a busy disk). The caller waits for
+        both before it links the chunk's name, as it did when they ran first."""
+        parent = os.path.dirname(directory)
+        return [self._sync_pool().submit(fsync_dir, d) for d in (parent, os.path.dirname(parent))]
 
     def _sync(self, directories: Iterable[str], linked: Iterable[str]) -> None:
         """fsync each directory once, then drop the unsynced counts of our own links.
