@@ -119,6 +119,7 @@ class TreeEntry:
     symlink: bytes
     xattrs: dict[bytes, bytes]
     content_hash: bytes
+    chunks: list[tuple[int, bytes, int]] = field(default_factory=list)  # a file's map
 
 
 def _snap(ns: str, row: tuple[Any, ...]) -> Snapshot:
@@ -518,7 +519,7 @@ class Versions:
                 if tx.snapshot(ns, snap.id) is None:
                     raise NotFound(f"snapshot {snap.id} of namespace {ns!r} does not exist")
                 src_tid, head = snap.tree_id, snap.id
-            if self._new_tree(tx, ns, name, src_tid, bool(src_branch), now) is None:
+            if self._new_tree(tx, ns, name, src_tid, bool(src_branch), now, head) is None:
                 raise AlreadyExists(f"branch {name!r} already exists in namespace {ns!r}")
             tx.delete_log(ns, name)
             if head:
@@ -527,16 +528,24 @@ class Versions:
         return name, head, now
 
     @staticmethod
-    def _new_tree(tx: Tx, ns: str, name: str, src: int, live: bool, now: int) -> int | None:
-        """Branch `name`'s tree, equal to tree `src` (a snapshot's, or a live branch's: `live`);
-        None when the name is taken. O(1), a pending branch (metadata/pending.py) reading
-        the view `src` reads, flattened (a snapshot's or a pending branch's base), or a
-        live tree frozen at its epoch; a copy (O(tree)) of a snapshot copied before epochs,
-        and of a live tree that has node hashes: its next snapshot hashes from the history
-        rows dying at its epoch (epoch_hashes), so every epoch of it must end in a snapshot."""
+    def _new_tree(tx: Tx, ns: str, name: str, src: int, live: bool, now: int,
+                  head: str = "") -> int | None:
+        """Branch `name`'s tree, equal to tree `src` (a snapshot's, or a live branch's: `live`,
+        whose head snapshot is `head`); None when the name is taken. O(1) where it can: a
+        pending branch (metadata/pending.py) reading the view `src` reads, flattened (a
+        snapshot's or a pending branch's base); of a live tree without node hashes, the tree
+        frozen at its epoch; of a live tree unchanged since its head snapshot, that snapshot's
+        view. Else a copy (O(tree)): a snapshot copied before epochs, and a live tree with node
+        hashes that changed since its head (its next snapshot hashes from the history rows
+        dying at its epoch, epoch_hashes: every epoch of it must end in a snapshot)."""
         base = tx.lock_tree(src) if live else tx.tree_base(src)
         if base is None and live and not tx.has_hashes(src):
             base = (src, tx.bump_epoch(src))   # as freeze does, without a snapshot row
+        elif base is None and live and head:
+            row = tx.snapshot(ns, head)
+            at = tx.tree_base(int(row[1])) if row else None
+            if at is not None and at[0] == src and not tx.changed_after(*at):
+                base = at                       # the live tree is its head snapshot's
         if base is not None:
             return tx.insert_view(ns, name, base, src, now)
         dst = tx.insert_tree(ns, name, now)
@@ -658,10 +667,11 @@ class Versions:
         entries = []
         for name, e_ino, mode, _uid, _gid, size, _rdev, link, h in rows:
             e_attr = self.meta.getattr(snap.tree, int(e_ino))
-            content = (merkle.content_hash(int(size), maps.get(int(e_ino), []))
-                       if stat.S_ISREG(mode) else b"")
+            slots = maps.get(int(e_ino), []) if stat.S_ISREG(mode) else []
+            content = merkle.content_hash(int(size), slots) if stat.S_ISREG(mode) else b""
             entries.append(TreeEntry(bytes(name), e_attr, bytes(h or b""),
-                                     bytes(link or b""), xa.get(int(e_ino), {}), content))
+                                     bytes(link or b""), xa.get(int(e_ino), {}), content,
+                                     slots))
         return attr, own or b"", xa.get(ino, {}), entries
 
     # --- diff and merge ----------------------------------------------------------------------

@@ -137,12 +137,17 @@ def test_branch_from_branch_stays_one_view_deep(harness: Harness, v: Versions) -
         assert v.verify("ns1", v.create_snapshot("ns1", b).id)[0], b
 
 
-def test_a_live_branch_with_hashes_is_copied(harness: Harness, v: Versions) -> None:
-    """main has node hashes (a snapshot) and changed since: its next snapshot hashes from the
-    history rows dying at its epoch, so a branch of its live tree is a copy, not a freeze."""
+def test_a_live_branch_with_hashes_is_its_head_or_a_copy(harness: Harness,
+                                                        v: Versions) -> None:
+    """main has node hashes (a snapshot): unchanged since, a branch of its live tree reads
+    that snapshot's view; changed since, the branch is a copy, not a freeze (main's next
+    snapshot hashes from the history rows dying at its epoch)."""
     m = v.meta
     _, files = _tree(m)
-    v.create_snapshot("ns1", "main")
+    head = v.create_snapshot("ns1", "main")
+    v.create_branch("ns1", "same")
+    assert _base(m, TreeRef("ns1", "same")) == m.store.single().tree_base(head.tree_id)
+    assert _state(m, TreeRef("ns1", "same")) == _state(m, T)
     m.setattr(T, files[2], SET_MODE, mode=0o100640)
     epoch = harness.scalar("SELECT epoch FROM trees WHERE tree_id = ?", _tid(m, T))
     v.create_branch("ns1", "b")
