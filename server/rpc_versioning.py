@@ -199,12 +199,16 @@ class VersioningServicer(versioning_pb2_grpc.VersioningServicer):
 
     @rpc
     def ListTree(self, request: Any, context: grpc.ServicerContext) -> Any:
-        attr, own, xattrs, entries = self.v.list_tree(self._ns(context), request.snapshot,
-                                                      request.ino or 1)
+        ns = self._ns(context)
+        attr, own, xattrs, entries = self.v.list_tree(ns, request.snapshot, request.ino or 1)
+        ref = common_pb2.ChunkRef
         return pb.ListTreeReply(
             hash=own, attr=attr_to_pb(attr), **_xattrs(xattrs),
+            chunk_size=self.b.namespace(ns).chunk_size,
             entries=[pb.TreeEntry(name=e.name, attr=attr_to_pb(e.attr), hash=e.hash,
                                   symlink=e.symlink, content_hash=e.content_hash,
+                                  chunks=[ref(index=i, chunk_id=c, length=n)
+                                          for i, c, n in e.chunks],
                                   **_xattrs(e.xattrs)) for e in entries])
 
     @rpc

@@ -267,6 +267,7 @@ class AIFSOperations(pyfuse3.Operations):
     def start(self, nursery: trio.Nursery) -> None:
         self._nursery = nursery
         self.buffers.start(nursery)
+        self.synthetic.start(nursery)    # views' directory prefetches
         if self._session is not None:
             self._session.start()
         if self.dirops is not None:

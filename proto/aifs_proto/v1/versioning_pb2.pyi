@@ -227,7 +227,7 @@ class MergeReply(_message.Message):
     def __init__(self, merged: _Optional[bool] = ..., conflicts: _Optional[_Iterable[str]] = ..., snapshot: _Optional[str] = ..., base: _Optional[str] = ..., applied: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TreeEntry(_message.Message):
-    __slots__ = ("name", "attr", "hash", "symlink", "xattr_names", "xattr_values", "content_hash")
+    __slots__ = ("name", "attr", "hash", "symlink", "xattr_names", "xattr_values", "content_hash", "chunks")
     NAME_FIELD_NUMBER: _ClassVar[int]
     ATTR_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
@@ -235,6 +235,7 @@ class TreeEntry(_message.Message):
     XATTR_NAMES_FIELD_NUMBER: _ClassVar[int]
     XATTR_VALUES_FIELD_NUMBER: _ClassVar[int]
     CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
     name: bytes
     attr: _common_pb2.Attr
     hash: bytes
@@ -242,7 +243,8 @@ class TreeEntry(_message.Message):
     xattr_names: _containers.RepeatedScalarFieldContainer[bytes]
     xattr_values: _containers.RepeatedScalarFieldContainer[bytes]
     content_hash: bytes
-    def __init__(self, name: _Optional[bytes] = ..., attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., hash: _Optional[bytes] = ..., symlink: _Optional[bytes] = ..., xattr_names: _Optional[_Iterable[bytes]] = ..., xattr_values: _Optional[_Iterable[bytes]] = ..., content_hash: _Optional[bytes] = ...) -> None: ...
+    chunks: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChunkRef]
+    def __init__(self, name: _Optional[bytes] = ..., attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., hash: _Optional[bytes] = ..., symlink: _Optional[bytes] = ..., xattr_names: _Optional[_Iterable[bytes]] = ..., xattr_values: _Optional[_Iterable[bytes]] = ..., content_hash: _Optional[bytes] = ..., chunks: _Optional[_Iterable[_Union[_common_pb2.ChunkRef, _Mapping]]] = ...) -> None: ...
 
 class ListTreeRequest(_message.Message):
     __slots__ = ("snapshot", "ino")
@@ -253,18 +255,20 @@ class ListTreeRequest(_message.Message):
     def __init__(self, snapshot: _Optional[str] = ..., ino: _Optional[int] = ...) -> None: ...
 
 class ListTreeReply(_message.Message):
-    __slots__ = ("entries", "hash", "attr", "xattr_names", "xattr_values")
+    __slots__ = ("entries", "hash", "attr", "xattr_names", "xattr_values", "chunk_size")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
     HASH_FIELD_NUMBER: _ClassVar[int]
     ATTR_FIELD_NUMBER: _ClassVar[int]
     XATTR_NAMES_FIELD_NUMBER: _ClassVar[int]
     XATTR_VALUES_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[TreeEntry]
     hash: bytes
     attr: _common_pb2.Attr
     xattr_names: _containers.RepeatedScalarFieldContainer[bytes]
     xattr_values: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, entries: _Optional[_Iterable[_Union[TreeEntry, _Mapping]]] = ..., hash: _Optional[bytes] = ..., attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., xattr_names: _Optional[_Iterable[bytes]] = ..., xattr_values: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    chunk_size: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[TreeEntry, _Mapping]]] = ..., hash: _Optional[bytes] = ..., attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., xattr_names: _Optional[_Iterable[bytes]] = ..., xattr_values: _Optional[_Iterable[bytes]] = ..., chunk_size: _Optional[int] = ...) -> None: ...
 
 class SigningKeyReply(_message.Message):
     __slots__ = ("public_key",)
