@@ -71,11 +71,14 @@ FIGURES: dict[str, Figure] = {
     "branch_create": Figure("branch create from that snapshot", "ms", "lower"),
     # the branch's copy, deferred from its create to here (FORMAT.md §6.4 "Branches")
     "branch_first_write": Figure("first write to that branch (copies it)", "ms", "lower"),
+    # what every snapshot after the first costs: O(changes), the first hashes every node once
+    "snapshot_changed": Figure("snapshot of that tree after 10 changes", "ms", "lower"),
 }
 WRITE_FIGURES = {"seq_write", "small_create", "small_unlink"}
 MEMORY_FIGURES = {"mem_fuse", "mem_total", "mem_server"}
 SERVER_FIGURES = {"mem_server"}  # only targets with a separate server process (aifs)
-VERSION_FIGURES = {"snapshot_files", "branch_create", "branch_first_write"}  # aifs only
+VERSION_FIGURES = {"snapshot_files", "branch_create", "branch_first_write",
+                   "snapshot_changed"}  # aifs only
 
 
 @dataclass(frozen=True)
@@ -358,23 +361,28 @@ def tree_bytes(d: Path) -> int:
 
 
 def snapshot_and_branch(address: str, n: int, per_dir: int = 1000
-                        ) -> tuple[float, float, float]:
-    """(snapshot ms, branch create ms, first write ms) on the aifs server at `address`: `n`
-    empty files (in directories of `per_dir`) are added to main through the SDK (not timed:
-    building the tree is not what is measured), then one snapshot of main, one branch from it
-    and one create in that branch are timed, each a single RPC. The snapshot and the create
-    copy nothing (O(changes), O(1)); the branch's first write copies its rows: O(tree)
-    (FORMAT.md §6.4)."""
-    from aifs_core.types import ROOT_INO
+                        ) -> tuple[float, float, float, float]:
+    """(snapshot ms, branch create ms, first write ms, next snapshot ms) on the aifs server at
+    `address`: `n` empty files (in directories of `per_dir`) are added to main through the SDK
+    (not timed: building the tree is not what is measured), then one snapshot of main, one
+    branch from it and one create in that branch are timed, each a single RPC, and, after 10
+    files of main changed (chmod, not timed), a second snapshot of main. The first snapshot
+    hashes every node once (its changes since the last snapshot are the whole tree), the
+    second only what changed and their directories (O(changes · depth)); the create copies
+    nothing (O(1)); the branch's first write copies its rows: O(tree) (FORMAT.md §6.4)."""
+    from aifs_core.types import ROOT_INO, SET_MODE
     from aifsfs.client import AIFSClient
 
     with AIFSClient(address, timeout=600) as c:
         top = c.fs.mkdir(ROOT_INO, b"snapbench").ino
         d = top
+        spread: list[int] = []           # 10 files across the tree, changed before snapshot 2
         for i in range(n):
             if i % per_dir == 0:
                 d = c.fs.mkdir(top, f"d{i // per_dir:05d}".encode()).ino
-            c.fs.create_entry(d, f"f{i:06d}".encode(), 0o100644, 0, 0)
+            a, _ = c.fs.create_entry(d, f"f{i:06d}".encode(), 0o100644, 0, 0)
+            if i % max(1, n // 10) == 0 and len(spread) < 10:
+                spread.append(a.ino)
         t0 = time.perf_counter()
         snap = c.versions.snapshot(message="aifs bench")
         t1 = time.perf_counter()
@@ -383,4 +391,10 @@ def snapshot_and_branch(address: str, n: int, per_dir: int = 1000
         c.branch = "bench-branch"
         c.fs.create_entry(top, b"first-write", 0o100644, 0, 0)
         t3 = time.perf_counter()
-    return (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000
+        c.branch = "main"
+        for ino in spread:
+            c.fs.setattr(ino, SET_MODE, mode=0o100600)
+        t4 = time.perf_counter()
+        c.versions.snapshot(message="aifs bench, 10 changes later")
+        t5 = time.perf_counter()
+    return (t1 - t0) * 1000, (t2 - t1) * 1000, (t3 - t2) * 1000, (t5 - t4) * 1000
