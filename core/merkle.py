@@ -3,6 +3,9 @@
 Interface:
     content_hash(size, slots) -> 32 bytes    slots: (index, chunk id, length) in index order
     node_hash(mode, uid, gid, size, body, xattrs) -> 32 bytes
+    file_node_hash(mode, uid, gid, size, slots, xattrs) -> 32 bytes   a regular file's: the same
+        as node_hash(..., content_hash(size, slots), xattrs), in one pass (a snapshot hashes
+        every file of a tree the first time)
         body: file -> its content hash; directory -> dir_body(entries); symlink -> the target;
         other -> rdev as int. xattrs: {name: value}
     dir_body(entries) -> bytes               entries: (name, child node hash), any order
@@ -33,6 +36,7 @@ _TYPES = {stat.S_IFREG: 1, stat.S_IFDIR: 2, stat.S_IFLNK: 3}
 # precompiled, and each hash takes its bytes in one call: a snapshot hashes every node of a tree
 _FILE_HEAD, _NODE_HEAD = struct.Struct("<BQI"), struct.Struct("<BBIIIQ")
 _Q, _I, _H = struct.Struct("<Q"), struct.Struct("<I"), struct.Struct("<H")
+_SLOT = struct.Struct("<Q32sI")
 _NO_XATTRS = _I.pack(0)
 
 
@@ -46,6 +50,19 @@ def content_hash(size: int, slots: Iterable[tuple[int, bytes, int]]) -> bytes:
     for idx, cid, length in rows:
         parts += (_Q.pack(idx), bytes(cid), _I.pack(length))
     return blake3(b"".join(parts)).digest()
+
+
+def file_node_hash(mode: int, uid: int, gid: int, size: int,
+                   slots: Iterable[tuple[int, bytes, int]],
+                   xattrs: Mapping[bytes, bytes] | None = None) -> bytes:
+    rows = list(slots)
+    if xattrs or any(len(cid) != 32 for _, cid, _ in rows):
+        return node_hash(mode, uid, gid, size, content_hash(size, rows), xattrs)
+    content = blake3(b"".join([FILE_MAGIC, _FILE_HEAD.pack(VERSION, size, len(rows)),
+                               *[_SLOT.pack(i, cid, n) for i, cid, n in rows]])).digest()
+    return blake3(b"".join([NODE_MAGIC, _NODE_HEAD.pack(VERSION, 1, mode & 0xFFFFFFFF,
+                                                        uid & 0xFFFFFFFF, gid & 0xFFFFFFFF, size),
+                            content, _NO_XATTRS])).digest()
 
 
 def dir_body(entries: Iterable[tuple[bytes, bytes]]) -> bytes:

@@ -155,9 +155,9 @@ def compute_hashes(inputs: tuple[list[Any], list[Any], list[Any], list[Any]],
 
     def leaf(ino: int, row: Any) -> bytes:
         _, mode, uid, gid, size, rdev, link = row
-        t = merkle.node_type(mode)
-        body: bytes | int = (merkle.content_hash(size, maps.get(ino, ())) if t == 1 else
-                             bytes(link or b"") if t == 3 else rdev)
+        if stat.S_ISREG(mode):
+            return merkle.file_node_hash(mode, uid, gid, size, maps.get(ino, ()), xa.get(ino))
+        body = bytes(link or b"") if stat.S_ISLNK(mode) else rdev
         return merkle.node_hash(mode, uid, gid, size, body, xa.get(ino))
 
     while stack:

@@ -64,6 +64,22 @@ def test_node_hash_of_each_type_is_the_documented_bytes() -> None:
         4, dev, 0, 0, 0, struct.pack("<Q", (1 << 8) | 3), {b"user.k": b"v"})
 
 
+def test_file_node_hash_is_node_hash_of_the_content_hash() -> None:
+    # the one-pass form a snapshot uses for every file: the documented bytes, every case
+    a, b = bytes(range(32)), bytes(range(32, 64))
+    f = stat.S_IFREG | 0o4755
+    for size, slots, xs in [(3 * (1 << 20) + 17, [(0, a, 1 << 20), (3, b, 17)], {}),
+                            (0, [], {}), (1 << 40, [], {}),            # empty; all holes
+                            (5, [(0, a, 5)], {b"user.k": b"v", b"user.a": b""}),
+                            (5, [(0, b"short id", 5)], {})]:           # not 32 bytes: as stored
+        content = _h(b"AIFSFILE", bytes([1]), struct.pack("<QI", size, len(slots)),
+                     *[struct.pack("<Q", i) + cid + struct.pack("<I", n)
+                       for i, cid, n in slots])
+        want = _node(1, f, 1000, 100, size, content, xs)
+        assert merkle.file_node_hash(f, 1000, 100, size, slots, xs) == want
+        assert merkle.node_hash(f, 1000, 100, size, merkle.content_hash(size, slots), xs) == want
+
+
 def test_statement_is_the_documented_bytes() -> None:
     sid, p1, p2, root = bytes([7]) * 16, bytes([8]) * 16, bytes([9]) * 16, bytes([5]) * 32
     got = merkle.statement(sid, "ns", "main", -3, root, [p1, p2], "msg é")
