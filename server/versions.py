@@ -119,6 +119,7 @@ class TreeEntry:
     symlink: bytes
     xattrs: dict[bytes, bytes]
     content_hash: bytes
+    chunks: list[tuple[int, bytes, int]] = field(default_factory=list)  # a file's map
 
 
 def _snap(ns: str, row: tuple[Any, ...]) -> Snapshot:
@@ -666,10 +667,11 @@ class Versions:
         entries = []
         for name, e_ino, mode, _uid, _gid, size, _rdev, link, h in rows:
             e_attr = self.meta.getattr(snap.tree, int(e_ino))
-            content = (merkle.content_hash(int(size), maps.get(int(e_ino), []))
-                       if stat.S_ISREG(mode) else b"")
+            slots = maps.get(int(e_ino), []) if stat.S_ISREG(mode) else []
+            content = merkle.content_hash(int(size), slots) if stat.S_ISREG(mode) else b""
             entries.append(TreeEntry(bytes(name), e_attr, bytes(h or b""),
-                                     bytes(link or b""), xa.get(int(e_ino), {}), content))
+                                     bytes(link or b""), xa.get(int(e_ino), {}), content,
+                                     slots))
         return attr, own or b"", xa.get(ino, {}), entries
 
     # --- diff and merge ----------------------------------------------------------------------
