@@ -1,7 +1,7 @@
 """The bench's small-file read and ML epochs alone, with calls and CPU per item (issue 9).
 
 usage: .venv/bin/python scripts/epoch_bench.py WORKDIR [--target aifs|gocryptfs]
-           [--tree DIR] [--files N] [--samples N] [--phases read,ml] [--spy PHASE]
+           [--tree DIR] [--files N] [--samples N] [--phases read,ml] [--spy PHASE] [--perf PHASE]
 
 aifs: a server with --metrics-port and `aifs up` on a fresh data dir; the bench's samples and
 small files are written, then the server is restarted, the mount remounted and the page cache
@@ -51,11 +51,26 @@ def calls(url: str) -> dict[str, int]:
 
 
 def cpu(pid: int) -> float:
+    return sum(cpu_split(pid))
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process so far."""
     try:
         f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0, 0.0
+    tck = os.sysconf("SC_CLK_TCK")
+    return int(f[11]) / tck, int(f[12]) / tck
+
+
+def minflt(pid: int) -> int:
+    """Minor page faults of a process so far (fresh memory touched: malloc giving pages back
+    to the kernel and taking them again costs one per 4 KiB)."""
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[7])
+    except (OSError, IndexError, ValueError):
+        return 0
 
 
 def peak_mib(pid: int) -> float:
@@ -201,6 +216,10 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--phases", default="read,ml")
     ap.add_argument("--spy", default="")
+    ap.add_argument("--perf", default="",
+                    help="record this phase of both processes with `perf record -g` into "
+                         "WORKDIR/perf-PHASE-ROLE.data (native time: kernel, gRPC core, "
+                         "libcrypto, the interpreter)")
     ap.add_argument("--warm-server", action="store_true",
                     help="read the server's data dir into the page cache after the drop "
                          "(what the epoch costs without the server's disk reads)")
@@ -239,23 +258,35 @@ def main() -> None:
                          "-o", str(a.work / f"spy-{name}-{role}-{pid}.txt")],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 time.sleep(1.5)
+            if a.perf == name:
+                for pid, role in rig.pids():
+                    spies.append(subprocess.Popen(
+                        ["perf", "record", "-F", "499", "-g", "-p", str(pid),
+                         "-o", str(a.work / f"perf-{name}-{role}.data")],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                time.sleep(1.5)
             before = rig.calls()
             pids = [p for p, _ in rig.pids()]
-            c0 = [cpu(p) for p in pids]
+            c0 = [cpu_split(p) for p in pids]
+            f0 = [minflt(p) for p in pids]
             i0 = idle_ticks()
             v = fn()
             i1 = idle_ticks()
-            c1 = [cpu(p) for p in pids]
+            c1 = [cpu_split(p) for p in pids]
+            faults = [round((minflt(p) - f) / n, 1) for p, f in zip(pids, f0, strict=True)]
             after = rig.calls()
             for s in spies:
                 s.send_signal(signal.SIGINT)
                 s.wait(60)
             per = {k: round((x - before.get(k, 0)) / n, 3) for k, x in sorted(after.items())
                    if x - before.get(k, 0) and k != "Open"}
-            us = [round((y - x) / n * 1e6) for x, y in zip(c0, c1, strict=True)]
+            us = [round(sum(y) - sum(x)) for x, y in zip(
+                ((u * 1e6 / n, s * 1e6 / n) for u, s in c0),
+                ((u * 1e6 / n, s * 1e6 / n) for u, s in c1), strict=True)]
+            sys_us = [round((y[1] - x[1]) / n * 1e6) for x, y in zip(c0, c1, strict=True)]
             idle = 100 * (i1[0] - i0[0]) / max(1, i1[1] - i0[1])
-            print(f"{name}: {v:,.0f}/s  cpu us/item {us}  idle {idle:.0f}%  calls/item {per}",
-                  flush=True)
+            print(f"{name}: {v:,.0f}/s  cpu us/item {us} (sys {sys_us})  faults/item {faults}  "
+                  f"idle {idle:.0f}%  calls/item {per}", flush=True)
 
         if "read" in phases:
             phase("read", lambda: wl.read_small(root), a.files)

@@ -5,7 +5,10 @@ Interface:
     Metrics(stats_fn=None)        registry + metrics; stats_fn() -> {namespace: (stored, logical)}
                                   is called on each scrape for the stored/logical gauges
       .observe(method, code, seconds)
-      .add_bytes(direction, n)    direction "in" | "out" (data path payload bytes)
+      .add_bytes(direction, n)    direction "in" | "out" (data path payload bytes) | "out_file"
+                                  (bytes written into a client's inline file instead of a
+                                  message: GetChunks' raw pieces, which "out" counts too, and
+                                  ReadDir's inline bytes)
       .cache(hit: bool)
       .interceptor()              grpc.ServerInterceptor counting RPCs and their latency
       .serve(port, host="127.0.0.1") -> port   start the HTTP exporter (0 = any free port)

@@ -44,6 +44,7 @@ from aifs_proto.v1 import data_pb2, data_pb2_grpc
 from aifs_server.auth import call_scope
 from aifs_server.envelope import Frame
 from aifs_server.grpc_errors import rpc
+from aifs_server.inline_file import InlineSink
 from aifs_server.rpc_filesystem import Backend
 
 PIECE_MAX = 1 << 20
@@ -85,11 +86,12 @@ PUT_BATCH_BYTES = 16 << 20
 
 
 def encode_piece(index: int, offset: int, raw_length: int, encoding: int,
-                 data: list[bytes | memoryview]) -> bytes:
+                 data: list[bytes | memoryview], file_offset: int | None = None) -> bytes:
     """A ChunkPiece message in protobuf wire format, `data` joined behind its header: ONE copy
     of the payload. Building the message and serializing it (data_pb2.ChunkPiece) copies the
     payload twice more: ~1.2 ms of CPU per MiB against ~0.25 here, most of the server's cost
-    per byte sent. Fields in number order, zeros left out (proto3's own encoding)."""
+    per byte sent. Fields in number order, zeros left out (proto3's own encoding);
+    `file_offset` (the bytes are in the client's file instead: no data) present even if 0."""
     head = bytearray()
     for tag, value in ((0x08, index), (0x10, offset), (0x18, raw_length), (0x20, encoding)):
         if value:
@@ -99,6 +101,8 @@ def encode_piece(index: int, offset: int, raw_length: int, encoding: int,
     if size:
         head.append(0x2A)
         head += varint(size)
+    if file_offset is not None:
+        return bytes(head + b"\x30" + varint(file_offset))
     return b"".join([head, *data])
 
 
@@ -270,15 +274,21 @@ class DataServicer(data_pb2_grpc.DataServicer):
         accepted = {e.lower() for e in request.accept_encodings}
         zstd_ok = "zstd" in accepted
         multi = "zstd-frames" in accepted
+        # raw bytes into the client's file when it gave one (server/inline_file.py)
+        sink = InlineSink.open(request.inline_file, context.peer()) if request.inline_file \
+            else None
+        if sink is not None:
+            context.add_callback(sink.close)      # however the call ends
         opened = self._opened(ns, ranges, ids, zstd_ok)
         try:
             for i, (r, cid) in enumerate(zip(ranges, ids, strict=True)):
                 try:
                     content = next(opened)
                     if zstd_ok:
-                        yield from self._frames(i, r.offset, r.length or None, content, multi)
+                        yield from self._frames(i, r.offset, r.length or None, content, multi,
+                                                sink)
                     else:
-                        yield from self._identity(i, r.offset, content)
+                        yield from self._identity(i, r.offset, content, sink)
                 except AIFSError:
                     raise
                 except (ValueError, OSError) as e:
@@ -324,19 +334,32 @@ class DataServicer(data_pb2_grpc.DataServicer):
             for fut in pending:     # the call ended early (an error, the client went away)
                 fut.cancel()
 
-    def _identity(self, index: int, offset: int, data: bytes) -> Iterator[bytes]:
+    def _raw_piece(self, index: int, offset: int, pieces: list[bytes | memoryview],
+                   sink: InlineSink | None) -> bytes:
+        """One IDENTITY ChunkPiece of `pieces` (back to back): its bytes in the client's file
+        when there is one that takes them, else in the message."""
+        n = sum(len(p) for p in pieces)
+        at = sink.place(pieces) if sink is not None and n else None
+        self._count("out", n)
+        if at is not None:
+            self._count("out_file", n)
+            return encode_piece(index, offset, n, data_pb2.IDENTITY, [], at)
+        return encode_piece(index, offset, n, data_pb2.IDENTITY, pieces)
+
+    def _identity(self, index: int, offset: int, data: bytes,
+                  sink: InlineSink | None = None) -> Iterator[bytes]:
         view = memoryview(data)
         pos = 0
         while True:
-            piece = data if len(data) <= PIECE_MAX else bytes(view[pos:pos + PIECE_MAX])
-            self._count("out", len(piece))
-            yield encode_piece(index, offset + pos, len(piece), data_pb2.IDENTITY, [piece])
+            piece: bytes | memoryview = (data if len(data) <= PIECE_MAX
+                                         else view[pos:pos + PIECE_MAX])
+            yield self._raw_piece(index, offset + pos, [piece], sink)
             pos += len(piece)
             if pos >= len(data):
                 break
 
     def _frames(self, index: int, offset: int, length: int | None, frames: list[Frame],
-                multi: bool = False) -> Iterator[bytes]:
+                multi: bool = False, sink: InlineSink | None = None) -> Iterator[bytes]:
         end = None if length is None else offset + length
         # Contiguous raw (uncompressed) pieces are coalesced into one IDENTITY message up to
         # PIECE_MAX; with `multi` ("zstd-frames" accepted) contiguous compressed frames are
@@ -348,7 +371,9 @@ class DataServicer(data_pb2_grpc.DataServicer):
 
         def flush() -> Iterator[bytes]:
             nonlocal pend, pend_len, pend_off
-            if pend:
+            if pend and pend_enc == data_pb2.IDENTITY:
+                yield self._raw_piece(index, pend_off, pend, sink)
+            elif pend:
                 # the message's one copy: its pieces joined behind the header
                 self._count("out", sum(len(p) for p in pend))
                 yield encode_piece(index, pend_off, pend_len, pend_enc, pend)

@@ -59,6 +59,7 @@ from aifs_server import delegated_inos
 from aifs_server.auth import call_scope, current_grant
 from aifs_server.deadline import Deadline
 from aifs_server.grpc_errors import rpc
+from aifs_server.inline_file import InlineSink
 from aifs_server.leases import LeaseManager, Session
 from aifs_server.request_log import ATTR_OR_NONE, RequestLog, is_retry
 from aifs_server.rpc_batch import create_file, excl_after, unlink_batch
@@ -321,6 +322,10 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
             entries, eof = self.meta.readdir(tree, request.ino, request.cookie, limit)
         parts: list[bytes | bytearray] = []
         budget = min(request.inline_total, INLINE_READ_MAX)
+        sink = (InlineSink.open(request.inline_file, context.peer())
+                if request.with_maps and request.inline_file else None)
+        if sink is not None:
+            context.add_callback(sink.close)      # however the call ends
         for e in entries:
             pe = filesystem_pb2.DirEntry(name=e.name, cookie=e.cookie)
             data: bytes | bytearray = b""
@@ -338,8 +343,14 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
                     data = self._inline_buffer(tree, a, refs,
                                                min(request.inline_max, budget))
                     budget -= len(data)
+                    at = sink.place([data]) if sink is not None and data else None
+                    if at is not None:      # the bytes went to the client's file instead
+                        pe.map.inline_offset = at
+                        data = b""
             pe.attr.CopyFrom(attr_to_pb(a))
             parts.extend(encode_dir_entry(pe.SerializeToString(), data))
+        if sink is not None and self.b.metrics is not None:
+            self.b.metrics.add_bytes("out_file", sink.at)
         tail = filesystem_pb2.ReadDirReply(eof=eof)
         if request.with_maps:
             tail.chunk_size = self.b.namespace(tree.namespace).chunk_size

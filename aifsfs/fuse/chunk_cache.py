@@ -98,6 +98,10 @@ class ChunkCache:
                 self._drop(chunk_id, s)
         segs = self._segments.setdefault(chunk_id, {})
         segs[start] = n
+        if type(data) is not bytes:
+            # a slice of something larger (ReadDir's mapped inline file) would keep all of it
+            # alive for as long as the entry lives, unaccounted: keep its own bytes
+            data = bytes(data)
         self._lru[(chunk_id, start)] = data
         self.used_bytes += n
         while self.used_bytes > self.capacity and self._lru:

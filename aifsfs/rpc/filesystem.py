@@ -41,6 +41,7 @@ from aifs_core.wire import attr_from_pb, chunkref_from_pb, chunkref_to_pb, opt_a
 from aifs_proto.v1 import common_pb2, filesystem_pb2, filesystem_pb2_grpc
 
 from ..protocols import FileInfo, Removed, Renamed, StatFs
+from . import inline_file
 from .channel import Channel
 
 RETRY_METADATA = ("aifs-retry", "1")
@@ -94,12 +95,29 @@ def call_once(channel: Any, method: Any, request: Any, timeout: float | None = N
     return channel.unary(_RetryMarked(method), request, idempotent=False, timeout=timeout)
 
 
+def _inline_bytes(m: Any, refs: list[ChunkRef], view: memoryview | None) -> Any:
+    """A ReadDir entry's inline bytes: in the reply, or (inline_offset) a slice of the
+    mapped inline file -- a memoryview, the length of the file's one chunk; b"" when the
+    server's offset does not fit what it wrote (then the open asks as usual)."""
+    if not m.HasField("inline_offset"):
+        return bytes(m.inline_data)
+    at = m.inline_offset
+    if view is None or len(refs) != 1 or refs[0].index != 0:
+        return b""
+    end = at + refs[0].length
+    return view[at:end] if end <= len(view) else b""
+
+
 class GrpcFilesystem:
     """The Filesystem service's calls (thread-safe: the stub and channel are)."""
 
     def __init__(self, channel: Channel) -> None:
         self._ch = channel
         self._fs = filesystem_pb2_grpc.FilesystemStub(channel.grpc)
+        # ReadDir's inline bytes through /dev/shm when the server is on this machine
+        self._inline_files = inline_file.available(getattr(channel, "addresses", ()))
+        if self._inline_files:
+            inline_file.sweep()
 
     def lookup(self, parent: int, name: bytes) -> Attr:
         r = self._ch.unary(self._fs.Lookup, filesystem_pb2.LookupRequest(parent=parent, name=name))
@@ -128,17 +146,24 @@ class GrpcFilesystem:
                                                  dict[int, tuple[list[ChunkRef], bytes]]]:
         """readdir whose regular files also carry their whole chunk map and, when small,
         their bytes: (entries, eof, chunk size, {ino: (refs, inline bytes or b"")})."""
-        r = self._ch.unary(self._fs.ReadDir, filesystem_pb2.ReadDirRequest(
-            ino=ino, cookie=cookie, limit=limit, with_maps=True, inline_max=inline_max,
-            inline_total=inline_total))
+        side = (inline_file.InlineFile() if inline_total and self._inline_files
+                else None)
+        try:
+            r = self._ch.unary(self._fs.ReadDir, filesystem_pb2.ReadDirRequest(
+                ino=ino, cookie=cookie, limit=limit, with_maps=True, inline_max=inline_max,
+                inline_total=inline_total, inline_file=side.path if side else ""))
+            view = side.view() if side is not None else None
+        finally:
+            if side is not None:
+                side.close()
         entries: list[DirEntry] = []
         maps: dict[int, tuple[list[ChunkRef], bytes]] = {}
         for e in r.entries:
             de = DirEntry(name=bytes(e.name), attr=attr_from_pb(e.attr), cookie=e.cookie)
             entries.append(de)
             if e.HasField("map"):
-                maps[de.attr.ino] = ([chunkref_from_pb(c) for c in e.map.chunks],
-                                     bytes(e.map.inline_data))
+                refs = [chunkref_from_pb(c) for c in e.map.chunks]
+                maps[de.attr.ino] = (refs, _inline_bytes(e.map, refs, view))
         return entries, r.eof, r.chunk_size, maps
 
     def mkdir(self, parent: int, name: bytes, mode: int = 0o755, uid: int = 0, gid: int = 0

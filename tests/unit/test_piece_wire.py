@@ -42,3 +42,17 @@ def test_decode_skips_unknown_fields_and_refuses_truncation() -> None:
         decode_piece(wire[:-1])
     with pytest.raises(RemoteError, match="malformed"):
         decode_piece(b"\x08\x80")
+
+
+@pytest.mark.parametrize("at", [0, 1, 1 << 20, 2**40])
+def test_a_piece_in_the_inline_file_carries_its_offset_not_its_bytes(at: int) -> None:
+    wire = encode_piece(2, 65536, 4096, data_pb2.IDENTITY, [], at)
+    m = data_pb2.ChunkPiece.FromString(wire)
+    assert m.HasField("file_offset") and m.file_offset == at and not m.data
+    assert wire == data_pb2.ChunkPiece(range_index=2, offset=65536, raw_length=4096,
+                                       encoding=data_pb2.IDENTITY,
+                                       file_offset=at).SerializeToString()
+    p = decode_piece(wire)
+    assert (p.range_index, p.offset, p.raw_length, p.file_offset, bytes(p.data)) == (
+        2, 65536, 4096, at, b"")
+    assert decode_piece(encode_piece(2, 0, 3, data_pb2.IDENTITY, [b"abc"])).file_offset == -1

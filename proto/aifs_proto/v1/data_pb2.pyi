@@ -59,23 +59,27 @@ class ChunkRange(_message.Message):
     def __init__(self, chunk_id: _Optional[bytes] = ..., offset: _Optional[int] = ..., length: _Optional[int] = ...) -> None: ...
 
 class GetChunksRequest(_message.Message):
-    __slots__ = ("ranges", "accept_encodings")
+    __slots__ = ("ranges", "accept_encodings", "inline_file")
     RANGES_FIELD_NUMBER: _ClassVar[int]
     ACCEPT_ENCODINGS_FIELD_NUMBER: _ClassVar[int]
+    INLINE_FILE_FIELD_NUMBER: _ClassVar[int]
     ranges: _containers.RepeatedCompositeFieldContainer[ChunkRange]
     accept_encodings: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, ranges: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ..., accept_encodings: _Optional[_Iterable[str]] = ...) -> None: ...
+    inline_file: str
+    def __init__(self, ranges: _Optional[_Iterable[_Union[ChunkRange, _Mapping]]] = ..., accept_encodings: _Optional[_Iterable[str]] = ..., inline_file: _Optional[str] = ...) -> None: ...
 
 class ChunkPiece(_message.Message):
-    __slots__ = ("range_index", "offset", "raw_length", "encoding", "data")
+    __slots__ = ("range_index", "offset", "raw_length", "encoding", "data", "file_offset")
     RANGE_INDEX_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     RAW_LENGTH_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    FILE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     range_index: int
     offset: int
     raw_length: int
     encoding: Encoding
     data: bytes
-    def __init__(self, range_index: _Optional[int] = ..., offset: _Optional[int] = ..., raw_length: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    file_offset: int
+    def __init__(self, range_index: _Optional[int] = ..., offset: _Optional[int] = ..., raw_length: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., data: _Optional[bytes] = ..., file_offset: _Optional[int] = ...) -> None: ...

@@ -60,28 +60,32 @@ class SetAttrRequest(_message.Message):
     def __init__(self, ino: _Optional[int] = ..., fields: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., size: _Optional[int] = ..., atime_ns: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., ctime_ns: _Optional[int] = ...) -> None: ...
 
 class ReadDirRequest(_message.Message):
-    __slots__ = ("ino", "cookie", "limit", "with_maps", "inline_max", "inline_total")
+    __slots__ = ("ino", "cookie", "limit", "with_maps", "inline_max", "inline_total", "inline_file")
     INO_FIELD_NUMBER: _ClassVar[int]
     COOKIE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     WITH_MAPS_FIELD_NUMBER: _ClassVar[int]
     INLINE_MAX_FIELD_NUMBER: _ClassVar[int]
     INLINE_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    INLINE_FILE_FIELD_NUMBER: _ClassVar[int]
     ino: int
     cookie: int
     limit: int
     with_maps: bool
     inline_max: int
     inline_total: int
-    def __init__(self, ino: _Optional[int] = ..., cookie: _Optional[int] = ..., limit: _Optional[int] = ..., with_maps: _Optional[bool] = ..., inline_max: _Optional[int] = ..., inline_total: _Optional[int] = ...) -> None: ...
+    inline_file: str
+    def __init__(self, ino: _Optional[int] = ..., cookie: _Optional[int] = ..., limit: _Optional[int] = ..., with_maps: _Optional[bool] = ..., inline_max: _Optional[int] = ..., inline_total: _Optional[int] = ..., inline_file: _Optional[str] = ...) -> None: ...
 
 class FileMap(_message.Message):
-    __slots__ = ("chunks", "inline_data")
+    __slots__ = ("chunks", "inline_data", "inline_offset")
     CHUNKS_FIELD_NUMBER: _ClassVar[int]
     INLINE_DATA_FIELD_NUMBER: _ClassVar[int]
+    INLINE_OFFSET_FIELD_NUMBER: _ClassVar[int]
     chunks: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChunkRef]
     inline_data: bytes
-    def __init__(self, chunks: _Optional[_Iterable[_Union[_common_pb2.ChunkRef, _Mapping]]] = ..., inline_data: _Optional[bytes] = ...) -> None: ...
+    inline_offset: int
+    def __init__(self, chunks: _Optional[_Iterable[_Union[_common_pb2.ChunkRef, _Mapping]]] = ..., inline_data: _Optional[bytes] = ..., inline_offset: _Optional[int] = ...) -> None: ...
 
 class DirEntry(_message.Message):
     __slots__ = ("name", "attr", "cookie", "map")
