@@ -665,19 +665,17 @@ class Versions:
         for s_ino, idx, cid, length in srows:
             maps[int(s_ino)].append((int(idx), bytes(cid), int(length)))
         entries = []
-        for name, e_ino, mode, _uid, _gid, size, _rdev, link, h in rows:
-            e_attr = self.meta.getattr(snap.tree, int(e_ino))
-            slots = maps.get(int(e_ino), []) if stat.S_ISREG(mode) else []
-            content = merkle.content_hash(int(size), slots) if stat.S_ISREG(mode) else b""
-            entries.append(TreeEntry(bytes(name), e_attr, bytes(h or b""),
-                                     bytes(link or b""), xa.get(int(e_ino), {}), content,
-                                     slots))
+        for name, e_attr, link, h in rows:   # attrs checked as readdir's (dir_rows)
+            regular = stat.S_ISREG(e_attr.mode)
+            slots = maps.get(e_attr.ino, []) if regular else []
+            content = merkle.content_hash(e_attr.size, slots) if regular else b""
+            entries.append(TreeEntry(name, e_attr, h or b"", link, xa.get(e_attr.ino, {}),
+                                     content, slots))
         return attr, own or b"", xa.get(ino, {}), entries
 
     # --- diff and merge ----------------------------------------------------------------------
     def _dir(self, tx: Tx, tid: int, ino: int) -> dict[bytes, tuple[int, int, bytes]]:
-        return {bytes(r[0]): (int(r[1]), int(r[2]), bytes(r[8] or b"")) for r in
-                tx.dir_rows(tid, ino)}
+        return {name: (a.ino, a.mode, h or b"") for name, a, _, h in tx.dir_rows(tid, ino)}
 
     def _walk_diff(self, a: Snapshot, b: Snapshot, deadline: Deadline
                    ) -> dict[str, tuple[str, int, int]]:

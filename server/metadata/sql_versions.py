@@ -17,7 +17,7 @@ Interface (the `store.Tx` methods under "versions"; rules in aifs_server.version
                                   chunk), for every chunk the tree names, in one statement
                                   (records' adjust_refs rule for unreferenced_since_ns)
     hash_inputs(tree_id)          (inodes, dentries, slots, xattrs) row iterators for hashing
-    dir_rows(tree_id, ino)        one directory's entries with what their hashes cover
+    dir_rows(tree_id, ino)        one directory's entries: name, checked attrs, symlink, hash
     dir_xattrs / dir_slots        the xattrs / chunk-map slots of a directory's entries
     changed_nodes(new, old)       (ino, is a parent of a changed one) of the nodes of `new`
                                   whose hashed rows differ from `old`'s, and their parents
@@ -41,13 +41,23 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from aifs_core.merkle import SNAP_SCHEME
+from aifs_core.types import Attr
 from aifs_server.metadata.history_schema import LIVE
-from aifs_server.metadata.sql_views import ViewSQL
+from aifs_server.metadata.sql_views import _IN_BATCH, ViewSQL
 
 # mac: copied as it is (row MACs do not cover the tree id: row_mac.py), so that a copy stays
 # one INSERT ... SELECT however many rows it holds
 _INODE_COLS = ("ino, mode, nlink, uid, gid, rdev, size, atime_ns, mtime_ns, ctime_ns, "
                "data_bytes, generation, parent, symlink, asset_id, asset_gen, mac")
+
+
+def _checked_columns() -> str:
+    """What a checked inode read selects (sql._CHECKED: the attrs, the symlink, the MAC);
+    imported when first used, as sql.py imports this module."""
+    from aifs_server.metadata.sql import _CHECKED
+    return _CHECKED
+
+
 _SNAP_COLS = "snap_id, tree_id, branch, parents, created_ns, message, root_hash, signature"
 
 
@@ -59,6 +69,7 @@ class VersionSQL(ViewSQL):
     _share: str                                            # from SQLTx: share lock suffix or ""
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any: ...     # from SQLTx
     def _many(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...  # from SQLTx
+    def _checked(self, tree_id: int, r: Sequence[Any], at: int = 0) -> Attr: ...  # from SQLTx
 
     # --- whole trees -------------------------------------------------------------------------
     def copy_tree_rows(self, src: int, dst: int) -> int:
@@ -269,8 +280,7 @@ class VersionSQL(ViewSQL):
         old row (died = epoch) and starts a new one; `fresh`: the tree has none yet."""
         rows = list(rows)
         if fresh:
-            self._many(f"INSERT INTO tree_hashes (tree_id, ino, born, died, hash) "
-                       f"VALUES (?, ?, ?, {LIVE}, ?)", [(tree_id, i, epoch, h) for i, h in rows])
+            self._insert_hashes(tree_id, epoch, rows)
             return
         self._many(f"UPDATE tree_hashes SET died = ? WHERE tree_id = ? AND ino = ? AND "
                    f"died = {LIVE} AND born < ? AND hash <> ?",
@@ -280,6 +290,17 @@ class VersionSQL(ViewSQL):
                    f"ino = ? AND died = {LIVE} AND born < ?) ON CONFLICT (tree_id, ino, born) "
                    "DO UPDATE SET hash = excluded.hash",
                    [(tree_id, i, epoch, h, tree_id, i, epoch) for i, h in rows])
+
+    def _insert_hashes(self, tree_id: int, epoch: int, rows: list[tuple[int, bytes]]) -> None:
+        """New rows, in key order (appends to the primary key's b-tree instead of inserts all
+        over it), _IN_BATCH a statement (one multi-row INSERT costs about half what as many
+        executemany rows do: a first snapshot stores every node's hash)."""
+        rows.sort()
+        head = "INSERT INTO tree_hashes (tree_id, ino, born, died, hash) VALUES "
+        row = f"({int(tree_id)}, ?, {int(epoch)}, {LIVE}, ?)"
+        for i in range(0, len(rows), _IN_BATCH):
+            batch = rows[i:i + _IN_BATCH]
+            self._x(head + ", ".join([row] * len(batch)), [v for r in batch for v in r])
 
     def close_hashes(self, tree_id: int, epoch: int, inos: Iterable[int]) -> None:
         """Those nodes are gone at `epoch`."""
@@ -300,22 +321,32 @@ class VersionSQL(ViewSQL):
                           t).fetchall()
         return inodes, dentries, slots, xattrs
 
-    def dir_rows(self, tree_id: int, ino: int) -> list[Any]:
-        """(name, ino, mode, uid, gid, size, rdev, symlink, stored hash or None) per entry."""
+    def dir_rows(self, tree_id: int, ino: int) -> list[tuple[bytes, Attr, bytes, bytes | None]]:
+        """(name, attrs, symlink target or b"", stored hash or None) per entry, by name; the
+        attrs as readdir reads them (CorruptMetadata when a row's MAC does not match). One
+        statement: a view's in four joins driven by the directory (sql_views._v_children)."""
+        cols = ", ".join(f"o.{c.strip()}" for c in _checked_columns().split(","))
         if self._view(tree_id):
-            return self._v_dir_rows(tree_id, ino)
-        return self._x("SELECT d.name, i.ino, i.mode, i.uid, i.gid, i.size, i.rdev, i.symlink, "
-                       "h.hash FROM dentries d JOIN inodes i ON i.tree_id = d.tree_id AND "
-                       "i.ino = d.ino LEFT JOIN node_hashes h ON h.tree_id = d.tree_id AND "
-                       "h.ino = d.ino WHERE d.tree_id = ? AND d.parent = ? ORDER BY d.name",
-                       (tree_id, ino)).fetchall()
+            rows = self._v_children(
+                tree_id, ino, f"d.name, {cols}, h.hash", "inodes", "1",
+                " LEFT JOIN tree_hashes h ON h.tree_id = {base} AND h.ino = d.ino AND "
+                "h.born <= {epoch} AND h.died > {epoch}")
+        else:
+            rows = self._x(f"SELECT d.name, {cols}, h.hash FROM dentries d JOIN inodes o ON "
+                           "o.tree_id = d.tree_id AND o.ino = d.ino LEFT JOIN node_hashes h ON "
+                           "h.tree_id = d.tree_id AND h.ino = d.ino WHERE d.tree_id = ? AND "
+                           "d.parent = ? ORDER BY d.name", (tree_id, ino)).fetchall()
+        sym = len(cols.split(",")) - 1   # the symlink column, right before the MAC
+        return [(bytes(r[0]), self._checked(tree_id, r, 1), bytes(r[sym] or b""),
+                 None if r[-1] is None else bytes(r[-1])) for r in rows]
 
     def dir_xattrs(self, tree_id: int, ino: int) -> list[Any]:
         """(ino, name, value) of the entries of directory `ino` and of the directory itself."""
         if self._view(tree_id):
-            return self._rin(tree_id, "SELECT ino, name, value FROM xattrs WHERE tree_id = ? "
-                             "AND ino IN ({})", [ino, *self._v_entry_inos(tree_id, ino)],
-                             tree_id)
+            own = self._rx((tree_id,), "SELECT ino, name, value FROM xattrs WHERE tree_id = ? "
+                           "AND ino = ?", (tree_id, ino)).fetchall()
+            return own + self._v_children(tree_id, ino, "o.ino, o.name, o.value", "xattrs",
+                                          "1, 2")
         return self._x("SELECT x.ino, x.name, x.value FROM xattrs x WHERE x.tree_id = ? AND "
                        "(x.ino = ? OR x.ino IN (SELECT d.ino FROM dentries d WHERE d.tree_id = ? "
                        "AND d.parent = ?))", (tree_id, ino, tree_id, ino)).fetchall()
@@ -323,10 +354,8 @@ class VersionSQL(ViewSQL):
     def dir_slots(self, tree_id: int, ino: int) -> list[Any]:
         """(ino, idx, chunk_id, length) of the files of directory `ino`, by ino then idx."""
         if self._view(tree_id):
-            return sorted(self._rin(tree_id, "SELECT ino, idx, chunk_id, length FROM chunk_maps "
-                                    "WHERE tree_id = ? AND ino IN ({})",
-                                    self._v_entry_inos(tree_id, ino), tree_id),
-                          key=lambda r: (r[0], r[1]))
+            return self._v_children(tree_id, ino, "o.ino, o.idx, o.chunk_id, o.length",
+                                    "chunk_maps", "1, 2")
         return self._x("SELECT c.ino, c.idx, c.chunk_id, c.length FROM chunk_maps c WHERE "
                        "c.tree_id = ? AND c.ino IN (SELECT d.ino FROM dentries d WHERE "
                        "d.tree_id = ? AND d.parent = ?) ORDER BY c.ino, c.idx",

@@ -23,10 +23,15 @@ Interface:
                                 rows through a subquery in place of each table it names (FROM
                                 or JOIN inodes/dentries/xattrs/chunk_maps/node_hashes); the
                                 statement as it is when none is (the hot path: one dict lookup)
-    ViewSQL._v_entry / _v_list_dir / _v_dir_rows / _v_dir_inodes
+    ViewSQL._v_entry / _v_list_dir / _v_dir_inodes
                                 the reads that join tables, in steps for a view: SQLite does not
                                 push a join's conditions into a UNION ALL subquery (it would
                                 read the whole tree per lookup), so each step reads one table
+    ViewSQL._v_children(tree_id, ino, sel, table, ...)   what a directory's entries join to in
+                                `table`, in one statement: the join of the two halves of each
+                                side (live rows born by the epoch, history rows alive at it),
+                                four plain joins that the database drives from the directory's
+                                dentries (index range scans), instead of IN-lists of its inodes
 
 Row MACs are checked by the callers exactly as for live rows (history rows keep their MAC).
 """
@@ -65,6 +70,18 @@ def _view_rows(table: str, view: int, base: int, epoch: int) -> str:
     return (f"SELECT {cols} FROM {table} WHERE tree_id = {base} AND born <= {epoch}{linked} "
             f"UNION ALL SELECT {cols} FROM {table}_hist WHERE tree_id = {base} AND born <= "
             f"{epoch} AND died > {epoch}{linked}")
+
+
+def _halves(table: str, alias: str, base: int, epoch: int) -> list[tuple[str, str]]:
+    """(source, condition) of the two halves of a view's rows of `table` (_view_rows) for a
+    join: the live rows born by `epoch`, the history rows alive at it. `+died`: not an index
+    term (SQLite without statistics probed `(tree_id, died)`, every history row dying after the
+    epoch, per entry, instead of the key)."""
+    cond = f"{alias}.tree_id = {base} AND {alias}.born <= {epoch}"
+    if table == "inodes":
+        cond += f" AND {alias}.nlink > 0"
+    return [(f"{table} {alias}", cond),
+            (f"{table}_hist {alias}", f"{cond} AND +{alias}.died > {epoch}")]
 
 
 def rewrite(sql: str, views: dict[int, tuple[int, int]], plain: Sequence[int]) -> str:
@@ -179,19 +196,28 @@ class ViewSQL:
         rows = self._v_dir_inodes(tree_id, cols, [e[2] for e in ents])
         return [(e[0], e[1], *rows[int(e[2])]) for e in ents if int(e[2]) in rows]
 
-    def _v_dir_rows(self, tree_id: int, ino: int) -> list[Any]:
-        """sql_versions.dir_rows for a view."""
-        ents = self._rx((tree_id,), "SELECT name, ino FROM dentries WHERE tree_id = ? AND "
-                        "parent = ? ORDER BY name", (tree_id, ino)).fetchall()
-        inos = [int(e[1]) for e in ents]
-        rows = self._v_dir_inodes(tree_id, "ino, mode, uid, gid, size, rdev, symlink", inos)
-        hashes = {int(r[0]): r[1] for r in self._rin(
-            tree_id, "SELECT ino, hash FROM node_hashes WHERE tree_id = ? AND ino IN ({})",
-            sorted(set(inos)), tree_id)}
-        return [(e[0], *rows[int(e[1])], hashes.get(int(e[1]))) for e in ents
-                if int(e[1]) in rows]
-
-    def _v_entry_inos(self, tree_id: int, ino: int) -> list[int]:
-        return sorted({int(r[0]) for r in self._rx(
-            (tree_id,), "SELECT ino FROM dentries WHERE tree_id = ? AND parent = ?",
-            (tree_id, ino)).fetchall()})
+    def _v_children(self, tree_id: int, ino: int, sel: str, table: str, order: str,
+                    extra: str = "") -> list[Any]:
+        """`sel` (columns of `d`, the entries of directory `ino`, and `o`, the rows of `table`
+        with o.ino = d.ino) over the view `tree_id`, ordered by `order`; `extra`: more joins
+        (may name the view's base and epoch as {base} and {epoch}). The view's rows of a table
+        are two disjoint halves, so the join is the UNION ALL of the four joins of halves;
+        each is driven by dentries' (tree_id, parent) prefix and probes `table` by its key,
+        where a join of the UNION ALL subqueries read the whole tree. CROSS JOIN: SQLite then
+        keeps that order (without statistics it scanned a tree's xattrs or slots instead)."""
+        view = self._view(tree_id)
+        assert view is not None, tree_id
+        base, epoch = view
+        key = ("children", sel, table, order, extra, base, epoch)
+        sql = self._rewrites.get(key)
+        if sql is None:
+            more = extra.format(base=base, epoch=epoch)
+            sql = " UNION ALL ".join(
+                f"SELECT {sel} FROM {d_src} CROSS JOIN {o_src}{more} WHERE {d_cond} AND "
+                f"d.parent = ? AND o.ino = d.ino AND {o_cond}"
+                for d_src, d_cond in _halves("dentries", "d", base, epoch)
+                for o_src, o_cond in _halves(table, "o", base, epoch)) + f" ORDER BY {order}"
+            if len(self._rewrites) > _REWRITES_MAX:
+                self._rewrites.clear()
+            self._rewrites[key] = sql
+        return list(self._x(sql, (ino,) * 4).fetchall())
