@@ -183,12 +183,14 @@ class GrpcData:
         t = timeout or self._ch.timeout
 
         def attempt() -> list[bytes]:
-            if not self._inline_files:
-                return self._get_chunks_once(req, ranges, t)
             # raw bytes through a file of this call's own (aifsfs/rpc/inline_file.py)
-            with inline_file.InlineFile() as side:
-                req.inline_file = side.path
+            side = inline_file.InlineFile.make() if self._inline_files else None
+            req.inline_file = side.path if side is not None else ""
+            try:
                 return self._get_chunks_once(req, ranges, t, side)
+            finally:
+                if side is not None:
+                    side.close()
         return self._ch.retrying(attempt, True, t)
 
     def _get_chunks_once(self, req: data_pb2.GetChunksRequest,

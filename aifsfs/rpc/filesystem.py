@@ -146,8 +146,7 @@ class GrpcFilesystem:
                                                  dict[int, tuple[list[ChunkRef], bytes]]]:
         """readdir whose regular files also carry their whole chunk map and, when small,
         their bytes: (entries, eof, chunk size, {ino: (refs, inline bytes or b"")})."""
-        side = (inline_file.InlineFile() if inline_total and self._inline_files
-                else None)
+        side = inline_file.InlineFile.make() if inline_total and self._inline_files else None
         try:
             r = self._ch.unary(self._fs.ReadDir, filesystem_pb2.ReadDirRequest(
                 ino=ino, cookie=cookie, limit=limit, with_maps=True, inline_max=inline_max,

@@ -8,6 +8,7 @@ Interface:
                                       AIFS_INLINE_FILE=0 in the environment turns it off
     InlineFile()                      a fresh empty file /dev/shm/aifs-rd-<pid>-<random>,
                                       0600, opened by us; its .path goes in the request
+    InlineFile.make() -> InlineFile | None   the same, None when it cannot be made now
         .view() -> memoryview | None  the file mapped read-only (None: the server wrote
                                       nothing); slices stay valid after .close()
         .view_upto(end) -> memoryview | None   the same, covering at least `end` bytes
@@ -49,6 +50,15 @@ class InlineFile:
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                           | os.O_CLOEXEC, 0o600)
         self._view: memoryview | None = None
+
+    @classmethod
+    def make(cls) -> InlineFile | None:
+        """A fresh file, or None when one cannot be made now (/dev/shm full, out of file
+        descriptors): then the call carries its bytes in the messages."""
+        try:
+            return cls()
+        except OSError:
+            return None
 
     def view(self) -> memoryview | None:
         return self.view_upto(1)

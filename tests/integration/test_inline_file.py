@@ -223,3 +223,16 @@ def test_get_chunks_raw_pieces_come_through_the_file(metered: ServerProc) -> Non
         assert c.data.get_chunks(wanted[:1], accept_zstd=False) == [rand[:MiB]]
         tcp_ok = _out_file(metered) == before
     assert tcp_ok
+
+
+def test_no_file_can_be_made_then_the_bytes_come_in_the_messages(
+        srv: ServerProc, monkeypatch: pytest.MonkeyPatch) -> None:
+    """/dev/shm full or gone, out of descriptors: the call carries its bytes as before."""
+    with AIFSClient(srv.address, token_file=srv.token_file) as c:
+        d, datas = _dir_of(c, [150_000, 3_000])
+        monkeypatch.setattr(inline_file, "SHM", "/nonexistent-aifs-shm")
+        entries, _, _, maps = c.fs.readdir_maps(d, 0, 100, MiB, 4 * MiB)
+        got = [maps[e.attr.ino][1] for e in entries]
+        assert got == datas and all(type(g) is bytes for g in got)
+        refs = [(bytes(maps[e.attr.ino][0][0].chunk_id), 0, 0) for e in entries]
+        assert c.data.get_chunks(refs, accept_zstd=False) == datas
