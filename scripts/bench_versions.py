@@ -4,6 +4,11 @@ branch (which copies the branch's rows: FORMAT.md §6.4 "Branches"), over a tree
 files (directories of 1000) on a fresh SQLite (or PostgreSQL: --pg DSN) metadata engine.
 
     python scripts/bench_versions.py --files 100000 [--changes 10] [--chunks] [--runs 3]
+                                     [--list-dir 20000]
+
+--list-dir N: then Versions.list_tree (what the mount's view lists a directory with: one
+ListTree) of a snapshot's directory of N files, 1% of them changed after the snapshot (so
+its view reads history rows too).
 
 Uses only PosixMeta / Versions calls, so the same script measures any revision (run it with
 that revision's interpreter). What `aifs bench` (snapshot_and_branch) times adds one RPC.
@@ -35,6 +40,19 @@ def timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
     return (time.process_time() - c0) * 1000, (time.perf_counter() - w0) * 1000, out
 
 
+def list_tree(m: Any, v: Versions, n: int, runs: int) -> None:
+    """list_tree of a snapshot directory of `n` files, 1% changed after the snapshot."""
+    d = m.mkdir(T, ROOT_INO, b"listing", 0o40755, 0, 0).ino
+    files = [m.create(T, d, f"f{i:06d}".encode(), 0o100644, 0, 0, 0).ino for i in range(n)]
+    snap = v.create_snapshot("bench", "main")
+    for f in files[::100]:
+        m.setattr(T, f, SET_MODE, mode=0o100600)
+    got = [timed(lambda: v.list_tree("bench", snap.id, d)) for _ in range(runs)]
+    print(f"list_tree of a snapshot directory of {n} files (1% changed since): " +
+          ", ".join(f"cpu {c:.0f} ms wall {w:.0f} ms" for c, w, _ in got) +
+          f"; {len(got[0][2][3])} entries")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=100_000)
@@ -43,6 +61,8 @@ def main() -> None:
     ap.add_argument("--chunks", action="store_true", help="one chunk per file")
     ap.add_argument("--pg", default="", help="a PostgreSQL DSN instead of SQLite")
     ap.add_argument("--build-only", action="store_true", help="time the tree's creates only")
+    ap.add_argument("--list-dir", type=int, default=0,
+                    help="time list_tree of a snapshot directory of this many files")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         if a.pg:
@@ -105,6 +125,8 @@ def main() -> None:
         print(f"10000 chmods of files a snapshot holds: cpu {c:.0f} ms, wall {w:.0f} ms")
         ok = v.verify("bench", first.id)[0] and v.verify("bench", snap.id)[0]
         print("verify:", ok)
+        if a.list_dir:
+            list_tree(m, v, a.list_dir, a.runs)
         m.close()
 
 

@@ -136,16 +136,18 @@ def compute_hashes(inputs: tuple[list[Any], list[Any], list[Any], list[Any]],
     `with_paths`: verify names paths, a snapshot does not), from a tree's rows (FORMAT.md
     §6.1); an iterative post-order walk over the directories (no recursion limit on deep
     trees), each other node hashed when its directory is expanded.
-    `known`: hashes taken as they are (clean children in incremental hashing; not returned)."""
+    `known`: hashes taken as they are (clean children in incremental hashing; not returned).
+    Ids, names and chunk ids are used as the drivers return them (int, bytes: sqlite3 and
+    psycopg alike): converting the rows of a first snapshot's 100k entries cost 60 ms."""
     inodes, dentries, slots, xattrs = inputs
     known = known or {}
-    attrs = {int(r[0]): r for r in inodes}
+    attrs = {r[0]: r for r in inodes}
     children: dict[int, list[tuple[bytes, int]]] = defaultdict(list)
     for parent, name, ino in dentries:
-        children[int(parent)].append((bytes(name), int(ino)))
+        children[parent].append((name, ino))
     maps: dict[int, list[tuple[int, bytes, int]]] = defaultdict(list)
     for ino, idx, cid, length in slots:
-        maps[int(ino)].append((int(idx), bytes(cid), int(length)))
+        maps[ino].append((idx, cid, length))
     xa: dict[int, dict[bytes, bytes]] = defaultdict(dict)
     for ino, name, value in xattrs:
         xa[int(ino)][bytes(name)] = bytes(value)
@@ -416,9 +418,10 @@ class Versions:
             problems.append(f"snapshot {snap.id}: the signature does not verify with this "
                             "namespace's signing key (a foreign or altered statement)")
         with self._store.read() as tx:
-            fresh, paths = compute_hashes(tx.hash_inputs(snap.tree_id), deadline)
+            inputs = tx.hash_inputs(snap.tree_id)
+            fresh, paths = compute_hashes(inputs, deadline)
             stored = tx.node_hashes(snap.tree_id)
-            dentries = tx.hash_inputs(snap.tree_id)[1]
+        dentries = inputs[1]
         parent_of = {int(ino): int(p) for p, _, ino in dentries}
         bad = {ino for ino, h in fresh.items() if stored.get(ino) != h}
         # name the deepest altered nodes: those whose own rows changed, not the ancestors whose
