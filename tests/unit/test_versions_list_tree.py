@@ -16,6 +16,7 @@ from aifs_core.types import ROOT_INO, SET_MODE, SET_UID, TreeRef
 from aifs_server.metadata.posix import PosixMeta
 from aifs_server.versions import Snapshot, TreeEntry, Versions
 from tests.unit.metadata_engines import Harness, harness_fixture  # noqa: F401 (fixture)
+from tests.unit.test_versions_epochs import _copied_snapshot
 from tests.unit.versions_fixtures import T, chunk, versions_fixture  # noqa: F401 (fixture)
 
 N = 1100   # more than two batches of 500 (sql_views._IN_BATCH) of entries
@@ -107,3 +108,15 @@ def test_a_history_row_altered_at_rest_is_refused_by_list_tree(
         v.list_tree("ns1", snap.id, d)
     with pytest.raises(CorruptMetadata):
         m.getattr(snap.tree, files[600])
+
+
+def test_list_tree_of_a_snapshot_copied_before_epochs_equals_the_per_entry_reads(
+        v: Versions) -> None:
+    # a tree with rows of its own (no view): dir_rows' plain join
+    d, files = _tree(v)
+    old = _copied_snapshot(v)
+    v.meta.setattr(T, files[1], SET_MODE, mode=0o100600)
+    _, own, _, entries = v.list_tree("ns1", old.id, d)
+    assert v.meta.store.single().tree_base(old.tree_id) is None
+    assert entries == _per_entry(v, old, d) and len(entries) == N + 2 and own
+    assert {e.name: e for e in entries}[b"f00001"].attr.mode == 0o100644
