@@ -50,10 +50,11 @@ from aifs_core.types import (
     RENAME_NOREPLACE,
     Attr,
     ChunkRef,
+    DirEntry,
     Namespace,
     TreeRef,
 )
-from aifs_core.wire import attr_to_pb, chunkref_from_pb, chunkref_to_pb
+from aifs_core.wire import attr_fields, attr_to_pb, chunkref_from_pb, chunkref_to_pb
 from aifs_proto.v1 import common_pb2, filesystem_pb2, filesystem_pb2_grpc
 from aifs_server import delegated_inos
 from aifs_server.auth import call_scope, current_grant
@@ -145,6 +146,18 @@ def encode_dir_entry(entry: bytes, inline: bytes | bytearray) -> list[bytes | by
     map_head = b"\x22" + varint(len(data_head) + len(inline))
     size = len(entry) + len(map_head) + len(data_head) + len(inline)
     return [b"\x0a" + varint(size), entry, map_head, data_head, inline]
+
+
+def encode_entries(entries: list[DirEntry]) -> bytes:
+    """ReadDirReply's `entries` field (1) for entries with no map: the page as one message
+    built from plain dicts (the Attr's own fields: wire.attr_fields) and serialized once, the
+    conversion done inside upb. Per entry ~2 us of CPU against ~5 us for a DirEntry message,
+    attr_to_pb, CopyFrom and SerializeToString each (and a hand-written varint encoder in
+    Python measured no cheaper than the latter: DECISIONS.md, "ReadDir pages built in one
+    message")."""
+    return filesystem_pb2.ReadDirReply(entries=[
+        {"name": e.name, "cookie": e.cookie, "attr": attr_fields(e.attr)} for e in entries]
+    ).SerializeToString()
 
 
 def _serialize_reply(m: Any) -> bytes:
@@ -326,7 +339,9 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
                 if request.with_maps and request.inline_file else None)
         if sink is not None:
             context.add_callback(sink.close)      # however the call ends
-        for e in entries:
+        if not request.with_maps:        # a plain listing: the whole page in one go
+            parts.append(encode_entries(entries))
+        for e in entries if request.with_maps else []:
             pe = filesystem_pb2.DirEntry(name=e.name, cookie=e.cookie)
             data: bytes | bytearray = b""
             a = e.attr

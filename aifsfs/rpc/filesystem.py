@@ -138,8 +138,8 @@ class GrpcFilesystem:
                 ) -> tuple[list[DirEntry], bool]:
         r = self._ch.unary(self._fs.ReadDir, filesystem_pb2.ReadDirRequest(
             ino=ino, cookie=cookie, limit=limit))
-        return [DirEntry(name=bytes(e.name), attr=attr_from_pb(e.attr), cookie=e.cookie)
-                for e in r.entries], r.eof
+        # positional, `name` as upb gives it (bytes already): per entry of a listing
+        return [DirEntry(e.name, attr_from_pb(e.attr), e.cookie) for e in r.entries], r.eof
 
     def readdir_maps(self, ino: int, cookie: int, limit: int, inline_max: int,
                      inline_total: int) -> tuple[list[DirEntry], bool, int,
