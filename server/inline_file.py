@@ -4,8 +4,9 @@ Interface:
     InlineSink.open(path, peer, limit=FILE_MAX) -> InlineSink | None
         the client's file (ReadDirRequest.inline_file, GetChunksRequest.inline_file) opened
         for writing, or None when it may not be used: not over a unix socket, a name
-        inline_file.py's client side would not make, not an empty regular file with one link
-        owned by this process's user, or gone
+        inline_file.py's client side would not make, in a directory that is not a real one
+        owned by this process's user and closed to everyone else (0700), not an empty
+        regular file with one link owned by this process's user, or gone
     .place(pieces) -> int | None write the pieces (bytes-like, back to back) at the end of
                                  what was placed: their offset, or None (the file would pass
                                  `limit`, or a write failed, e.g. /dev/shm full: these and
@@ -22,9 +23,12 @@ decrypted, tag-checked plaintext the reply would have carried.
 
 Safety: only over a unix socket (the client is on this machine); the file must already exist
 (O_NOFOLLOW, no O_CREAT), be empty, regular, singly linked and owned by our own user, so the
-server never writes through a link or into a file of someone else's. What it writes is what
-the caller may read anyway. The client unlinks the name when its call ends, whatever the
-outcome.
+server never writes through a link or into a file of someone else's; and it must sit in a
+directory of our user's that nobody else may enter: the names of a call's file are then known
+to our user only, so another local user's client (a token of its own) cannot name a mount's
+in-flight file and have its bytes written where that mount's reply says its bytes are
+(/dev/shm itself is listed by anyone). What it writes is what the caller may read anyway. The
+client unlinks the name when its call ends, whatever the outcome.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import stat
 from collections.abc import Sequence
 
 # aifsfs/rpc/inline_file.py's names: the mount's pid and a random suffix
-NAME = re.compile(r"/dev/shm/aifs-rd-[0-9]{1,10}-[0-9a-f]{32}")
+NAME = re.compile(r"(/dev/shm/aifs-rd-[0-9]{1,10}-[0-9a-f]{32})/([0-9a-f]{32})")
 # The most one call writes into a client's file (memory: /dev/shm is RAM until the client has
 # read it): a ReadDir page is at most 4 MiB, a read-ahead call a few chunks. Past it the bytes
 # go in the reply.
@@ -52,12 +56,23 @@ class InlineSink:
 
     @classmethod
     def open(cls, path: str, peer: str, limit: int = FILE_MAX) -> InlineSink | None:
-        if not path or not peer.startswith("unix:") or not NAME.fullmatch(path):
+        m = NAME.fullmatch(path) if path and peer.startswith("unix:") else None
+        if m is None:
             return None
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            dfd = os.open(m.group(1), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        try:
+            d = os.fstat(dfd)
+            if d.st_uid != os.geteuid() or d.st_mode & 0o077:
+                return None     # others may enter it: they may know the name
+            fd = os.open(m.group(2), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                         dir_fd=dfd)
         except OSError:
             return None         # gone (the client's call ended) or not ours to open
+        finally:
+            os.close(dfd)
         try:
             st = os.fstat(fd)
         except OSError:

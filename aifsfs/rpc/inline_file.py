@@ -6,8 +6,9 @@ Interface:
     available(addresses) -> bool      every server address is a unix socket and /dev/shm is
                                       there to make files in (else ReadDir works as before);
                                       AIFS_INLINE_FILE=0 in the environment turns it off
-    InlineFile()                      a fresh empty file /dev/shm/aifs-rd-<pid>-<random>,
-                                      0600, opened by us; its .path goes in the request
+    InlineFile()                      a fresh empty file /dev/shm/aifs-rd-<pid>-<random>/
+                                      <random>, 0600, in this process's 0700 directory,
+                                      opened by us; its .path goes in the request
     InlineFile.make() -> InlineFile | None   the same, None when it cannot be made now
         .view() -> memoryview | None  the file mapped read-only (None: the server wrote
                                       nothing); slices stay valid after .close()
@@ -15,7 +16,18 @@ Interface:
                                       (mapped again as a streamed call's file grows)
         .close()                      unlink the name and close our descriptor: the mapping
                                       lives while a slice of it does, then its pages go
-    sweep()                           remove files left by mounts that died mid-call
+    private_dir(fresh=False) -> str   this process's directory of them (made on first use;
+                                      fresh: a new one, the old one having gone)
+    sweep()                           remove what mounts that died left (their directories)
+    files_of(pid) -> [name]           call files of process `pid` still in /dev/shm (its
+                                      directory itself stays while it runs)
+
+Why a private directory: /dev/shm is listed by anyone, and the server writes into any empty
+file its own user owns that is named as ours are. Named at the top of /dev/shm, a call's file
+could be named by another local user's client (one with a token) while our call is in flight,
+and the server would write that client's bytes into our file, where our reply says our bytes
+are. In a 0700 directory of ours the names (128 random bits) are seen by our user only, and the
+server refuses a file whose directory others may enter.
 
 Why, and what it saves: server/inline_file.py. One file per call, never reused, so a server
 still writing after the call gave up (a deadline) writes into a file nobody reads. Slices
@@ -25,10 +37,13 @@ are (no copy here), and anything kept longer (the memory cache) takes bytes of t
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import mmap
 import os
 import secrets
+import shutil
+import threading
 from collections.abc import Sequence
 
 SHM = "/dev/shm"
@@ -46,9 +61,13 @@ class InlineFile:
     __slots__ = ("path", "fd", "_view")
 
     def __init__(self) -> None:
-        self.path = f"{SHM}/{PREFIX}{os.getpid()}-{secrets.token_hex(16)}"
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                          | os.O_CLOEXEC, 0o600)
+        flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        self.path = f"{private_dir()}/{secrets.token_hex(16)}"
+        try:
+            self.fd = os.open(self.path, flags, 0o600)
+        except FileNotFoundError:       # our directory was removed under us: a new one
+            self.path = f"{private_dir(fresh=True)}/{secrets.token_hex(16)}"
+            self.fd = os.open(self.path, flags, 0o600)
         self._view: memoryview | None = None
 
     @classmethod
@@ -91,8 +110,24 @@ class InlineFile:
         self.close()
 
 
+_dir_lock = threading.Lock()
+_dir: tuple[int, str] | None = None      # (pid that made it, path): a forked child makes its own
+
+
+def private_dir(fresh: bool = False) -> str:
+    global _dir
+    with _dir_lock:
+        if fresh or _dir is None or _dir[0] != os.getpid() or not _dir[1].startswith(SHM + "/"):
+            path = f"{SHM}/{PREFIX}{os.getpid()}-{secrets.token_hex(16)}"
+            os.mkdir(path, 0o700)        # fails if the name exists: never someone else's
+            _dir = (os.getpid(), path)
+            atexit.register(_remove, path)   # what a call still had in it goes too
+        return _dir[1]
+
+
 def sweep() -> None:
-    """Remove inline files of processes that are gone (a mount killed mid-call leaves one)."""
+    """Remove the inline files of processes that are gone (a mount killed mid-call leaves
+    its directory, and maybe a file in it)."""
     try:
         names = os.listdir(SHM)
     except OSError:
@@ -102,5 +137,27 @@ def sweep() -> None:
             continue
         pid = name[len(PREFIX):].split("-", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not os.path.exists(f"/proc/{pid}"):
-            with contextlib.suppress(OSError):
-                os.unlink(os.path.join(SHM, name))
+            _remove(os.path.join(SHM, name))
+
+
+def files_of(pid: int) -> list[str]:
+    out: list[str] = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir(SHM):
+            path = os.path.join(SHM, name)
+            if not name.startswith(f"{PREFIX}{pid}-"):
+                continue
+            if os.path.isdir(path) and not os.path.islink(path):
+                out += [f"{name}/{f}" for f in os.listdir(path)]
+            else:
+                out.append(name)
+    return out
+
+
+def _remove(path: str) -> None:
+    """A directory of ours and what is in it (never through a link), or a lone file."""
+    with contextlib.suppress(OSError):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)

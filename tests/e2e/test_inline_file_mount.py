@@ -6,7 +6,6 @@ rewrite on another mount read new afterwards (close-to-open)."""
 
 from __future__ import annotations
 
-import os
 import random
 import urllib.request
 from collections.abc import Callable
@@ -34,8 +33,7 @@ def _file_bytes(sp: ServerProc) -> int:
 
 
 def _left_by(pid: int) -> list[str]:
-    return [n for n in os.listdir(inline_file.SHM)
-            if n.startswith(f"{inline_file.PREFIX}{pid}-")]
+    return inline_file.files_of(pid)
 
 
 def test_cold_epoch_bytes_come_through_the_inline_file(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -55,8 +56,7 @@ def _dir_of(c: AIFSClient, sizes: list[int]) -> tuple[int, list[bytes]]:
 
 
 def _ours() -> list[str]:
-    return [n for n in os.listdir(inline_file.SHM)
-            if n.startswith(f"{inline_file.PREFIX}{os.getpid()}-")]
+    return inline_file.files_of(os.getpid())
 
 
 def test_unix_client_gets_the_bytes_through_the_file(srv: ServerProc) -> None:
@@ -112,8 +112,7 @@ def test_server_writes_only_into_a_proper_file(srv: ServerProc, tmp_path: Path) 
         d, datas = _dir_of(c, [100_000, 5_000])
 
     def name() -> Path:
-        return Path(f"{inline_file.SHM}/{inline_file.PREFIX}{os.getpid()}-"
-                    f"{secrets.token_hex(16)}")
+        return Path(f"{inline_file.private_dir()}/{secrets.token_hex(16)}")
 
     def inline(r: filesystem_pb2.ReadDirReply) -> list[bytes]:
         assert not any(e.map.HasField("inline_offset") for e in r.entries)
@@ -172,7 +171,8 @@ def test_sweep_removes_files_of_dead_processes() -> None:
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
     left = Path(f"{inline_file.SHM}/{inline_file.PREFIX}{dead}-{secrets.token_hex(16)}")
-    left.write_bytes(b"x" * 100)
+    left.mkdir(mode=0o700)
+    (left / secrets.token_hex(16)).write_bytes(b"x" * 100)     # a call in flight when it died
     mine = inline_file.InlineFile()
     try:
         inline_file.sweep()
@@ -181,7 +181,7 @@ def test_sweep_removes_files_of_dead_processes() -> None:
     finally:
         mine.close()
         if left.exists():
-            left.unlink()
+            shutil.rmtree(left)
     assert not os.path.exists(mine.path)
 
 

@@ -36,12 +36,40 @@ def test_pieces_land_back_to_back_until_the_limit() -> None:
 
 
 def test_a_file_written_already_is_refused(tmp_path: Path) -> None:
-    path = f"{inline_file.SHM}/{inline_file.PREFIX}{os.getpid()}-{secrets.token_hex(16)}"
+    path = f"{inline_file.private_dir()}/{secrets.token_hex(16)}"
     Path(path).write_bytes(b"x")
     try:
         assert InlineSink.open(path, "unix:/s.sock") is None
     finally:
         os.unlink(path)
+
+
+def test_only_a_file_in_a_directory_closed_to_others_is_written() -> None:
+    # /dev/shm is listed by anyone: a file named there, or in a directory others may enter,
+    # could be named by another user's client while its owner's call is in flight
+    top = f"{inline_file.SHM}/{inline_file.PREFIX}{os.getpid()}-{secrets.token_hex(16)}"
+    Path(top).touch(mode=0o600)
+    shared = Path(f"{inline_file.SHM}/{inline_file.PREFIX}{os.getpid()}-{secrets.token_hex(16)}")
+    shared.mkdir(mode=0o700)
+    inside = shared / secrets.token_hex(16)
+    inside.touch(mode=0o600)
+    try:
+        assert InlineSink.open(top, "unix:") is None                  # the old, open form
+        sink = InlineSink.open(str(inside), "unix:")                 # 0700: written
+        assert sink is not None
+        sink.close()
+        shared.chmod(0o755)                                          # others may list it
+        assert InlineSink.open(str(inside), "unix:") is None
+        assert inside.stat().st_size == 0
+    finally:
+        os.unlink(top)
+        inside.unlink()
+        shared.rmdir()
+    with inline_file.InlineFile() as f:                              # what the mount makes
+        assert os.stat(os.path.dirname(f.path)).st_mode & 0o777 == 0o700
+        sink = InlineSink.open(f.path, "unix:")
+        assert sink is not None
+        sink.close()
 
 
 def test_memory_cache_keeps_bytes_not_a_view_of_the_mapping() -> None:
