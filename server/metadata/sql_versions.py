@@ -65,6 +65,7 @@ class VersionSQL(ViewSQL):
     """Mixin for sql.SQLTx: needs `_x(sql, params)` and `_many(sql, rows)`."""
 
     _d: Any                                                            # from SQLTx: the Dialect
+    _c: Any                                            # from SQLTx: the DB-API connection
     _lock: str                                             # from SQLTx: row lock suffix or ""
     _share: str                                            # from SQLTx: share lock suffix or ""
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any: ...     # from SQLTx
@@ -294,8 +295,15 @@ class VersionSQL(ViewSQL):
     def _insert_hashes(self, tree_id: int, epoch: int, rows: list[tuple[int, bytes]]) -> None:
         """New rows, in key order (appends to the primary key's b-tree instead of inserts all
         over it), _IN_BATCH a statement (one multi-row INSERT costs about half what as many
-        executemany rows do: a first snapshot stores every node's hash)."""
+        executemany rows do: a first snapshot stores every node's hash). PostgreSQL: COPY
+        (100k rows: client CPU 0.6-0.77 -> 0.13-0.18 s, wall 1.1-1.4 -> 0.27-0.44 s)."""
         rows.sort()
+        if self._d.name == "postgresql":   # psycopg's COPY, in this transaction
+            with self._c.cursor().copy("COPY tree_hashes (tree_id, ino, born, died, hash) "
+                                       "FROM STDIN") as copy:
+                for ino, h in rows:
+                    copy.write_row((tree_id, ino, epoch, LIVE, h))
+            return
         head = "INSERT INTO tree_hashes (tree_id, ino, born, died, hash) VALUES "
         row = f"({int(tree_id)}, ?, {int(epoch)}, {LIVE}, ?)"
         for i in range(0, len(rows), _IN_BATCH):
