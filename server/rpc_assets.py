@@ -6,9 +6,14 @@ Interface:
 
 PutAsset streams the request's data pieces into AssetStore.put through a generator, so memory
 stays bounded whatever the asset size; the asset becomes visible only when the whole stream
-has arrived and its record is committed. A stream cut in the middle raises out of the
-generator, AssetStore.put commits nothing, and the chunks it had stored are unreferenced
-(GC collects them).
+has arrived, closed by its AssetEnd (the byte count), and its record is committed. A stream
+cut in the middle raises out of the generator, AssetStore.put commits nothing, and the chunks
+it had stored are unreferenced (GC collects them).
+
+Why the end message: when the server cuts a call (shutdown past its grace), gRPC may end the
+handler's request iterator as if the client had finished, before the call shows as
+cancelled (`context.is_active()` still true): without an explicit end, a prefix of the
+upload would be stored as an asset of its own.
 """
 
 from __future__ import annotations
@@ -29,6 +34,16 @@ from aifs_server.rpc_filesystem import Backend
 PIECE_MAX = 1 << 20
 LIST_DEFAULT = 100
 LIST_MAX = 1000
+
+
+def _check_end(declared: int, received: int, rest: Iterator[Any]) -> None:
+    """The end message must count what arrived and be the last one."""
+    if declared != received:
+        raise InvalidArgument(f"PutAsset: the end message says {declared} data bytes, "
+                              f"{received} arrived; nothing was stored")
+    if next(rest, None) is not None:
+        raise InvalidArgument("PutAsset: a message arrived after the end message; "
+                              "nothing was stored")
 
 
 class AssetsServicer(assets_pb2_grpc.AssetsServicer):
@@ -64,19 +79,26 @@ class AssetsServicer(assets_pb2_grpc.AssetsServicer):
         def data() -> Iterator[bytes]:
             # a client that goes away makes the request iterator raise: the exception travels
             # through AssetStore.put, which then commits nothing
+            received = 0
             for req in request_iterator:
                 part = req.WhichOneof("part")
                 if part == "data":
                     self._count("in", len(req.data))
+                    received += len(req.data)
                     if req.data:
                         yield req.data
+                elif part == "end":
+                    _check_end(req.end.size, received, request_iterator)
+                    return
                 elif part == "header":
                     raise InvalidArgument("PutAsset: a second header arrived mid-stream")
-            # A stream the server cut (shutdown past its grace) or the client cancelled may
-            # just end instead of raising: whatever arrived is not the whole asset
+            # no end message: the client went away, or the server cut the stream (shutdown
+            # past its grace) and gRPC ended the iterator instead of raising
             if not context.is_active():
                 raise TimedOut("PutAsset: the call was cancelled before its stream ended; "
                                "nothing was stored")
+            raise InvalidArgument("PutAsset: the stream ended without its end message "
+                                  f"(AssetEnd after {received} data bytes); nothing was stored")
 
         rec = self._store().put(ns, h.kind or "blob", data(), metadata, parents)
         return asset_info_to_pb(ns, rec)

@@ -75,6 +75,17 @@ def call_md(token: str | None, namespace: str = "default", branch: str = "main"
     return tuple(md)
 
 
+def put_asset_requests(*pieces: bytes, header: object = None) -> Iterator[object]:
+    """A whole PutAsset stream: the header (a blob by default), the pieces, the end message
+    with their byte count (the server stores nothing without it)."""
+    from aifs_proto.v1 import assets_pb2
+
+    yield assets_pb2.PutAssetRequest(header=header or assets_pb2.AssetHeader(kind="blob"))
+    for p in pieces:
+        yield assets_pb2.PutAssetRequest(data=p)
+    yield assets_pb2.PutAssetRequest(end=assets_pb2.AssetEnd(size=sum(map(len, pieces))))
+
+
 def error_info(err: grpc.RpcError) -> tuple[grpc.StatusCode, str, str]:
     """(code, ErrorInfo.reason or "", message) of a failed call."""
     code = err.code()  # type: ignore[attr-defined]

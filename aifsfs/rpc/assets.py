@@ -83,10 +83,14 @@ class GrpcAssets:
 
         def requests() -> Iterator[assets_pb2.PutAssetRequest]:
             yield assets_pb2.PutAssetRequest(header=header)
+            sent = 0
             for piece in split_pieces(data):
                 yield assets_pb2.PutAssetRequest(data=piece)
+                sent += len(piece)
                 if on_progress is not None:
                     on_progress(len(piece))
+            # the server stores the asset only once this arrives (server/rpc_assets.py)
+            yield assets_pb2.PutAssetRequest(end=assets_pb2.AssetEnd(size=sent))
 
         # big uploads need more than the default deadline: the whole stream shares it
         t = timeout or max(self._ch.timeout, 3600.0)

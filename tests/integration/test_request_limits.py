@@ -135,6 +135,7 @@ def test_deeply_nested_asset_metadata_is_invalid_argument(server_module: ServerP
     header = assets_pb2.PutAssetRequest(
         header=assets_pb2.AssetHeader(kind="blob", metadata_json="[" * depth + "]" * depth))
     data = assets_pb2.PutAssetRequest(data=b"x")
+    end = assets_pb2.PutAssetRequest(end=assets_pb2.AssetEnd(size=1))
     with server_module.channel() as ch:
         stub = ch.stream_unary("/aifs.v1.Assets/PutAsset",
                                assets_pb2.PutAssetRequest.SerializeToString,
@@ -142,7 +143,7 @@ def test_deeply_nested_asset_metadata_is_invalid_argument(server_module: ServerP
         # the call's own 30 s deadline is the hang guard: a server that churned on the
         # nesting past it answers DEADLINE_EXCEEDED, which fails the code check below
         with pytest.raises(grpc.RpcError) as err:
-            stub(iter([header, data]), metadata=call_md(server_module.token), timeout=30)
+            stub(iter([header, data, end]), metadata=call_md(server_module.token), timeout=30)
         code, _reason, message = error_info(err.value)
         assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, message)
         assert "nested too deeply" in message or "JSON" in message

@@ -22,15 +22,14 @@ from aifs_proto.v1 import (
     filesystem_pb2,
     filesystem_pb2_grpc,
 )
-from tests.helpers import ServerProc, call_md, error_info
+from tests.helpers import ServerProc, call_md, error_info, put_asset_requests
 
 MiB = 1 << 20
 
 
 def _put(ch: grpc.Channel, token: str, data: bytes) -> assets_pb2.AssetInfo:
-    return assets_pb2_grpc.AssetsStub(ch).PutAsset(iter([
-        assets_pb2.PutAssetRequest(header=assets_pb2.AssetHeader(kind="blob")),
-        assets_pb2.PutAssetRequest(data=data)]), metadata=call_md(token), timeout=60)
+    return assets_pb2_grpc.AssetsStub(ch).PutAsset(
+        put_asset_requests(data), metadata=call_md(token), timeout=60)
 
 
 def _chunk_files(data_dir: Path) -> list[Path]:

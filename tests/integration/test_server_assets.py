@@ -27,8 +27,11 @@ def _put(stub: assets_pb2_grpc.AssetsStub, md: object, pieces: Iterator[bytes] |
         yield assets_pb2.PutAssetRequest(header=assets_pb2.AssetHeader(
             kind=kind, metadata_json=json.dumps(metadata or {}),
             parents=[common_pb2.ParentEdge(parent_id=p, transform="t") for p in parents or []]))
+        n = 0
         for p in pieces:
             yield assets_pb2.PutAssetRequest(data=p)
+            n += len(p)
+        yield assets_pb2.PutAssetRequest(end=assets_pb2.AssetEnd(size=n))
     return stub.PutAsset(reqs(), metadata=md, timeout=120)
 
 
@@ -85,6 +88,35 @@ def test_asset_round_trip_lineage_verify_delete(server_module: ServerProc) -> No
         with pytest.raises(grpc.RpcError) as ei:
             stub.PutAsset(iter([assets_pb2.PutAssetRequest(data=b"x")]), metadata=md)
         assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+@pytest.mark.parametrize("tail", ["none", "short count", "long count", "data after end"])
+def test_put_stream_without_a_matching_end_stores_nothing(server_module: ServerProc,
+                                                          tail: str) -> None:
+    """Only the end message with the right byte count stores an asset: a stream that just
+    ends (what a server cut at shutdown can look like to the handler) stores nothing."""
+    md = call_md(server_module.token)
+    data = os.urandom(MiB + 5)
+    msgs = [assets_pb2.PutAssetRequest(header=assets_pb2.AssetHeader(kind="blob")),
+            assets_pb2.PutAssetRequest(data=data[:MiB]),
+            assets_pb2.PutAssetRequest(data=data[MiB:])]
+    end = {"short count": len(data) - 1, "long count": len(data) + 1,
+           "data after end": len(data)}.get(tail)
+    if end is not None:
+        msgs.append(assets_pb2.PutAssetRequest(end=assets_pb2.AssetEnd(size=end)))
+    if tail == "data after end":
+        msgs.append(assets_pb2.PutAssetRequest(data=b"late"))
+    with server_module.channel() as ch:
+        stub = assets_pb2_grpc.AssetsStub(ch)
+        before = _list_ids(stub, md)
+        with pytest.raises(grpc.RpcError) as ei:
+            stub.PutAsset(iter(msgs), metadata=md, timeout=60)
+        code, _reason, message = error_info(ei.value)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, (code, message)
+        assert "nothing was stored" in message
+        assert _list_ids(stub, md) == before
+        # the same bytes with the right end are stored under their BLAKE3
+        assert _put(stub, md, [data]).asset_id == blake3.blake3(data).hexdigest()
 
 
 def test_cut_put_stream_commits_nothing(server_module: ServerProc) -> None:

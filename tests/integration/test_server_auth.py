@@ -27,7 +27,14 @@ from aifs_proto.v1 import (
     versioning_pb2_grpc,
 )
 from aifs_server.auth import AuthInterceptor, mint_token
-from tests.helpers import ServerProc, call_md, error_info, open_channel, short_tmpdir
+from tests.helpers import (
+    ServerProc,
+    call_md,
+    error_info,
+    open_channel,
+    put_asset_requests,
+    short_tmpdir,
+)
 
 Call = Callable[[grpc.Channel, tuple[tuple[str, str], ...]], Any]
 
@@ -41,8 +48,7 @@ FAMILIES: dict[str, Call] = {
     "assets": lambda ch, md: assets_pb2_grpc.AssetsStub(ch).ListAssets(
         assets_pb2.ListAssetsRequest(), metadata=md, timeout=10),
     "assets-put": lambda ch, md: assets_pb2_grpc.AssetsStub(ch).PutAsset(
-        iter([assets_pb2.PutAssetRequest(header=assets_pb2.AssetHeader(kind="blob")),
-              assets_pb2.PutAssetRequest(data=b"hello")]), metadata=md, timeout=10),
+        put_asset_requests(b"hello"), metadata=md, timeout=10),
     "admin": lambda ch, md: admin_pb2_grpc.AdminStub(ch).Introspect(
         common_pb2.Empty(), metadata=md, timeout=10),
     # a snapshot's file is read (client.open) with SigningKey, GetSnapshot, ListTree, then the

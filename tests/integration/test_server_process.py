@@ -32,6 +32,7 @@ from tests.helpers import (
     ServerProc,
     call_md,
     open_channel,
+    put_asset_requests,
     short_tmpdir,
     start_server,
     stop_server,
@@ -117,10 +118,8 @@ def test_metrics_endpoint(data_dir: Path) -> None:
             with pytest.raises(grpc.RpcError):
                 fs.GetAttr(filesystem_pb2.InodeRequest(ino=1), metadata=call_md(None))
             assets = assets_pb2_grpc.AssetsStub(ch)
-            assets.PutAsset(iter([
-                assets_pb2.PutAssetRequest(header=assets_pb2.AssetHeader(kind="blob")),
-                assets_pb2.PutAssetRequest(data=b"metrics " * 10000)]),
-                metadata=call_md(sp.token))
+            assets.PutAsset(put_asset_requests(b"metrics " * 10000),
+                            metadata=call_md(sp.token))
         text = urllib.request.urlopen(url, timeout=10).read().decode()
         assert 'aifs_rpc_total{code="OK",method="GetAttr"} 1.0' in text
         assert 'aifs_rpc_total{code="UNAUTHENTICATED",method="GetAttr"} 1.0' in text
@@ -170,9 +169,7 @@ def _self_signed(tmp: Path) -> tuple[Path, Path, bytes]:
 def _round_trip(ch: grpc.Channel, token: str) -> None:
     stub = assets_pb2_grpc.AssetsStub(ch)
     data = os.urandom(3 * MiB)
-    info = stub.PutAsset(iter([
-        assets_pb2.PutAssetRequest(header=assets_pb2.AssetHeader(kind="blob")),
-        assets_pb2.PutAssetRequest(data=data)]), metadata=call_md(token), timeout=60)
+    info = stub.PutAsset(put_asset_requests(data), metadata=call_md(token), timeout=60)
     assert info.asset_id == blake3.blake3(data).hexdigest()
     got = b"".join(r.data for r in stub.GetAsset(assets_pb2.GetAssetRequest(
         asset_id=info.asset_id), metadata=call_md(token), timeout=60)
@@ -237,6 +234,7 @@ def _slow_put(sp: ServerProc, release: threading.Event, sent: threading.Event,
         sent.set()
         release.wait(60)
         yield assets_pb2.PutAssetRequest(data=data[MiB:])
+        yield assets_pb2.PutAssetRequest(end=assets_pb2.AssetEnd(size=len(data)))
 
     fut = assets_pb2_grpc.AssetsStub(ch).PutAsset.future(reqs(), metadata=call_md(sp.token))
     fut.add_done_callback(lambda _f: ch.close())

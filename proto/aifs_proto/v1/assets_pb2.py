@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from aifs_proto.v1 import common_pb2 as aifs_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61ifs/v1/assets.proto\x12\x07\x61ifs.v1\x1a\x14\x61ifs/v1/common.proto\"k\n\x0b\x41ssetHeader\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x15\n\rmetadata_json\x18\x02 \x01(\t\x12$\n\x07parents\x18\x03 \x03(\x0b\x32\x13.aifs.v1.ParentEdge\x12\x11\n\tsize_hint\x18\x04 \x01(\x04\"Q\n\x0fPutAssetRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.aifs.v1.AssetHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\xf9\x01\n\tAssetInfo\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x14\n\x0cstored_bytes\x18\x04 \x01(\x04\x12\x15\n\rmetadata_json\x18\x05 \x01(\t\x12$\n\x07parents\x18\x06 \x03(\x0b\x32\x13.aifs.v1.ParentEdge\x12\x0b\n\x03uri\x18\x07 \x01(\t\x12\x12\n\ncreated_ns\x18\x08 \x01(\x03\x12\x13\n\x0b\x63hunk_count\x18\t \x01(\r\x12\x12\n\nchunk_size\x18\n \x01(\r\x12!\n\x06\x63hunks\x18\x0b \x03(\x0b\x32\x11.aifs.v1.ChunkRef\"P\n\x0fGetAssetRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x11\n\tinfo_only\x18\x02 \x01(\x08\x12\x18\n\x10\x61\x63\x63\x65pt_encodings\x18\x03 \x03(\t\"K\n\rGetAssetReply\x12\"\n\x04info\x18\x01 \x01(\x0b\x32\x12.aifs.v1.AssetInfoH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"4\n\x0c\x41ssetRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\x0c\"?\n\x11ListAssetsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\r\n\x05\x61\x66ter\x18\x03 \x01(\t\"I\n\x0fListAssetsReply\x12\"\n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x12.aifs.v1.AssetInfo\x12\x12\n\nnext_after\x18\x02 \x01(\t\".\n\x10VerifyAssetReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"5\n\x0cLineageReply\x12%\n\tancestors\x18\x01 \x03(\x0b\x32\x12.aifs.v1.AssetInfo2\xfb\x02\n\x06\x41ssets\x12:\n\x08PutAsset\x12\x18.aifs.v1.PutAssetRequest\x1a\x12.aifs.v1.AssetInfo(\x01\x12>\n\x08GetAsset\x12\x18.aifs.v1.GetAssetRequest\x1a\x16.aifs.v1.GetAssetReply0\x01\x12\x42\n\nListAssets\x12\x1a.aifs.v1.ListAssetsRequest\x1a\x18.aifs.v1.ListAssetsReply\x12\x34\n\x0b\x44\x65leteAsset\x12\x15.aifs.v1.AssetRequest\x1a\x0e.aifs.v1.Empty\x12?\n\x0bVerifyAsset\x12\x15.aifs.v1.AssetRequest\x1a\x19.aifs.v1.VerifyAssetReply\x12:\n\nGetLineage\x12\x15.aifs.v1.AssetRequest\x1a\x15.aifs.v1.LineageReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x61ifs/v1/assets.proto\x12\x07\x61ifs.v1\x1a\x14\x61ifs/v1/common.proto\"k\n\x0b\x41ssetHeader\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x15\n\rmetadata_json\x18\x02 \x01(\t\x12$\n\x07parents\x18\x03 \x03(\x0b\x32\x13.aifs.v1.ParentEdge\x12\x11\n\tsize_hint\x18\x04 \x01(\x04\"\x18\n\x08\x41ssetEnd\x12\x0c\n\x04size\x18\x01 \x01(\x04\"s\n\x0fPutAssetRequest\x12&\n\x06header\x18\x01 \x01(\x0b\x32\x14.aifs.v1.AssetHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x12 \n\x03\x65nd\x18\x03 \x01(\x0b\x32\x11.aifs.v1.AssetEndH\x00\x42\x06\n\x04part\"\xf9\x01\n\tAssetInfo\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x04\x12\x14\n\x0cstored_bytes\x18\x04 \x01(\x04\x12\x15\n\rmetadata_json\x18\x05 \x01(\t\x12$\n\x07parents\x18\x06 \x03(\x0b\x32\x13.aifs.v1.ParentEdge\x12\x0b\n\x03uri\x18\x07 \x01(\t\x12\x12\n\ncreated_ns\x18\x08 \x01(\x03\x12\x13\n\x0b\x63hunk_count\x18\t \x01(\r\x12\x12\n\nchunk_size\x18\n \x01(\r\x12!\n\x06\x63hunks\x18\x0b \x03(\x0b\x32\x11.aifs.v1.ChunkRef\"P\n\x0fGetAssetRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x11\n\tinfo_only\x18\x02 \x01(\x08\x12\x18\n\x10\x61\x63\x63\x65pt_encodings\x18\x03 \x03(\t\"K\n\rGetAssetReply\x12\"\n\x04info\x18\x01 \x01(\x0b\x32\x12.aifs.v1.AssetInfoH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"4\n\x0c\x41ssetRequest\x12\x10\n\x08\x61sset_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x0f \x01(\x0c\"?\n\x11ListAssetsRequest\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12\r\n\x05\x61\x66ter\x18\x03 \x01(\t\"I\n\x0fListAssetsReply\x12\"\n\x06\x61ssets\x18\x01 \x03(\x0b\x32\x12.aifs.v1.AssetInfo\x12\x12\n\nnext_after\x18\x02 \x01(\t\".\n\x10VerifyAssetReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x02 \x01(\t\"5\n\x0cLineageReply\x12%\n\tancestors\x18\x01 \x03(\x0b\x32\x12.aifs.v1.AssetInfo2\xfb\x02\n\x06\x41ssets\x12:\n\x08PutAsset\x12\x18.aifs.v1.PutAssetRequest\x1a\x12.aifs.v1.AssetInfo(\x01\x12>\n\x08GetAsset\x12\x18.aifs.v1.GetAssetRequest\x1a\x16.aifs.v1.GetAssetReply0\x01\x12\x42\n\nListAssets\x12\x1a.aifs.v1.ListAssetsRequest\x1a\x18.aifs.v1.ListAssetsReply\x12\x34\n\x0b\x44\x65leteAsset\x12\x15.aifs.v1.AssetRequest\x1a\x0e.aifs.v1.Empty\x12?\n\x0bVerifyAsset\x12\x15.aifs.v1.AssetRequest\x1a\x19.aifs.v1.VerifyAssetReply\x12:\n\nGetLineage\x12\x15.aifs.v1.AssetRequest\x1a\x15.aifs.v1.LineageReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,24 +34,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ASSETHEADER']._serialized_start=55
   _globals['_ASSETHEADER']._serialized_end=162
-  _globals['_PUTASSETREQUEST']._serialized_start=164
-  _globals['_PUTASSETREQUEST']._serialized_end=245
-  _globals['_ASSETINFO']._serialized_start=248
-  _globals['_ASSETINFO']._serialized_end=497
-  _globals['_GETASSETREQUEST']._serialized_start=499
-  _globals['_GETASSETREQUEST']._serialized_end=579
-  _globals['_GETASSETREPLY']._serialized_start=581
-  _globals['_GETASSETREPLY']._serialized_end=656
-  _globals['_ASSETREQUEST']._serialized_start=658
-  _globals['_ASSETREQUEST']._serialized_end=710
-  _globals['_LISTASSETSREQUEST']._serialized_start=712
-  _globals['_LISTASSETSREQUEST']._serialized_end=775
-  _globals['_LISTASSETSREPLY']._serialized_start=777
-  _globals['_LISTASSETSREPLY']._serialized_end=850
-  _globals['_VERIFYASSETREPLY']._serialized_start=852
-  _globals['_VERIFYASSETREPLY']._serialized_end=898
-  _globals['_LINEAGEREPLY']._serialized_start=900
-  _globals['_LINEAGEREPLY']._serialized_end=953
-  _globals['_ASSETS']._serialized_start=956
-  _globals['_ASSETS']._serialized_end=1335
+  _globals['_ASSETEND']._serialized_start=164
+  _globals['_ASSETEND']._serialized_end=188
+  _globals['_PUTASSETREQUEST']._serialized_start=190
+  _globals['_PUTASSETREQUEST']._serialized_end=305
+  _globals['_ASSETINFO']._serialized_start=308
+  _globals['_ASSETINFO']._serialized_end=557
+  _globals['_GETASSETREQUEST']._serialized_start=559
+  _globals['_GETASSETREQUEST']._serialized_end=639
+  _globals['_GETASSETREPLY']._serialized_start=641
+  _globals['_GETASSETREPLY']._serialized_end=716
+  _globals['_ASSETREQUEST']._serialized_start=718
+  _globals['_ASSETREQUEST']._serialized_end=770
+  _globals['_LISTASSETSREQUEST']._serialized_start=772
+  _globals['_LISTASSETSREQUEST']._serialized_end=835
+  _globals['_LISTASSETSREPLY']._serialized_start=837
+  _globals['_LISTASSETSREPLY']._serialized_end=910
+  _globals['_VERIFYASSETREPLY']._serialized_start=912
+  _globals['_VERIFYASSETREPLY']._serialized_end=958
+  _globals['_LINEAGEREPLY']._serialized_start=960
+  _globals['_LINEAGEREPLY']._serialized_end=1013
+  _globals['_ASSETS']._serialized_start=1016
+  _globals['_ASSETS']._serialized_end=1395
 # @@protoc_insertion_point(module_scope)

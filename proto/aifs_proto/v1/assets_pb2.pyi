@@ -19,13 +19,21 @@ class AssetHeader(_message.Message):
     size_hint: int
     def __init__(self, kind: _Optional[str] = ..., metadata_json: _Optional[str] = ..., parents: _Optional[_Iterable[_Union[_common_pb2.ParentEdge, _Mapping]]] = ..., size_hint: _Optional[int] = ...) -> None: ...
 
+class AssetEnd(_message.Message):
+    __slots__ = ("size",)
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    size: int
+    def __init__(self, size: _Optional[int] = ...) -> None: ...
+
 class PutAssetRequest(_message.Message):
-    __slots__ = ("header", "data")
+    __slots__ = ("header", "data", "end")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
     header: AssetHeader
     data: bytes
-    def __init__(self, header: _Optional[_Union[AssetHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+    end: AssetEnd
+    def __init__(self, header: _Optional[_Union[AssetHeader, _Mapping]] = ..., data: _Optional[bytes] = ..., end: _Optional[_Union[AssetEnd, _Mapping]] = ...) -> None: ...
 
 class AssetInfo(_message.Message):
     __slots__ = ("asset_id", "kind", "size", "stored_bytes", "metadata_json", "parents", "uri", "created_ns", "chunk_count", "chunk_size", "chunks")
