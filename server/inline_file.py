@@ -12,6 +12,12 @@ Interface:
                                  `limit`, or a write failed, e.g. /dev/shm full: these and
                                  every later bytes go in the reply as before)
     .close()
+    InlineSource.open(path, peer) -> InlineSource | None
+        the client's file of a PutChunks call (PutChunkRequest.inline_file) opened for
+        reading, or None on the same grounds as InlineSink.open, except that it holds the
+        chunks the client wrote (not empty)
+    .read(offset, n) -> bytes         n bytes at offset, copied out (None: not there)
+    .close()
 
 Why (issue 9, epoch 1): a cold epoch's bytes come ~27 samples per ReadDir reply, and gRPC in
 Python copies a 4 MiB reply several times on each end (the join and gRPC's slice on the
@@ -46,6 +52,39 @@ NAME = re.compile(r"(/dev/shm/aifs-rd-[0-9]{1,10}-[0-9a-f]{32})/([0-9a-f]{32})")
 FILE_MAX = 32 << 20
 
 
+def _open_checked(path: str, peer: str, flags: int, empty: bool) -> int | None:
+    """The descriptor of the client's call file `path`, or None when it may not be used:
+    not a unix peer, a name the client would not make, a directory others may enter or not
+    our user's, not a regular file of ours with one link (or not empty when `empty`)."""
+    m = NAME.fullmatch(path) if path and peer.startswith("unix:") else None
+    if m is None:
+        return None
+    try:
+        dfd = os.open(m.group(1), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        d = os.fstat(dfd)
+        if d.st_uid != os.geteuid() or d.st_mode & 0o077:
+            return None     # others may enter it: they may know the name
+        fd = os.open(m.group(2), flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     dir_fd=dfd)
+    except OSError:
+        return None         # gone (the client's call ended) or not ours to open
+    finally:
+        os.close(dfd)
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        return None
+    if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or (empty and st.st_size != 0)
+            or st.st_uid != os.geteuid()):
+        os.close(fd)
+        return None
+    return fd
+
+
 class InlineSink:
     __slots__ = ("fd", "at", "limit")
 
@@ -56,33 +95,8 @@ class InlineSink:
 
     @classmethod
     def open(cls, path: str, peer: str, limit: int = FILE_MAX) -> InlineSink | None:
-        m = NAME.fullmatch(path) if path and peer.startswith("unix:") else None
-        if m is None:
-            return None
-        try:
-            dfd = os.open(m.group(1), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            return None
-        try:
-            d = os.fstat(dfd)
-            if d.st_uid != os.geteuid() or d.st_mode & 0o077:
-                return None     # others may enter it: they may know the name
-            fd = os.open(m.group(2), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                         dir_fd=dfd)
-        except OSError:
-            return None         # gone (the client's call ended) or not ours to open
-        finally:
-            os.close(dfd)
-        try:
-            st = os.fstat(fd)
-        except OSError:
-            os.close(fd)
-            return None
-        if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_size != 0
-                or st.st_uid != os.geteuid()):
-            os.close(fd)
-            return None
-        return cls(fd, limit)
+        fd = _open_checked(path, peer, os.O_WRONLY, empty=True)
+        return None if fd is None else cls(fd, limit)
 
     def place(self, pieces: Sequence[bytes | bytearray | memoryview]) -> int | None:
         if self.fd < 0:
@@ -107,6 +121,40 @@ class InlineSink:
             return None
         self.at = at + total
         return at
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class InlineSource:
+    """A PutChunks call's chunks, read from the file the client wrote them into.
+
+    Each chunk is pread into bytes of the server's own (one kernel copy, as gRPC's receive
+    made several): the id check and the sealing then see the same bytes, whatever the client
+    does to its file meanwhile. A mapping would save that copy but let a client change the
+    bytes between the BLAKE3 check and the seal (a chunk stored under an id it does not
+    hash to)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    @classmethod
+    def open(cls, path: str, peer: str) -> InlineSource | None:
+        fd = _open_checked(path, peer, os.O_RDONLY, empty=False)
+        return None if fd is None else cls(fd)
+
+    def read(self, offset: int, n: int) -> bytes | None:
+        if self.fd < 0 or offset < 0 or n < 0:
+            return None
+        try:
+            data = os.pread(self.fd, n, offset)
+        except OSError:
+            return None
+        return data if len(data) == n else None
 
     def close(self) -> None:
         if self.fd >= 0:

@@ -5,7 +5,7 @@ Interface:
     Metrics(stats_fn=None)        registry + metrics; stats_fn() -> {namespace: (stored, logical)}
                                   is called on each scrape for the stored/logical gauges
       .observe(method, code, seconds)
-      .add_bytes(direction, n)    direction "in" | "out" (data path payload bytes) | "out_file"
+      .add_bytes(direction, n)    direction "in" | "out" (data path payload bytes) | "out_file" | "in_file"
                                   (bytes written into a client's inline file instead of a
                                   message: GetChunks' raw pieces, which "out" counts too, and
                                   ReadDir's inline bytes)

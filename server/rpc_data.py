@@ -5,12 +5,16 @@ Interface:
     add_data_service(servicer, grpc_server)   register it (GetChunks answers encode_piece bytes)
     encode_piece(index, offset, raw_length, encoding, parts) -> bytes   one ChunkPiece, encoded
     decode_put(message bytes) -> PutRequest   a PutChunkRequest parsed without copying its data
+                                              (file_offset -1: the bytes are in the message)
     PIECE_MAX = 1 MiB          the largest data payload of one GetChunks message
 
 Rules:
 - Chunk records are per namespace: a chunk not recorded in the caller's namespace is NOT_FOUND
   (even if another namespace stores the same bytes), so no cross-tenant "is it stored?" oracle.
-- PutChunks: one whole chunk per message; a ZSTD upload is decompressed with a limit of the
+- PutChunks: one whole chunk per message, or (a unix peer that named a file of its own under
+  /dev/shm in the first message, server/inline_file.InlineSource) one chunk's offset in that
+  file, counted as direction "in_file"; a file the server may not use fails the call with
+  INVALID_ARGUMENT before anything is stored (the client then sends the bytes); a ZSTD upload is decompressed with a limit of the
   namespace's chunk size (a zstd bomb is refused); BLAKE3(plaintext) must equal the id
   (ChunkService verifies); the chunk is sealed at the namespace's zstd level, then recorded.
 - GetChunks with "zstd" accepted: the stored frames covering the range go out as they are
@@ -44,7 +48,7 @@ from aifs_proto.v1 import data_pb2, data_pb2_grpc
 from aifs_server.auth import call_scope
 from aifs_server.envelope import Frame
 from aifs_server.grpc_errors import rpc
-from aifs_server.inline_file import InlineSink
+from aifs_server.inline_file import InlineSink, InlineSource
 from aifs_server.rpc_filesystem import Backend
 
 PIECE_MAX = 1 << 20
@@ -114,6 +118,8 @@ class PutRequest(NamedTuple):
     data: memoryview
     encoding: int
     raw_length: int
+    file_offset: int = -1       # >= 0: the raw_length bytes are there in the call's file
+    inline_file: str = ""
 
 
 def decode_put(buf: bytes) -> PutRequest:
@@ -122,8 +128,9 @@ def decode_put(buf: bytes) -> PutRequest:
     copies it again. As protobuf does: unknown fields skipped, the last of a repeated field
     kept, enums and uint32 truncated to 32 bits. Malformed: an error, which grpc turns into
     INTERNAL "Exception deserializing request!" as it does when protobuf's parser fails."""
-    cid = data = memoryview(buf)[0:0]
+    cid = data = path = memoryview(buf)[0:0]
     encoding = raw_length = 0
+    file_offset = -1
     try:
         for number, value in fields(buf):
             if isinstance(value, int):
@@ -131,15 +138,20 @@ def decode_put(buf: bytes) -> PutRequest:
                     encoding = value & 0xFFFFFFFF
                 elif number == 4:
                     raw_length = value & 0xFFFFFFFF
+                elif number == 5:
+                    file_offset = value
             elif number == 1:
                 cid = value
             elif number == 2:
                 data = value
-    except ValueError as exc:
+            elif number == 6:
+                path = value
+        inline_file = str(path, "utf-8") if len(path) else ""
+    except ValueError as exc:    # UnicodeDecodeError too
         raise InvalidArgument(f"malformed PutChunkRequest ({exc})") from None
     if encoding >= 1 << 31:     # an enum is an int32: protobuf reads it signed
         encoding -= 1 << 32
-    return PutRequest(bytes(cid), data, encoding, raw_length)
+    return PutRequest(bytes(cid), data, encoding, raw_length, file_offset, inline_file)
 
 
 def _serialize_piece(m: Any) -> bytes:
@@ -226,17 +238,58 @@ class DataServicer(data_pb2_grpc.DataServicer):
             self._hold(context, ns_name, [cid for cid, _ in batch])
             batch.clear()
 
-        for req in request_iterator:
-            cid = _check_id(req.chunk_id)
-            plain = self._plaintext(req, cid, ns_name, ns.chunk_size)
-            batch.append((cid, plain))
-            batch_bytes += len(plain)
-            if len(batch) >= PUT_BATCH_CHUNKS or batch_bytes >= PUT_BATCH_BYTES:
-                store_batch()
-                batch_bytes = 0
+        source: InlineSource | None = None
+        try:
+            for n, req in enumerate(request_iterator):
+                if n == 0 and req.inline_file:     # named in the first message only
+                    source = InlineSource.open(req.inline_file, context.peer())
+                    if source is None:
+                        raise InvalidArgument(
+                            "PutChunks: the call's inline_file cannot be used (not a unix "
+                            "peer, or not a file of the client's own in its private "
+                            "directory); send the bytes in the messages")
+                cid = _check_id(req.chunk_id)
+                plain: bytes | memoryview
+                if req.file_offset >= 0:
+                    plain = self._from_file(source, req, cid, ns.chunk_size)
+                else:
+                    plain = self._plaintext(req, cid, ns_name, ns.chunk_size)
+                batch.append((cid, plain))
+                batch_bytes += len(plain)
+                if len(batch) >= PUT_BATCH_CHUNKS or batch_bytes >= PUT_BATCH_BYTES:
+                    store_batch()
+                    batch_bytes = 0
+        finally:
+            # here, not in a call-end callback: that runs in another thread and could close
+            # the descriptor (its number then reused) while this thread still reads it
+            if source is not None:
+                source.close()
         if batch:
             store_batch()
         return reply
+
+    def _from_file(self, source: InlineSource | None, req: PutRequest, cid: bytes,
+                   chunk_size: int) -> bytes:
+        """A chunk's plaintext from the call's file (raw_length bytes at file_offset), read
+        into bytes of our own; its id is checked when it is stored, as for any upload."""
+        hexid = cid.hex()
+        if source is None:
+            raise InvalidArgument(f"chunk {hexid}: file_offset given but the call named no "
+                                  f"inline_file in its first message")
+        if req.data or req.encoding != data_pb2.IDENTITY:
+            raise InvalidArgument(f"chunk {hexid}: a chunk in the call's file has no data "
+                                  f"and IDENTITY encoding")
+        if req.raw_length > chunk_size:
+            raise InvalidArgument(
+                f"chunk {hexid} is {req.raw_length} bytes; the namespace takes chunks of at "
+                f"most {chunk_size} bytes")
+        plain = source.read(req.file_offset, req.raw_length)
+        if plain is None:
+            raise InvalidArgument(f"chunk {hexid}: the call's file does not hold "
+                                  f"{req.raw_length} bytes at offset {req.file_offset}")
+        self._count("in", len(plain))
+        self._count("in_file", len(plain))
+        return plain
 
     def _plaintext(self, req: Any, cid: bytes, ns_name: str, chunk_size: int
                    ) -> bytes | memoryview:
@@ -277,8 +330,6 @@ class DataServicer(data_pb2_grpc.DataServicer):
         # raw bytes into the client's file when it gave one (server/inline_file.py)
         sink = InlineSink.open(request.inline_file, context.peer()) if request.inline_file \
             else None
-        if sink is not None:
-            context.add_callback(sink.close)      # however the call ends
         opened = self._opened(ns, ranges, ids, zstd_ok)
         try:
             for i, (r, cid) in enumerate(zip(ranges, ids, strict=True)):
@@ -296,6 +347,11 @@ class DataServicer(data_pb2_grpc.DataServicer):
                                        f"`aifs fsck --read-data`") from e
         finally:
             opened.close()
+            # however the call ends: here, not in a call-end callback, which runs in another
+            # thread and could close the descriptor (its number then reused by another open)
+            # while this one still writes to it
+            if sink is not None:
+                sink.close()
 
     def _open(self, ns: str, cid: bytes, offset: int, length: int | None, zstd_ok: bool
               ) -> Any:

@@ -5,12 +5,16 @@ Interface:
         .address                          the server's address (store_chunk asks first over TCP)
         has_chunks(ids) -> [bool]
         put_chunks(iterable of (id, data), compress=None, timeout=None) -> PutChunksResult
+            over a unix socket, a list's bytes go through a file of the call's own under
+            /dev/shm (inline_file.py), not the messages; .file_puts / .message_puts count
+            the chunks each way went (tests, stats)
         get_chunks([(id, offset, length)], accept_zstd=None, timeout=None) -> [bytes]
             exact ranges, in order; length 0 = to the chunk's end
     unzstd(data, raw_length) -> bytes     one GetChunks ZSTD piece, bounded to raw_length
     decode_piece(message bytes) -> Piece  a GetChunks answer parsed without copying its data
-    encode_put(chunk_id, data, encoding, raw_length) -> bytes   one PutChunkRequest, encoded
-                                          by hand (byte-identical to protobuf's), one copy
+    encode_put(chunk_id, data, encoding, raw_length, file_offset=None, inline_file="")
+                                          -> bytes   one PutChunkRequest, encoded by hand
+                                          (byte-identical to protobuf's), one copy
 
 Payload bytes are counted in the channel's `wire_stats` (zstd vs identity). get_chunks is the
 mount's hot path: one retrying call, pieces joined once per range (no copy for a range that
@@ -19,9 +23,10 @@ arrives as one exact piece).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import grpc
 import zstandard
@@ -34,6 +39,8 @@ from ..errors import IncompleteRead, RemoteError
 from ..protocols import PutChunksResult
 from . import inline_file
 from .channel import Channel
+
+log = logging.getLogger("aifsfs.rpc.data")
 
 
 class Piece(NamedTuple):
@@ -70,7 +77,8 @@ def decode_piece(buf: bytes) -> Piece:
 
 
 def encode_put(chunk_id: bytes, data: bytes | bytearray | memoryview, encoding: int,
-               raw_length: int) -> bytes:
+               raw_length: int, file_offset: int | None = None, inline_file: str = ""
+               ) -> bytes:
     """A PutChunkRequest in protobuf wire format, `data` joined behind its header: ONE copy of
     the payload. Building a data_pb2.PutChunkRequest copies the payload into the message and
     SerializeToString copies it again (and `bytes(data)` of a bytearray once more). Fields in
@@ -86,6 +94,11 @@ def encode_put(chunk_id: bytes, data: bytes | bytearray | memoryview, encoding: 
         tail += b"\x18" + varint(encoding)
     if raw_length:
         tail += b"\x20" + varint(raw_length)
+    if file_offset is not None:         # optional: present even if 0
+        tail += b"\x28" + varint(file_offset)
+    if inline_file:
+        name = inline_file.encode()
+        tail += b"\x32" + varint(len(name)) + name
     return b"".join((head, data, tail)) if n else bytes(head + tail)
 
 
@@ -118,6 +131,9 @@ class GrpcData:
             response_deserializer=data_pb2.PutChunksReply.FromString)
         self.address = channel.address
         self._inline_files = inline_file.available(getattr(channel, "addresses", ()))
+        # uploads through the file too, until a server refuses them (an old one)
+        self._inline_puts = self._inline_files
+        self.file_puts = self.message_puts = 0      # chunks sent each way
 
     def _from_file(self, side: inline_file.InlineFile | None, piece: Piece, cid: bytes
                    ) -> bytes:
@@ -144,7 +160,28 @@ class GrpcData:
                    compress: bool | None = None, timeout: float | None = None
                    ) -> PutChunksResult:
         """Upload whole chunks (id = BLAKE3 of the data). A list is retried on UNAVAILABLE; a
-        one-shot iterator is sent once the channel is up."""
+        one-shot iterator is sent once the channel is up (always in the messages)."""
+        t = timeout or max(self._ch.timeout, 600.0)
+        if self._inline_puts and isinstance(chunks, Sequence) and chunks:
+            try:
+                done = self._put_through_file(chunks, t)
+            except RemoteError as exc:
+                if exc.reason != "INVALID_ARGUMENT":
+                    raise
+                # An old server (it sees a chunk without its bytes) or one that may not use
+                # our file: the same chunks in the messages. If that works, the file was the
+                # trouble: messages from now on.
+                result = self._put_in_messages(chunks, compress, t)
+                self._inline_puts = False
+                log.warning("PutChunks through /dev/shm refused by %s (%s): chunk bytes go "
+                            "in the messages from now on", self._ch.address, exc)
+                return result
+            if done is not None:
+                return done
+        return self._put_in_messages(chunks, compress, t)
+
+    def _put_in_messages(self, chunks: Iterable[tuple[bytes, bytes | bytearray | memoryview]],
+                         compress: bool | None, t: float) -> PutChunksResult:
         zstd = self._ch.compress_uploads if compress is None else compress
         result = PutChunksResult()
         replayable = isinstance(chunks, Sequence)
@@ -160,14 +197,52 @@ class GrpcData:
                         payload, enc = packed, data_pb2.ZSTD
                 result.sent_bytes += len(payload)
                 result.raw_bytes += len(data)
+                self.message_puts += 1
                 yield encode_put(bytes(chunk_id), payload, enc, len(data))
 
-        r = self._ch.client_stream(self._put_chunks_call, requests, replayable,
-                                timeout or max(self._ch.timeout, 600.0))
+        r = self._ch.client_stream(self._put_chunks_call, requests, replayable, t)
+        return self._put_result(result, r)
+
+    def _put_result(self, result: PutChunksResult, r: Any) -> PutChunksResult:
         self._ch.wire_stats.add(sent_bytes=result.sent_bytes, sent_raw_bytes=result.raw_bytes)
         result.stored, result.deduplicated, result.stored_bytes = (
             r.stored, r.deduplicated, r.stored_bytes)
         return result
+
+    def _put_through_file(self, chunks: Sequence[tuple[bytes, bytes | bytearray | memoryview]],
+                          t: float) -> PutChunksResult | None:
+        """PutChunks with the chunks' bytes written into a file of the call's own (one pwritev)
+        and each message naming its offset; a chunk the file could not take (/dev/shm full)
+        travels in its message. None: no file could be made (the caller sends messages).
+        The file is unlinked when the call ends, whatever the outcome; a retried call writes
+        a fresh one."""
+        result = PutChunksResult()
+
+        def attempt() -> PutChunksResult | None:
+            side = inline_file.InlineFile.make()
+            if side is None:
+                return None
+            try:
+                offsets = side.append_all([d for _, d in chunks])
+                msgs: list[bytes] = []
+                result.sent_bytes = result.raw_bytes = 0
+                for (cid, data), at in zip(chunks, offsets, strict=True):
+                    n = len(data)
+                    result.raw_bytes += n
+                    if at is None or not n:
+                        result.sent_bytes += n
+                        msgs.append(encode_put(bytes(cid), data, data_pb2.IDENTITY, n,
+                                               inline_file="" if msgs else side.path))
+                        self.message_puts += 1
+                    else:
+                        msgs.append(encode_put(bytes(cid), b"", data_pb2.IDENTITY, n, at,
+                                               "" if msgs else side.path))
+                        self.file_puts += 1
+                return self._put_result(result, self._put_chunks_call(
+                    iter(msgs), metadata=self._ch.metadata(), timeout=t))
+            finally:
+                side.close()
+        return self._ch.retrying(attempt, True, t)
 
     def get_chunks(self, ranges: Sequence[tuple[bytes, int, int]],
                    accept_zstd: bool | None = None, timeout: float | None = None

@@ -14,6 +14,9 @@ Interface:
                                       nothing); slices stay valid after .close()
         .view_upto(end) -> memoryview | None   the same, covering at least `end` bytes
                                       (mapped again as a streamed call's file grows)
+        .append_all(datas) -> [offset | None]   write the buffers back to back after what is
+                                      there (one pwritev); None for each one the file could
+                                      not take (/dev/shm full): those go in the messages
         .close()                      unlink the name and close our descriptor: the mapping
                                       lives while a slice of it does, then its pages go
     private_dir(fresh=False) -> str   this process's directory of them (made on first use;
@@ -79,6 +82,34 @@ class InlineFile:
         except OSError:
             return None
 
+    def append_all(self, datas: Sequence[bytes | bytearray | memoryview]) -> list[int | None]:
+        """PutChunks' side: the buffers written back to back at the file's end, one pwritev
+        for all (the kernel's one copy of each byte; tmpfs short-writes when it fills up).
+        The offset of each buffer written whole, None for the rest."""
+        views = [memoryview(d).cast("B") for d in datas]
+        try:
+            at = os.fstat(self.fd).st_size
+        except OSError:
+            return [None] * len(views)
+        done = 0
+        total = sum(len(v) for v in views)
+        try:
+            # pwritev takes at most IOV_MAX buffers; a PutChunks call carries a few chunks
+            while done < total:
+                rest = _after(views, done)
+                n = os.pwritev(self.fd, rest[:512], at + done)
+                if n <= 0:
+                    break
+                done += n
+        except OSError:
+            pass            # ENOSPC: what was written whole is used, the rest goes by message
+        out: list[int | None] = []
+        pos = 0
+        for v in views:
+            out.append(at + pos if pos + len(v) <= done else None)
+            pos += len(v)
+        return out
+
     def view(self) -> memoryview | None:
         return self.view_upto(1)
 
@@ -108,6 +139,20 @@ class InlineFile:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _after(views: list[memoryview], skip: int) -> list[memoryview]:
+    """The buffers from byte `skip` of their concatenation on (after a short write)."""
+    if not skip:
+        return views
+    out: list[memoryview] = []
+    for v in views:
+        if skip >= len(v):
+            skip -= len(v)
+            continue
+        out.append(v[skip:] if skip else v)
+        skip = 0
+    return out
 
 
 _dir_lock = threading.Lock()

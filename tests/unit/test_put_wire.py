@@ -58,3 +58,22 @@ def test_decode_refuses_truncation() -> None:
     for bad in (wire[:-1], wire[:40], b"\x20\x80", b"\x0f"):
         with pytest.raises(InvalidArgument, match="malformed"):
             decode_put(bad)
+
+
+@pytest.mark.parametrize("offset,path", [(0, "/dev/shm/aifs-rd-1-" + "a" * 32 + "/" + "b" * 32),
+                                         (3 << 30, ""), (None, "x")])
+def test_file_offset_and_inline_file_match_protobuf(offset: int | None, path: str) -> None:
+    """A chunk in the call's file: no data, its offset (present even if 0) and the file's name
+    (in the call's first message) encoded as protobuf does, and decoded back."""
+    cid = os.urandom(32)
+    wire = encode_put(cid, b"", data_pb2.IDENTITY, 1 << 20, offset, path)
+    want = data_pb2.PutChunkRequest(chunk_id=cid, raw_length=1 << 20, inline_file=path)
+    if offset is not None:
+        want.file_offset = offset
+    assert wire == want.SerializeToString()
+    r = decode_put(wire)
+    assert (r.chunk_id, bytes(r.data), r.raw_length, r.file_offset, r.inline_file) == (
+        cid, b"", 1 << 20, -1 if offset is None else offset, path)
+    # a message without them (an old client): in the message, no file
+    old = decode_put(encode_put(cid, b"abc", data_pb2.IDENTITY, 3))
+    assert (old.file_offset, old.inline_file) == (-1, "")

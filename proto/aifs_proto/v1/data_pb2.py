@@ -24,29 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x61ifs/v1/data.proto\x12\x07\x61ifs.v1\"%\n\x10HasChunksRequest\x12\x11\n\tchunk_ids\x18\x01 \x03(\x0c\"!\n\x0eHasChunksReply\x12\x0f\n\x07present\x18\x01 \x03(\x08\"j\n\x0fPutChunkRequest\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12#\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x11.aifs.v1.Encoding\x12\x12\n\nraw_length\x18\x04 \x01(\r\"L\n\x0ePutChunksReply\x12\x0e\n\x06stored\x18\x01 \x01(\r\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\r\x12\x14\n\x0cstored_bytes\x18\x03 \x01(\x04\">\n\nChunkRange\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\r\x12\x0e\n\x06length\x18\x03 \x01(\r\"f\n\x10GetChunksRequest\x12#\n\x06ranges\x18\x01 \x03(\x0b\x32\x13.aifs.v1.ChunkRange\x12\x18\n\x10\x61\x63\x63\x65pt_encodings\x18\x02 \x03(\t\x12\x13\n\x0binline_file\x18\x03 \x01(\t\"\xa2\x01\n\nChunkPiece\x12\x13\n\x0brange_index\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\r\x12\x12\n\nraw_length\x18\x03 \x01(\r\x12#\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x11.aifs.v1.Encoding\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x18\n\x0b\x66ile_offset\x18\x06 \x01(\x04H\x00\x88\x01\x01\x42\x0e\n\x0c_file_offset*\"\n\x08\x45ncoding\x12\x0c\n\x08IDENTITY\x10\x00\x12\x08\n\x04ZSTD\x10\x01\x32\xc8\x01\n\x04\x44\x61ta\x12?\n\tHasChunks\x12\x19.aifs.v1.HasChunksRequest\x1a\x17.aifs.v1.HasChunksReply\x12@\n\tPutChunks\x12\x18.aifs.v1.PutChunkRequest\x1a\x17.aifs.v1.PutChunksReply(\x01\x12=\n\tGetChunks\x12\x19.aifs.v1.GetChunksRequest\x1a\x13.aifs.v1.ChunkPiece0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12\x61ifs/v1/data.proto\x12\x07\x61ifs.v1\"%\n\x10HasChunksRequest\x12\x11\n\tchunk_ids\x18\x01 \x03(\x0c\"!\n\x0eHasChunksReply\x12\x0f\n\x07present\x18\x01 \x03(\x08\"\xa9\x01\n\x0fPutChunkRequest\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12#\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x11.aifs.v1.Encoding\x12\x12\n\nraw_length\x18\x04 \x01(\r\x12\x18\n\x0b\x66ile_offset\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0binline_file\x18\x06 \x01(\tB\x0e\n\x0c_file_offset\"L\n\x0ePutChunksReply\x12\x0e\n\x06stored\x18\x01 \x01(\r\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\r\x12\x14\n\x0cstored_bytes\x18\x03 \x01(\x04\">\n\nChunkRange\x12\x10\n\x08\x63hunk_id\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\r\x12\x0e\n\x06length\x18\x03 \x01(\r\"f\n\x10GetChunksRequest\x12#\n\x06ranges\x18\x01 \x03(\x0b\x32\x13.aifs.v1.ChunkRange\x12\x18\n\x10\x61\x63\x63\x65pt_encodings\x18\x02 \x03(\t\x12\x13\n\x0binline_file\x18\x03 \x01(\t\"\xa2\x01\n\nChunkPiece\x12\x13\n\x0brange_index\x18\x01 \x01(\r\x12\x0e\n\x06offset\x18\x02 \x01(\r\x12\x12\n\nraw_length\x18\x03 \x01(\r\x12#\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x11.aifs.v1.Encoding\x12\x0c\n\x04\x64\x61ta\x18\x05 \x01(\x0c\x12\x18\n\x0b\x66ile_offset\x18\x06 \x01(\x04H\x00\x88\x01\x01\x42\x0e\n\x0c_file_offset*\"\n\x08\x45ncoding\x12\x0c\n\x08IDENTITY\x10\x00\x12\x08\n\x04ZSTD\x10\x01\x32\xc8\x01\n\x04\x44\x61ta\x12?\n\tHasChunks\x12\x19.aifs.v1.HasChunksRequest\x1a\x17.aifs.v1.HasChunksReply\x12@\n\tPutChunks\x12\x18.aifs.v1.PutChunkRequest\x1a\x17.aifs.v1.PutChunksReply(\x01\x12=\n\tGetChunks\x12\x19.aifs.v1.GetChunksRequest\x1a\x13.aifs.v1.ChunkPiece0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aifs.v1.data_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENCODING']._serialized_start=624
-  _globals['_ENCODING']._serialized_end=658
+  _globals['_ENCODING']._serialized_start=688
+  _globals['_ENCODING']._serialized_end=722
   _globals['_HASCHUNKSREQUEST']._serialized_start=31
   _globals['_HASCHUNKSREQUEST']._serialized_end=68
   _globals['_HASCHUNKSREPLY']._serialized_start=70
   _globals['_HASCHUNKSREPLY']._serialized_end=103
-  _globals['_PUTCHUNKREQUEST']._serialized_start=105
-  _globals['_PUTCHUNKREQUEST']._serialized_end=211
-  _globals['_PUTCHUNKSREPLY']._serialized_start=213
-  _globals['_PUTCHUNKSREPLY']._serialized_end=289
-  _globals['_CHUNKRANGE']._serialized_start=291
-  _globals['_CHUNKRANGE']._serialized_end=353
-  _globals['_GETCHUNKSREQUEST']._serialized_start=355
-  _globals['_GETCHUNKSREQUEST']._serialized_end=457
-  _globals['_CHUNKPIECE']._serialized_start=460
-  _globals['_CHUNKPIECE']._serialized_end=622
-  _globals['_DATA']._serialized_start=661
-  _globals['_DATA']._serialized_end=861
+  _globals['_PUTCHUNKREQUEST']._serialized_start=106
+  _globals['_PUTCHUNKREQUEST']._serialized_end=275
+  _globals['_PUTCHUNKSREPLY']._serialized_start=277
+  _globals['_PUTCHUNKSREPLY']._serialized_end=353
+  _globals['_CHUNKRANGE']._serialized_start=355
+  _globals['_CHUNKRANGE']._serialized_end=417
+  _globals['_GETCHUNKSREQUEST']._serialized_start=419
+  _globals['_GETCHUNKSREQUEST']._serialized_end=521
+  _globals['_CHUNKPIECE']._serialized_start=524
+  _globals['_CHUNKPIECE']._serialized_end=686
+  _globals['_DATA']._serialized_start=725
+  _globals['_DATA']._serialized_end=925
 # @@protoc_insertion_point(module_scope)

@@ -27,16 +27,20 @@ class HasChunksReply(_message.Message):
     def __init__(self, present: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class PutChunkRequest(_message.Message):
-    __slots__ = ("chunk_id", "data", "encoding", "raw_length")
+    __slots__ = ("chunk_id", "data", "encoding", "raw_length", "file_offset", "inline_file")
     CHUNK_ID_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     RAW_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    FILE_OFFSET_FIELD_NUMBER: _ClassVar[int]
+    INLINE_FILE_FIELD_NUMBER: _ClassVar[int]
     chunk_id: bytes
     data: bytes
     encoding: Encoding
     raw_length: int
-    def __init__(self, chunk_id: _Optional[bytes] = ..., data: _Optional[bytes] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., raw_length: _Optional[int] = ...) -> None: ...
+    file_offset: int
+    inline_file: str
+    def __init__(self, chunk_id: _Optional[bytes] = ..., data: _Optional[bytes] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., raw_length: _Optional[int] = ..., file_offset: _Optional[int] = ..., inline_file: _Optional[str] = ...) -> None: ...
 
 class PutChunksReply(_message.Message):
     __slots__ = ("stored", "deduplicated", "stored_bytes")
