@@ -14,7 +14,8 @@ Interface:
 Order within one repeat of one target (the phases share files, so the order matters):
 write: seq.bin, small/ (create), ml/*.npy, the text and random sets (stored bytes measured as
 the growth of the target's backing dir) -> remount -> read: seq cold, seq warm, fio QD1,
-fio 16 jobs, small stat/read/unlink, ML epochs 1 and 2 -> peak RSS -> unmount.
+fio 16 jobs, small stat/read/unlink, ML epochs 1, 2 and 3 (after drop_caches) -> peak RSS
+-> unmount.
 """
 
 from __future__ import annotations
@@ -259,6 +260,9 @@ def _run_target(t: Target, cfg: BenchConfig, res: Results, rep: int, progress: P
     with wl.LoaderPool() as pool:
         step("ML epoch 1", "ml_epoch1", lambda: pool.epoch(root, seed=rep * 2))
         step("ML epoch 2", "ml_epoch2", lambda: pool.epoch(root, seed=rep * 2 + 1))
+        drop_caches()
+        step("ML epoch 3 (page cache dropped)", "ml_epoch_dropped",
+             lambda: pool.epoch(root, seed=rep * 2 + 2))
     if isinstance(t, AifsTarget):
         from aifsfs.rpc.channel import default_socket
 

@@ -26,7 +26,9 @@ directory in a shuffled order, each cold open a GetChunkMap carrying the file's 
 CPU per sample on the two processes, 0.2x gocryptfs). A fill fetches the same bytes 4 MiB per
 call, and an open that finds its file not yet fetched waits for the batch holding it, which
 jumps the queue, instead of fetching the file a second time. What a fill fetches goes to the
-kernel's page cache (page_push.py): the reads of the epoch then never reach the mount.
+kernel's page cache (page_push.py): the reads of the epoch then never reach the mount; and
+to the disk cache, queued (best effort), for the pass after the page cache lost it
+(dir_prefetch.py reads it back from there ahead of the readers).
 """
 
 from __future__ import annotations

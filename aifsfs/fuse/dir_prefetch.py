@@ -11,8 +11,9 @@ Interface:
                                      directory that has had a cold read lately)
         .cold_read(nursery, ino, st)   a read at offset 0 of file state `st` is about to be
             made: when the file is small (one chunk, at most FILE_MAX) and clean and its chunk
-            is neither cached (memory, disk) nor in flight, it counts as a cold read of its
-            directory (where the leased listing showed it). A directory is prefetched (one
+            is neither in the memory cache nor in flight, it counts as a cold read of its
+            directory (where the leased listing showed it); one the disk cache holds counts
+            too: the page cache lost it, and a run reads it ahead of the readers. A directory is prefetched (one
             run at a time per directory, RUNS_MAX at once) when it has had `misses` cold
             reads and at least half of the opens in it since its first cold read were
             followed by one: the page cache has lost it. A few cold reads among many opens
@@ -29,11 +30,17 @@ Interface:
         .stop()                      drop every prefetch in progress (unmount, lost session)
 
 What it fetches: the directory's files as its complete leased listing shows them
-(LeaseCache.mapped), one chunk each, whole, not held yet, in listing order (a read's chunk
-first), up to the budget; GROUP_CHUNKS chunks or GROUP_BYTES per call, `parallel` calls out.
-Each chunk lands in the disk cache (queued; the prefetch waits for the disk writer rather
-than have writes dropped), in the memory cache only when the whole plan fits a quarter of it,
-and in the page cache for the files not open here (`push`). Nothing is ever served stale:
+(LeaseCache.mapped), one chunk each, whole, not in memory or in flight, in listing order (a
+read's chunk first), up to the budget; GROUP_CHUNKS chunks or GROUP_BYTES per group,
+`parallel` groups out (ChunkReader.fetch_many: the chunks the disk cache holds read from it,
+the others in one GetChunks call). A fetched chunk lands in the disk cache (queued; the
+prefetch waits for the disk writer rather than have writes dropped); every chunk lands in
+the memory cache only when the whole plan fits a quarter of it, and in the page cache for
+the files not open here (`push`). Reading disk entries ahead is what makes an epoch after
+the page cache was dropped cheap: a directory fill (dir_fill.py) also queues its bytes for
+the disk cache, so the next pass finds them there, and the run moves them from disk to the
+page cache ahead of the readers, several at a time, instead of one synchronous disk read per
+sample in the read path. Nothing is ever served stale:
 chunks are content-addressed (a prefetched chunk is right for every map that names it), the
 read path takes its chunk ids from the file's own map, which close-to-open keeps fresh, and
 before each call a file whose map is no longer leased at the planned generation (another
@@ -122,7 +129,8 @@ class DirPrefetch:
         if st.size > FILE_MAX or len(st.refs) != 1 or st.is_dirty():
             return
         ref = st.refs.get(0)
-        if ref is None or not ref.chunk_id or self.reader.holds(ref.chunk_id, ref.length):
+        if ref is None or not ref.chunk_id or self.reader.holds_in_memory(ref.chunk_id,
+                                                                          ref.length):
             return
         pos = self.leases.position(ino)
         if pos is None:
@@ -153,7 +161,7 @@ class DirPrefetch:
                     and refs[0].chunk_id):
                 continue
             ref = refs[0]
-            if ref.chunk_id in seen or self.reader.holds(ref.chunk_id, ref.length):
+            if ref.chunk_id in seen or self.reader.holds_in_memory(ref.chunk_id, ref.length):
                 continue
             if total + ref.length > budget:
                 break

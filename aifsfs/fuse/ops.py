@@ -588,8 +588,8 @@ class AIFSOperations(pyfuse3.Operations):
 
     async def _fill_batch(self, parent: int, dir_size: int, b: Batch) -> None:
         """One ReadDir(with_maps) of a fill: maps leased (_maps_sync), whole small files
-        pushed into the kernel's page cache, and into the memory cache when the directory
-        fits half of it or an open waits for the file."""
+        pushed into the kernel's page cache, queued for the disk cache, and into the memory
+        cache when the directory fits half of it or an open waits for the file."""
         pages = self.reader.pages
         while (pages is not None and pages.pending_bytes > pages.max_pending // 2
                and not b.wanted):
@@ -601,6 +601,7 @@ class AIFSOperations(pyfuse3.Operations):
             self._maps_sync, parent, b.cookie, len(b.inos), max(1, b.inline_bytes))
         self.fill_stats["batches"] += 1
         in_cache = dir_size <= self.cache.capacity // 2
+        disk = self.reader.disk
         for e in entries:
             m = maps.get(e.attr.ino)
             if m is None:
@@ -611,6 +612,10 @@ class AIFSOperations(pyfuse3.Operations):
                 continue
             if in_cache or (fill is not None and fill.waiting(e.attr.ino)):
                 self.cache.put(refs[0].chunk_id, 0, data)
+            if disk is not None:
+                # best effort (dropped when the writer is behind): the next epoch after the
+                # page cache lost these pages reads them here, not through GetChunks
+                disk.submit(refs[0].chunk_id, 0, data)
             self._push_whole(e.attr, cs, data)
 
     def _push_whole(self, a: Attr, cs: int, data: bytes) -> None:

@@ -23,7 +23,8 @@ Interface:
             random access (RANDOM_READS non-sequential reads) and the file fits `budget`
             (ChunkReader.fill_budget()): time to fetch the whole file (asked again every
             RANDOM_RECHECK random reads, in case a fill was refused or cut short)
-    ChunkReader.holds(chunk_id, length) -> bool   the whole chunk is cached or in flight
+    ChunkReader.holds_in_memory(chunk_id, length) -> bool   the whole chunk is in the memory
+                                                  cache or in flight
     await ChunkReader.fetch_many(refs, keep) -> [bytes | None]   whole chunks in ONE call,
         registered in flight first (a directory prefetch: dir_prefetch.py)
     ChunkReader.consumed(st, slots)   a sequential reader has read these slots of file state
@@ -415,46 +416,64 @@ class ChunkReader:
         if group:
             nursery.start_soon(self._fetch_group, nursery, group)
 
-    def holds(self, chunk_id: bytes, length: int) -> bool:
-        """The whole chunk is in the memory cache, the disk cache or in flight (a probe: no
-        hit or miss counted)."""
+    def holds_in_memory(self, chunk_id: bytes, length: int) -> bool:
+        """The whole chunk is in the memory cache or in flight: a read of it costs no I/O."""
         if self.cache.get(chunk_id, 0, length) is not None:
             self.cache.hits -= 1
             return True
         self.cache.misses -= 1
-        if any(f.start == 0 and f.end >= length for f in self._inflight.get(chunk_id, ())):
-            return True
-        return self.disk is not None and self.disk.has(chunk_id, 0, length)
+        return any(f.start == 0 and f.end >= length for f in self._inflight.get(chunk_id, ()))
 
     async def fetch_many(self, refs: list[Any], keep: bool) -> list[bytes | None]:
-        """Whole chunks of `refs` in ONE GetChunks call, for a directory prefetch
-        (dir_prefetch.py). They are registered in flight before this first awaits, so a read
-        of one waits for this call instead of fetching it again; kept in the memory cache
-        when `keep`, queued for the disk cache. None in place of a chunk already held (not
-        fetched again) and of every chunk when the call fails (a hint: the reads fetch
-        what they need and report their own errors; the error is raised after the reads
-        waiting for the call were told)."""
+        """Whole chunks of `refs` for a directory prefetch (dir_prefetch.py): the ones the
+        disk cache holds read from it, the others in ONE GetChunks call. They are registered
+        in flight before this first awaits, so a read of one waits for this call instead of
+        fetching it again; kept in the memory cache when `keep`, fetched ones queued for the
+        disk cache. None in place of a chunk in memory or in flight already (not fetched
+        again), of a disk entry evicted meanwhile, and of every chunk when the call fails (a
+        hint: the reads fetch what they need and report their own errors; the error is
+        raised after the reads waiting for the call were told)."""
         out: list[bytes | None] = [None] * len(refs)
         items: list[tuple[int, bytes, _Fetch]] = []
+        local: list[tuple[int, bytes, _Fetch]] = []
+        disk = self.disk
         for i, ref in enumerate(refs):
-            if ref.chunk_id and ref.length > 0 and not self.holds(ref.chunk_id, ref.length):
-                items.append((i, ref.chunk_id, self._register(ref.chunk_id, 0, ref.length)))
-        if not items:
+            if ref.chunk_id and ref.length > 0 and not self.holds_in_memory(ref.chunk_id,
+                                                                            ref.length):
+                on_disk = disk is not None and disk.has(ref.chunk_id, 0, ref.length)
+                (local if on_disk else items).append(
+                    (i, ref.chunk_id, self._register(ref.chunk_id, 0, ref.length)))
+        if not items and not local:
             return out
+
+        def load() -> tuple[list[bytes | None], list[bytes]]:
+            # the disk entries first: they are what a waiting reader most likely wants
+            # (a pass over a directory the page cache lost), and cost no call
+            found = [disk.read(c, 0, f.end) if disk is not None else None
+                     for _i, c, f in local]
+            fetched = fetch_ranges(self.data, [(c, 0, f.end) for _i, c, f in items]) \
+                if items else []
+            return found, fetched
+
         try:
-            datas = await trio.to_thread.run_sync(
-                fetch_ranges, self.data, [(c, 0, f.end) for _i, c, f in items],
-                limiter=self.limiter)
-            self.calls += 1
+            found, datas = await trio.to_thread.run_sync(load, limiter=self.limiter)
+            for (i, c, f), data in zip(local, found, strict=True):
+                if data is not None:
+                    self.disk_hits += 1
+                    if keep:
+                        self.cache.put(c, 0, data)
+                    f.data = out[i] = data
+            if items:
+                self.calls += 1
             for (i, c, f), data in zip(items, datas, strict=True):
                 out[i] = self._arrived(c, f, data, keep)
         except BaseException as exc:
-            for _i, _c, f in items:
+            for _i, _c, f in items + local:
                 if f.data is None:
                     f.error = exc
             raise
         finally:
-            for _i, c, f in items:
+            for _i, c, f in items + local:
                 self._settle(c, f)
         return out
 

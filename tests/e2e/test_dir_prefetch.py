@@ -121,3 +121,28 @@ def test_a_prefetch_plans_no_more_than_half_the_disk_cache(
     stats = _prefetch_stats(b)
     assert stats["runs"] >= 1, stats
     assert 0 < stats["largest_plan"] <= 2 << 20, stats
+
+
+def test_a_pass_after_the_page_cache_dropped_is_served_from_the_disk_cache(
+        metered: ServerProc, mount_factory: Callable[..., Mount], tmp_path: Path) -> None:
+    """The fill queues its bytes for the disk cache; the next pass over the directory, its
+    pages gone, costs no call: the prefetch reads the disk entries ahead of the readers."""
+    from tests.e2e.test_disk_cache import _live_stats
+
+    total = sum(len(_payload(i)) for i in range(N))
+    _a, b, d = _setup(metered, mount_factory, tmp_path / "cache", "256M")
+    _check(_epoch(d, 1))               # the directory fill, through ReadDir
+    s1 = _live_stats(tmp_path / "cache",
+                     lambda s: s["pending_bytes"] == 0 and s["written_bytes"] >= total)
+    _drop_pages(d)
+    before = calls(metered)
+    _check(_epoch(d, 2))
+    c = _delta(metered, before)
+    assert c.get("GetChunks", 0) == 0 and c.get("ReadDir", 0) == 0, c
+    # the bytes did come from the disk cache (but the few the 2 MiB memory cache still
+    # held), and none was damaged
+    s2 = _live_stats(tmp_path / "cache",
+                     lambda s: s["hit_bytes"] - s1["hit_bytes"] >= total - (2 << 20))
+    assert s2["corrupt"] == 0, s2
+    stats = _prefetch_stats(b)
+    assert stats["runs"] >= 1 and stats["chunks"] >= N // 2, stats
