@@ -1,8 +1,9 @@
 """A big file written through a real mount sends its chunks' bytes through /dev/shm
 (PutChunks naming a file of the call's own, aifsfs/rpc/data.py), counted by the server's
 metrics as "in_file"; fsync'd and closed, it survives a SIGKILL of the server byte for byte
-(read back through a new mount on a server restarted on the same data dir); nothing is left
-in /dev/shm. With AIFS_INLINE_FILE=0 the mount sends the same bytes in the messages."""
+(read back through a new mount on a server restarted on the same data dir, whose read-ahead
+gets the bytes through /dev/shm too: "out_file"); nothing is left in /dev/shm. With
+AIFS_INLINE_FILE=0 the mount sends the same bytes in the messages."""
 
 from __future__ import annotations
 
@@ -23,8 +24,12 @@ SIZE = 24 * MiB + 12_345        # whole chunks through the file, and a tail
 pytestmark = pytest.mark.skipif(not inline_file.available(["unix:x"]), reason="no /dev/shm")
 
 
+def _bytes(sp: ServerProc, direction: str) -> int:
+    return int(metric(sp, "aifs_data_bytes_total", f'direction="{direction}"'))
+
+
 def _in_file(sp: ServerProc) -> int:
-    return int(metric(sp, "aifs_data_bytes_total", 'direction="in_file"'))
+    return _bytes(sp, "in_file")
 
 
 def _write(m: Mount, name: str, data: bytes) -> None:
@@ -49,10 +54,12 @@ def test_big_file_through_the_file_survives_a_server_kill(
     metered.proc.send_signal(signal.SIGKILL)
     metered.proc.wait(10)
     m.unmount()
-    sp = start_server(metered.data_dir)     # the killed server's own data dir
+    sp = start_server(metered.data_dir, args=["--metrics-port", "0"])   # its own data dir
     try:
         m2 = mount_factory(sp)
         assert (m2.path / "big").read_bytes() == data
+        # the new mount's sequential read (read-ahead GetChunks) got its bytes through files
+        assert _bytes(sp, "out_file") >= 24 * MiB, _bytes(sp, "out_file")
         m2.unmount()
     finally:
         stop_server(sp)
