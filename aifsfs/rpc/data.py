@@ -214,35 +214,34 @@ class GrpcData:
         """PutChunks with the chunks' bytes written into a file of the call's own (one pwritev)
         and each message naming its offset; a chunk the file could not take (/dev/shm full)
         travels in its message. None: no file could be made (the caller sends messages).
-        The file is unlinked when the call ends, whatever the outcome; a retried call writes
-        a fresh one."""
+        The file is unlinked when the call ends, whatever the outcome."""
         result = PutChunksResult()
-
-        def attempt() -> PutChunksResult | None:
-            side = inline_file.InlineFile.make()
-            if side is None:
-                return None
-            try:
-                offsets = side.append_all([d for _, d in chunks])
-                msgs: list[bytes] = []
-                result.sent_bytes = result.raw_bytes = 0
-                for (cid, data), at in zip(chunks, offsets, strict=True):
-                    n = len(data)
-                    result.raw_bytes += n
-                    if at is None or not n:
-                        result.sent_bytes += n
-                        msgs.append(encode_put(bytes(cid), data, data_pb2.IDENTITY, n,
-                                               inline_file="" if msgs else side.path))
-                        self.message_puts += 1
-                    else:
-                        msgs.append(encode_put(bytes(cid), b"", data_pb2.IDENTITY, n, at,
-                                               "" if msgs else side.path))
-                        self.file_puts += 1
-                return self._put_result(result, self._put_chunks_call(
-                    iter(msgs), metadata=self._ch.metadata(), timeout=t))
-            finally:
-                side.close()
-        return self._ch.retrying(attempt, True, t)
+        side = inline_file.InlineFile.make()
+        if side is None:
+            return None
+        try:
+            offsets = side.append_all([d for _, d in chunks])
+            msgs: list[bytes] = []
+            for (cid, data), at in zip(chunks, offsets, strict=True):
+                n = len(data)
+                result.raw_bytes += n
+                if at is None or not n:
+                    result.sent_bytes += n
+                    msgs.append(encode_put(bytes(cid), data, data_pb2.IDENTITY, n,
+                                           inline_file="" if msgs else side.path))
+                    self.message_puts += 1
+                else:
+                    msgs.append(encode_put(bytes(cid), b"", data_pb2.IDENTITY, n, at,
+                                           "" if msgs else side.path))
+                    self.file_puts += 1
+            # through the channel's client_stream, as the messages path: a mount's channel
+            # adds its session id there (aifsfs/rpc/session.py), which keeps the uploaded
+            # chunks from the collector until the commit; a retry re-sends the same messages
+            # naming the same file (the server only reads it)
+            return self._put_result(result, self._ch.client_stream(
+                self._put_chunks_call, lambda: iter(msgs), True, t))
+        finally:
+            side.close()
 
     def get_chunks(self, ranges: Sequence[tuple[bytes, int, int]],
                    accept_zstd: bool | None = None, timeout: float | None = None
