@@ -49,6 +49,7 @@ from aifs_server.auth import call_scope
 from aifs_server.envelope import Frame
 from aifs_server.grpc_errors import rpc
 from aifs_server.inline_file import InlineSink, InlineSource
+from aifs_server.request_limits import LIMIT
 from aifs_server.rpc_filesystem import Backend
 
 PIECE_MAX = 1 << 20
@@ -248,6 +249,9 @@ class DataServicer(data_pb2_grpc.DataServicer):
                             "PutChunks: the call's inline_file cannot be used (not a unix "
                             "peer, or not a file of the client's own in its private "
                             "directory); send the bytes in the messages")
+                if req.file_offset >= LIMIT:    # decode_put bypasses check_request
+                    raise InvalidArgument(f"PutChunkRequest.file_offset = {req.file_offset} "
+                                          f"is out of range (at most {LIMIT - 1})")
                 cid = _check_id(req.chunk_id)
                 plain: bytes | memoryview
                 if req.file_offset >= 0:
