@@ -16,6 +16,7 @@ Interface:
                                      mount's own timeouts, which apply with or without a lease)
         .entry(parent, name, seconds)   the kernel got parent/name (positive or negative) for
                                         `seconds`
+        .entries(parent, [(name, ino)], seconds)   a listing's names and their attributes
         .attr(ino, seconds, under=None)  the kernel got ino's attributes for `seconds`; under:
                                      the directory whose exclusive lease covers them (its
                                      recall names only the directory)
@@ -73,6 +74,21 @@ class KernelNames:
             if name not in d:
                 self._count += 1
             d[name] = time.monotonic() + seconds
+            if self._count > self.max_entries:
+                self._sweep_locked()
+
+    def entries(self, parent: int, given: list[tuple[bytes, int]], seconds: float) -> None:
+        """A listing's names (and each one's attributes) given to the kernel for `seconds`."""
+        with self._lock:
+            d = self._names.setdefault(parent, {})
+            until = time.monotonic() + seconds
+            for name, ino in given:
+                if name not in d:
+                    self._count += 1
+                d[name] = until
+                if ino not in self._attrs:
+                    self._count += 1
+                self._attrs[ino] = until
             if self._count > self.max_entries:
                 self._sweep_locked()
 

@@ -183,7 +183,7 @@ class _Handle:
 
 
 class _DirHandle:
-    __slots__ = ("ino", "buf", "buf_cookie", "eof", "end")
+    __slots__ = ("ino", "buf", "buf_cookie", "eof", "end", "mark")
 
     def __init__(self, ino: int) -> None:
         self.ino = ino
@@ -191,6 +191,7 @@ class _DirHandle:
         self.buf_cookie = -1            # the cookie the kernel will resume from to get `buf`
         self.eof = False
         self.end = -1                   # cookie after which this handle's listing ended
+        self.mark: tuple[int, int] | None = None    # buf's page was leased as of this mark
 
 
 class AIFSOperations(pyfuse3.Operations):
@@ -331,6 +332,30 @@ class AIFSOperations(pyfuse3.Operations):
             # nothing to drop yet: looked at again once the reply is in (after this returns)
             self._nursery.start_soon(self._recheck, mark, parent, name, int(e.st_ino))
         return e
+
+    def _long_listed(self, parent: int, given: list[tuple[bytes, int]],
+                     mark: tuple[int, int]) -> None:
+        """readdirplus entries of a leased page handed to the kernel for as long as the lease
+        lasts (as `_long` for a lookup): a walk that lists, then opens or unlinks each name
+        (a loader's epoch, rm -r, the bench's small-file phases) makes no LOOKUP per name once
+        the mount's 1 s entry timeout would have run out. Recorded before the reply leaves
+        (the handler has not returned), so a recall drops them; looked at again once the
+        reply is in, as `_long`'s."""
+        t = self._lease_timeout()
+        if t is None:
+            return
+        # recorded a little longer than handed out: the kernel counts from when it takes
+        # the reply, after this
+        self.kernel.entries(parent, given, t + 1.0)
+        if self._nursery is not None:
+            self._nursery.start_soon(self._recheck_listed, mark, parent, given)
+
+    async def _recheck_listed(self, mark: tuple[int, int], parent: int,
+                              given: list[tuple[bytes, int]]) -> None:
+        if self.leases.recalls()[0] == mark[0]:
+            return
+        for name, ino in given:
+            await self._recheck(mark, parent, name, ino)
 
     async def _recheck(self, mark: tuple[int, int], parent: int | None, name: bytes | None,
                        ino: int) -> None:
@@ -1107,28 +1132,45 @@ class AIFSOperations(pyfuse3.Operations):
             # the kernel asks once more after the last entry to learn the end: known here
             # (the listing of this handle is at its end; a rewind starts from 0 again)
             return
-        while True:
-            if dh.buf and dh.buf_cookie == cookie:
-                entries, eof = dh.buf, dh.eof
-            else:
-                page = self.leases.readdir(dh.ino, cookie)
-                entries, eof = page if page is not None else await self._call(
-                    self._readdir_sync, dh.ino, cookie)
-            dh.buf = []
-            for i, e in enumerate(entries):
-                if dh.ino == ROOT_INO and e.name == SYN_NAME:
-                    continue
-                if not pyfuse3.readdir_reply(token, e.name, self._entry(e.attr),
-                                             e.cookie + _DOTS):
-                    dh.buf, dh.buf_cookie, dh.eof = entries[i:], cookie, eof
+        given: list[tuple[bytes, int]] = []     # entries handed out under the lease
+        mark: tuple[int, int] | None = None
+        try:
+            while True:
+                if dh.buf and dh.buf_cookie == cookie:
+                    entries, eof, mark = dh.buf, dh.eof, dh.mark
+                else:
+                    mark = self.leases.recalls()
+                    page = self.leases.readdir(dh.ino, cookie)
+                    if page is None:
+                        page = await self._call(self._readdir_sync, dh.ino, cookie)
+                        if self.leases.readdir(dh.ino, cookie) is None:
+                            mark = None         # the reply was not leased
+                    entries, eof = page
+                if mark is not None and self.leases.recalls()[0] != mark[0]:
+                    mark = None                 # a recall since: the mount's timeouts
+                t = None if mark is None else self._lease_timeout()
+                dh.buf = []
+                for i, e in enumerate(entries):
+                    if dh.ino == ROOT_INO and e.name == SYN_NAME:
+                        continue
+                    ent = self._entry(e.attr)
+                    if t is not None:
+                        ent.entry_timeout = ent.attr_timeout = t
+                    if not pyfuse3.readdir_reply(token, e.name, ent, e.cookie + _DOTS):
+                        dh.buf, dh.buf_cookie, dh.eof, dh.mark = entries[i:], cookie, eof, mark
+                        return
+                    if t is not None:
+                        given.append((e.name, e.attr.ino))
+                    self.inodes.remember_lookup(e.attr.ino)
+                    self.inodes.saw_in(e.attr, dh.ino)
+                    cookie = e.cookie
+                if eof or not entries:
+                    dh.end = cookie
                     return
-                self.inodes.remember_lookup(e.attr.ino)
-                self.inodes.saw_in(e.attr, dh.ino)
-                cookie = e.cookie
-            if eof or not entries:
-                dh.end = cookie
-                return
-            cookie = entries[-1].cookie
+                cookie = entries[-1].cookie
+        finally:
+            if given and mark is not None:
+                self._long_listed(dh.ino, given, mark)
 
     async def releasedir(self, fh: pyfuse3.FileHandleT) -> None:
         dh = self.dirs.pop(fh, None)

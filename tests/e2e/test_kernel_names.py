@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tests.e2e.conftest import Mount
-from tests.e2e.test_leases import _wait_leased
+from tests.e2e.test_leases import _wait_leased, calls, total
 from tests.helpers import ServerProc
 
 N = 50
@@ -62,11 +62,7 @@ def test_another_mounts_change_is_seen_at_once(
         metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
     # no kernel caching but what a lease answered: a stale entry here could only be one the
     # lease handed out for longer and the recall failed to drop
-    a = mount_factory(metered, "--attr-timeout", "0", "--entry-timeout", "0")
-    b = mount_factory(metered)
-    ready = a.path / "ready"
-    ready.write_bytes(b"ok")
-    _wait_leased(a, ready, metered)
+    a, b = _two_mounts(metered, mount_factory)
     (a.path / "d").mkdir()
     da, db = a.path / "d", b.path / "d"
     for i in range(40):
@@ -87,8 +83,84 @@ def test_another_mounts_change_is_seen_at_once(
     assert sorted(os.listdir(da)) == sorted(os.listdir(db))
 
 
+def _two_mounts(metered: ServerProc, mount_factory: Callable[..., Mount]) -> tuple[Mount, Mount]:
+    """A (whose kernel keeps only what a lease answered: its own timeouts 0, its session
+    leasing) and B."""
+    a = mount_factory(metered, "--attr-timeout", "0", "--entry-timeout", "0")
+    b = mount_factory(metered)
+    ready = a.path / "ready"
+    ready.write_bytes(b"ok")
+    _wait_leased(a, ready, metered)
+    return a, b
+
+
 def _stat(p: Path) -> os.stat_result | None:
     try:
         return os.stat(p)
     except FileNotFoundError:
         return None
+
+
+def test_listed_names_past_the_timeouts_reach_the_mount_no_more(
+        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+    # another mount makes the files: this one knows them only from its listing (readdirplus)
+    w = mount_factory(metered)
+    (w.path / "d").mkdir()
+    for i in range(N):
+        (w.path / "d" / f"f{i}").write_bytes(b"x" * i)
+    m = mount_factory(metered)
+    ready = m.path / "ready"
+    ready.write_bytes(b"ok")
+    _wait_leased(m, ready, metered)
+    d = m.path / "d"
+    # listed until a listing costs no call: its page is leased (the first ReadDir recalls
+    # the writer's exclusive lease, and a read that saw a change run is not leased)
+    for _ in range(50):
+        before = total(calls(metered))
+        assert len(os.listdir(d)) == N
+        if total(calls(metered)) == before:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the listing never became leased")
+    time.sleep(1.5)                         # past the mount's 1 s entry and attribute timeouts
+    for _ in range(2):
+        for i in range(N):
+            assert os.stat(d / f"f{i}").st_size == i
+            with open(d / f"f{i}", "rb") as f:
+                assert len(f.read()) == i
+    got = _requests(m)
+    # with the mount's 1 s entries every name would be looked up again (N LOOKUPs, N GETATTRs
+    # at least); a few for `ready` and the directory itself
+    assert got["lookup"] <= 10, got
+    assert got["getattr"] <= 10, got
+
+
+def test_a_listed_name_changed_by_another_mount_is_seen_at_once(
+        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+    # A learns each name only from its listing (readdirplus under the lease, kept for the
+    # lease's term): a recall that failed to drop such an entry would show it stale here
+    a, b = _two_mounts(metered, mount_factory)
+    db = b.path / "listed"
+    db.mkdir()
+    da = a.path / db.name
+    for i in range(30):
+        name = f"n{i}"
+        (db / name).write_bytes(b"v" * i)
+        assert name in os.listdir(da), i
+        new = b"y" * (100 + i)
+        match i % 3:
+            case 0:         # gone: A must not find it
+                os.unlink(db / name)
+                assert _stat(da / name) is None, i
+                continue
+            case 1:         # another inode under the name
+                (db / ".tmp").write_bytes(new)
+                os.replace(db / ".tmp", db / name)
+            case _:         # the same inode rewritten: new size and times
+                with open(db / name, "r+b") as f:
+                    f.write(new)
+        got = _stat(da / name)
+        assert got is not None and got.st_size == len(new), (i, got)
+        assert (da / name).read_bytes() == new, i
+    assert sorted(os.listdir(da)) == sorted(os.listdir(db))
