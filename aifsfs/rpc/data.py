@@ -41,6 +41,9 @@ from . import inline_file
 from .channel import Channel
 
 log = logging.getLogger("aifsfs.rpc.data")
+# The most one PutChunks call writes into its /dev/shm file (the mount's calls are at most
+# 16 MiB; an SDK caller's long list sends the rest in the messages)
+PUT_FILE_MAX = 32 << 20
 
 
 class Piece(NamedTuple):
@@ -220,7 +223,14 @@ class GrpcData:
         if side is None:
             return None
         try:
-            offsets = side.append_all([d for _, d in chunks])
+            # the file holds at most PUT_FILE_MAX (RAM until the call ends); a longer list's
+            # later chunks go in their messages
+            fit, size = 0, 0
+            while fit < len(chunks) and size + len(chunks[fit][1]) <= PUT_FILE_MAX:
+                size += len(chunks[fit][1])
+                fit += 1
+            offsets = side.append_all([d for _, d in chunks[:fit]])
+            offsets += [None] * (len(chunks) - fit)
             msgs: list[bytes] = []
             for (cid, data), at in zip(chunks, offsets, strict=True):
                 n = len(data)

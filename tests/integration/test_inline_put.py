@@ -24,7 +24,7 @@ import pytest
 from aifs_proto.v1 import data_pb2, data_pb2_grpc
 from aifsfs.client import AIFSClient
 from aifsfs.rpc import inline_file
-from aifsfs.rpc.data import encode_put
+from aifsfs.rpc.data import PUT_FILE_MAX, encode_put
 from tests.helpers import ServerProc, call_md, make_data_dir, start_server, stop_server
 from tests.integration.test_snapshot_open import metric
 
@@ -86,6 +86,18 @@ def test_unix_client_puts_through_its_file(metered: ServerProc,
     assert unix_client.data.put_chunks(iter(more)).stored == 1
     assert _in_file(metered) == f0
     assert _read_back(unix_client, more) == [more[0][1]]
+
+
+def test_a_long_list_fills_the_file_up_to_its_bound(metered: ServerProc,
+                                                     unix_client: AIFSClient) -> None:
+    """At most PUT_FILE_MAX bytes of one call go into /dev/shm (RAM until the call ends); the
+    rest of a long list travels in its messages."""
+    n = PUT_FILE_MAX // MiB + 3
+    chunks = _chunks([MiB] * n)
+    f0, i0 = _in_file(metered), _in(metered)
+    assert unix_client.data.put_chunks(chunks).stored == n
+    assert _in_file(metered) - f0 == PUT_FILE_MAX and _in(metered) - i0 == n * MiB
+    assert _read_back(unix_client, chunks[-4:]) == [d for _, d in chunks[-4:]]
 
 
 def test_tcp_client_and_switched_off_put_in_messages(
