@@ -10,6 +10,7 @@ Modules:
     verbs       the method verbs of a capability token
     fileutil    atomic private-file writes, directory fsync
     malloc_tuning   keep MiB message buffers in glibc's heap (called once per process)
+    gc_tuning   freeze the start-up heap, collect cycles less often (called once per process)
 
 `aifs_server` and `aifsfs` each depend on this package and `aifs_proto`, never on each other;
 `aifs_cli` (the `aifs` command) is the one place that composes both.
