@@ -329,10 +329,11 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
             if grant is not None and not grant.allows_verb("get"):
                 raise PermissionDenied("ReadDir with_maps returns chunk maps and file bytes, "
                                        "which needs the `get` verb; this token lacks it")
-        entries, eof = self.meta.readdir(tree, request.ino, request.cookie, limit)
+        read = self.meta.readdir_maps if request.with_maps else self._readdir
+        entries, eof, maps = read(tree, request.ino, request.cookie, limit)
         if self._read_excl(context, tree, sess, [e.attr.ino for e in entries]):
             since = self.leases.mark()          # an entry is covered through another name
-            entries, eof = self.meta.readdir(tree, request.ino, request.cookie, limit)
+            entries, eof, maps = read(tree, request.ino, request.cookie, limit)
         parts: list[bytes | bytearray] = []
         budget = min(request.inline_total, INLINE_READ_MAX)
         sink = (InlineSink.open(request.inline_file, context.peer())
@@ -346,22 +347,17 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
             data: bytes | bytearray = b""
             a = e.attr
             if request.with_maps and stat_mod.S_ISREG(a.mode):
-                # the map and the attr it goes with, read together (a change between the
-                # listing and here started after `since`: then nothing is leased)
-                try:
-                    a, refs = self.meta.get_chunk_map(tree, a.ino, 0, 0)
-                except NotFound:
-                    a, refs = e.attr, None
-                if refs is not None:
-                    pe.map.SetInParent()        # present even with no chunks (empty file)
-                    pe.map.chunks.extend(chunkref_to_pb(r) for r in refs)
-                    data = self._inline_buffer(tree, a, refs,
-                                               min(request.inline_max, budget))
-                    budget -= len(data)
-                    at = sink.place([data]) if sink is not None and data else None
-                    if at is not None:      # the bytes went to the client's file instead
-                        pe.map.inline_offset = at
-                        data = b""
+                # the map and the attr it goes with were read together, with the listing
+                refs = maps.get(a.ino, [])
+                pe.map.SetInParent()        # present even with no chunks (empty file)
+                pe.map.chunks.extend(chunkref_to_pb(r) for r in refs)
+                data = self._inline_buffer(tree, a, refs,
+                                           min(request.inline_max, budget))
+                budget -= len(data)
+                at = sink.place([data]) if sink is not None and data else None
+                if at is not None:      # the bytes went to the client's file instead
+                    pe.map.inline_offset = at
+                    data = b""
             pe.attr.CopyFrom(attr_to_pb(a))
             parts.extend(encode_dir_entry(pe.SerializeToString(), data))
         if sink is not None and self.b.metrics is not None:
@@ -372,6 +368,10 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         self._grant(context, sess, tree, [request.ino, *(e.attr.ino for e in entries)], since)
         parts.append(tail.SerializeToString())
         return b"".join(parts)     # sent as it is (_serialize_reply)
+
+    def _readdir(self, tree: TreeRef, ino: int, cookie: int, limit: int
+                 ) -> tuple[list[DirEntry], bool, dict[int, list[ChunkRef]]]:
+        return (*self.meta.readdir(tree, ino, cookie, limit), {})
 
     @rpc
     def MkDir(self, request: Any, context: grpc.ServicerContext) -> Any:

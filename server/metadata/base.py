@@ -55,6 +55,9 @@ class MetadataEngine(Protocol):
                 ctime_ns: int = 0) -> Attr: ...
     def readdir(self, tree: TreeRef, ino: int, cookie: int, limit: int
                 ) -> tuple[list[DirEntry], bool]: ...                      # (entries, eof)
+    def readdir_maps(self, tree: TreeRef, ino: int, cookie: int, limit: int
+                     ) -> tuple[list[DirEntry], bool, dict[int, list[ChunkRef]]]: ...
+    # readdir and, read with it, each listed regular file's whole chunk map (absent: no slots)
     def mkdir(self, tree: TreeRef, parent: int, name: bytes, mode: int, uid: int, gid: int
               ) -> Attr: ...
     def create(self, tree: TreeRef, parent: int, name: bytes, mode: int, uid: int, gid: int,

@@ -394,6 +394,17 @@ class SQLTx(VersionSQL):
                     "ino = ? AND idx >= ? AND idx < ? ORDER BY idx",
                     (tree_id, ino, first, end)).fetchall()]
 
+    def maps_of(self, tree_id: int, inos: Sequence[int]) -> dict[int, list[ChunkRef]]:
+        """Whole chunk maps of several files (by index; a file with no slots is absent): one
+        query per _IN_BATCH files instead of one per file (a ReadDir page's maps)."""
+        out: dict[int, list[ChunkRef]] = {}
+        for ino, i, cid, n, mac in sorted(self._rin(
+                tree_id, "SELECT ino, idx, chunk_id, length, mac FROM chunk_maps WHERE "
+                "tree_id = ? AND ino IN ({})", inos, tree_id), key=lambda r: (r[0], r[1])):
+            out.setdefault(int(ino), []).append(
+                ChunkRef(i, *self._slot(tree_id, int(ino), i, cid, n, mac)))
+        return out
+
     def slots_at(self, tree_id: int, ino: int, idxs: list[int]) -> dict[int, tuple[bytes, int]]:
         """index -> (chunk id, length) for those of `idxs` that are mapped."""
         out: dict[int, tuple[bytes, int]] = {}

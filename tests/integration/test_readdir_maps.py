@@ -104,3 +104,27 @@ def test_readdir_page_with_a_damaged_chunk(server: ServerProc) -> None:
         assert refs[0].chunk_id.hex() in ei.value.message
     finally:
         c.close()
+
+
+def test_readdir_maps_of_a_branch_not_copied_yet(server_module: ServerProc) -> None:
+    """A branch made from a snapshot reads through a view of its source until its first write
+    (issue 11): its page's maps, read in one query with the listing, are the source's."""
+    c = AIFSClient(server_module.address, token_file=server_module.token_file)
+    try:
+        d = c.mkdir(1, b"rdm-branch").ino
+        # 40 files, of which f1 and f3 have two chunks
+        inos = [_make(c, d, b"f%d" % i, *((bytes([i]) * MiB, b"z" * 7) if i in (1, 3)
+                                          else (bytes([i]) * 100,)))
+                for i in range(40)]
+        empty = c.create(d, b"g-empty").ino
+        want = c.fs.readdir_maps(d, 0, 100, 1000, MiB)
+        snap = c.versions.snapshot()
+        c.versions.create_branch("rdm-b", snap["id"])
+        c.branch = "rdm-b"
+        entries, eof, _, maps = c.fs.readdir_maps(d, 0, 100, 1000, MiB)
+        assert eof and [e.name for e in entries] == [e.name for e in want[0]]
+        assert maps == want[3] and set(maps) == {*inos, empty}
+        assert [len(maps[i][0]) for i in inos[:4]] == [1, 2, 1, 2]
+        assert maps[inos[1]][1] == b""      # two chunks: no bytes inline
+    finally:
+        c.close()
