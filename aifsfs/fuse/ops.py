@@ -83,7 +83,7 @@ from aifs_core.types import (
     ChunkRef,
 )
 from aifsfs.errors import errno_for, xattr_errno_for
-from aifsfs.fuse.chunk_cache import ChunkCache, split_range
+from aifsfs.fuse.chunk_cache import FRAME_SIZE, ChunkCache, split_range
 from aifsfs.fuse.dir_fill import Batch, DirFill, plan_batches
 from aifsfs.fuse.dir_prefetch import DirPrefetch
 from aifsfs.fuse.dirops_queue import DirOps, OrderedFs
@@ -120,6 +120,7 @@ INLINE_BATCH = 4 << 20
 # most this much server work, a few seconds.
 FILL_MAX = 1 << 30
 FILL_PARALLEL_CALLS = 2     # ReadDir calls a fill keeps out: the server decrypts on 2 threads
+SPILL_MIN = FRAME_SIZE      # a fill queues for the disk cache only files of a frame or more
 # A leased directory that keeps getting lookups of absent names (creates in an existing
 # directory: tar, cp -r) is listed whole after this many, so that it becomes complete and the
 # next creates ask no negative Lookup -- when it has at most LIST_MAX_PAGES pages.
@@ -170,9 +171,6 @@ def _stale_if_gone(exc: BaseException) -> None:
     if errno_for(exc) == errno.ENOENT:
         raise pyfuse3.FUSEError(errno.ESTALE) from None
 
-
-# a directory fill queues for the disk cache only files of at least one 64 KiB frame
-SPILL_MIN = 64 << 10
 
 class _Handle:
     __slots__ = ("ino", "state", "window", "synthetic")
