@@ -1,10 +1,16 @@
 """Server-side cost of versions at scale, in one process (no gRPC, no mount): CPU and wall time
 of a first snapshot, a snapshot after N changes, a branch create and the first write to that
 branch (which copies the branch's rows: FORMAT.md §6.4 "Branches"), over a tree of `--files`
-files (directories of 1000) on a fresh SQLite (or PostgreSQL: --pg DSN) metadata engine.
+files (directories of `--per-dir`, 1000) on a fresh SQLite (or PostgreSQL: --pg DSN) metadata engine.
 
     python scripts/bench_versions.py --files 100000 [--changes 10] [--chunks] [--runs 3]
-                                     [--list-dir 20000]
+                                     [--list-dir 20000] [--hash-interval S]
+
+--hash-interval S: the server's background hashing (hash_keeper.HashKeeper, on by default
+with the server's interval; 0 = off, and off in revisions without it) runs while the tree is
+built and until the first snapshot, as in a server: that snapshot then rehashes only what
+changed since its last pass. It is stopped after the first snapshot, so the later figures
+time the snapshot's own O(changes) path.
 
 --list-dir N: then Versions.list_tree (what the mount's view lists a directory with: one
 ListTree) of a snapshot's directory of N files, 1% of them changed after the snapshot (so
@@ -53,6 +59,27 @@ def list_tree(m: Any, v: Versions, n: int, runs: int) -> None:
           f"; {len(got[0][2][3])} entries")
 
 
+def _keeper(m: Any, v: Versions, interval: float | None) -> Any:
+    """The server's background hashing over this engine, started; None when off or absent."""
+    try:
+        from aifs_server.hash_keeper import INTERVAL, HashKeeper
+    except ImportError:   # a revision before it
+        return None
+    if interval == 0:
+        return None
+    stats = [0, 0, 0.0]
+
+    def on_pass(trees: int, nodes: int, t: float) -> None:
+        stats[0] += trees
+        stats[1] += nodes
+        stats[2] += t
+    keeper = HashKeeper(Versions(m, Ed25519PrivateKey.generate()),
+                        interval=INTERVAL if interval is None else interval, on_pass=on_pass)
+    keeper.stats = stats   # type: ignore[attr-defined]
+    keeper.start()
+    return keeper
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--files", type=int, default=100_000)
@@ -61,6 +88,10 @@ def main() -> None:
     ap.add_argument("--chunks", action="store_true", help="one chunk per file")
     ap.add_argument("--pg", default="", help="a PostgreSQL DSN instead of SQLite")
     ap.add_argument("--build-only", action="store_true", help="time the tree's creates only")
+    ap.add_argument("--per-dir", type=int, default=1000,
+                    help="files a directory (--per-dir 100000: one flat directory)")
+    ap.add_argument("--hash-interval", type=float, default=None,
+                    help="background hashing interval (default: the server's; 0 = off)")
     ap.add_argument("--list-dir", type=int, default=0,
                     help="time list_tree of a snapshot directory of this many files")
     a = ap.parse_args()
@@ -73,12 +104,13 @@ def main() -> None:
         m.create_namespace(Namespace("bench", 1 << 20, 3, "key-1"))
         m.ensure_tree(T)
         v = Versions(m, Ed25519PrivateKey.generate())
+        keeper = _keeper(m, v, a.hash_interval)
         t0 = time.perf_counter()
         files: list[int] = []
         d = ROOT_INO
         for i in range(a.files):
-            if i % 1000 == 0:
-                d = m.mkdir(T, ROOT_INO, f"d{i // 1000:05d}".encode(), 0o40755, 0, 0).ino
+            if i % a.per_dir == 0:
+                d = m.mkdir(T, ROOT_INO, f"d{i // a.per_dir:05d}".encode(), 0o40755, 0, 0).ino
             f = m.create(T, d, f"f{i:06d}".encode(), 0o100644, 0, 0, 0).ino
             files.append(f)
             if a.chunks:
@@ -92,6 +124,10 @@ def main() -> None:
             return
         c, w, first = timed(lambda: v.create_snapshot("bench", "main"))
         print(f"first snapshot: cpu {c:.0f} ms, wall {w:.0f} ms (rehashed {v.last_rehashed})")
+        if keeper is not None:
+            keeper.stop()
+            print(f"background hashing: {keeper.passes} passes, {keeper.stats[0]} checkpoints, "
+                  f"{keeper.stats[1]} nodes, {keeper.stats[2] * 1000:.0f} ms working")
         snaps, branches, firsts = [], [], []
         for r in range(a.runs):
             for k in range(a.changes):

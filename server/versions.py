@@ -15,6 +15,9 @@ Interface:
         diff(ns, a, b, deadline) -> Diff(added, removed, changed, visited)
         merge(ns, source, into, message, dry_run, deadline) -> MergeResult
         list_tree(ns, ref, ino) -> (dir Attr, stored hash, xattrs, [TreeEntry])
+        checkpoint(ns, branch) -> nodes rehashed | None   the branch's hashes brought up to
+                                          its rows (hash_keeper.py runs it in the background)
+    hash_epoch(tx, ns, tree_id, epoch, head) -> (root, rehashed)   every epoch's end
     Snapshot.tree (TreeRef of its frozen tree), .uri, .statement()
 
 The encoding and the storage layout are docs/FORMAT.md §6. A snapshot is the branch's tree at
@@ -22,7 +25,9 @@ an epoch (a tree "@snap:<id>" with no rows of its own, which posix.PosixMeta ref
 plus one row): O(1) to take; the rows the branch changes afterwards are kept in history for it
 (metadata/history_schema.py) and hold chunk references, so GC never frees a chunk a snapshot
 (or a branch or tag, which name snapshots) reaches; pruning frees what pruned ones alone held.
-Its hashes are computed from the last snapshot's for what changed since (epoch_hashes).
+Its hashes are computed from the tree's last stored ones for what changed since
+(epoch_hashes); the server stores them in the background too (checkpoint: the same without a
+snapshot), so a snapshot rehashes only what changed since the last checkpoint.
 A branch is created pending (metadata/pending.py): it reads the view it was created from and
 copies its rows on its first change. Snapshots copied by the schema before epochs read, verify
 and prune as before.
@@ -199,33 +204,45 @@ def compute_hashes(inputs: tuple[list[Any], list[Any], list[Any], list[Any]],
 
 
 def _too_many(tx: Tx, tree_id: int, dirty: set[int]) -> bool:
-    """A quarter of a big tree changed: one full pass costs less than batched lookups."""
-    return len(dirty) > 1024 and len(dirty) > tx.tree_totals(tree_id)[0] // 4
+    """A quarter of a big tree changed: one full pass costs less than batched lookups. The
+    tree's size bounded by the inode numbers it gave out (O(1); counting its inodes cost a
+    scan of the tree, 70 ms at 100k, in every checkpoint of a thousand changes): a tree that
+    removed many files may rehash a quarter of itself incrementally instead, as exactly."""
+    return len(dirty) > 1024 and len(dirty) > tx.inos_given(tree_id) // 4
 
 
 def _rehash(tx: Tx, tree_id: int, dirty: set[int], known_from: int | None,
-            deadline: Deadline) -> dict[int, bytes] | None:
+            deadline: Deadline) -> tuple[dict[int, bytes], set[int]] | None:
     """The hashes of the `dirty` nodes of the live tree (`dirty` grows by every node with no
     stored hash below them: nodes new since), every clean child's hash taken from the tree's
-    current hashes (known_from None) or from snapshot tree `known_from`'s; None when the root is
-    not dirty (the caller hashes the whole tree)."""
+    current hashes (known_from None) or from snapshot tree `known_from`'s, and those new nodes
+    (no stored hash); None when the root is not dirty (the caller hashes the whole tree)."""
     if ROOT_INO not in dirty:  # a change always reaches the root; anything else is a surprise
         return None
     inputs: tuple[list[Any], list[Any], list[Any], list[Any]] = ([], [], [], [])
-    todo, known = set(dirty), {}
+    todo, new, rows = set(dirty), set(), []
+    known: dict[int, bytes] = {}
     while todo:
         deadline.check("reading the changed nodes")
-        got = tx.hash_inputs_of(tree_id, sorted(todo))
+        got = tx.hash_inputs_of(tree_id, sorted(todo), entries=known_from is not None)
+        if known_from is None:   # the entries with their current hashes, in one statement
+            rows = tx.entries_hashed(tree_id, sorted(todo))
+            got = (got[0], [(p, name, ino) for p, name, ino, _ in rows], got[2], got[3])
         for mine, more in zip(inputs, got, strict=True):
             mine += more
         clean = {int(ino) for _, _, ino in got[1]} - dirty
-        hashed = (tx.current_hashes(tree_id, sorted(clean)) if known_from is None else
-                  tx.node_hashes_of(known_from, sorted(clean)))
+        if known_from is None:
+            hashed = {ino: h for _, _, ino, h in rows if h is not None}
+            for ino in hashed.keys() & dirty:   # a dirty node's stored hash is the old one
+                del hashed[ino]
+        else:
+            hashed = tx.node_hashes_of(known_from, sorted(clean))
         known.update(hashed)
         todo = clean - hashed.keys()    # new: hashed from their rows, and what is below them
         dirty |= todo
+        new |= todo
     hashes, _ = compute_hashes(inputs, deadline, known, with_paths=False)
-    return hashes
+    return hashes, new
 
 
 def epoch_hashes(tx: Tx, tree_id: int, epoch: int, deadline: Deadline = NEVER
@@ -281,14 +298,41 @@ def _store_rehashed(tx: Tx, tree_id: int, epoch: int, dirty: set[int], base: int
     `base`'s, copied first) and store them as the tree's hashes at `epoch`."""
     if _too_many(tx, tree_id, dirty):
         return None
-    hashes = _rehash(tx, tree_id, dirty, base, deadline)
-    if hashes is None:
+    got = _rehash(tx, tree_id, dirty, base, deadline)
+    if got is None:
         return None
+    hashes, new = got
     if base is not None:
         tx.copy_node_hashes(base, tree_id, epoch)
     tx.close_hashes(tree_id, epoch, dirty - hashes.keys())   # removed, or no longer linked
-    tx.set_hashes(tree_id, epoch, hashes.items())
+    tx.set_hashes(tree_id, epoch, hashes.items(), new=new)
     return hashes[ROOT_INO], len(hashes)
+
+
+def hash_epoch(tx: Tx, ns: str, tree_id: int, epoch: int, head: str,
+               deadline: Deadline = NEVER) -> tuple[bytes, int]:
+    """Store the node hashes of live tree `tree_id` at `epoch` (the epoch that just ended: its
+    rows are the live ones now, in this transaction that moved the tree past it) and drop the
+    history rows of that epoch no view sees; (root hash, nodes rehashed, -1: the whole tree).
+    From the tree's hashes at its last epoch when it has them (epoch_hashes), else from the
+    branch's head snapshot (a branch's first: incremental_hashes), else a full pass
+    (FORMAT.md §6.4). Every epoch of a tree with hashes must end here (a snapshot, a hash
+    checkpoint, a branch frozen from it), or its next hashing would miss that epoch's changes."""
+    got = None
+    has = tx.has_hashes(tree_id)
+    if has:
+        got = epoch_hashes(tx, tree_id, epoch, deadline)
+    elif head:
+        row = tx.snapshot(ns, head)
+        got = incremental_hashes(tx, tree_id, int(row[1]), epoch, deadline) if row else None
+    if got is None:
+        hashes, _ = compute_hashes(tx.hash_inputs(tree_id), deadline, with_paths=False)
+        if has:
+            tx.close_hashes(tree_id, epoch, tx.current_hashes(tree_id).keys() - hashes.keys())
+        tx.set_hashes(tree_id, epoch, hashes.items(), fresh=not has)
+        got = hashes[ROOT_INO], -1
+    tx.gc_epoch(ns, tree_id, epoch, now_ns())
+    return got
 
 
 class Versions:
@@ -324,7 +368,7 @@ class Versions:
             # O(1): the branch's tree at its current epoch, read through (FORMAT.md §6.4)
             dst, epoch = tx.freeze(ns, src[0], FROZEN_PREFIX + sid, now)
             head = self._head(tx, ns, branch)
-            root = self._hash_tree(tx, ns, src[0], epoch, head, deadline)
+            root, self.last_rehashed = hash_epoch(tx, ns, src[0], epoch, head, deadline)
             parents = tuple(p for p in (head, extra_parent) if p)
             snap = Snapshot(sid, ns, dst, branch, parents, now, message, root, b"")
             sig = self._sk.sign(snap.statement())
@@ -335,6 +379,25 @@ class Versions:
             record(tx, done)   # exactly-once calls (request_log.py): no-op outside one
         return done
 
+    def checkpoint(self, ns: str, branch: str, deadline: Deadline = NEVER) -> int | None:
+        """Bring branch `branch`'s stored node hashes up to its committed rows: a snapshot
+        without its row, view or log entry (the tree moves to its next epoch and the hashes of
+        the one that ended are stored, hash_epoch), so that the next snapshot only rehashes
+        what changed since. Nodes rehashed (-1: the whole tree); None when there was nothing
+        to do (hashes current, a pending branch, no such branch). hash_keeper.HashKeeper runs
+        it in the background."""
+        if branch.startswith(FROZEN_PREFIX):
+            return None
+        with self._store.write() as tx:
+            src = tx.get_tree(ns, branch)
+            # the tree's row locked first (lock_tree), then the probe: a second server that
+            # waited here finds the hashes it waited for current
+            if src is None or tx.lock_tree(src[0]) is not None or not tx.trees_to_hash(src[0]):
+                return None
+            epoch = tx.bump_epoch(src[0])   # PostgreSQL: writers in flight commit first
+            _, rehashed = hash_epoch(tx, ns, src[0], epoch, self._head(tx, ns, branch), deadline)
+        return rehashed
+
     def _settle(self, ns: str, branch: str, now: int) -> None:
         """A pending branch gets its rows (pending.py) before a snapshot freezes it: a view of
         a view is not supported. Its own transaction, as a first write's (posix._wtree): the
@@ -343,28 +406,6 @@ class Versions:
         if got is not None and self._store.single().tree_base(got[0]) is not None:
             with self._store.write() as tx:
                 materialize(tx, ns, got[0], now)
-
-    def _hash_tree(self, tx: Tx, ns: str, tree_id: int, epoch: int, head: str,
-                   deadline: Deadline) -> bytes:
-        """Store the node hashes of live tree `tree_id` at `epoch` (the snapshot being taken:
-        its rows are the live ones now); the root hash. From the tree's hashes at its last
-        snapshot when it has them (epoch_hashes), else from the branch's head snapshot
-        (a branch's first snapshot: incremental_hashes), else a full pass (FORMAT.md §6.4)."""
-        got = None
-        has = tx.has_hashes(tree_id)
-        if has:
-            got = epoch_hashes(tx, tree_id, epoch, deadline)
-        elif head:
-            row = tx.snapshot(ns, head)
-            got = incremental_hashes(tx, tree_id, int(row[1]), epoch, deadline) if row else None
-        self.last_rehashed = got[1] if got else -1
-        if got is not None:
-            return got[0]
-        hashes, _ = compute_hashes(tx.hash_inputs(tree_id), deadline, with_paths=False)
-        if has:
-            tx.close_hashes(tree_id, epoch, tx.current_hashes(tree_id).keys() - hashes.keys())
-        tx.set_hashes(tree_id, epoch, hashes.items(), fresh=not has)
-        return hashes[ROOT_INO]
 
     def get(self, ns: str, snap_id: str) -> Snapshot:
         row = self._store.single().snapshot(ns, snap_id)
@@ -536,19 +577,24 @@ class Versions:
         """Branch `name`'s tree, equal to tree `src` (a snapshot's, or a live branch's: `live`,
         whose head snapshot is `head`); None when the name is taken. O(1) where it can: a
         pending branch (metadata/pending.py) reading the view `src` reads, flattened (a
-        snapshot's or a pending branch's base); of a live tree without node hashes, the tree
-        frozen at its epoch; of a live tree unchanged since its head snapshot, that snapshot's
-        view. Else a copy (O(tree)): a snapshot copied before epochs, and a live tree with node
-        hashes that changed since its head (its next snapshot hashes from the history rows
-        dying at its epoch, epoch_hashes: every epoch of it must end in a snapshot)."""
+        snapshot's or a pending branch's base); of a live tree unchanged since its head
+        snapshot, that snapshot's view; of another live tree, the tree frozen at its epoch,
+        its hashes stored at that epoch if it has any (hash_epoch: O(changes since they were
+        last stored), as every epoch of a hashed tree must end). Else a copy (O(tree)): a
+        snapshot copied before epochs."""
         base = tx.lock_tree(src) if live else tx.tree_base(src)
-        if base is None and live and not tx.has_hashes(src):
-            base = (src, tx.bump_epoch(src))   # as freeze does, without a snapshot row
-        elif base is None and live and head:
+        if base is None and live and head and tx.has_hashes(src):
             row = tx.snapshot(ns, head)
             at = tx.tree_base(int(row[1])) if row else None
             if at is not None and at[0] == src and not tx.changed_after(*at):
                 base = at                       # the live tree is its head snapshot's
+        if base is None and live:
+            # frozen at its epoch as freeze does, without a snapshot row; a tree with hashes
+            # gets them at that epoch (O(changes since they were last stored): hash_epoch), as
+            # every epoch of it must end
+            base = (src, tx.bump_epoch(src))
+            if tx.has_hashes(src):
+                hash_epoch(tx, ns, src, base[1], head)
         if base is not None:
             return tx.insert_view(ns, name, base, src, now)
         dst = tx.insert_tree(ns, name, now)
@@ -586,7 +632,7 @@ class Versions:
                 tx.rename_tree(r[0], kept_name(r[0]))
             else:
                 tx.add_tree_refs(ns, r[0], -1, now)
-                tx.gc_history(ns, r[0], now)   # no view: every history row goes
+                tx.gc_history(ns, r[0], now, keep_changes=False)   # no view: every row goes
                 tx.delete_tree(r[0])
             tx.delete_log(ns, name)
             record(tx, None)

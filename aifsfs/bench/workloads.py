@@ -75,7 +75,7 @@ FIGURES: dict[str, Figure] = {
     "branch_create": Figure("branch create from that snapshot", "ms", "lower"),
     # the branch's copy, deferred from its create to here (FORMAT.md §6.4 "Branches")
     "branch_first_write": Figure("first write to that branch (copies it)", "ms", "lower"),
-    # what every snapshot after the first costs: O(changes), the first hashes every node once
+    # what a snapshot costs when the server's hashes are current: O(changes since its last pass)
     "snapshot_changed": Figure("snapshot of that tree after 10 changes", "ms", "lower"),
 }
 WRITE_FIGURES = {"seq_write", "small_create", "small_unlink"}
@@ -370,10 +370,11 @@ def snapshot_and_branch(address: str, n: int, per_dir: int = 1000
     `address`: `n` empty files (in directories of `per_dir`) are added to main through the SDK
     (not timed: building the tree is not what is measured), then one snapshot of main, one
     branch from it and one create in that branch are timed, each a single RPC, and, after 10
-    files of main changed (chmod, not timed), a second snapshot of main. The first snapshot
-    hashes every node once (its changes since the last snapshot are the whole tree), the
-    second only what changed and their directories (O(changes · depth)); the create copies
-    nothing (O(1)); the branch's first write copies its rows: O(tree) (FORMAT.md §6.4)."""
+    files of main changed (chmod, not timed), a second snapshot of main. Each snapshot hashes
+    only what changed since the server's background hashing last passed over main, and their
+    directories (O(changes · depth): FORMAT.md §6.4 "Hash checkpoints"; a server without it,
+    `--hash-interval 0`, hashes every node once at the first); the create copies nothing
+    (O(1)); the branch's first write copies its rows: O(tree) (FORMAT.md §6.4)."""
     from aifs_core.types import ROOT_INO, SET_MODE
     from aifsfs.client import AIFSClient
 

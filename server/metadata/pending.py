@@ -46,7 +46,10 @@ def materialize(tx: Tx, ns: str, tree_id: int, now: int) -> bool:
 
 
 def release_base(tx: Tx, ns: str, base_tree: int, now: int) -> None:
-    tx.gc_history(ns, base_tree, now)
-    if tx.views_of(base_tree) == 0 and tx.get_tree(ns, kept_name(base_tree)) is not None:
+    # a deleted branch's kept tree goes with its last view: all its history with it (else
+    # the changes of its current epoch stay for its next hashing)
+    gone = tx.views_of(base_tree) == 0 and tx.get_tree(ns, kept_name(base_tree)) is not None
+    tx.gc_history(ns, base_tree, now, keep_changes=not gone)
+    if gone:
         tx.add_tree_refs(ns, base_tree, -1, now)
         tx.delete_tree(base_tree)

@@ -20,7 +20,8 @@ server runs the call under a request id.
 A tree whose branch starts with FROZEN_PREFIX ("@snap:") is a snapshot's (aifs_server.versions):
 every change to it is PermissionDenied. A pending branch (metadata/pending.py: created from a
 snapshot, no rows yet) gets its rows before its first change (`_wtree`). `store` exposes the
-Store to that module and `forget_tree` drops a deleted tree from the cache of tree ids.
+Store to that module and `forget_tree` drops a deleted tree from the cache of tree ids;
+`last_change` is when the last change was asked for (server/hash_keeper.py reads it).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import errno
 import stat
 from collections import Counter
 from dataclasses import dataclass
+from time import monotonic
 from typing import Any
 
 from aifs_core.errors import (
@@ -115,6 +117,9 @@ class PosixMeta(Records):
         super().__init__(store)
         # Trees are deleted only by aifs_server.versions, which calls forget_tree.
         self._trees: dict[TreeRef, _Tree] = {}
+        # time.monotonic() of the last change asked for (_wtree): hash_keeper waits for a
+        # pause in the writes before it hashes them, where it can
+        self.last_change = 0.0
 
     # --- trees -------------------------------------------------------------------------------
     def _tree(self, tree: TreeRef) -> _Tree:
@@ -136,6 +141,7 @@ class PosixMeta(Records):
         read as a view). `own_rows=False`: the change writes none of the tree's rows."""
         if tree.branch.startswith(FROZEN_PREFIX):
             raise PermissionDenied(f"{tree.namespace}/{tree.branch} is a snapshot: read-only")
+        self.last_change = monotonic()
         t = self._tree(tree)
         # a dict lookup for a tree with rows (cached by the store for good); a pending
         # branch's row is read again until its first change

@@ -181,6 +181,7 @@ def test_verify_names_a_tampered_path_and_refuses_a_foreign_signature(
                                    "t.tree_id = s.tree_id WHERE s.snap_id = ?",
                                    (s["id"],)).fetchone()[0])
     with _db(server) as db:   # under the engine: no history kept (epoch 0 turns it off)
+        epoch = db.execute("SELECT epoch FROM trees WHERE tree_id = ?", (tree,)).fetchone()[0]
         db.execute("UPDATE trees SET epoch = 0 WHERE tree_id = ?", (tree,))
         db.execute("UPDATE inodes SET size = 11 WHERE tree_id = ? AND ino = ?", (tree, ino))
     r = v.verify(s["id"])
@@ -188,7 +189,7 @@ def test_verify_names_a_tampered_path_and_refuses_a_foreign_signature(
         "/dir/data.bin:"), r
     with _db(server) as db:
         db.execute("UPDATE inodes SET size = 10 WHERE tree_id = ? AND ino = ?", (tree, ino))
-        db.execute("UPDATE trees SET epoch = 2 WHERE tree_id = ?", (tree,))
+        db.execute("UPDATE trees SET epoch = ? WHERE tree_id = ?", (epoch, tree))
     assert v.verify(s["id"])["ok"]
 
     foreign = Ed25519PrivateKey.generate()

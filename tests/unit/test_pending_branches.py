@@ -137,11 +137,12 @@ def test_branch_from_branch_stays_one_view_deep(harness: Harness, v: Versions) -
         assert v.verify("ns1", v.create_snapshot("ns1", b).id)[0], b
 
 
-def test_a_live_branch_with_hashes_is_its_head_or_a_copy(harness: Harness,
-                                                        v: Versions) -> None:
+def test_a_live_branch_with_hashes_is_its_head_or_frozen_with_its_hashes(
+        harness: Harness, v: Versions) -> None:
     """main has node hashes (a snapshot): unchanged since, a branch of its live tree reads
-    that snapshot's view; changed since, the branch is a copy, not a freeze (main's next
-    snapshot hashes from the history rows dying at its epoch)."""
+    that snapshot's view; changed since, main is frozen at its epoch as a snapshot freezes it
+    and its hashes are stored at that epoch (versions.hash_epoch: every epoch of a hashed tree
+    ends with its hashes, so main's next snapshot still rehashes only what changed)."""
     m = v.meta
     _, files = _tree(m)
     head = v.create_snapshot("ns1", "main")
@@ -151,10 +152,15 @@ def test_a_live_branch_with_hashes_is_its_head_or_a_copy(harness: Harness,
     m.setattr(T, files[2], SET_MODE, mode=0o100640)
     epoch = harness.scalar("SELECT epoch FROM trees WHERE tree_id = ?", _tid(m, T))
     v.create_branch("ns1", "b")
-    assert _base(m, B) is None and _rows(harness, _tid(m, B)) == _rows(harness, _tid(m, T))
-    assert harness.scalar("SELECT epoch FROM trees WHERE tree_id = ?", _tid(m, T)) == epoch
+    assert _base(m, B) == (_tid(m, T), epoch) and _state(m, B) == _state(m, T)
+    assert harness.scalar("SELECT epoch FROM trees WHERE tree_id = ?", _tid(m, T)) == epoch + 1
+    s = v.create_snapshot("ns1", "main")
+    assert v.last_rehashed == 0 and v.verify("ns1", s.id)[0]   # hashed at the freeze
+    m.setattr(T, files[1], SET_MODE, mode=0o100600)
     s = v.create_snapshot("ns1", "main")
     assert 0 < v.last_rehashed and v.verify("ns1", s.id)[0]
+    m.create(B, ROOT_INO, b"only-b", 0o100644, 0, 0, 0)   # b materializes from main's epoch
+    assert b"/only-b" in _state(m, B) and v.verify("ns1", v.create_snapshot("ns1", "b").id)[0]
     assert harness.scalar(WRONG_REFS) == 0
 
 
