@@ -165,6 +165,13 @@ def test_bench_ctrl_c_unmounts_and_stops_everything(workdir: Path) -> None:
     assert _procs_mentioning(workdir) == []
 
 
+def _sigint_default() -> None:
+    """In the child before exec: SIGINT handled as in a terminal. A suite started in the
+    background of a non-interactive shell (`.ci/run &`) ignores SIGINT, and an ignored
+    signal stays ignored across exec: the bench would never see the Ctrl-C under test."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_bench(workdir: Path, target: str, env: dict[str, str] | None = None,
                      on_mounted: Callable[[], None] | None = None) -> tuple[int, str, str]:
     """Run a long `aifs bench` on `target`, SIGINT it while its mount is live (after
@@ -174,7 +181,7 @@ def _interrupt_bench(workdir: Path, target: str, env: dict[str, str] | None = No
         [*AIFS, "bench", "--peers", target, "--size", "8M", "--files", "200000",
          "--no-progress", "--workdir", str(w)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env=env,
+        env=env, preexec_fn=_sigint_default,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
