@@ -20,6 +20,7 @@ Needs root (FUSE, drop_caches). Every mount is unmounted and the server stopped 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -267,6 +268,9 @@ def main() -> None:
                 time.sleep(1.5)
             before = rig.calls()
             pids = [p for p, _ in rig.pids()]
+            for p in pids:      # the peak RSS of this phase alone (VmHWM reset)
+                with contextlib.suppress(OSError):
+                    Path(f"/proc/{p}/clear_refs").write_text("5")
             c0 = [cpu_split(p) for p in pids]
             f0 = [minflt(p) for p in pids]
             i0 = idle_ticks()
@@ -285,8 +289,9 @@ def main() -> None:
                 ((u * 1e6 / n, s * 1e6 / n) for u, s in c1), strict=True)]
             sys_us = [round((y[1] - x[1]) / n * 1e6) for x, y in zip(c0, c1, strict=True)]
             idle = 100 * (i1[0] - i0[0]) / max(1, i1[1] - i0[1])
+            peaks = [round(peak_mib(p)) for p in pids]
             print(f"{name}: {v:,.0f}/s  cpu us/item {us} (sys {sys_us})  faults/item {faults}  "
-                  f"idle {idle:.0f}%  calls/item {per}", flush=True)
+                  f"idle {idle:.0f}%  peak RSS MiB {peaks}  calls/item {per}", flush=True)
 
         if "read" in phases:
             phase("read", lambda: wl.read_small(root), a.files)

@@ -334,12 +334,32 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         if self._read_excl(context, tree, sess, [e.attr.ino for e in entries]):
             since = self.leases.mark()          # an entry is covered through another name
             entries, eof, maps = read(tree, request.ino, request.cookie, limit)
-        parts: list[bytes | bytearray] = []
-        budget = min(request.inline_total, INLINE_READ_MAX)
         sink = (InlineSink.open(request.inline_file, context.peer())
                 if request.with_maps and request.inline_file else None)
-        if sink is not None:
-            context.add_callback(sink.close)      # however the call ends
+        try:
+            parts = self._dir_page(tree, entries, maps, request, sink)
+        finally:
+            # closed here, not in a call-end callback: a client that cancels ends the call
+            # while this thread may still write, and a descriptor closed under it could be
+            # reused by another call's open before its pwrite (GetChunks does the same)
+            if sink is not None:
+                sink.close()
+        if sink is not None and self.b.metrics is not None:
+            self.b.metrics.add_bytes("out_file", sink.at)
+        tail = filesystem_pb2.ReadDirReply(eof=eof)
+        if request.with_maps:
+            tail.chunk_size = self.b.namespace(tree.namespace).chunk_size
+        self._grant(context, sess, tree, [request.ino, *(e.attr.ino for e in entries)], since)
+        parts.append(tail.SerializeToString())
+        return b"".join(parts)     # sent as it is (_serialize_reply)
+
+    def _dir_page(self, tree: TreeRef, entries: list[DirEntry], maps: dict[int, list[ChunkRef]],
+                  request: Any, sink: InlineSink | None) -> list[bytes | bytearray]:
+        """A ReadDir page's entries as sent: a plain listing in one piece; with maps, each
+        entry with its map and its bytes up to the call's budgets (in `sink`, the client's
+        file, when it gave one)."""
+        parts: list[bytes | bytearray] = []
+        budget = min(request.inline_total, INLINE_READ_MAX)
         if not request.with_maps:        # a plain listing: the whole page in one go
             parts.append(encode_entries(entries))
         for e in entries if request.with_maps else []:
@@ -360,14 +380,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
                     data = b""
             pe.attr.CopyFrom(attr_to_pb(a))
             parts.extend(encode_dir_entry(pe.SerializeToString(), data))
-        if sink is not None and self.b.metrics is not None:
-            self.b.metrics.add_bytes("out_file", sink.at)
-        tail = filesystem_pb2.ReadDirReply(eof=eof)
-        if request.with_maps:
-            tail.chunk_size = self.b.namespace(tree.namespace).chunk_size
-        self._grant(context, sess, tree, [request.ino, *(e.attr.ino for e in entries)], since)
-        parts.append(tail.SerializeToString())
-        return b"".join(parts)     # sent as it is (_serialize_reply)
+        return parts
 
     def _readdir(self, tree: TreeRef, ino: int, cookie: int, limit: int
                  ) -> tuple[list[DirEntry], bool, dict[int, list[ChunkRef]]]:
