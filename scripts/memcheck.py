@@ -1,11 +1,12 @@
 """Peak resident memory of the mount and the server while a big file is copied through the mount.
 
 Usage: .venv/bin/python scripts/memcheck.py WORKDIR SIZE_MIB [--env NAME=VALUE ...]
-                                            [--limit MIB] [-- MOUNT_OPTION ...]
+                                            [--limit MIB] [--rand] [-- MOUNT_OPTION ...]
 
 Starts its own server and mount under WORKDIR (removed afterwards; the mount's disk cache is
 kept there too), writes SIZE_MIB of random data through the mount with dd (fsync at the end),
-reads it back cold (page cache dropped) and warm, compares it, and prints MB/s and the peak
+reads it back cold (page cache dropped) and warm (with --rand then randomly, as the bench's fio
+phases: QD1 and 16 jobs, 10 s each, cold at the start), compares it, and prints MB/s and the peak
 RSS (VmHWM) of both processes per phase: the kernel's peak is reset between phases
 (/proc/PID/clear_refs, 5), so each figure is that phase's own peak. --env sets a variable
 for both processes (e.g. MALLOC_ARENA_MAX=8, to compare malloc settings); options after `--`
@@ -26,6 +27,9 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from aifsfs.bench.workloads import fio_randread  # noqa: E402
 
 BUDGET_MIB = 256
 
@@ -63,7 +67,7 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 30.0) -> Non
 
 
 def main(work: Path, size_mib: int, env_vars: list[str], limit: int,
-         mount_args: list[str]) -> int:
+         mount_args: list[str], rand: bool = False) -> int:
     py = sys.executable
     env = dict(os.environ)
     for item in env_vars:
@@ -104,11 +108,18 @@ def main(work: Path, size_mib: int, env_vars: list[str], limit: int,
                 speeds[name] = result
             peaks[name] = {role: vm_hwm_mib(pid) for role, pid in pids.items()}
 
-        big = str(mountpoint / "big")
+        big = str(mountpoint / "seq.bin")     # the name the bench's fio phase reads
         phase("write", lambda: dd_mb_s(str(src), big, size_mib, "conv=fsync"))
         Path("/proc/sys/vm/drop_caches").write_text("3\n")
         phase("cold read", lambda: dd_mb_s(big, "/dev/null", size_mib))
         phase("warm read", lambda: dd_mb_s(big, "/dev/null", size_mib))
+        if rand and shutil.which("fio"):
+            # the bench's random phases (fio 4 KiB psync, QD1 then 16 jobs, 10 s each, the
+            # file's pages dropped first): a random reader of a file that fits the caches
+            # makes the mount fetch the rest of it in the background (readahead.fill)
+            Path("/proc/sys/vm/drop_caches").write_text("3\n")
+            phase("rand QD1", lambda: fio_randread(mountpoint, 1, 10.0))
+            phase("rand 16", lambda: fio_randread(mountpoint, 16, 10.0))
 
         def compare() -> None:
             nonlocal same
@@ -117,6 +128,9 @@ def main(work: Path, size_mib: int, env_vars: list[str], limit: int,
         print(f"{size_mib} MiB: write {speeds['write']:.0f} MB/s, cold read "
               f"{speeds['cold read']:.0f} MB/s, warm read {speeds['warm read']:.0f} MB/s, "
               f"identical: {same}")
+        if "rand QD1" in speeds:
+            print(f"  random 4 KiB reads: QD1 {speeds['rand QD1']:,.0f} IOPS, "
+                  f"16 jobs {speeds['rand 16']:,.0f} IOPS")
         print(f"  at rest   RSS:      mount {rest['mount']:4d} MiB, server {rest['server']:4d} MiB")
         for name, p in peaks.items():
             print(f"  {name:9s} peak RSS: mount {p['mount']:4d} MiB, server {p['server']:4d} MiB")
@@ -143,7 +157,9 @@ if __name__ == "__main__":
     p.add_argument("size_mib", type=int)
     p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--limit", type=int, default=BUDGET_MIB, metavar="MIB")
+    p.add_argument("--rand", action="store_true",
+                   help="also the bench's random-read phases (fio), after the warm read")
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)
     a = p.parse_args(argv[:cut])
-    sys.exit(main(a.work, a.size_mib, a.env, a.limit, argv[cut + 1:]))
+    sys.exit(main(a.work, a.size_mib, a.env, a.limit, argv[cut + 1:], a.rand))
