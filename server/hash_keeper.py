@@ -16,7 +16,8 @@ A pass asks the database which branches' stored hashes are behind their rows
 `Versions.checkpoint` on each: the tree moves to its next epoch and the hashes of the epoch
 that ended are stored (FORMAT.md §6.4 "Hash checkpoints"), in one write transaction that
 costs what a snapshot of those changes costs (plus the listing of each changed directory:
-~4 us an entry, the format hashes a directory's whole listing). When is a pass due:
+~4 us an entry, the format hashes a directory's whole listing; a directory of 512 entries or
+more is read whole once, then by its changes: listing_cache.py). When is a pass due:
 - after a pause in this server's writes (none asked for in the last `quiet` seconds:
   `PosixMeta.last_change`): at once, so a snapshot taken a moment after a burst of writes
   finds its hashes current;

@@ -17,7 +17,9 @@ Interface:
         list_tree(ns, ref, ino) -> (dir Attr, stored hash, xattrs, [TreeEntry])
         checkpoint(ns, branch) -> nodes rehashed | None   the branch's hashes brought up to
                                           its rows (hash_keeper.py runs it in the background)
-    hash_epoch(tx, ns, tree_id, epoch, head) -> (root, rehashed)   every epoch's end
+    hash_epoch(tx, ns, tree_id, epoch, head, deadline, listings) -> (root, rehashed)   every
+                                          epoch's end; listings: listing_cache.Pass (large
+                                          directories' listings kept between hashings)
     Snapshot.tree (TreeRef of its frozen tree), .uri, .statement()
 
 The encoding and the storage layout are docs/FORMAT.md §6. A snapshot is the branch's tree at
@@ -42,7 +44,8 @@ import re
 import secrets
 import stat
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,7 +58,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 from aifs_core import merkle
 from aifs_core.errors import AlreadyExists, InvalidArgument, NotFound, PermissionDenied
 from aifs_core.types import ROOT_INO, SET_GID, SET_MODE, SET_UID, Attr, ChunkRef, TreeRef
+from aifs_server import listing_cache
 from aifs_server.deadline import NEVER, Deadline
+from aifs_server.listing_cache import ListingCache, Pass
 from aifs_server.metadata.pending import kept_name, materialize, release_base
 from aifs_server.metadata.posix import FROZEN_PREFIX, PosixMeta
 from aifs_server.metadata.records import now_ns
@@ -136,14 +141,17 @@ def _snap(ns: str, row: tuple[Any, ...]) -> Snapshot:
 
 def compute_hashes(inputs: tuple[list[Any], list[Any], list[Any], list[Any]],
                    deadline: Deadline = NEVER, known: dict[int, bytes] | None = None,
-                   with_paths: bool = True) -> tuple[dict[int, bytes], dict[int, str]]:
+                   with_paths: bool = True, listings: Pass | None = None
+                   ) -> tuple[dict[int, bytes], dict[int, str]]:
     """Node hash of every inode reachable from the root, and one path per inode (only
     `with_paths`: verify names paths, a snapshot does not), from a tree's rows (FORMAT.md
     §6.1); an iterative post-order walk over the directories (no recursion limit on deep
     trees), each other node hashed when its directory is expanded.
     `known`: hashes taken as they are (clean children in incremental hashing; not returned).
     Ids, names and chunk ids are used as the drivers return them (int, bytes: sqlite3 and
-    psycopg alike): converting the rows of a first snapshot's 100k entries cost 60 ms."""
+    psycopg alike): converting the rows of a first snapshot's 100k entries cost 60 ms.
+    `listings`: a directory's body from the listing kept for it (listing_cache.Pass.body: its
+    entries in `inputs` are then only those that changed), or kept from there on."""
     inodes, dentries, slots, xattrs = inputs
     known = known or {}
     attrs = {r[0]: r for r in inodes}
@@ -198,9 +206,15 @@ def compute_hashes(inputs: tuple[list[Any], list[Any], list[Any], list[Any]],
         if n % 4096 == 0:
             deadline.check("hashing the tree")
         _, mode, uid, gid, _size, _rdev, _link = row
-        hashes[ino] = merkle.node_hash(mode, uid, gid, 0, merkle.dir_body(
-            [(nm, hashes.get(c) or known.get(c, b"\0" * 32)) for nm, c in kids]), xa.get(ino))
+        body = None if listings is None else listings.body(
+            ino, kids, lambda c: hashes.get(c) or known.get(c, _ZERO))
+        if body is None:
+            body = merkle.dir_body([(nm, hashes.get(c) or known.get(c, _ZERO)) for nm, c in kids])
+        hashes[ino] = merkle.node_hash(mode, uid, gid, 0, body, xa.get(ino))
     return hashes, paths
+
+
+_ZERO = b"\0" * 32   # a child without a hash (no inode row)
 
 
 def _too_many(tx: Tx, tree_id: int, dirty: set[int]) -> bool:
@@ -212,21 +226,27 @@ def _too_many(tx: Tx, tree_id: int, dirty: set[int]) -> bool:
 
 
 def _rehash(tx: Tx, tree_id: int, dirty: set[int], known_from: int | None,
-            deadline: Deadline) -> tuple[dict[int, bytes], set[int]] | None:
+            deadline: Deadline, listings: Pass | None = None
+            ) -> tuple[dict[int, bytes], set[int]] | None:
     """The hashes of the `dirty` nodes of the live tree (`dirty` grows by every node with no
     stored hash below them: nodes new since), every clean child's hash taken from the tree's
     current hashes (known_from None) or from snapshot tree `known_from`'s, and those new nodes
-    (no stored hash); None when the root is not dirty (the caller hashes the whole tree)."""
+    (no stored hash); None when the root is not dirty (the caller hashes the whole tree).
+    `listings` (known_from None): the directories it holds a listing of are read by their
+    changes only (_listing_changes), the others whole."""
     if ROOT_INO not in dirty:  # a change always reaches the root; anything else is a surprise
         return None
     inputs: tuple[list[Any], list[Any], list[Any], list[Any]] = ([], [], [], [])
     todo, new, rows = set(dirty), set(), []
     known: dict[int, bytes] = {}
+    spliced, changes = (_listing_changes(tx, tree_id, dirty, listings)
+                        if listings is not None and known_from is None else (set(), []))
     while todo:
         deadline.check("reading the changed nodes")
         got = tx.hash_inputs_of(tree_id, sorted(todo), entries=known_from is not None)
         if known_from is None:   # the entries with their current hashes, in one statement
-            rows = tx.entries_hashed(tree_id, sorted(todo))
+            rows = tx.entries_hashed(tree_id, sorted(todo - spliced)) + changes
+            changes = []
             got = (got[0], [(p, name, ino) for p, name, ino, _ in rows], got[2], got[3])
         for mine, more in zip(inputs, got, strict=True):
             mine += more
@@ -241,23 +261,46 @@ def _rehash(tx: Tx, tree_id: int, dirty: set[int], known_from: int | None,
         todo = clean - hashed.keys()    # new: hashed from their rows, and what is below them
         dirty |= todo
         new |= todo
-    hashes, _ = compute_hashes(inputs, deadline, known, with_paths=False)
+    hashes, _ = compute_hashes(inputs, deadline, known, with_paths=False, listings=listings)
     return hashes, new
 
 
-def epoch_hashes(tx: Tx, tree_id: int, epoch: int, deadline: Deadline = NEVER
-                 ) -> tuple[bytes, int] | None:
+def _listing_changes(tx: Tx, tree_id: int, dirty: set[int], listings: Pass
+                     ) -> tuple[set[int], list[Any]]:
+    """The dirty directories whose listing `listings` holds and may splice (listing_cache.py),
+    and entries_hashed's rows for them: only their entries that changed in the epoch or name a
+    dirty node; the names gone are told to `listings`."""
+    if listings.since is None:
+        return set(), []
+    held = sorted(d for d in dirty if d in listings.held)
+    if not held:
+        return set(), []
+    dirs = listings.usable(held, tx.current_hashes(tree_id, held))
+    if not dirs:
+        return set(), []
+    gone, rows = tx.dentry_changes(tree_id, listings.epoch, dirs, listings.since, sorted(dirty))
+    for parent, name in gone:
+        listings.forget(parent, (name,))
+    return set(dirs), rows
+
+
+def epoch_hashes(tx: Tx, tree_id: int, epoch: int, deadline: Deadline = NEVER,
+                 listings: Pass | None = None) -> tuple[bytes, int] | None:
     """Store the node hashes of live tree `tree_id` at `epoch` (the snapshot being taken) from
     those of its last snapshot: only the nodes whose rows changed in the epoch
     (tx.changed_since) and their ancestors are recomputed; every other hash stays as stored
     (tree_hashes keeps a hash from the epoch it was computed at until it changes): O(changes ·
-    depth). (root hash, nodes recomputed); None: the caller hashes the whole tree."""
+    depth). (root hash, nodes recomputed); None: the caller hashes the whole tree.
+    `listings`: the large directories' listings kept between hashings (listing_cache.py),
+    finished here when this hashing went through them."""
     changed = set(tx.changed_since(tree_id, epoch))
     if not changed:
         root = tx.current_hashes(tree_id, [ROOT_INO]).get(ROOT_INO)
+        if root is not None and listings is not None:
+            listings.finish({}, tx.max_dentry_id())
         return (root, 0) if root is not None else None
     return _store_rehashed(tx, tree_id, epoch, _ancestors(tx, tree_id, changed, changed,
-                                                          deadline), None, deadline)
+                                                          deadline), None, deadline, listings)
 
 
 def incremental_hashes(tx: Tx, tree_id: int, base: int, epoch: int,
@@ -293,15 +336,18 @@ def _ancestors(tx: Tx, tree_id: int, dirty: set[int], frontier: Iterable[int],
 
 
 def _store_rehashed(tx: Tx, tree_id: int, epoch: int, dirty: set[int], base: int | None,
-                    deadline: Deadline) -> tuple[bytes, int] | None:
+                    deadline: Deadline, listings: Pass | None = None
+                    ) -> tuple[bytes, int] | None:
     """Rehash the `dirty` nodes (clean children's hashes: the tree's own, or snapshot tree
     `base`'s, copied first) and store them as the tree's hashes at `epoch`."""
     if _too_many(tx, tree_id, dirty):
         return None
-    got = _rehash(tx, tree_id, dirty, base, deadline)
+    got = _rehash(tx, tree_id, dirty, base, deadline, listings)
     if got is None:
         return None
     hashes, new = got
+    if listings is not None:
+        listings.finish(hashes, tx.max_dentry_id())
     if base is not None:
         tx.copy_node_hashes(base, tree_id, epoch)
     tx.close_hashes(tree_id, epoch, dirty - hashes.keys())   # removed, or no longer linked
@@ -310,7 +356,8 @@ def _store_rehashed(tx: Tx, tree_id: int, epoch: int, dirty: set[int], base: int
 
 
 def hash_epoch(tx: Tx, ns: str, tree_id: int, epoch: int, head: str,
-               deadline: Deadline = NEVER) -> tuple[bytes, int]:
+               deadline: Deadline = NEVER, listings: Pass | None = None
+               ) -> tuple[bytes, int]:
     """Store the node hashes of live tree `tree_id` at `epoch` (the epoch that just ended: its
     rows are the live ones now, in this transaction that moved the tree past it) and drop the
     history rows of that epoch no view sees; (root hash, nodes rehashed, -1: the whole tree).
@@ -321,12 +368,17 @@ def hash_epoch(tx: Tx, ns: str, tree_id: int, epoch: int, head: str,
     got = None
     has = tx.has_hashes(tree_id)
     if has:
-        got = epoch_hashes(tx, tree_id, epoch, deadline)
+        got = epoch_hashes(tx, tree_id, epoch, deadline, listings)
     elif head:
         row = tx.snapshot(ns, head)
         got = incremental_hashes(tx, tree_id, int(row[1]), epoch, deadline) if row else None
     if got is None:
-        hashes, _ = compute_hashes(tx.hash_inputs(tree_id), deadline, with_paths=False)
+        if listings is not None:   # every directory read whole: its listing made anew
+            listings.restart()
+        hashes, _ = compute_hashes(tx.hash_inputs(tree_id), deadline, with_paths=False,
+                                   listings=listings)
+        if listings is not None:
+            listings.finish(hashes, tx.max_dentry_id())
         if has:
             tx.close_hashes(tree_id, epoch, tx.current_hashes(tree_id).keys() - hashes.keys())
         tx.set_hashes(tree_id, epoch, hashes.items(), fresh=not has)
@@ -338,15 +390,36 @@ def hash_epoch(tx: Tx, ns: str, tree_id: int, epoch: int, head: str,
 class Versions:
     """The rules of versions (see the module docstring)."""
 
-    def __init__(self, meta: PosixMeta, signing_key: Ed25519PrivateKey) -> None:
+    def __init__(self, meta: PosixMeta, signing_key: Ed25519PrivateKey,
+                 listings: ListingCache | None = None) -> None:
         self.meta = meta
         self._store = meta.store
+        # large directories' listings kept between hashings: one per store in this process,
+        # so the RPCs' snapshots and the hash keeper's checkpoints pass them on to each other
+        self.listings = listing_cache.of(meta.store) if listings is None else listings
         self._sk = signing_key
         self.public_key: Ed25519PublicKey = signing_key.public_key()
         # nodes the last snapshot hashed (-1: the whole tree); tests and the bench read it
         self.last_rehashed = -1
 
     # --- snapshots ---------------------------------------------------------------------------
+    @contextmanager
+    def _hashing(self) -> Iterator[tuple[Tx, list[Pass]]]:
+        """A write transaction in which trees may be hashed (`_hash_epoch`): the listings the
+        hashings leave go back to the cache once it committed, not before (a transaction
+        rolled back leaves the trees it hashed with none)."""
+        passes: list[Pass] = []
+        with self._store.write() as tx:
+            yield tx, passes
+        for p in passes:
+            self.listings.commit(p)
+
+    def _hash_epoch(self, tx: Tx, passes: list[Pass], ns: str, tree_id: int, epoch: int,
+                    head: str, deadline: Deadline = NEVER) -> tuple[bytes, int]:
+        p = self.listings.begin(tree_id, epoch)
+        passes.append(p)
+        return hash_epoch(tx, ns, tree_id, epoch, head, deadline, p)
+
     def _head(self, tx: Tx, ns: str, branch: str) -> str:
         log = tx.branch_log(ns, branch)
         return log[-1][2] if log else ""
@@ -361,14 +434,15 @@ class Versions:
         now = now_ns()
         sid = secrets.token_bytes(16).hex()
         self._settle(ns, branch, now)
-        with self._store.write() as tx:
+        with self._hashing() as (tx, passes):
             src = tx.get_tree(ns, branch)
             if src is None:
                 raise NotFound(f"branch {branch!r} of namespace {ns!r} does not exist")
             # O(1): the branch's tree at its current epoch, read through (FORMAT.md §6.4)
             dst, epoch = tx.freeze(ns, src[0], FROZEN_PREFIX + sid, now)
             head = self._head(tx, ns, branch)
-            root, self.last_rehashed = hash_epoch(tx, ns, src[0], epoch, head, deadline)
+            root, self.last_rehashed = self._hash_epoch(tx, passes, ns, src[0], epoch, head,
+                                                        deadline)
             parents = tuple(p for p in (head, extra_parent) if p)
             snap = Snapshot(sid, ns, dst, branch, parents, now, message, root, b"")
             sig = self._sk.sign(snap.statement())
@@ -388,14 +462,15 @@ class Versions:
         it in the background."""
         if branch.startswith(FROZEN_PREFIX):
             return None
-        with self._store.write() as tx:
+        with self._hashing() as (tx, passes):
             src = tx.get_tree(ns, branch)
             # the tree's row locked first (lock_tree), then the probe: a second server that
             # waited here finds the hashes it waited for current
             if src is None or tx.lock_tree(src[0]) is not None or not tx.trees_to_hash(src[0]):
                 return None
             epoch = tx.bump_epoch(src[0])   # PostgreSQL: writers in flight commit first
-            _, rehashed = hash_epoch(tx, ns, src[0], epoch, self._head(tx, ns, branch), deadline)
+            _, rehashed = self._hash_epoch(tx, passes, ns, src[0], epoch,
+                                           self._head(tx, ns, branch), deadline)
         return rehashed
 
     def _settle(self, ns: str, branch: str, now: int) -> None:
@@ -551,7 +626,7 @@ class Versions:
         else:
             src_branch = "main"
             self.meta.ensure_tree(TreeRef(ns, "main"))
-        with self._store.write() as tx:
+        with self._hashing() as (tx, passes):
             if src_branch:
                 r = tx.get_tree(ns, src_branch)
                 if r is None:
@@ -563,7 +638,8 @@ class Versions:
                 if tx.snapshot(ns, snap.id) is None:
                     raise NotFound(f"snapshot {snap.id} of namespace {ns!r} does not exist")
                 src_tid, head = snap.tree_id, snap.id
-            if self._new_tree(tx, ns, name, src_tid, bool(src_branch), now, head) is None:
+            if self._new_tree(tx, passes, ns, name, src_tid, bool(src_branch), now,
+                              head) is None:
                 raise AlreadyExists(f"branch {name!r} already exists in namespace {ns!r}")
             tx.delete_log(ns, name)
             if head:
@@ -571,9 +647,8 @@ class Versions:
             record(tx, (name, head, now))
         return name, head, now
 
-    @staticmethod
-    def _new_tree(tx: Tx, ns: str, name: str, src: int, live: bool, now: int,
-                  head: str = "") -> int | None:
+    def _new_tree(self, tx: Tx, passes: list[Pass], ns: str, name: str, src: int, live: bool,
+                  now: int, head: str = "") -> int | None:
         """Branch `name`'s tree, equal to tree `src` (a snapshot's, or a live branch's: `live`,
         whose head snapshot is `head`); None when the name is taken. O(1) where it can: a
         pending branch (metadata/pending.py) reading the view `src` reads, flattened (a
@@ -594,7 +669,7 @@ class Versions:
             # every epoch of it must end
             base = (src, tx.bump_epoch(src))
             if tx.has_hashes(src):
-                hash_epoch(tx, ns, src, base[1], head)
+                self._hash_epoch(tx, passes, ns, src, base[1], head)
         if base is not None:
             return tx.insert_view(ns, name, base, src, now)
         dst = tx.insert_tree(ns, name, now)

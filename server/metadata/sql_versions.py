@@ -30,6 +30,9 @@ Interface (the `store.Tx` methods under "versions"; rules in aifs_server.version
     hash_inputs_of(tree_id, inos, entries=True) hash_inputs restricted to those inodes
                                   (entries: of those directories)
     entries_hashed(tree_id, dirs) (parent, name, ino, current hash) of those directories' entries
+    dentry_changes(tree_id, epoch, dirs, since, dirty) -> (gone names, entries_hashed rows)
+                                  those directories' entries changed in `epoch` (listing_cache)
+    max_dentry_id()               the highest dentry id (ids are never reused)
     node_hashes_of(tree_id, inos) / copy_node_hashes(src, dst) (of dst's linked inodes)
     put_node_hashes / node_hashes / node_hash
     insert_snapshot / snapshot / list_snapshots / delete_snapshot
@@ -65,6 +68,13 @@ def _checked_columns() -> str:
     return _CHECKED
 
 
+# an entry of `dentries d` with its child's current hash: a lookup by the primary key (tree_id,
+# ino, ...) for each entry, whatever the statistics say: `+h.died` keeps both engines off the
+# (tree_id, died) index, and a subquery off a hash join (PostgreSQL with stale statistics
+# probed the died index for every entry: 2.7 s for 1,000 entries next to 5,000 hashes; with
+# fresh ones it hashed every live hash of the tree for each pass)
+_ENTRY_HASHED = ("d.parent, d.name, d.ino, (SELECT h.hash FROM tree_hashes h WHERE h.tree_id = "
+                 f"d.tree_id AND h.ino = d.ino AND +h.died = {LIVE})")
 _SNAP_COLS = "snap_id, tree_id, branch, parents, created_ns, message, root_hash, signature"
 
 
@@ -501,15 +511,34 @@ class VersionSQL(ViewSQL):
         live tree `tree_id`: a dirty directory's listing and its clean children's hashes in one
         statement (per _IN_BATCH directories), where reading the hashes by IN-lists of the
         children cost 200 statements for a directory of 100k."""
-        # a lookup of the child's hash by the primary key (tree_id, ino, ...) for each entry,
-        # whatever the statistics say: `+h.died` keeps both engines off the (tree_id, died)
-        # index, and a subquery off a hash join (PostgreSQL with stale statistics probed the
-        # died index for every entry: 2.7 s for 1,000 entries next to 5,000 hashes; with
-        # fresh ones it hashed every live hash of the tree for each pass)
-        return self._rin(tree_id, "SELECT d.parent, d.name, d.ino, (SELECT h.hash FROM "
-                         "tree_hashes h WHERE h.tree_id = d.tree_id AND h.ino = d.ino AND "
-                         f"+h.died = {LIVE}) FROM dentries d WHERE d.tree_id = ? AND d.parent "
-                         "IN ({})", sorted(dirs), tree_id)
+        return self._rin(tree_id, f"SELECT {_ENTRY_HASHED} FROM dentries d WHERE d.tree_id = ? "
+                         "AND d.parent IN ({})", sorted(dirs), tree_id)
+
+    def max_dentry_id(self) -> int:
+        """The highest dentry id of any tree (ids are never reused; the primary key's end)."""
+        return int(self._x("SELECT COALESCE(MAX(id), 0) FROM dentries").fetchone()[0])
+
+    def dentry_changes(self, tree_id: int, epoch: int, dirs: Sequence[int], since: int,
+                       dirty: Sequence[int]) -> tuple[list[tuple[int, bytes]], list[Any]]:
+        """What changed in epoch `epoch` (the one being hashed) in those directories of live
+        tree `tree_id` (listing_cache.py): (parent, name) of their entries that were there at
+        the epoch before and were removed or changed (history rows dying at `epoch`), and
+        entries_hashed's rows of their live entries that may differ from then: those
+        history rows' ids now (a moved row keeps its id), the ids above `since` (the highest
+        at the epoch before: new rows), and the names of the `dirty` nodes (their hashes
+        change). O(changes): index ranges and lookups, no directory read whole."""
+        want = set(dirs)
+        hist = self._x("SELECT parent, name, id FROM dentries_hist WHERE tree_id = ? AND "
+                       "died = ?", (tree_id, epoch)).fetchall()
+        gone = [(int(p), bytes(n)) for p, n, _ in hist if int(p) in want]
+        head = f"SELECT {_ENTRY_HASHED} FROM dentries d WHERE d.tree_id = ? AND "
+        rows = self._rin(tree_id, head + "d.id IN ({})", sorted({int(r[2]) for r in hist}),
+                         tree_id)
+        rows += self._rin(tree_id, head + "d.id > ? AND d.parent IN ({})", sorted(want),
+                          tree_id, since)
+        rows += self._rin(tree_id, head + "d.ino IN ({})", sorted(dirty), tree_id)
+        return gone, list({(int(r[0]), bytes(r[1])): r for r in rows
+                           if int(r[0]) in want}.values())
 
     def node_hashes_of(self, tree_id: int, inos: Sequence[int]) -> dict[int, bytes]:
         return {int(r[0]): bytes(r[1]) for r in self._in(

@@ -7,20 +7,25 @@ branches frozen from the live tree, resets, prunes), interleaved with checkpoint
 snapshots in any order, the hashes a checkpoint leaves equal a recomputation of the live tree
 from its rows, and every snapshot's stored hashes and signed root equal a recomputation from
 the snapshot's rows (what `verify` does): a hypothesis search over random sequences, plus the
-cases named below."""
+cases named below. The same with every directory's listing kept between passes
+(server/listing_cache.py, its threshold at one entry) and the changes made, checkpointed and
+snapshotted through two engines (two servers) on one database."""
 
 from __future__ import annotations
 
 import itertools
 import os
 import stat
+from collections.abc import Iterator
 from typing import Any
 
 import blake3
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aifs_core import merkle
 from aifs_core.errors import AIFSError
 from aifs_core.types import (
     RENAME_EXCHANGE,
@@ -36,6 +41,7 @@ from aifs_core.types import (
 )
 from aifs_server import delegated_inos
 from aifs_server.hash_keeper import HashKeeper
+from aifs_server.listing_cache import Listing, ListingCache
 from aifs_server.metadata.posix import PosixMeta
 from aifs_server.versions import Snapshot, Versions, compute_hashes
 from tests.unit.metadata_engines import Harness, harness_fixture  # noqa: F401 (fixture)
@@ -88,8 +94,10 @@ class World:
     """One namespace's main branch under random changes (the tree is read back to pick
     targets, so any state the rules allow can follow)."""
 
-    def __init__(self, v: Versions, ns: str) -> None:
+    def __init__(self, v: Versions, ns: str, other: Versions | None = None) -> None:
         self.v, self.m, self.ns = v, v.meta, ns
+        # a second server on the same database: changes and epoch ends through either
+        self.vs = [v] if other is None else [v, other]
         self.m.create_namespace(Namespace(ns, 1 << 20, 3, "key-1"))
         self.main = TreeRef(ns, "main")
         self.m.ensure_tree(self.main)
@@ -116,7 +124,8 @@ class World:
         return dirs, ents
 
     def step(self, data: st.DataObject, tree: TreeRef) -> str:
-        m, draw = self.m, data.draw
+        draw = data.draw
+        m = self.m if len(self.vs) == 1 else draw(st.sampled_from(self.vs)).meta
         dirs, ents = self.walk(tree)
         files = [e for e in ents if stat.S_ISREG(e[3])]
         name = draw(st.sampled_from([b"a", b"b", b"c", b"dd", b"e\xff", b"f.txt"]))
@@ -198,7 +207,8 @@ class World:
 
     def control(self, data: st.DataObject) -> str:
         """Checkpoints, snapshots and the other epoch ends, each checked."""
-        v, ns = self.v, self.ns
+        v = self.v if len(self.vs) == 1 else data.draw(st.sampled_from(self.vs))
+        ns = self.ns
         what = data.draw(st.sampled_from(["checkpoint", "checkpoint", "snapshot", "keeper",
                                           "branch", "reset", "prune", "none"]))
         if what == "checkpoint":
@@ -239,12 +249,34 @@ OPS = ["create", "create", "mkdir", "mkdir", "symlink", "fifo", "content", "cont
        "rename", "exchange", "link", "unlink", "unlink", "orphan", "create_at", "unlink_many"]
 
 
+@pytest.fixture(name="servers")
+def servers_fixture(request: pytest.FixtureRequest, harness: Harness, v: Versions
+                    ) -> Iterator[tuple[Versions, Versions | None]]:
+    """(v, None), or two servers on the fixture's database: v's engine and a second one, each
+    Versions with a listing cache of its own that keeps every directory (threshold 1), one
+    signing key (as servers sharing a database)."""
+    if request.param == "one":
+        yield v, None
+        return
+    key = Ed25519PrivateKey.generate()
+    m2 = harness.open()
+    assert isinstance(m2, PosixMeta)
+    try:
+        yield (Versions(v.meta, key, listings=ListingCache(min_entries=1)),
+               Versions(m2, key, listings=ListingCache(min_entries=1)))
+    finally:
+        m2.close()
+
+
 @settings(max_examples=EXAMPLES, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
+@pytest.mark.parametrize("servers", ["one", "two kept listings"], indirect=True)
 def test_random_changes_checkpoints_and_snapshots_hash_exactly(
-        harness: Harness, v: Versions, data: st.DataObject) -> None:
-    w = World(v, f"h{next(_fresh)}")
+        harness: Harness, servers: tuple[Versions, Versions | None],
+        data: st.DataObject) -> None:
+    v = servers[0]
+    w = World(v, f"h{next(_fresh)}", servers[1])
     done: list[str] = []
     for _ in range(data.draw(st.integers(1, 40))):
         if data.draw(st.integers(0, 3)) == 0:
@@ -400,3 +432,178 @@ def test_keeper_waits_in_proportion_to_its_work_up_to_max_wait(v: Versions) -> N
     assert not k.due(100.1, 99.5, 0.25)            # due, but the writes have not paused
     assert k.due(100.1, 99.0, 0.25)                # a second of writes since: due anyway
     assert k.due(100.3, 99.9, 0.25)                # paused for 0.3 s: due
+
+
+# --- listings kept between passes (server/listing_cache.py) ---------------------------------
+
+def _kept(v: Versions, min_entries: int = 1, max_bytes: int = 1 << 30) -> Versions:
+    return Versions(v.meta, Ed25519PrivateKey.generate(),
+                    listings=ListingCache(max_bytes=max_bytes, min_entries=min_entries))
+
+
+def test_a_kept_listing_follows_every_change_of_its_directory(v: Versions) -> None:
+    """Each change kind in a directory whose listing is kept, then a checkpoint: the listing
+    is spliced (counted), never reread, and the hashes equal a recomputation."""
+    kv = _kept(v, min_entries=4)
+    m, cache = kv.meta, kv.listings
+    d, files = _tree(m, 6)
+    e = m.mkdir(T, ROOT_INO, b"e", 0o40755, 0, 0).ino
+    other = m.create(T, e, b"out", 0o100644, 0, 0, 0).ino
+    assert kv.checkpoint("ns1", "main") == -1       # the first pass: the whole tree
+    assert cache.made == 1 and cache.dirs(tree_id(m, T)) == [d]   # e and / are too small
+    steps = [
+        ("create", lambda: m.create(T, d, b"new", 0o100644, 0, 0, 0)),
+        ("unlink", lambda: m.unlink(T, d, b"f0", forget=True)),
+        ("rename within", lambda: m.rename(T, d, b"f1", d, b"f1-renamed", forget=True)),
+        ("rename out of", lambda: m.rename(T, d, b"f2", e, b"f2", forget=True)),
+        ("rename into", lambda: m.rename(T, e, b"out", d, b"in", forget=True)),
+        ("replace a name by another inode",
+         lambda: m.rename(T, d, b"new", d, b"f3", forget=True)),
+        ("chmod a child", lambda: m.setattr(T, files[4], SET_MODE, mode=0o600)),
+        ("a child's content", lambda: m.commit_file(T, files[5], [chunk(m, b"data")], 4)),
+        ("a child's xattr", lambda: m.setxattr(T, other, b"user.k", b"v")),
+        ("hard link", lambda: m.link(T, files[5], d, b"again")),
+        ("exchange", lambda: m.rename(T, d, b"again", d, b"in", RENAME_EXCHANGE)),
+        ("a subdirectory", lambda: m.mkdir(T, d, b"sub", 0o40755, 0, 0)),
+        ("the directory's own mode", lambda: m.setattr(T, d, SET_MODE, mode=0o700)),
+    ]
+    for what, change in steps:
+        before = cache.spliced
+        change()
+        assert kv.checkpoint("ns1", "main") not in (None, -1), what
+        assert cache.spliced == before + 1, what
+        assert_current(m, T)
+    sub = m.lookup(T, d, b"sub").ino
+    for i in range(5):   # the subdirectory grows past the threshold: kept too
+        m.create(T, sub, f"s{i}".encode(), 0o100644, 0, 0, 0)
+    kv.checkpoint("ns1", "main")
+    assert cache.dirs(tree_id(m, T)) == sorted([d, sub])
+    m.setattr(T, m.lookup(T, sub, b"s1").ino, SET_MODE, mode=0o600)   # both spliced
+    before = cache.spliced
+    kv.checkpoint("ns1", "main")
+    assert cache.spliced == before + 2
+    assert_current(m, T)
+    for name in [b"s0", b"s1", b"s2", b"s3", b"s4"]:
+        m.unlink(T, sub, name, forget=True)
+    m.rmdir(T, d, b"sub", forget=True)     # a kept directory removed: its listing goes
+    kv.checkpoint("ns1", "main")
+    assert cache.dirs(tree_id(m, T)) == [d]
+    assert_current(m, T)
+    s = kv.create_snapshot("ns1", "main")
+    assert kv.last_rehashed == 0
+    assert_snapshot_exact(kv, s)
+
+
+def test_many_changes_in_one_pass_splice_exactly(v: Versions) -> None:
+    """Creates, removals and children changed, many of each in one pass."""
+    kv = _kept(v)
+    m, cache = kv.meta, kv.listings
+    d, files = _tree(m, 40)
+    kv.checkpoint("ns1", "main")
+    for i in range(40, 150):
+        m.create(T, d, f"g{i}".encode(), 0o100644, 0, 0, 0)
+    for f in files[::3]:
+        m.setattr(T, f, SET_MODE, mode=0o600)
+    for i in range(0, 40, 2):
+        m.unlink(T, d, f"f{i}".encode(), forget=True)
+    before = cache.spliced
+    kv.checkpoint("ns1", "main")
+    assert cache.spliced == before + 2   # d and the root
+    assert_current(m, T)
+
+
+@settings(max_examples=EXAMPLES * 4, deadline=None)
+@given(base=st.sets(st.binary(min_size=1, max_size=4), max_size=80),
+       gone=st.sets(st.binary(min_size=1, max_size=4), max_size=80),
+       kids=st.dictionaries(st.binary(min_size=1, max_size=4), st.binary(min_size=32,
+                                                                           max_size=32),
+                            max_size=80))
+def test_a_spliced_listing_is_the_body_of_its_entries(base: set[bytes], gone: set[bytes],
+                                                      kids: dict[bytes, bytes]) -> None:
+    """A splice (names removed, added, replaced: the same name in both) gives merkle.dir_body
+    of the entries that result."""
+    entries = {n: blake3.blake3(n).digest() for n in base}
+    got = Listing(merkle.dir_pieces(entries.items()))
+    got.splice(gone, sorted(kids.items()))
+    for n in gone:
+        entries.pop(n, None)
+    entries.update(kids)
+    assert merkle.dir_body_of(got.pieces) == merkle.dir_body(entries.items())
+    assert got.bytes == sum(len(p) + 41 for p in got.pieces)
+
+
+def test_a_listing_is_used_only_after_this_server_hashed_the_epoch_before(
+        harness: Harness, v: Versions) -> None:
+    """Two servers on one database: writes through the other are folded in (the listing is
+    spliced from the rows); after the other hashed an epoch, this one's listings are not
+    used (made anew), and a listing whose directory's stored hash is not the one it gave is
+    dropped even when its epoch looks right."""
+    key = Ed25519PrivateKey.generate()
+    m2 = harness.open()
+    assert isinstance(m2, PosixMeta)
+    try:
+        v1 = Versions(v.meta, key, listings=ListingCache(min_entries=4))
+        v2 = Versions(m2, key, listings=ListingCache(min_entries=4))
+        m1, c1 = v1.meta, v1.listings
+        d, files = _tree(m1, 6)
+        tid = tree_id(m1, T)
+        v1.checkpoint("ns1", "main")
+        assert c1.dirs(tid) == [d]
+        m2.create(T, d, b"through-2", 0o100644, 0, 0, 0)
+        m2.setattr(T, files[0], SET_MODE, mode=0o600)
+        v1.checkpoint("ns1", "main")
+        assert c1.spliced == 1
+        assert_current(m1, T)
+        m1.create(T, d, b"y", 0o100644, 0, 0, 0)
+        assert v2.checkpoint("ns1", "main") is not None     # server 2 hashes that epoch
+        m1.setattr(T, files[1], SET_MODE, mode=0o600)
+        v1.checkpoint("ns1", "main")
+        assert c1.spliced == 1 and c1.made == 2              # not used: read whole again
+        assert_current(m1, T)
+        # the second check: an epoch that matches, a listing that does not (a test's forgery)
+        m2.create(T, d, b"z", 0o100644, 0, 0, 0)
+        m2.unlink(T, d, b"f3", forget=True)   # its history row goes with server 2's pass
+        assert v2.checkpoint("ns1", "main") is not None
+        c1._trees[tid].epoch += 1   # noqa: SLF001 (claims it hashed the epoch server 2 did)
+        m1.unlink(T, d, b"y", forget=True)
+        v1.checkpoint("ns1", "main")
+        assert c1.spliced == 1 and c1.made == 3
+        assert_current(m1, T)
+        s = v2.create_snapshot("ns1", "main")
+        assert_snapshot_exact(v1, s)
+    finally:
+        m2.close()
+
+
+def test_the_listings_kept_stay_within_their_bound(v: Versions) -> None:
+    """Over max_bytes, the directories hashed longest ago go first; what is evicted is read
+    whole at its next change, as exactly."""
+    m = v.meta
+    dirs = []
+    for k in range(3):
+        d = m.mkdir(T, ROOT_INO, f"d{k}".encode(), 0o40755, 0, 0).ino
+        dirs.append((d, [m.create(T, d, f"f{i:03d}".encode(), 0o100644, 0, 0, 0).ino
+                         for i in range(50)]))
+    one = Listing(merkle.dir_pieces((f"f{i:03d}".encode(), b"\0" * 32) for i in range(50)))
+    kv = _kept(v, min_entries=10, max_bytes=2 * one.bytes + one.bytes // 2)   # two of them
+    cache, tid = kv.listings, tree_id(m, T)
+    kv.checkpoint("ns1", "main")
+    assert len(cache) == 2 and cache.bytes <= cache.max_bytes
+    m.setattr(T, dirs[0][1][0], SET_MODE, mode=0o600)
+    kv.checkpoint("ns1", "main")            # d0 read whole (or spliced), then the latest
+    assert dirs[0][0] in cache.dirs(tid) and len(cache) == 2
+    m.setattr(T, dirs[1][1][0], SET_MODE, mode=0o600)
+    kv.checkpoint("ns1", "main")
+    assert cache.dirs(tid) == sorted([dirs[0][0], dirs[1][0]])
+    assert cache.bytes <= cache.max_bytes
+    assert_current(m, T)
+    for _, files in dirs:
+        m.setattr(T, files[1], SET_MODE, mode=0o600)
+    kv.checkpoint("ns1", "main")
+    assert len(cache) == 2 and cache.bytes <= cache.max_bytes
+    assert_current(m, T)
+    off = _kept(v, min_entries=1, max_bytes=0)      # AIFS_LISTING_CACHE_MB=0: none kept
+    m.setattr(T, dirs[2][1][2], SET_MODE, mode=0o600)
+    off.checkpoint("ns1", "main")
+    assert len(off.listings) == 0 and off.listings.made == 0
+    assert_current(m, T)
