@@ -91,8 +91,8 @@ class Listing:
 
     def splice(self, gone: Iterable[bytes], kids: Sequence[tuple[bytes, bytes]]) -> None:
         """Remove the names `gone`, then put (name, child hash) `kids` in (replacing): a
-        bisection per changed name, then one copy of the list by slices (O(n) in C, ~0.1 ms
-        at 100k; an insert each moved the list's tail each time)."""
+        bisection per changed name, then one copy of the list by slices (O(n) in C: 10 names
+        into 100k, ~2 ms; an insert each would move the list's tail each time)."""
         pieces, key = self.pieces, merkle.entry_name
         new = merkle.dir_pieces(kids)
         cut = set()
