@@ -13,6 +13,8 @@ Interface:
         .get(chunk_id, offset, length) -> bytes | None   a hit when one segment covers it all
         .put(chunk_id, start, data)                      insert; evicts least recently used
         .discard(chunk_id)                               drop every segment of a chunk
+        .discard_segment(chunk_id, start, length)        drop the segment that starts at
+                                                         `start` if it is `length` long
         .used_bytes, .capacity, .hits, .misses
 
 Chunks are content-addressed and immutable, so an entry never goes stale: nothing here is ever
@@ -121,6 +123,11 @@ class ChunkCache:
 
     def discard(self, chunk_id: bytes) -> None:
         for start in list(self._segments.get(chunk_id, ())):
+            self._drop(chunk_id, start)
+
+    def discard_segment(self, chunk_id: bytes, start: int, length: int) -> None:
+        data = self._lru.get((chunk_id, start))
+        if data is not None and len(data) == length:
             self._drop(chunk_id, start)
 
     def clear(self) -> None:

@@ -12,7 +12,7 @@ Interface:
         .offer(target, slot, data)   queue a push of `data` at slot `slot`'s start (offset in
                                      the slot: .offer_at); dropped when the queue is full or
                                      anything fenced the inode since the target was taken
-        .offer_at(target, slot, offset, data)
+        .offer_at(target, slot, offset, data) -> bool   queued (False: dropped, as above)
         .budget() -> int             bytes a whole-file push (a fill) may take: `mem_fraction`
                                      of MemAvailable (read at most once a second)
         .fits(size) -> bool          0 < size <= budget()
@@ -148,23 +148,24 @@ class PagePusher:
     def offer(self, t: Target, slot: int, data: bytes) -> None:
         self.offer_at(t, slot, 0, data)
 
-    def offer_at(self, t: Target, slot: int, offset: int, data: bytes) -> None:
+    def offer_at(self, t: Target, slot: int, offset: int, data: bytes) -> bool:
         pos = slot * t.chunk_size + offset
         n = min(len(data), t.size - pos)      # never past the size: a push would extend it
         if n <= 0 or pos % 4096:
-            return
+            return False
         if n < len(data):
             data = data[:n]
         with self._cv:
             if not self._valid(t):
                 self.counters["void"] += 1
-                return
+                return False
             if self._pending + n > self.max_pending:
                 self.counters["dropped"] += 1
-                return
+                return False
             self._pending += n
             self._queue.append((t, pos, data))
             self._cv.notify()
+        return True
 
     # --- fences (trio thread) -----------------------------------------------------------------
     async def fence(self, ino: int) -> None:

@@ -41,7 +41,8 @@ Interface:
         pushed into the kernel's page cache as well: the reader's next pages cost no request.
     ChunkReader.pages            a page_push.PagePusher, or None (the mount attaches it)
     ChunkReader.push_read(target, st, offset, end)   after a random read of [offset, end):
-        push the whole frames it touched (held in the memory cache) into the page cache
+        push the whole frames it touched (held in the memory cache) into the page cache;
+        a large file's frames then leave the memory cache
     ChunkReader.target(st), .fits(size), await .fence(ino), await .writer_open(ino, fh),
         .released(fh)            the PagePusher's (page_push.py), or nothing without one
 
@@ -523,17 +524,26 @@ class ChunkReader:
         pages = self.pages
         if pages is None:
             return
+        # a frame the kernel now holds whole leaves the memory cache (as a sequential reader's
+        # consumed chunks do), except a small file's: a random reader of a large file would
+        # otherwise fill the memory cache with frames the page cache has too, the mount's
+        # peak RSS in the bench's random phases (BENCHMARKS "Full run of 2026-12-06, 14:22")
+        held = st.size > self.cache.capacity // 4
         for idx, o, n in split_range(offset, end - offset, t.chunk_size):
             ref = st.refs.get(idx)
             if ref is None or o >= ref.length:
                 continue
             fs, fe = frame_align(o, n, ref.length)
             if (fs, fe) == (o, o + n):
-                continue          # the kernel has asked for (and now holds) all of it
+                # the kernel has asked for (and now holds) all of it
+                if held:
+                    self.cache.discard_segment(ref.chunk_id, fs, fe - fs)
+                continue
             data = self.cache.get(ref.chunk_id, fs, fe - fs)
             if data is not None:
                 self.cache.hits -= 1   # a probe, not a read
-                pages.offer_at(t, idx, fs, data)
+                if pages.offer_at(t, idx, fs, data) and held:
+                    self.cache.discard_segment(ref.chunk_id, fs, fe - fs)
 
     def _cached(self, ref: Any) -> bool:
         if self.disk is not None:
