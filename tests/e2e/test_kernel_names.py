@@ -48,27 +48,50 @@ def _requests(m: Mount) -> dict[str, int]:
     raise AssertionError(f"no request counts in the mount's log:\n{m.log()[-2000:]}")
 
 
+def _slab_drops() -> int:
+    """How often anyone wrote 2 or 3 to /proc/sys/vm/drop_caches (it drops every dentry)."""
+    for line in Path("/proc/vmstat").read_text().splitlines():
+        if line.startswith("drop_slab "):
+            return int(line.split()[1])
+    return 0
+
+
+def _undisturbed(run: Callable[[int], dict[str, int]]) -> dict[str, int]:
+    """run(attempt)'s request counts from an attempt during which nothing dropped the kernel's
+    dentries: the suite's other workers drop caches (cold-read tests), and a dropped dentry is
+    rightly looked up again, which would count here as if the lease had not been used."""
+    for attempt in range(3):
+        before = _slab_drops()
+        got = run(attempt)
+        if _slab_drops() == before:
+            return got
+    pytest.skip("another test dropped the kernel's caches during each of 3 attempts")
+
+
 def test_stats_of_own_files_past_the_timeouts_reach_the_mount_no_more(
         long_lease_term: None, metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
-    m = mount_factory(metered)
-    ready = m.path / "ready"
-    ready.write_bytes(b"ok")
-    _wait_leased(m, ready, metered)
-    d = m.path / "d"
-    d.mkdir()
-    for i in range(N):
-        (d / f"f{i}").write_bytes(b"x" * i)
-    time.sleep(1.5)     # past the mount's 1 s entry and attribute timeouts
-    for _ in range(3):
+    def run(attempt: int) -> dict[str, int]:
+        m = mount_factory(metered)
+        ready = m.path / f"ready{attempt}"
+        ready.write_bytes(b"ok")
+        _wait_leased(m, ready, metered)
+        d = m.path / f"d{attempt}"
+        d.mkdir()
         for i in range(N):
-            assert os.stat(d / f"f{i}").st_size == i
-    got = _requests(m)
+            (d / f"f{i}").write_bytes(b"x" * i)
+        time.sleep(1.5)     # past the mount's 1 s entry and attribute timeouts
+        for _ in range(3):
+            for i in range(N):
+                assert os.stat(d / f"f{i}").st_size == i
+        return _requests(m)
+
+    got = _undisturbed(run)
     # one negative LOOKUP per create (the kernel never saw the name before) and none for the
     # 3 x N stats (3 N more with 1 s entries): the kernel kept the created entries for the
     # lease's term. Two GETATTRs a file: one in its create, one at the first stat (the close's
     # commit makes the kernel ask for the attributes once); the later stats ask nothing.
-    assert got["lookup"] <= N + 10, (got, m.log()[-3000:])
-    assert got["getattr"] <= 2 * N + 10, (got, m.log()[-3000:])
+    assert got["lookup"] <= N + 10, got
+    assert got["getattr"] <= 2 * N + 10, got
 
 
 def test_another_mounts_change_is_seen_at_once(
@@ -116,38 +139,41 @@ def _stat(p: Path) -> os.stat_result | None:
 
 def test_listed_names_past_the_timeouts_reach_the_mount_no_more(
         metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
-    # another mount makes the files: this one knows them only from its listing (readdirplus)
-    w = mount_factory(metered)
-    (w.path / "d").mkdir()
-    for i in range(N):
-        (w.path / "d" / f"f{i}").write_bytes(b"x" * i)
-    # the writer goes before the reader comes: a batch of its queued changes sent late (a
-    # loaded machine) would recall the reader's listing after it was leased, and the reader
-    # then rightly looks every name up again (CI: 53 lookups)
-    subprocess.run(["fusermount3", "-u", str(w.path)], check=True)
-    w.proc.wait(60)
-    m = mount_factory(metered)
-    ready = m.path / "ready"
-    ready.write_bytes(b"ok")
-    _wait_leased(m, ready, metered)
-    d = m.path / "d"
-    # listed until a listing costs no call: its page is leased (the first ReadDir recalls
-    # the writer's exclusive lease, and a read that saw a change run is not leased)
-    for _ in range(50):
-        before = total(calls(metered))
-        assert len(os.listdir(d)) == N
-        if total(calls(metered)) == before:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("the listing never became leased")
-    time.sleep(1.5)                         # past the mount's 1 s entry and attribute timeouts
-    for _ in range(2):
+    def run(attempt: int) -> dict[str, int]:
+        # another mount makes the files: this one knows them only from its listing
+        # (readdirplus)
+        w = mount_factory(metered)
+        (w.path / f"d{attempt}").mkdir()
         for i in range(N):
-            assert os.stat(d / f"f{i}").st_size == i
-            with open(d / f"f{i}", "rb") as f:
-                assert len(f.read()) == i
-    got = _requests(m)
+            (w.path / f"d{attempt}" / f"f{i}").write_bytes(b"x" * i)
+        # the writer goes before the reader comes: a batch of its queued changes sent late
+        # would recall the reader's listing after it was leased
+        subprocess.run(["fusermount3", "-u", str(w.path)], check=True)
+        w.proc.wait(60)
+        m = mount_factory(metered)
+        ready = m.path / f"ready{attempt}"
+        ready.write_bytes(b"ok")
+        _wait_leased(m, ready, metered)
+        d = m.path / f"d{attempt}"
+        # listed until a listing costs no call: its page is leased (the first ReadDir recalls
+        # the writer's exclusive lease, and a read that saw a change run is not leased)
+        for _ in range(50):
+            before = total(calls(metered))
+            assert len(os.listdir(d)) == N
+            if total(calls(metered)) == before:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the listing never became leased")
+        time.sleep(1.5)                     # past the mount's 1 s entry and attribute timeouts
+        for _ in range(2):
+            for i in range(N):
+                assert os.stat(d / f"f{i}").st_size == i
+                with open(d / f"f{i}", "rb") as f:
+                    assert len(f.read()) == i
+        return _requests(m)
+
+    got = _undisturbed(run)
     # with the mount's 1 s entries every name would be looked up again (N LOOKUPs, N GETATTRs
     # at least); a few for `ready` and the directory itself
     assert got["lookup"] <= 10, got
