@@ -67,11 +67,7 @@ class Collector:
                 r = self.run_pass()
             except Exception as e:  # noqa: BLE001 - a store or database away: next pass
                 # a full disk or a store away fails every pass: a few lines a minute, counted
-                ok, suppressed = self._log_limit.allow(type(e).__name__)
-                if ok:
-                    more = f"; {suppressed} more like it not logged" if suppressed else ""
-                    log.warning("background collection: %s: %s (next pass in %.3g s%s)",
-                                type(e).__name__, e, self.interval, more)
+                self._log_limit.pass_failed(log, "background collection", e, self.interval)
                 continue
             if r.chunks_deleted:
                 log.debug("background collection: %d chunks, %d bytes freed",

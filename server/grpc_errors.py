@@ -10,6 +10,7 @@ Interface (the status tables themselves are `aifs_core.status`):
                                                     (rate-limited); a unary or client-stream
                                                     call runs in an upload_pins.call_scope
     LogLimiter(burst=5, period=60.0)                at most `burst` lines per period per kind
+        .pass_failed(log, what, exc, next_in)       a background pass's failure, limited
     log_limited(level, kind, msg, *args)            one line, unless LIMITER suppresses it;
                                                     the next line says how many were
 
@@ -69,6 +70,15 @@ class LogLimiter:
             st[1] += 1
             suppressed, st[2] = int(st[2]), 0
             return True, suppressed
+
+    def pass_failed(self, log: logging.Logger, what: str, exc: Exception,
+                    next_in: float) -> None:
+        """A background pass (`what`: "background hashing", ...) raised `exc`: a warning,
+        within this limiter's bounds (a full disk or a database away fails every pass)."""
+        ok, suppressed = self.allow(type(exc).__name__)
+        if ok:
+            log.warning("%s: %s: %s (next pass in %.3g s)%s", what, type(exc).__name__, exc,
+                        next_in, suppressed_note(suppressed))
 
 
 LIMITER_KINDS_MAX = 1024

@@ -109,11 +109,7 @@ class HashKeeper:
             try:
                 self.run_pass()
             except Exception as e:  # noqa: BLE001 - a database away or busy: next pass
-                ok, suppressed = self._log_limit.allow(type(e).__name__)
-                if ok:
-                    more = f"; {suppressed} more like it not logged" if suppressed else ""
-                    log.warning("background hashing: %s: %s (next pass in %.3g s%s)",
-                                type(e).__name__, e, self.interval, more)
+                self._log_limit.pass_failed(log, "background hashing", e, self.interval)
             last, wait = time.monotonic(), self.next_wait(time.perf_counter() - t0)
 
     def _checkpoint(self, ns: str, branch: str) -> int | None:

@@ -199,6 +199,23 @@ def start_cluster(base: str | os.PathLike[str], n: int = 2, *, meta_url: str | N
 
 
 @contextlib.contextmanager
+def temp_cluster(meta_url: str, s3: S3Location, n: int = 2) -> Iterator[Cluster]:
+    """`n` servers on that database and bucket, in a temporary directory: stopped and removed
+    however the block ends."""
+    from tests.helpers import short_tmpdir
+
+    base = short_tmpdir()
+    c = None
+    try:
+        c = start_cluster(base, n, meta_url=meta_url, s3=s3)
+        yield c
+    finally:
+        if c is not None:
+            c.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def session_cluster(postgres: Postgres, seaweedfs: SeaweedFS, name: str, n: int = 2,
                     lease_term: float | None = None, **kw: Any) -> Iterator[Cluster]:
     """lease_term: the servers' AIFS_LEASE_TERM_SECONDS (also for servers added later); a

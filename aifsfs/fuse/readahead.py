@@ -528,7 +528,7 @@ class ChunkReader:
         # consumed chunks do), except a small file's: a random reader of a large file would
         # otherwise fill the memory cache with frames the page cache has too, the mount's
         # peak RSS in the bench's random phases (BENCHMARKS "Full run of 2026-12-06, 14:22")
-        held = st.size > self.cache.capacity // 4
+        large = st.size > self.cache.capacity // 4
         for idx, o, n in split_range(offset, end - offset, t.chunk_size):
             ref = st.refs.get(idx)
             if ref is None or o >= ref.length:
@@ -536,13 +536,13 @@ class ChunkReader:
             fs, fe = frame_align(o, n, ref.length)
             if (fs, fe) == (o, o + n):
                 # the kernel has asked for (and now holds) all of it
-                if held:
+                if large:
                     self.cache.discard_segment(ref.chunk_id, fs, fe - fs)
                 continue
             data = self.cache.get(ref.chunk_id, fs, fe - fs)
             if data is not None:
                 self.cache.hits -= 1   # a probe, not a read
-                if pages.offer_at(t, idx, fs, data) and held:
+                if pages.offer_at(t, idx, fs, data) and large:
                     self.cache.discard_segment(ref.chunk_id, fs, fe - fs)
 
     def _cached(self, ref: Any) -> bool:

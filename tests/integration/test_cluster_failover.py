@@ -5,7 +5,6 @@ the server it uses is SIGKILLed mid-run. Real processes and services; always sto
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import threading
 import time
@@ -15,22 +14,14 @@ import pytest
 
 from aifs_core.types import ROOT_INO
 from aifsfs.client import AIFSClient
-from tests.cluster import Cluster, start_cluster
-from tests.helpers import short_tmpdir
+from tests.cluster import Cluster, temp_cluster
 from tests.services import S3Location
 
 
 @pytest.fixture
 def cluster(pg_dsn: str, s3_bucket: S3Location) -> Iterator[Cluster]:
-    base = short_tmpdir()
-    c = None
-    try:
-        c = start_cluster(base, 2, meta_url=pg_dsn, s3=s3_bucket)
+    with temp_cluster(pg_dsn, s3_bucket) as c:
         yield c
-    finally:
-        if c is not None:
-            c.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_servers_share_one_deployment(cluster: Cluster) -> None:

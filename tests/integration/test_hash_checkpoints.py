@@ -9,7 +9,6 @@ from another server."""
 from __future__ import annotations
 
 import random
-import shutil
 import sqlite3
 import stat
 import time
@@ -22,8 +21,8 @@ import pytest
 from aifs_core.errors import AIFSError
 from aifs_core.types import ROOT_INO, SET_GID, SET_MODE, SET_MTIME, SET_UID
 from aifsfs.client import AIFSClient
-from tests.cluster import Cluster, start_cluster
-from tests.helpers import ServerProc, short_tmpdir
+from tests.cluster import Cluster, temp_cluster
+from tests.helpers import ServerProc
 from tests.services import S3Location
 
 LIVE = 2**63 - 1
@@ -175,15 +174,8 @@ def test_random_changes_snapshots_at_any_moment_verify(server: ServerProc,
 
 @pytest.fixture
 def cluster(pg_dsn: str, s3_bucket: S3Location) -> Iterator[Cluster]:
-    base = short_tmpdir()
-    c = None
-    try:
-        c = start_cluster(base, 2, meta_url=pg_dsn, s3=s3_bucket)
+    with temp_cluster(pg_dsn, s3_bucket) as c:
         yield c
-    finally:
-        if c is not None:
-            c.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def test_two_servers_on_postgresql_hash_one_tree(cluster: Cluster) -> None:
