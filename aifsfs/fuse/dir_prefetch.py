@@ -4,7 +4,7 @@ bytes it does not, fetched in batched GetChunks calls once reads show a pass ove
 Interface:
     DirPrefetch(reader, leases, push, *, misses=MISSES, parallel=PARALLEL)
         reader: the mount's ChunkReader (readahead.py); leases: its LeaseCache (leases.py);
-        push(attr, chunk_size, data): offer a whole small file's bytes to the kernel's page
+        push(attr, chunk_size, data, chunk_id): offer a whole small file's bytes to the kernel's page
         cache (AIFSOperations._push_whole: only for a file not open here whose map is still
         leased at that generation)
         .opened(ino)                 a file was opened for reading (counted only in a
@@ -97,7 +97,7 @@ class _Run:
 
 
 class DirPrefetch:
-    def __init__(self, reader: Any, leases: Any, push: Callable[[Attr, int, bytes], None],
+    def __init__(self, reader: Any, leases: Any, push: Callable[[Attr, int, bytes, bytes], None],
                  *, misses: int = MISSES, parallel: int = PARALLEL) -> None:
         self.reader = reader
         self.leases = leases
@@ -269,4 +269,4 @@ class DirPrefetch:
                 self.stats["chunks"] += 1
                 self.stats["bytes"] += len(data)
                 if item.attr.size == len(data):
-                    self.push(item.attr, item.cs, data)
+                    self.push(item.attr, item.cs, data, item.ref.chunk_id)

@@ -644,9 +644,9 @@ class AIFSOperations(pyfuse3.Operations):
                 # files under a frame: a cache file each cost more (small read 1,367 -> 872
                 # files/s) than refetching them in the prefetch's batched calls
                 disk.submit(refs[0].chunk_id, 0, data)
-            self._push_whole(e.attr, cs, data)
+            self._push_whole(e.attr, cs, data, refs[0].chunk_id)
 
-    def _push_whole(self, a: Attr, cs: int, data: bytes) -> None:
+    def _push_whole(self, a: Attr, cs: int, data: bytes, chunk_id: bytes) -> None:
         """Push a small file's bytes, fetched with its leased map, into the kernel's page
         cache before any open asks: only for an inode the kernel holds (listed), not open
         here, whose pages can only be of this generation, while the map is still leased (a
@@ -666,7 +666,7 @@ class AIFSOperations(pyfuse3.Operations):
             self.fill_stats[why] = self.fill_stats.get(why, 0) + 1
             return
         self.inodes.set_seen_gen(a.ino, a.generation)
-        pages.offer(t, 0, data)
+        pages.offer(t, 0, data, chunk_id)
         self.fill_stats["pushed"] += 1
 
     async def _list_whole(self, parent: int, name: bytes) -> Any:

@@ -9,10 +9,14 @@ Interface:
         .target_for(ino, chunk_size, size) -> Target | None
                                      the same for a file not open here (a directory fill,
                                      dir_fill.py): None while a handle open for writing lives
-        .offer(target, slot, data)   queue a push of `data` at slot `slot`'s start (offset in
-                                     the slot: .offer_at); dropped when the queue is full or
-                                     anything fenced the inode since the target was taken
-        .offer_at(target, slot, offset, data) -> bool   queued (False: dropped, as above)
+        .offer(target, slot, data, chunk_id=None)   queue a push of `data` at slot `slot`'s
+                                     start (offset in the slot: .offer_at); dropped when the
+                                     queue is full or anything fenced the inode since the
+                                     target was taken
+        .offer_at(target, slot, offset, data, chunk_id=None) -> bool   queued (False: dropped)
+        .queued(chunk_id, offset, length) -> bytes | None   bytes of a push not yet landed
+                                     (offered with its chunk id): a read that reaches the
+                                     mount before its pages did is served from them
         .budget() -> int             bytes a whole-file push (a fill) may take: `mem_fraction`
                                      of MemAvailable (read at most once a second)
         .fits(size) -> bool          0 < size <= budget()
@@ -93,14 +97,18 @@ class PagePusher:
         self._fenced: dict[int, int] = {}        # ino -> token of its last fence
         self._writers: dict[int, set[int]] = {}  # ino -> fh that may write
         self._writer_fh: dict[int, int] = {}     # fh -> ino
-        self._queue: collections.deque[tuple[Target, int, bytes]] = collections.deque()
+        self._queue: collections.deque[tuple[Target, int, bytes, bytes | None, int]] = \
+            collections.deque()
+        # chunk id -> [(offset in the chunk, bytes)] of the pushes queued or in flight
+        self._by_chunk: dict[bytes, list[tuple[int, bytes]]] = {}
         self._pending = 0
         self._busy_ino = 0                       # ino of the push in flight (0: none)
         self._thread: threading.Thread | None = None
         self._stop = False
         self._mem = (0.0, 0)
         self.enabled = True
-        self.counters = dict(pushes=0, pushed_bytes=0, dropped=0, void=0, errors=0)
+        self.counters = dict(pushes=0, pushed_bytes=0, dropped=0, void=0, errors=0,
+                             served=0)   # reads answered by .queued
 
     def start(self) -> PagePusher:
         self._thread = threading.Thread(target=self._run, name="aifs-page-push", daemon=True)
@@ -111,6 +119,7 @@ class PagePusher:
         with self._cv:
             self._stop = True
             self._queue.clear()
+            self._by_chunk.clear()
             self._pending = 0
             self._cv.notify_all()
         if self._thread is not None:
@@ -145,10 +154,11 @@ class PagePusher:
     def fits(self, size: int) -> bool:
         return 0 < size <= self.budget()
 
-    def offer(self, t: Target, slot: int, data: bytes) -> None:
-        self.offer_at(t, slot, 0, data)
+    def offer(self, t: Target, slot: int, data: bytes, chunk_id: bytes | None = None) -> None:
+        self.offer_at(t, slot, 0, data, chunk_id)
 
-    def offer_at(self, t: Target, slot: int, offset: int, data: bytes) -> bool:
+    def offer_at(self, t: Target, slot: int, offset: int, data: bytes,
+                 chunk_id: bytes | None = None) -> bool:
         pos = slot * t.chunk_size + offset
         n = min(len(data), t.size - pos)      # never past the size: a push would extend it
         if n <= 0 or pos % 4096:
@@ -163,9 +173,40 @@ class PagePusher:
                 self.counters["dropped"] += 1
                 return False
             self._pending += n
-            self._queue.append((t, pos, data))
+            self._queue.append((t, pos, data, chunk_id, offset))
+            if chunk_id is not None:
+                self._by_chunk.setdefault(chunk_id, []).append((offset, data))
             self._cv.notify()
         return True
+
+    def queued(self, chunk_id: bytes, offset: int, length: int) -> bytes | None:
+        # Why: a reader may open a file between the offer of its pages and their landing (a
+        # directory fill pushes files the readers are opening in another order); its read
+        # then reaches the mount, which holds the bytes only here (a fill of a directory larger
+        # than half the memory cache does not keep them there): without this, a server call.
+        # Chunks are content-addressed, so these bytes are right for any file naming the
+        # chunk, whatever fenced the push meanwhile.
+        with self._lock:
+            for start, data in self._by_chunk.get(chunk_id, ()):
+                if start <= offset and offset + length <= start + len(data):
+                    self.counters["served"] += 1
+                    return data[offset - start:offset + length - start]
+        return None
+
+    def _landed(self, chunk_id: bytes | None, offset: int, data: bytes) -> None:
+        """The push of these bytes is done (or void): no longer served by .queued."""
+        if chunk_id is None:
+            return
+        with self._lock:
+            held = self._by_chunk.get(chunk_id)
+            if held is None:
+                return
+            for i, (start, d) in enumerate(held):
+                if start == offset and d is data:
+                    del held[i]
+                    break
+            if not held:
+                del self._by_chunk[chunk_id]
 
     # --- fences (trio thread) -----------------------------------------------------------------
     async def fence(self, ino: int) -> None:
@@ -204,12 +245,17 @@ class PagePusher:
                     self._cv.wait()
                 if self._stop:
                     return
-                t, pos, data = self._queue.popleft()
+                t, pos, data, chunk_id, offset = self._queue.popleft()
                 self._pending -= len(data)
                 if not self._valid(t):
                     self.counters["void"] += 1
-                    continue
-                self._busy_ino = t.ino
+                    void = True
+                else:
+                    void = False
+                    self._busy_ino = t.ino
+            if void:
+                self._landed(chunk_id, offset, data)
+                continue
             try:
                 self._store(t.ino, pos, data)
                 with self._lock:
@@ -227,6 +273,7 @@ class PagePusher:
                 log.debug("notify_store failed", exc_info=True)
             finally:
                 self._busy_ino = 0
+                self._landed(chunk_id, offset, data)
 
     @property
     def pending_bytes(self) -> int:

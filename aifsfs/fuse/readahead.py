@@ -239,6 +239,11 @@ class ChunkReader:
         hit = self.cache.get(chunk_id, offset, length)
         if hit is not None:
             return hit
+        if self.pages is not None:
+            # pages offered to the kernel that have not landed: the read beat its push
+            hit = self.pages.queued(chunk_id, offset, length)
+            if hit is not None:
+                return hit
         end = offset + length
         for f in self._inflight.get(chunk_id, ()):
             if f.start <= offset and end <= f.end:
@@ -542,7 +547,7 @@ class ChunkReader:
             data = self.cache.get(ref.chunk_id, fs, fe - fs)
             if data is not None:
                 self.cache.hits -= 1   # a probe, not a read
-                if pages.offer_at(t, idx, fs, data) and large:
+                if pages.offer_at(t, idx, fs, data, ref.chunk_id) and large:
                     self.cache.discard_segment(ref.chunk_id, fs, fe - fs)
 
     def _cached(self, ref: Any) -> bool:
@@ -580,7 +585,7 @@ class ChunkReader:
             data = await trio.to_thread.run_sync(disk.read, ref.chunk_id, 0, ref.length,
                                                  limiter=self.limiter)
         if data is not None:
-            pages.offer(t, ref.index, data)
+            pages.offer(t, ref.index, data, ref.chunk_id)
 
     async def _fill_worker(self, refs: Any, target: Target | None = None,
                            to_disk: bool = True) -> None:
@@ -608,7 +613,7 @@ class ChunkReader:
                 return
             self.filled_chunks += 1
             if pages is not None and target is not None:
-                pages.offer(target, ref.index, data)
+                pages.offer(target, ref.index, data, ref.chunk_id)
 
     async def _quiet_fetch(self, chunk_id: bytes, f: _Fetch) -> None:
         try:

@@ -257,13 +257,13 @@ class Synthetic:
         """Background work (directory prefetches of views) runs in the mount's nursery."""
         self._nursery = nursery
 
-    def _push_whole(self, a: Attr, cs: int, data: bytes) -> None:
+    def _push_whole(self, a: Attr, cs: int, data: bytes, chunk_id: bytes) -> None:
         """A prefetched view file's bytes into the kernel's page cache: an immutable file,
         opened with keep_cache, so its pages are right whenever they land."""
         pages = self.reader.pages
         t = None if pages is None or a.size != len(data) else pages.target_for(a.ino, cs, a.size)
         if t is not None and pages is not None:
-            pages.offer(t, 0, data)
+            pages.offer(t, 0, data, chunk_id)
 
     def _assets_dir(self) -> Attr:
         a = _dir_attr(SYN_ASSETS)

@@ -10,6 +10,11 @@ Fixtures:
                     whose tests are independent, use names of their own and leave the mount
                     working; a module opts in by defining `mount` as this fixture)
     Mount: .path (Path), .server (ServerProc), .proc (Popen), .log(), .unmount()
+    caches_kept     the test counts calls or requests that a dropped page cache or dentry
+                    would add: no test holding `drops_caches` runs meanwhile (a shared lock
+                    across the suite's xdist workers)
+    drops_caches    the test writes /proc/sys/vm/drop_caches (it runs `aifs bench`): it waits
+                    for every `caches_kept` test, and they for it (the exclusive lock)
 
 Skips the module when /dev/fuse or fusermount3 is missing.
 """
@@ -17,6 +22,7 @@ Skips the module when /dev/fuse or fusermount3 is missing.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -143,6 +149,32 @@ def mount_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Moun
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+
+_CACHE_LOCK = Path(tempfile.gettempdir()) / "aifs-tests-drop-caches.lock"
+
+
+def _cache_lock(mode: int) -> Iterator[None]:
+    # Why: a drop_caches drops every file's pages and every dentry machine-wide; the tests
+    # that count the calls a warm page cache or a leased name saves would then count the
+    # refetches as if the mount had not kept what it should (CI failures of test_kernel_names
+    # and test_dir_prefetch while test_bench_quick ran on the other worker).
+    with open(_CACHE_LOCK, "a+") as f:
+        fcntl.flock(f, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def caches_kept() -> Iterator[None]:
+    yield from _cache_lock(fcntl.LOCK_SH)
+
+
+@pytest.fixture
+def drops_caches() -> Iterator[None]:
+    yield from _cache_lock(fcntl.LOCK_EX)
 
 
 @pytest.fixture

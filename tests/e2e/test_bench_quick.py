@@ -91,6 +91,7 @@ def workdir() -> Iterator[Path]:
         _cleanup(d)
 
 
+@pytest.mark.usefixtures("drops_caches")   # the bench drops the page cache
 def test_bench_quick_json_has_every_figure_and_ratio(workdir: Path, tmp_path: Path) -> None:
     out_json = tmp_path / "bench.json"
     out_png = tmp_path / "ratios.png"
@@ -154,6 +155,7 @@ def test_bench_quick_json_has_every_figure_and_ratio(workdir: Path, tmp_path: Pa
     assert not (workdir / "w").exists() or not any((workdir / "w").iterdir())
 
 
+@pytest.mark.usefixtures("drops_caches")   # the bench drops the page cache
 def test_bench_ctrl_c_unmounts_and_stops_everything(workdir: Path) -> None:
     target = "bindfs" if shutil.which("bindfs") else "aifs"
     if target == "aifs" and not _aifs_up_available():
@@ -213,6 +215,7 @@ def test_bench_rejects_unknown_target() -> None:
 
 
 @pytest.mark.skipif(shutil.which("bindfs") is None, reason="needs bindfs as the daemon to stop")
+@pytest.mark.usefixtures("drops_caches")   # the bench drops the page cache
 def test_bench_ctrl_c_ends_even_when_a_daemon_stops_answering(workdir: Path) -> None:
     """SIGINT cannot end a write blocked on a FUSE daemon that does not answer (here: stopped
     with SIGSTOP); the bench's watchdog forces the mount off after its grace and exits 130."""

@@ -16,9 +16,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import Mount
 from tests.e2e.test_leases import _wait_leased, calls, lease_term  # noqa: F401 - fixture
 from tests.helpers import ServerProc
+
+pytestmark = pytest.mark.usefixtures("caches_kept")   # counts what dropped caches would add
 
 N = 120
 SIZE = 128 << 10          # one chunk each; the directory (15 MiB) is far past the memory cache

@@ -18,9 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from aifsfs.fuse.disk_cache import SLOT, scan
 from tests.e2e.conftest import Mount
 from tests.helpers import ServerProc
+
+pytestmark = pytest.mark.usefixtures("caches_kept")   # counts what dropped caches would add
 
 MiB = 1 << 20
 FILES = {f"d/part-{i}.bin": 3 * MiB + 1000 * i for i in range(5)} | {"d/big.bin": 6 * MiB + 77}

@@ -23,6 +23,8 @@ from tests.e2e.conftest import Mount
 from tests.e2e.test_leases import _wait_leased, calls, total
 from tests.helpers import ServerProc
 
+pytestmark = pytest.mark.usefixtures("caches_kept")   # counts what dropped caches would add
+
 N = 50
 TERM = 60.0     # seconds: a lease term far past the test's length, however loaded the machine
 

@@ -18,6 +18,8 @@ import pytest
 from tests.e2e.conftest import Mount
 from tests.helpers import ServerProc
 
+pytestmark = pytest.mark.usefixtures("caches_kept")   # counts what dropped caches would add
+
 TERM = 2.0      # seconds: the lease term of the test server
 
 

@@ -33,7 +33,7 @@ from safetensors.torch import save_file as pt_save_file
 from tests.e2e.conftest import Mount, start_mount, teardown_mount
 from tests.helpers import ServerProc
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("caches_kept")]
 
 MiB = 1 << 20
 

@@ -16,9 +16,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import Mount
 from tests.e2e.test_disk_cache import get_chunks_calls
 from tests.helpers import ServerProc
+
+pytestmark = pytest.mark.usefixtures("caches_kept")   # counts what dropped caches would add
 
 MiB = 1 << 20
 SIZE = 24 * MiB + 4096 + 5        # a partial last chunk, and a partial last page

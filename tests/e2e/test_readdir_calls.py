@@ -12,10 +12,14 @@ import os
 import time
 from collections.abc import Callable
 
+import pytest
+
 from aifsfs.client import AIFSClient
 from tests.e2e.conftest import Mount
 from tests.e2e.test_leases import calls
 from tests.helpers import ServerProc
+
+pytestmark = pytest.mark.usefixtures("caches_kept")   # counts what dropped caches would add
 
 PAGE = 1000                 # ops.READDIR_PAGE: entries per ReadDir the mount asks
 N = 2 * PAGE + 150          # three pages, the last one short

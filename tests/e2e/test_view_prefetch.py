@@ -11,12 +11,16 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from aifsfs.client import AIFSClient
 from tests.e2e.conftest import Mount
 from tests.e2e.test_dir_prefetch import N, _check, _delta, _epoch, _payload
 from tests.e2e.test_leases import calls
 from tests.e2e.test_versions_mount import config_home  # noqa: F401 - autouse: keys pinned here
 from tests.helpers import ServerProc
+
+pytestmark = pytest.mark.usefixtures("caches_kept")   # counts what dropped caches would add
 
 
 def test_a_cold_pass_over_a_tag_costs_batched_calls_not_two_per_file(
