@@ -1,14 +1,16 @@
 """The bench's small-file phases alone, with calls and CPU per file (issue 9).
 
 usage: .venv/bin/python scripts/smallbench.py WORKDIR [--target aifs|gocryptfs] [--files N]
-           [--rounds N] [--spy PHASE] [--tree DIR]
+           [--rounds N] [--spy PHASE] [--tree DIR] [--writers N]
 
 Runs what `aifs bench` times for small files, in its order: `create` (N 4 KiB files, one
 process, open O_CREAT|O_EXCL + write + close, no fsync) on a fresh mount, then the server
 restarted, the mount remounted and the page cache dropped, then `stat` (listing + stat of
 each), `read` (listing + open/read/close of each), `unlink`. --rounds repeats the whole
 sequence in new directories on the same mount (after the first round the directory is new,
-the mount and server are not). Printed per phase: files/s, CPU us per file of the server and
+the mount and server are not). --writers N: the create phase runs N threads at once, each
+creating every Nth file of the one directory (parallel closes: tar | parallel, DataLoader
+workers writing outputs); the other phases are unchanged. Printed per phase: files/s, CPU us per file of the server and
 the mount, idle % of the machine, gRPC calls per file (server metrics). The rigs (fresh data
 dir, server with metrics, `aifs up`; gocryptfs's bench target) are epoch_bench.py's.
 Needs root (FUSE, drop_caches). Every mount is unmounted and the server stopped at the end.
@@ -69,8 +71,33 @@ def phase(rig: AifsRig | GocryptfsRig, a: argparse.Namespace, name: str,
           flush=True)
 
 
+def create_parallel(root: Path, n: int, writers: int) -> float:
+    """create_small's files (same names, sizes, flags) made by `writers` threads at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    d = root / "small"
+    d.mkdir(exist_ok=True)
+    payload = os.urandom(wl.SMALL_SIZE)
+
+    def make(first: int) -> None:
+        for i in range(first, n, writers):
+            fd = os.open(d / f"f{i:06d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, i.to_bytes(8, "little") + payload[8:])
+            finally:
+                os.close(fd)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(writers) as pool:
+        list(pool.map(make, range(writers)))
+    return n / (time.perf_counter() - t0)
+
+
 def one_round(rig: AifsRig | GocryptfsRig, sub: Path, a: argparse.Namespace) -> None:
-    phase(rig, a, "create", lambda: wl.create_small(sub, a.files))
+    if a.writers > 1:
+        phase(rig, a, f"create x{a.writers}", lambda: create_parallel(sub, a.files, a.writers))
+    else:
+        phase(rig, a, "create", lambda: wl.create_small(sub, a.files))
     rig.restart()
     drop()
     phase(rig, a, "stat", lambda: wl.stat_small(sub))
@@ -97,6 +124,7 @@ def main() -> None:
                     help="run server and mount from this checkout (a worktree of an older "
                          "commit: before/after on one machine)")
     ap.add_argument("--spy", default="", help="py-spy both processes during this phase")
+    ap.add_argument("--writers", type=int, default=1, help="threads creating at once")
     ap.add_argument("--spy-args", default="", help="more py-spy record flags (--idle, --gil)")
     a = ap.parse_args()
     shutil.rmtree(a.work, ignore_errors=True)   # a fresh data dir, mount and cache each run

@@ -63,7 +63,8 @@ METHOD_VERBS: dict[str, str] = {
     **{_FS + m: "stat" for m in (
         "Lookup", "GetAttr", "ReadDir", "ReadLink", "GetXattr", "ListXattr", "StatFs")},
     **{_FS + m: "put" for m in (
-        "SetAttr", "MkDir", "Create", "CreateFile", "Rename", "Symlink", "Link", "SetXattr", "CommitFile")},
+        "SetAttr", "MkDir", "Create", "CreateFile", "CreateFiles", "Rename", "Symlink", "Link",
+        "SetXattr", "CommitFile")},
     **{_FS + m: "delete" for m in ("Unlink", "UnlinkBatch", "RmDir", "RemoveXattr", "Forget")},
     _FS + "GetChunkMap": "get",
     # the content hash answers "is this the file I guess?": as much a read as the bytes are

@@ -19,6 +19,12 @@ Interface (used by rpc_filesystem.FilesystemServicer):
                                         once) with, if the request carries them, its folded
                                         attribute changes and its first commit: one
                                         transaction, exactly once per request id
+    create_files(fs, request, context) -> CreateFilesReply
+                                        several CreateFileRequests of one directory (group
+                                        commit: closes that happened together), each as
+                                        create_file, in order, their inline chunks stored
+                                        first in one batch; fails at the first that fails
+                                        (those before it are done and logged by request id)
     unlink_batch(fs, request, context) -> UnlinkBatchReply
                                         the items (unlinks, and attribute changes of files the
                                         mount answered itself) in one transaction, exactly once
@@ -27,6 +33,7 @@ Interface (used by rpc_filesystem.FilesystemServicer):
                                         first
     UNLINK_RESULTS                      request_log codec of [(errno, Attr | None)]
     BATCH_MAX                           items one call may carry
+    CREATE_FILES_MAX                    files one CreateFiles may carry
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from aifs_server.space_reserve import FREES_SPACE
 EXCL_MAX_ENTRIES = 20_000   # a directory larger than this is not leased exclusively (the grant
 #                             lists it: bounded work on the caller's path)
 BATCH_MAX = 1024
+CREATE_FILES_MAX = 64
 DELEGATE = 256
 _CODE = struct.Struct("<IH")      # errno, length of the encoded attrs that follow
 
@@ -96,13 +104,14 @@ def _children(meta: Any, tree: Any, parent: int) -> list[int] | None:
 
 
 def excl_after(fs: Any, context: grpc.ServicerContext, tree: Any, sess: Any, parent: int,
-               new_ino: int | None = None, grant: bool = True) -> None:
+               new_ino: int | None = None, grant: bool = True,
+               new_inos: tuple[int, ...] = ()) -> None:
     leases = fs.leases
     if sess is None or not wants_excl(context):
         return
     if leases.holds_excl(sess, tree, parent):
-        if new_ino is not None:
-            leases.cover(sess, tree, parent, new_ino)
+        for ino in (new_ino, *new_inos) if new_ino is not None else new_inos:
+            leases.cover(sess, tree, parent, ino)
     elif grant and leases.may_excl(sess, tree, parent):
         since = leases.mark()
         try:
@@ -138,6 +147,44 @@ def _attrs(req: Any) -> dict[str, int]:
 def create_file(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:
     tree = fs.b.tree(context)
     sess = fs._session(context, tree)
+    a, results = _create_one(fs, tree, sess, request, context, None)
+    excl_after(fs, context, tree, sess, request.parent, a.ino)
+    # no parent_attr: the mount answered the create itself and does not read it (reading it
+    # again after the commit was an eighth of the call's server time)
+    reply = filesystem_pb2.EntryReply(attr=attr_to_pb(a))
+    _results(reply, results)
+    return reply
+
+
+def create_files(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    files = request.files
+    if not files or len(files) > CREATE_FILES_MAX:
+        raise InvalidArgument(f"CreateFiles carries {len(files)} files; it takes 1 to "
+                              f"{CREATE_FILES_MAX}")
+    parent = files[0].parent
+    if any(f.parent != parent for f in files):
+        raise InvalidArgument("the files of one CreateFiles are in one directory (parent)")
+    tree = fs.b.tree(context)
+    sess = fs._session(context, tree)
+    # every file's inline chunks in one batch: their writes overlap and share the fan-out
+    # directories' fsyncs (the point of grouping, with the one call)
+    inline = [c for f in files if f.HasField("commit") for c in f.commit.inline_chunks]
+    stored = fs._store_inline(tree.namespace, inline) if inline else {}
+    reply = filesystem_pb2.CreateFilesReply()
+    made: list[int] = []
+    for f in files:
+        a, results = _create_one(fs, tree, sess, f, context, stored)
+        made.append(a.ino)
+        entry = reply.entries.add(attr=attr_to_pb(a))
+        _results(entry, results)
+    excl_after(fs, context, tree, sess, parent, new_inos=tuple(made))
+    return reply
+
+
+def _create_one(fs: Any, tree: Any, sess: Any, request: Any, context: grpc.ServicerContext,
+                stored: dict[bytes, int] | None) -> tuple[Any, list[tuple[int, Any]]]:
+    """One CreateFileRequest's work: (its attrs, the results of the items it carried).
+    `stored`: its inline chunks were stored already (CreateFiles), their lengths by id."""
     name = bytes(request.name)
     if len(name) > NAME_MAX:
         raise InvalidArgument(f"name is {len(name)} bytes; the limit is {NAME_MAX}")
@@ -153,7 +200,7 @@ def create_file(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:
         # a retry of a call that committed is answered from the log and runs nothing.
         commit = None
         if request.HasField("commit"):
-            commit = fs._commit_args(tree, request.commit)     # inline chunks stored first
+            commit = fs._commit_args(tree, request.commit, stored)  # inline chunks stored first
         attrs = _attrs(request.setattr) if request.HasField("setattr") else None
         with fs.leases.change(tree, [request.parent, request.ino, *(b[1] for b in before)],
                               sess, Deadline.of_call(context)):
@@ -163,13 +210,7 @@ def create_file(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:
                                      before=before)
     results = fs.b.request_log.once("CreateFile", tree.namespace, request.request_id, run,
                                     UNLINK_RESULTS, retry=is_retry(context))
-    a = results[0][1]
-    excl_after(fs, context, tree, sess, request.parent, a.ino)
-    # no parent_attr: the mount answered the create itself and does not read it (reading it
-    # again after the commit was an eighth of the call's server time)
-    reply = filesystem_pb2.EntryReply(attr=attr_to_pb(a))
-    _results(reply, results[1:])
-    return reply
+    return results[0][1], results[1:]
 
 
 def _items(pb_items: Any) -> list[tuple[Any, ...]]:

@@ -63,7 +63,7 @@ from aifs_server.grpc_errors import rpc
 from aifs_server.inline_file import InlineSink
 from aifs_server.leases import LeaseManager, Session
 from aifs_server.request_log import ATTR_OR_NONE, RequestLog, is_retry
-from aifs_server.rpc_batch import create_file, excl_after, unlink_batch
+from aifs_server.rpc_batch import create_file, create_files, excl_after, unlink_batch
 
 READDIR_DEFAULT = 256
 INLINE_COMMIT_MAX = 16 << 20    # inline chunk bytes one CommitFile may carry
@@ -653,16 +653,22 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     def CreateFile(self, request: Any, context: grpc.ServicerContext) -> Any:
         return create_file(self, request, context)
 
+    @rpc
+    def CreateFiles(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return create_files(self, request, context)
+
     def _commit_file(self, tree: TreeRef, request: Any, context: grpc.ServicerContext) -> Attr:
         """CommitFile's work: the file's attrs after it."""
         kw = self._commit_args(tree, request)
         with self._change(context, tree, [request.ino]):
             return self.meta.commit_file(tree, request.ino, durable=request.durable, **kw)
 
-    def _commit_args(self, tree: TreeRef, request: Any) -> dict[str, Any]:
+    def _commit_args(self, tree: TreeRef, request: Any,
+                     stored: dict[bytes, int] | None = None) -> dict[str, Any]:
         """A CommitFileRequest checked, its inline chunks stored: commit_file's keyword
         arguments but the inode and `durable` (CreateFile applies them in its create's
-        transaction: rpc_batch.py)."""
+        transaction: rpc_batch.py). `stored`: the caller stored them already (CreateFiles,
+        one batch for its files), their plaintext lengths by id."""
         chunk_size = self.b.namespace(tree.namespace).chunk_size
         changed: list[ChunkRef] = []
         for c in request.chunks:
@@ -676,7 +682,10 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
                     f"is {chunk_size}")
             changed.append(chunkref_from_pb(c))
         inline_sizes: dict[bytes, int] = {}
-        if request.inline_chunks:
+        if stored is not None:
+            inline_sizes = {bytes(c.chunk_id): stored[bytes(c.chunk_id)]
+                            for c in request.inline_chunks}
+        elif request.inline_chunks:
             inline_sizes = self._store_inline(tree.namespace, request.inline_chunks)
         # The client's `asset_id` is a claim the server could only check by reading the whole
         # file: it is never stored (GetFileInfo, the xattr and aifs:// URIs would publish it).

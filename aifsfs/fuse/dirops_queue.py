@@ -85,6 +85,7 @@ MADE_MAX = 20_000       # files made here whose attributes are kept (made()): ta
 _READS = frozenset({"getattr", "get_chunk_map", "open_chunk_map", "readlink", "getxattr",
                     "listxattr", "file_info", "forget", "lookup", "readdir", "readdir_maps"})
 INOS_LOW = 64           # delegated inode numbers left when the mount asks for more
+GROUP_MAX = 64          # closes one CreateFiles carries (the server's CREATE_FILES_MAX)
 # seconds an unlink waits at most for others to join its batch (the tests set it longer, to
 # hold a batch pending)
 INTERVAL = float(os.environ.get("AIFS_DIROPS_INTERVAL", "0.05"))
@@ -119,7 +120,9 @@ class DirOps:
         # a full disk) is answered from the server's request log, not "number used already"
         self._unborn: dict[int, tuple[int, bytes, int, int, int, bytes]] = {}
         self._unborn_in: dict[int, dict[bytes, int]] = {}                # parent -> names
-        self.stats = {"queued": 0, "batches": 0, "failed": 0, "created": 0, "attrs": 0}
+        self._births: dict[int, list[_Birth]] = {}     # parent -> closes waiting to be sent
+        self.stats = {"queued": 0, "batches": 0, "failed": 0, "created": 0, "attrs": 0,
+                      "grouped": 0}
         session.want_inos = True
 
     # --- grants -----------------------------------------------------------------------------
@@ -166,14 +169,72 @@ class DirOps:
             u = self._unborn.get(ino)
             if u is None:
                 return None
-            lk = self._sending.setdefault(u[0], threading.Lock())
+            parent = u[0]
+            lk = self._sending.setdefault(parent, threading.Lock())
+            me = _Birth(ino, commit)
+            self._births.setdefault(parent, []).append(me)
         with lk:
-            # unlinks first: they free the space a create may need (on a full disk, a create
-            # sent first can take the server's space reserve that the unlinks needed); queued
-            # attribute changes alone may wait for their batch (they name other inodes)
-            if self.pending_unlinks(u[0]):
-                self._send_queued_locked(u[0], skip_unborn=True)
+            # Group commit: whoever takes the directory's lock sends every close that queued
+            # behind the call before it, in one CreateFiles (parallel writers: tar | xargs -P,
+            # DataLoader workers writing outputs). A close still returns only once its file is
+            # on the server.
+            if me.done:
+                return me.result()
+            if not me.alone:
+                # unlinks first: they free the space a create may need (on a full disk, a
+                # create sent first can take the server's space reserve that the unlinks
+                # needed); queued attribute changes alone may wait (they name other inodes)
+                if self.pending_unlinks(parent):
+                    self._send_queued_locked(parent, skip_unborn=True)
+                with self._lock:
+                    group = [b for b in self._births.pop(parent, []) if b is not me]
+                if group:
+                    self._births_locked(parent, [me, *group[:GROUP_MAX - 1]])
+                    with self._lock:      # past the call's limit: the next group's
+                        self._births.setdefault(parent, [])[:0] = group[GROUP_MAX - 1:]
+                    if me.done:
+                        return me.result()
             return self._birth_locked(ino, commit)
+
+    def _births_locked(self, parent: int, group: list[_Birth]) -> None:
+        """With the directory's sending lock held: the unborn files of `group` in one
+        CreateFiles. Each member is then done (its attrs, or None: born already, its commit
+        goes as any file's) or, when the call failed, marked to be sent alone (its own error
+        for its own close; the request ids answer again what the call did)."""
+        with self._lock:
+            live = [(b, self._unborn[b.ino]) for b in group if b.ino in self._unborn]
+            for b in group:
+                if b.ino not in self._unborn:
+                    b.finish(None)
+            attrs = {b.ino: self._unborn_attrs.get(b.ino) for b, _u in live}
+            items = [] if self._unlinks.get(parent) else self._pop_locked(parent, True)
+        if len(live) < 2:
+            self._requeue(parent, items)
+            for b, _u in live:
+                b.alone = True
+            return
+        mark = self.mark()
+        files = [dict(parent=parent, name=u[1], ino=b.ino, mode=u[2], uid=u[3], gid=u[4],
+                      commit=b.commit, request_id=u[5], attrs=attrs[b.ino],
+                      items=items if i == 0 else ())
+                 for i, (b, u) in enumerate(live)]
+        try:
+            replies = self.session.fs.create_files(files)
+        except Exception as exc:  # noqa: BLE001 - each close sends its own and reports
+            log.info("CreateFiles of %d files in %d: %s; sending them one by one",
+                      len(files), parent, exc)
+            self._requeue(parent, items)
+            for b, _u in live:
+                b.alone = True
+            return
+        self._sent(items)
+        if items:
+            self._check(parent, items, replies[0][1])
+        self.stats["grouped"] += len(live)
+        self.took(parent, mark)         # once: the reply's grant and delegated numbers
+        for (b, u), (a, _results) in zip(live, replies, strict=True):
+            self._born(parent, u[1], b.ino, a, mark, took=False)
+            b.finish(a)
 
     def _birth_locked(self, ino: int, commit: tuple[Any, dict[str, Any]] | None) -> Any:
         """With the directory's sending lock held: one at a time, in order with the unlinks."""
@@ -201,6 +262,13 @@ class DirOps:
         self._sent(items)
         if items:
             self._check(parent, items, results)
+        self._born(parent, name, ino, a, mark)
+        return a
+
+    def _born(self, parent: int, name: bytes, ino: int, a: Any, mark: int,
+              took: bool = True) -> None:
+        """An unborn file's CreateFile applied: it is an ordinary file of `parent` now.
+        `took`: note the call's grants (once per call: its delegated numbers join the pool)."""
         with self._lock:
             self._unborn.pop(ino, None)
             self._unborn_attrs.pop(ino, None)
@@ -210,9 +278,9 @@ class DirOps:
                 if not names:
                     del self._unborn_in[parent]
         self.stats["created"] += 1
-        self.took(parent, mark)
+        if took:
+            self.took(parent, mark)
         self.remember(parent, name, a, mark)
-        return a
 
     # --- files made here ----------------------------------------------------------------------
     def remember(self, parent: int, name: bytes, a: Any, mark: int) -> None:
@@ -510,6 +578,23 @@ class DirOps:
             self._held.clear()
             self._made.clear()
             self._made_names.clear()
+
+
+class _Birth:
+    """A close waiting for its unborn file's CreateFile (DirOps.birth's group commit)."""
+    __slots__ = ("ino", "commit", "done", "alone", "attrs")
+
+    def __init__(self, ino: int, commit: tuple[Any, dict[str, Any]] | None) -> None:
+        self.ino, self.commit = ino, commit
+        self.done = False       # sent in a group: `attrs` is the reply (None: born already)
+        self.alone = False      # its group's call failed: send it on its own
+        self.attrs: Any = None
+
+    def finish(self, attrs: Any) -> None:
+        self.attrs, self.done = attrs, True
+
+    def result(self) -> Any:
+        return self.attrs
 
 
 def _merge(into: dict[str, int], attrs: dict[str, int]) -> None:

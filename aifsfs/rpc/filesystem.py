@@ -16,7 +16,9 @@ Interface:
         unlink_batch(parent, [(name, ino) | (name, ino, attrs)], forget=True) -> ([(errno,
         attr | None)], parent attr): several unlinks and attribute changes in one call (a
         mount's batch under an exclusive lease); create_file(parent, name, ino, mode, uid,
-        gid, commit, request_id, attrs): a file at a delegated number, one call.
+        gid, commit, request_id, attrs): a file at a delegated number, one call;
+        create_files([create_file's kwargs]) -> [(attr, item results)]: several of one
+        directory in one call (group commit; fails whole at the first failure)
     (its plain results FileInfo, Removed, Renamed, StatFs are aifsfs.protocols')
 
 The changing calls (mkdir, create, remove, rename, symlink, link, setxattr, removexattr) carry
@@ -331,6 +333,26 @@ class GrpcFilesystem:
         `items`: attribute changes of other files of `parent` (unlink_batch's (name, ino,
         attrs) items), applied first; their results come third, as unlink_batch's.
         `request_id`: the caller's, kept across its own later attempts."""
+        req = self._create_request(parent, name, ino, mode, uid, gid, commit, request_id,
+                                   attrs, items)
+        r = call_once(self._ch, self._fs.CreateFile, req)
+        return attr_from_pb(r.attr), opt_attr(r, "parent_attr"), _results(r.results)
+
+    def create_files(self, files: Sequence[dict[str, Any]]
+                     ) -> list[tuple[Attr, list[tuple[int, Attr | None]]]]:
+        """Several create_file calls of one directory in one (group commit): `files` are
+        create_file's keyword arguments (request_id required: a file the call did before
+        failing is answered again by it when sent alone). (attrs after it, the results of
+        its items) per file, in order. Any failure raises: then send each on its own."""
+        req = filesystem_pb2.CreateFilesRequest(
+            files=[self._create_request(**f) for f in files])
+        r = call_once(self._ch, self._fs.CreateFiles, req)
+        return [(attr_from_pb(e.attr), _results(e.results)) for e in r.entries]
+
+    def _create_request(self, parent: int, name: bytes, ino: int, mode: int, uid: int,
+                        gid: int, commit: tuple[Sequence[Any], dict[str, Any]] | None = None,
+                        request_id: bytes | None = None, attrs: dict[str, int] | None = None,
+                        items: Sequence[tuple[Any, ...]] = ()) -> Any:
         req = filesystem_pb2.CreateFileRequest(parent=parent, name=name, ino=ino, mode=mode,
                                                uid=uid, gid=gid,
                                                request_id=request_id or new_request_id())
@@ -339,8 +361,7 @@ class GrpcFilesystem:
         req.items.extend(_items(items))
         if commit is not None:
             req.commit.CopyFrom(self._commit_request(ino, *commit[0], **commit[1]))
-        r = call_once(self._ch, self._fs.CreateFile, req)
-        return attr_from_pb(r.attr), opt_attr(r, "parent_attr"), _results(r.results)
+        return req
 
     def forget(self, ino: int) -> None:
         self._ch.unary(self._fs.Forget, filesystem_pb2.InodeRequest(ino=ino))

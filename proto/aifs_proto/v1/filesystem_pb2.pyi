@@ -217,6 +217,18 @@ class CreateFileRequest(_message.Message):
     request_id: bytes
     def __init__(self, parent: _Optional[int] = ..., name: _Optional[bytes] = ..., ino: _Optional[int] = ..., mode: _Optional[int] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., commit: _Optional[_Union[CommitFileRequest, _Mapping]] = ..., setattr: _Optional[_Union[SetAttrRequest, _Mapping]] = ..., items: _Optional[_Iterable[_Union[UnlinkItem, _Mapping]]] = ..., request_id: _Optional[bytes] = ...) -> None: ...
 
+class CreateFilesRequest(_message.Message):
+    __slots__ = ("files",)
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[CreateFileRequest]
+    def __init__(self, files: _Optional[_Iterable[_Union[CreateFileRequest, _Mapping]]] = ...) -> None: ...
+
+class CreateFilesReply(_message.Message):
+    __slots__ = ("entries",)
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.RepeatedCompositeFieldContainer[EntryReply]
+    def __init__(self, entries: _Optional[_Iterable[_Union[EntryReply, _Mapping]]] = ...) -> None: ...
+
 class UnlinkBatchReply(_message.Message):
     __slots__ = ("results", "parent_attr")
     RESULTS_FIELD_NUMBER: _ClassVar[int]

@@ -88,6 +88,11 @@ class FilesystemStub:
                 request_serializer=aifs_dot_v1_dot_filesystem__pb2.CreateFileRequest.SerializeToString,
                 response_deserializer=aifs_dot_v1_dot_filesystem__pb2.EntryReply.FromString,
                 _registered_method=True)
+        self.CreateFiles = channel.unary_unary(
+                '/aifs.v1.Filesystem/CreateFiles',
+                request_serializer=aifs_dot_v1_dot_filesystem__pb2.CreateFilesRequest.SerializeToString,
+                response_deserializer=aifs_dot_v1_dot_filesystem__pb2.CreateFilesReply.FromString,
+                _registered_method=True)
         self.Rename = channel.unary_unary(
                 '/aifs.v1.Filesystem/Rename',
                 request_serializer=aifs_dot_v1_dot_filesystem__pb2.RenameRequest.SerializeToString,
@@ -228,6 +233,17 @@ class FilesystemServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateFiles(self, request, context):
+        """Several CreateFile calls in one (group commit: closes that happened together). Each
+        file runs as its own CreateFile would (its own request_id), in order, with the inline
+        chunks of all of them stored first in one batch; the call fails at the first file that
+        fails, the files before it done: a client sends the rest one by one (their request ids
+        answer again what was done). At most 64 files.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Rename(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -363,6 +379,11 @@ def add_FilesystemServicer_to_server(servicer, server):
                     servicer.CreateFile,
                     request_deserializer=aifs_dot_v1_dot_filesystem__pb2.CreateFileRequest.FromString,
                     response_serializer=aifs_dot_v1_dot_filesystem__pb2.EntryReply.SerializeToString,
+            ),
+            'CreateFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateFiles,
+                    request_deserializer=aifs_dot_v1_dot_filesystem__pb2.CreateFilesRequest.FromString,
+                    response_serializer=aifs_dot_v1_dot_filesystem__pb2.CreateFilesReply.SerializeToString,
             ),
             'Rename': grpc.unary_unary_rpc_method_handler(
                     servicer.Rename,
@@ -703,6 +724,33 @@ class Filesystem:
             '/aifs.v1.Filesystem/CreateFile',
             aifs_dot_v1_dot_filesystem__pb2.CreateFileRequest.SerializeToString,
             aifs_dot_v1_dot_filesystem__pb2.EntryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aifs.v1.Filesystem/CreateFiles',
+            aifs_dot_v1_dot_filesystem__pb2.CreateFilesRequest.SerializeToString,
+            aifs_dot_v1_dot_filesystem__pb2.CreateFilesReply.FromString,
             options,
             channel_credentials,
             insecure,
