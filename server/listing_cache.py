@@ -17,6 +17,8 @@ Interface:
                                           listing held / made listings of (tests count them)
     of(store) -> ListingCache             the cache of a metadata store in this process (the
                                           server's RPC Versions and its hash keeper's share it)
+    configure(max_bytes)                  the size of caches made from now on (the server's
+                                          --listing-cache-mb; 0 = off)
     Pass (versions._rehash and compute_hashes use it)
         .since                            the highest dentry id at the pass that left the
                                           listings; None: no listing is usable
@@ -250,9 +252,20 @@ _BY_STORE: weakref.WeakKeyDictionary[Any, ListingCache] = weakref.WeakKeyDiction
 _BY_STORE_LOCK = threading.Lock()
 
 
+_configured: int | None = None
+
+
+def configure(max_bytes: int) -> None:
+    global _configured
+    if max_bytes < 0:
+        raise ValueError(f"a listing cache of {max_bytes} bytes: give 0 (off) or more")
+    _configured = max_bytes
+
+
 def of(store: Any) -> ListingCache:
     with _BY_STORE_LOCK:
         got = _BY_STORE.get(store)
         if got is None:
-            got = _BY_STORE[store] = ListingCache()
+            got = _BY_STORE[store] = ListingCache(
+                MAX_BYTES if _configured is None else _configured)
         return got

@@ -10,6 +10,8 @@ Interface:
                                   message: GetChunks' raw pieces, which "out" counts too, and
                                   ReadDir's inline bytes)
       .cache(hit: bool)
+      .registry.register(ListingCacheCollector(lambda: listing cache))   the listing cache's
+                                  aifs_listing_cache_* gauges and counters, read on scrape
       .interceptor()              grpc.ServerInterceptor counting RPCs and their latency
       .serve(port, host="127.0.0.1") -> port   start the HTTP exporter (0 = any free port)
       .render() -> bytes          the text exposition (what a scrape returns)
@@ -24,10 +26,29 @@ from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
 StatsFn = Callable[[], dict[str, tuple[int, int]]]
+
+
+class ListingCacheCollector:
+    """The server's listing cache (listing_cache.py), read on scrape: what it holds, and how
+    many directory bodies hashings made from a kept listing (spliced) or made listings of."""
+
+    def __init__(self, cache_fn: Callable[[], Any]) -> None:
+        self._fn = cache_fn
+
+    def collect(self) -> Iterable[Any]:
+        c = self._fn()
+        yield GaugeMetricFamily("aifs_listing_cache_bytes", "Bytes of large directories' "
+                                "listings kept between hashings", value=c.bytes)
+        yield GaugeMetricFamily("aifs_listing_cache_directories", "Directories whose listing "
+                                "is kept", value=len(c))
+        yield CounterMetricFamily("aifs_listing_cache_spliced", "Directory bodies a hashing "
+                                  "made from a kept listing and its changes", value=c.spliced)
+        yield CounterMetricFamily("aifs_listing_cache_made", "Listings a hashing made to keep",
+                                  value=c.made)
 
 
 class _StoredBytesCollector:

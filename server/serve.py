@@ -9,7 +9,7 @@ Interface:
         aifs server --data DIR --listen ADDR [--listen ADDR2] [--tls-cert F --tls-key F]
                     [--metrics-port N] [--max-workers N] [--format-if-needed] [--grace S]
                     [--insecure] [--token-ttl S] [--collect-interval S] [--upload-grace S]
-                    [--hash-interval S]
+                    [--hash-interval S] [--listing-cache-mb MB]
         aifs server --meta postgresql://... --store s3://BUCKET?endpoint=... --listen ADDR
                     [--master-key-file F] [--chunk-size N --zstd-level N --namespace NS]
         aifs server --config FILE     the same in JSON ({"meta", "store", "master_key_file",
@@ -63,12 +63,13 @@ from aifs_proto.v1 import (
     data_pb2,
     filesystem_pb2,
 )
+from aifs_server import listing_cache
 from aifs_server.auth import AuthInterceptor, mint_token
 from aifs_server.collector import Collector
 from aifs_server.grpc_errors import IN_FLIGHT
 from aifs_server.hash_keeper import INTERVAL as HASH_INTERVAL
 from aifs_server.hash_keeper import HashKeeper
-from aifs_server.metrics import Metrics
+from aifs_server.metrics import ListingCacheCollector, Metrics
 from aifs_server.request_limits import SizeLimitInterceptor
 from aifs_server.rpc_admin import AdminServicer
 from aifs_server.rpc_assets import AssetsServicer
@@ -374,6 +375,9 @@ def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | 
         return out
 
     metrics = metrics or Metrics(stats)
+    store = getattr(meta, "store", None)
+    if store is not None:
+        metrics.registry.register(ListingCacheCollector(lambda: listing_cache.of(store)))
     if assets is None:
         assets = _open_asset_store(datadir)
     sole, lock_fd = sole_server(datadir)
@@ -481,8 +485,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "before it is committed (default 3600)")
     p.add_argument("--grace", type=float, default=DEFAULT_GRACE,
                    help="seconds in-flight calls get to finish at shutdown")
+    p.add_argument("--listing-cache-mb", type=float, metavar="MB",
+                   default=float(os.environ.get("AIFS_LISTING_CACHE_MB", "64")),
+                   help="memory for large directories' listings kept between hashings, so a "
+                   "snapshot after a few changes in a directory of 100k entries costs O(changes) "
+                   "(default 64, or $AIFS_LISTING_CACHE_MB; 0 = off)")
     p.add_argument("--log-level", default=os.environ.get("AIFS_LOG_LEVEL", "INFO"))
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 0 <= args.listing_cache_mb <= 1 << 20:
+        p.error(f"--listing-cache-mb {args.listing_cache_mb:g}: give 0 (off) to 1048576 MB")
+    return args
 
 
 def _apply_config_file(args: argparse.Namespace) -> None:
@@ -560,6 +572,7 @@ def run(args: argparse.Namespace) -> int:
     from aifs_core.malloc_tuning import tune_malloc
 
     tune_malloc()  # every chunk sent or received is a MiB-sized message: keep them off mmap
+    listing_cache.configure(int(args.listing_cache_mb * (1 << 20)))
     if (args.tls_cert is None) != (args.tls_key is None):
         print("aifs server: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
