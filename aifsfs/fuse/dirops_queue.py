@@ -222,7 +222,7 @@ class DirOps:
             replies = self.session.fs.create_files(files)
         except Exception as exc:  # noqa: BLE001 - each close sends its own and reports
             log.info("CreateFiles of %d files in %d: %s; sending them one by one",
-                      len(files), parent, exc)
+                     len(files), parent, exc)
             self._requeue(parent, items)
             for b, _u in live:
                 b.alone = True

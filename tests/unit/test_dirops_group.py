@@ -1,0 +1,132 @@
+"""Group commit in DirOps.birth (aifsfs/fuse/dirops_queue.py), with real threads closing at
+once and the session's Filesystem client replaced by a recording one (the calls' server side
+is tests/integration/test_create_files.py, the whole over a mount tests/e2e/test_group_commit.py):
+
+- closes that queue behind a birth on the wire go in one create_files, each gets its own
+  attributes back;
+- when that call fails, each file is sent alone with the request id it had in the group (so
+  the server answers again what the group did), and each close gets its own result or error;
+- a lone close never waits for a group: one create_file.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from aifs_core.types import Attr
+from aifsfs.fuse.dirops_queue import DirOps
+
+PARENT = 7
+
+
+def _attr(ino: int) -> Attr:
+    return Attr(ino, 0o100644, 1, 0, 0, 10, 0, 0, 0, 0, 0, 1)
+
+
+class RecordingFs:
+    """create_file / create_files as the server answers them; the first create_file waits for
+    `release` (a call on the wire while other closes queue); `fail_group`: create_files raises;
+    `bad`: the inode whose create fails wherever it is sent."""
+
+    def __init__(self, fail_group: bool = False, bad: int = 0) -> None:
+        self.release = threading.Event()
+        self.entered = threading.Event()
+        self.singles: list[tuple[int, bytes]] = []           # (ino, request id)
+        self.groups: list[list[tuple[int, bytes]]] = []
+        self.fail_group, self.bad = fail_group, bad
+        self._lock = threading.Lock()
+
+    def create_file(self, parent: int, name: bytes, ino: int, mode: int, uid: int, gid: int,
+                    commit: Any = None, request_id: bytes = b"", attrs: Any = None,
+                    items: Any = ()) -> tuple[Attr, None, list[Any]]:
+        with self._lock:
+            first = not self.singles and not self.groups
+            self.singles.append((ino, request_id))
+        if first:
+            self.entered.set()
+            assert self.release.wait(10)
+        if ino == self.bad:
+            raise OSError(f"inode {ino} cannot be made")
+        return _attr(ino), None, []
+
+    def create_files(self, files: list[dict[str, Any]]) -> list[tuple[Attr, list[Any]]]:
+        with self._lock:
+            self.groups.append([(f["ino"], f["request_id"]) for f in files])
+        if self.fail_group or any(f["ino"] == self.bad for f in files):
+            raise OSError("the group failed")
+        return [(_attr(f["ino"]), []) for f in files]
+
+
+def _dirops(fs: RecordingFs) -> DirOps:
+    session = SimpleNamespace(fs=fs, want_inos=False, valid_until=time.monotonic() + 3600,
+                              inos_granted=lambda: range(0), excl_granted=lambda: PARENT)
+    q = DirOps(session, on_failed=lambda ino: None)
+    q.took(PARENT, q.mark())                    # we hold PARENT
+    for ino in range(100, 106):
+        assert q.add_unborn(PARENT, b"f%d" % ino, ino, 0o644, 0, 0)
+    return q
+
+
+def _close_at_once(q: DirOps, fs: RecordingFs, inos: list[int]) -> list[Any]:
+    """The first close goes on the wire and waits there; the others close meanwhile."""
+    with ThreadPoolExecutor(len(inos)) as pool:
+        first = pool.submit(q.birth, inos[0])
+        assert fs.entered.wait(10)
+        rest = [pool.submit(q.birth, ino) for ino in inos[1:]]
+        deadline = time.monotonic() + 10
+        while len(q._births.get(PARENT, ())) < len(inos) - 1 and time.monotonic() < deadline:
+            time.sleep(0.005)           # every other close has queued behind the first
+        fs.release.set()
+        out = []
+        for f in [first, *rest]:
+            try:
+                out.append(f.result(20))
+            except Exception as exc:  # noqa: BLE001 - the test compares them
+                out.append(exc)
+        return out
+
+
+def test_closes_queued_behind_a_birth_go_in_one_call() -> None:
+    fs = RecordingFs()
+    q = _dirops(fs)
+    got = _close_at_once(q, fs, [100, 101, 102, 103])
+    assert [a.ino for a in got] == [100, 101, 102, 103]
+    assert [ino for ino, _ in fs.singles] == [100]
+    assert len(fs.groups) == 1 and sorted(i for i, _ in fs.groups[0]) == [101, 102, 103]
+    assert q.stats["grouped"] == 3 and q.stats["created"] == 4
+    assert not any(q.unborn(i) for i in (100, 101, 102, 103))
+
+
+def test_a_failed_group_is_sent_file_by_file_with_the_same_request_ids() -> None:
+    fs = RecordingFs(bad=102)
+    q = _dirops(fs)
+    got = _close_at_once(q, fs, [100, 101, 102, 103])
+    assert got[0].ino == 100 and got[1].ino == 101 and got[3].ino == 103
+    assert isinstance(got[2], OSError) and "102" in str(got[2])
+    group_ids = dict(fs.groups[0])
+    alone = [(i, r) for i, r in fs.singles if i != 100]
+    assert sorted(i for i, _ in alone) == [101, 102, 103]     # each once, alone
+    assert all(group_ids[i] == r for i, r in alone), "the group's request ids, kept"
+    assert q.unborn(102) and not q.unborn(101) and not q.unborn(103)
+
+
+def test_a_lone_close_is_one_create_file() -> None:
+    fs = RecordingFs()
+    fs.release.set()
+    q = _dirops(fs)
+    assert q.birth(104).ino == 104
+    assert fs.singles == [(104, fs.singles[0][1])] and fs.groups == []
+
+
+@pytest.mark.parametrize("n", [2, 6])
+def test_every_close_returns_its_own_file(n: int) -> None:
+    fs = RecordingFs(fail_group=n == 6)
+    q = _dirops(fs)
+    got = _close_at_once(q, fs, list(range(100, 100 + n)))
+    assert [a.ino for a in got] == list(range(100, 100 + n))
