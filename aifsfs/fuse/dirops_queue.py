@@ -86,6 +86,7 @@ _READS = frozenset({"getattr", "get_chunk_map", "open_chunk_map", "readlink", "g
                     "listxattr", "file_info", "forget", "lookup", "readdir", "readdir_maps"})
 INOS_LOW = 64           # delegated inode numbers left when the mount asks for more
 GROUP_MAX = 64          # closes one CreateFiles carries (the server's CREATE_FILES_MAX)
+GROUP_BYTES = 4 << 20   # and their inline bytes (the server's message limit is 8 MiB)
 # seconds an unlink waits at most for others to join its batch (the tests set it longer, to
 # hold a batch pending)
 INTERVAL = float(os.environ.get("AIFS_DIROPS_INTERVAL", "0.05"))
@@ -189,9 +190,10 @@ class DirOps:
                 with self._lock:
                     group = [b for b in self._births.pop(parent, []) if b is not me]
                 if group:
-                    self._births_locked(parent, [me, *group[:GROUP_MAX - 1]])
-                    with self._lock:      # past the call's limit: the next group's
-                        self._births.setdefault(parent, [])[:0] = group[GROUP_MAX - 1:]
+                    take, rest = _group_of(me, group)
+                    self._births_locked(parent, take)
+                    with self._lock:      # past the call's limits: the next group's
+                        self._births.setdefault(parent, [])[:0] = rest
                     if me.done:
                         return me.result()
             return self._birth_locked(ino, commit)
@@ -580,6 +582,18 @@ class DirOps:
             self._made_names.clear()
 
 
+def _group_of(me: _Birth, waiting: list[_Birth]) -> tuple[list[_Birth], list[_Birth]]:
+    """(the group `me` sends: itself, then the waiting closes in order while the call stays
+    within GROUP_MAX files and GROUP_BYTES of inline data; the rest, for the next group)."""
+    take, size = [me], me.inline_bytes()
+    for i, b in enumerate(waiting):
+        size += b.inline_bytes()
+        if len(take) == GROUP_MAX or size > GROUP_BYTES:
+            return take, waiting[i:]
+        take.append(b)
+    return take, []
+
+
 class _Birth:
     """A close waiting for its unborn file's CreateFile (DirOps.birth's group commit)."""
     __slots__ = ("ino", "commit", "done", "alone", "attrs")
@@ -595,6 +609,9 @@ class _Birth:
 
     def result(self) -> Any:
         return self.attrs
+
+    def inline_bytes(self) -> int:
+        return sum(len(d) for _c, d in self.commit[1].get("inline", ())) if self.commit else 0
 
 
 def _merge(into: dict[str, int], attrs: dict[str, int]) -> None:

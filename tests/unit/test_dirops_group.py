@@ -39,6 +39,7 @@ class RecordingFs:
         self.entered = threading.Event()
         self.singles: list[tuple[int, bytes]] = []           # (ino, request id)
         self.groups: list[list[tuple[int, bytes]]] = []
+        self.group_bytes: list[int] = []                    # inline bytes a call carried
         self.fail_group, self.bad = fail_group, bad
         self._lock = threading.Lock()
 
@@ -58,6 +59,8 @@ class RecordingFs:
     def create_files(self, files: list[dict[str, Any]]) -> list[tuple[Attr, list[Any]]]:
         with self._lock:
             self.groups.append([(f["ino"], f["request_id"]) for f in files])
+            self.group_bytes.append(sum(len(d) for f in files if f["commit"]
+                                        for _c, d in f["commit"][1]["inline"]))
         if self.fail_group or any(f["ino"] == self.bad for f in files):
             raise OSError("the group failed")
         return [(_attr(f["ino"]), []) for f in files]
@@ -73,12 +76,16 @@ def _dirops(fs: RecordingFs) -> DirOps:
     return q
 
 
-def _close_at_once(q: DirOps, fs: RecordingFs, inos: list[int]) -> list[Any]:
-    """The first close goes on the wire and waits there; the others close meanwhile."""
+def _close_at_once(q: DirOps, fs: RecordingFs, inos: list[int], size: int = 0) -> list[Any]:
+    """The first close goes on the wire and waits there; the others close meanwhile (each
+    with `size` bytes of inline data when size > 0)."""
+    def commit(ino: int) -> Any:
+        return (((), size), {"inline": [(b"%032d" % ino, bytes(size))]}) if size else None
+
     with ThreadPoolExecutor(len(inos)) as pool:
-        first = pool.submit(q.birth, inos[0])
+        first = pool.submit(q.birth, inos[0], commit(inos[0]))
         assert fs.entered.wait(10)
-        rest = [pool.submit(q.birth, ino) for ino in inos[1:]]
+        rest = [pool.submit(q.birth, ino, commit(ino)) for ino in inos[1:]]
         deadline = time.monotonic() + 10
         while len(q._births.get(PARENT, ())) < len(inos) - 1 and time.monotonic() < deadline:
             time.sleep(0.005)           # every other close has queued behind the first
@@ -130,3 +137,16 @@ def test_every_close_returns_its_own_file(n: int) -> None:
     q = _dirops(fs)
     got = _close_at_once(q, fs, list(range(100, 100 + n)))
     assert [a.ino for a in got] == list(range(100, 100 + n))
+
+
+def test_a_group_stays_within_its_bytes() -> None:
+    """Five closes of 1 MiB each queue behind the first: no call carries more than
+    GROUP_BYTES (4 MiB) of inline data, and every close returns its file."""
+    fs = RecordingFs()
+    q = _dirops(fs)
+    got = _close_at_once(q, fs, list(range(100, 106)), size=1 << 20)
+    assert [a.ino for a in got] == list(range(100, 106))
+    assert fs.group_bytes and max(fs.group_bytes) <= 4 << 20, fs.group_bytes
+    sent = [i for g in fs.groups for i, _ in g] + [i for i, _ in fs.singles]
+    assert sorted(sent) == list(range(100, 106)), sent          # each file once
+    assert len(fs.groups) + len(fs.singles) >= 3                 # 6 MiB: not one call
