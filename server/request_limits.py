@@ -95,6 +95,7 @@ MESSAGE_LIMITS = {
     "/aifs.v1.Assets/PutAsset": 0,          # data pieces (1 MiB from our SDK)
     "/aifs.v1.Filesystem/CommitFile": 0,    # inline chunks, up to 16 MiB, and a chunk map
     "/aifs.v1.Filesystem/CreateFile": 0,    # a CommitFile's, with the create
+    "/aifs.v1.Filesystem/CreateFiles": 0,   # several CreateFiles' (a mount sends <= 4 MiB)
     "/aifs.v1.Data/HasChunks": 8 << 20,     # up to 100,000 ids
     "/aifs.v1.Data/GetChunks": 8 << 20,     # ranges
     "/aifs.v1.Session/Open": 8 << 20,       # a release of many inodes

@@ -56,8 +56,8 @@ def _held_dir(s: LeaseSession, name: bytes) -> tuple[int, list[int]]:
     return d.ino, inos
 
 
-def _file(parent: int, i: int, ino: int) -> dict[str, Any]:
-    data = b"file %d " % i * 100
+def _file(parent: int, i: int, ino: int, size: int = 0) -> dict[str, Any]:
+    data = (b"file %d " % i * (size // 7 + 100))[:size] if size else b"file %d " % i * 100
     cid = blake3.blake3(data).digest()
     commit = (([(0, cid, len(data))], len(data)), {"inline": [(cid, data)]})
     return dict(parent=parent, name=b"f%d" % i, ino=ino, mode=0o644, uid=0, gid=0,
@@ -114,3 +114,14 @@ def test_refused_calls(session: LeaseSession) -> None:
     with pytest.raises(InvalidArgument, match="1 to"):
         session.fs.create_files(too_many)
     assert {e.name for e in session.fs.readdir(parent, 0)[0]} == {b"first"}
+
+
+def test_a_call_larger_than_a_metadata_message(session: LeaseSession) -> None:
+    """Three files of 1 MiB inline: past the 1 MiB a metadata call may carry, within what a
+    data-carrying call may (request_limits.MESSAGE_LIMITS)."""
+    parent, inos = _held_dir(session, b"big")
+    files = [_file(parent, i, inos[i], size=1 << 20) for i in range(3)]
+    got = session.fs.create_files(files)
+    assert [a.size for a, _ in got] == [1 << 20] * 3
+    for i in range(3):
+        assert _read(session, parent, b"f%d" % i) == files[i]["commit"][1]["inline"][0][1]
