@@ -1,6 +1,6 @@
 """The kernel keeps what a lease answered for as long as the lease lasts (docs/LEASES.md "Kernel
 caches under a lease", aifsfs/fuse/kernel_names.py), over real mounts of one real server with
-the default lease term (10 s; the first test: TERM):
+the default lease term (10 s; the two tests that count requests: TERM):
 
 - stats of files this mount created, past the 1 s timeouts, reach the mount no more (FUSE
   LOOKUP/GETATTR requests counted by the mount, logged at its unmount);
@@ -140,7 +140,7 @@ def _stat(p: Path) -> os.stat_result | None:
 
 
 def test_listed_names_past_the_timeouts_reach_the_mount_no_more(
-        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+        long_lease_term: None, metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
     def run(attempt: int) -> dict[str, int]:
         # another mount makes the files: this one knows them only from its listing
         # (readdirplus)
