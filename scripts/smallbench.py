@@ -71,31 +71,10 @@ def phase(rig: AifsRig | GocryptfsRig, a: argparse.Namespace, name: str,
           flush=True)
 
 
-def create_parallel(root: Path, n: int, writers: int) -> float:
-    """create_small's files (same names, sizes, flags) made by `writers` threads at once."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    d = root / "small"
-    d.mkdir(exist_ok=True)
-    payload = os.urandom(wl.SMALL_SIZE)
-
-    def make(first: int) -> None:
-        for i in range(first, n, writers):
-            fd = os.open(d / f"f{i:06d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                os.write(fd, i.to_bytes(8, "little") + payload[8:])
-            finally:
-                os.close(fd)
-
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(writers) as pool:
-        list(pool.map(make, range(writers)))
-    return n / (time.perf_counter() - t0)
-
-
 def one_round(rig: AifsRig | GocryptfsRig, sub: Path, a: argparse.Namespace) -> None:
     if a.writers > 1:
-        phase(rig, a, f"create x{a.writers}", lambda: create_parallel(sub, a.files, a.writers))
+        phase(rig, a, f"create x{a.writers}",
+              lambda: wl.create_parallel(sub, a.files, a.writers, sub="small"))
     else:
         phase(rig, a, "create", lambda: wl.create_small(sub, a.files))
     rig.restart()

@@ -12,7 +12,8 @@ Interface:
   `processes[target]`, `expected[target]` (the figures that target must produce), notes.
 
 Order within one repeat of one target (the phases share files, so the order matters):
-write: seq.bin, small/ (create), ml/*.npy, the text and random sets (stored bytes measured as
+write: seq.bin, small/ (create), small4/ (create by 4 writers, then removed untimed),
+ml/*.npy, the text and random sets (stored bytes measured as
 the growth of the target's backing dir) -> remount -> read: seq cold, seq warm, fio QD1,
 fio 16 jobs, small stat/read/unlink, ML epochs 1, 2 and 3 (after drop_caches) -> peak RSS
 -> unmount.
@@ -199,6 +200,9 @@ def _run_target(t: Target, cfg: BenchConfig, res: Results, rep: int, progress: P
         root = t.root
         step("seq write", "seq_write", lambda: wl.write_seq(root, sz.seq_bytes))
         step("small files create", "small_create", lambda: wl.create_small(root, sz.files))
+        step("small files create, 4 writers", "small_create_4w",
+             lambda: wl.create_parallel(root, sz.files))
+        wl.remove_tree(root / "small4")
         progress(f"{tag} writing {sz.samples} .npy samples")
         wl.write_samples(root, sz.samples)
         _stored(

@@ -6,6 +6,8 @@ Interface (every function takes the directory to work in; sizes come from `Sizes
   and the smoke test agree on. `WRITE_FIGURES`: figures that need a writable target.
 - Writers (also used to build borg's read-only data set natively): `write_seq(dir, size)`
   (1 MiB blocks, fsync before close, returns MiB/s), `create_small(dir, n)` (files/s),
+  `create_parallel(dir, n, writers=4, sub="small4")` (the same files made by `writers` threads
+  at once in dir/sub, each every writers-th; files/s), `remove_tree(dir)` (untimed cleanup),
   `write_samples(dir, n)`, `write_text_set(dir, size)`, `write_random_set(dir, size)`.
 - Readers: `read_seq(dir)` (MiB/s), `fio_randread(dir, jobs, runtime)` (IOPS),
   `stat_small(dir)`, `read_small(dir)`, `unlink_small(dir)` (files/s),
@@ -27,7 +29,9 @@ import multiprocessing
 import multiprocessing.pool
 import os
 import random
+import shutil
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +61,9 @@ FIGURES: dict[str, Figure] = {
     "rand_read_qd1": Figure("rand 4 KiB read, psync QD1", "IOPS", "higher"),
     "rand_read_16j": Figure("rand 4 KiB read, 16 jobs", "IOPS", "higher"),
     "small_create": Figure("small files create+write+close", "files/s", "higher"),
+    # the same files made by 4 threads at once (tar | xargs -P, DataLoader workers writing
+    # outputs): what concurrent closes cost, with AIFS's group commit (LEASES.md)
+    "small_create_4w": Figure("small files create, 4 writers", "files/s", "higher"),
     "small_stat": Figure("small files stat", "files/s", "higher"),
     "small_read": Figure("small files read", "files/s", "higher"),
     "small_unlink": Figure("small files unlink", "files/s", "higher"),
@@ -78,7 +85,7 @@ FIGURES: dict[str, Figure] = {
     # what a snapshot costs when the server's hashes are current: O(changes since its last pass)
     "snapshot_changed": Figure("snapshot of that tree after 10 changes", "ms", "lower"),
 }
-WRITE_FIGURES = {"seq_write", "small_create", "small_unlink"}
+WRITE_FIGURES = {"seq_write", "small_create", "small_create_4w", "small_unlink"}
 MEMORY_FIGURES = {"mem_fuse", "mem_total", "mem_server"}
 SERVER_FIGURES = {"mem_server"}  # only targets with a separate server process (aifs)
 VERSION_FIGURES = {"snapshot_files", "branch_create", "branch_first_write",
@@ -179,6 +186,39 @@ def create_small(root: Path, n: int) -> float:
         finally:
             os.close(fd)
     return n / (time.perf_counter() - t0)
+
+
+def create_parallel(root: Path, n: int, writers: int = 4, sub: str = "small4") -> float:
+    """create_small's files (names, size, flags) made by `writers` threads at once in one
+    directory, each making every writers-th file; started together."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    d = root / sub
+    d.mkdir(exist_ok=True)
+    payload = bytes(np.random.default_rng(2).bytes(SMALL_SIZE))
+    start = threading.Barrier(writers + 1)
+
+    def make(first: int) -> None:
+        start.wait()
+        for i in range(first, n, writers):
+            fd = os.open(d / f"f{i:06d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                os.write(fd, i.to_bytes(8, "little") + payload[8:])
+            finally:
+                os.close(fd)
+
+    with ThreadPoolExecutor(writers) as pool:
+        done = [pool.submit(make, w) for w in range(writers)]
+        start.wait()
+        t0 = time.perf_counter()
+        for f in done:
+            f.result()
+        return n / (time.perf_counter() - t0)
+
+
+def remove_tree(d: Path) -> None:
+    """Remove a directory a phase made (untimed), so later phases see the same tree."""
+    shutil.rmtree(d)
 
 
 def write_samples(root: Path, n: int, seed: int = 3) -> None:
