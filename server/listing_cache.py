@@ -252,20 +252,19 @@ _BY_STORE: weakref.WeakKeyDictionary[Any, ListingCache] = weakref.WeakKeyDiction
 _BY_STORE_LOCK = threading.Lock()
 
 
-_configured: int | None = None
+_max_bytes = MAX_BYTES     # of caches made from now on (configure)
 
 
 def configure(max_bytes: int) -> None:
-    global _configured
+    global _max_bytes
     if max_bytes < 0:
         raise ValueError(f"a listing cache of {max_bytes} bytes: give 0 (off) or more")
-    _configured = max_bytes
+    _max_bytes = max_bytes
 
 
 def of(store: Any) -> ListingCache:
     with _BY_STORE_LOCK:
         got = _BY_STORE.get(store)
         if got is None:
-            got = _BY_STORE[store] = ListingCache(
-                MAX_BYTES if _configured is None else _configured)
+            got = _BY_STORE[store] = ListingCache(_max_bytes)
         return got

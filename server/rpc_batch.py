@@ -6,10 +6,10 @@ answered itself.
 Interface (used by rpc_filesystem.FilesystemServicer):
     wants_excl(context) -> bool         the call carries `aifs-excl-ok: 1` (a mount that
                                         batches; others are never granted one)
-    excl_after(fs, context, tree, sess, parent, new_ino=None, grant=True)
+    excl_after(fs, context, tree, sess, parent, new_inos=(), grant=True)
                                         after `sess` changed `parent`: grant (or keep) its
                                         exclusive lease on it, covering its children (listed
-                                        here, at most EXCL_MAX_ENTRIES) and `new_ino`; the
+                                        here, at most EXCL_MAX_ENTRIES) and `new_inos`; the
                                         reply then carries metadata `aifs-excl: <parent>`
                                         and, when the call asked (`aifs-inos-want: 1`),
                                         `aifs-inos: <first>:<count>`: DELEGATE inode numbers
@@ -104,13 +104,12 @@ def _children(meta: Any, tree: Any, parent: int) -> list[int] | None:
 
 
 def excl_after(fs: Any, context: grpc.ServicerContext, tree: Any, sess: Any, parent: int,
-               new_ino: int | None = None, grant: bool = True,
-               new_inos: tuple[int, ...] = ()) -> None:
+               new_inos: tuple[int, ...] = (), grant: bool = True) -> None:
     leases = fs.leases
     if sess is None or not wants_excl(context):
         return
     if leases.holds_excl(sess, tree, parent):
-        for ino in (new_ino, *new_inos) if new_ino is not None else new_inos:
+        for ino in new_inos:
             leases.cover(sess, tree, parent, ino)
     elif grant and leases.may_excl(sess, tree, parent):
         since = leases.mark()
@@ -148,7 +147,7 @@ def create_file(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:
     tree = fs.b.tree(context)
     sess = fs._session(context, tree)
     a, results = _create_one(fs, tree, sess, request, context, None)
-    excl_after(fs, context, tree, sess, request.parent, a.ino)
+    excl_after(fs, context, tree, sess, request.parent, (a.ino,))
     # no parent_attr: the mount answered the create itself and does not read it (reading it
     # again after the commit was an eighth of the call's server time)
     reply = filesystem_pb2.EntryReply(attr=attr_to_pb(a))
@@ -177,7 +176,7 @@ def create_files(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:
         made.append(a.ino)
         entry = reply.entries.add(attr=attr_to_pb(a))
         _results(entry, results)
-    excl_after(fs, context, tree, sess, parent, new_inos=tuple(made))
+    excl_after(fs, context, tree, sess, parent, tuple(made))
     return reply
 
 

@@ -420,7 +420,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
                 return self.meta.create(tree, request.parent, _name(request.name), mode,
                                         request.uid, request.gid, request.rdev)
         a = self._once("Create", context, tree, request, run)
-        excl_after(self, context, tree, self._session(context, tree), request.parent, a.ino)
+        excl_after(self, context, tree, self._session(context, tree), request.parent, (a.ino,))
         return self._entry_reply(tree, a, request.parent)
 
     def _entry_reply(self, tree: TreeRef, a: Attr, parent: int) -> Any:

@@ -375,9 +375,7 @@ def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | 
         return out
 
     metrics = metrics or Metrics(stats)
-    store = getattr(meta, "store", None)
-    if store is not None:
-        metrics.registry.register(ListingCacheCollector(lambda: listing_cache.of(store)))
+    metrics.registry.register(ListingCacheCollector(lambda: listing_cache.of(meta.store)))
     if assets is None:
         assets = _open_asset_store(datadir)
     sole, lock_fd = sole_server(datadir)

@@ -7,7 +7,7 @@ Interface (every function takes the directory to work in; sizes come from `Sizes
 - Writers (also used to build borg's read-only data set natively): `write_seq(dir, size)`
   (1 MiB blocks, fsync before close, returns MiB/s), `create_small(dir, n)` (files/s),
   `create_parallel(dir, n, writers=4, sub="small4")` (the same files made by `writers` threads
-  at once in dir/sub, each every writers-th; files/s), `remove_tree(dir)` (untimed cleanup),
+  at once in dir/sub, each every writers-th; files/s),
   `write_samples(dir, n)`, `write_text_set(dir, size)`, `write_random_set(dir, size)`.
 - Readers: `read_seq(dir)` (MiB/s), `fio_randread(dir, jobs, runtime)` (IOPS),
   `stat_small(dir)`, `read_small(dir)`, `unlink_small(dir)` (files/s),
@@ -29,7 +29,6 @@ import multiprocessing
 import multiprocessing.pool
 import os
 import random
-import shutil
 import subprocess
 import threading
 import time
@@ -173,18 +172,27 @@ def write_seq(root: Path, size: int, seed: int = 1) -> float:
     return nblocks * BLOCK / MiB / dt
 
 
+def _small_payload() -> bytes:
+    return np.random.default_rng(2).bytes(SMALL_SIZE)
+
+
+def _create_small_file(d: Path, i: int, payload: bytes) -> None:
+    """Small file `i` of the set: open(O_CREAT|O_EXCL) + one write + close, its first 8
+    bytes its number (every file distinct)."""
+    fd = os.open(d / f"f{i:06d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, i.to_bytes(8, "little") + payload[8:])
+    finally:
+        os.close(fd)
+
+
 def create_small(root: Path, n: int) -> float:
     d = root / "small"
     d.mkdir(exist_ok=True)
-    payload = bytearray(np.random.default_rng(2).bytes(SMALL_SIZE))
+    payload = _small_payload()
     t0 = time.perf_counter()
     for i in range(n):
-        payload[:8] = i.to_bytes(8, "little")
-        fd = os.open(d / f"f{i:06d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            os.write(fd, payload)
-        finally:
-            os.close(fd)
+        _create_small_file(d, i, payload)
     return n / (time.perf_counter() - t0)
 
 
@@ -195,17 +203,13 @@ def create_parallel(root: Path, n: int, writers: int = 4, sub: str = "small4") -
 
     d = root / sub
     d.mkdir(exist_ok=True)
-    payload = bytes(np.random.default_rng(2).bytes(SMALL_SIZE))
+    payload = _small_payload()
     start = threading.Barrier(writers + 1)
 
     def make(first: int) -> None:
         start.wait()
         for i in range(first, n, writers):
-            fd = os.open(d / f"f{i:06d}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-            try:
-                os.write(fd, i.to_bytes(8, "little") + payload[8:])
-            finally:
-                os.close(fd)
+            _create_small_file(d, i, payload)
 
     with ThreadPoolExecutor(writers) as pool:
         done = [pool.submit(make, w) for w in range(writers)]
@@ -214,11 +218,6 @@ def create_parallel(root: Path, n: int, writers: int = 4, sub: str = "small4") -
         for f in done:
             f.result()
         return n / (time.perf_counter() - t0)
-
-
-def remove_tree(d: Path) -> None:
-    """Remove a directory a phase made (untimed), so later phases see the same tree."""
-    shutil.rmtree(d)
 
 
 def write_samples(root: Path, n: int, seed: int = 3) -> None:

@@ -180,7 +180,7 @@ class DirOps:
             # DataLoader workers writing outputs). A close still returns only once its file is
             # on the server.
             if me.done:
-                return me.result()
+                return me.attrs
             if not me.alone:
                 # unlinks first: they free the space a create may need (on a full disk, a
                 # create sent first can take the server's space reserve that the unlinks
@@ -195,7 +195,7 @@ class DirOps:
                     with self._lock:      # past the call's limits: the next group's
                         self._births.setdefault(parent, [])[:0] = rest
                     if me.done:
-                        return me.result()
+                        return me.attrs
             return self._birth_locked(ino, commit)
 
     def _births_locked(self, parent: int, group: list[_Birth]) -> None:
@@ -208,13 +208,12 @@ class DirOps:
             for b in group:
                 if b.ino not in self._unborn:
                     b.finish(None)
+            if len(live) < 2:
+                for b, _u in live:
+                    b.alone = True
+                return
             attrs = {b.ino: self._unborn_attrs.get(b.ino) for b, _u in live}
             items = [] if self._unlinks.get(parent) else self._pop_locked(parent, True)
-        if len(live) < 2:
-            self._requeue(parent, items)
-            for b, _u in live:
-                b.alone = True
-            return
         mark = self.mark()
         files = [dict(parent=parent, name=u[1], ino=b.ino, mode=u[2], uid=u[3], gid=u[4],
                       commit=b.commit, request_id=u[5], attrs=attrs[b.ino],
@@ -606,9 +605,6 @@ class _Birth:
 
     def finish(self, attrs: Any) -> None:
         self.attrs, self.done = attrs, True
-
-    def result(self) -> Any:
-        return self.attrs
 
     def inline_bytes(self) -> int:
         return sum(len(d) for _c, d in self.commit[1].get("inline", ())) if self.commit else 0

@@ -10,6 +10,9 @@ Fixtures:
                     whose tests are independent, use names of their own and leave the mount
                     working; a module opts in by defining `mount` as this fixture)
     Mount: .path (Path), .server (ServerProc), .proc (Popen), .log(), .unmount()
+    stats_at_unmount(m, label) -> dict   unmount m (fusermount3 -u; the fixture's teardown
+                    still cleans up) and read the dict the mount logged as `label: {...}` as
+                    it stopped (fuse requests, queued dirops, directory prefetches, ...)
     caches_kept     the test counts calls or requests that a dropped page cache or dentry
                     would add: no test holding `drops_caches` runs meanwhile (a shared lock
                     across the suite's xdist workers)
@@ -21,6 +24,7 @@ Skips the module when /dev/fuse or fusermount3 is missing.
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import fcntl
 import os
@@ -149,6 +153,17 @@ def mount_factory(request: pytest.FixtureRequest) -> Iterator[Callable[..., Moun
                 errors.append(exc)
         if errors:
             raise errors[0]
+
+
+def stats_at_unmount(m: Mount, label: str) -> dict[str, int]:
+    # read before the fixture's teardown, which removes the log with the mount's directory
+    subprocess.run(["fusermount3", "-u", str(m.path)], check=True)
+    m.proc.wait(60)
+    lines = [ln for ln in m.log().splitlines() if f"{label}: " in ln]
+    assert lines, f"no {label!r} in the mount's log:\n{m.log()[-2000:]}"
+    stats = ast.literal_eval(lines[-1].split(f"{label}: ", 1)[1].split(";")[0])
+    assert isinstance(stats, dict), lines[-1]
+    return stats
 
 
 _CACHE_LOCK = Path(tempfile.gettempdir()) / "aifs-tests-drop-caches.lock"

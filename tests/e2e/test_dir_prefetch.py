@@ -8,17 +8,15 @@ budget (half the disk cache). Calls are counted from the server's metrics.
 
 from __future__ import annotations
 
-import ast
 import os
 import random
-import subprocess
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Mount
+from tests.e2e.conftest import Mount, stats_at_unmount
 from tests.e2e.test_leases import _wait_leased, calls, lease_term  # noqa: F401 - fixture
 from tests.helpers import ServerProc
 
@@ -79,13 +77,7 @@ def _check(got: dict[str, bytes], changed: dict[int, bytes] | None = None) -> No
 
 def _prefetch_stats(m: Mount) -> dict[str, int]:
     """Unmount (the mount logs its prefetch stats as it stops) and read them."""
-    subprocess.run(["fusermount3", "-u", str(m.path)], check=True)
-    m.proc.wait(30)
-    lines = [ln for ln in m.log().splitlines() if "directory prefetches: " in ln]
-    assert lines, m.log()
-    stats = ast.literal_eval(lines[-1].split("directory prefetches: ", 1)[1])
-    assert isinstance(stats, dict)
-    return stats
+    return stats_at_unmount(m, "directory prefetches")
 
 
 def test_a_pass_over_a_directory_that_left_the_caches_is_prefetched_in_batches(

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.e2e.conftest import Mount
+from tests.e2e.conftest import Mount, stats_at_unmount
 from tests.e2e.test_dirops_batch import _exclusive_dir
 from tests.e2e.test_small_files import _delta, _ready
 from tests.helpers import ServerProc, start_server, stop_server
@@ -60,13 +59,8 @@ def _check_all(d: Path) -> None:
 
 
 def _grouped(m: Mount) -> int:
-    """Files the mount sent in CreateFiles calls (its unmount logs its dirops stats; read
-    before the fixture's teardown removes the log)."""
-    subprocess.run(["fusermount3", "-u", str(m.path)], check=True)
-    m.proc.wait(60)
-    lines = [ln for ln in m.log().splitlines() if "queued dirops: " in ln]
-    assert lines, m.log()[-2000:]
-    return int(lines[-1].split("'grouped': ", 1)[1].split("}", 1)[0].split(",", 1)[0])
+    """Files the mount sent in CreateFiles calls (its unmount logs its dirops stats)."""
+    return stats_at_unmount(m, "queued dirops")["grouped"]
 
 
 def test_parallel_closes_share_calls_and_another_mount_sees_every_byte(

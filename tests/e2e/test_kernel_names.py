@@ -10,7 +10,6 @@ the default lease term (10 s; the two tests that count requests: TERM):
 
 from __future__ import annotations
 
-import ast
 import os
 import subprocess
 import time
@@ -19,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Mount
+from tests.e2e.conftest import Mount, stats_at_unmount
 from tests.e2e.test_leases import _wait_leased, calls, total
 from tests.helpers import ServerProc
 
@@ -40,14 +39,8 @@ def long_lease_term(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _requests(m: Mount) -> dict[str, int]:
-    """The FUSE lookups and getattrs the mount served (its unmount logs them; read before
-    the fixture's teardown removes the log)."""
-    subprocess.run(["fusermount3", "-u", str(m.path)], check=True)
-    m.proc.wait(60)
-    for line in m.log().splitlines():
-        if "fuse requests: " in line:
-            return dict(ast.literal_eval(line.split("fuse requests: ", 1)[1].split(";")[0]))
-    raise AssertionError(f"no request counts in the mount's log:\n{m.log()[-2000:]}")
+    """The FUSE lookups and getattrs the mount served (its unmount logs them)."""
+    return stats_at_unmount(m, "fuse requests")
 
 
 def _slab_drops() -> int:
