@@ -140,6 +140,14 @@ FILL_FILES_MAX = 2
 # while read chunks stayed in the memory cache; since they leave it (consumed()), 224-227
 # with 12 and 208-209 with 32 (one run each, load 7-9), so the window is back to 32.
 SEQ_WINDOW_MAX = 32
+# A handle that has shown random access is sequential again only after a run of this many
+# bytes read back to back. Why: a random reader's misses often fall next to each other (the
+# page cache holds the rest of its file: the frames around each miss were pushed, a fill
+# pushed most of the file), and each such pair started a whole-chunk read-ahead nobody read:
+# in the bench's 16-job random phase ~200 pairs fetched ~830 MiB from the disk cache into the
+# memory cache, which then stood full (64 MiB) at the mount's peak RSS. A real sequential
+# reader asks the kernel's read-ahead window at a time (128 KiB and up): a few requests.
+SEQ_RESUME_BYTES = 512 << 10
 
 
 class ReadWindow:
@@ -147,7 +155,8 @@ class ReadWindow:
     window doubling up to SEQ_WINDOW_MAX while the reader stays sequential, back to `chunks`
     after a random read), each started once; after enough random reads, a whole-file fill."""
 
-    __slots__ = ("pattern", "chunks", "window", "prefetched", "random_reads", "last_slot")
+    __slots__ = ("pattern", "chunks", "window", "prefetched", "random_reads", "last_slot",
+                 "run_bytes")
 
     def __init__(self, chunks: int) -> None:
         self.pattern = ReadPattern()
@@ -156,9 +165,19 @@ class ReadWindow:
         self.prefetched = -1          # highest slot read-ahead was started for
         self.random_reads = 0
         self.last_slot = -1           # slot the last sequential read ended in
+        self.run_bytes = 0            # bytes of the current back-to-back run (random readers)
 
     def observe(self, offset: int, length: int) -> bool:
         seq = self.pattern.observe(offset, length)
+        if seq and self.random_reads >= RANDOM_READS:
+            self.run_bytes += length
+            if self.run_bytes >= SEQ_RESUME_BYTES:
+                self.random_reads = 0     # a sequential reader now: judged afresh
+                self.run_bytes = 0
+            else:
+                seq = False               # two misses side by side: still a random reader
+        elif not seq:
+            self.run_bytes = 0
         if not seq:
             self.random_reads += 1
             self.window = self.chunks

@@ -10,7 +10,7 @@ import os
 import random
 
 from aifsfs.fuse.chunk_cache import ChunkCache, frame_align, slot_length, split_range
-from aifsfs.fuse.readahead import ReadPattern
+from aifsfs.fuse.readahead import RANDOM_READS, SEQ_RESUME_BYTES, ReadPattern, ReadWindow
 from aifsfs.fuse.write_buffer import DirtyChunk
 
 
@@ -98,3 +98,34 @@ def test_read_pattern() -> None:
     assert p.observe(4096, 4096)
     assert not p.observe(1 << 20, 4096)  # a jump
     assert p.observe((1 << 20) + 4096, 4096)
+
+
+def test_a_random_readers_neighbouring_misses_start_no_read_ahead() -> None:
+    w = ReadWindow(4)
+    offsets = [(i * 7919 % 1000) << 20 for i in range(1, RANDOM_READS + 1)]
+    for off in offsets:
+        assert not w.observe(off, 4096)
+    assert w.wants_fill(1 << 30, 2 << 30)       # shown random access
+    # misses side by side (the page cache holds the rest of the file): still random
+    base = 500 << 20
+    assert not w.observe(base, 4096)
+    for k in range(1, 4):
+        assert not w.observe(base + k * 4096, 4096), k
+    # a jump, then a real sequential run in the kernel's read-ahead requests: sequential again
+    # once it covered SEQ_RESUME_BYTES, and from then on judged as a fresh handle
+    assert not w.observe(900 << 20, 4096)
+    pos, step = (900 << 20) + 4096, 128 << 10
+    got = []
+    while pos < (900 << 20) + 4096 + 2 * SEQ_RESUME_BYTES:
+        got.append(w.observe(pos, step))
+        pos += step
+    first = got.index(True)
+    assert first == SEQ_RESUME_BYTES // step - 1 and all(got[first:]), got
+    assert w.random_reads == 0
+
+
+def test_a_fresh_handle_is_sequential_from_its_second_read() -> None:
+    w = ReadWindow(4)
+    assert w.observe(0, 131072) and w.observe(131072, 131072)
+    assert not w.observe(1 << 30, 4096)
+    assert w.observe((1 << 30) + 4096, 4096)    # fewer than RANDOM_READS random reads yet
