@@ -1352,9 +1352,8 @@ class AIFSOperations(pyfuse3.Operations):
             ahead = h.window.advance(end, st.size, cs)
             if ahead:
                 self.reader.prefetch(self._nursery, st.clean_refs(ahead))
-            # slots read to their ends leave the memory cache (readahead.ChunkReader.consumed)
-            self.reader.consumed(st, [i for i in range(off // cs, -(-end // cs))
-                                      if min((i + 1) * cs, st.size) <= end])
+            # slots behind the reader leave the memory cache (readahead.ChunkReader.consumed)
+            self.reader.consumed(st, h.window.passed(off, end, cs, st.size))
         elif self._nursery is not None and h.window.wants_fill(st.size, self.reader.fill_budget()):
             # random access to a file that fits the cache: fetch all of it behind the reader
             self.reader.fill(self._nursery, h.ino, st.clean_refs(range(-(-st.size // cs))),

@@ -16,9 +16,13 @@ Interface:
     ReadPattern()                  per-handle sequential detector: .observe(offset, length) -> bool
     ReadWindow(chunks)             per-handle read-ahead window of `chunks` slots, doubling up
                                    to SEQ_WINDOW_MAX while the handle reads sequentially:
-        .observe(offset, length) -> bool        sequential?
+        .observe(offset, length) -> bool        sequential? (a handle that has shown random
+            access again only after SEQ_RESUME_BYTES read back to back)
         .advance(end, file_size, chunk_size) -> range   the slots to prefetch after a
             sequential read ending at `end` (each slot once per handle; empty when none)
+        .passed(offset, end, chunk_size, file_size) -> range   after a sequential read: the
+            slots now behind the reader (read to their ends, or read ahead and gone past
+            unread because the kernel held their pages), each once
         .wants_fill(file_size, budget) -> bool  after a random read: the handle has shown
             random access (RANDOM_READS non-sequential reads) and the file fits `budget`
             (ChunkReader.fill_budget()): time to fetch the whole file (asked again every
@@ -27,8 +31,8 @@ Interface:
                                                   cache or in flight
     await ChunkReader.fetch_many(refs, keep) -> [bytes | None]   whole chunks in ONE call,
         registered in flight first (a directory prefetch: dir_prefetch.py)
-    ChunkReader.consumed(st, slots)   a sequential reader has read these slots of file state
-        `st` to their ends: in a file larger than a quarter of the memory cache, their chunks
+    ChunkReader.consumed(st, slots)   a sequential reader is past these slots of file state
+        `st` (ReadWindow.passed): in a file larger than a quarter of the memory cache, their chunks
         leave the memory cache (the kernel's page cache holds what was read, the disk cache
         a copy; kept, they only pushed the memory cache and the mount's RSS to the full cache)
     ChunkReader.fill_budget() -> int   bytes a whole-file fill may take: half the disk cache,
@@ -59,6 +63,7 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterable
 from typing import Any
 
 import trio
@@ -156,7 +161,7 @@ class ReadWindow:
     after a random read), each started once; after enough random reads, a whole-file fill."""
 
     __slots__ = ("pattern", "chunks", "window", "prefetched", "random_reads", "last_slot",
-                 "run_bytes")
+                 "run_bytes", "behind")
 
     def __init__(self, chunks: int) -> None:
         self.pattern = ReadPattern()
@@ -166,6 +171,7 @@ class ReadWindow:
         self.random_reads = 0
         self.last_slot = -1           # slot the last sequential read ended in
         self.run_bytes = 0            # bytes of the current back-to-back run (random readers)
+        self.behind = 0               # slots below this one a sequential read went past
 
     def observe(self, offset: int, length: int) -> bool:
         seq = self.pattern.observe(offset, length)
@@ -182,6 +188,19 @@ class ReadWindow:
             self.random_reads += 1
             self.window = self.chunks
         return seq
+
+    def passed(self, offset: int, end: int, chunk_size: int, file_size: int) -> range:
+        """After a sequential read of [offset, end): the slots now behind the reader, read to
+        their ends or gone past unread since the last call. Why the unread ones: read-ahead
+        fetches slots whose pages the kernel may hold already (a file partly in the page
+        cache: the kernel asks only for the rest), and such a slot, never read, stayed in the
+        memory cache: a `cmp` of a 1 GiB file after the random phases left it full (64 MiB)
+        at the mount's peak RSS. Read-ahead reaches at most SEQ_WINDOW_MAX slots ahead, so no
+        more than that many lie behind."""
+        upto = -(-file_size // chunk_size) if end >= file_size else end // chunk_size
+        lo = max(min(self.behind, offset // chunk_size), upto - SEQ_WINDOW_MAX - 1, 0)
+        self.behind = max(self.behind, upto)
+        return range(lo, upto)
 
     def wants_fill(self, file_size: int, budget: int) -> bool:
         n = self.random_reads
@@ -502,7 +521,7 @@ class ChunkReader:
                 self._settle(c, f)
         return out
 
-    def consumed(self, st: Any, slots: list[int]) -> None:
+    def consumed(self, st: Any, slots: Iterable[int]) -> None:
         if st.size <= self.cache.capacity // 4:
             return      # small files: the memory cache is where a re-read finds them
         for idx in slots:

@@ -124,6 +124,18 @@ def test_a_random_readers_neighbouring_misses_start_no_read_ahead() -> None:
     assert w.random_reads == 0
 
 
+def test_slots_a_sequential_reader_went_past_are_each_passed_once() -> None:
+    cs, size = 1 << 20, (10 << 20) + 100          # 11 slots, the last one 100 bytes
+    w = ReadWindow(4)
+    assert list(w.passed(0, 512 << 10, cs, size)) == []          # inside slot 0
+    assert list(w.passed(512 << 10, cs, cs, size)) == [0]        # slot 0 read to its end
+    # the kernel held slots 1-3 (read ahead, never asked for): going past them passes them
+    assert list(w.passed(4 * cs, 5 * cs + 4096, cs, size)) == [1, 2, 3, 4]
+    assert list(w.passed(5 * cs + 4096, 6 * cs, cs, size)) == [5]
+    assert list(w.passed(10 * cs, size, cs, size)) == [6, 7, 8, 9, 10]   # the short last slot
+    assert list(w.passed(0, cs, cs, size)) == [0]     # a reader back at the start: again
+
+
 def test_a_fresh_handle_is_sequential_from_its_second_read() -> None:
     w = ReadWindow(4)
     assert w.observe(0, 131072) and w.observe(131072, 131072)
