@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_pkgs=(fuse3 libfuse3-dev pkg-config rsync git attr fio postgresql)
+need_pkgs=(fuse3 libfuse3-dev pkg-config patch rsync git attr fio postgresql)
 if [[ "${1:-}" == "--peers" || "${AIFS_SETUP_PEERS:-}" == 1 ]]; then
   need_pkgs+=(bindfs gocryptfs rclone borgbackup)
 fi
@@ -21,7 +21,7 @@ fi
 
 PY=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
-stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+stamp=.venv/.installed-$(cat pyproject.toml scripts/pyfuse3-noflush.patch | sha256sum | cut -c1-16)
 if [[ ! -f "$stamp" ]]; then
   echo "setup: installing the project into .venv"
   .venv/bin/pip install -q --upgrade pip >/dev/null
@@ -29,6 +29,21 @@ if [[ ! -f "$stamp" ]]; then
   # The machine image ships that wheel locally (pip's find-links), so this pulls no CUDA packages.
   .venv/bin/pip install -q "torch==2.13.0"
   .venv/bin/pip install -q -e ".[test]"
+  # pyfuse3 rebuilt from its sdist with FileInfo.noflush (scripts/pyfuse3-noflush.patch): a
+  # read-only handle's close then costs no FUSE request. The mount works without it (it
+  # checks), so a patch that does not apply only warns.
+  if ! .venv/bin/python -c "import pyfuse3, sys; sys.exit(not hasattr(pyfuse3.FileInfo(), 'noflush'))"; then
+    ver=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('pyfuse3'))")
+    tmp=$(mktemp -d)
+    if .venv/bin/pip download -q --no-deps --no-binary :all: "pyfuse3==$ver" -d "$tmp" &&
+       tar xzf "$tmp/pyfuse3-$ver.tar.gz" -C "$tmp" &&
+       patch -s -d "$tmp/pyfuse3-$ver" -p1 < scripts/pyfuse3-noflush.patch; then
+      .venv/bin/pip install -q --no-deps "$tmp/pyfuse3-$ver"
+    else
+      echo "setup: WARNING: pyfuse3 $ver not patched (noflush): every close costs a FLUSH request"
+    fi
+    rm -rf "$tmp"
+  fi
   rm -f .venv/.installed-*; touch "$stamp"
 fi
 echo "setup: ready (.venv/bin/aifs)"

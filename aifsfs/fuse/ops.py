@@ -160,6 +160,21 @@ def _errors(xattr: bool = False) -> Callable[[F], F]:
     return deco
 
 
+# FOPEN_NOFLUSH (Linux >= 5.16): the kernel sends no FLUSH at the close of a handle opened
+# with it. A handle that cannot write has nothing to commit at its close, and numpy closes each
+# sample twice (a dup): 2 of the 4 FUSE requests of a warm epoch's sample (BENCHMARKS "Read-only
+# closes without FLUSH"). pyfuse3 3.5 lacks the field; scripts/setup.sh builds it with
+# scripts/pyfuse3-noflush.patch. Without it, FLUSH arrives and is answered as before.
+_NOFLUSH = hasattr(pyfuse3.FileInfo(), "noflush")
+
+
+def _file_info(fh: int, keep_cache: bool, flags: int) -> pyfuse3.FileInfo:
+    fi = pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh), keep_cache=keep_cache)
+    if _NOFLUSH and not flags & (os.O_WRONLY | os.O_RDWR):
+        fi.noflush = True
+    return fi
+
+
 def _check_name(name: bytes) -> None:
     if len(name) > NAME_MAX:
         raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
@@ -218,7 +233,7 @@ class AIFSOperations(pyfuse3.Operations):
         # recalled inodes whose fresh attrs (noted from our replies) are old: ino -> when
         self._recalled_fresh: dict[int, float] = {}
         self._recalled_lock = threading.Lock()
-        self.requests = {"lookup": 0, "getattr": 0}     # logged at unmount (tests count them)
+        self.requests = {"lookup": 0, "getattr": 0, "flush": 0}   # logged at unmount (tests)
         # Unlinks under an exclusive directory lease are answered here and sent in batches
         # (dirops_queue.py, LEASES.md); AIFS_SYNC_DIROPS=1 sends each one before answering.
         self.dirops: DirOps | None = None
@@ -1270,7 +1285,7 @@ class AIFSOperations(pyfuse3.Operations):
             await self.synthetic.open(inode)
             fh = self._fh()
             self.handles[fh] = _Handle(inode, None, synthetic=True)
-            return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh), keep_cache=True)
+            return _file_info(fh, True, flags)
         if self.read_only and flags & (os.O_WRONLY | os.O_RDWR):
             raise pyfuse3.FUSEError(errno.EROFS)
         st, keep = await self._load_state(
@@ -1296,7 +1311,7 @@ class AIFSOperations(pyfuse3.Operations):
         self.handles[fh] = _Handle(inode, st, self.readahead_chunks)
         if not flags & (os.O_WRONLY | os.O_RDWR):
             self.prefetch.opened(inode)
-        return pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh), keep_cache=keep)
+        return _file_info(fh, keep, flags)
 
     @_errors()
     async def create(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, flags: int,
@@ -1392,6 +1407,7 @@ class AIFSOperations(pyfuse3.Operations):
 
     @_errors()
     async def flush(self, fh: pyfuse3.FileHandleT) -> None:
+        self.requests["flush"] += 1
         h = self.handles.get(fh)
         if h is None or h.state is None:
             return
