@@ -44,6 +44,7 @@ import socket
 import stat as stat_mod
 import sys
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -583,11 +584,15 @@ def run(args: argparse.Namespace) -> int:
     if args.tls_cert:
         tls = (Path(args.tls_cert).read_bytes(), Path(args.tls_key).read_bytes())
     listen = args.listen or [f"unix:{os.path.join(str(data), 'aifs.sock')}"]
-    stop_event = threading.Event()
+    stopping: list[int] = []     # the signals received: appended by the handler, no lock
 
     def on_signal(signum: int, _frame: Any) -> None:
-        log.info("received %s: shutting down", signal.Signals(signum).name)
-        stop_event.set()
+        # Only a list append here. The handler runs in the main thread between two bytecodes,
+        # possibly while that thread holds a lock: an Event's inside Event.wait, logging's
+        # inside a log call. Event.set() (and log.info) from here then waited for the main
+        # thread itself, forever: a SIGTERM hung the server (py-spy: on_signal -> Event.set ->
+        # Condition.__enter__, under Event.wait in the loop below).
+        stopping.append(signum)
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -622,8 +627,9 @@ def run(args: argparse.Namespace) -> int:
     tune_gc()
     for tok in srv.token_files:
         log.info("admin token for local clients written to %s", tok)
-    while not stop_event.wait(1.0):
-        pass
+    while not stopping:
+        time.sleep(0.2)             # a signal interrupts it; the handler has run on return
+    log.info("received %s: shutting down", signal.Signals(stopping[0]).name)
     srv.stop(args.grace)
     if srv.idle:
         datadir.close()
