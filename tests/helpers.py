@@ -13,6 +13,8 @@ Interface:
     call_md(token, namespace="default", branch="main") -> metadata tuple
     error_info(rpc_error) -> (code, reason, message)    reason from google.rpc.ErrorInfo
     peak_rss_kib(pid) -> int                    VmHWM of a live process
+    rpc_methods() -> [MethodDescriptor]         every RPC of the aifs.v1 services, from the
+                                                proto descriptors (a new RPC is included)
     tmpfs(mnt, size) -> context of mnt          a real small tmpfs at `mnt` (made if missing),
                                                 unmounted on exit even if the test fails;
                                                 skips the test where mounting is impossible
@@ -34,15 +36,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from google.protobuf.descriptor import MethodDescriptor
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+
+from aifs_proto.v1 import (
+    admin_pb2,
+    assets_pb2,
+    data_pb2,
+    filesystem_pb2,
+    session_pb2,
+    versioning_pb2,
+)
 
 MSG_LIMIT = 65 << 20
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MSG_LIMIT),
     ("grpc.max_receive_message_length", MSG_LIMIT),
 ]
+
+
+def rpc_methods() -> list[MethodDescriptor]:
+    return [m for mod in (filesystem_pb2, data_pb2, assets_pb2, admin_pb2, session_pb2,
+                          versioning_pb2)
+            for svc in mod.DESCRIPTOR.services_by_name.values() for m in svc.methods]
 
 
 def short_tmpdir() -> str:

@@ -20,21 +20,12 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from aifs_proto.v1 import (
-    admin_pb2,
-    assets_pb2,
-    data_pb2,
-    filesystem_pb2,
-    session_pb2,
-    versioning_pb2,
-)
-from tests.helpers import ServerProc, call_md, error_info
+from tests.helpers import ServerProc, call_md, error_info, rpc_methods
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-MODULES = (filesystem_pb2, data_pb2, assets_pb2, admin_pb2, session_pb2, versioning_pb2)
 CALL_TIMEOUT = 5.0
 BAD = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
 
@@ -48,15 +39,7 @@ _ODD_TEXT = ["", ".", "..", "/", "a/b", "\x00", "default", "main", "*", "x" * 30
              "{", "[" * 50, '{"a": 1}', "@snap:1", "\n", " "]
 
 
-def _methods() -> list[MethodDescriptor]:
-    out = []
-    for mod in MODULES:
-        for svc in mod.DESCRIPTOR.services_by_name.values():
-            out.extend(svc.methods)
-    return out
-
-
-METHODS = _methods()
+METHODS = rpc_methods()
 
 
 def _int(ftype: int) -> st.SearchStrategy[int]:
