@@ -168,9 +168,9 @@ def _errors(xattr: bool = False) -> Callable[[F], F]:
 _NOFLUSH = hasattr(pyfuse3.FileInfo(), "noflush")
 
 
-def _file_info(fh: int, keep_cache: bool, flags: int) -> pyfuse3.FileInfo:
+def _file_info(fh: int, keep_cache: bool, writable: bool) -> pyfuse3.FileInfo:
     fi = pyfuse3.FileInfo(fh=cast(pyfuse3.FileHandleT, fh), keep_cache=keep_cache)
-    if _NOFLUSH and not flags & (os.O_WRONLY | os.O_RDWR):
+    if _NOFLUSH and not writable:
         fi.noflush = True
     return fi
 
@@ -1279,14 +1279,15 @@ class AIFSOperations(pyfuse3.Operations):
     @_errors()
     async def open(self, inode: pyfuse3.InodeT, flags: int,
                    ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        writable = bool(flags & (os.O_WRONLY | os.O_RDWR))
         if is_synthetic(inode):
-            if flags & (os.O_WRONLY | os.O_RDWR):
+            if writable:
                 raise pyfuse3.FUSEError(errno.EROFS)
             await self.synthetic.open(inode)
             fh = self._fh()
             self.handles[fh] = _Handle(inode, None, synthetic=True)
-            return _file_info(fh, True, flags)
-        if self.read_only and flags & (os.O_WRONLY | os.O_RDWR):
+            return _file_info(fh, True, writable)
+        if self.read_only and writable:
             raise pyfuse3.FUSEError(errno.EROFS)
         st, keep = await self._load_state(
             inode, want_data=not flags & (os.O_WRONLY | os.O_TRUNC))
@@ -1303,15 +1304,15 @@ class AIFSOperations(pyfuse3.Operations):
             self.inodes.set_seen_gen(inode, st.generation)
             keep = False
         fh = self._fh()
-        if flags & (os.O_WRONLY | os.O_RDWR):   # no page push while it may write (page_push.py)
+        if writable:                      # no page push while it may write (page_push.py)
             await self.reader.writer_open(inode, fh)
         elif not keep:
             await self.reader.fence(inode)    # pushed pages of the old content land first
         st.handles += 1
         self.handles[fh] = _Handle(inode, st, self.readahead_chunks)
-        if not flags & (os.O_WRONLY | os.O_RDWR):
+        if not writable:
             self.prefetch.opened(inode)
-        return _file_info(fh, keep, flags)
+        return _file_info(fh, keep, writable)
 
     @_errors()
     async def create(self, parent_inode: pyfuse3.InodeT, name: bytes, mode: int, flags: int,
