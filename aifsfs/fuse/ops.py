@@ -238,6 +238,7 @@ class AIFSOperations(pyfuse3.Operations):
         # (dirops_queue.py, LEASES.md); AIFS_SYNC_DIROPS=1 sends each one before answering.
         self.dirops: DirOps | None = None
         self._dirops_wake: trio.Event | None = None
+        self._batches_going: set[int] = set()     # directories whose full batch is sending
         channel = getattr(client, "channel", None)
         if leases and isinstance(channel, Channel):
             self._session = LeaseSession(channel, self._recalled, self._reset)
@@ -462,9 +463,31 @@ class AIFSOperations(pyfuse3.Operations):
         self.inodes.drop_seen_gen(a.ino)
         if n == 1 and self._dirops_wake is not None:
             self._dirops_wake.set()
-        if n >= q.max_batch:
+        if n >= 2 * q.max_batch:
+            # a batch is on its way and another full one waits: the server is behind, so
+            # this unlink waits for both (the queue stays bounded)
             await self._call(q.flush, parent)
+        elif n >= q.max_batch:
+            self._send_batch_soon(parent)
         return True
+
+    def _send_batch_soon(self, parent: int) -> None:
+        """A full batch goes at once, without the unlink that filled it waiting for the
+        call: the next unlinks queue while the server applies it (one per directory)."""
+        if self._nursery is None or parent in self._batches_going:
+            return
+        self._batches_going.add(parent)
+
+        async def send() -> None:
+            try:
+                assert self.dirops is not None
+                await self._call(self.dirops.flush, parent)
+            except Exception as exc:  # noqa: BLE001 - flush logs its own failures
+                log.warning("sending queued unlinks of %d: %s", parent, exc)
+            finally:
+                self._batches_going.discard(parent)
+
+        self._nursery.start_soon(send)
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         return await trio.to_thread.run_sync(functools.partial(fn, *args, **kw),

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,15 +41,21 @@ def _files(m: Mount, name: str, n: int) -> Path:
     return d
 
 
-def _pending(sp: ServerProc, a: Mount, files: int, unlinked: int) -> tuple[Path, dict[str, int]]:
+def _unlink_first(sp: ServerProc, a: Mount, files: int,
+                  unlinked: int) -> tuple[Path, dict[str, int]]:
     """`files` files in a new directory of A, listed, then the first `unlinked` of them
-    unlinked: answered by A, all pending (no call). Returns the directory and the calls
-    counted before the unlinks."""
+    unlinked. Returns the directory and the calls counted before the unlinks."""
     d = _files(a, "d", files)
     os.listdir(d)
     before = calls(sp)
     for i in range(unlinked):
         os.unlink(d / f"f{i:04d}")
+    return d, before
+
+
+def _pending(sp: ServerProc, a: Mount, files: int, unlinked: int) -> tuple[Path, dict[str, int]]:
+    """_unlink_first, with every unlink answered by A and pending (no call)."""
+    d, before = _unlink_first(sp, a, files, unlinked)
     c = _delta(sp, before)
     assert c == {}, c
     return d, before
@@ -116,6 +123,21 @@ def test_fsync_of_the_directory_sends_the_batch(
     assert c.get("UnlinkBatch", 0) == 1 and sum(c.values()) == 1, c
 
 
+def test_a_full_batch_is_sent_without_waiting_for_the_interval(
+        long_interval: None, metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+    # 300 unlinks: a full batch (256) goes on its own, in the background (the unlink that
+    # filled it does not wait for the call); nothing else would send it for 600 s
+    a = mount_factory(metered)
+    _ready(a, metered)
+    d, before = _unlink_first(metered, a, 310, 300)
+    deadline = time.monotonic() + 10
+    while _delta(metered, before).get("UnlinkBatch", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    c = _delta(metered, before)
+    assert 1 <= c.get("UnlinkBatch", 0) <= 2 and c.get("Unlink", 0) == 0, c
+    assert sorted(os.listdir(d)) == [f"f{i:04d}" for i in range(300, 310)]
+
+
 def test_a_name_unlinked_then_made_again_reaches_the_server_in_order(
         long_interval: None, metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
     a = mount_factory(metered)
@@ -147,11 +169,7 @@ def test_sync_dirops_sends_every_unlink(
         mount_factory: Callable[..., Mount]) -> None:
     a = mount_factory(metered, "--sync-dirops")
     _ready(a, metered)
-    d = _files(a, "d", 30)
-    os.listdir(d)
-    before = calls(metered)
-    for i in range(30):
-        os.unlink(d / f"f{i:04d}")
+    d, before = _unlink_first(metered, a, 30, 30)
     c = _delta(metered, before)
     assert c.get("Unlink", 0) == 30 and c.get("UnlinkBatch", 0) == 0, c
 
