@@ -1,5 +1,6 @@
 """What a listing costs over a real mount of a real server: a cold listing of a directory of
 several pages shows every entry once, in order, and costs exactly one ReadDir per page (the
+page fetched ahead while the kernel takes the one before is used, never asked again; the
 kernel's last READDIR, asked after the last entry to learn the end, is answered by the mount:
 it cost one more ReadDir per listing); a reader that stops early costs no more than the whole
 listing; a name another mount adds is in the next listing. Calls are counted with the
