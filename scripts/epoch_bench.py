@@ -1,7 +1,8 @@
 """The bench's small-file read and ML epochs alone, with calls and CPU per item (issue 9).
 
 usage: .venv/bin/python scripts/epoch_bench.py WORKDIR [--target aifs|gocryptfs]
-           [--tree DIR] [--files N] [--samples N] [--phases read,ml] [--spy PHASE] [--perf PHASE]
+           [--tree DIR] [--files N] [--samples N] [--phases read,ml] [--spy PHASE] [--spy-args=FLAGS]
+           [--perf PHASE]
 
 aifs: a server with --metrics-port and `aifs up` on a fresh data dir; the bench's samples and
 small files are written, then the server is restarted, the mount remounted and the page cache
@@ -217,6 +218,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=2000)
     ap.add_argument("--phases", default="read,ml")
     ap.add_argument("--spy", default="")
+    ap.add_argument("--spy-args", default="", help="more py-spy record flags (--gil, --idle)")
     ap.add_argument("--perf", default="",
                     help="record this phase of both processes with `perf record -g` into "
                          "WORKDIR/perf-PHASE-ROLE.data (native time: kernel, gRPC core, "
@@ -255,7 +257,7 @@ def main() -> None:
                 for pid, role in rig.pids():
                     spies.append(subprocess.Popen(
                         [str(REPO / ".venv/bin/py-spy"), "record", "--nonblocking", "-p",
-                         str(pid), "-r", "400", "--threads", "-f", "raw",
+                         str(pid), "-r", "400", "--threads", "-f", "raw", *a.spy_args.split(),
                          "-o", str(a.work / f"spy-{name}-{role}-{pid}.txt")],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 time.sleep(1.5)

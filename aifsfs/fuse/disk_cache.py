@@ -27,7 +27,7 @@ Interface:
 Why frames, sealed one by one: a chunk (1 MiB by default) is one file of fixed-size slots,
 slot i = [nonce 12][length 4][ciphertext][tag 16][zeros up to SLOT, a multiple of 512]
 holding plaintext frame i (64 KiB, the server's frame and the unit of a random read); slots are
-written with O_DIRECT where the file system allows it (see SLOT). A random 4 KiB read then reads and opens one
+written and read with O_DIRECT where the file system allows it (see SLOT, _read_slots). A random 4 KiB read then reads and opens one
 64 KiB slot, not the whole chunk, and random reads fill a chunk's file frame by frame. The AAD
 binds each frame to its chunk id, index and length, so a slot moved, truncated, zeroed by a torn
 write or flipped on disk fails its tag. Entries never go stale: chunk ids are content hashes.
@@ -82,6 +82,7 @@ _DIO_ALIGN = 512
 SLOT = -(-(_HDR.size + FRAME_SIZE + _TAG) // _DIO_ALIGN) * _DIO_ALIGN
 _BUF_SLOTS = 16                        # slots sealed and written per pwrite (1 MiB chunk)
 _AAD = b"aifs-disk-cache-v1"
+READ_BUFFERS = 4                       # chunk-sized read buffers kept between reads (~4 MiB)
 LOCK_NAME = "lock"
 STATS_NAME = "stats.json"
 CLEAR_NAME = "clear-request"
@@ -147,9 +148,12 @@ class DiskCache:
         self._idle = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._direct = hasattr(os, "O_DIRECT")   # until a write shows it does not work
+        self._direct_reads = self._direct          # until a read shows it does not work
+        self._read_bufs: list[memoryview] = []     # aligned read buffers kept (_give_buffer)
         self._buf = memoryview(mmap.mmap(-1, _BUF_SLOTS * SLOT))   # page-aligned
         self._lock_fd = -1
         self.dir = self.root / "unopened"
+        self._dir_str = str(self.dir)
         self._low_space = False
         self._space_checked = 0.0
         self.counters = dict(hits=0, hit_bytes=0, misses=0, writes=0, written_bytes=0,
@@ -160,6 +164,7 @@ class DiskCache:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         _sweep_dead(self.root)
         self.dir = self.root / f"m-{os.urandom(6).hex()}"
+        self._dir_str = str(self.dir)
         self.dir.mkdir(mode=0o700)
         self._lock_fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
@@ -183,8 +188,10 @@ class DiskCache:
             self._lock_fd = -1
 
     # --- lookups ------------------------------------------------------------------------------
-    def _path(self, name: str) -> Path:
-        return self.dir / name[:2] / name
+    def _path(self, name: str) -> str:
+        # a string, not a Path: every read and write builds one (pathlib cost ~5% of the
+        # mount's CPU in a disk-cache epoch)
+        return os.path.join(self._dir_str, name[:2], name)
 
     def has(self, chunk_id: bytes, start: int, stop: int) -> bool:
         if stop <= start:
@@ -206,12 +213,7 @@ class DiskCache:
             self._index.move_to_end(chunk_id)
         frames = _frames(start, stop)
         try:
-            with open(self._path(e.name), "rb", buffering=0) as f:
-                raw = os.pread(f.fileno(), len(frames) * SLOT, frames.start * SLOT)
-            pieces = []
-            for k, i in enumerate(frames):
-                pieces.append(self._open_slot(memoryview(raw)[k * SLOT:(k + 1) * SLOT],
-                                              chunk_id, i))
+            pieces = self._read_slots(self._path(e.name), chunk_id, frames.start, len(frames))
         except (OSError, InvalidTag, ValueError) as exc:
             # missing (cleared or evicted meanwhile) or torn/altered: never served
             corrupt = not isinstance(exc, FileNotFoundError)
@@ -236,6 +238,55 @@ class DiskCache:
             self.counters["hits"] += 1
             self.counters["hit_bytes"] += len(data)
         return data
+
+    def _read_slots(self, path: str, chunk_id: bytes, first: int, count: int) -> list[bytes]:
+        """The plaintext of slots [first, first + count) of an entry file, read with O_DIRECT
+        where the file system allows it into a page-aligned buffer. Direct: the plaintext
+        goes on to the file's own page cache (pushed or replied), so a buffered read kept
+        each byte twice in memory and paid the kernel's page-cache work for a copy nobody
+        reads again (epoch 3 from this cache, 4 alternated pairs: the mount's CPU a sample
+        668 -> 578 us median, system time 200-285 -> 150-230)."""
+        n = count * SLOT
+        buf = self._take_buffer(n)
+        view = buf[:n]
+        try:
+            direct = self._direct_reads
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | (os.O_DIRECT if direct else 0))
+            except OSError as exc:
+                if not direct or exc.errno != errno.EINVAL:
+                    raise
+                direct = self._direct_reads = False   # no O_DIRECT on this file system
+                fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                try:
+                    got = os.preadv(fd, [view], first * SLOT)
+                except OSError as exc:
+                    if not direct or exc.errno != errno.EINVAL:
+                        raise
+                    self._direct_reads = False    # it took the flag, not our alignment
+                    os.close(fd)
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                    got = os.preadv(fd, [view], first * SLOT)
+            finally:
+                os.close(fd)
+            return [self._open_slot(view[k * SLOT:min(got, (k + 1) * SLOT)], chunk_id,
+                                    first + k) for k in range(count)]
+        finally:
+            self._give_buffer(buf)
+
+    def _take_buffer(self, n: int) -> memoryview:
+        with self._lock:
+            if n <= _BUF_SLOTS * SLOT and self._read_bufs:
+                return self._read_bufs.pop()
+        return memoryview(mmap.mmap(-1, max(n, _BUF_SLOTS * SLOT)))
+
+    def _give_buffer(self, buf: memoryview) -> None:
+        """Keep up to READ_BUFFERS chunk-sized buffers for the next reads; the rest are
+        unmapped once unreferenced (an exception's traceback may still hold a slice)."""
+        with self._lock:
+            if len(buf) == _BUF_SLOTS * SLOT and len(self._read_bufs) < READ_BUFFERS:
+                self._read_bufs.append(buf)
 
     def _open_slot(self, slot: memoryview, chunk_id: bytes, index: int) -> bytes:
         if len(slot) < _HDR.size + _TAG:
@@ -346,7 +397,7 @@ class DiskCache:
         try:
             fd = self._open_for_write(path)
         except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
             fd = self._open_for_write(path)
         try:
             # runs of consecutive frames, sealed straight into the aligned buffer (no 64 KiB
@@ -374,7 +425,7 @@ class DiskCache:
                 self._drop(next(iter(self._index)))   # least recently used first
                 self.counters["evicted"] += 1
 
-    def _open_for_write(self, path: Path) -> int:
+    def _open_for_write(self, path: str) -> int:
         flags = os.O_WRONLY | os.O_CREAT
         # A direct write waits for the device, which a cold read keeps busy: when the queue
         # backs up (it holds chunks in memory, and drops what does not fit), the page cache
@@ -389,7 +440,7 @@ class DiskCache:
                 self._direct = False
         return os.open(path, flags, 0o600)
 
-    def _write_run(self, fd: int, path: Path, chunk_id: bytes, start: int, data: bytes,
+    def _write_run(self, fd: int, path: str, chunk_id: bytes, start: int, data: bytes,
                    run: list[int]) -> None:
         """Seal frames `run` (consecutive) into the writer's buffer and write them at their
         slots (if O_DIRECT turns out not to work, `fd` becomes a buffered descriptor)."""

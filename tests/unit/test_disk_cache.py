@@ -5,6 +5,7 @@ helpers (scan, clear_dir) against a live cache."""
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import shutil
@@ -174,13 +175,13 @@ def test_a_big_chunk_is_written_in_several_vectored_writes(tmp_path: Path) -> No
 
 @pytest.mark.parametrize("direct", [True, False])
 def test_direct_and_buffered_writes_same_slots(tmp_path: Path, direct: bool) -> None:
-    """Entries are written with O_DIRECT where the file system takes it (tmp_path is on a
-    disk here) and buffered where it does not: the same slots either way, whole chunks,
+    """Entries are written and read with O_DIRECT where the file system takes it (tmp_path
+    is on a disk here) and buffered where it does not: the same slots either way, whole chunks,
     a lone short last frame and frames added later to an entry."""
     root = tmp_path / "dc"
     c = DiskCache(str(root), 64 * MiB).open()
     if not direct:
-        c._direct = False       # as after a file system refused O_DIRECT
+        c._direct = c._direct_reads = False     # as after a file system refused O_DIRECT
     try:
         data = _chunk(7, 3 * MiB + 5)      # more frames than one write takes, a short last
         c.submit(b"D" * 32, 0, data)
@@ -201,3 +202,32 @@ def test_direct_and_buffered_writes_same_slots(tmp_path: Path, direct: bool) -> 
     finally:
         c.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_file_system_refusing_direct_reads_is_read_buffered(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """O_DIRECT refused at open (EINVAL, as some file systems do) or at the read (our
+    alignment): the read is served buffered, and later reads no longer ask for it."""
+    c = DiskCache(str(tmp_path / "dc"), 64 * MiB).open()
+    try:
+        data = _chunk(8, 2 * MiB)
+        c.submit(b"R" * 32, 0, data)
+        assert c.flush(10)
+        real_open, refused = os.open, []
+
+        def no_direct(path: str, flags: int, *a: int) -> int:
+            if flags & getattr(os, "O_DIRECT", 0) and not flags & os.O_WRONLY:
+                refused.append(path)
+                raise OSError(errno.EINVAL, "no O_DIRECT here")
+            return real_open(path, flags, *a)
+
+        monkeypatch.setattr(os, "open", no_direct)
+        c._direct_reads = True
+        assert c.read(b"R" * 32, 0, len(data)) == data
+        assert c.read(b"R" * 32, MiB + 7, MiB + 4096) == data[MiB + 7:MiB + 4096]
+        assert len(refused) == (1 if hasattr(os, "O_DIRECT") else 0) and not c._direct_reads
+        s = c.stats()
+        assert s["corrupt"] == 0 and s["hits"] == 2
+    finally:
+        monkeypatch.undo()
+        c.close()
