@@ -27,8 +27,9 @@ Interface:
 Why frames, sealed one by one: a chunk (1 MiB by default) is one file of fixed-size slots,
 slot i = [nonce 12][length 4][ciphertext][tag 16][zeros up to SLOT, a multiple of 512]
 holding plaintext frame i (64 KiB, the server's frame and the unit of a random read); slots are
-written and read with O_DIRECT where the file system allows it (see SLOT, _read_slots). A random 4 KiB read then reads and opens one
-64 KiB slot, not the whole chunk, and random reads fill a chunk's file frame by frame. The AAD
+written and read with O_DIRECT where the file system allows it (see SLOT, _read_slots). A
+random 4 KiB read then reads and opens one 64 KiB slot, not the whole chunk, and random reads
+fill a chunk's file frame by frame. The AAD
 binds each frame to its chunk id, index and length, so a slot moved, truncated, zeroed by a torn
 write or flipped on disk fails its tag. Entries never go stale: chunk ids are content hashes.
 
