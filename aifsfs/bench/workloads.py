@@ -32,6 +32,7 @@ import random
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -199,8 +200,6 @@ def create_small(root: Path, n: int) -> float:
 def create_parallel(root: Path, n: int, writers: int = 4, sub: str = "small4") -> float:
     """create_small's files (names, size, flags) made by `writers` threads at once in one
     directory, each making every writers-th file; started together."""
-    from concurrent.futures import ThreadPoolExecutor
-
     d = root / sub
     d.mkdir(exist_ok=True)
     payload = _small_payload()

@@ -114,6 +114,10 @@ class DirOps:
         self._made_names: dict[int, dict[bytes, int]] = {}     # parent -> {name: ino}
         self._unborn_attrs: dict[int, dict[str, int]] = {}     # folded into CreateFile
         self._sending: dict[int, threading.Lock] = {}   # one batch at a time per directory
+        # parent -> batches taken from its queue and not yet answered: what depends on the
+        # directory waits for them as for queued ones (pending, flush_all), or a call could
+        # reach the server before the unlinks it must see (an rmdir: ENOTEMPTY)
+        self._flying: dict[int, int] = {}
         self._recalls = 0
         self._inos: list[int] = []                      # delegated, unused (a stack)
         # ino -> create args and the request id of its CreateFile: one id for every attempt,
@@ -389,8 +393,11 @@ class DirOps:
             return len(self._q[parent])
 
     def pending(self, parent: int, name: bytes | None = None) -> bool:
-        """Items queued or files unborn in `parent` (under that name)."""
+        """Items queued or files unborn in `parent` (under that name), or a batch of it on
+        its way (whatever its names)."""
         with self._lock:
+            if parent in self._flying:
+                return True
             for d in (self._names.get(parent), self._unborn_in.get(parent)):
                 if d and (name is None or name in d):
                     return True
@@ -398,7 +405,7 @@ class DirOps:
 
     def pending_unlinks(self, parent: int) -> bool:
         with self._lock:
-            return bool(self._unlinks.get(parent))
+            return bool(self._unlinks.get(parent)) or parent in self._flying
 
     def victim_dir(self, ino: int) -> int | None:
         with self._lock:
@@ -416,7 +423,7 @@ class DirOps:
 
     def flush_all(self) -> None:
         with self._lock:
-            parents = list(self._q) + [p for p in self._unborn_in if p not in self._q]
+            parents = list(dict.fromkeys((*self._q, *self._unborn_in, *self._flying)))
         for p in parents:
             self.flush(p)
 
@@ -444,10 +451,17 @@ class DirOps:
                 items = self._pop_locked(parent, skip_unborn)
                 if not items:
                     return
+                self._flying[parent] = self._flying.get(parent, 0) + 1
             try:
                 self._send(parent, items)
             finally:
                 self._sent(items)
+                with self._lock:
+                    left = self._flying[parent] - 1
+                    if left:
+                        self._flying[parent] = left
+                    else:
+                        del self._flying[parent]
 
     def _pop_locked(self, parent: int, skip_unborn: bool) -> list[tuple[Any, ...]]:
         """Take the next batch of `parent`'s queue (items of unborn files stay with
@@ -562,8 +576,8 @@ class DirOps:
     def recalled(self, inos: list[int]) -> None:
         with self._lock:
             self._recalls += 1
-            dirs = [d for d in inos
-                    if d in self._held or d in self._q or d in self._unborn_in]
+            dirs = [d for d in inos if d in self._held or d in self._q
+                    or d in self._unborn_in or d in self._flying]
             self._held.difference_update(inos)
             for d in inos:
                 for ino in list(self._made_names.get(d, {}).values()):
