@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import stat as stat_mod
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -223,6 +224,20 @@ def _known_asset_id(request: Any, changed: list[ChunkRef], inline_sizes: dict[by
     return ""
 
 
+INLINE_READERS = 4      # chunk files of a ReadDir page read at once (cold disk reads)
+_inline_readers: ThreadPoolExecutor | None = None
+_inline_readers_lock = threading.Lock()
+
+
+def _inline_pool() -> ThreadPoolExecutor:
+    global _inline_readers
+    with _inline_readers_lock:
+        if _inline_readers is None:
+            _inline_readers = ThreadPoolExecutor(INLINE_READERS,
+                                                 thread_name_prefix="aifs-inline-read")
+        return _inline_readers
+
+
 class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
     """Leases (docs/LEASES.md, leases.py): a read carrying a live session id (metadata
     `aifs-session`) leases what it returned when no change of it started since the read began
@@ -362,6 +377,8 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         budget = min(request.inline_total, INLINE_READ_MAX)
         if not request.with_maps:        # a plain listing: the whole page in one go
             parts.append(encode_entries(entries))
+        ahead = self._read_inline_ahead(tree, entries, maps, request.inline_max, budget) \
+            if request.with_maps else {}
         for e in entries if request.with_maps else []:
             pe = filesystem_pb2.DirEntry(name=e.name, cookie=e.cookie)
             data: bytes | bytearray = b""
@@ -371,8 +388,12 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
                 refs = maps.get(a.ino, [])
                 pe.map.SetInParent()        # present even with no chunks (empty file)
                 pe.map.chunks.extend(chunkref_to_pb(r) for r in refs)
-                data = self._inline_buffer(tree, a, refs,
-                                           min(request.inline_max, budget))
+                limit = min(request.inline_max, budget)
+                got = ahead.pop(a.ino, None)
+                if got is None:
+                    data = self._inline_buffer(tree, a, refs, limit)
+                else:
+                    data = got.result() if a.size <= limit else b""    # as with `limit`
                 budget -= len(data)
                 at = sink.place([data]) if sink is not None and data else None
                 if at is not None:      # the bytes went to the client's file instead
@@ -381,6 +402,27 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
             pe.attr.CopyFrom(attr_to_pb(a))
             parts.extend(encode_dir_entry(pe.SerializeToString(), data))
         return parts
+
+    def _read_inline_ahead(self, tree: TreeRef, entries: list[DirEntry],
+                           maps: dict[int, list[ChunkRef]], inline_max: int, budget: int
+                           ) -> dict[int, Future[bytes | bytearray]]:
+        """The bytes of the page's files that will go inline, read INLINE_READERS at a time
+        (ino -> future): one after the other, a cold page waited for each chunk file's open
+        and read in turn (most of a cold epoch's ReadDir time). Chosen as _dir_page will
+        take them, in order within the budget; one that fails or is not asked for costs
+        only its read."""
+        todo: list[tuple[int, Attr, list[ChunkRef]]] = []
+        for e in entries:
+            a = e.attr
+            refs = maps.get(a.ino, [])
+            if (stat_mod.S_ISREG(a.mode) and 0 < a.size <= min(inline_max, budget)
+                    and len(refs) == 1 and refs[0].index == 0 and refs[0].chunk_id):
+                todo.append((a.ino, a, refs))
+                budget -= a.size
+        if len(todo) < 2:
+            return {}
+        return {ino: _inline_pool().submit(self._inline_buffer, tree, a, refs, a.size)
+                for ino, a, refs in todo}
 
     def _readdir(self, tree: TreeRef, ino: int, cookie: int, limit: int
                  ) -> tuple[list[DirEntry], bool, dict[int, list[ChunkRef]]]:

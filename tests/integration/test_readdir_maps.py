@@ -78,7 +78,7 @@ def test_readdir_page_with_a_damaged_chunk(server: ServerProc) -> None:
     """ReadDir's hand-encoded reply (rpc_filesystem.encode_dir_entry): each file's bytes come
     with its own entry, byte for byte; a chunk damaged at rest is never inlined (its map still
     comes, so the read path reports it: CORRUPT_CHUNK naming the chunk) and does not stop the
-    rest of the page."""
+    rest of the page, nor does it take the reply's budget from the files after it."""
     c = AIFSClient(server.address, token_file=server.token_file)
     try:
         d = c.mkdir(1, b"dmg").ino
@@ -96,6 +96,12 @@ def test_readdir_page_with_a_damaged_chunk(server: ServerProc) -> None:
         entries, eof, _, maps = c.fs.readdir_maps(d, 0, 100, MiB, 4 * MiB)
         assert eof and [e.name for e in entries] == [b"f0", b"f1", b"f2", b"f3"]
         assert [e.attr.ino for e in entries] == inos
+        assert [maps[i][1] for i in inos] == [datas[0], datas[1], b"", datas[3]]
+        # a budget for three of them: the damaged one's share goes to the next (the page's
+        # bytes are read ahead in parallel assuming each read succeeds; f3 is then read
+        # when its turn shows it fits)
+        fits = len(datas[0]) + len(datas[1]) + len(datas[3]) + 10
+        _, _, _, maps = c.fs.readdir_maps(d, 0, 100, MiB, fits)
         assert [maps[i][1] for i in inos] == [datas[0], datas[1], b"", datas[3]]
         refs = maps[inos[2]][0]
         assert len(refs) == 1 and refs[0].length == len(datas[2])
