@@ -427,10 +427,13 @@ class DirOps:
         for p in parents:
             self.flush(p)
 
-    def flush(self, parent: int) -> None:
+    def flush(self, parent: int, full_only: bool = False) -> None:
         """Send what is queued in `parent`; returns when it is applied (or failed). A flush
         already sending there is waited for: whoever returns from here knows every unlink
-        queued before it is on the server."""
+        queued before it is on the server. full_only: send full batches only (the mount's
+        background send while unlinks keep coming: the rest waits for the next full batch,
+        the interval or whatever depends on it, not one small call per unlink queued
+        meanwhile)."""
         with self._lock:
             lk = self._sending.setdefault(parent, threading.Lock())
         with lk:
@@ -441,13 +444,16 @@ class DirOps:
                     self._birth_locked(ino, None)
                 except Exception as exc:  # noqa: BLE001 - its close reports it
                     log.warning("creating inode %d in directory %d: %s", ino, parent, exc)
-            self._send_queued_locked(parent)
+            self._send_queued_locked(parent, full_only=full_only)
 
-    def _send_queued_locked(self, parent: int, skip_unborn: bool = False) -> None:
+    def _send_queued_locked(self, parent: int, skip_unborn: bool = False,
+                            full_only: bool = False) -> None:
         """With the directory's sending lock held: send its queued unlinks (those of files
         not on the server yet stay queued with `skip_unborn`: a flush births them first)."""
         while True:
             with self._lock:
+                if full_only and len(self._q.get(parent, ())) < self.max_batch:
+                    return
                 items = self._pop_locked(parent, skip_unborn)
                 if not items:
                     return

@@ -493,7 +493,7 @@ class AIFSOperations(pyfuse3.Operations):
         async def send() -> None:
             try:
                 assert self.dirops is not None
-                await self._call(self.dirops.flush, parent)
+                await self._call(self.dirops.flush, parent, full_only=True)
             except Exception as exc:  # noqa: BLE001 - flush logs its own failures
                 log.warning("sending queued unlinks of %d: %s", parent, exc)
             finally:
