@@ -225,17 +225,12 @@ def _known_asset_id(request: Any, changed: list[ChunkRef], inline_sizes: dict[by
 
 
 INLINE_READERS = 4      # chunk files of a ReadDir page read at once (cold disk reads)
-_inline_readers: ThreadPoolExecutor | None = None
-_inline_readers_lock = threading.Lock()
 
 
-def _inline_pool() -> ThreadPoolExecutor:
-    global _inline_readers
-    with _inline_readers_lock:
-        if _inline_readers is None:
-            _inline_readers = ThreadPoolExecutor(INLINE_READERS,
-                                                 thread_name_prefix="aifs-inline-read")
-        return _inline_readers
+def _fits_inline(a: Attr, refs: list[ChunkRef], limit: int) -> bool:
+    """A file whose bytes may ride with its map: one chunk in slot 0, within `limit`."""
+    return (0 < a.size <= limit and len(refs) == 1 and refs[0].index == 0
+            and bool(refs[0].chunk_id))
 
 
 class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
@@ -250,6 +245,9 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         self.b = backend
         self.meta = backend.meta
         self.leases = backend.leases
+        # threads start on the first submit (ReadDir with maps of a cold page)
+        self._inline_readers = ThreadPoolExecutor(INLINE_READERS,
+                                                  thread_name_prefix="aifs-inline-read")
 
     # --- leases -------------------------------------------------------------------------------
     def _session(self, context: grpc.ServicerContext, tree: TreeRef) -> Session | None:
@@ -415,13 +413,12 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         for e in entries:
             a = e.attr
             refs = maps.get(a.ino, [])
-            if (stat_mod.S_ISREG(a.mode) and 0 < a.size <= min(inline_max, budget)
-                    and len(refs) == 1 and refs[0].index == 0 and refs[0].chunk_id):
+            if stat_mod.S_ISREG(a.mode) and _fits_inline(a, refs, min(inline_max, budget)):
                 todo.append((a.ino, a, refs))
                 budget -= a.size
         if len(todo) < 2:
             return {}
-        return {ino: _inline_pool().submit(self._inline_buffer, tree, a, refs, a.size)
+        return {ino: self._inline_readers.submit(self._inline_buffer, tree, a, refs, a.size)
                 for ino, a, refs in todo}
 
     def _readdir(self, tree: TreeRef, ino: int, cookie: int, limit: int
@@ -677,8 +674,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
                        ) -> bytes | bytearray:
         """_inline's bytes, maybe as the bytearray they were decrypted into (ReadDir joins
         them into its reply: no copy to bytes)."""
-        if not (limit and 0 < a.size <= limit and len(refs) == 1 and refs[0].index == 0
-                and refs[0].chunk_id):
+        if not _fits_inline(a, refs, limit):
             return b""
         try:
             return self.b.chunks.read_buffer(tree.namespace, refs[0].chunk_id, refs[0].length)

@@ -409,10 +409,15 @@ class AIFSOperations(pyfuse3.Operations):
             while self.dirops.queued():
                 await trio.sleep(self.dirops.interval)
                 for parent in self.dirops.due():
-                    try:
-                        await self._call(self.dirops.flush, parent)
-                    except Exception as exc:  # noqa: BLE001 - flush logs its own failures
-                        log.warning("sending queued unlinks of %d: %s", parent, exc)
+                    await self._send_queued(parent)
+
+    async def _send_queued(self, parent: int, full_only: bool = False) -> None:
+        """dirops.flush from a background task: a failure is logged, never raised."""
+        assert self.dirops is not None
+        try:
+            await self._call(self.dirops.flush, parent, full_only=full_only)
+        except Exception as exc:  # noqa: BLE001 - flush logs its own failures
+            log.warning("sending queued unlinks of %d: %s", parent, exc)
 
     def _create_unborn(self, parent: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
                        ) -> tuple[Attr, Attr] | None:
@@ -492,10 +497,7 @@ class AIFSOperations(pyfuse3.Operations):
 
         async def send() -> None:
             try:
-                assert self.dirops is not None
-                await self._call(self.dirops.flush, parent, full_only=True)
-            except Exception as exc:  # noqa: BLE001 - flush logs its own failures
-                log.warning("sending queued unlinks of %d: %s", parent, exc)
+                await self._send_queued(parent, full_only=True)
             finally:
                 self._batches_going.discard(parent)
 
