@@ -10,8 +10,8 @@ each), `read` (listing + open/read/close of each), `unlink`. --rounds repeats th
 sequence in new directories on the same mount (after the first round the directory is new,
 the mount and server are not). --writers N: the create phase runs N threads at once, each
 creating every Nth file of the one directory (parallel closes: tar | parallel, DataLoader
-workers writing outputs); the other phases are unchanged. Printed per phase: files/s, CPU us per file of the server and
-the mount, idle % of the machine, gRPC calls per file (server metrics). The rigs (fresh data
+workers writing outputs); the other phases are unchanged. Printed per phase: files/s, CPU us per file (user+system) of the
+server and the mount, idle % of the machine, gRPC calls per file (server metrics). The rigs (fresh data
 dir, server with metrics, `aifs up`; gocryptfs's bench target) are epoch_bench.py's.
 Needs root (FUSE, drop_caches). Every mount is unmounted and the server stopped at the end.
 """
@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from epoch_bench import REPO, AifsRig, GocryptfsRig, cpu, drop, idle_ticks  # noqa: E402
+from epoch_bench import REPO, AifsRig, GocryptfsRig, cpu_split, drop, idle_ticks  # noqa: E402
 
 from aifsfs.bench import workloads as wl  # noqa: E402
 
@@ -48,9 +48,11 @@ def spy(rig: AifsRig | GocryptfsRig, a: argparse.Namespace,
     return out
 
 
-def sample(rig: AifsRig | GocryptfsRig) -> tuple[dict[str, int], list[float], tuple[int, int]]:
-    """(calls per method, CPU seconds of each process, machine idle/total jiffies) now."""
-    return rig.calls(), [cpu(p) for p, _ in rig.pids()], idle_ticks()
+def sample(rig: AifsRig | GocryptfsRig
+           ) -> tuple[dict[str, int], list[tuple[float, float]], tuple[int, int]]:
+    """(calls per method, (user, system) CPU seconds of each process, machine idle/total
+    jiffies) now."""
+    return rig.calls(), [cpu_split(p) for p, _ in rig.pids()], idle_ticks()
 
 
 def phase(rig: AifsRig | GocryptfsRig, a: argparse.Namespace, name: str,
@@ -65,9 +67,10 @@ def phase(rig: AifsRig | GocryptfsRig, a: argparse.Namespace, name: str,
         s.wait(60)
     per = {k: round((v - calls0.get(k, 0)) / a.files, 3) for k, v in sorted(calls1.items())
            if v != calls0.get(k, 0) and k != "Open"}
-    us = [round((y - x) / a.files * 1e6) for x, y in zip(cpu0, cpu1, strict=True)]
+    us = [f"{(y[0] - x[0]) / a.files * 1e6:.0f}+{(y[1] - x[1]) / a.files * 1e6:.0f}"
+          for x, y in zip(cpu0, cpu1, strict=True)]
     idle = 100 * (idle1[0] - idle0[0]) / max(1, idle1[1] - idle0[1])
-    print(f"{name}: {rate:,.0f}/s  cpu us/file {us}  idle {idle:.0f}%  calls/file {per}",
+    print(f"{name}: {rate:,.0f}/s  cpu us/file user+sys {us}  idle {idle:.0f}%  calls/file {per}",
           flush=True)
 
 

@@ -26,10 +26,12 @@ Interface:
                                      where that is unknown or unbounded (an object store);
                                      a tuple, so `used, free = store.usage()` works
     StoreUsage(stored_bytes, free)
-    LocalChunkStore(root)            a directory: root/ab/cd/<name>. A put writes a temp file
-                                     in the final directory, fsyncs it, links it into place
-                                     (so concurrent puts of one name store it once); a batch
-                                     then fsyncs each fan-out directory it touched once.
+    LocalChunkStore(root)            a directory: root/ab/cd/<name>, and envelopes of at most
+                                     SMALL_MAX bytes as rows of root/small.sqlite (one
+                                     transaction per batch: small_chunks.py). A put writes a
+                                     temp file in the final directory, fsyncs it, links it into
+                                     place (so concurrent puts of one name store it once); a
+                                     batch then fsyncs each fan-out directory it touched once.
                                      ENOSPC/EDQUOT -> errors.NoSpace saying where; temp files
                                      never outlive a failed put.
         .stale_temp_files(older_than, stop) -> (paths, complete)   temp files a crash left
@@ -45,6 +47,7 @@ import contextlib
 import errno
 import os
 import re
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -53,9 +56,11 @@ from typing import NamedTuple, Protocol
 
 from aifs_core.errors import InvalidArgument, NoSpace, NotFound
 from aifs_core.fileutil import fsync_dir
+from aifs_server.small_chunks import SMALL_MAX, SmallChunks
 
 _NAME = re.compile(r"[0-9a-z]{4,128}")
 _TMP_PREFIX = ".tmp-"
+SMALL_FILE = "small.sqlite"   # envelopes of at most SMALL_MAX bytes (small_chunks.py)
 # Threads writing one batch's files: their fsyncs overlap (they release the GIL).
 WRITE_WORKERS = 4
 # Threads fsyncing a batch's directories together (see LocalChunkStore._sync).
@@ -99,6 +104,29 @@ class ChunkStore(Protocol):
 def check_range(offset: int, length: int | None) -> None:
     if offset < 0 or (length is not None and length < 0):
         raise InvalidArgument(f"bad range offset={offset} length={length}: must be >= 0")
+
+
+class _BytesRange:
+    """A small chunk's envelope, read whole from its row: ranges are slices."""
+
+    __slots__ = ("data", "size")
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.size = len(data)
+
+    def read_at(self, offset: int, n: int) -> bytes:
+        check_range(offset, n)
+        return self.data[offset:offset + n]
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> _BytesRange:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
 
 
 class _FileRange:
@@ -163,6 +191,7 @@ class LocalChunkStore:
         # free bytes on the disk as last asked (statvfs) minus what was written since, and
         # when it was asked: see _check_room
         self._free_est: tuple[int, float] = (0, -FREE_RECHECK_S)
+        self._small = SmallChunks(os.path.join(self.root, SMALL_FILE))
 
     def _path(self, name: str) -> str:
         if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -307,22 +336,28 @@ class LocalChunkStore:
     def put_many(self, items: Iterable[tuple[str, Data]]) -> list[bool]:
         names: list[str] = []
         futures: list[Future[bool]] = []
+        small: list[tuple[str, Data, Future[bool]]] = []
         failure: BaseException | None = None
         try:
-            if isinstance(items, list | tuple) and len(items) == 1:
-                name, data = items[0]
+            single = isinstance(items, list | tuple) and len(items) == 1
+            for name, data in items:  # may be lazy: writes start as items arrive
+                self._path(name)  # a bad name fails the batch before anything is queued
                 names.append(name)
                 done: Future[bool] = Future()
-                done.set_result(self._write(name, data))
+                if memoryview(data).nbytes <= SMALL_MAX:
+                    small.append((name, data, done))
+                elif single:   # written in this thread: no hand-off to the pool
+                    try:
+                        done.set_result(self._write(name, data))
+                    except BaseException as exc:
+                        done.set_exception(exc)
+                else:
+                    done = self._writer_pool().submit(self._write, name, data)
                 futures.append(done)
-            else:
-                pool = self._writer_pool()
-                for name, data in items:  # may be lazy: writes start as items arrive
-                    self._path(name)  # a bad name fails the batch before anything is queued
-                    names.append(name)
-                    futures.append(pool.submit(self._write, name, data))
         except BaseException as exc:
             failure = exc
+        self._put_small(small)
+        packed = {name for name, _data, _done in small}
         created: list[bool] = []
         linked: list[str] = []
         for name, fut in zip(names, futures, strict=False):
@@ -332,17 +367,49 @@ class LocalChunkStore:
                 failure = failure or exc
                 new = False
             created.append(new)
-            if new:
+            if new and name not in packed:
                 linked.append(os.path.dirname(self._path(name)))
         # Every directory of the batch, including those of names that were already there:
         # another writer may have linked one and not yet synced its directory.
         directories = [os.path.dirname(self._path(n)) for n, f in zip(names, futures,
                                                                         strict=False)
-                       if f.exception() is None]
+                       if f.exception() is None and n not in packed]
         self._sync(directories, linked)
         if failure is not None:
             raise failure
         return created
+
+    def _put_small(self, small: list[tuple[str, Data, Future[bool]]]) -> None:
+        """Store the batch's small envelopes as rows, in one transaction; each future gets
+        its result, or the batch's error. A name stored as a file already is not stored
+        again (a store written before small chunks were packed, or by a larger SMALL_MAX)."""
+        if not small:
+            return
+        try:
+            nbytes = sum(memoryview(data).nbytes for _name, data, _done in small)
+            try:
+                self._check_room(self.root, nbytes)
+                made = self._small.put_many(
+                    ((name, data) for name, data, _done in small),
+                    skip=lambda name: os.path.exists(self._path(name)))
+            except sqlite3.OperationalError as exc:
+                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                    raise
+                raise self._no_space(small[0][0], OSError(errno.ENOSPC, str(exc))) from None
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise self._no_space(small[0][0], exc) from None
+                raise
+        except BaseException as exc:
+            for _name, _data, done in small:
+                done.set_exception(exc)
+            return
+        with self._lock:
+            if self._used is not None:
+                self._used += sum(memoryview(data).nbytes for (_n, data, _d), new
+                                  in zip(small, made, strict=True) if new)
+        for (_name, _data, done), new in zip(small, made, strict=True):
+            done.set_result(new)
 
     def put(self, name: str, data: Data) -> bool:
         return self.put_many([(name, data)])[0]
@@ -350,6 +417,10 @@ class LocalChunkStore:
     # --- reads -----------------------------------------------------------------------------
     def get(self, name: str, offset: int = 0, length: int | None = None) -> bytes:
         check_range(offset, length)
+        self._path(name)
+        packed = self._small.get(name)
+        if packed is not None:
+            return packed[offset:] if length is None else packed[offset:offset + length]
         if offset == 0 and length is None:
             try:
                 with open(self._path(name), "rb", buffering=0) as f:
@@ -359,16 +430,27 @@ class LocalChunkStore:
         with self.reader(name) as r:
             return r.read_at(offset, max(0, r.size - offset) if length is None else length)
 
-    def reader(self, name: str) -> _FileRange:
+    def reader(self, name: str) -> RangeReader:
+        path = self._path(name)
+        packed = self._small.get(name)
+        if packed is not None:
+            return _BytesRange(packed)
         try:
-            return _FileRange(self._path(name))
+            return _FileRange(path)
         except FileNotFoundError:
             raise self._missing(name) from None
 
     def has_many(self, names: Iterable[str]) -> list[bool]:
+        todo = list(names)
+        for name in todo:
+            self._path(name)
+        packed = self._small.present(todo)
         out: list[bool] = []
         synced: set[str] = set()
-        for name in names:
+        for name in todo:
+            if name in packed:
+                out.append(True)
+                continue
             path = self._path(name)
             present = os.path.exists(path)
             if present:
@@ -382,19 +464,26 @@ class LocalChunkStore:
         return out
 
     def size(self, name: str) -> int:
+        path = self._path(name)
+        packed = self._small.size(name)
+        if packed is not None:
+            return packed
         try:
-            return os.stat(self._path(name)).st_size
+            return os.stat(path).st_size
         except FileNotFoundError:
             raise self._missing(name) from None
 
     def delete(self, name: str) -> bool:
         path = self._path(name)
+        freed = self._small.delete(name)
         with self._lock:
+            if freed is not None and self._used is not None:
+                self._used -= freed
             try:
                 size = os.stat(path).st_size
                 os.unlink(path)
             except FileNotFoundError:
-                return False
+                return freed is not None
             if self._used is not None:
                 self._used -= size
         return True
@@ -411,17 +500,29 @@ class LocalChunkStore:
                 for name in sorted(os.listdir(sub_dir)):
                     if _NAME.fullmatch(name):
                         yield name
+        yield from self._small.names()
 
     def usage(self) -> StoreUsage:
         """Bytes of chunk files, and bytes free for an unprivileged writer on the device."""
         with self._lock:
             if self._used is None:
-                self._used = sum(
-                    os.stat(self._path(n)).st_size for n in self.list_names()
-                )
+                self._used = self._small.stored_bytes() + sum(
+                    st.st_size for st in self._file_stats())
             used = self._used
         st = os.statvfs(self.root)
         return StoreUsage(used, st.f_bavail * st.f_frsize)
+
+    def _file_stats(self) -> Iterator[os.stat_result]:
+        for top in os.scandir(self.root):
+            if len(top.name) != 2 or not top.is_dir():
+                continue
+            for sub in os.scandir(top.path):
+                if len(sub.name) != 2 or not sub.is_dir():
+                    continue
+                for f in os.scandir(sub.path):
+                    if _NAME.fullmatch(f.name):
+                        with contextlib.suppress(FileNotFoundError):
+                            yield f.stat()
 
     def stale_temp_files(self, older_than: float, stop: Callable[[], bool] = lambda: False
                          ) -> tuple[list[str], bool]:

@@ -35,7 +35,8 @@ Layout (directory 0700, key files 0600):
     macaroon.key     32 random bytes: the macaroon root key
     signing.key      Ed25519 private key (raw 32 bytes) that signs snapshots; signing.pub
     meta.db          SQLiteMetadata   (config "meta": {"engine": "sqlite", "path": "meta.db"})
-    chunks/          LocalChunkStore  (config "chunks": {"store": "local", "path": "chunks"})
+    chunks/          LocalChunkStore  (config "chunks": {"store": "local", "path": "chunks"}):
+                     ab/cd/<name> files, and small envelopes as rows of chunks/small.sqlite
                      Either section may instead be {"url": "..."} (backends.py).
 
 A format interrupted before config.json was written is resumed by running format again: files

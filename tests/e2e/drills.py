@@ -6,7 +6,8 @@ Interface:
                                    mount; everything started is unmounted / stopped on exit,
                                    mounts first, even when the test failed
     content(seed, size) -> bytes   the deterministic bytes of a drill's file
-    chunk_files(data_dir) -> set   the chunk files of a data dir's local store
+    chunk_files(data_dir) -> set   the stored envelopes of a data dir's local store (files and
+                                   small.sqlite's rows: tests/stored_chunks.py)
     read_each(path, size, step)    per `step`-sized range of a file: (bytes read, errno|None)
     MiB
 """
@@ -22,6 +23,7 @@ from types import TracebackType
 
 from tests.e2e.conftest import Mount, start_mount, teardown_mount
 from tests.helpers import ServerProc, make_data_dir, start_server, stop_server
+from tests.stored_chunks import StoredChunk, stored_chunks
 
 MiB = 1 << 20
 
@@ -30,9 +32,8 @@ def content(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)
 
 
-def chunk_files(data_dir: Path) -> set[Path]:
-    return {p for p in (data_dir / "chunks").rglob("*") if p.is_file()
-            and not p.name.startswith(".")}
+def chunk_files(data_dir: Path) -> set[StoredChunk]:
+    return stored_chunks(data_dir / "chunks")
 
 
 def read_each(path: Path, size: int, step: int) -> list[tuple[bytes, int | None]]:

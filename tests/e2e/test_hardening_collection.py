@@ -1,6 +1,7 @@
 """Background collection on a real server and a real FUSE mount (issue 13): the space of a
 removed file comes back by itself, while chunks a live session uploaded and has not committed
-survive every pass. Store usage is the size of the chunk files in the data dir; passes are
+survive every pass. Store usage is the size of the files in the data dir's chunk store
+(chunk files and small.sqlite with its WAL); passes are
 counted from the server's Prometheus metrics. Polls have generous limits: the behaviour is
 checked, never its speed.
 """

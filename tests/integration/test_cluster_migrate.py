@@ -19,6 +19,7 @@ from aifsfs.client import AIFSClient
 from tests.cluster import start_shared_server
 from tests.helpers import make_data_dir, short_tmpdir, start_server, stop_server
 from tests.services import S3Location
+from tests.stored_chunks import stored_chunks
 
 CHUNK = 1 << 20
 
@@ -69,13 +70,13 @@ def test_migrate_a_data_dir_then_fsck_and_serve(tmp_path: Path, pg_dsn: str,
               env=env)
     assert r.returncode == 0, r.stderr
     # every sealed chunk arrived as it was: same stored names, same bytes
-    src_names = sorted(p.name for p in (data / "chunks").rglob("*") if p.is_file())
+    src = {c.name: c for c in stored_chunks(data / "chunks")}
+    src_names = sorted(src)
     assert f"{len(src_names)} chunks copied" in r.stdout, r.stdout
     dst = s3_bucket.store()
     assert sorted(dst.list_names()) == src_names
     for name in src_names:
-        path = next((data / "chunks").rglob(name))
-        assert dst.get(name) == path.read_bytes()
+        assert dst.get(name) == src[name].read_bytes()
 
     r = _aifs("fsck", "--meta", pg_dsn, "--store", s3_bucket.url, "--read-data", env=env)
     assert r.returncode == 0, r.stdout + r.stderr

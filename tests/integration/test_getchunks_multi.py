@@ -15,6 +15,7 @@ import pytest
 from aifsfs.rpc.channel import Channel
 from aifsfs.rpc.data import GrpcData
 from tests.helpers import ServerProc
+from tests.stored_chunks import StoredChunk, stored_chunks
 
 MiB = 1 << 20
 
@@ -38,8 +39,8 @@ def data(server: ServerProc) -> Iterator[GrpcData]:
         ch.close()
 
 
-def _store_files(data_dir: Path) -> set[Path]:
-    return {p for p in (data_dir / "chunks").rglob("*") if p.is_file()}
+def _store_files(data_dir: Path) -> set[StoredChunk]:
+    return stored_chunks(data_dir / "chunks")
 
 
 @pytest.mark.parametrize("zstd", [True, False])

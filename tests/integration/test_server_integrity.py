@@ -17,6 +17,7 @@ import pytest
 
 from aifs_proto.v1 import common_pb2, data_pb2, data_pb2_grpc, filesystem_pb2, filesystem_pb2_grpc
 from tests.helpers import ServerProc, call_md, error_info
+from tests.stored_chunks import StoredChunk, stored_chunks
 
 Md = tuple[tuple[str, str], ...]
 CHUNK = 1 << 20   # the data dir's default chunk size
@@ -90,8 +91,8 @@ def test_a_multi_chunk_commit_claiming_a_wrong_id_gets_the_true_one(
     assert _info(fs, md, ino) == blake3.blake3(parts[0] + tail).hexdigest()
 
 
-def _chunk_files(data_dir: Path) -> set[Path]:
-    return {p for p in (data_dir / "chunks").rglob("*") if p.is_file()}
+def _chunk_files(data_dir: Path) -> set[StoredChunk]:
+    return stored_chunks(data_dir / "chunks")
 
 
 def test_a_chunk_lost_from_the_store_is_missing_chunk_not_not_found(server: ServerProc

@@ -19,6 +19,7 @@ from aifs_core.types import ChunkRef, ParentEdge, TreeRef
 from aifs_server import AssetManager, TensorData
 from aifs_server.asset_store import AssetNotFound, AssetStore
 from aifs_server.datadir import format_data_dir, open_data_dir
+from tests.stored_chunks import StoredChunk, stored_chunks
 from tests.unit.test_kinds import _arrays, _rezip
 
 MARKER = b"zebra-quokka-7f3a"
@@ -30,13 +31,13 @@ def _text(n_words: int, seed: int = 0) -> bytes:
     return b" ".join(rnd.choice(words) for _ in range(n_words))
 
 
-def _stored_files(root: Path) -> list[Path]:
-    return [p for p in (root / "chunks").rglob("*") if p.is_file()]
+def _stored_files(root: Path) -> list[StoredChunk]:
+    return sorted(stored_chunks(root / "chunks"))
 
 
 def _disk(root: Path) -> tuple[int, int]:
     files = _stored_files(root)
-    return len(files), sum(p.stat().st_size for p in files)
+    return len(files), sum(p.size() for p in files)
 
 
 @pytest.fixture

@@ -12,12 +12,14 @@ from aifs_server import backends
 from aifs_server.chunkstore import ChunkStore, LocalChunkStore
 from aifs_server.metadata.sqlite import SQLiteMetadata
 from tests.services import s3_location_for
+from tests.stored_chunks import stored_chunks
 
 
 def test_built_in_backends_open_from_urls(tmp_path: Path) -> None:
     store = backends.open_store(f"file://{tmp_path / 'chunks'}")
     assert isinstance(store, LocalChunkStore) and store.root == str(tmp_path / "chunks")
-    assert store.put("ab" * 32, b"x") and (tmp_path / "chunks" / "ab" / "ab" / ("ab" * 32)).exists()
+    assert store.put("ab" * 32, b"x")
+    assert [c.name for c in stored_chunks(tmp_path / "chunks")] == ["ab" * 32]
     meta = backends.open_meta(f"sqlite://{tmp_path / 'meta.db'}")
     try:
         assert isinstance(meta, SQLiteMetadata)

@@ -18,6 +18,7 @@ from aifs_server.chunks import ChunkService
 from aifs_server.chunkstore import LocalChunkStore
 from aifs_server.envelope import ENVELOPE_STATS, MAGIC, decode_frame
 from aifs_server.kms import LocalKeyring, NamespaceKeyCache
+from tests.stored_chunks import StoredChunk, stored_chunks
 
 MiB = 1 << 20
 STORAGE_KEY = bytes(range(32))
@@ -51,8 +52,9 @@ class Env:
         self.svc = ChunkService(self.store, self.cache, CompressionService(), STORAGE_KEY)
         return self.svc
 
-    def stored_files(self) -> list[Path]:
-        return [p for p in (self.root / "chunks").rglob("*") if p.is_file()]
+    def stored_files(self) -> list[StoredChunk]:
+        """Every stored envelope: chunk files and small.sqlite's rows."""
+        return sorted(stored_chunks(self.root / "chunks"))
 
 
 @pytest.fixture
@@ -86,7 +88,10 @@ def test_on_disk_bytes_reveal_neither_content_nor_ids(env: Env) -> None:
     assert path.name == blake3(
         (7).to_bytes(2, "big") + b"default" + cid(data), key=STORAGE_KEY
     ).hexdigest()
-    assert cid(data).hex() not in " ".join(str(p) for p in env.stored_files())
+    assert cid(data).hex() not in " ".join(p.name for p in env.stored_files())
+    for f in (env.root / "chunks").rglob("*"):   # small.sqlite too, had it taken the chunk
+        if f.is_file():
+            assert marker not in f.read_bytes() and cid(data).hex().encode() not in f.read_bytes()
 
 
 def test_dedup_is_per_namespace_and_names_depend_on_the_storage_key(env: Env) -> None:
@@ -282,7 +287,7 @@ def test_4kib_read_of_a_stored_1mib_chunk_reads_about_one_frame(env: Env) -> Non
         assert len(frames) == 1 and ENVELOPE_STATS.bytes_read <= 4096 + 65536 + 16
     ENVELOPE_STATS.reset()
     assert env.svc.read("default", cid(data)) == data
-    assert ENVELOPE_STATS.bytes_read == stored.stat().st_size  # a whole read: every byte once
+    assert ENVELOPE_STATS.bytes_read == stored.size()  # a whole read: every byte once
     with pytest.raises(MissingChunk, match=cid(b"nope").hex()):
         env.svc.read("default", cid(b"nope"), 0, 10)
 
@@ -293,7 +298,7 @@ def test_a_damaged_stored_chunk_is_corrupt_on_ranged_reads(env: Env) -> None:
     (stored,) = env.stored_files()
     raw = bytearray(stored.read_bytes())
     raw[-5] ^= 1  # inside the last frame
-    stored.chmod(0o600)
+    stored.path.chmod(0o600)
     stored.write_bytes(bytes(raw))
     assert env.svc.read("default", cid(data), 0, 4096) == data[:4096]
     with pytest.raises(CorruptChunk, match=cid(data).hex()):
@@ -327,3 +332,15 @@ def test_tune_malloc_applies_on_glibc_and_is_idempotent() -> None:
     if platform.libc_ver()[0] == "glibc":
         assert applied is True
     assert tune_malloc() is applied
+
+
+def test_a_damaged_small_chunk_is_corrupt_never_wrong_bytes(env: Env) -> None:
+    data = os.urandom(3000)            # a small envelope: a row of small.sqlite
+    env.svc.put("default", cid(data), data)
+    (stored,) = env.stored_files()
+    assert stored.packed
+    raw = bytearray(stored.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    stored.write_bytes(bytes(raw))
+    with pytest.raises(CorruptChunk, match=cid(data).hex()):
+        env.svc.read("default", cid(data))

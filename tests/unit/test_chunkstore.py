@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from aifs_core.errors import InvalidArgument, NoSpace, NotFound
-from aifs_server.chunkstore import ChunkStore, LocalChunkStore, StoreUsage
+from aifs_server.chunkstore import SMALL_FILE, ChunkStore, LocalChunkStore, StoreUsage
+from aifs_server.small_chunks import SMALL_MAX
 from tests.helpers import tmpfs
 from tests.services import s3_store_for
 
@@ -41,6 +42,11 @@ def store(factory: Callable[[], ChunkStore]) -> ChunkStore:
 
 def _name(i: int) -> str:
     return f"{i:064x}"
+
+
+def big(tag: bytes) -> bytes:
+    """An envelope a local store keeps as a chunk file (more than SMALL_MAX bytes)."""
+    return tag * (SMALL_MAX // len(tag) + 1)
 
 
 # --- conformance: every store --------------------------------------------------------------
@@ -196,23 +202,61 @@ def test_usage_and_listing(factory: Callable[[], ChunkStore]) -> None:
 # --- the local store: layout, fsync order, temp files, a full disk --------------------------
 
 def _files(root: Path) -> list[str]:
+    """Every file under root but small.sqlite and its WAL."""
     return sorted(
         os.path.relpath(os.path.join(d, f), root) for d, _, fs in os.walk(root) for f in fs
+        if not f.startswith(SMALL_FILE)
     )
 
 
 def test_local_layout_and_modes(tmp_path: Path) -> None:
     store = LocalChunkStore(tmp_path / "store")
     assert store.url == f"file://{tmp_path / 'store'}"
-    assert store.put(NAME, b"envelope bytes") is True
+    assert store.put(NAME, big(b"envelope bytes")) is True
     path = tmp_path / "store" / "ab" / "cd" / NAME  # two levels of fan-out
-    assert path.read_bytes() == b"envelope bytes"
+    assert path.read_bytes() == big(b"envelope bytes")
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert _files(tmp_path / "store") == [f"ab/cd/{NAME}"]  # no temp files left behind
     with store.reader(NAME) as r:
         # still readable after the name is deleted: the open descriptor keeps the file
         assert store.delete(NAME)
-        assert r.read_at(0, 100) == b"envelope bytes"
+        assert r.read_at(0, 14) == b"envelope bytes"
+
+
+def test_local_small_envelopes_are_rows_of_one_file(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    store = LocalChunkStore(root)
+    small = [(_name(i), os.urandom(100 + i)) for i in range(50)]
+    edge = (_name(99), b"e" * SMALL_MAX)          # the largest kept as a row
+    assert store.put_many([*small, edge, (NAME, big(b"file"))]) == [True] * 52
+    assert _files(root) == [f"ab/cd/{NAME}"]       # one chunk file: the big one
+    for f in root.iterdir():
+        if f.name.startswith(SMALL_FILE):           # the table and its WAL: the owner's only
+            assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    reopened = LocalChunkStore(root)                # durable: another store object reads them
+    for name, data in [*small, edge]:
+        assert reopened.get(name) == data and reopened.size(name) == len(data)
+        assert reopened.get(name, 7, 5) == data[7:12]
+        with reopened.reader(name) as r:
+            assert r.size == len(data) and r.read_at(3, 4) == data[3:7]
+    assert sorted(reopened.list_names()) == sorted([n for n, _ in small] + [edge[0], NAME])
+    assert reopened.usage().stored_bytes == sum(len(d) for _, d in small) + SMALL_MAX + \
+        len(big(b"file"))
+    assert reopened.put(small[0][0], small[0][1]) is False      # stored once
+    assert reopened.delete(small[0][0]) is True and reopened.delete(small[0][0]) is False
+    assert reopened.has_many([small[0][0], small[1][0], NAME]) == [False, True, True]
+
+
+def test_local_a_name_already_stored_as_a_file_is_not_stored_again(tmp_path: Path) -> None:
+    """A store written before small envelopes became rows keeps its files: a put of such a
+    name stores nothing, reads and deletes find the file."""
+    store = LocalChunkStore(tmp_path)
+    assert store._write(NAME, b"from an older store")
+    store._sync([str(tmp_path / "ab" / "cd")], [str(tmp_path / "ab" / "cd")])
+    assert store.put(NAME, b"from an older store") is False
+    assert store.get(NAME) == b"from an older store" and store.size(NAME) == 19
+    assert store.has_many([NAME]) == [True] and list(store.list_names()) == [NAME]
+    assert store.delete(NAME) is True and store.has_many([NAME]) == [False]
 
 
 class FsyncLog:
@@ -237,10 +281,10 @@ class FsyncLog:
 def test_local_batch_fsyncs_each_file_then_each_directory_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     store = LocalChunkStore(tmp_path / "s")
-    store.put("aaaa" + "0" * 60, b"warm")  # the fan-out directories exist already
+    store.put("aaaa" + "0" * 60, big(b"warm"))  # the fan-out directories exist already
     log = FsyncLog(monkeypatch)
     names = ["aaaa" + f"{i:060x}" for i in range(1, 6)] + ["bbbb" + "0" * 60]
-    assert store.put_many([(n, b"data " + n.encode()) for n in names]) == [True] * 6
+    assert store.put_many([(n, big(b"data " + n.encode())) for n in names]) == [True] * 6
     files = [p for p, is_dir in log.calls if not is_dir]
     assert len(files) == 6  # one fsync per file (of its temp file, before the link)
     dirs = log.dirs()
@@ -253,7 +297,7 @@ def test_local_batch_fsyncs_each_file_then_each_directory_once(
     # a batch of names that are all there already still syncs their directories: another
     # writer may have linked one and not synced its directory yet
     log.calls.clear()
-    assert store.put_many([(n, b"x") for n in names]) == [False] * 6
+    assert store.put_many([(n, big(b"x")) for n in names]) == [False] * 6
     assert sorted(log.dirs()) == sorted([aaaa, bbbb]) and len(log.calls) == 2
 
 
@@ -274,7 +318,7 @@ def test_local_has_many_syncs_a_directory_another_batch_has_not_yet(
 
 def test_stale_temp_files_are_removed(tmp_path: Path) -> None:
     store = LocalChunkStore(tmp_path)
-    store.put(NAME, b"x")
+    store.put(NAME, big(b"x"))
     stale = tmp_path / "ab" / "cd" / f".tmp-{NAME}-1-2"
     stale.write_bytes(b"half written")
     os.utime(stale, (1, 1))
@@ -314,3 +358,40 @@ def test_full_disk_is_no_space_and_leaves_nothing(tiny_fs: Path) -> None:
     # the store still works once there is room
     assert store.put("22" * 32, b"small")
     assert store.get("22" * 32) == b"small" and store.get("00" * 32) == b"a" * 1000
+
+
+def test_full_disk_for_small_envelopes_is_no_space_and_loses_nothing(tiny_fs: Path) -> None:
+    store = LocalChunkStore(tiny_fs / "store")
+    kept = [(_name(i), os.urandom(3000)) for i in range(10)]
+    assert store.put_many(kept) == [True] * 10
+    filler = tiny_fs / "filler"
+    with open(filler, "wb") as f:      # the rest of the disk, then some more tries
+        try:
+            while True:
+                f.write(os.urandom(16 << 10))
+                f.flush()
+        except OSError:
+            pass
+    with pytest.raises(NoSpace) as exc:
+        for i in range(100, 200):        # the WAL may still hold a few pages
+            store.put_many([(_name(i), os.urandom(30_000))])
+    assert "disk is full" in str(exc.value) and str(tiny_fs / "store") in str(exc.value)
+    filler.unlink()
+    for name, data in kept:            # what was stored before is intact
+        assert store.get(name) == data
+    assert store.put(_name(500), b"room again") and store.get(_name(500)) == b"room again"
+
+
+def test_local_deleted_small_envelopes_give_their_space_back(tmp_path: Path) -> None:
+    store = LocalChunkStore(tmp_path)
+    names = [_name(i) for i in range(2000)]
+    store.put_many([(n, os.urandom(8000)) for n in names])
+    db = tmp_path / SMALL_FILE
+    full = db.stat().st_size
+    assert full > 2000 * 8000
+    for n in names[:1900]:
+        assert store.delete(n)
+    assert db.stat().st_size < full // 4     # free pages went back to the file system
+    wal = tmp_path / (SMALL_FILE + "-wal")
+    assert not wal.exists() or wal.stat().st_size <= 2 << 20   # the WAL is cut back too
+    assert all(store.get(n) for n in names[1900:])

@@ -15,6 +15,10 @@ from pathlib import Path
 import pytest
 
 from aifs_server.chunkstore import LocalChunkStore
+from aifs_server.small_chunks import SMALL_MAX
+
+# more than SMALL_MAX: stored as a chunk file (smaller envelopes are rows of small.sqlite)
+ENVELOPE = b"envelope bytes" * (SMALL_MAX // 8)
 
 NAME = "abcd" + "0" * 60
 
@@ -55,7 +59,7 @@ def test_a_new_fan_out_directory_is_durable_before_the_name_appears(
     root = tmp_path / "store"
     store = LocalChunkStore(root)
     ev = Events(monkeypatch)
-    assert store.put(NAME, b"envelope bytes") is True
+    assert store.put(NAME, ENVELOPE) is True
     parent, leaf, final = str(root / "ab"), str(root / "ab" / "cd"), str(root / "ab" / "cd" / NAME)
     linked = ev.index("link", final)
     files = [e for e in ev.log if e[0] == "fsync" and e[2] == "file"]
@@ -65,12 +69,12 @@ def test_a_new_fan_out_directory_is_durable_before_the_name_appears(
         assert i < linked                                          # before the name shows
         assert ev.log[i][3].startswith("aifs-store-dirsync")       # beside the file's write
     assert ev.index("fsync", leaf) > linked                        # the name's own entry
-    assert (root / "ab" / "cd" / NAME).read_bytes() == b"envelope bytes"
+    assert (root / "ab" / "cd" / NAME).read_bytes() == ENVELOPE
 
     # the directory exists now: the next chunk there fsyncs its file and the leaf only
     ev.log.clear()
     other = "abcd" + "1" * 60
-    assert store.put(other, b"more") is True
+    assert store.put(other, b"more" * SMALL_MAX) is True
     assert sorted((e[1], e[2]) for e in ev.log if e[0] == "fsync") == sorted(
         [(ev.log[0][1], "file"), (leaf, "dir")])
 
@@ -81,11 +85,11 @@ def test_a_failed_parent_fsync_links_nothing(tmp_path: Path,
     store = LocalChunkStore(root)
     ev = Events(monkeypatch, fail_dir=str(root))
     with pytest.raises(OSError) as info:
-        store.put(NAME, b"envelope bytes")
+        store.put(NAME, ENVELOPE)
     assert info.value.errno == errno.EIO
     assert not any(e[0] == "link" for e in ev.log)
     assert not store.has_many([NAME])[0]
     assert os.listdir(root / "ab" / "cd") == []                     # no temp file left
     monkeypatch.undo()
-    assert store.put(NAME, b"envelope bytes") is True               # and it can be put again
-    assert store.get(NAME) == b"envelope bytes"
+    assert store.put(NAME, ENVELOPE) is True               # and it can be put again
+    assert store.get(NAME) == ENVELOPE

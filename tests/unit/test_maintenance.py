@@ -17,6 +17,8 @@ from aifs_core.types import ROOT_INO, ChunkRef, TreeRef
 from aifs_server import maintenance
 from aifs_server.datadir import DataDir, format_data_dir, open_data_dir
 from aifs_server.deadline import Deadline
+from aifs_server.small_chunks import SMALL_MAX
+from tests.stored_chunks import StoredChunk, stored_chunks
 
 PASSED = Deadline.after(-1.0)  # a deadline already behind us
 
@@ -83,9 +85,11 @@ def test_gc_stops_at_its_deadline_having_done_nothing_more(dd: DataDir) -> None:
     assert dd.chunks.has("default", [cid]) == [True]
 
 
-def _stored_path(dd: DataDir, cid: bytes, ns: str = "default") -> Path:
+def _stored_path(dd: DataDir, cid: bytes, ns: str = "default") -> StoredChunk:
+    """The chunk's envelope where the local store keeps it (a file or a row)."""
     name = dd.chunks.name_for(ns, cid)
-    return Path(dd.store.root) / name[:2] / name[2:4] / name
+    [stored] = [c for c in stored_chunks(Path(dd.store.root)) if c.name == name]
+    return stored
 
 
 def test_fsck_finds_missing_and_corrupt_chunks(dd: DataDir) -> None:
@@ -160,8 +164,8 @@ def test_fsck_finds_a_slot_naming_an_unrecorded_chunk(dd: DataDir) -> None:
 
 
 def test_stale_temp_files_are_reported_by_fsck_and_removed_by_gc(dd: DataDir) -> None:
-    cid = _chunk(dd, b"kept " * 100)
-    victim = _stored_path(dd, cid)
+    cid = _chunk(dd, os.urandom(SMALL_MAX + 1000))   # kept as a file: temp files sit by them
+    victim = _stored_path(dd, cid).path
     stale = victim.parent / f".tmp-{victim.name}-999999-1"
     fresh = victim.parent / f".tmp-{'ab' * 32}-999999-2"
     for p in (stale, fresh):
