@@ -57,6 +57,7 @@ from typing import NamedTuple, Protocol
 from aifs_core.errors import InvalidArgument, NoSpace, NotFound
 from aifs_core.fileutil import fsync_dir
 from aifs_server.small_chunks import SMALL_MAX, SmallChunks
+from aifs_server.sqlite_full import disk_full
 
 _NAME = re.compile(r"[0-9a-z]{4,128}")
 _TMP_PREFIX = ".tmp-"
@@ -386,23 +387,13 @@ class LocalChunkStore:
         if not small:
             return
         try:
-            nbytes = sum(memoryview(data).nbytes for _name, data, _done in small)
-            try:
-                self._check_room(self.root, nbytes)
-                made = self._small.put_many(
-                    ((name, data) for name, data, _done in small),
-                    skip=lambda name: os.path.exists(self._path(name)))
-            except sqlite3.OperationalError as exc:
-                if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
-                    raise
-                raise self._no_space(small[0][0], OSError(errno.ENOSPC, str(exc))) from None
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise self._no_space(small[0][0], exc) from None
-                raise
+            self._check_room(self.root, sum(memoryview(d).nbytes for _n, d, _f in small))
+            made = self._small.put_many(((name, data) for name, data, _done in small),
+                                        skip=lambda name: os.path.exists(self._path(name)))
         except BaseException as exc:
+            error = self._small_error(small[0][0], exc)
             for _name, _data, done in small:
-                done.set_exception(exc)
+                done.set_exception(error)
             return
         with self._lock:
             if self._used is not None:
@@ -410,6 +401,15 @@ class LocalChunkStore:
                                   in zip(small, made, strict=True) if new)
         for (_name, _data, done), new in zip(small, made, strict=True):
             done.set_result(new)
+
+    def _small_error(self, name: str, exc: BaseException) -> BaseException:
+        """What a failed row write raises: NoSpace naming the store for a full disk (the room
+        check's ENOSPC, SQLite's full disk: sqlite_full.disk_full), else the error itself."""
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return self._no_space(name, exc)
+        if isinstance(exc, sqlite3.Error) and disk_full(self._small.path, exc):
+            return self._no_space(name, OSError(errno.ENOSPC, str(exc)))
+        return exc
 
     def put(self, name: str, data: Data) -> bool:
         return self.put_many([(name, data)])[0]
@@ -489,6 +489,11 @@ class LocalChunkStore:
         return True
 
     def list_names(self) -> Iterator[str]:
+        yield from self._file_names()
+        yield from self._small.names()
+
+    def _file_names(self) -> Iterator[str]:
+        """The names stored as chunk files (ab/cd/<name>), sorted."""
         for top in sorted(os.listdir(self.root)):
             top_dir = os.path.join(self.root, top)
             if len(top) != 2 or not os.path.isdir(top_dir):
@@ -500,29 +505,17 @@ class LocalChunkStore:
                 for name in sorted(os.listdir(sub_dir)):
                     if _NAME.fullmatch(name):
                         yield name
-        yield from self._small.names()
 
     def usage(self) -> StoreUsage:
-        """Bytes of chunk files, and bytes free for an unprivileged writer on the device."""
+        """Bytes of envelopes (chunk files and small.sqlite's rows), and bytes free for an
+        unprivileged writer on the device."""
         with self._lock:
             if self._used is None:
                 self._used = self._small.stored_bytes() + sum(
-                    st.st_size for st in self._file_stats())
+                    os.stat(self._path(n)).st_size for n in self._file_names())
             used = self._used
         st = os.statvfs(self.root)
         return StoreUsage(used, st.f_bavail * st.f_frsize)
-
-    def _file_stats(self) -> Iterator[os.stat_result]:
-        for top in os.scandir(self.root):
-            if len(top.name) != 2 or not top.is_dir():
-                continue
-            for sub in os.scandir(top.path):
-                if len(sub.name) != 2 or not sub.is_dir():
-                    continue
-                for f in os.scandir(sub.path):
-                    if _NAME.fullmatch(f.name):
-                        with contextlib.suppress(FileNotFoundError):
-                            yield f.stat()
 
     def stale_temp_files(self, older_than: float, stop: Callable[[], bool] = lambda: False
                          ) -> tuple[list[str], bool]:

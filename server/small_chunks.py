@@ -37,6 +37,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 
 SMALL_MAX = 64 << 10
 BUSY_TIMEOUT_MS = 10_000
@@ -85,25 +86,32 @@ class SmallChunks:
             db = self._local.db = self._connect()
         return db
 
-    def put_many(self, items: Iterable[tuple[str, bytes | bytearray | memoryview]],
-                 skip: Callable[[str], bool]) -> list[bool]:
-        out: list[bool] = []
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """The writer connection in one transaction (under the lock), committed at the end,
+        rolled back on an error."""
         with self._write_lock:
             db = self._writer
             db.execute("BEGIN IMMEDIATE")
             try:
-                for name, data in items:
-                    if skip(name):
-                        out.append(False)
-                        continue
-                    cur = db.execute("INSERT OR IGNORE INTO chunks (name, data) VALUES (?, ?)",
-                                     (name, data))
-                    out.append(cur.rowcount == 1)
+                yield db
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+
+    def put_many(self, items: Iterable[tuple[str, bytes | bytearray | memoryview]],
+                 skip: Callable[[str], bool]) -> list[bool]:
+        out: list[bool] = []
+        with self._write() as db:
+            for name, data in items:
+                if skip(name):
+                    out.append(False)
+                    continue
+                cur = db.execute("INSERT OR IGNORE INTO chunks (name, data) VALUES (?, ?)",
+                                 (name, data))
+                out.append(cur.rowcount == 1)
         return out
 
     def get(self, name: str) -> bytes | None:
@@ -128,22 +136,16 @@ class SmallChunks:
         return None if row is None else int(row[0])
 
     def delete(self, name: str) -> int | None:
-        with self._write_lock:
-            db = self._writer
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute("SELECT length(data) FROM chunks WHERE name = ?",
-                                 (name,)).fetchone()
-                if row is not None:
-                    db.execute("DELETE FROM chunks WHERE name = ?", (name,))
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
-            self._deletes += 1
-            if self._deletes % VACUUM_EVERY == 0:
-                self._give_back(db)
+        with self._write() as db:
+            row = db.execute("SELECT length(data) FROM chunks WHERE name = ?",
+                             (name,)).fetchone()
+            if row is not None:
+                db.execute("DELETE FROM chunks WHERE name = ?", (name,))
+            self._deletes += 1   # under the write lock
+            vacuum = self._deletes % VACUUM_EVERY == 0
+        if vacuum:
+            with self._write_lock:
+                self._give_back(self._writer)
         return None if row is None else int(row[0])
 
     @staticmethod

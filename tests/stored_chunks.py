@@ -15,14 +15,11 @@ Reading or writing a row goes through its own SQLite connection, as another proc
 from __future__ import annotations
 
 import contextlib
-import re
 import sqlite3
 from functools import total_ordering
 from pathlib import Path
 
-from aifs_server.chunkstore import SMALL_FILE
-
-_NAME = re.compile(r"[0-9a-z]{4,128}")   # what a LocalChunkStore takes as a name
+from aifs_server.chunkstore import _NAME, SMALL_FILE
 
 
 def _db(chunks_dir: Path) -> sqlite3.Connection:

@@ -34,7 +34,6 @@ the connection stays usable once there is room again.
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -47,29 +46,15 @@ from aifs_server.metadata.posix import PosixMeta
 from aifs_server.metadata.row_mac import RowMac
 from aifs_server.metadata.sql import Dialect, SQLTx
 from aifs_server.metadata.sqlite_schema import migrate
+from aifs_server.sqlite_full import disk_full
 
 SQLITE = Dialect("sqlite", param="?", row_lock="", orphan_index="INDEXED BY inodes_orphans")
 
-_SQLITE_IOERR, _SQLITE_FULL = 10, 13   # primary result codes (the low byte of extended ones)
-# An I/O error while the file system has less than this free is taken for a full disk: SQLite
-# reports ENOSPC on its shared-memory index or a checkpoint as a generic I/O error.
-_NEARLY_FULL = 1 << 20
-
 
 def no_space_error(path: str, exc: sqlite3.Error) -> NoSpace | None:
-    """NoSpace naming the database file when `exc` is SQLite finding its disk full (SQLITE_FULL,
-    which is also what ENOSPC writing the WAL gives, or an I/O error on a full file system);
-    None for any other error."""
-    code = getattr(exc, "sqlite_errorcode", None)
-    primary = code & 0xFF if isinstance(code, int) else None
-    full = primary == _SQLITE_FULL or "database or disk is full" in str(exc)
-    if not full and (primary == _SQLITE_IOERR or "disk I/O error" in str(exc)):
-        try:
-            st = os.statvfs(os.path.dirname(os.path.abspath(path)))
-            full = st.f_bavail * st.f_frsize < _NEARLY_FULL
-        except OSError:
-            full = False
-    if not full:
+    """NoSpace naming the database file when `exc` is SQLite finding its disk full
+    (sqlite_full.disk_full); None for any other error."""
+    if not disk_full(path, exc):
         return None
     return NoSpace(f"metadata database {path}: the disk is full (SQLite: {exc}); the change "
                    f"was not made: free space on the file system holding it (or run `aifs gc`) "
