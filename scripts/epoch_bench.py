@@ -66,6 +66,18 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(f[11]) / tck, int(f[12]) / tck
 
 
+def switches(pid: int) -> int:
+    """Context switches of a process so far, all its threads (each a thread handing work to
+    another and waking it: on this VM a switch costs more CPU than most Python lines)."""
+    n = 0
+    for st in Path(f"/proc/{pid}/task").glob("*/status"):
+        with contextlib.suppress(OSError):
+            for line in st.read_text().splitlines():
+                if line.endswith("ctxt_switches:") or "ctxt_switches:" in line:
+                    n += int(line.split()[1])
+    return n
+
+
 def minflt(pid: int) -> int:
     """Minor page faults of a process so far (fresh memory touched: malloc giving pages back
     to the kernel and taking them again costs one per 4 KiB)."""
@@ -275,11 +287,13 @@ def main() -> None:
                     Path(f"/proc/{p}/clear_refs").write_text("5")
             c0 = [cpu_split(p) for p in pids]
             f0 = [minflt(p) for p in pids]
+            s0 = [switches(p) for p in pids]
             i0 = idle_ticks()
             v = fn()
             i1 = idle_ticks()
             c1 = [cpu_split(p) for p in pids]
             faults = [round((minflt(p) - f) / n, 1) for p, f in zip(pids, f0, strict=True)]
+            sw = [round((switches(p) - x) / n, 1) for p, x in zip(pids, s0, strict=True)]
             after = rig.calls()
             for s in spies:
                 s.send_signal(signal.SIGINT)
@@ -293,6 +307,7 @@ def main() -> None:
             idle = 100 * (i1[0] - i0[0]) / max(1, i1[1] - i0[1])
             peaks = [round(peak_mib(p)) for p in pids]
             print(f"{name}: {v:,.0f}/s  cpu us/item {us} (sys {sys_us})  faults/item {faults}  "
+                  f"switches/item {sw}  "
                   f"idle {idle:.0f}%  peak RSS MiB {peaks}  calls/item {per}", flush=True)
 
         if "read" in phases:

@@ -80,7 +80,8 @@ def one_round(rig: AifsRig | GocryptfsRig, sub: Path, a: argparse.Namespace) -> 
               lambda: wl.create_parallel(sub, a.files, a.writers, sub="small"))
     else:
         phase(rig, a, "create", lambda: wl.create_small(sub, a.files))
-    rig.restart()
+    if not a.keep_mount:
+        rig.restart()
     drop()
     phase(rig, a, "stat", lambda: wl.stat_small(sub))
     phase(rig, a, "read", lambda: wl.read_small(sub))
@@ -107,6 +108,9 @@ def main() -> None:
                          "commit: before/after on one machine)")
     ap.add_argument("--spy", default="", help="py-spy both processes during this phase")
     ap.add_argument("--writers", type=int, default=1, help="threads creating at once")
+    ap.add_argument("--keep-mount", action="store_true",
+                    help="no server restart and remount after create, only the page cache "
+                         "dropped (as `aifs bench` does)")
     ap.add_argument("--spy-args", default="", help="more py-spy record flags (--idle, --gil)")
     a = ap.parse_args()
     shutil.rmtree(a.work, ignore_errors=True)   # a fresh data dir, mount and cache each run

@@ -39,6 +39,7 @@ Interface (used by rpc_filesystem.FilesystemServicer):
 from __future__ import annotations
 
 import contextlib
+import stat
 import struct
 from typing import Any
 
@@ -49,6 +50,7 @@ from aifs_core.types import NAME_MAX, SET_SIZE
 from aifs_core.wire import attr_to_pb
 from aifs_proto.v1 import filesystem_pb2
 from aifs_server.deadline import Deadline
+from aifs_server.events import CHANGED, CREATED, REMOVED
 from aifs_server.request_log import ATTR_OR_NONE, Codec, is_retry
 from aifs_server.space_reserve import FREES_SPACE
 
@@ -203,13 +205,28 @@ def _create_one(fs: Any, tree: Any, sess: Any, request: Any, context: grpc.Servi
         attrs = _attrs(request.setattr) if request.HasField("setattr") else None
         with fs.leases.change(tree, [request.parent, request.ino, *(b[1] for b in before)],
                               sess, Deadline.of_call(context)):
-            return fs.meta.create_at(tree, request.parent, name, request.ino, request.mode,
-                                     request.uid, request.gid, attrs=attrs, commit=commit,
-                                     durable=request.HasField("commit") and request.commit.durable,
-                                     before=before)
+            out = fs.meta.create_at(tree, request.parent, name, request.ino, request.mode,
+                                    request.uid, request.gid, attrs=attrs, commit=commit,
+                                    durable=request.HasField("commit") and request.commit.durable,
+                                    before=before)
+        fs.b.events.entry(tree, CREATED, request.parent, name, request.ino,
+                          stat.S_ISDIR(request.mode))
+        _item_events(fs, tree, request.parent, before, out[1:])
+        return out
     results = fs.b.request_log.once("CreateFile", tree.namespace, request.request_id, run,
                                     UNLINK_RESULTS, retry=is_retry(context))
     return results[0][1], results[1:]
+
+
+def _item_events(fs: Any, tree: Any, parent: int, items: list[tuple[Any, ...]],
+                 results: list[tuple[int, Any]]) -> None:
+    """Watchers' events of the items that applied: an unlink REMOVED, a setattr CHANGED."""
+    if not fs.b.events.watching(tree):
+        return
+    for item, (code, a) in zip(items, results, strict=True):
+        if code == 0 and a is not None:
+            fs.b.events.entry(tree, CHANGED if len(item) > 2 else REMOVED, parent, item[0],
+                              a.ino, stat.S_ISDIR(a.mode))
 
 
 def _items(pb_items: Any) -> list[tuple[Any, ...]]:
@@ -248,8 +265,10 @@ def unlink_batch(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:
 
     def run() -> list[tuple[int, Any]]:
         with fs.leases.change(tree, known, sess, Deadline.of_call(context)):
-            return list(fs.meta.unlink_many(tree, request.parent, items,
-                                            forget=request.forget))
+            out = list(fs.meta.unlink_many(tree, request.parent, items,
+                                           forget=request.forget))
+        _item_events(fs, tree, request.parent, items, out)
+        return out
     results = fs.b.request_log.once("UnlinkBatch", tree.namespace, request.request_id, run,
                                     UNLINK_RESULTS, retry=is_retry(context))
     # a batch is often a recall's flush: granting again here would hand the lease back while

@@ -60,6 +60,7 @@ from aifs_proto.v1 import common_pb2, filesystem_pb2, filesystem_pb2_grpc
 from aifs_server import delegated_inos
 from aifs_server.auth import call_scope, current_grant
 from aifs_server.deadline import Deadline
+from aifs_server.events import CHANGED, CREATED, REMOVED, EventHub
 from aifs_server.grpc_errors import rpc
 from aifs_server.inline_file import InlineSink
 from aifs_server.leases import LeaseManager, Session
@@ -85,6 +86,7 @@ class Backend:
         self.assets = assets
         self.metrics = metrics
         self.leases = LeaseManager(grants=lease_grants)
+        self.events = EventHub(self.meta.path_of)   # watchers' change events (events.py)
         # exactly-once changing calls (request ids): Filesystem and Versioning share it
         self.request_log = RequestLog(self.meta.store,
                                       metrics.registry if metrics is not None else None)
@@ -327,6 +329,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
                 tree, request.ino, request.fields, mode=request.mode,
                 uid=request.uid, gid=request.gid, size=request.size, atime_ns=request.atime_ns,
                 mtime_ns=request.mtime_ns, ctime_ns=request.ctime_ns)
+        self.b.events.inode(tree, CHANGED, a.ino, stat_mod.S_ISDIR(a.mode))
         return filesystem_pb2.AttrReply(attr=attr_to_pb(a))
 
     @rpc
@@ -436,6 +439,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
             with self._change(context, tree, [request.parent]):
                 a = self.meta.mkdir(tree, request.parent, _name(request.name), request.mode,
                                     request.uid, request.gid)
+            self.b.events.entry(tree, CREATED, request.parent, _name(request.name), a.ino, True)
             made.append(a)
             return a
         a = self._once("MkDir", context, tree, request, run)
@@ -456,8 +460,11 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
 
         def run() -> Attr:
             with self._change(context, tree, [request.parent]):
-                return self.meta.create(tree, request.parent, _name(request.name), mode,
-                                        request.uid, request.gid, request.rdev)
+                a = self.meta.create(tree, request.parent, _name(request.name), mode,
+                                     request.uid, request.gid, request.rdev)
+            self.b.events.entry(tree, CREATED, request.parent, _name(request.name), a.ino,
+                                False)
+            return a
         a = self._once("Create", context, tree, request, run)
         excl_after(self, context, tree, self._session(context, tree), request.parent, (a.ino,))
         return self._entry_reply(tree, a, request.parent)
@@ -482,9 +489,12 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         def run() -> Attr:
             with self._change(context, tree, list(known)):
                 # the engine drops an nlink-0 inode in the unlink's own transaction
-                return (self.meta.unlink(tree, request.parent, _name(request.name), forget=True)
-                        if request.forget
-                        else self.meta.unlink(tree, request.parent, _name(request.name)))
+                a = (self.meta.unlink(tree, request.parent, _name(request.name), forget=True)
+                     if request.forget
+                     else self.meta.unlink(tree, request.parent, _name(request.name)))
+            self.b.events.entry(tree, REMOVED, request.parent, _name(request.name), a.ino,
+                                False)
+            return a
         a = self._once("Unlink", context, tree, request, run)
         self._recall_after(context, tree, a.ino, known)
         excl_after(self, context, tree, self._session(context, tree), request.parent)
@@ -504,8 +514,10 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         def run() -> Attr:
             with self._change(context, tree, list(known)):
                 # the removed directory comes from rmdir's own transaction (no lookup racing it)
-                return self.meta.rmdir(tree, request.parent, _name(request.name),
-                                       forget=request.forget)
+                a = self.meta.rmdir(tree, request.parent, _name(request.name),
+                                    forget=request.forget)
+            self.b.events.entry(tree, REMOVED, request.parent, _name(request.name), a.ino, True)
+            return a
         a = self._once("RmDir", context, tree, request, run)
         self._recall_after(context, tree, a.ino, known)
         return filesystem_pb2.RemoveReply(attr=attr_to_pb(a),
@@ -532,9 +544,11 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         def run() -> Attr | None:
             with self._change(context, tree, list(known)):
                 # what a replace unlinked comes from rename's own transaction (None: nothing)
-                return self.meta.rename(
+                replaced = self.meta.rename(
                     tree, request.parent, name, request.new_parent, new_name,
                     flags | RENAME_NOREPLACE if forced else flags, forget=request.forget)
+            self._renamed_events(tree, request, moved, target)
+            return replaced
         try:
             replaced = self._once("Rename", context, tree, request, run)
             self._recall_after(context, tree, replaced.ino if replaced is not None else None,
@@ -556,6 +570,23 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
             reply.replaced.CopyFrom(attr_to_pb(replaced))
         return reply
 
+    def _renamed_events(self, tree: TreeRef, request: Any, moved: int | None,
+                        target: int | None) -> None:
+        """A rename's events: the old path removed, the new one created; an exchange
+        changes what both paths name (each then names the other's inode)."""
+        ev = self.b.events
+        if not ev.watching(tree) or moved is None:
+            return
+        name, new_name = _name(request.name), _name(request.new_name)
+        is_dir = stat_mod.S_ISDIR(self.meta.getattr(tree, moved).mode)
+        if request.flags & RENAME_EXCHANGE and target is not None:
+            ev.entry(tree, CHANGED, request.new_parent, new_name, moved, is_dir)
+            ev.entry(tree, CHANGED, request.parent, name, target,
+                     stat_mod.S_ISDIR(self.meta.getattr(tree, target).mode))
+            return
+        ev.entry(tree, REMOVED, request.parent, name, moved, is_dir)
+        ev.entry(tree, CREATED, request.new_parent, new_name, moved, is_dir)
+
     def _same_inode(self, tree: TreeRef, parent: int, name: bytes, new_parent: int,
                     new_name: bytes) -> bool:
         """True when both names are links of one inode (a rename between them removes
@@ -573,8 +604,11 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
 
         def run() -> Attr:
             with self._change(context, tree, [request.parent]):
-                return self.meta.symlink(tree, request.parent, _name(request.name),
-                                         request.target, request.uid, request.gid)
+                a = self.meta.symlink(tree, request.parent, _name(request.name),
+                                      request.target, request.uid, request.gid)
+            self.b.events.entry(tree, CREATED, request.parent, _name(request.name), a.ino,
+                                False)
+            return a
         a = self._once("Symlink", context, tree, request, run)
         return self._entry_reply(tree, a, request.parent)
 
@@ -590,8 +624,11 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
 
         def run() -> Attr:
             with self._change(context, tree, [request.ino, request.new_parent]):
-                return self.meta.link(tree, request.ino, request.new_parent,
-                                      _name(request.new_name))
+                a = self.meta.link(tree, request.ino, request.new_parent,
+                                   _name(request.new_name))
+            self.b.events.entry(tree, CREATED, request.new_parent, _name(request.new_name),
+                                a.ino, False)
+            return a
         a = self._once("Link", context, tree, request, run)
         return self._entry_reply(tree, a, request.new_parent)
 
@@ -610,6 +647,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
             with self._change(context, tree, [request.ino]):   # ctime
                 self.meta.setxattr(tree, request.ino, request.name, request.value,
                                    request.flags)
+            self._changed_event(tree, request.ino)
         self._once("SetXattr", context, tree, request, run)
         return common_pb2.Empty()
 
@@ -626,6 +664,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         def run() -> None:
             with self._change(context, tree, [request.ino]):
                 self.meta.removexattr(tree, request.ino, request.name)
+            self._changed_event(tree, request.ino)
         self._once("RemoveXattr", context, tree, request, run)
         return common_pb2.Empty()
 
@@ -699,7 +738,14 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         """CommitFile's work: the file's attrs after it."""
         kw = self._commit_args(tree, request)
         with self._change(context, tree, [request.ino]):
-            return self.meta.commit_file(tree, request.ino, durable=request.durable, **kw)
+            a = self.meta.commit_file(tree, request.ino, durable=request.durable, **kw)
+        self.b.events.inode(tree, CHANGED, a.ino, False)
+        return a
+
+    def _changed_event(self, tree: TreeRef, ino: int) -> None:
+        if self.b.events.watching(tree):
+            self.b.events.inode(tree, CHANGED, ino,
+                                stat_mod.S_ISDIR(self.meta.getattr(tree, ino).mode))
 
     def _commit_args(self, tree: TreeRef, request: Any,
                      stored: dict[bytes, int] | None = None) -> dict[str, Any]:

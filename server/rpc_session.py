@@ -8,7 +8,9 @@ Interface:
 
 The stream handler holds one worker thread for the mount's lifetime (sending what the lease
 manager queues) and starts one more that reads the client's messages; the session and all its
-leases go as soon as the stream ends, whichever side ends it.
+leases go as soon as the stream ends, whichever side ends it. The same stream carries change
+events (events.py): a Watch message registers the stream's watcher (replacing one before), and
+the sender sends what it queued, EVENTS_BATCH events a message.
 """
 
 from __future__ import annotations
@@ -21,8 +23,17 @@ from typing import Any
 import grpc
 
 from aifs_proto.v1 import session_pb2, session_pb2_grpc
+from aifs_server.events import Watcher
 
 _POLL = 0.5     # how often the sender looks whether the call is still active
+EVENTS_BATCH = 256
+
+
+class _Watch:
+    """The stream's watcher, set by the reader thread, drained by the sender."""
+
+    def __init__(self) -> None:
+        self.w: Watcher | None = None
 
 
 class SessionServicer(session_pb2_grpc.SessionServicer):
@@ -40,8 +51,14 @@ class SessionServicer(session_pb2_grpc.SessionServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be hello")
         tree = self.b.tree(context)
         sess = self.leases.open_session(tree)
-        context.add_callback(lambda: self.leases.close_session(sess.id))
-        threading.Thread(target=self._read, args=(request_iterator, sess.id),
+        watch = _Watch()
+
+        def closed() -> None:
+            self.leases.close_session(sess.id)
+            if watch.w is not None:
+                self.b.events.unwatch(watch.w)
+        context.add_callback(closed)
+        threading.Thread(target=self._read, args=(request_iterator, sess, tree, watch),
                          name="aifs-session-rx", daemon=True).start()
         yield session_pb2.SessionDown(welcome=session_pb2.Welcome(
             session_id=sess.id, term_ms=int(self.leases.term * 1000)))
@@ -55,14 +72,40 @@ class SessionServicer(session_pb2_grpc.SessionServicer):
             if item[0] == "recall":
                 yield session_pb2.SessionDown(recall=session_pb2.Recall(seq=item[1],
                                                                         inos=item[2]))
+            elif item[0] == "events":
+                yield from self._events(item[1])
+            elif item[0] == "watching":
+                # the answer to Watch, sent even when empty: the client knows it is watched
+                events, overflow = item[1].take(EVENTS_BATCH)
+                yield session_pb2.SessionDown(events=session_pb2.Events(events=events,
+                                                                        overflow=overflow))
+                yield from self._events(item[1])
             else:
                 yield session_pb2.SessionDown(renew_ok=session_pb2.RenewOk(stamp=item[1]))
 
-    def _read(self, requests: Iterator[Any], sid: str) -> None:
+    @staticmethod
+    def _events(w: Watcher) -> Iterator[Any]:
+        """What `w` queued, EVENTS_BATCH a message (its next offer wakes the sender again)."""
+        while True:
+            events, overflow = w.take(EVENTS_BATCH)
+            if not events and not overflow:
+                return
+            yield session_pb2.SessionDown(events=session_pb2.Events(events=events,
+                                                                    overflow=overflow))
+
+    def _read(self, requests: Iterator[Any], sess: Any, tree: Any, watch: _Watch) -> None:
+        sid = sess.id
         try:
             for m in requests:
                 kind = m.WhichOneof("msg")
-                if kind == "ack":
+                if kind == "watch":
+                    old = watch.w
+                    watch.w = self.b.events.watch(
+                        tree, m.watch.path_prefix, lambda w: sess.outbox.put(("events", w)))
+                    sess.outbox.put(("watching", watch.w))
+                    if old is not None:
+                        self.b.events.unwatch(old)
+                elif kind == "ack":
                     self.leases.ack(sid, m.ack.seq)
                 elif kind == "renew":
                     s = self.leases.renew(sid)
@@ -75,6 +118,8 @@ class SessionServicer(session_pb2_grpc.SessionServicer):
             pass    # the stream broke: the close callback drops the session
         finally:
             self.leases.close_session(sid)
+            if watch.w is not None:
+                self.b.events.unwatch(watch.w)
 
 
 def register_session(backend: Any, server: grpc.Server) -> None:

@@ -70,6 +70,9 @@ from aifs_server.metadata.records import Records, now_ns
 from aifs_server.metadata.store import Store, Tx
 from aifs_server.request_log import record
 
+# path_of gives up past this many levels (a path's names alone would pass PATH_MAX, 4096)
+PATH_DEPTH_MAX = 2048
+
 FROZEN_PREFIX = "@snap:"
 
 PATH_MAX = 4096           # longest symlink target (Linux PATH_MAX)
@@ -219,6 +222,23 @@ class PosixMeta(Records):
     def getattr(self, tree: TreeRef, ino: int) -> Attr:
         t = self._tree(tree)
         return self._row(self._store.single(), t, ino)
+
+    def path_of(self, tree: TreeRef, ino: int) -> bytes | None:
+        """One path of `ino` from the root (b"/a/b"; a file with several names: its oldest),
+        or None: unnamed (unlinked, or a name above it went meanwhile: no transaction
+        spans the walk). Index lookups, one per level, at most PATH_DEPTH_MAX levels."""
+        t = self._tree(tree)
+        tx = self._store.single()
+        names: list[bytes] = []
+        while ino != ROOT_INO:
+            if len(names) >= PATH_DEPTH_MAX:
+                return None
+            r = tx.name_of(t.tree_id, ino)
+            if r is None:
+                return None
+            ino, name = r
+            names.append(name)
+        return b"/" + b"/".join(reversed(names))
 
     def setattr(self, tree: TreeRef, ino: int, fields: int, *, mode: int = 0, uid: int = 0,
                 gid: int = 0, size: int = 0, atime_ns: int = 0, mtime_ns: int = 0,

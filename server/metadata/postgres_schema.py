@@ -22,7 +22,7 @@ from aifs_core.errors import InvalidArgument
 from aifs_server.metadata import history_schema
 from aifs_server.metadata.row_mac import RowMac, seal_rows
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # pg_advisory_xact_lock key of the migration: two servers opening a new database at once must
 # not both run CREATE TABLE (IF NOT EXISTS is not safe against a concurrent creator)
@@ -196,7 +196,10 @@ _V4 = [
 # Epochs: sqlite_schema.py's _V4 (history_schema.py)
 _V5 = history_schema.statements("postgresql")
 
-MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
+# The names of an inode: sqlite_schema.py's _V5
+_V6 = ["CREATE INDEX IF NOT EXISTS dentries_ino ON dentries(tree_id, ino)"]
+
+MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5, 6: _V6}
 ROW_MACS = 4   # the version whose migration seals the rows written before it
 
 

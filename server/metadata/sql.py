@@ -328,6 +328,12 @@ class SQLTx(VersionSQL):
     def point_dentry(self, dentry_id: int, ino: int) -> None:
         self._x("UPDATE dentries SET ino = ? WHERE id = ?", (ino, dentry_id))
 
+    def name_of(self, tree_id: int, ino: int) -> tuple[int, bytes] | None:
+        """(parent, name) of one entry naming `ino` (the oldest), or None: no name."""
+        r = self._rx((tree_id,), "SELECT parent, name FROM dentries WHERE tree_id = ? AND "
+                     "ino = ? ORDER BY id LIMIT 1", (tree_id, ino)).fetchone()
+        return None if r is None else (int(r[0]), bytes(r[1]))
+
     def has_entries(self, tree_id: int, ino: int) -> bool:
         return self._rx((tree_id,), "SELECT 1 FROM dentries WHERE tree_id = ? AND parent = ? "
                         "LIMIT 1", (tree_id, ino)).fetchone() is not None

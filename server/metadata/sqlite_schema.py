@@ -15,7 +15,8 @@ Layout notes (why the tables look the way they do):
 - `inodes.parent` is the parent directory of a directory (directories have exactly one name);
   rename walks it upwards to refuse moving a directory into its own subtree.
 - `dentries.id` (AUTOINCREMENT: never reused) is the readdir cookie; the (tree_id, parent, id)
-  index serves paged readdir in cookie order.
+  index serves paged readdir in cookie order; the (tree_id, ino) index (version 5) finds the
+  names of an inode (the path of a change event).
 - Chunk records carry `unreferenced_since_ns` (set when recorded and whenever the count drops
   to 0, cleared while referenced); GC takes only chunks unreferenced for longer than a grace
   period, so a commit racing a GC never loses data.
@@ -35,7 +36,7 @@ from aifs_core.errors import InvalidArgument
 from aifs_server.metadata import history_schema
 from aifs_server.metadata.row_mac import RowMac, seal_rows
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _V1 = [
     """CREATE TABLE IF NOT EXISTS namespaces (
@@ -197,8 +198,12 @@ _V3 = [
 # copying the tree; old copied snapshots stay as they are (trees without base_tree)
 _V4 = history_schema.statements("sqlite")
 
+# The name(s) of an inode: change events give the path of a file changed by its number
+# (events.py; a commit names the inode only)
+_V5 = ["CREATE INDEX IF NOT EXISTS dentries_ino ON dentries(tree_id, ino)"]
+
 # version reached -> statements that take the previous version there
-MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
+MIGRATIONS: dict[int, list[str]] = {1: _V1, 2: _V2, 3: _V3, 4: _V4, 5: _V5}
 ROW_MACS = 3   # the version whose migration seals the rows written before it
 
 

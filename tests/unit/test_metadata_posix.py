@@ -615,3 +615,22 @@ def test_batch_attribute_items_check_the_inode_seen(md: PosixMeta) -> None:
     assert stat.S_IMODE(got.mode) == 0o640 and got.ctime_ns == 123
     with pytest.raises(NotFound):
         md.lookup(T, ROOT_INO, b"g")            # the unlink in the same batch applied
+
+
+# --- path_of (change events: server/events.py) ---------------------------------------------------
+def test_path_of_follows_names_up_to_the_root(md: PosixMeta) -> None:
+    a = md.mkdir(T, ROOT_INO, b"a", 0o755, 0, 0)
+    b = md.mkdir(T, a.ino, b"b", 0o755, 0, 0)
+    f = md.create(T, b.ino, b"f\xff.bin", 0o100644, 0, 0)
+    assert md.path_of(T, ROOT_INO) == b"/"
+    assert md.path_of(T, a.ino) == b"/a"
+    assert md.path_of(T, f.ino) == b"/a/b/f\xff.bin"
+    md.rename(T, ROOT_INO, b"a", ROOT_INO, b"z")
+    assert md.path_of(T, f.ino) == b"/z/b/f\xff.bin"      # the path now, not when made
+    md.link(T, f.ino, ROOT_INO, b"hard")
+    assert md.path_of(T, f.ino) == b"/z/b/f\xff.bin"      # the oldest name of a hard link
+    md.unlink(T, b.ino, b"f\xff.bin")
+    assert md.path_of(T, f.ino) == b"/hard"
+    md.unlink(T, ROOT_INO, b"hard")
+    assert md.path_of(T, f.ino) is None                    # unnamed
+    assert md.path_of(T, 987654) is None                   # no such inode

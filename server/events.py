@@ -1,0 +1,144 @@
+"""Change events for watchers (the RFC's SubscribeEvents, carried by the Session stream:
+session.proto `Watch` / `Events`; the SDK's `AIFSClient.watch`).
+
+Interface:
+    EventHub(path_of, events_max=EVENTS_MAX)
+        path_of(tree, ino) -> bytes | None      the metadata engine's (PosixMeta.path_of)
+        .watch(tree, prefix, wake) -> Watcher   events of paths under `prefix` ("/a": "/a"
+                                                and below, not "/ab") in `tree` from now on;
+                                                wake(watcher) is called (any thread) when its
+                                                queue goes from empty to not empty
+        .unwatch(w)                             no more events for it (its stream ended)
+        .watching(tree) -> bool                 a watcher on the tree (one dict lookup: what
+                                                a change pays when nobody watches)
+        .entry(tree, kind, parent, name, ino, is_dir)   `name` in directory `parent`
+                                                CREATED or REMOVED (the path: the parent's
+                                                path now + the name)
+        .inode(tree, kind, ino, is_dir)         `ino` CHANGED (its path now)
+        .watchers -> int
+    Watcher.take(n) -> (events, overflow)      up to n queued events, oldest first, and
+                                                whether events were dropped before them
+    CREATED, CHANGED, REMOVED                   session_pb2.Event.Kind values
+    EVENTS_MAX (env AIFS_WATCH_EVENTS_MAX, default 10,000)
+
+Why the changing call resolves the path: it is the one moment the name is certain (a later
+rename or unlink would give another path, or none). The cost is an index lookup per level of
+the path, paid only while someone watches that tree. A watcher that does not read its stream
+cannot hold the server's memory: past events_max queued events the newest are dropped and the
+next batch says `overflow` (as inotify's IN_Q_OVERFLOW), so the client lists again.
+
+Events are those of changes made through this server; servers sharing a PostgreSQL database
+do not forward them to each other's watchers (docs/LEASES.md, "Change events").
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from aifs_core.types import TreeRef
+from aifs_proto.v1 import session_pb2
+
+CREATED = session_pb2.Event.CREATED
+CHANGED = session_pb2.Event.CHANGED
+REMOVED = session_pb2.Event.REMOVED
+EVENTS_MAX = int(os.environ.get("AIFS_WATCH_EVENTS_MAX", "10000"))
+
+
+def normalize_prefix(prefix: str) -> bytes:
+    """A Watch prefix as the paths are compared: "/"-rooted, no trailing "/" ("" = all)."""
+    p = prefix.encode("utf-8", "surrogateescape").rstrip(b"/")
+    return p if not p or p.startswith(b"/") else b"/" + p
+
+
+def under(path: bytes, prefix: bytes) -> bool:
+    return not prefix or path == prefix or path.startswith(prefix + b"/")
+
+
+class Watcher:
+    """One stream's watch: its prefix and its bounded queue of events."""
+
+    def __init__(self, tree: TreeRef, prefix: bytes, wake: Callable[[Watcher], None],
+                 events_max: int) -> None:
+        self.tree = tree
+        self.prefix = prefix
+        self._wake = wake
+        self._max = events_max
+        self._lock = threading.Lock()
+        self._queue: deque[Any] = deque()
+        self._overflow = False
+
+    def offer(self, event: Any) -> None:
+        with self._lock:
+            if len(self._queue) >= self._max:
+                self._overflow = True
+                return
+            self._queue.append(event)
+            first = len(self._queue) == 1
+        if first:
+            self._wake(self)
+
+    def take(self, n: int) -> tuple[list[Any], bool]:
+        with self._lock:
+            out = [self._queue.popleft() for _ in range(min(n, len(self._queue)))]
+            overflow, self._overflow = self._overflow, False
+        return out, overflow
+
+
+class EventHub:
+    def __init__(self, path_of: Callable[[TreeRef, int], bytes | None],
+                 events_max: int = EVENTS_MAX) -> None:
+        self._path_of = path_of
+        self._max = events_max
+        self._lock = threading.Lock()
+        self._by_tree: dict[TreeRef, list[Watcher]] = {}
+
+    def watch(self, tree: TreeRef, prefix: str, wake: Callable[[Watcher], None]) -> Watcher:
+        w = Watcher(tree, normalize_prefix(prefix), wake, self._max)
+        with self._lock:
+            self._by_tree[tree] = [*self._by_tree.get(tree, []), w]
+        return w
+
+    def unwatch(self, w: Watcher) -> None:
+        with self._lock:
+            left = [x for x in self._by_tree.get(w.tree, []) if x is not w]
+            if left:
+                self._by_tree[w.tree] = left
+            else:
+                self._by_tree.pop(w.tree, None)
+
+    @property
+    def watchers(self) -> int:
+        with self._lock:
+            return sum(len(ws) for ws in self._by_tree.values())
+
+    def watching(self, tree: TreeRef) -> bool:
+        return tree in self._by_tree
+
+    def entry(self, tree: TreeRef, kind: int, parent: int, name: bytes, ino: int,
+              is_dir: bool) -> None:
+        if tree not in self._by_tree:
+            return
+        base = self._path_of(tree, parent)
+        if base is not None:
+            self._publish(tree, kind, base.rstrip(b"/") + b"/" + name, ino, is_dir)
+
+    def inode(self, tree: TreeRef, kind: int, ino: int, is_dir: bool) -> None:
+        if tree not in self._by_tree:
+            return
+        path = self._path_of(tree, ino)
+        if path is not None:     # unnamed now (unlinked while open): nothing to name
+            self._publish(tree, kind, path, ino, is_dir)
+
+    def _publish(self, tree: TreeRef, kind: int, path: bytes, ino: int, is_dir: bool) -> None:
+        # list swapped whole on (un)watch: iterate the one read here without the lock
+        event = None
+        for w in self._by_tree.get(tree, ()):
+            if under(path, w.prefix):
+                if event is None:
+                    event = session_pb2.Event(kind=kind, ino=ino, is_dir=is_dir,
+                                              path=path.decode("utf-8", "backslashreplace"))
+                w.offer(event)

@@ -1,0 +1,160 @@
+"""Change events over a real server (AIFSClient.watch, session.proto Watch/Events): what each
+change reports, the prefix, the tree (namespace, branch) a watcher sees, the token it needs,
+the bounded queue's overflow, and the watcher going away with its stream."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from aifs_core.types import ROOT_INO, SET_MODE
+from aifs_server.auth import mint_token
+from aifsfs.client import AIFSClient
+from aifsfs.errors import RemoteError
+from aifsfs.rpc.watch import Event, Watch
+from tests.helpers import ServerProc, make_data_dir, start_server, stop_server
+
+
+@pytest.fixture
+def client(server: ServerProc) -> Iterator[AIFSClient]:
+    c = AIFSClient(server.address, token_file=server.token_file)
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def _events(w: Watch, n: int, timeout: float = 10.0) -> list[tuple[str, str]]:
+    """The next n events as (kind, path); fails if fewer come within `timeout`."""
+    out: list[tuple[str, str]] = []
+    end = time.monotonic() + timeout
+    while len(out) < n:
+        e = w.get(timeout=max(0.0, end - time.monotonic()))
+        assert e is not None, f"only {out} of {n} events came"
+        out.append((e.kind, e.path))
+    return out
+
+
+def _quiet(w: Watch, wait: float = 0.5) -> None:
+    e = w.get(timeout=wait)
+    assert e is None, f"an event nobody caused: {e}"
+
+
+def test_each_change_reports_its_path(client: AIFSClient) -> None:
+    with client.watch("/") as w:
+        d = client.mkdir(ROOT_INO, b"data")
+        f = client.create(d.ino, b"a.bin")
+        client.commit_file(f.ino, [], 0)
+        client.setattr(f.ino, SET_MODE, mode=0o600)
+        client.setxattr(f.ino, b"user.k", b"v")
+        client.symlink(d.ino, b"ln", b"a.bin")
+        client.link(f.ino, ROOT_INO, b"hard")
+        client.rename(d.ino, b"a.bin", ROOT_INO, b"b.bin")
+        client.unlink(ROOT_INO, b"b.bin")
+        client.unlink(d.ino, b"ln")
+        client.rmdir(ROOT_INO, b"data")
+        assert _events(w, 12) == [
+            ("created", "/data"), ("created", "/data/a.bin"), ("changed", "/data/a.bin"),
+            ("changed", "/data/a.bin"), ("changed", "/data/a.bin"), ("created", "/data/ln"),
+            ("created", "/hard"), ("removed", "/data/a.bin"), ("created", "/b.bin"),
+            ("removed", "/b.bin"), ("removed", "/data/ln"), ("removed", "/data")]
+        _quiet(w)
+
+
+def test_events_carry_the_inode_and_kind_of_entry(client: AIFSClient) -> None:
+    with client.watch() as w:
+        d = client.mkdir(ROOT_INO, b"d")
+        f = client.create(d.ino, b"f")
+        assert [w.get(10), w.get(10)] == [Event("created", "/d", d.ino, True),
+                                          Event("created", "/d/f", f.ino, False)]
+
+
+def test_only_paths_under_the_prefix(client: AIFSClient) -> None:
+    a = client.mkdir(ROOT_INO, b"a")
+    ab = client.mkdir(ROOT_INO, b"ab")
+    with client.watch("/a/") as w:
+        client.create(ab.ino, b"x")              # "/ab/x": not under "/a"
+        client.create(ROOT_INO, b"a.txt")
+        sub = client.mkdir(a.ino, b"sub")
+        client.create(sub.ino, b"deep")
+        client.rename(a.ino, b"sub", ab.ino, b"moved")   # leaves the prefix: removed only
+        assert _events(w, 3) == [("created", "/a/sub"), ("created", "/a/sub/deep"),
+                                 ("removed", "/a/sub")]
+        _quiet(w)
+
+
+def test_a_watcher_sees_its_own_namespace_only(server: ServerProc,
+                                               client: AIFSClient) -> None:
+    client.format(namespace="other")
+    other = AIFSClient(server.address, token_file=server.token_file, namespace="other")
+    try:
+        with other.watch() as w_other, client.watch() as w_main:
+            client.create(ROOT_INO, b"in-main")
+            other.create(ROOT_INO, b"in-other")
+            assert _events(w_main, 1) == [("created", "/in-main")]
+            assert _events(w_other, 1) == [("created", "/in-other")]
+            _quiet(w_main)
+            _quiet(w_other, 0.1)
+    finally:
+        other.close()
+
+
+def test_watching_needs_the_stat_verb(server: ServerProc) -> None:
+    key = (server.data_dir / "macaroon.key").read_bytes()
+    c = AIFSClient(server.address, token=mint_token(key, "default", ["put"], 600))
+    try:
+        with pytest.raises(RemoteError) as ei:
+            c.watch()
+        assert "stat" in str(ei.value)
+    finally:
+        c.close()
+    ok = AIFSClient(server.address, token=mint_token(key, "default", ["stat"], 600))
+    try:
+        with ok.watch() as w:
+            AIFSClient(server.address, token_file=server.token_file).create(ROOT_INO, b"f")
+            assert _events(w, 1) == [("created", "/f")]
+    finally:
+        ok.close()
+
+
+def test_no_event_is_lost_silently(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server keeping 5 events per watcher, a reader that stops reading while 2,048 changes
+    happen (1,024 removals in one call): whatever was dropped, the events that come are in
+    order and, if any is missing, an overflow was reported (the queue's overflow itself:
+    tests/unit/test_events.py)."""
+    monkeypatch.setenv("AIFS_WATCH_EVENTS_MAX", "5")
+    sp = start_server(make_data_dir(tmp_path / "d"))
+    c = AIFSClient(sp.address, token_file=sp.token_file)
+    try:
+        with c.watch() as w:
+            names = [b"file-with-a-longer-name-%06d" % i for i in range(1024)]
+            inos = [c.create(ROOT_INO, n).ino for n in names]
+            c.fs.unlink_batch(ROOT_INO, list(zip(names, inos, strict=True)))
+            want = [("created", "/" + n.decode()) for n in names] + \
+                [("removed", "/" + n.decode()) for n in names]
+            got: list[tuple[str, str]] = []
+            gaps = 0
+            while (e := w.get(timeout=5)) is not None:
+                if e.kind == "overflow":
+                    gaps += 1
+                else:
+                    got.append((e.kind, e.path))
+            at = iter(want)
+            assert all(g in at for g in got), "events out of order or unknown"
+            assert gaps or got == want, f"{len(want) - len(got)} events lost, no overflow"
+    finally:
+        c.close()
+        stop_server(sp)
+
+
+def test_the_watcher_goes_with_its_stream(server: ServerProc, client: AIFSClient) -> None:
+    w = client.watch()
+    w.close()
+    assert w.get(0.1) is None
+    client.create(ROOT_INO, b"after")      # no watcher left to offer it to: nothing fails
+    with client.watch() as w2:
+        client.create(ROOT_INO, b"again")
+        assert _events(w2, 1) == [("created", "/again")]

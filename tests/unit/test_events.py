@@ -1,0 +1,67 @@
+"""server/events.py without a server: prefixes, the bounded queue and its overflow, paths from
+the resolver, and that a change nobody watches asks the resolver nothing."""
+
+from __future__ import annotations
+
+from aifs_core.types import TreeRef
+from aifs_server.events import CHANGED, CREATED, REMOVED, EventHub, normalize_prefix, under
+
+T = TreeRef("ns")
+PATHS = {1: b"/", 2: b"/a", 3: b"/a/f", 4: b"/ab"}
+
+
+def hub(events_max: int = 100) -> tuple[EventHub, list[int]]:
+    asked: list[int] = []
+
+    def path_of(tree: TreeRef, ino: int) -> bytes | None:
+        asked.append(ino)
+        return PATHS.get(ino)
+    return EventHub(path_of, events_max), asked
+
+
+def test_prefixes() -> None:
+    assert normalize_prefix("/a/") == b"/a" and normalize_prefix("a") == b"/a"
+    assert normalize_prefix("/") == b"" and normalize_prefix("") == b""
+    assert under(b"/a", b"/a") and under(b"/a/b", b"/a") and under(b"/x", b"")
+    assert not under(b"/ab", b"/a") and not under(b"/", b"/a")
+
+
+def test_events_of_paths_under_the_prefix_in_order() -> None:
+    h, _ = hub()
+    woken = []
+    w = h.watch(T, "/a", woken.append)
+    h.entry(T, CREATED, 2, b"new", 9, False)       # /a/new
+    h.entry(T, CREATED, 1, b"ab", 4, True)         # /ab: not under /a
+    h.inode(T, CHANGED, 3, False)                  # /a/f
+    h.entry(T, REMOVED, 1, b"a", 2, True)          # /a itself
+    h.inode(T, CHANGED, 77, False)                 # unnamed: nothing
+    events, overflow = w.take(10)
+    assert [(e.kind, e.path, e.ino, e.is_dir) for e in events] == [
+        (CREATED, "/a/new", 9, False), (CHANGED, "/a/f", 3, False), (REMOVED, "/a", 2, True)]
+    assert not overflow
+    assert woken == [w]                            # once: the queue went from empty to not
+
+
+def test_a_full_queue_drops_the_newest_and_says_overflow_once() -> None:
+    h, _ = hub(events_max=3)
+    w = h.watch(T, "", lambda _w: None)
+    for i in range(10):
+        h.entry(T, CREATED, 1, b"f%d" % i, 10 + i, False)
+    events, overflow = w.take(100)
+    assert [e.path for e in events] == ["/f0", "/f1", "/f2"] and overflow
+    h.entry(T, CREATED, 1, b"later", 99, False)
+    events, overflow = w.take(100)
+    assert [e.path for e in events] == ["/later"] and not overflow
+
+
+def test_nobody_watching_costs_no_path_lookup() -> None:
+    h, asked = hub()
+    h.entry(T, CREATED, 2, b"x", 9, False)
+    h.inode(T, CHANGED, 3, False)
+    assert asked == [] and not h.watching(T)
+    w = h.watch(T, "", lambda _w: None)
+    h.watch(TreeRef("ns", "other"), "", lambda _w: None)
+    assert h.watchers == 2
+    h.unwatch(w)
+    h.entry(T, CREATED, 2, b"x", 9, False)
+    assert asked == [] and h.watchers == 1        # the other tree's watcher does not ask
