@@ -306,6 +306,24 @@ def cmd_stat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Print each change event under the prefix as it comes (one line, or JSON per line),
+    until interrupted or --count events came."""
+    n = 0
+    with client_from_args(args) as client, client.watch(args.prefix) as w:
+        print(f"watching {args.prefix}", file=sys.stderr, flush=True)
+        for e in w:
+            if args.json:
+                print(json.dumps({"kind": e.kind, "path": e.path, "ino": e.ino,
+                                  "is_dir": e.is_dir}), flush=True)
+            else:
+                print(f"{e.kind:<8} {e.path}{'/' if e.is_dir else ''}", flush=True)
+            n += 1
+            if args.count and n >= args.count:
+                break
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     with client_from_args(args) as client:
         info = client.introspect()
@@ -553,6 +571,13 @@ def build_parser(plugins: Sequence[str] = PLUGINS) -> argparse.ArgumentParser:
     p.add_argument("asset_id", metavar="ID", help="asset id")
 
     client_cmd("info", "print the server's version, features, config and namespaces", cmd_info)
+
+    p = client_cmd("watch", "print change events (created, changed, removed, overflow) of the "
+                            "paths under PREFIX as they happen", cmd_watch)
+    p.add_argument("prefix", metavar="PREFIX", nargs="?", default="/",
+                   help="a path in the tree (default /: everything)")
+    p.add_argument("--count", type=int, default=0, help="stop after this many events")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
 
     p = client_cmd("health", "check the server's health (exit 0 when SERVING)", cmd_health)
     p.add_argument("--service", default="", help="service name (default: the whole server)")

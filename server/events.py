@@ -15,6 +15,9 @@ Interface:
                                                 CREATED or REMOVED (the path: the parent's
                                                 path now + the name)
         .inode(tree, kind, ino, is_dir)         `ino` CHANGED (its path now)
+        .tree_changed(tree)                     the whole tree changed (a branch reset, a merge,
+                                                a branch deleted): each watcher's next batch
+                                                says overflow (list again), no event per path
         .watchers -> int
     Watcher.take(n) -> (events, overflow)      up to n queued events, oldest first, and
                                                 whether events were dropped before them
@@ -28,7 +31,8 @@ cannot hold the server's memory: past events_max queued events the newest are dr
 next batch says `overflow` (as inotify's IN_Q_OVERFLOW), so the client lists again.
 
 Events are those of changes made through this server; servers sharing a PostgreSQL database
-do not forward them to each other's watchers (docs/LEASES.md, "Change events").
+do not forward them to each other's watchers (docs/LEASES.md, "Change events"). A change of
+a whole tree (the Versioning service's) is one overflow for its watchers: list again.
 """
 
 from __future__ import annotations
@@ -81,6 +85,13 @@ class Watcher:
         if first:
             self._wake(self)
 
+    def lost(self) -> None:
+        """Events the watcher will not get (its tree changed whole): the next batch says
+        overflow."""
+        with self._lock:
+            self._overflow = True
+        self._wake(self)
+
     def take(self, n: int) -> tuple[list[Any], bool]:
         with self._lock:
             out = [self._queue.popleft() for _ in range(min(n, len(self._queue)))]
@@ -132,6 +143,10 @@ class EventHub:
         path = self._path_of(tree, ino)
         if path is not None:     # unnamed now (unlinked while open): nothing to name
             self._publish(tree, kind, path, ino, is_dir)
+
+    def tree_changed(self, tree: TreeRef) -> None:
+        for w in self._by_tree.get(tree, ()):
+            w.lost()
 
     def _publish(self, tree: TreeRef, kind: int, path: bytes, ino: int, is_dir: bool) -> None:
         # list swapped whole on (un)watch: iterate the one read here without the lock

@@ -12,6 +12,8 @@ the reply message. Merge and PruneSnapshots span several transactions and carry 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import grpc
@@ -129,9 +131,14 @@ class VersioningServicer(versioning_pb2_grpc.VersioningServicer):
         return pb.BranchList(branches=[pb.BranchInfo(name=n, head=h, created_ns=t)
                                        for n, h, t in self.v.list_branches(self._ns(context))])
 
-    def _replacing(self, ns: str, branch: str, context: grpc.ServicerContext) -> Any:
-        """Mounts holding leases on the branch's tree must drop them before it changes."""
-        return self.b.leases.tree_change(TreeRef(ns, branch), Deadline.of_call(context))
+    @contextmanager
+    def _replacing(self, ns: str, branch: str, context: grpc.ServicerContext) -> Iterator[None]:
+        """Mounts holding leases on the branch's tree must drop them before it changes; its
+        watchers are told to list again after (no event per path: events.py, tree_changed)."""
+        tree = TreeRef(ns, branch)
+        with self.b.leases.tree_change(tree, Deadline.of_call(context)):
+            yield
+        self.b.events.tree_changed(tree)
 
     @rpc
     def DeleteBranch(self, request: Any, context: grpc.ServicerContext) -> Any:

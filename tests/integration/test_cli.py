@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pty
 import shutil
@@ -302,3 +303,32 @@ def test_progress_bar_only_on_a_terminal(server: ServerProc, tmp_path: Path) -> 
     assert b"put big.bin" in shown  # the tqdm bar on the terminal
     quiet = run("put", str(src), "--server", server.address)
     assert quiet.returncode == 0 and quiet.stderr == b""  # no bar into a pipe
+
+
+def test_watch_prints_each_change(server: ServerProc, data_dir: Path, tmp_path: Path) -> None:
+    """`aifs watch PREFIX --count N --json` (a real process) prints the events of changes an
+    SDK client makes, and only those under the prefix."""
+    from aifs_core.types import ROOT_INO
+    from aifsfs.client import AIFSClient
+    tok = mint(data_dir, tmp_path, "all", "w.token")
+    proc = subprocess.Popen([AIFS, "watch", "/w", "--count", "3", "--json", "--server",
+                             tcp(server), "--token-file", str(tok)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        assert b"watching /w" in proc.stderr.readline()     # watched from here on
+        with AIFSClient(tcp(server), token_file=str(tok)) as c:
+            d = c.mkdir(ROOT_INO, b"w")
+            c.create(ROOT_INO, b"not-under-w")
+            f = c.create(d.ino, b"f")
+            c.unlink(d.ino, b"f")
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert [json.loads(line) for line in out.decode().splitlines()] == [
+            {"kind": "created", "path": "/w", "ino": d.ino, "is_dir": True},
+            {"kind": "created", "path": "/w/f", "ino": f.ino, "is_dir": False},
+            {"kind": "removed", "path": "/w/f", "ino": f.ino, "is_dir": False}]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -158,3 +158,15 @@ def test_the_watcher_goes_with_its_stream(server: ServerProc, client: AIFSClient
     with client.watch() as w2:
         client.create(ROOT_INO, b"again")
         assert _events(w2, 1) == [("created", "/again")]
+
+
+def test_a_branch_reset_tells_watchers_to_list_again(server: ServerProc,
+                                                     client: AIFSClient) -> None:
+    client.create(ROOT_INO, b"kept")
+    snap = client.versions.snapshot(message="before")
+    with client.watch() as w:
+        client.create(ROOT_INO, b"dropped")
+        assert _events(w, 1) == [("created", "/dropped")]
+        client.versions.reset_branch("main", snap["id"])
+        assert _events(w, 1) == [("overflow", "/")]      # no event per path: list again
+        _quiet(w)
