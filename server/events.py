@@ -19,6 +19,17 @@ Interface:
                                                 a branch deleted): each watcher's next batch
                                                 says overflow (list again), no event per path
         .watchers -> int
+      across servers on one PostgreSQL (lease_bus.py sets these):
+        .on_watch(tree)                         called when a tree gets its first watcher here
+        .forward(tree, kind, path, ino, is_dir) / .forward_lost(tree)
+                                                called for each event (a whole-tree change)
+                                                of a tree some other server's watcher wants
+        .remote_watch(tree, until)              another server watches `tree` until
+                                                `until` (monotonic); changes of it are
+                                                resolved and forwarded
+        .local_trees() -> [tree]                the trees watched here (announced again
+                                                every heartbeat)
+        .remote_event(tree, kind, path, ino, is_dir)   a peer's event, to the watchers here
     Watcher.take(n) -> (events, overflow)      up to n queued events, oldest first, and
                                                 whether events were dropped before them
     CREATED, CHANGED, REMOVED                   session_pb2.Event.Kind values
@@ -30,15 +41,17 @@ the path, paid only while someone watches that tree. A watcher that does not rea
 cannot hold the server's memory: past events_max queued events the newest are dropped and the
 next batch says `overflow` (as inotify's IN_Q_OVERFLOW), so the client lists again.
 
-Events are those of changes made through this server; servers sharing a PostgreSQL database
-do not forward them to each other's watchers (docs/LEASES.md, "Change events"). A change of
-a whole tree (the Versioning service's) is one overflow for its watchers: list again.
+Servers on one PostgreSQL forward events over the lease bus to the servers that announced a
+watcher on the tree (best effort: from when the announcement was heard, milliseconds; docs/
+LEASES.md "Change events"). A change of a whole tree (the Versioning service's) is one
+overflow for its watchers: list again.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -106,11 +119,18 @@ class EventHub:
         self._max = events_max
         self._lock = threading.Lock()
         self._by_tree: dict[TreeRef, list[Watcher]] = {}
+        self._remote: dict[TreeRef, float] = {}       # tree -> until (monotonic)
+        self.on_watch: Callable[[TreeRef], None] | None = None
+        self.forward: Callable[[TreeRef, int, bytes, int, bool], None] | None = None
+        self.forward_lost: Callable[[TreeRef], None] | None = None
 
     def watch(self, tree: TreeRef, prefix: str, wake: Callable[[Watcher], None]) -> Watcher:
         w = Watcher(tree, normalize_prefix(prefix), wake, self._max)
         with self._lock:
+            first = tree not in self._by_tree
             self._by_tree[tree] = [*self._by_tree.get(tree, []), w]
+        if first and self.on_watch is not None:
+            self.on_watch(tree)
         return w
 
     def unwatch(self, w: Watcher) -> None:
@@ -127,28 +147,56 @@ class EventHub:
             return sum(len(ws) for ws in self._by_tree.values())
 
     def watching(self, tree: TreeRef) -> bool:
-        return tree in self._by_tree
+        return tree in self._by_tree or (tree in self._remote and self._remote_live(tree))
+
+    def _remote_live(self, tree: TreeRef) -> bool:
+        until = self._remote.get(tree)
+        if until is None or until > time.monotonic():
+            return until is not None
+        with self._lock:
+            if self._remote.get(tree) == until:
+                del self._remote[tree]
+        return False
+
+    def remote_watch(self, tree: TreeRef, until: float) -> None:
+        with self._lock:
+            self._remote[tree] = max(until, self._remote.get(tree, 0.0))
+
+    def local_trees(self) -> list[TreeRef]:
+        with self._lock:
+            return list(self._by_tree)
+
+    def remote_event(self, tree: TreeRef, kind: int, path: bytes, ino: int,
+                     is_dir: bool) -> None:
+        self._deliver(tree, kind, path, ino, is_dir)
 
     def entry(self, tree: TreeRef, kind: int, parent: int, name: bytes, ino: int,
               is_dir: bool) -> None:
-        if tree not in self._by_tree:
+        if not self.watching(tree):
             return
         base = self._path_of(tree, parent)
         if base is not None:
             self._publish(tree, kind, base.rstrip(b"/") + b"/" + name, ino, is_dir)
 
     def inode(self, tree: TreeRef, kind: int, ino: int, is_dir: bool) -> None:
-        if tree not in self._by_tree:
+        if not self.watching(tree):
             return
         path = self._path_of(tree, ino)
         if path is not None:     # unnamed now (unlinked while open): nothing to name
             self._publish(tree, kind, path, ino, is_dir)
 
-    def tree_changed(self, tree: TreeRef) -> None:
+    def tree_changed(self, tree: TreeRef, forward: bool = True) -> None:
         for w in self._by_tree.get(tree, ()):
             w.lost()
+        if forward and self.forward_lost is not None and self._remote_live(tree):
+            self.forward_lost(tree)
 
     def _publish(self, tree: TreeRef, kind: int, path: bytes, ino: int, is_dir: bool) -> None:
+        self._deliver(tree, kind, path, ino, is_dir)
+        if self.forward is not None and self._remote_live(tree):
+            self.forward(tree, kind, path, ino, is_dir)
+
+    def _deliver(self, tree: TreeRef, kind: int, path: bytes, ino: int, is_dir: bool) -> None:
         # list swapped whole on (un)watch: iterate the one read here without the lock
         event = None
         for w in self._by_tree.get(tree, ()):

@@ -3,8 +3,12 @@ through this server recalls the leases held through every other one before it co
 server may grant leases and close-to-open still holds between mounts on different servers.
 
 Interface:
-    LeaseBus(dsn, leases, *, ttl=None)   attaches itself as `leases.bus` (leases.LeaseManager);
-                                         ttl: seconds a registration lives (default one term)
+    LeaseBus(dsn, leases, *, ttl=None, events=None)
+                                         attaches itself as `leases.bus` (leases.LeaseManager);
+                                         ttl: seconds a registration lives (default one term);
+                                         events: the server's events.EventHub, whose watchers
+                                         then also get the changes made through the other
+                                         servers (watching, event and lost messages)
         .start() / .stop()               the listener thread; stop() expires the registration
         .granting() -> bool              listening, registered and joined: any other server's
                                          change will reach this server before it commits
@@ -15,10 +19,14 @@ Interface:
                                          deadline: TimedOut, nothing committed), runs the body,
                                          publishes done
     Messages (NOTIFY on CHANNEL, JSON): recall{o, s, t, i, d}, ack{o, to, s}, done{o, s},
-    hello{o, s}. A peer receiving recall marks the inodes changing in its LeaseManager (the
+    hello{o, s}, watching{o, s, t}, event{o, s, t, e: [kind, path, ino, is_dir]}, lost{o, s, t}.
+    A peer receiving recall marks the inodes changing in its LeaseManager (the
     same `change(..., remote=True)` a local change runs: its holders recalled and waited for),
     acks, and keeps them marked until done (or d + one term). hello is a server joining: each
-    peer acks it once its own changes published before it are over.
+    peer acks it once its own changes published before it are over. watching: the sender has a
+    watcher on tree t (sent when its first comes, again every heartbeat); a server that heard
+    it forwards each event of that tree for WATCH_HEARD seconds (event; lost: a whole-tree
+    change, or an event too long for one payload).
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ log = logging.getLogger("aifs.lease_bus")
 CHANNEL = "aifs_leases"
 PAYLOAD_MAX = 7900          # NOTIFY payloads stop at 8000 bytes: a longer inode list is "the tree"
 POOL_WAIT = 3.0             # seconds a message waits for a connection of the bus's pool
+WATCH_HEARD = 3       # terms a watching message holds (it comes again every term/4)
 HELLO_WAIT = 120.0          # a peer acks a hello once its changes in flight are over (bounded)
 _CONNECT = {"autocommit": True, "connect_timeout": 5}
 # (id, seconds to expiry, its LISTEN connection still open: a killed server's backend ends at
@@ -68,9 +77,11 @@ class _Mark:
 
 
 class LeaseBus:
-    def __init__(self, dsn: str, leases: Any, *, ttl: float | None = None) -> None:
+    def __init__(self, dsn: str, leases: Any, *, ttl: float | None = None,
+                 events: Any = None) -> None:
         self.dsn = dsn
         self.leases = leases
+        self.events = events
         self.term = float(leases.term)
         self.ttl = float(ttl or leases.term)
         self.id = ""                                     # a new one per join
@@ -106,6 +117,10 @@ class LeaseBus:
                          threading.Thread(target=self._watchdog, name="aifs-lease-watch",
                                           daemon=True)]
         leases.bus = self
+        if events is not None:
+            events.on_watch = self._announce
+            events.forward = self._forward
+            events.forward_lost = self._forward_lost
 
     # --- life -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -157,6 +172,7 @@ class LeaseBus:
                     conn.execute(f"LISTEN {CHANNEL}")
                     self._register(conn, new_id)
                     self._refresh(conn)
+                    self._announce_all()    # a new id: peers hear what is watched here now
                     gen = self._gen
                     self._work.submit(self._join, self.id, gen)
                     beat = time.monotonic() + self.ttl / 4
@@ -209,6 +225,43 @@ class LeaseBus:
         if row is None:
             raise StoreUnavailable("this server's lease registration lapsed; joining again")
         self._healthy_until = sent + 0.9 * self.ttl
+        self._announce_all()
+
+    # --- change events (events.py) ------------------------------------------------------------
+    def _announce_all(self) -> None:
+        if self.events is not None:
+            for tree in self.events.local_trees():
+                self._announce(tree)
+
+    def _announce(self, tree: TreeRef) -> None:
+        self._outq.put(({"k": "watching", "o": self.id, "s": 0,
+                         "t": [tree.namespace, tree.branch]}, None))
+
+    def _forward(self, tree: TreeRef, kind: int, path: bytes, ino: int, is_dir: bool) -> None:
+        msg = {"k": "event", "o": self.id, "s": 0, "t": [tree.namespace, tree.branch],
+               "e": [kind, path.decode("utf-8", "surrogateescape"), ino, is_dir]}
+        if len(json.dumps(msg)) > PAYLOAD_MAX:     # a very long path: the watchers list again
+            self._forward_lost(tree)
+            return
+        self._outq.put((msg, None))
+
+    def _forward_lost(self, tree: TreeRef) -> None:
+        self._outq.put(({"k": "lost", "o": self.id, "s": 0,
+                         "t": [tree.namespace, tree.branch]}, None))
+
+    def _on_event(self, kind: str, m: dict[str, Any]) -> None:
+        ev = self.events
+        if ev is None:
+            return
+        tree = TreeRef(str(m["t"][0]), str(m["t"][1]))
+        if kind == "watching":
+            ev.remote_watch(tree, time.monotonic() + WATCH_HEARD * self.term)
+        elif kind == "event":
+            k, path, ino, is_dir = m["e"]
+            ev.remote_event(tree, int(k), str(path).encode("utf-8", "surrogateescape"),
+                            int(ino), bool(is_dir))
+        else:
+            ev.tree_changed(tree, forward=False)
 
     def _join(self, me: str, gen: int) -> None:
         """Grant nothing until every live peer acked this hello: a change a peer published
@@ -439,6 +492,11 @@ class LeaseBus:
                 self._alone = False
                 pending = list(self._outgoing.values())
             self._work.submit(self._ack_hello, origin, seq, pending)
+        elif kind in ("watching", "event", "lost"):
+            try:
+                self._on_event(kind, m)
+            except (ValueError, KeyError, TypeError, IndexError):
+                log.warning("lease bus: ignoring a malformed %s message", kind)
 
     def _enter(self, mark: _Mark, m: dict[str, Any]) -> None:
         tree = TreeRef(str(m["t"][0]), str(m["t"][1]))

@@ -386,7 +386,8 @@ def build_server(datadir: Any, listen: list[str], *, tls: tuple[bytes, bytes] | 
     if dsn:
         from aifs_server.lease_bus import LeaseBus
 
-        LeaseBus(dsn, backend.leases)   # grants once it has joined the other servers
+        # grants once it has joined the other servers; forwards watchers' change events
+        LeaseBus(dsn, backend.leases, events=backend.events)
     pins = UploadPins(sdk_grace=upload_grace)
     datadir.chunks.pins = pins
     on_pass = _collector_metrics(metrics)

@@ -15,7 +15,9 @@ from aifs_server.auth import mint_token
 from aifsfs.client import AIFSClient
 from aifsfs.errors import RemoteError
 from aifsfs.rpc.watch import Event, Watch
+from tests.cluster import session_cluster
 from tests.helpers import ServerProc, make_data_dir, start_server, stop_server
+from tests.services import Postgres, SeaweedFS
 
 
 @pytest.fixture
@@ -170,3 +172,40 @@ def test_a_branch_reset_tells_watchers_to_list_again(server: ServerProc,
         client.versions.reset_branch("main", snap["id"])
         assert _events(w, 1) == [("overflow", "/")]      # no event per path: list again
         _quiet(w)
+
+
+def test_changes_through_another_server_reach_the_watcher(postgres: Postgres,
+                                                          seaweedfs: SeaweedFS) -> None:
+    """Two servers on one PostgreSQL: a watcher on server 0 gets the changes an SDK client
+    makes through server 1 (forwarded on the lease bus once server 1 heard of the watcher),
+    a change through server 0 once (not again from the bus), and a branch reset through
+    server 1 as overflow."""
+    with session_cluster(postgres, seaweedfs, "watch", n=2, lease_term=2.0) as c:
+        s0, s1 = c.servers
+        with AIFSClient(s0.address, token_file=c.token_file) as a, \
+                AIFSClient(s1.address, token_file=c.token_file) as b, a.watch("/") as w:
+            end = time.monotonic() + 30       # until server 1 heard of the watcher
+            i = 0
+            while True:
+                b.create(ROOT_INO, b"probe%d" % i)
+                e = w.get(timeout=0.5)
+                if e is not None:
+                    break
+                assert time.monotonic() < end, "server 1 never forwarded an event"
+                i += 1
+            while w.get(timeout=0.5) is not None:   # probes heard late
+                pass
+            d = b.mkdir(ROOT_INO, b"x")
+            b.create(d.ino, b"f")
+            b.rename(d.ino, b"f", ROOT_INO, b"g")
+            a.unlink(ROOT_INO, b"g")                  # through server 0 itself
+            snap = a.versions.snapshot(message="s")
+            got = _events(w, 5)
+            # server 1's events in its order; server 0's own may come before they arrive
+            assert [g for g in got if g != ("removed", "/g")] == [
+                ("created", "/x"), ("created", "/x/f"), ("removed", "/x/f"), ("created", "/g")]
+            assert got.count(("removed", "/g")) == 1, got
+            _quiet(w)                                 # nothing twice
+            b.versions.reset_branch("main", snap["id"])
+            assert _events(w, 1) == [("overflow", "/")]
+            _quiet(w)

@@ -3,6 +3,8 @@ the resolver, and that a change nobody watches asks the resolver nothing."""
 
 from __future__ import annotations
 
+import time
+
 from aifs_core.types import TreeRef
 from aifs_server.events import CHANGED, CREATED, REMOVED, EventHub, normalize_prefix, under
 
@@ -65,3 +67,34 @@ def test_nobody_watching_costs_no_path_lookup() -> None:
     h.unwatch(w)
     h.entry(T, CREATED, 2, b"x", 9, False)
     assert asked == [] and h.watchers == 1        # the other tree's watcher does not ask
+
+
+def test_events_go_to_other_servers_only_while_one_watches_there() -> None:
+    h, asked = hub()
+    sent: list[tuple[int, bytes]] = []
+    announced: list[TreeRef] = []
+    h.forward = lambda tree, kind, path, ino, is_dir: sent.append((kind, path))
+    h.on_watch = announced.append
+    h.entry(T, CREATED, 2, b"x", 9, False)
+    assert sent == [] and asked == []              # nobody anywhere: not even resolved
+    h.remote_watch(T, time.monotonic() + 60)
+    h.entry(T, CREATED, 2, b"x", 9, False)         # a peer watches: resolved and forwarded
+    assert sent == [(CREATED, b"/a/x")]
+    h.remote_watch(T, time.monotonic() - 1)        # an older announcement does not shorten it
+    h.inode(T, CHANGED, 3, False)
+    assert sent[-1] == (CHANGED, b"/a/f")
+    w = h.watch(T, "", lambda _w: None)
+    h.watch(T, "/a", lambda _w: None)
+    assert announced == [T]                        # the tree's first watcher only
+    h.remote_event(T, REMOVED, b"/a/y", 5, False)  # a peer's event: here, not sent back
+    assert [e.path for e in w.take(10)[0]] == ["/a/y"] and len(sent) == 2
+
+
+def test_an_announcement_runs_out() -> None:
+    h, _ = hub()
+    sent: list[bytes] = []
+    h.forward = lambda tree, kind, path, ino, is_dir: sent.append(path)
+    h.remote_watch(T, time.monotonic() + 0.05)
+    time.sleep(0.1)
+    h.entry(T, CREATED, 2, b"x", 9, False)
+    assert sent == [] and not h.watching(T)
