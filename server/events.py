@@ -30,6 +30,8 @@ Interface:
         .local_trees() -> [tree]                the trees watched here (announced again
                                                 every heartbeat)
         .remote_event(tree, kind, path, ino, is_dir)   a peer's event, to the watchers here
+        .forward_all() -> bool                  True while which trees the peers watch is not
+                                                known here (not joined yet): forward every event
     Watcher.take(n) -> (events, overflow)      up to n queued events, oldest first, and
                                                 whether events were dropped before them
     CREATED, CHANGED, REMOVED                   session_pb2.Event.Kind values
@@ -42,9 +44,9 @@ cannot hold the server's memory: past events_max queued events the newest are dr
 next batch says `overflow` (as inotify's IN_Q_OVERFLOW), so the client lists again.
 
 Servers on one PostgreSQL forward events over the lease bus to the servers that announced a
-watcher on the tree (best effort: from when the announcement was heard, milliseconds; docs/
-LEASES.md "Change events"). A change of a whole tree (the Versioning service's) is one
-overflow for its watchers: list again.
+watcher on the tree; a tree's first watcher here is answered once every peer acked the
+announcement (on_watch may block, bounded: lease_bus.py). A change of a whole tree (the
+Versioning service's) is one overflow for its watchers: list again.
 """
 
 from __future__ import annotations
@@ -123,6 +125,7 @@ class EventHub:
         self.on_watch: Callable[[TreeRef], None] | None = None
         self.forward: Callable[[TreeRef, int, bytes, int, bool], None] | None = None
         self.forward_lost: Callable[[TreeRef], None] | None = None
+        self.forward_all: Callable[[], bool] | None = None
 
     def watch(self, tree: TreeRef, prefix: str, wake: Callable[[Watcher], None]) -> Watcher:
         w = Watcher(tree, normalize_prefix(prefix), wake, self._max)
@@ -150,6 +153,8 @@ class EventHub:
         return tree in self._by_tree or (tree in self._remote and self._remote_live(tree))
 
     def _remote_live(self, tree: TreeRef) -> bool:
+        if self.forward_all is not None and self.forward_all():
+            return True
         until = self._remote.get(tree)
         if until is None or until > time.monotonic():
             return until is not None

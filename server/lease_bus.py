@@ -24,9 +24,10 @@ Interface:
     same `change(..., remote=True)` a local change runs: its holders recalled and waited for),
     acks, and keeps them marked until done (or d + one term). hello is a server joining: each
     peer acks it once its own changes published before it are over. watching: the sender has a
-    watcher on tree t (sent when its first comes, again every heartbeat); a server that heard
-    it forwards each event of that tree for WATCH_HEARD seconds (event; lost: a whole-tree
-    change, or an event too long for one payload).
+    watcher on tree t (sent when its first comes, acked by every peer before the watch is
+    answered; again every heartbeat, s = 0, not acked); a server that heard it forwards each
+    event of that tree for WATCH_HEARD terms (event; lost: a whole-tree change, or an event
+    too long for one payload).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ CHANNEL = "aifs_leases"
 PAYLOAD_MAX = 7900          # NOTIFY payloads stop at 8000 bytes: a longer inode list is "the tree"
 POOL_WAIT = 3.0             # seconds a message waits for a connection of the bus's pool
 WATCH_HEARD = 3       # terms a watching message holds (it comes again every term/4)
+WATCH_ACK_TERMS = 2   # the most a first watch of a tree waits for the peers' acks
 HELLO_WAIT = 120.0          # a peer acks a hello once its changes in flight are over (bounded)
 _CONNECT = {"autocommit": True, "connect_timeout": 5}
 # (id, seconds to expiry, its LISTEN connection still open: a killed server's backend ends at
@@ -118,7 +120,8 @@ class LeaseBus:
                                           daemon=True)]
         leases.bus = self
         if events is not None:
-            events.on_watch = self._announce
+            events.on_watch = self._announce_heard
+            events.forward_all = self._joining
             events.forward = self._forward
             events.forward_lost = self._forward_lost
 
@@ -233,6 +236,28 @@ class LeaseBus:
             for tree in self.events.local_trees():
                 self._announce(tree)
 
+    def _announce_heard(self, tree: TreeRef) -> None:
+        """A tree's first watcher here: announce it and wait until every live peer heard (its
+        ack), so a change through any server after the Watch is answered is forwarded. Bounded
+        (WATCH_ACK_TERMS terms): a peer that neither acks nor expires by then (stalled) is
+        left to hear the heartbeat's announcement; logged."""
+        seq = self._next()
+        msg = {"k": "watching", "o": self.id, "s": seq, "t": [tree.namespace, tree.branch]}
+        try:
+            self._wait_acks(seq, self._publish_then_peers(msg),
+                            Deadline.after(WATCH_ACK_TERMS * self.term), resend=msg)
+        except (TimedOut, StoreUnavailable) as e:
+            log.warning("lease bus: a watch of %s/%s is not known to every server yet: %s",
+                        tree.namespace, tree.branch, e)
+        finally:
+            with self._cv:
+                self._acks.pop(seq, None)
+
+    def _joining(self) -> bool:
+        """Not joined yet: which trees the peers watch is not known here, so every event is
+        forwarded (a server that just started, or rejoins after losing the database)."""
+        return not self._joined
+
     def _announce(self, tree: TreeRef) -> None:
         self._outq.put(({"k": "watching", "o": self.id, "s": 0,
                          "t": [tree.namespace, tree.branch]}, None))
@@ -256,6 +281,8 @@ class LeaseBus:
         tree = TreeRef(str(m["t"][0]), str(m["t"][1]))
         if kind == "watching":
             ev.remote_watch(tree, time.monotonic() + WATCH_HEARD * self.term)
+            if int(m["s"]):         # a first announcement waits for every peer's ack
+                self._ack(str(m["o"]), int(m["s"]))
         elif kind == "event":
             k, path, ino, is_dir = m["e"]
             ev.remote_event(tree, int(k), str(path).encode("utf-8", "surrogateescape"),
@@ -542,4 +569,7 @@ class LeaseBus:
         until = time.monotonic() + HELLO_WAIT
         for ev in pending:
             ev.wait(max(0.0, until - time.monotonic()))
+        # the trees watched here go out before the ack (one sender thread: in this order), so
+        # the new server knows them once joined; until then it forwards every event (_joining)
+        self._announce_all()
         self._ack(origin, seq)
