@@ -27,6 +27,7 @@ from aifs_server.events import Watcher
 
 _POLL = 0.5     # how often the sender looks whether the call is still active
 EVENTS_BATCH = 256
+PREFIX_MAX = 4096   # bytes of a Watch prefix (PATH_MAX): each event's path is compared with it
 
 
 class _Watch:
@@ -74,6 +75,8 @@ class SessionServicer(session_pb2_grpc.SessionServicer):
                                                                         inos=item[2]))
             elif item[0] == "events":
                 yield from self._events(item[1])
+            elif item[0] == "refused":
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, item[1])
             elif item[0] == "watching":
                 # the answer to Watch, sent even when empty: the client knows it is watched
                 events, overflow = item[1].take(EVENTS_BATCH)
@@ -98,6 +101,11 @@ class SessionServicer(session_pb2_grpc.SessionServicer):
         try:
             for m in requests:
                 kind = m.WhichOneof("msg")
+                if kind == "watch" and len(m.watch.path_prefix.encode()) > PREFIX_MAX:
+                    sess.outbox.put(("refused", f"a Watch prefix is at most {PREFIX_MAX} "
+                                                f"bytes (PATH_MAX); this one is "
+                                                f"{len(m.watch.path_prefix.encode())}"))
+                    return
                 if kind == "watch":
                     old = watch.w
                     watch.w = self.b.events.watch(

@@ -4,8 +4,9 @@ that holds no leases and asks for events (session.proto `Watch`; server/events.p
 Interface:
     Watch(channel, path_prefix="/", ready_timeout=None)
         opens the stream and returns once the server watches: every change committed after
-        that, through this server, of a path under the prefix is reported ("/a": "/a" and
-        below, not "/ab"; "/" everything), in commit order
+        that, through any server of the deployment, of a path under the prefix is reported,
+        in commit order per server ("/a": "/a" and below, not "/ab"; "/" everything; a prefix
+        of at most 4,096 bytes)
         iter(w) / next(w) -> Event         blocks for the next event; ends after close()
         .get(timeout=None) -> Event | None the next event, or None after `timeout` seconds
         .close()                           ends the stream (also `with Watch(...) as w`)
@@ -16,8 +17,8 @@ Interface:
     AIFSClient.watch(path_prefix) returns a Watch.
 
 A broken stream (the server went away) raises its RemoteError from next/get; events of the gap
-are not replayed: watch again, then list what you track. Events come from changes made through
-the server this client talks to (servers sharing one PostgreSQL do not forward them).
+are not replayed: watch again, then list what you track. Servers sharing one PostgreSQL forward
+their changes to the one this client talks to (docs/LEASES.md, "Change events").
 """
 
 from __future__ import annotations

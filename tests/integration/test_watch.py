@@ -198,3 +198,12 @@ def test_changes_through_another_server_reach_the_watcher(postgres: Postgres,
             b.versions.reset_branch("main", snap["id"])
             assert _events(w, 1) == [("overflow", "/")]
             _quiet(w)
+
+
+def test_a_prefix_longer_than_path_max_is_refused(client: AIFSClient) -> None:
+    with pytest.raises(RemoteError) as ei:
+        client.watch("/" + "a" * 5000)
+    assert "4096" in str(ei.value)
+    with client.watch("/ok") as w:                    # the server goes on
+        d = client.mkdir(ROOT_INO, b"ok")
+        assert w.get(10) == Event("created", "/ok", d.ino, True)
