@@ -16,8 +16,8 @@ Interface:
                                            list the tree again; path is the prefix)
     AIFSClient.watch(path_prefix) returns a Watch.
 
-A broken stream (the server went away) raises its RemoteError from next/get; events of the gap
-are not replayed: watch again, then list what you track. Servers sharing one PostgreSQL forward
+A broken stream (the server went away, or stopped and ended it: ServerUnavailable) raises its
+RemoteError from next/get; events of the gap are not replayed: watch again, then list what you track. Servers sharing one PostgreSQL forward
 their changes to the one this client talks to (docs/LEASES.md, "Change events").
 """
 
@@ -33,7 +33,7 @@ import grpc
 
 from aifs_proto.v1 import session_pb2, session_pb2_grpc
 
-from ..errors import LocalError, from_rpc_error
+from ..errors import LocalError, ServerUnavailable, from_rpc_error
 from .channel import Channel
 
 KINDS = {session_pb2.Event.CREATED: "created", session_pb2.Event.CHANGED: "changed",
@@ -56,6 +56,7 @@ class Watch:
     def __init__(self, channel: Channel, path_prefix: str = "/",
                  ready_timeout: float | None = None) -> None:
         self._prefix = path_prefix or "/"
+        self._address = channel.address
         self._events: queue.Queue[Any] = queue.Queue(BUFFER)
         self._up: queue.Queue[Any] = queue.Queue()
         self._closed = threading.Event()
@@ -97,6 +98,11 @@ class Watch:
                     self._put(Event("overflow", self._prefix))
                 for e in msg.events.events:
                     self._put(Event(KINDS.get(e.kind, "changed"), e.path, e.ino, e.is_dir))
+            if not self._closed.is_set():    # the server ended it (stopping): not our close
+                self._put(ServerUnavailable(f"the server at {self._address} ended the watch "
+                                            f"of {self._prefix!r} (stopping?); watch again, "
+                                            f"then list what you track",
+                                            address=self._address))
         except grpc.RpcError as err:
             if not self._closed.is_set():
                 self._put(from_rpc_error(err))

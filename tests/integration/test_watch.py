@@ -13,7 +13,7 @@ import pytest
 from aifs_core.types import ROOT_INO, SET_MODE
 from aifs_server.auth import mint_token
 from aifsfs.client import AIFSClient
-from aifsfs.errors import RemoteError
+from aifsfs.errors import RemoteError, ServerUnavailable
 from aifsfs.rpc.watch import Event, Watch
 from tests.cluster import session_cluster
 from tests.helpers import ServerProc, make_data_dir, start_server, stop_server
@@ -207,3 +207,19 @@ def test_a_prefix_longer_than_path_max_is_refused(client: AIFSClient) -> None:
     with client.watch("/ok") as w:                    # the server goes on
         d = client.mkdir(ROOT_INO, b"ok")
         assert w.get(10) == Event("created", "/ok", d.ino, True)
+
+
+def test_a_server_stopping_ends_the_watch_with_an_error(tmp_path: Path) -> None:
+    sp = start_server(make_data_dir(tmp_path / "d"))
+    c = AIFSClient(sp.address, token_file=sp.token_file)
+    try:
+        with c.watch() as w:
+            c.create(ROOT_INO, b"f")
+            assert _events(w, 1) == [("created", "/f")]
+            stop_server(sp)                           # graceful: it ends the session streams
+            with pytest.raises(ServerUnavailable):
+                while w.get(timeout=20) is not None:
+                    pass
+    finally:
+        c.close()
+        stop_server(sp)
