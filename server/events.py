@@ -65,6 +65,7 @@ CREATED = session_pb2.Event.CREATED
 CHANGED = session_pb2.Event.CHANGED
 REMOVED = session_pb2.Event.REMOVED
 EVENTS_MAX = int(os.environ.get("AIFS_WATCH_EVENTS_MAX", "10000"))
+ANNOUNCE_WAIT = 60.0    # seconds a watcher waits for its tree's announcement (bounded there)
 
 
 def normalize_prefix(prefix: str) -> bytes:
@@ -89,6 +90,9 @@ class Watcher:
         self._lock = threading.Lock()
         self._queue: deque[Any] = deque()
         self._overflow = False
+        # set by the stream once it answered the Watch: events queued before that go out
+        # after the answer, never as if they were it (rpc_session.py)
+        self.answered = False
 
     def offer(self, event: Any) -> None:
         with self._lock:
@@ -122,18 +126,30 @@ class EventHub:
         self._lock = threading.Lock()
         self._by_tree: dict[TreeRef, list[Watcher]] = {}
         self._remote: dict[TreeRef, float] = {}       # tree -> until (monotonic)
+        self._announced: dict[TreeRef, threading.Event] = {}   # set once on_watch returned
         self.on_watch: Callable[[TreeRef], None] | None = None
         self.forward: Callable[[TreeRef, int, bytes, int, bool], None] | None = None
         self.forward_lost: Callable[[TreeRef], None] | None = None
         self.forward_all: Callable[[], bool] | None = None
 
     def watch(self, tree: TreeRef, prefix: str, wake: Callable[[Watcher], None]) -> Watcher:
+        """Returns once the tree's watching is announced (on_watch): a second watcher that
+        comes while the first one's announcement is out waits for it too."""
         w = Watcher(tree, normalize_prefix(prefix), wake, self._max)
         with self._lock:
-            first = tree not in self._by_tree
+            announced = self._announced.get(tree)
+            first = announced is None
+            if announced is None:
+                announced = self._announced[tree] = threading.Event()
             self._by_tree[tree] = [*self._by_tree.get(tree, []), w]
-        if first and self.on_watch is not None:
-            self.on_watch(tree)
+        if not first:
+            announced.wait(ANNOUNCE_WAIT)
+            return w
+        try:
+            if self.on_watch is not None:
+                self.on_watch(tree)
+        finally:
+            announced.set()
         return w
 
     def unwatch(self, w: Watcher) -> None:
@@ -143,6 +159,7 @@ class EventHub:
                 self._by_tree[w.tree] = left
             else:
                 self._by_tree.pop(w.tree, None)
+                self._announced.pop(w.tree, None)
 
     @property
     def watchers(self) -> int:

@@ -79,12 +79,21 @@ class SessionServicer(session_pb2_grpc.SessionServicer):
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, item[1])
             elif item[0] == "watching":
                 # the answer to Watch, sent even when empty: the client knows it is watched
+                item[1].answered = True
                 events, overflow = item[1].take(EVENTS_BATCH)
                 yield session_pb2.SessionDown(events=session_pb2.Events(events=events,
                                                                         overflow=overflow))
                 yield from self._events(item[1])
             else:
                 yield session_pb2.SessionDown(renew_ok=session_pb2.RenewOk(stamp=item[1]))
+
+    @staticmethod
+    def _wake(sess: Any, w: Watcher) -> None:
+        """A watcher's queue got its first event: the sender drains it, once the Watch was
+        answered (before that, the answer itself drains it: an Events sent earlier would be
+        taken for the answer while other servers may not have heard of the watch yet)."""
+        if w.answered:
+            sess.outbox.put(("events", w))
 
     @staticmethod
     def _events(w: Watcher) -> Iterator[Any]:
@@ -108,8 +117,8 @@ class SessionServicer(session_pb2_grpc.SessionServicer):
                     return
                 if kind == "watch":
                     old = watch.w
-                    watch.w = self.b.events.watch(
-                        tree, m.watch.path_prefix, lambda w: sess.outbox.put(("events", w)))
+                    watch.w = self.b.events.watch(tree, m.watch.path_prefix,
+                                                  lambda w: self._wake(sess, w))
                     sess.outbox.put(("watching", watch.w))
                     if old is not None:
                         self.b.events.unwatch(old)

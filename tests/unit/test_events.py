@@ -98,3 +98,30 @@ def test_an_announcement_runs_out() -> None:
     time.sleep(0.1)
     h.entry(T, CREATED, 2, b"x", 9, False)
     assert sent == [] and not h.watching(T)
+
+
+def test_a_second_watcher_waits_for_the_first_ones_announcement() -> None:
+    import threading
+    h, _ = hub()
+    release = threading.Event()
+    calls: list[TreeRef] = []
+
+    def slow_announce(tree: TreeRef) -> None:     # peers acking (lease_bus._announce_heard)
+        calls.append(tree)
+        release.wait(10)
+    h.on_watch = slow_announce
+    done: list[str] = []
+    first = threading.Thread(target=lambda: (h.watch(T, "", lambda _w: None),
+                                             done.append("first")))
+    first.start()
+    while not calls:
+        time.sleep(0.01)
+    second = threading.Thread(target=lambda: (h.watch(T, "/a", lambda _w: None),
+                                              done.append("second")))
+    second.start()
+    time.sleep(0.2)
+    assert done == []                             # neither answered before the peers heard
+    release.set()
+    first.join(5)
+    second.join(5)
+    assert sorted(done) == ["first", "second"] and calls == [T]    # announced once
