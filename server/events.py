@@ -167,7 +167,7 @@ class EventHub:
             return sum(len(ws) for ws in self._by_tree.values())
 
     def watching(self, tree: TreeRef) -> bool:
-        return tree in self._by_tree or (tree in self._remote and self._remote_live(tree))
+        return tree in self._by_tree or self._remote_live(tree)
 
     def _remote_live(self, tree: TreeRef) -> bool:
         if self.forward_all is not None and self.forward_all():

@@ -242,7 +242,7 @@ class LeaseBus:
         (WATCH_ACK_TERMS terms): a peer that neither acks nor expires by then (stalled) is
         left to hear the heartbeat's announcement; logged."""
         seq = self._next()
-        msg = {"k": "watching", "o": self.id, "s": seq, "t": [tree.namespace, tree.branch]}
+        msg = self._tree_msg("watching", tree, seq)
         try:
             self._wait_acks(seq, self._publish_then_peers(msg),
                             Deadline.after(WATCH_ACK_TERMS * self.term), resend=msg)
@@ -258,21 +258,23 @@ class LeaseBus:
         forwarded (a server that just started, or rejoins after losing the database)."""
         return not self._joined
 
+    def _tree_msg(self, kind: str, tree: TreeRef, seq: int = 0) -> dict[str, Any]:
+        """A watching, event or lost message about `tree` (seq 0: nobody acks it)."""
+        return {"k": kind, "o": self.id, "s": seq, "t": [tree.namespace, tree.branch]}
+
     def _announce(self, tree: TreeRef) -> None:
-        self._outq.put(({"k": "watching", "o": self.id, "s": 0,
-                         "t": [tree.namespace, tree.branch]}, None))
+        self._outq.put((self._tree_msg("watching", tree), None))
 
     def _forward(self, tree: TreeRef, kind: int, path: bytes, ino: int, is_dir: bool) -> None:
-        msg = {"k": "event", "o": self.id, "s": 0, "t": [tree.namespace, tree.branch],
-               "e": [kind, path.decode("utf-8", "surrogateescape"), ino, is_dir]}
+        msg = self._tree_msg("event", tree)
+        msg["e"] = [kind, path.decode("utf-8", "surrogateescape"), ino, is_dir]
         if len(json.dumps(msg)) > PAYLOAD_MAX:     # a very long path: the watchers list again
             self._forward_lost(tree)
             return
         self._outq.put((msg, None))
 
     def _forward_lost(self, tree: TreeRef) -> None:
-        self._outq.put(({"k": "lost", "o": self.id, "s": 0,
-                         "t": [tree.namespace, tree.branch]}, None))
+        self._outq.put((self._tree_msg("lost", tree), None))
 
     def _on_event(self, kind: str, m: dict[str, Any]) -> None:
         ev = self.events

@@ -70,12 +70,11 @@ from aifs_server.metadata.records import Records, now_ns
 from aifs_server.metadata.store import Store, Tx
 from aifs_server.request_log import record
 
-# path_of gives up past this many levels (a path's names alone would pass PATH_MAX, 4096)
-PATH_DEPTH_MAX = 2048
-
 FROZEN_PREFIX = "@snap:"
 
 PATH_MAX = 4096           # longest symlink target (Linux PATH_MAX)
+# path_of gives up past this many levels: their names and slashes alone would pass PATH_MAX
+PATH_DEPTH_MAX = PATH_MAX // 2
 XATTR_SIZE_MAX = 65536    # largest xattr value (Linux XATTR_SIZE_MAX)
 READDIR_MAX = 10000       # cap on one readdir page
 

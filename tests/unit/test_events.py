@@ -125,3 +125,16 @@ def test_a_second_watcher_waits_for_the_first_ones_announcement() -> None:
     first.join(5)
     second.join(5)
     assert sorted(done) == ["first", "second"] and calls == [T]    # announced once
+
+
+def test_while_joining_every_event_is_resolved_and_forwarded() -> None:
+    h, asked = hub()
+    sent: list[bytes] = []
+    joining = [True]
+    h.forward = lambda tree, kind, path, ino, is_dir: sent.append(path)
+    h.forward_all = lambda: joining[0]
+    h.entry(T, CREATED, 2, b"x", 9, False)         # no peer announced anything yet
+    assert sent == [b"/a/x"] and asked == [2]
+    joining[0] = False                             # joined: only announced trees
+    h.entry(T, CREATED, 2, b"y", 10, False)
+    assert sent == [b"/a/x"] and asked == [2]
