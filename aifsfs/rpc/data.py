@@ -44,6 +44,10 @@ log = logging.getLogger("aifsfs.rpc.data")
 # The most one PutChunks call writes into its /dev/shm file (the mount's calls are at most
 # 16 MiB; an SDK caller's long list sends the rest in the messages)
 PUT_FILE_MAX = 32 << 20
+# /dev/shm bytes the upload files kept between PutChunks calls may hold (inline_file.UploadFiles)
+UPLOAD_FILES_KEEP = 16 << 20
+# one pool per process, not per client: an SDK program making many clients keeps no more
+_upload_files = inline_file.UploadFiles(UPLOAD_FILES_KEEP)
 
 
 class Piece(NamedTuple):
@@ -217,11 +221,13 @@ class GrpcData:
         """PutChunks with the chunks' bytes written into a file of the call's own (one pwritev)
         and each message naming its offset; a chunk the file could not take (/dev/shm full)
         travels in its message. None: no file could be made (the caller sends messages).
-        The file is unlinked when the call ends, whatever the outcome."""
+        The file is kept for the next call after a success (inline_file.UploadFiles), else
+        unlinked."""
         result = PutChunksResult()
-        side = inline_file.InlineFile.make()
+        side = _upload_files.take()
         if side is None:
             return None
+        ok = False
         try:
             # the file holds at most PUT_FILE_MAX (RAM until the call ends); a longer list's
             # later chunks go in their messages
@@ -229,7 +235,7 @@ class GrpcData:
             while fit < len(chunks) and size + len(chunks[fit][1]) <= PUT_FILE_MAX:
                 size += len(chunks[fit][1])
                 fit += 1
-            offsets = side.append_all([d for _, d in chunks[:fit]])
+            offsets = side.write_all([d for _, d in chunks[:fit]], 0)
             offsets += [None] * (len(chunks) - fit)
             msgs: list[bytes] = []
             for (cid, data), at in zip(chunks, offsets, strict=True):
@@ -248,10 +254,11 @@ class GrpcData:
             # adds its session id there (aifsfs/rpc/session.py), which keeps the uploaded
             # chunks from the collector until the commit; a retry re-sends the same messages
             # naming the same file (the server only reads it)
-            return self._put_result(result, self._ch.client_stream(
-                self._put_chunks_call, lambda: iter(msgs), True, t))
+            reply = self._ch.client_stream(self._put_chunks_call, lambda: iter(msgs), True, t)
+            ok = True
+            return self._put_result(result, reply)
         finally:
-            side.close()
+            _upload_files.give_back(side, ok)
 
     def get_chunks(self, ranges: Sequence[tuple[bytes, int, int]],
                    accept_zstd: bool | None = None, timeout: float | None = None

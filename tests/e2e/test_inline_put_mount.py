@@ -2,7 +2,8 @@
 (PutChunks naming a file of the call's own, aifsfs/rpc/data.py), counted by the server's
 metrics as "in_file"; fsync'd and closed, it survives a SIGKILL of the server byte for byte
 (read back through a new mount on a server restarted on the same data dir, whose read-ahead
-gets the bytes through /dev/shm too: "out_file"); nothing is left in /dev/shm. With
+gets the bytes through /dev/shm too: "out_file"); the files the mount keeps for its next
+uploads hold at most UPLOAD_FILES_KEEP bytes, and none is left once it has unmounted. With
 AIFS_INLINE_FILE=0 the mount sends the same bytes in the messages."""
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from collections.abc import Callable
 import pytest
 
 from aifsfs.rpc import inline_file
+from aifsfs.rpc.data import UPLOAD_FILES_KEEP
 from tests.e2e.conftest import Mount
 from tests.helpers import ServerProc, start_server, stop_server
 from tests.integration.test_snapshot_open import metric
@@ -50,10 +52,12 @@ def test_big_file_through_the_file_survives_a_server_kill(
     # every whole chunk's bytes came through the mount's files (the tail may be committed
     # with the file itself)
     assert through_file >= 24 * MiB, through_file
-    assert inline_file.files_of(m.proc.pid) == []
+    kept = inline_file.files_of(m.proc.pid)
+    assert sum(os.path.getsize(f"{inline_file.SHM}/{f}") for f in kept) <= UPLOAD_FILES_KEEP
     metered.proc.send_signal(signal.SIGKILL)
     metered.proc.wait(10)
     m.unmount()
+    assert inline_file.files_of(m.proc.pid) == []
     sp = start_server(metered.data_dir, args=["--metrics-port", "0"])   # its own data dir
     try:
         m2 = mount_factory(sp)

@@ -1,7 +1,8 @@
 """PutChunks with the chunks' bytes in a file under /dev/shm (aifsfs/rpc/data.py
 put_chunks, server/inline_file.InlineSource) against a real server: a unix-socket client's
 bytes go through its file (counted by the server as direction "in_file") and are stored byte
-for byte, nothing is left in /dev/shm; a TCP client, AIFS_INLINE_FILE=0, a /dev/shm where no
+for byte, and the file is kept for the next call (written over from offset 0, at most one
+per call in flight, never after a failed call); a TCP client, AIFS_INLINE_FILE=0, a /dev/shm where no
 file can be made and a file that fills up (the rest in the messages) all store the same bytes;
 the server refuses a file that is not the client's own (a symlink, a second hard link, a
 directory others may enter or of another owner, a TCP peer) with INVALID_ARGUMENT and stores
@@ -21,8 +22,10 @@ import blake3
 import grpc
 import pytest
 
+from aifs_core.errors import InvalidArgument
 from aifs_proto.v1 import data_pb2, data_pb2_grpc
 from aifsfs.client import AIFSClient
+from aifsfs.rpc import data as rpc_data
 from aifsfs.rpc import inline_file
 from aifsfs.rpc.data import PUT_FILE_MAX, encode_put
 from tests.helpers import ServerProc, call_md, make_data_dir, start_server, stop_server
@@ -79,13 +82,36 @@ def test_unix_client_puts_through_its_file(metered: ServerProc,
     assert _in_file(metered) - f0 == total      # every non-empty byte came through the file
     assert _in(metered) - i0 == total
     assert _read_back(unix_client, chunks) == [d for _, d in chunks]
-    assert inline_file.files_of(os.getpid()) == []      # the call's file is gone
+    assert len(inline_file.files_of(os.getpid())) == 1      # kept for the next call
     # a one-shot iterator still travels in the messages
     more = _chunks([50_000])
     f0 = _in_file(metered)
     assert unix_client.data.put_chunks(iter(more)).stored == 1
     assert _in_file(metered) == f0
     assert _read_back(unix_client, more) == [more[0][1]]
+
+
+def test_the_upload_file_is_reused_and_written_over(metered: ServerProc,
+                                                    unix_client: AIFSClient) -> None:
+    """A kept file serves the next call from offset 0: a shorter second call (its file's
+    tail still the first call's bytes) stores exactly its own bytes, through the same file;
+    a call that fails leaves no file kept."""
+    rpc_data._upload_files.close()
+    first = _chunks([MiB, MiB, 300_000])
+    unix_client.data.put_chunks(first)
+    kept = inline_file.files_of(os.getpid())
+    assert len(kept) == 1
+    second = _chunks([5, 4096, 70_001])
+    f0 = _in_file(metered)
+    assert unix_client.data.put_chunks(second).stored == 3
+    assert _in_file(metered) - f0 == 5 + 4096 + 70_001
+    assert inline_file.files_of(os.getpid()) == kept    # the same file, not a new one
+    assert _read_back(unix_client, first + second) == [d for _, d in first + second]
+    # a chunk whose id is not its bytes' BLAKE3: the call fails, its file is not kept
+    bad = [(blake3.blake3(b"other").digest(), os.urandom(10_000))]
+    with pytest.raises(InvalidArgument, match="BLAKE3|hash|id"):
+        unix_client.data.put_chunks(bad)
+    assert inline_file.files_of(os.getpid()) == []
 
 
 def test_a_long_list_fills_the_file_up_to_its_bound(metered: ServerProc,
@@ -121,6 +147,7 @@ def test_no_file_to_make_or_a_full_one_falls_back_to_messages(
         metered: ServerProc, unix_client: AIFSClient,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # no /dev/shm to make the file in: the whole call in the messages
+    rpc_data._upload_files.close()      # (no file kept from an earlier call)
     with monkeypatch.context() as mp:
         mp.setattr(inline_file, "SHM", "/nonexistent-aifs-shm")
         mp.setattr(inline_file, "_dir", None)
@@ -144,7 +171,7 @@ def test_no_file_to_make_or_a_full_one_falls_back_to_messages(
     assert res.stored == 3
     assert _in_file(metered) - f0 == MiB and _in(metered) - i0 == 3 * MiB
     assert _read_back(unix_client, chunks) == [d for _, d in chunks]
-    assert inline_file.files_of(os.getpid()) == []
+    assert len(inline_file.files_of(os.getpid())) <= 1   # at most the kept one
 
 
 def _raw_put(sp: ServerProc, path: str, chunk: tuple[bytes, bytes], tcp: bool = False
