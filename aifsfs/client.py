@@ -39,9 +39,10 @@ Interface:
         a read-only, seekable file object (read, readinto, readline, seek, tell, context
         manager; .size, .uri, .snapshot) that fetches only the chunk ranges a read touches,
         verified from the snapshot's signed Merkle root down to the file's chunk map.
-    watch(path_prefix="/", ready_timeout=None) -> Watch   change events of the tree's paths
-        under the prefix (created / changed / removed; rpc/watch.py): `for e in w` blocks,
-        `w.get(timeout)` waits at most that long, `w.close()` (or `with`) ends it.
+    watch(path_prefix="/", ready_timeout=None, resume_from="", reconnect_seconds=30) -> Watch
+        change events of the tree's paths under the prefix (created / changed / removed;
+        rpc/watch.py): `for e in w` blocks, `w.get(timeout)` waits at most that long,
+        `w.close()` (or `with`) ends it; a broken stream resumes from `w.cursor`.
     wait_ready(timeout=None), close().
     default_data_dir(), default_socket(data_dir) — where the embedded default server lives.
 
@@ -75,7 +76,7 @@ from .rpc.data import unzstd as _unzstd
 from .rpc.filesystem import FileInfo, GrpcFilesystem, Removed, Renamed, StatFs
 from .rpc.snapshot_file import SnapshotFile
 from .rpc.versioning import GrpcVersioning
-from .rpc.watch import Watch
+from .rpc.watch import RECONNECT_SECONDS, Watch
 
 
 class AIFSClient:
@@ -173,9 +174,11 @@ class AIFSClient:
         default `retry_for`). A health check with wait_for_ready: no token needed."""
         self.channel.wait_ready(timeout)
 
-    def watch(self, path_prefix: str = "/", ready_timeout: float | None = None) -> Watch:
-        """Change events of paths under `path_prefix` from now on (rpc/watch.py)."""
-        return Watch(self.channel, path_prefix, ready_timeout)
+    def watch(self, path_prefix: str = "/", ready_timeout: float | None = None,
+              resume_from: str = "", reconnect_seconds: float = RECONNECT_SECONDS) -> Watch:
+        """Change events of paths under `path_prefix` from now on, or after an earlier
+        Watch's `.cursor` (rpc/watch.py); a broken stream is resumed for reconnect_seconds."""
+        return Watch(self.channel, path_prefix, ready_timeout, resume_from, reconnect_seconds)
 
     def open(self, uri: str) -> SnapshotFile:
         """A file of a snapshot, `aifs-snap://NS/ID/path/in/tree`, read-only and seekable."""

@@ -310,12 +310,15 @@ def cmd_watch(args: argparse.Namespace) -> int:
     """Print each change event under the prefix as it comes (one line, or JSON per line),
     until interrupted or --count events came."""
     n = 0
-    with client_from_args(args) as client, client.watch(args.prefix) as w:
+    with client_from_args(args) as client, \
+            client.watch(args.prefix, resume_from=args.resume_from) as w:
         print(f"watching {args.prefix}", file=sys.stderr, flush=True)
         for e in w:
             if args.json:
-                print(json.dumps({"kind": e.kind, "path": e.path, "ino": e.ino,
-                                  "is_dir": e.is_dir}), flush=True)
+                line = {"kind": e.kind, "path": e.path, "ino": e.ino, "is_dir": e.is_dir}
+                if e.cursor:
+                    line["cursor"] = e.cursor
+                print(json.dumps(line), flush=True)
             else:
                 print(f"{e.kind:<8} {e.path}{'/' if e.is_dir else ''}", flush=True)
             n += 1
@@ -577,7 +580,11 @@ def build_parser(plugins: Sequence[str] = PLUGINS) -> argparse.ArgumentParser:
     p.add_argument("prefix", metavar="PREFIX", nargs="?", default="/",
                    help="a path in the tree (default /: everything)")
     p.add_argument("--count", type=int, default=0, help="stop after this many events")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line (with the cursor on a batch's last event)")
+    p.add_argument("--from", dest="resume_from", default="", metavar="CURSOR",
+                   help="resume after this cursor (from --json's output): the events since "
+                        "then first, or an overflow event when the server no longer has them")
 
     p = client_cmd("health", "check the server's health (exit 0 when SERVING)", cmd_health)
     p.add_argument("--service", default="", help="service name (default: the whole server)")

@@ -80,9 +80,7 @@ class SessionServicer(session_pb2_grpc.SessionServicer):
             elif item[0] == "watching":
                 # the answer to Watch, sent even when empty: the client knows it is watched
                 item[1].answered = True
-                events, overflow = item[1].take(EVENTS_BATCH)
-                yield session_pb2.SessionDown(events=session_pb2.Events(events=events,
-                                                                        overflow=overflow))
+                yield self._batch(item[1])
                 yield from self._events(item[1])
             else:
                 yield session_pb2.SessionDown(renew_ok=session_pb2.RenewOk(stamp=item[1]))
@@ -95,15 +93,19 @@ class SessionServicer(session_pb2_grpc.SessionServicer):
         if w.answered:
             sess.outbox.put(("events", w))
 
-    @staticmethod
-    def _events(w: Watcher) -> Iterator[Any]:
+    def _batch(self, w: Watcher) -> Any:
+        """Up to EVENTS_BATCH of what `w` queued, with the cursor to resume after them."""
+        events, overflow, seq = w.take(EVENTS_BATCH)
+        return session_pb2.SessionDown(events=session_pb2.Events(
+            events=events, overflow=overflow, cursor=self.b.events.cursor(seq)))
+
+    def _events(self, w: Watcher) -> Iterator[Any]:
         """What `w` queued, EVENTS_BATCH a message (its next offer wakes the sender again)."""
         while True:
-            events, overflow = w.take(EVENTS_BATCH)
-            if not events and not overflow:
+            msg = self._batch(w)
+            if not msg.events.events and not msg.events.overflow:
                 return
-            yield session_pb2.SessionDown(events=session_pb2.Events(events=events,
-                                                                    overflow=overflow))
+            yield msg
 
     def _read(self, requests: Iterator[Any], sess: Any, tree: Any, watch: _Watch) -> None:
         sid = sess.id
@@ -118,7 +120,8 @@ class SessionServicer(session_pb2_grpc.SessionServicer):
                 if kind == "watch":
                     old = watch.w
                     watch.w = self.b.events.watch(tree, m.watch.path_prefix,
-                                                  lambda w: self._wake(sess, w))
+                                                  lambda w: self._wake(sess, w),
+                                                  resume=m.watch.resume)
                     sess.outbox.put(("watching", watch.w))
                     if old is not None:
                         self.b.events.unwatch(old)

@@ -324,10 +324,24 @@ def test_watch_prints_each_change(server: ServerProc, data_dir: Path, tmp_path: 
             c.unlink(d.ino, b"f")
         out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
-        assert [json.loads(line) for line in out.decode().splitlines()] == [
+        lines = [json.loads(line) for line in out.decode().splitlines()]
+        cursor = lines[-1].pop("cursor")        # a batch's last event carries it
+        assert [{k: v for k, v in x.items() if k != "cursor"} for x in lines] == [
             {"kind": "created", "path": "/w", "ino": d.ino, "is_dir": True},
             {"kind": "created", "path": "/w/f", "ino": f.ino, "is_dir": False},
             {"kind": "removed", "path": "/w/f", "ino": f.ino, "is_dir": False}]
+        # changes while nobody watches, then `--from` the cursor: exactly those, first
+        with AIFSClient(tcp(server), token_file=str(tok)) as c:
+            g = c.create(d.ino, b"g")
+            c.create(ROOT_INO, b"also-not-under-w")
+        proc = subprocess.Popen([AIFS, "watch", "/w", "--from", cursor, "--count", "1",
+                                 "--json", "--server", tcp(server), "--token-file", str(tok)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        (line,) = [json.loads(x) for x in out.decode().splitlines()]
+        line.pop("cursor", None)
+        assert line == {"kind": "created", "path": "/w/g", "ino": g.ino, "is_dir": False}
     finally:
         if proc.poll() is None:
             proc.kill()

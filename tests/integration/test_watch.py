@@ -1,6 +1,7 @@
 """Change events over a real server (AIFSClient.watch, session.proto Watch/Events): what each
 change reports, the prefix, the tree (namespace, branch) a watcher sees, the token it needs,
-the bounded queue's overflow, and the watcher going away with its stream."""
+the bounded queue's overflow, the watcher going away with its stream, and a broken stream
+resumed: exactly the missed events after a cut connection, overflow after a server restart."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from aifs_core.types import ROOT_INO, SET_MODE
 from aifs_server.auth import mint_token
 from aifsfs.client import AIFSClient
 from aifsfs.errors import RemoteError, ServerUnavailable
+from aifsfs.rpc.transport_cut import cut_connections
 from aifsfs.rpc.watch import Event, Watch
 from tests.cluster import session_cluster
 from tests.helpers import ServerProc, make_data_dir, start_server, stop_server
@@ -213,13 +215,67 @@ def test_a_server_stopping_ends_the_watch_with_an_error(tmp_path: Path) -> None:
     sp = start_server(make_data_dir(tmp_path / "d"))
     c = AIFSClient(sp.address, token_file=sp.token_file)
     try:
-        with c.watch() as w:
+        with c.watch(reconnect_seconds=0) as w:       # no resuming: the error at once
             c.create(ROOT_INO, b"f")
             assert _events(w, 1) == [("created", "/f")]
             stop_server(sp)                           # graceful: it ends the session streams
             with pytest.raises(ServerUnavailable):
                 while w.get(timeout=20) is not None:
                     pass
+    finally:
+        c.close()
+        stop_server(sp)
+
+
+def test_a_cut_stream_resumes_with_exactly_the_missed_events(server: ServerProc,
+                                                            client: AIFSClient) -> None:
+    """The connection cut under a watch: the SDK opens the stream again from its last cursor
+    and the changes made meanwhile come once each, in order, with no overflow."""
+    top = client.mkdir(ROOT_INO, b"resume")
+    with client.watch("/resume") as w:
+        client.create(top.ino, b"before")
+        assert _events(w, 1) == [("created", "/resume/before")]
+        assert cut_connections(server.address) > 0
+        with AIFSClient(server.address, token_file=server.token_file) as other:
+            for i in range(20):
+                other.create(top.ino, b"gap%02d" % i)
+            other.unlink(top.ino, b"before")
+        assert _events(w, 21) == [("created", f"/resume/gap{i:02d}") for i in range(20)] + [
+            ("removed", "/resume/before")]
+        assert w.reconnects >= 1
+        client.create(top.ino, b"after")
+        assert _events(w, 1) == [("created", "/resume/after")]
+        _quiet(w)
+        cursor = w.cursor
+    # a new Watch from the cursor the caller got to (another process could keep it)
+    client.create(top.ino, b"later")
+    with client.watch("/resume", resume_from=cursor) as w2:
+        assert _events(w2, 1) == [("created", "/resume/later")]
+        _quiet(w2)
+
+
+def test_a_restarted_server_resumes_with_overflow(tmp_path: Path) -> None:
+    """A server restarted on the same data dir does not hold the events of the gap: the
+    resumed stream says overflow (list again), then reports what comes next."""
+    data = make_data_dir(tmp_path / "d")
+    sock = f"unix:{tmp_path}/fixed.sock"
+    sp = start_server(data, listen=[sock])
+    c = AIFSClient(sock, token_file=sp.token_file)
+    try:
+        with c.watch() as w:
+            c.create(ROOT_INO, b"one")
+            assert _events(w, 1) == [("created", "/one")]
+            stop_server(sp)
+            sp = start_server(data, listen=[sock])
+            c.create(ROOT_INO, b"two")     # before or after the watch is back: overflow covers it
+            got = _events(w, 1, timeout=30)
+            assert got == [("overflow", "/")]
+            c.create(ROOT_INO, b"three")
+            rest = _events(w, 1, timeout=10)
+            while rest == [("created", "/two")]:    # made after the resumed watch: reported
+                rest = _events(w, 1, timeout=10)
+            assert rest == [("created", "/three")]
+            assert w.reconnects >= 1
     finally:
         c.close()
         stop_server(sp)

@@ -1,5 +1,6 @@
 """server/events.py without a server: prefixes, the bounded queue and its overflow, paths from
-the resolver, and that a change nobody watches asks the resolver nothing."""
+the resolver, that a change nobody watches asks the resolver nothing, and resuming from a
+cursor: exactly the missed events, or overflow when they are not all kept."""
 
 from __future__ import annotations
 
@@ -12,13 +13,14 @@ T = TreeRef("ns")
 PATHS = {1: b"/", 2: b"/a", 3: b"/a/f", 4: b"/ab"}
 
 
-def hub(events_max: int = 100) -> tuple[EventHub, list[int]]:
+def hub(events_max: int = 100, resume_events: int = 100, resume_seconds: float = 0.0
+        ) -> tuple[EventHub, list[int]]:
     asked: list[int] = []
 
     def path_of(tree: TreeRef, ino: int) -> bytes | None:
         asked.append(ino)
         return PATHS.get(ino)
-    return EventHub(path_of, events_max), asked
+    return EventHub(path_of, events_max, resume_events, resume_seconds), asked
 
 
 def test_prefixes() -> None:
@@ -37,7 +39,7 @@ def test_events_of_paths_under_the_prefix_in_order() -> None:
     h.inode(T, CHANGED, 3, False)                  # /a/f
     h.entry(T, REMOVED, 1, b"a", 2, True)          # /a itself
     h.inode(T, CHANGED, 77, False)                 # unnamed: nothing
-    events, overflow = w.take(10)
+    events, overflow, _ = w.take(10)
     assert [(e.kind, e.path, e.ino, e.is_dir) for e in events] == [
         (CREATED, "/a/new", 9, False), (CHANGED, "/a/f", 3, False), (REMOVED, "/a", 2, True)]
     assert not overflow
@@ -49,10 +51,10 @@ def test_a_full_queue_drops_the_newest_and_says_overflow_once() -> None:
     w = h.watch(T, "", lambda _w: None)
     for i in range(10):
         h.entry(T, CREATED, 1, b"f%d" % i, 10 + i, False)
-    events, overflow = w.take(100)
+    events, overflow, _ = w.take(100)
     assert [e.path for e in events] == ["/f0", "/f1", "/f2"] and overflow
     h.entry(T, CREATED, 1, b"later", 99, False)
-    events, overflow = w.take(100)
+    events, overflow, _ = w.take(100)
     assert [e.path for e in events] == ["/later"] and not overflow
 
 
@@ -138,3 +140,67 @@ def test_while_joining_every_event_is_resolved_and_forwarded() -> None:
     joining[0] = False                             # joined: only announced trees
     h.entry(T, CREATED, 2, b"y", 10, False)
     assert sent == [b"/a/x"] and asked == [2]
+
+
+def _taken(h: EventHub, w: object) -> tuple[list[str], bool, str]:
+    events, overflow, seq = w.take(100)  # type: ignore[attr-defined]
+    return [f"{e.kind}{e.path}" for e in events], overflow, h.cursor(seq)
+
+
+def test_a_resume_gets_exactly_the_events_missed_in_order() -> None:
+    h, _ = hub(resume_seconds=60)
+    w = h.watch(T, "/a", lambda _w: None)
+    h.entry(T, CREATED, 2, b"x", 9, False)
+    got, overflow, cursor = _taken(h, w)
+    assert got == [f"{CREATED}/a/x"] and not overflow
+    h.unwatch(w)                                   # the stream broke
+    h.entry(T, CREATED, 2, b"y", 10, False)        # /a/y
+    h.entry(T, CREATED, 1, b"ab", 4, True)         # /ab: not under /a
+    h.inode(T, CHANGED, 3, False)                  # /a/f
+    assert h.watching(T)                           # still recorded for a resume
+    for _ in range(2):                             # the same cursor twice: the same events
+        w2 = h.watch(T, "/a", lambda _w: None, resume=cursor)
+        got, overflow, _ = _taken(h, w2)
+        assert got == [f"{CREATED}/a/y", f"{CHANGED}/a/f"] and not overflow
+        h.unwatch(w2)
+    w3 = h.watch(T, "/a", lambda _w: None, resume=cursor)
+    h.entry(T, REMOVED, 2, b"y", 10, False)        # live after the replay, never before it
+    got, overflow, cursor3 = _taken(h, w3)
+    assert got == [f"{CREATED}/a/y", f"{CHANGED}/a/f", f"{REMOVED}/a/y"] and not overflow
+    h.unwatch(w3)
+    w4 = h.watch(T, "/a", lambda _w: None, resume=cursor3)   # nothing since: nothing, no loss
+    assert _taken(h, w4)[:2] == ([], False)
+
+
+def test_a_resume_that_cannot_be_exact_says_overflow() -> None:
+    h, asked = hub(resume_events=2, resume_seconds=0.2)
+    w = h.watch(T, "", lambda _w: None)
+    _, _, cursor = _taken(h, w)
+    other, _ = hub(resume_seconds=60)
+    assert _taken(h, h.watch(T, "", lambda _w: None, resume=other.cursor(0)))[1]
+    assert _taken(h, h.watch(T, "", lambda _w: None, resume="junk"))[1]
+    assert _taken(h, h.watch(T, "", lambda _w: None, resume=h.cursor(10**9)))[1]
+    for name in (b"p", b"q", b"r"):                # more than the 2 the ring keeps
+        h.entry(T, CREATED, 1, name, 20, False)
+    got, overflow, _ = _taken(h, h.watch(T, "", lambda _w: None, resume=cursor))
+    assert overflow and got == []
+    # a whole-tree change in the gap: overflow, then what came after it
+    w = h.watch(T, "", lambda _w: None)
+    _, _, cursor = _taken(h, w)
+    h.tree_changed(T)
+    h.entry(T, CREATED, 1, b"s", 21, False)
+    got, overflow, _ = _taken(h, h.watch(T, "", lambda _w: None, resume=cursor))
+    assert overflow and got == [f"{CREATED}/s"]
+
+
+def test_a_tree_nobody_resumes_stops_being_recorded() -> None:
+    h, asked = hub(resume_seconds=0.1)
+    w = h.watch(T, "", lambda _w: None)
+    _, _, cursor = _taken(h, w)
+    h.unwatch(w)
+    time.sleep(0.2)
+    h.entry(T, CREATED, 2, b"x", 9, False)
+    assert asked == [] and not h.watching(T) and h.local_trees() == []
+    # the change above was not numbered: a resume from before it must not look exact
+    got, overflow, _ = _taken(h, h.watch(T, "", lambda _w: None, resume=cursor))
+    assert overflow and got == []

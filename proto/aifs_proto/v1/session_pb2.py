@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61ifs/v1/session.proto\x12\x07\x61ifs.v1\"\xb7\x01\n\tSessionUp\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.aifs.v1.HelloH\x00\x12\x1f\n\x05renew\x18\x02 \x01(\x0b\x32\x0e.aifs.v1.RenewH\x00\x12\x1b\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x0c.aifs.v1.AckH\x00\x12#\n\x07release\x18\x04 \x01(\x0b\x32\x10.aifs.v1.ReleaseH\x00\x12\x1f\n\x05watch\x18\x05 \x01(\x0b\x32\x0e.aifs.v1.WatchH\x00\x42\x05\n\x03msg\"\x1c\n\x05Watch\x12\x13\n\x0bpath_prefix\x18\x01 \x01(\t\"\x07\n\x05Hello\"\x16\n\x05Renew\x12\r\n\x05stamp\x18\x01 \x01(\x04\"\x12\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x17\n\x07Release\x12\x0c\n\x04inos\x18\x01 \x03(\x04\"\xa5\x01\n\x0bSessionDown\x12#\n\x07welcome\x18\x01 \x01(\x0b\x32\x10.aifs.v1.WelcomeH\x00\x12!\n\x06recall\x18\x02 \x01(\x0b\x32\x0f.aifs.v1.RecallH\x00\x12$\n\x08renew_ok\x18\x03 \x01(\x0b\x32\x10.aifs.v1.RenewOkH\x00\x12!\n\x06\x65vents\x18\x04 \x01(\x0b\x32\x0f.aifs.v1.EventsH\x00\x42\x05\n\x03msg\".\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07term_ms\x18\x02 \x01(\r\"#\n\x06Recall\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04inos\x18\x02 \x03(\x04\"\x18\n\x07RenewOk\x12\r\n\x05stamp\x18\x01 \x01(\x04\"\x9a\x01\n\x05\x45vent\x12!\n\x04kind\x18\x01 \x01(\x0e\x32\x13.aifs.v1.Event.Kind\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0b\n\x03ino\x18\x03 \x01(\x04\x12\x0e\n\x06is_dir\x18\x04 \x01(\x08\"C\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43REATED\x10\x01\x12\x0b\n\x07\x43HANGED\x10\x02\x12\x0b\n\x07REMOVED\x10\x03\":\n\x06\x45vents\x12\x1e\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0e.aifs.v1.Event\x12\x10\n\x08overflow\x18\x02 \x01(\x08\x32?\n\x07Session\x12\x34\n\x04Open\x12\x12.aifs.v1.SessionUp\x1a\x14.aifs.v1.SessionDown(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x61ifs/v1/session.proto\x12\x07\x61ifs.v1\"\xb7\x01\n\tSessionUp\x12\x1f\n\x05hello\x18\x01 \x01(\x0b\x32\x0e.aifs.v1.HelloH\x00\x12\x1f\n\x05renew\x18\x02 \x01(\x0b\x32\x0e.aifs.v1.RenewH\x00\x12\x1b\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x0c.aifs.v1.AckH\x00\x12#\n\x07release\x18\x04 \x01(\x0b\x32\x10.aifs.v1.ReleaseH\x00\x12\x1f\n\x05watch\x18\x05 \x01(\x0b\x32\x0e.aifs.v1.WatchH\x00\x42\x05\n\x03msg\",\n\x05Watch\x12\x13\n\x0bpath_prefix\x18\x01 \x01(\t\x12\x0e\n\x06resume\x18\x02 \x01(\t\"\x07\n\x05Hello\"\x16\n\x05Renew\x12\r\n\x05stamp\x18\x01 \x01(\x04\"\x12\n\x03\x41\x63k\x12\x0b\n\x03seq\x18\x01 \x01(\x04\"\x17\n\x07Release\x12\x0c\n\x04inos\x18\x01 \x03(\x04\"\xa5\x01\n\x0bSessionDown\x12#\n\x07welcome\x18\x01 \x01(\x0b\x32\x10.aifs.v1.WelcomeH\x00\x12!\n\x06recall\x18\x02 \x01(\x0b\x32\x0f.aifs.v1.RecallH\x00\x12$\n\x08renew_ok\x18\x03 \x01(\x0b\x32\x10.aifs.v1.RenewOkH\x00\x12!\n\x06\x65vents\x18\x04 \x01(\x0b\x32\x0f.aifs.v1.EventsH\x00\x42\x05\n\x03msg\".\n\x07Welcome\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07term_ms\x18\x02 \x01(\r\"#\n\x06Recall\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04inos\x18\x02 \x03(\x04\"\x18\n\x07RenewOk\x12\r\n\x05stamp\x18\x01 \x01(\x04\"\x9a\x01\n\x05\x45vent\x12!\n\x04kind\x18\x01 \x01(\x0e\x32\x13.aifs.v1.Event.Kind\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x0b\n\x03ino\x18\x03 \x01(\x04\x12\x0e\n\x06is_dir\x18\x04 \x01(\x08\"C\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x43REATED\x10\x01\x12\x0b\n\x07\x43HANGED\x10\x02\x12\x0b\n\x07REMOVED\x10\x03\"J\n\x06\x45vents\x12\x1e\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x0e.aifs.v1.Event\x12\x10\n\x08overflow\x18\x02 \x01(\x08\x12\x0e\n\x06\x63ursor\x18\x03 \x01(\t2?\n\x07Session\x12\x34\n\x04Open\x12\x12.aifs.v1.SessionUp\x1a\x14.aifs.v1.SessionDown(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,29 +34,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSIONUP']._serialized_start=35
   _globals['_SESSIONUP']._serialized_end=218
   _globals['_WATCH']._serialized_start=220
-  _globals['_WATCH']._serialized_end=248
-  _globals['_HELLO']._serialized_start=250
-  _globals['_HELLO']._serialized_end=257
-  _globals['_RENEW']._serialized_start=259
-  _globals['_RENEW']._serialized_end=281
-  _globals['_ACK']._serialized_start=283
-  _globals['_ACK']._serialized_end=301
-  _globals['_RELEASE']._serialized_start=303
-  _globals['_RELEASE']._serialized_end=326
-  _globals['_SESSIONDOWN']._serialized_start=329
-  _globals['_SESSIONDOWN']._serialized_end=494
-  _globals['_WELCOME']._serialized_start=496
-  _globals['_WELCOME']._serialized_end=542
-  _globals['_RECALL']._serialized_start=544
-  _globals['_RECALL']._serialized_end=579
-  _globals['_RENEWOK']._serialized_start=581
-  _globals['_RENEWOK']._serialized_end=605
-  _globals['_EVENT']._serialized_start=608
-  _globals['_EVENT']._serialized_end=762
-  _globals['_EVENT_KIND']._serialized_start=695
-  _globals['_EVENT_KIND']._serialized_end=762
-  _globals['_EVENTS']._serialized_start=764
-  _globals['_EVENTS']._serialized_end=822
-  _globals['_SESSION']._serialized_start=824
-  _globals['_SESSION']._serialized_end=887
+  _globals['_WATCH']._serialized_end=264
+  _globals['_HELLO']._serialized_start=266
+  _globals['_HELLO']._serialized_end=273
+  _globals['_RENEW']._serialized_start=275
+  _globals['_RENEW']._serialized_end=297
+  _globals['_ACK']._serialized_start=299
+  _globals['_ACK']._serialized_end=317
+  _globals['_RELEASE']._serialized_start=319
+  _globals['_RELEASE']._serialized_end=342
+  _globals['_SESSIONDOWN']._serialized_start=345
+  _globals['_SESSIONDOWN']._serialized_end=510
+  _globals['_WELCOME']._serialized_start=512
+  _globals['_WELCOME']._serialized_end=558
+  _globals['_RECALL']._serialized_start=560
+  _globals['_RECALL']._serialized_end=595
+  _globals['_RENEWOK']._serialized_start=597
+  _globals['_RENEWOK']._serialized_end=621
+  _globals['_EVENT']._serialized_start=624
+  _globals['_EVENT']._serialized_end=778
+  _globals['_EVENT_KIND']._serialized_start=711
+  _globals['_EVENT_KIND']._serialized_end=778
+  _globals['_EVENTS']._serialized_start=780
+  _globals['_EVENTS']._serialized_end=854
+  _globals['_SESSION']._serialized_start=856
+  _globals['_SESSION']._serialized_end=919
 # @@protoc_insertion_point(module_scope)

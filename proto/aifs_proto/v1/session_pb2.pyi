@@ -22,10 +22,12 @@ class SessionUp(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., renew: _Optional[_Union[Renew, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., release: _Optional[_Union[Release, _Mapping]] = ..., watch: _Optional[_Union[Watch, _Mapping]] = ...) -> None: ...
 
 class Watch(_message.Message):
-    __slots__ = ("path_prefix",)
+    __slots__ = ("path_prefix", "resume")
     PATH_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     path_prefix: str
-    def __init__(self, path_prefix: _Optional[str] = ...) -> None: ...
+    resume: str
+    def __init__(self, path_prefix: _Optional[str] = ..., resume: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ()
@@ -106,9 +108,11 @@ class Event(_message.Message):
     def __init__(self, kind: _Optional[_Union[Event.Kind, str]] = ..., path: _Optional[str] = ..., ino: _Optional[int] = ..., is_dir: _Optional[bool] = ...) -> None: ...
 
 class Events(_message.Message):
-    __slots__ = ("events", "overflow")
+    __slots__ = ("events", "overflow", "cursor")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     OVERFLOW_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[Event]
     overflow: bool
-    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., overflow: _Optional[bool] = ...) -> None: ...
+    cursor: str
+    def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., overflow: _Optional[bool] = ..., cursor: _Optional[str] = ...) -> None: ...
