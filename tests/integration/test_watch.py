@@ -181,7 +181,8 @@ def test_changes_through_another_server_reach_the_watcher(postgres: Postgres,
     """Two servers on one PostgreSQL: a watcher on server 0 gets the changes an SDK client
     makes through server 1 from the moment watch() returned (server 1 acked the announcement
     before the Watch was answered), a change through server 0 once (not again from the bus),
-    and a branch reset through server 1 as overflow."""
+    a branch reset through server 1 as overflow, and, resumed after its watcher was gone for
+    longer than an announcement lasts, exactly the changes made through server 1 meanwhile."""
     with session_cluster(postgres, seaweedfs, "watch", n=2, lease_term=2.0) as c:
         s0, s1 = c.servers
         with AIFSClient(s0.address, token_file=c.token_file) as a, \
@@ -199,6 +200,17 @@ def test_changes_through_another_server_reach_the_watcher(postgres: Postgres,
             _quiet(w)                                 # nothing twice
             b.versions.reset_branch("main", snap["id"])
             assert _events(w, 1) == [("overflow", "/")]
+            _quiet(w)
+            cursor = w.cursor
+        # nobody watches now: server 0 keeps the tree announced (and recorded) for a resume,
+        # so server 1 still forwards its changes past the 3 terms an announcement lasts
+        with AIFSClient(s1.address, token_file=c.token_file) as b:
+            b.mkdir(ROOT_INO, b"gap1")
+            time.sleep(6.5)
+            b.mkdir(ROOT_INO, b"gap2")
+        with AIFSClient(s0.address, token_file=c.token_file) as a, \
+                a.watch("/", resume_from=cursor) as w:
+            assert _events(w, 2) == [("created", "/gap1"), ("created", "/gap2")]
             _quiet(w)
 
 
