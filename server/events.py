@@ -44,8 +44,9 @@ Interface:
         .forward_all() -> bool                  True while which trees the peers watch is not
                                                 known here (not joined yet): forward every event
     Watcher.take(n) -> (events, overflow, seq)  up to n queued events, oldest first; whether
-                                                events were dropped before them; the sequence
-                                                number this watcher has seen up to (cursor())
+                                                events were lost just before them (a batch
+                                                stops at a loss: the next one says overflow);
+                                                the sequence number to resume after (cursor())
     CREATED, CHANGED, REMOVED                   session_pb2.Event.Kind values
     EVENTS_MAX (env AIFS_WATCH_EVENTS_MAX, default 10,000)
     RESUME_EVENTS (env AIFS_WATCH_RESUME_EVENTS, default 10,000): events kept per watched tree
@@ -104,7 +105,12 @@ def under(path: bytes, prefix: bytes) -> bool:
 
 
 class Watcher:
-    """One stream's watch: its prefix and its bounded queue of (sequence number, event)."""
+    """One stream's watch: its prefix and its bounded queue of (sequence number, event).
+
+    A loss (the queue full, the tree changed whole, a resume that could not be exact) is a
+    mark in the queue at the place it happened, not a flag: the events queued before it go
+    out first, then a batch that says overflow. Told earlier, a client would list again and
+    then apply older events over the newer listing."""
 
     def __init__(self, tree: TreeRef, prefix: bytes, wake: Callable[[Watcher], None],
                  events_max: int) -> None:
@@ -113,31 +119,41 @@ class Watcher:
         self._wake = wake
         self._max = events_max
         self._lock = threading.Lock()
-        self._queue: deque[tuple[int, Any]] = deque()
-        self._overflow = False
+        # (seq, event); event None: a loss, everything up to seq (dropped events too)
+        self._queue: deque[list[Any]] = deque()
         self._seq = 0           # the last event offered (queued or dropped) or lost
         # set by the stream once it answered the Watch: events queued before that go out
         # after the answer, never as if they were it (rpc_session.py)
         self.answered = False
 
+    def _lose(self, seq: int) -> bool:
+        """A loss up to `seq` at the queue's tail (one mark for losses back to back); True
+        when the queue was empty. Under the lock."""
+        self._seq = max(self._seq, seq)
+        if self._queue and self._queue[-1][1] is None:
+            self._queue[-1][0] = self._seq
+            return False
+        self._queue.append([self._seq, None])
+        return len(self._queue) == 1
+
     def offer(self, seq: int, event: Any) -> None:
         with self._lock:
-            self._seq = seq
             if len(self._queue) >= self._max:
-                self._overflow = True
-                return
-            self._queue.append((seq, event))
-            first = len(self._queue) == 1
+                first = self._lose(seq)
+            else:
+                self._seq = seq
+                self._queue.append([seq, event])
+                first = len(self._queue) == 1
         if first:
             self._wake(self)
 
     def lost(self, seq: int) -> None:
-        """Events the watcher will not get (its tree changed whole): the next batch says
-        overflow."""
+        """Events the watcher will not get (its tree changed whole, a resume that cannot be
+        exact): a batch says overflow at this point of the queue."""
         with self._lock:
-            self._seq = max(self._seq, seq)
-            self._overflow = True
-        self._wake(self)
+            first = self._lose(seq)
+        if first:
+            self._wake(self)
 
     def caught_up(self, seq: int) -> None:
         """Every event up to `seq` is queued, dropped or not for this watcher."""
@@ -145,13 +161,18 @@ class Watcher:
             self._seq = max(self._seq, seq)
 
     def take(self, n: int) -> tuple[list[Any], bool, int]:
+        """Up to n events; overflow when a loss comes before them (a batch never holds events
+        from both sides of a loss); the seq a resume would start after."""
         with self._lock:
-            out = [self._queue.popleft() for _ in range(min(n, len(self._queue)))]
-            overflow, self._overflow = self._overflow, False
-            # events still queued are after the last one taken; with none left, everything
-            # offered (dropped ones too: the overflow said so) is behind
-            seq = out[-1][0] if self._queue else self._seq
-        return [e for _, e in out], overflow, seq
+            q = self._queue
+            overflow = bool(q) and q[0][1] is None
+            last = q.popleft()[0] if overflow else None
+            out: list[Any] = []
+            while q and len(out) < n and q[0][1] is not None:
+                last, event = q.popleft()
+                out.append(event)
+            seq = last if q and last is not None else self._seq
+        return out, overflow, seq
 
 
 class _Ring:
