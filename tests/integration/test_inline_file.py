@@ -56,6 +56,14 @@ def _dir_of(c: AIFSClient, sizes: list[int]) -> tuple[int, list[bytes]]:
     return d, datas
 
 
+
+@pytest.fixture(autouse=True)
+def _no_kept_upload_files() -> None:
+    """The upload files kept by earlier puts in this process (other test modules of the same
+    worker too): the files each test counts in /dev/shm are its own."""
+    rpc_data._upload_files.close()
+
+
 def _ours() -> list[str]:
     return inline_file.files_of(os.getpid())
 

@@ -35,6 +35,14 @@ MiB = 1 << 20
 pytestmark = pytest.mark.skipif(not inline_file.available(["unix:x"]), reason="no /dev/shm")
 
 
+
+@pytest.fixture(autouse=True)
+def _no_kept_upload_files() -> None:
+    """The upload files kept by earlier puts in this process (other test modules of the same
+    worker too): the files each test counts in /dev/shm are its own."""
+    rpc_data._upload_files.close()
+
+
 def _in_file(sp: ServerProc) -> int:
     return int(metric(sp, "aifs_data_bytes_total", 'direction="in_file"'))
 
