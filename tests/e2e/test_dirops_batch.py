@@ -18,8 +18,11 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -35,10 +38,15 @@ SLACK = N // 20     # lapses of a 2 s lease term on a loaded machine make a few 
 
 
 def _files(m: Mount, name: str, n: int) -> Path:
+    """n small files made in a new directory by 4 writers at once (their closes share calls:
+    group commit), as tar or a DataLoader's workers would: the tests are about what follows."""
     d = m.path / name
     d.mkdir()
-    for i in range(n):
+
+    def make(i: int) -> None:
         (d / f"f{i:04d}").write_bytes(b"%d" % i)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(make, range(n)))
     return d
 
 
@@ -229,20 +237,30 @@ def test_a_file_created_here_is_made_at_its_close_across_a_server_restart(
     a = mount_factory(metered)
     _ready(a, metered)
     d = _exclusive_dir(a)
-    f = open(d / "late", "wb")      # noqa: SIM115 - closed after the restart
+    # The file is held open by a process of its own: had this one held it, starting the new
+    # server (fork, exec) would close the child's copy of it, a FLUSH the mount could not
+    # commit while no server is up: 30 s of retries before the exec went on.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nf = open(sys.argv[1], 'wb')\n"
+         "f.write(b'made after the restart')\nprint('open', flush=True)\n"
+         "sys.stdin.readline()\nf.close()\nprint('closed', flush=True)", str(d / "late")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     restarted = None
     try:
-        f.write(b"made after the restart")
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
         metered.proc.send_signal(signal.SIGKILL)
         metered.proc.wait(10)
         restarted = start_server(metered.data_dir, listen=[metered.address])
-        f.close()                   # CreateFile + commit, to the restarted server
+        out, _ = holder.communicate("close\n", timeout=60)   # CreateFile + commit, to the
+        assert holder.returncode == 0 and out == "closed\n"  # restarted server
         a.unmount()
         c = mount_factory(restarted)
         assert (c.path / "d" / "late").read_bytes() == b"made after the restart"
         c.unmount()
     finally:
-        f.close()
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
         if restarted is not None:
             stop_server(restarted)
 
