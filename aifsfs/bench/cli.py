@@ -84,7 +84,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--fio-runtime", type=float, help="seconds per fio random-read run (default 10)")
     p.add_argument(
-        "--repeat", type=_positive, default=1, help="runs per target; the table shows the median"
+        "--repeat", type=_positive, default=1,
+        help="runs per target, every other one in the reverse order of targets (2 cancels a "
+             "drift of the machine's load); the table shows the median"
     )
     p.add_argument(
         "--workdir",

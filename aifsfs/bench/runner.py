@@ -2,7 +2,9 @@
 
 Interface:
 - `BenchConfig(targets, sizes, repeat, workdir, quick, keep)`.
-- `run_bench(config, progress) -> Results`: for each repeat and each available target: a fresh
+- `run_bench(config, progress) -> Results`: for each repeat and each available target (every
+  other repeat in the reverse order of targets, so that a drift of the machine's load cancels
+  out in the medians of an even number of repeats): a fresh
   set-up, the write phase, a remount (+ drop_caches where permitted) so reads start cold, the
   read phase, peak memory, teardown. A target that fails is marked failed with the reason and
   the run goes on; a missing one is skipped with one line. Every mount is unmounted and every
@@ -134,7 +136,10 @@ def _run_targets(cfg: BenchConfig, res: Results, base: Path, made_base: bool,
     try:
         with _signals_raise():
             for rep in range(cfg.repeat):
-                for name in runnable:
+                # every other repeat in the reverse order (A B C, C B A): a machine whose
+                # load drifts during the run then biases no target (the targets run one
+                # after the other, ~2 minutes each at default sizes)
+                for name in runnable if rep % 2 == 0 else runnable[::-1]:
                     if res.status[name]["status"] != "ran":
                         continue  # failed in an earlier repeat
                     t = make_target(name, base / f"{name}-r{rep}", cfg.quick)
