@@ -318,10 +318,10 @@ class EventHub:
             self._remote[tree] = max(until, self._remote.get(tree, 0.0))
 
     def local_trees(self) -> list[TreeRef]:
-        """Watched here, or kept for a resume (the peers go on forwarding their events)."""
+        """Watched here, or kept for a resume (the peers go on forwarding their events):
+        the trees with a live ring (watch() gives every watched tree one)."""
         with self._lock:
-            return list({*self._by_tree, *(t for t in list(self._rings)
-                                           if self._ring_locked(t) is not None)})
+            return [t for t in list(self._rings) if self._ring_locked(t) is not None]
 
     def remote_event(self, tree: TreeRef, kind: int, path: bytes, ino: int,
                      is_dir: bool) -> None:
@@ -360,11 +360,11 @@ class EventHub:
 
     def _deliver(self, tree: TreeRef, kind: int, path: bytes, ino: int, is_dir: bool) -> None:
         with self._lock:
-            self._seq += 1
             ring = self._rings.get(tree)
             watchers = self._by_tree.get(tree, ())
             if ring is None and not watchers:
-                return
+                return      # only forwarded (a peer watches): nothing here to number
+            self._seq += 1
             event = session_pb2.Event(kind=kind, ino=ino, is_dir=is_dir,
                                       path=path.decode("utf-8", "backslashreplace"))
             if ring is not None:

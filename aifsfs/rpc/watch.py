@@ -93,7 +93,7 @@ class Watch:
         self.cursor = resume_from       # where the caller is
         self.reconnects = 0
         self._lock = threading.Lock()
-        self._up: queue.Queue[Any] = queue.Queue()
+        self._up: queue.Queue[Any]      # the current stream's requests (_open)
         self._call = self._open()
         self._thread = threading.Thread(target=self._read, name="aifs-watch", daemon=True)
         self._thread.start()
