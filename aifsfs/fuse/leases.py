@@ -6,7 +6,8 @@ Interface:
         .attr(ino) -> Attr | None    a leased inode's attributes
         .chunk_map(ino) -> (attr, chunk_size, refs) | None
         .lookup(parent, name) -> Attr | NEGATIVE | None   NEGATIVE: leased "no such name"
-        .readdir(ino, cookie) -> (entries, eof) | None    a leased page
+        .readdir(ino, cookie) -> (entries, eof) | None    a leased page, each entry with
+                                     the attrs held now (None if one is not held)
         .put_attr(token, a);  .put_map(token, a, cs, refs);  .put_entry(token, parent, name, a)
         .put_negative(token, parent, name);  .put_page(token, ino, cookie, entries, eof)
                                      each keeps the reply only if this thread's last call was
@@ -167,8 +168,28 @@ class LeaseCache:
         with self._lock:
             d = self._get(ino)
             page = None if d is None else d.pages.get(cookie)
+            if page is not None:
+                page = self._current(page)
             self._count(page is not None)
             return page
+
+    def _current(self, page: tuple[list[DirEntry], bool]) -> tuple[list[DirEntry], bool] | None:
+        """A kept page with each entry's attributes as this cache holds them now; None when
+        one of its inodes is no longer held. A page's attrs are those of when it was listed:
+        a change since (this mount's own write drops the inode, another client's is recalled)
+        leaves the directory's lease, and so the page, in place, and readdirplus hands the
+        kernel what the page says, setting a rewritten file's size back (under the lock)."""
+        entries, eof = page
+        out = entries
+        for i, de in enumerate(entries):
+            e = self._e.get(de.attr.ino)
+            if e is None or e.attr is None:
+                return None
+            if e.attr is not de.attr:
+                if out is entries:
+                    out = list(entries)
+                out[i] = DirEntry(de.name, e.attr, de.cookie)
+        return out, eof
 
     def dir_bytes(self, ino: int) -> int | None:
         """The total size of a complete leased directory's entries as listed (None: not

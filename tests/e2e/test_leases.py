@@ -92,6 +92,30 @@ def test_warm_stat_open_readdir_cost_zero_calls(metered: ServerProc,
     assert total(after) - total(before) == 0, {k: after[k] - before.get(k, 0) for k in after}
 
 
+
+@pytest.mark.parametrize("writer", ["this mount", "another mount"])
+def test_a_leased_listing_after_a_rewrite_shows_the_new_size(
+        writer: str, metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+    """A listing served from the lease after a file of it was rewritten (by this mount, or
+    by another: recalled) gives the kernel the new attributes, not the page's old ones:
+    readdirplus sets the kernel's size of every entry it names (it set it back to 10)."""
+    a = mount_factory(metered)
+    b = a if writer == "this mount" else mount_factory(metered)
+    (a.path / "d").mkdir()
+    f = a.path / "d" / "f.bin"
+    f.write_bytes(b"x" * 10)
+    _wait_leased(a, f, metered)
+    os.listdir(a.path / "d")
+    before = calls(metered)
+    assert os.listdir(a.path / "d") == ["f.bin"]
+    assert total(calls(metered)) == total(before)      # the page is the lease's
+    (b.path / "d" / "f.bin").write_bytes(b"y" * 100)
+    for _ in range(3):
+        assert [(e.name, e.stat().st_size) for e in os.scandir(a.path / "d")] == [("f.bin", 100)]
+        assert os.stat(f).st_size == 100
+        assert f.read_bytes() == b"y" * 100
+        time.sleep(0.3)
+
 def _check_round(a: Mount, b: Mount, i: int) -> None:
     name = "f.txt"
     data = f"round {i} ".encode() * (1 + i % 7)
