@@ -301,7 +301,7 @@ class AIFSClient:
 
     def mkdir_entry(self, parent: int, name: bytes, mode: int = 0o755, uid: int = 0,
                     gid: int = 0) -> tuple[Attr, Attr | None]:
-        return self.fs.mkdir_entry(parent, name, mode, uid, gid)
+        return self.fs.mkdir_entry(parent, name, mode, uid, gid)[:2]
 
     def create(self, parent: int, name: bytes, mode: int = 0o100644, uid: int = 0,
                gid: int = 0, rdev: int = 0) -> Attr:
@@ -309,7 +309,7 @@ class AIFSClient:
 
     def create_entry(self, parent: int, name: bytes, mode: int = 0o100644, uid: int = 0,
                      gid: int = 0, rdev: int = 0) -> tuple[Attr, Attr | None]:
-        return self.fs.create_entry(parent, name, mode, uid, gid, rdev)
+        return self.fs.create_entry(parent, name, mode, uid, gid, rdev)[:2]
 
     def unlink(self, parent: int, name: bytes) -> None:
         self.fs.unlink(parent, name)

@@ -14,6 +14,9 @@ Interface (used by rpc_filesystem.FilesystemServicer):
                                         and, when the call asked (`aifs-inos-want: 1`),
                                         `aifs-inos: <first>:<count>`: DELEGATE inode numbers
                                         for CreateFile (both trailing metadata)
+    listing_cookie(fs, tree, sess, parent, name) -> int
+                                        a new entry's ReadDir cookie for a session holding
+                                        `parent` exclusively, else 0 (EntryReply.cookie)
     create_file(fs, request, context) -> EntryReply
                                         a regular file at a delegated inode number (used
                                         once) with, if the request carries them, its folded
@@ -152,7 +155,9 @@ def create_file(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:
     excl_after(fs, context, tree, sess, request.parent, (a.ino,))
     # no parent_attr: the mount answered the create itself and does not read it (reading it
     # again after the commit was an eighth of the call's server time)
-    reply = filesystem_pb2.EntryReply(attr=attr_to_pb(a))
+    reply = filesystem_pb2.EntryReply(
+        attr=attr_to_pb(a), cookie=listing_cookie(fs, tree, sess, request.parent,
+                                                    bytes(request.name)))
     _results(reply, results)
     return reply
 
@@ -179,7 +184,18 @@ def create_files(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:
         entry = reply.entries.add(attr=attr_to_pb(a))
         _results(entry, results)
     excl_after(fs, context, tree, sess, parent, tuple(made))
+    for f, entry in zip(files, reply.entries, strict=True):
+        entry.cookie = listing_cookie(fs, tree, sess, parent, bytes(f.name))
     return reply
+
+
+def listing_cookie(fs: Any, tree: Any, sess: Any, parent: int, name: bytes) -> int:
+    """The new entry's ReadDir cookie for a caller that holds `parent` exclusively (no other
+    client adds to it without recalling that first, so the caller's kept listing of it may
+    take the name at its end, docs/LEASES.md "Listings"); 0 for any other caller."""
+    if sess is None or not fs.leases.holds_excl(sess, tree, parent):
+        return 0
+    return int(fs.meta.listing_cookie(tree, parent, name))
 
 
 def _create_one(fs: Any, tree: Any, sess: Any, request: Any, context: grpc.ServicerContext,

@@ -65,7 +65,13 @@ from aifs_server.grpc_errors import rpc
 from aifs_server.inline_file import InlineSink
 from aifs_server.leases import LeaseManager, Session
 from aifs_server.request_log import ATTR_OR_NONE, RequestLog, is_retry
-from aifs_server.rpc_batch import create_file, create_files, excl_after, unlink_batch
+from aifs_server.rpc_batch import (
+    create_file,
+    create_files,
+    excl_after,
+    listing_cookie,
+    unlink_batch,
+)
 
 READDIR_DEFAULT = 256
 INLINE_COMMIT_MAX = 16 << 20    # inline chunk bytes one CommitFile may carry
@@ -449,7 +455,7 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         # mark, and entries may have come into it since.
         if made:
             self._grant(context, sess, tree, [a.ino], since)
-        return self._entry_reply(tree, a, request.parent)
+        return self._entry_reply(tree, a, request.parent, sess, request.name)
 
     @rpc
     def Create(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -466,12 +472,16 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
                                 False)
             return a
         a = self._once("Create", context, tree, request, run)
-        excl_after(self, context, tree, self._session(context, tree), request.parent, (a.ino,))
-        return self._entry_reply(tree, a, request.parent)
+        sess = self._session(context, tree)
+        excl_after(self, context, tree, sess, request.parent, (a.ino,))
+        return self._entry_reply(tree, a, request.parent, sess, request.name)
 
-    def _entry_reply(self, tree: TreeRef, a: Attr, parent: int) -> Any:
-        return filesystem_pb2.EntryReply(attr=attr_to_pb(a), parent_attr=self._attr_or_none(tree,
-                                                                                        parent))
+    def _entry_reply(self, tree: TreeRef, a: Attr, parent: int, sess: Any = None,
+                     name: bytes = b"") -> Any:
+        """`sess` and `name`: the new entry's listing cookie goes with it (listing_cookie)."""
+        return filesystem_pb2.EntryReply(
+            attr=attr_to_pb(a), parent_attr=self._attr_or_none(tree, parent),
+            cookie=listing_cookie(self, tree, sess, parent, bytes(name)) if name else 0)
 
     def _attr_or_none(self, tree: TreeRef, ino: int) -> common_pb2.Attr | None:
         """The inode's attributes for a reply's optional field (None when it is gone)."""

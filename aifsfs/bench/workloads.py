@@ -423,7 +423,7 @@ def snapshot_and_branch(address: str, n: int, per_dir: int = 1000
         for i in range(n):
             if i % per_dir == 0:
                 d = c.fs.mkdir(top, f"d{i // per_dir:05d}".encode()).ino
-            a, _ = c.fs.create_entry(d, f"f{i:06d}".encode(), 0o100644, 0, 0)
+            a, _pa, _c = c.fs.create_entry(d, f"f{i:06d}".encode(), 0o100644, 0, 0)
             if i % max(1, n // 10) == 0 and len(spread) < 10:
                 spread.append(a.ino)
         t0 = time.perf_counter()

@@ -4,10 +4,12 @@ changes"): unlinks and attribute changes sent in batches, creates sent at the cl
 file's first commit (one call per small file) and the attribute changes made before it.
 
 Interface:
-    DirOps(session, on_failed, max_batch=MAX_BATCH, interval=INTERVAL)
+    DirOps(session, on_failed, max_batch=MAX_BATCH, interval=INTERVAL, on_born=None)
         session: the LeaseSession (its .fs sends UnlinkBatch; .valid_until bounds the lease)
         on_failed(parent): a batch (or some of its items) did not apply: what the mount
             believes of `parent` is wrong (any thread)
+        on_born(parent, name, attrs, cookie): an unborn file was made on the server, at that
+            listing cookie (0: not given); called in order per directory (the sending lock)
         .mark() -> int                    before a change call of ours
         .took(parent, mark)               after it, in the same thread: if the reply leased
                                           `parent` to us exclusively and no recall or reset
@@ -94,9 +96,11 @@ INTERVAL = float(os.environ.get("AIFS_DIROPS_INTERVAL", "0.05"))
 
 class DirOps:
     def __init__(self, session: Any, on_failed: Callable[[int], None],
-                 max_batch: int = MAX_BATCH, interval: float = INTERVAL) -> None:
+                 max_batch: int = MAX_BATCH, interval: float = INTERVAL,
+                 on_born: Callable[[int, bytes, Any, int], None] | None = None) -> None:
         self.session = session
         self.on_failed = on_failed
+        self.on_born = on_born
         self.max_batch = max_batch
         self.interval = interval
         self._lock = threading.Lock()
@@ -237,8 +241,8 @@ class DirOps:
             self._check(parent, items, replies[0][1])
         self.stats["grouped"] += len(live)
         self.took(parent, mark)         # once: the reply's grant and delegated numbers
-        for (b, u), (a, _results) in zip(live, replies, strict=True):
-            self._born(parent, u[1], b.ino, a, mark, took=False)
+        for (b, u), (a, _results, cookie) in zip(live, replies, strict=True):
+            self._born(parent, u[1], b.ino, a, mark, cookie, took=False)
             b.finish(a)
 
     def _birth_locked(self, ino: int, commit: tuple[Any, dict[str, Any]] | None) -> Any:
@@ -256,7 +260,7 @@ class DirOps:
             # in an UnlinkBatch first: they free space)
             items = [] if self._unlinks.get(parent) else self._pop_locked(parent, True)
         try:
-            a, _pa, results = self.session.fs.create_file(
+            a, _pa, results, cookie = self.session.fs.create_file(
                 parent, name, ino, mode, uid, gid, commit, request_id=request_id, attrs=attrs,
                 items=items)
         except BaseException:
@@ -267,10 +271,10 @@ class DirOps:
         self._sent(items)
         if items:
             self._check(parent, items, results)
-        self._born(parent, name, ino, a, mark)
+        self._born(parent, name, ino, a, mark, cookie)
         return a
 
-    def _born(self, parent: int, name: bytes, ino: int, a: Any, mark: int,
+    def _born(self, parent: int, name: bytes, ino: int, a: Any, mark: int, cookie: int,
               took: bool = True) -> None:
         """An unborn file's CreateFile applied: it is an ordinary file of `parent` now.
         `took`: note the call's grants (once per call: its delegated numbers join the pool)."""
@@ -286,6 +290,8 @@ class DirOps:
         if took:
             self.took(parent, mark)
         self.remember(parent, name, a, mark)
+        if self.on_born is not None:
+            self.on_born(parent, name, a, cookie)
 
     # --- files made here ----------------------------------------------------------------------
     def remember(self, parent: int, name: bytes, a: Any, mark: int) -> None:

@@ -30,11 +30,17 @@ Interface:
                                      where a leased listing last showed the inode (a hint for
                                      batched opens of the next files of a directory)
         .drop(*inos)                 this mount changed them (its own changes are not recalled)
-        .recalls() -> mark;  .own_entry(mark, parent, name, ino | None, parent_attr=None)
+        .recalls() -> mark;  .own_entry(mark, parent, name, ino | None, parent_attr=None,
+                                        listed_later=False)
                                      this mount added (ino) or removed (None) `name` in
                                      `parent`: a leased directory is updated instead of dropped,
                                      unless a recall or reset came since `mark` (taken before
-                                     the call): then it is dropped
+                                     the call): then it is dropped. Its pages go, unless
+                                     listed_later: they wait for the name's cookie
+        .own_listed(parent, name, attr, cookie)
+                                     ... which the server gave: the name joins the listing's end
+        .own_attr(mark, attr)        this mount's change of a file it made in a directory it
+                                     holds alone gave these attrs (kept: listings stay local)
         .recalled(inos);  .reset()   the session's callbacks (any thread)
         .take_changed(ino) -> bool   whether a recall named the inode since the last ask: a
                                      file this mount holds open was changed by another client
@@ -62,11 +68,12 @@ from typing import Any
 from aifs_core.types import Attr, ChunkRef, DirEntry
 
 MAX_INODES = 100_000
+PAGE_MAX = 1000          # entries a page this cache extends may hold (the mount's ReadDir page)
 NEGATIVE = object()
 
 
 class _Entry:
-    __slots__ = ("attr", "cs", "refs", "names", "pages", "complete", "total")
+    __slots__ = ("attr", "cs", "refs", "names", "pages", "complete", "total", "unlisted")
 
     def __init__(self) -> None:
         self.attr: Attr | None = None
@@ -76,6 +83,9 @@ class _Entry:
         self.pages: dict[int, tuple[list[DirEntry], bool]] = {}
         self.complete = False                           # names holds every entry
         self.total: int | None = None                   # dir_bytes, kept while pages are
+        # names this mount added while keeping the pages, whose cookie is not known yet:
+        # until each is listed (own_listed), no page is served
+        self.unlisted: dict[bytes, int] = {}
 
 
 def _chain(d: _Entry) -> list[tuple[int, DirEntry]] | None:
@@ -167,7 +177,7 @@ class LeaseCache:
     def readdir(self, ino: int, cookie: int) -> tuple[list[DirEntry], bool] | None:
         with self._lock:
             d = self._get(ino)
-            page = None if d is None else d.pages.get(cookie)
+            page = None if d is None or d.unlisted else d.pages.get(cookie)
             if page is not None:
                 page = self._current(page)
             self._count(page is not None)
@@ -293,6 +303,8 @@ class LeaseCache:
             d = self._entry(ino)
             d.pages[cookie] = (list(entries), eof)
             d.total = None
+            for de in entries:
+                d.unlisted.pop(de.name, None)
             if len(self._pos) > self.max_inodes:
                 self._pos.clear()
             before = cookie
@@ -313,7 +325,8 @@ class LeaseCache:
         with self._lock:
             if self._keep(token):
                 d = self._entry(a.ino)
-                d.attr, d.names, d.pages, d.complete, d.total = a, {}, {}, True, None
+                d.attr, d.names, d.complete, d.total = a, {}, True, None
+                d.pages, d.unlisted = {0: ([], True)}, {}     # its listing: empty
 
     # --- invalidation ---------------------------------------------------------------------------
     def drop(self, *inos: int | None) -> None:
@@ -332,7 +345,7 @@ class LeaseCache:
             return self._recalls, -1 if self.session is None else int(self.session.epoch)
 
     def own_entry(self, mark: tuple[int, int], parent: int, name: bytes, ino: int | None,
-                  parent_attr: Attr | None = None) -> None:
+                  parent_attr: Attr | None = None, listed_later: bool = False) -> None:
         s = self.session
         if s is None:
             return
@@ -349,8 +362,11 @@ class LeaseCache:
             # its times changed: the reply's attrs are the ones after our change, unless
             # another change of ours ran meanwhile (then which is later is unknown)
             d.attr = parent_attr if quiet and parent_attr is not None else None
-            d.pages = {}
             d.total = None
+            if ino is not None and listed_later and d.pages:
+                d.unlisted[name] = ino          # the pages wait for its cookie (own_listed)
+            else:
+                d.pages, d.unlisted = {}, {}
             if ino is None:
                 if d.complete:
                     d.names.pop(name, None)
@@ -358,6 +374,50 @@ class LeaseCache:
                     d.names[name] = None
             else:
                 d.names[name] = ino
+
+    def own_listed(self, parent: int, name: bytes, a: Attr, cookie: int) -> None:
+        """The server made `name` (own_entry(listed_later=True)) at listing cookie `cookie`
+        (0: unknown) with attrs `a`: it joins the end of the kept listing, which is served
+        again once no name waits. At the end because the directory is leased to us alone
+        (no other client adds to it without recalling it first) and cookies are dentry ids,
+        in creation order; a cookie not past the last entry's drops the pages instead."""
+        with self._lock:
+            d = self._get(parent)
+            if d is None or d.unlisted.get(name) != a.ino:
+                return              # listed by a page since, or the pages were dropped
+            del d.unlisted[name]
+            ends = [k for k, (_entries, eof) in d.pages.items() if eof]
+            last = [(d.pages[k][0][-1].cookie if d.pages[k][0] else k) for k in ends]
+            if not cookie or not ends or any(cookie <= c for c in last):
+                d.pages, d.unlisted = {}, {}
+                return
+            # every page that ends the listing ends it with the same entry (pages read with
+            # different sizes overlap): each takes the new one, or is closed by a new page
+            de = DirEntry(name, a, cookie)
+            for k, c in zip(ends, last, strict=True):
+                entries = d.pages[k][0]
+                if len(entries) < PAGE_MAX:
+                    d.pages[k] = ([*entries, de], True)
+                else:
+                    d.pages[k] = (entries, False)
+                    d.pages[c] = ([de], True)
+            d.total = None
+            self._pos[a.ino] = (parent, last[0], cookie)
+            self._put_own(a)
+
+    def own_attr(self, mark: tuple[int, int], a: Attr) -> None:
+        """This mount's change of a file it made in a directory leased to it alone gave the
+        file's attrs `a` (after the change dropped them): kept, so that listings of the
+        directory stay local, unless a recall or reset came since `mark` (taken before)."""
+        with self._lock:
+            if self._recalls == mark[0] and self._valid():
+                self._put_own(a)
+
+    def _put_own(self, a: Attr) -> None:
+        e = self._entry(a.ino)
+        if e.attr is None or e.attr.generation != a.generation:
+            e.refs = None
+        e.attr = a
 
     def take_changed(self, ino: int) -> bool:
         with self._lock:

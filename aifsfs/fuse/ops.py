@@ -259,7 +259,8 @@ class AIFSOperations(pyfuse3.Operations):
             if sync_dirops is None:
                 sync_dirops = os.environ.get("AIFS_SYNC_DIROPS", "0") == "1"
             if not sync_dirops:
-                self.dirops = DirOps(self._session, self._dirops_failed)
+                self.dirops = DirOps(self._session, self._dirops_failed,
+                                     on_born=self.leases.own_listed)
                 self._session.want_excl = True
                 self.fs = cast(Any, OrderedFs(self._session.fs, self.dirops))
         self.attr_timeout = attr_timeout
@@ -442,7 +443,8 @@ class AIFSOperations(pyfuse3.Operations):
         a = Attr(ino, stat.S_IFREG | (mode & 0o7777), 1, ctx.uid, gid, 0, 0, now, now, now,
                  0, 0)
         pa = dataclasses.replace(pa, mtime_ns=now, ctime_ns=now)
-        self.leases.own_entry(mark, parent, name, ino, pa)
+        # the listing is kept: the name joins it once born (DirOps.on_born)
+        self.leases.own_entry(mark, parent, name, ino, pa, listed_later=True)
         return a, pa
 
     async def _born(self, ino: int) -> None:
@@ -552,24 +554,28 @@ class AIFSOperations(pyfuse3.Operations):
         return a, cs, refs, data
 
     def _mkdir_sync(self, parent: int, name: bytes, mode: int, uid: int, gid: int
-                    ) -> tuple[Attr, Attr | None]:
+                    ) -> tuple[Attr, Attr | None, int]:
         tok = self.leases.begin()
-        a, pa = self.fs.mkdir_entry(parent, name, mode, uid, gid)
+        a, pa, cookie = self.fs.mkdir_entry(parent, name, mode, uid, gid)
         self.leases.put_new_dir(tok, a)        # empty, if the server leased it to us
-        return a, pa
+        return a, pa, cookie
 
     async def _add_entry(self, parent: int, name: bytes, fn: Callable[..., Any], *args: Any
                          ) -> tuple[Attr, Attr | None]:
         """Run one of this mount's calls that adds `name` to `parent` (returning the new
-        attrs and the parent's): a leased directory gets the name instead of being dropped,
-        so lookups in it stay local (a failed call drops it)."""
+        attrs, the parent's and maybe the name's listing cookie): a leased directory gets the
+        name instead of being dropped, so lookups in it stay local (a failed call drops it),
+        and with a cookie its kept listing takes the name too."""
         mark = self.leases.recalls()
         try:
-            a, pa = await self._call(fn, *args)
+            a, pa, *cookie = await self._call(fn, *args)
         except BaseException:
             self._changed(parent)
             raise
-        self.leases.own_entry(mark, parent, name, a.ino, pa)
+        listed = bool(cookie and cookie[0])
+        self.leases.own_entry(mark, parent, name, a.ino, pa, listed_later=listed)
+        if listed:
+            self.leases.own_listed(parent, name, a, cookie[0])
         return a, pa
 
     def _maps_sync(self, parent: int, cookie: int, n: int, inline_total: int
@@ -1466,11 +1472,16 @@ class AIFSOperations(pyfuse3.Operations):
 
     async def _commit(self, st: FileState, durable: bool = False) -> None:
         t0 = time.monotonic()
+        mark = self.leases.recalls()
         try:
             a = await self.buffers.flush(st, durable=durable)
         finally:
             self._changed(st.ino)
         if a is not None:
+            if self.dirops is not None and self.dirops.made(st.ino) is not None:
+                # made here, in a directory held alone: its attrs stay the lease cache's, so
+                # a listing of the directory (readdirplus names them) needs no call
+                self.leases.own_attr(mark, a)
             self._note_attr(a, t0)
             self.inodes.set_seen_gen(st.ino, a.generation)
             self.inodes.kernel_sees(a)

@@ -172,22 +172,25 @@ class GrpcFilesystem:
         return self.mkdir_entry(parent, name, mode, uid, gid)[0]
 
     def mkdir_entry(self, parent: int, name: bytes, mode: int = 0o755, uid: int = 0,
-                    gid: int = 0) -> tuple[Attr, Attr | None]:
+                    gid: int = 0) -> tuple[Attr, Attr | None, int]:
+        """(the directory's attrs, its parent's, its listing cookie in the parent: nonzero
+        only while this session holds the parent exclusively)."""
         r = call_once(self._ch, self._fs.MkDir, filesystem_pb2.MkDirRequest(
             parent=parent, name=name, mode=mode, uid=uid, gid=gid,
             request_id=new_request_id()))
-        return attr_from_pb(r.attr), opt_attr(r, "parent_attr")
+        return attr_from_pb(r.attr), opt_attr(r, "parent_attr"), r.cookie
 
     def create(self, parent: int, name: bytes, mode: int = 0o100644, uid: int = 0,
                gid: int = 0, rdev: int = 0) -> Attr:
         return self.create_entry(parent, name, mode, uid, gid, rdev)[0]
 
     def create_entry(self, parent: int, name: bytes, mode: int = 0o100644, uid: int = 0,
-                     gid: int = 0, rdev: int = 0) -> tuple[Attr, Attr | None]:
+                     gid: int = 0, rdev: int = 0) -> tuple[Attr, Attr | None, int]:
+        """(the new inode's attrs, its parent's, its listing cookie: as mkdir_entry's)."""
         r = call_once(self._ch, self._fs.Create, filesystem_pb2.CreateRequest(
             parent=parent, name=name, mode=mode, uid=uid, gid=gid, rdev=rdev,
             request_id=new_request_id()))
-        return attr_from_pb(r.attr), opt_attr(r, "parent_attr")
+        return attr_from_pb(r.attr), opt_attr(r, "parent_attr"), r.cookie
 
     def unlink_batch(self, parent: int, items: Sequence[tuple[Any, ...]], forget: bool = True
                      ) -> tuple[list[tuple[int, Attr | None]], Attr | None]:
@@ -325,10 +328,11 @@ class GrpcFilesystem:
                     commit: tuple[Sequence[Any], dict[str, Any]] | None = None,
                     request_id: bytes | None = None, attrs: dict[str, int] | None = None,
                     items: Sequence[tuple[Any, ...]] = ()
-                    ) -> tuple[Attr, Attr | None, list[tuple[int, Attr | None]]]:
+                    ) -> tuple[Attr, Attr | None, list[tuple[int, Attr | None]], int]:
         """A regular file at an inode number delegated to this session, with its first
         commit (commit_file's (args, kwargs) after the inode) or empty: (attrs after it,
-        the parent's). `attrs`: attribute changes made before it was sent (setattr's keyword
+        the parent's, the results of `items`, its listing cookie: nonzero only while this
+        session holds `parent` exclusively). `attrs`: attribute changes made before it was sent (setattr's keyword
         arguments with `fields`; no size), applied before the commit in its transaction.
         `items`: attribute changes of other files of `parent` (unlink_batch's (name, ino,
         attrs) items), applied first; their results come third, as unlink_batch's.
@@ -336,18 +340,19 @@ class GrpcFilesystem:
         req = self._create_request(parent, name, ino, mode, uid, gid, commit, request_id,
                                    attrs, items)
         r = call_once(self._ch, self._fs.CreateFile, req)
-        return attr_from_pb(r.attr), opt_attr(r, "parent_attr"), _results(r.results)
+        return attr_from_pb(r.attr), opt_attr(r, "parent_attr"), _results(r.results), r.cookie
 
     def create_files(self, files: Sequence[dict[str, Any]]
-                     ) -> list[tuple[Attr, list[tuple[int, Attr | None]]]]:
+                     ) -> list[tuple[Attr, list[tuple[int, Attr | None]], int]]:
         """Several create_file calls of one directory in one (group commit): `files` are
         create_file's keyword arguments (request_id required: a file the call did before
         failing is answered again by it when sent alone). (attrs after it, the results of
-        its items) per file, in order. Any failure raises: then send each on its own."""
+        its items, its listing cookie) per file, in order. Any failure raises: then send
+        each on its own."""
         req = filesystem_pb2.CreateFilesRequest(
             files=[self._create_request(**f) for f in files])
         r = call_once(self._ch, self._fs.CreateFiles, req)
-        return [(attr_from_pb(e.attr), _results(e.results)) for e in r.entries]
+        return [(attr_from_pb(e.attr), _results(e.results), e.cookie) for e in r.entries]
 
     def _create_request(self, parent: int, name: bytes, ino: int, mode: int, uid: int,
                         gid: int, commit: tuple[Sequence[Any], dict[str, Any]] | None = None,

@@ -218,6 +218,11 @@ class PosixMeta(Records):
             raise self._missing(tx, t, parent, name)
         return a
 
+    def listing_cookie(self, tree: TreeRef, parent: int, name: bytes) -> int:
+        """readdir's cookie of `name` in `parent` (0: absent, or not a plain tree's)."""
+        t = self._tree(tree)
+        return self._store.single().dentry_id(t.tree_id, parent, name)
+
     def getattr(self, tree: TreeRef, ino: int) -> Attr:
         t = self._tree(tree)
         return self._row(self._store.single(), t, ino)

@@ -312,6 +312,15 @@ class SQLTx(VersionSQL):
                     (tree_id, parent, name)).fetchone()
         return None if r is None else self._checked(tree_id, r)
 
+    def dentry_id(self, tree_id: int, parent: int, name: bytes) -> int:
+        """`name`'s dentry id in `parent` (list_dir's cookie of it); 0 when absent, and in a
+        view (whose listing merges trees: its cookies are not one table's ids)."""
+        if self._view(tree_id):
+            return 0
+        r = self._x("SELECT id FROM dentries WHERE tree_id = ? AND parent = ? AND name = ?",
+                    (tree_id, parent, name)).fetchone()
+        return 0 if r is None else int(r[0])
+
     def insert_dentry(self, tree_id: int, parent: int, name: bytes, ino: int) -> bool:
         """False when `name` already exists in `parent`."""
         return bool(self._x("INSERT INTO dentries (tree_id, parent, name, ino, born) VALUES "

@@ -10,14 +10,17 @@ server's Prometheus metrics.
 from __future__ import annotations
 
 import os
+import random
+import stat
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from aifsfs.client import AIFSClient
 from tests.e2e.conftest import Mount
-from tests.e2e.test_leases import calls
+from tests.e2e.test_leases import calls, total
 from tests.helpers import ServerProc
 
 pytestmark = pytest.mark.usefixtures("caches_kept")   # counts what dropped caches would add
@@ -70,3 +73,85 @@ def test_cold_listing_costs_one_call_per_page(
     (b.path / "big" / "zz-from-b").write_bytes(b"b")
     again = os.listdir(a.path / "big")
     assert len(again) == N + 1 and again[-1] == "zz-from-b" and len(set(again)) == N + 1
+
+
+def _listing(path: Path) -> dict[str, tuple[str, int]]:
+    """name -> (kind, size) as a listing and the stats after it show them."""
+    out = {}
+    for e in os.scandir(path):
+        st = e.stat(follow_symlinks=False)
+        out[e.name] = ("d" if stat.S_ISDIR(st.st_mode) else "f", st.st_size if
+                       stat.S_ISREG(st.st_mode) else 0)
+    return out
+
+
+def test_a_listing_of_files_this_mount_just_made_costs_no_call(
+        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+    """A directory this mount made and filled (it holds it alone) is listed from what the
+    mount knows: each create's reply gave the name's place in the listing, so the listing
+    after them (three pages), and the stats after it, cost no call; a name another mount adds
+    then is in the next listing (recalled)."""
+    a = mount_factory(metered)
+    d = a.path / "made"
+    d.mkdir()
+    for i in range(N):
+        (d / f"f{i:05d}").write_bytes(b"x" * (i % 5000))
+    (d / "sub").mkdir()
+    want = {"sub": ("d", 0), **{f"f{i:05d}": ("f", i % 5000) for i in range(N)}}
+    before = calls(metered)
+    names = os.listdir(d)
+    assert names == [*(f"f{i:05d}" for i in range(N)), "sub"]    # creation order, once each
+    assert _listing(d) == want
+    after = calls(metered)
+    assert total(after) == total(before), {k: after[k] - before.get(k, 0) for k in after
+                                           if after[k] != before.get(k, 0)}
+
+    b = mount_factory(metered)
+    (b.path / "made" / "zz-from-b").write_bytes(b"bb")
+    assert _listing(d) == {**want, "zz-from-b": ("f", 2)}
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_listings_follow_this_mounts_changes(
+        seed: int, metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+    """Random creates, rewrites, mkdirs, renames and unlinks on one mount, each followed now
+    and then by a listing: every listing (names, kinds, sizes) is what the changes made, and
+    a second mount lists the same at the end."""
+    rnd = random.Random(seed)
+    a = mount_factory(metered)
+    d = a.path / "r"
+    d.mkdir()
+    model: dict[str, tuple[str, int]] = {}
+    listings, first = 0, _readdirs(metered)
+    for step in range(400):
+        op = rnd.random()
+        name = f"n{rnd.randrange(60):02d}"
+        p = d / name
+        kind = model.get(name, ("", 0))[0]
+        if op < 0.45 and kind != "d":
+            size = rnd.randrange(3) * rnd.randrange(1, 70_000)
+            p.write_bytes(bytes([step % 251]) * size)
+            model[name] = ("f", size)
+        elif op < 0.55 and not kind:
+            p.mkdir()
+            model[name] = ("d", 0)
+        elif op < 0.7 and kind:
+            other = f"n{rnd.randrange(60):02d}"
+            if model.get(other, ("", 0))[0] or other == name:
+                continue
+            os.rename(p, d / other)
+            model[other] = model.pop(name)
+        elif op < 0.85 and kind:
+            if kind == "d":
+                p.rmdir()
+            else:
+                p.unlink()
+            del model[name]
+        if rnd.random() < 0.2:
+            assert _listing(d) == model, f"step {step}"
+            listings += 1
+    assert _listing(d) == model
+    # some were the mount's own (creates keep the listing; unlinks and renames drop it)
+    assert _readdirs(metered) - first < listings
+    b = mount_factory(metered)
+    assert _listing(b.path / "r") == model

@@ -49,7 +49,7 @@ def session(server: ServerProc) -> Iterator[LeaseSession]:
 
 def _held_dir(s: LeaseSession, name: bytes) -> tuple[int, list[int]]:
     """A new directory this session holds exclusively, and inode numbers delegated to it."""
-    d, _ = s.fs.mkdir_entry(ROOT, name)
+    d, _pa, _c = s.fs.mkdir_entry(ROOT, name)
     s.fs.create_entry(d.ino, b"first")      # the reply grants the lease and the numbers
     inos = list(s.inos_granted())
     assert s.excl_granted() == d.ino and len(inos) >= 8, (s.excl_granted(), inos)
@@ -74,10 +74,14 @@ def test_several_files_in_one_call(session: LeaseSession) -> None:
     parent, inos = _held_dir(session, b"g")
     files = [_file(parent, i, inos[i]) for i in range(5)]
     got = session.fs.create_files(files)
-    assert [a.ino for a, _ in got] == inos[:5]
-    for i, (a, _results) in enumerate(got):
+    assert [a.ino for a, _r, _c in got] == inos[:5]
+    for i, (a, _results, _cookie) in enumerate(got):
         assert a.size == len(b"file %d " % i * 100)
         assert _read(session, parent, b"f%d" % i) == b"file %d " % i * 100
+    # the session holds the directory: each reply names the file's place in the listing
+    listed = {e.name: e.cookie for e in session.fs.readdir(parent, 0)[0]}
+    assert [c for _a, _r, c in got] == [listed[b"f%d" % i] for i in range(5)]
+    assert 0 < listed[b"first"] < got[0][2]
 
 
 def test_a_failed_call_made_the_files_before_the_bad_one_and_alone_they_are_answered_again(
@@ -94,7 +98,7 @@ def test_a_failed_call_made_the_files_before_the_bad_one_and_alone_they_are_answ
         session.fs.lookup(parent, b"f3")                # after the bad one: not made
     # one by one, as the mount then sends them: the made ones answered from the log
     for f in (files[0], files[1], files[3]):
-        a, _pa, _results = session.fs.create_file(**f)
+        a, _pa, _results, _cookie = session.fs.create_file(**f)
         assert a.ino == f["ino"]
     with pytest.raises(AIFSError):
         session.fs.create_file(**files[2])
@@ -122,6 +126,6 @@ def test_a_call_larger_than_a_metadata_message(session: LeaseSession) -> None:
     parent, inos = _held_dir(session, b"big")
     files = [_file(parent, i, inos[i], size=1 << 20) for i in range(3)]
     got = session.fs.create_files(files)
-    assert [a.size for a, _ in got] == [1 << 20] * 3
+    assert [a.size for a, _r, _c in got] == [1 << 20] * 3
     for i in range(3):
         assert _read(session, parent, b"f%d" % i) == files[i]["commit"][1]["inline"][0][1]

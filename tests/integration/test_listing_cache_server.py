@@ -36,7 +36,7 @@ def _flat_dir_snapshotted_twice(address: str) -> None:
         d = c.fs.mkdir(ROOT_INO, b"flat").ino
         first = 0
         for i in range(FILES):
-            a, _ = c.fs.create_entry(d, b"f%04d" % i, 0o100644, 0, 0)
+            a, _pa, _c = c.fs.create_entry(d, b"f%04d" % i, 0o100644, 0, 0)
             first = first or a.ino
         c.versions.snapshot(message="one")
         c.fs.setattr(first, SET_MODE, mode=0o100600)

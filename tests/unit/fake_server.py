@@ -179,14 +179,14 @@ class FakeServer:
         return after[:limit], len(after) <= limit
 
     def mkdir_entry(self, parent: int, name: bytes, mode: int = 0o755, uid: int = 0,
-                    gid: int = 0) -> tuple[Attr, Attr | None]:
+                    gid: int = 0) -> tuple[Attr, Attr | None, int]:
         self.calls.append("mkdir")
-        return self._new(parent, name, stat.S_IFDIR | mode, uid, gid)
+        return (*self._new(parent, name, stat.S_IFDIR | mode, uid, gid), 0)   # no leases here
 
     def create_entry(self, parent: int, name: bytes, mode: int = 0o100644, uid: int = 0,
-                     gid: int = 0, rdev: int = 0) -> tuple[Attr, Attr | None]:
+                     gid: int = 0, rdev: int = 0) -> tuple[Attr, Attr | None, int]:
         self.calls.append("create")
-        return self._new(parent, name, mode, uid, gid, rdev)
+        return (*self._new(parent, name, mode, uid, gid, rdev), 0)
 
     def symlink_entry(self, parent: int, name: bytes, target: bytes, uid: int = 0,
                       gid: int = 0) -> tuple[Attr, Attr | None]:

@@ -45,7 +45,7 @@ class RecordingFs:
 
     def create_file(self, parent: int, name: bytes, ino: int, mode: int, uid: int, gid: int,
                     commit: Any = None, request_id: bytes = b"", attrs: Any = None,
-                    items: Any = ()) -> tuple[Attr, None, list[Any]]:
+                    items: Any = ()) -> tuple[Attr, None, list[Any], int]:
         with self._lock:
             first = not self.singles and not self.groups
             self.singles.append((ino, request_id))
@@ -54,16 +54,16 @@ class RecordingFs:
             assert self.release.wait(10)
         if ino == self.bad:
             raise OSError(f"inode {ino} cannot be made")
-        return _attr(ino), None, []
+        return _attr(ino), None, [], 0
 
-    def create_files(self, files: list[dict[str, Any]]) -> list[tuple[Attr, list[Any]]]:
+    def create_files(self, files: list[dict[str, Any]]) -> list[tuple[Attr, list[Any], int]]:
         with self._lock:
             self.groups.append([(f["ino"], f["request_id"]) for f in files])
             self.group_bytes.append(sum(len(d) for f in files if f["commit"]
                                         for _c, d in f["commit"][1]["inline"]))
         if self.fail_group or any(f["ino"] == self.bad for f in files):
             raise OSError("the group failed")
-        return [(_attr(f["ino"]), []) for f in files]
+        return [(_attr(f["ino"]), [], 0) for f in files]
 
 
 def _dirops(fs: RecordingFs) -> DirOps:

@@ -22,14 +22,16 @@ class InodeRequest(_message.Message):
     def __init__(self, ino: _Optional[int] = ...) -> None: ...
 
 class EntryReply(_message.Message):
-    __slots__ = ("attr", "parent_attr", "results")
+    __slots__ = ("attr", "parent_attr", "results", "cookie")
     ATTR_FIELD_NUMBER: _ClassVar[int]
     PARENT_ATTR_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    COOKIE_FIELD_NUMBER: _ClassVar[int]
     attr: _common_pb2.Attr
     parent_attr: _common_pb2.Attr
     results: _containers.RepeatedCompositeFieldContainer[UnlinkResult]
-    def __init__(self, attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., parent_attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., results: _Optional[_Iterable[_Union[UnlinkResult, _Mapping]]] = ...) -> None: ...
+    cookie: int
+    def __init__(self, attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., parent_attr: _Optional[_Union[_common_pb2.Attr, _Mapping]] = ..., results: _Optional[_Iterable[_Union[UnlinkResult, _Mapping]]] = ..., cookie: _Optional[int] = ...) -> None: ...
 
 class AttrReply(_message.Message):
     __slots__ = ("attr",)
