@@ -332,10 +332,11 @@ class GrpcFilesystem:
         """A regular file at an inode number delegated to this session, with its first
         commit (commit_file's (args, kwargs) after the inode) or empty: (attrs after it,
         the parent's, the results of `items`, its listing cookie: nonzero only while this
-        session holds `parent` exclusively). `attrs`: attribute changes made before it was sent (setattr's keyword
-        arguments with `fields`; no size), applied before the commit in its transaction.
-        `items`: attribute changes of other files of `parent` (unlink_batch's (name, ino,
-        attrs) items), applied first; their results come third, as unlink_batch's.
+        session holds `parent` exclusively). `attrs`: attribute changes made before it was
+        sent (setattr's keyword arguments with `fields`; no size), applied before the commit
+        in its transaction. `items`: attribute changes of other files of `parent`
+        (unlink_batch's (name, ino, attrs) items), applied first; their results come third,
+        as unlink_batch's.
         `request_id`: the caller's, kept across its own later attempts."""
         req = self._create_request(parent, name, ino, mode, uid, gid, commit, request_id,
                                    attrs, items)
