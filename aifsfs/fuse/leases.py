@@ -35,8 +35,9 @@ Interface:
                                      this mount added (ino) or removed (None) `name` in
                                      `parent`: a leased directory is updated instead of dropped,
                                      unless a recall or reset came since `mark` (taken before
-                                     the call): then it is dropped. Its pages go, unless
-                                     listed_later: they wait for the name's cookie
+                                     the call): then it is dropped. A name removed leaves
+                                     its pages; one added drops them, unless listed_later:
+                                     they wait for the name's cookie
         .own_listed(parent, name, attr, cookie)
                                      ... which the server gave: the name joins the listing's end
         .own_attr(mark, attr)        this mount's change of a file it made in a directory it
@@ -60,6 +61,7 @@ one locally needs no message (the server's recall of it later is acked at once).
 
 from __future__ import annotations
 
+import bisect
 import threading
 import time
 from collections import OrderedDict
@@ -86,6 +88,10 @@ class _Entry:
         # names this mount added while keeping the pages, whose cookie is not known yet:
         # until each is listed (own_listed), no page is served
         self.unlisted: dict[bytes, int] = {}
+
+
+def _cookie(e: DirEntry) -> int:
+    return e.cookie
 
 
 def _chain(d: _Entry) -> list[tuple[int, DirEntry]] | None:
@@ -365,6 +371,8 @@ class LeaseCache:
             d.total = None
             if ino is not None and listed_later and d.pages:
                 d.unlisted[name] = ino          # the pages wait for its cookie (own_listed)
+            elif ino is None and d.pages:
+                self._unlist(parent, d, name)
             else:
                 d.pages, d.unlisted = {}, {}
             if ino is None:
@@ -374,6 +382,31 @@ class LeaseCache:
                     d.names[name] = None
             else:
                 d.names[name] = ino
+
+    def _unlist(self, parent: int, d: _Entry, name: bytes) -> None:
+        """`name` left `parent`: it leaves every kept page that shows it (found by the cookie
+        its listing gave it: entries are in cookie order). The pages go instead when that is
+        not known, or would break their chain (the last entry of a page before the end: the
+        next page is keyed by its cookie). Under the lock."""
+        if d.unlisted.pop(name, None) is not None:
+            return                              # never listed: an unborn file
+        ino = d.names.get(name)
+        pos = None if ino is None else self._pos.get(ino)
+        if pos is None or pos[0] != parent:
+            d.pages, d.unlisted = {}, {}
+            return
+        cookie, found = pos[2], False
+        for k, (entries, eof) in list(d.pages.items()):
+            i = bisect.bisect_left(entries, cookie, key=_cookie)
+            if i == len(entries) or entries[i].cookie != cookie:
+                continue
+            if entries[i].name != name or (i == len(entries) - 1 and not eof):
+                d.pages, d.unlisted = {}, {}
+                return
+            d.pages[k] = (entries[:i] + entries[i + 1:], eof)
+            found = True
+        if not found:
+            d.pages, d.unlisted = {}, {}
 
     def own_listed(self, parent: int, name: bytes, a: Attr, cookie: int) -> None:
         """The server made `name` (own_entry(listed_later=True)) at listing cookie `cookie`

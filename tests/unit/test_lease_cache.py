@@ -81,16 +81,38 @@ def test_no_page_is_served_while_a_name_waits_for_its_cookie() -> None:
     assert _walk(c) == [(b"a", 100, 0), (b"b", 101, 0)]
 
 
-def test_a_cookie_not_past_the_end_or_an_unlink_drops_the_pages() -> None:
+def test_a_cookie_not_past_the_end_drops_the_pages() -> None:
     c = _cache()
     _make(c, b"a", 100, cookie=5)
     _make(c, b"b", 101, cookie=4)                       # not after "a": its place is unknown
     assert c.readdir(DIR, 0) is None
     assert c.lookup(DIR, b"zz") is NEGATIVE     # the names stay: absent ones still answered
 
+
+def _unlink(c: LeaseCache, name: bytes) -> None:
+    c.own_entry(c.recalls(), DIR, name, None)
+
+
+def test_a_name_removed_leaves_the_pages_that_show_it() -> None:
     c = _cache()
-    _make(c, b"a", 100, cookie=5)
-    c.own_entry(c.recalls(), DIR, b"a", None)
+    n = PAGE_MAX + 3
+    for i in range(n):
+        _make(c, b"f%05d" % i, 100 + i, cookie=1000 + i)
+    for i in (0, 7, PAGE_MAX, n - 1):                   # first, middle, next page, the end
+        _unlink(c, b"f%05d" % i)
+    left = [i for i in range(n) if i not in (0, 7, PAGE_MAX, n - 1)]
+    assert _walk(c) == [(b"f%05d" % i, 100 + i, 0) for i in left]
+    # an unborn file removed before its birth: never listed, the pages stay served
+    c.own_entry(c.recalls(), DIR, b"u", 9999, listed_later=True)
+    _unlink(c, b"u")
+    assert _walk(c) == [(b"f%05d" % i, 100 + i, 0) for i in left]
+
+
+def test_removing_the_last_entry_of_a_page_before_the_end_drops_the_pages() -> None:
+    c = _cache()
+    for i in range(PAGE_MAX + 1):
+        _make(c, b"f%05d" % i, 100 + i, cookie=1000 + i)
+    _unlink(c, b"f%05d" % (PAGE_MAX - 1))               # the next page is keyed by its cookie
     assert c.readdir(DIR, 0) is None
 
 
