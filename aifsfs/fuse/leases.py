@@ -30,6 +30,7 @@ Interface:
                                      where a leased listing last showed the inode (a hint for
                                      batched opens of the next files of a directory)
         .drop(*inos)                 this mount changed them (its own changes are not recalled)
+        .drop_attr(ino)              ... only its attributes: a directory keeps its listing
         .recalls() -> mark;  .own_entry(mark, parent, name, ino | None, parent_attr=None,
                                         listed_later=False)
                                      this mount added (ino) or removed (None) `name` in
@@ -345,6 +346,20 @@ class LeaseCache:
             for ino in inos:
                 if ino is not None:
                     self._e.pop(ino, None)
+
+    def drop_attr(self, ino: int) -> None:
+        """This mount changed the inode's attributes only (chmod, chown, utimens): as drop,
+        but a directory keeps its names and pages (they do not change with its attrs)."""
+        s = self.session
+        if s is None:
+            return
+        with self._lock:
+            s.bump()
+            e = self._e.get(ino)
+            if e is not None and (e.names or e.pages or e.complete):
+                e.attr = None
+            else:
+                self._e.pop(ino, None)
 
     def recalls(self) -> tuple[int, int]:
         with self._lock:

@@ -960,7 +960,11 @@ class AIFSOperations(pyfuse3.Operations):
         try:
             a: Attr = await self._call(self.fs.setattr, inode, bits, **kw)
         finally:
-            self._changed(inode)
+            if bits & SET_SIZE:
+                self._changed(inode)
+            else:
+                # a directory's chmod or utimens (tar's, at the end) leaves its listing
+                self.leases.drop_attr(inode)
         self._note_attr(a, t0)
         if st is not None:
             st.attr = a
@@ -997,9 +1001,14 @@ class AIFSOperations(pyfuse3.Operations):
             atime_ns=kw["atime_ns"] if bits & SET_ATIME else cur.atime_ns,
             mtime_ns=kw["mtime_ns"] if bits & SET_MTIME else cur.mtime_ns,
             ctime_ns=attrs["ctime_ns"])
+        mark = self.leases.recalls()
         if q.try_setattr(ino, attrs, a) is None:
             return None
         self._changed(ino)          # a read lease's attrs of it are old now
+        if not q.unborn(ino):
+            # what the batch will store, answered here: the directory's kept listing shows
+            # it (tar's utimens after each file) and stays local
+            self.leases.own_attr(mark, a)
         return a
 
     async def _reload(self, st: FileState) -> None:

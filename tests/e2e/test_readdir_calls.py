@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import stat
+import subprocess
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -170,3 +171,33 @@ def test_listings_follow_this_mounts_changes(
     assert _readdirs(metered) - first < listings
     b = mount_factory(metered)
     assert _listing(b.path / "r") == model
+
+
+def test_a_tree_untarred_here_is_listed_with_no_call(
+        tmp_path: Path, metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+    """tar sets each file's mode and times after writing it (queued with the directory's
+    unlinks, answered by the mount): the listing after it shows them and costs no ReadDir,
+    and another mount lists the same once the queue went."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(60):
+        f = src / f"f{i:03d}"
+        f.write_bytes(b"%d" % i * (i + 1))
+        f.chmod(0o600 + (i % 3) * 0o40)
+        os.utime(f, (1_600_000_000 + i, 1_500_000_000 + i * 1000))    # tar keeps seconds
+    tarball = tmp_path / "t.tar"
+    subprocess.run(["tar", "-cf", str(tarball), "-C", str(src), "."], check=True)
+    a = mount_factory(metered)
+    d = a.path / "x"
+    d.mkdir()
+    before = _readdirs(metered)
+    subprocess.run(["tar", "-xf", str(tarball), "-C", str(d)], check=True)
+
+    def seen(root: Path) -> dict[str, tuple[int, int, int]]:
+        return {e.name: (e.stat().st_size, stat.S_IMODE(e.stat().st_mode),
+                         e.stat().st_mtime_ns) for e in os.scandir(root)}
+    want = seen(src)
+    assert seen(d) == want
+    assert _readdirs(metered) == before
+    b = mount_factory(metered)
+    assert seen(b.path / "x") == want

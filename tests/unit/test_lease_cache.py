@@ -147,3 +147,13 @@ def test_a_recall_since_the_mark_keeps_an_own_change_out() -> None:
     c.recalled([999])                                   # some other inode, meanwhile
     c.own_attr(mark, _attr(100, size=1))
     assert c.readdir(DIR, 0) is None
+
+
+def test_an_attribute_change_of_a_directory_keeps_its_listing() -> None:
+    c = _cache()
+    _make(c, b"a", 100, cookie=5)
+    c.drop_attr(DIR)                                    # chmod or utimens of the directory
+    assert c.attr(DIR) is None                          # its attrs are asked again
+    assert _walk(c) == [(b"a", 100, 0)]                 # its names and pages stay
+    c.drop_attr(100)                                    # a file's: gone, as drop
+    assert c.readdir(DIR, 0) is None
