@@ -192,7 +192,8 @@ def create_files(fs: Any, request: Any, context: grpc.ServicerContext) -> Any:
 def listing_cookie(fs: Any, tree: Any, sess: Any, parent: int, name: bytes) -> int:
     """The new entry's ReadDir cookie for a caller that holds `parent` exclusively (no other
     client adds to it without recalling that first, so the caller's kept listing of it may
-    take the name at its end, docs/LEASES.md "Listings"); 0 for any other caller."""
+    take the name at its end: docs/LEASES.md "Listings of what this mount made"); 0 for any
+    other caller."""
     if sess is None or not fs.leases.holds_excl(sess, tree, parent):
         return 0
     return int(fs.meta.listing_cookie(tree, parent, name))

@@ -277,10 +277,7 @@ class LeaseCache:
     def put_attr(self, token: int, a: Attr) -> None:
         with self._lock:
             if self._keep(token):
-                e = self._entry(a.ino)
-                if e.attr is None or e.attr.generation != a.generation:
-                    e.refs = None
-                e.attr = a
+                self._set_attr(a)
 
     def put_map(self, token: int, a: Attr, cs: int, refs: list[ChunkRef]) -> None:
         with self._lock:
@@ -292,10 +289,7 @@ class LeaseCache:
         with self._lock:
             if self._keep(token):
                 self._entry(parent).names[name] = a.ino
-                e = self._entry(a.ino)
-                if e.attr is None or e.attr.generation != a.generation:
-                    e.refs = None
-                e.attr = a
+                self._set_attr(a)
 
     def put_negative(self, token: int, parent: int, name: bytes) -> None:
         with self._lock:
@@ -310,8 +304,6 @@ class LeaseCache:
             d = self._entry(ino)
             d.pages[cookie] = (list(entries), eof)
             d.total = None
-            for de in entries:
-                d.unlisted.pop(de.name, None)
             if len(self._pos) > self.max_inodes:
                 self._pos.clear()
             before = cookie
@@ -319,10 +311,8 @@ class LeaseCache:
                 self._pos[de.attr.ino] = (ino, before, de.cookie)
                 before = de.cookie
                 d.names[de.name] = de.attr.ino
-                e = self._entry(de.attr.ino)
-                if e.attr is None or e.attr.generation != de.attr.generation:
-                    e.refs = None
-                e.attr = de.attr
+                d.unlisted.pop(de.name, None)       # listed now: it waits for no cookie
+                self._set_attr(de.attr)
             if not d.complete and _chain_complete(d):
                 # negatives learnt before are right (same lease); anything else is absent
                 d.names = {n: i for n, i in d.names.items() if i is not None}
@@ -451,7 +441,7 @@ class LeaseCache:
                     d.pages[c] = ([de], True)
             d.total = None
             self._pos[a.ino] = (parent, last[0], cookie)
-            self._put_own(a)
+            self._set_attr(a)
 
     def own_attr(self, mark: tuple[int, int], a: Attr) -> None:
         """This mount's change of a file it made in a directory leased to it alone gave the
@@ -459,9 +449,10 @@ class LeaseCache:
         directory stay local, unless a recall or reset came since `mark` (taken before)."""
         with self._lock:
             if self._recalls == mark[0] and self._valid():
-                self._put_own(a)
+                self._set_attr(a)
 
-    def _put_own(self, a: Attr) -> None:
+    def _set_attr(self, a: Attr) -> None:
+        """Keep `a` as its inode's attrs; a map of another generation goes (under the lock)."""
         e = self._entry(a.ino)
         if e.attr is None or e.attr.generation != a.generation:
             e.refs = None
