@@ -32,6 +32,7 @@ from aifsfs.fuse.mounter import (
     MountOptions,
     add_disk_cache_arguments,
     add_mount_arguments,
+    add_writeback_argument,
     check_server,
     is_mounted,
     options_from_args,
@@ -180,7 +181,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             return _fail(f"{mp} is already mounted (stop it with `aifs down {mp}`)")
         opts = MountOptions(address=address, mountpoint=mp, allow_other=args.allow_other,
                             assets_for_all=args.assets_for_all,
-                            cache_dir=args.cache_dir, cache_size=args.cache_size)
+                            cache_dir=args.cache_dir, cache_size=args.cache_size,
+                            writeback=args.writeback)
         check_server(opts)
         entry = {"data": str(data), "address": address, "server_pid": server_pid,
                  "started_server": started or any(
@@ -273,6 +275,7 @@ def register(subparsers: Any) -> None:
                    help="with --allow-other: every user may read /.aifs/assets/ (default: "
                         "only you)")
     add_disk_cache_arguments(p)
+    add_writeback_argument(p)
     p.set_defaults(func=cmd_up)
 
     p = subparsers.add_parser("down", help="unmount and stop the server `aifs up` started",

@@ -272,7 +272,8 @@ def _run_target(t: Target, cfg: BenchConfig, res: Results, rep: int, progress: P
         drop_caches()
         step("ML epoch 3 (page cache dropped)", "ml_epoch_dropped",
              lambda: pool.epoch(root, seed=rep * 2 + 2))
-    if isinstance(t, AifsTarget):
+    # the version figures: on the AIFS target (not its --writeback twin: one is enough)
+    if isinstance(t, AifsTarget) and t.name == "aifs":
         from aifsfs.rpc.channel import default_socket
 
         address = default_socket(t.data)

@@ -44,7 +44,7 @@ from .procs import (
     wait_mounted,
 )
 
-ALL_TARGETS = ["aifs", "aifs-cluster", "aifs-cluster2", "aifs-cluster3", "native", "bindfs",
+ALL_TARGETS = ["aifs", "aifs-writeback", "aifs-cluster", "aifs-cluster2", "aifs-cluster3", "native", "bindfs",
                "gocryptfs", "rclone", "borg"]
 
 
@@ -383,6 +383,7 @@ class AifsTarget(Target):
     name = "aifs"
     label = "AIFS-FS (pyfuse3 mount + gRPC server)"
     notes = "aifs up: server on a unix socket + mount; zstd-1 then AES-256-GCM per 64 KiB frame"
+    up_args: tuple[str, ...] = ()
 
     def __init__(self, workdir: Path, quick: bool = False) -> None:
         super().__init__(workdir, quick)
@@ -421,7 +422,7 @@ class AifsTarget(Target):
     def _mount(self) -> None:
         with open(self.log, "ab") as logf:
             r = subprocess.run(
-                [*self.cli(), "up", str(self.mnt), "--data", str(self.data)],
+                [*self.cli(), "up", str(self.mnt), "--data", str(self.data), *self.up_args],
                 stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, timeout=120,
                 start_new_session=True,
             )  # fmt: skip
@@ -460,6 +461,16 @@ class AifsTarget(Target):
         # Only the processes this target found for its own mount/data dir, never by name.
         kill_pids([p for p, _ in self.pids] + find_pids([str(self.mnt), str(self.data)]))
         self.pids = []
+
+
+class AifsWritebackTarget(AifsTarget):
+    """The same, mounted with --writeback: the close of a small file made here returns before
+    its commit (docs/LEASES.md "Closes that return before their commit")."""
+
+    name = "aifs-writeback"
+    label = "AIFS-FS, --writeback"
+    notes = "aifs up --writeback: a small file's close returns once its create is queued"
+    up_args = ("--writeback",)
 
 
 class AifsClusterTarget(DaemonTarget):
@@ -594,7 +605,7 @@ class AifsCluster3Target(AifsClusterTarget):
 
 _CLASSES: dict[str, type[Target]] = {
     c.name: c
-    for c in (AifsTarget, AifsClusterTarget, AifsCluster2Target, AifsCluster3Target,
+    for c in (AifsTarget, AifsWritebackTarget, AifsClusterTarget, AifsCluster2Target, AifsCluster3Target,
               NativeTarget, BindfsTarget, GocryptfsTarget, RcloneTarget, BorgTarget)
 }
 

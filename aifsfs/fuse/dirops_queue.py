@@ -24,6 +24,10 @@ Interface:
                                           send an unborn file's CreateFile, with its first
                                           commit ((args, kwargs) of commit_file after the ino)
                                           or empty; None: it was born already
+        .queue_birth(ino, commit) -> bool a --writeback close: its CreateFile with its first
+                                          commit queued before it is sent (whoever sends
+                                          first -- a recall, a call on the file, the close's
+                                          own birth -- sends it with its data)
         .held(parent) -> bool
         .made(ino) -> (parent, name, Attr) | None
                                           a file this mount created in a directory it still
@@ -88,6 +92,9 @@ _READS = frozenset({"getattr", "get_chunk_map", "open_chunk_map", "readlink", "g
                     "listxattr", "file_info", "forget", "lookup", "readdir", "readdir_maps"})
 INOS_LOW = 64           # delegated inode numbers left when the mount asks for more
 GROUP_MAX = 64          # closes one CreateFiles carries (the server's CREATE_FILES_MAX)
+# seconds a close queued by --writeback waits for the next closes to join its call (fewer,
+# larger calls: less CPU on both sides for the same files)
+BEHIND_GATHER = 0.003
 GROUP_BYTES = 4 << 20   # and their inline bytes (the server's message limit is 8 MiB)
 # seconds an unlink waits at most for others to join its batch (the tests set it longer, to
 # hold a batch pending)
@@ -130,6 +137,7 @@ class DirOps:
         self._unborn: dict[int, tuple[int, bytes, int, int, int, bytes]] = {}
         self._unborn_in: dict[int, dict[bytes, int]] = {}                # parent -> names
         self._births: dict[int, list[_Birth]] = {}     # parent -> closes waiting to be sent
+        self._behind: dict[int, _Birth] = {}           # ino -> queued by a --writeback close
         self.stats = {"queued": 0, "batches": 0, "failed": 0, "created": 0, "attrs": 0,
                       "grouped": 0}
         session.want_inos = True
@@ -173,15 +181,48 @@ class DirOps:
         with self._lock:
             return ino in self._unborn
 
+    def queue_birth(self, ino: int, commit: tuple[Any, dict[str, Any]]) -> bool:
+        """Queue an unborn file's CreateFile with its first commit before it is sent (a close
+        under --writeback returns once this is done): a recall, an fsync of the directory or
+        any call on the file sends it with its commit from here on, never the file empty. The
+        close's own birth(ino, commit) sends it, or returns what another send got. False: not
+        unborn (nothing queued)."""
+        with self._lock:
+            u = self._unborn.get(ino)
+            if u is None or ino in self._behind:
+                return False
+            me = _Birth(ino, commit)
+            self._behind[ino] = me
+            self._births.setdefault(u[0], []).append(me)
+            return True
+
     def birth(self, ino: int, commit: tuple[Any, dict[str, Any]] | None = None) -> Any:
         with self._lock:
+            me = self._behind.get(ino)
+            if me is not None and commit is not None:
+                del self._behind[ino]           # the close that queued it: its own send
+                if me.done:
+                    return me.attrs
+                wait = me.queued + BEHIND_GATHER - time.monotonic()
+                if wait > 0 and len(self._births.get(self._unborn[ino][0], ())) < GROUP_MAX:
+                    # let the next closes join its call: fewer, larger calls
+                    self._lock.release()
+                    try:
+                        time.sleep(wait)
+                    finally:
+                        self._lock.acquire()
+                    if me.done:
+                        return me.attrs
             u = self._unborn.get(ino)
             if u is None:
                 return None
             parent = u[0]
             lk = self._sending.setdefault(parent, threading.Lock())
-            me = _Birth(ino, commit)
-            self._births.setdefault(parent, []).append(me)
+            if me is None and commit is None:   # a close's, queued: that one (the data)
+                me = next((b for b in self._births.get(parent, ()) if b.ino == ino), None)
+            if me is None:
+                me = _Birth(ino, commit)
+                self._births.setdefault(parent, []).append(me)
         with lk:
             # Group commit: whoever takes the directory's lock sends every close that queued
             # behind the call before it, in one CreateFiles (parallel writers: tar | xargs -P,
@@ -204,7 +245,13 @@ class DirOps:
                         self._births.setdefault(parent, [])[:0] = rest
                     if me.done:
                         return me.attrs
-            return self._birth_locked(ino, commit)
+            with self._lock:        # sent alone: out of the queue a flush sends from
+                q = self._births.get(parent)
+                if q is not None and me in q:
+                    q.remove(me)
+            a = self._birth_locked(ino, me.commit)
+            me.finish(a)
+            return a
 
     def _births_locked(self, parent: int, group: list[_Birth]) -> None:
         """With the directory's sending lock held: the unborn files of `group` in one
@@ -443,14 +490,42 @@ class DirOps:
         with self._lock:
             lk = self._sending.setdefault(parent, threading.Lock())
         with lk:
-            with self._lock:
-                unborn = list(self._unborn_in.get(parent, {}).values())
+            self._send_births_locked(parent)
+            with self._lock:       # (but not those a failed send left to their close)
+                queued = {b.ino for b in self._births.get(parent, ())}
+                unborn = [i for i in self._unborn_in.get(parent, {}).values()
+                          if i not in queued]
             for ino in unborn:      # made empty; their close commits as for any file
                 try:
                     self._birth_locked(ino, None)
                 except Exception as exc:  # noqa: BLE001 - its close reports it
                     log.warning("creating inode %d in directory %d: %s", ino, parent, exc)
             self._send_queued_locked(parent, full_only=full_only)
+
+    def _send_births_locked(self, parent: int) -> None:
+        """With the directory's sending lock held: the closes queued in `parent` (waiting
+        for the lock, or queued behind a --writeback close) go with their commits, grouped;
+        each is then done, or left to its own close to send (a failure is logged)."""
+        while True:
+            with self._lock:
+                group = self._births.pop(parent, [])
+            if not group:
+                return
+            take, rest = _group_of(group[0], group[1:])
+            with self._lock:
+                if rest:
+                    self._births.setdefault(parent, [])[:0] = rest
+            self._births_locked(parent, take)
+            for b in take:
+                if b.done:
+                    continue
+                try:
+                    b.finish(self._birth_locked(b.ino, b.commit))
+                except Exception as exc:  # noqa: BLE001 - its close sends it again
+                    log.warning("creating inode %d in directory %d: %s", b.ino, parent, exc)
+                    with self._lock:
+                        self._births.setdefault(parent, []).append(b)
+                    return
 
     def _send_queued_locked(self, parent: int, skip_unborn: bool = False,
                             full_only: bool = False) -> None:
@@ -621,13 +696,14 @@ def _group_of(me: _Birth, waiting: list[_Birth]) -> tuple[list[_Birth], list[_Bi
 
 class _Birth:
     """A close waiting for its unborn file's CreateFile (DirOps.birth's group commit)."""
-    __slots__ = ("ino", "commit", "done", "alone", "attrs")
+    __slots__ = ("ino", "commit", "done", "alone", "attrs", "queued")
 
     def __init__(self, ino: int, commit: tuple[Any, dict[str, Any]] | None) -> None:
         self.ino, self.commit = ino, commit
         self.done = False       # sent in a group: `attrs` is the reply (None: born already)
         self.alone = False      # its group's call failed: send it on its own
         self.attrs: Any = None
+        self.queued = time.monotonic()
 
     def finish(self, attrs: Any) -> None:
         self.attrs, self.done = attrs, True

@@ -7,7 +7,8 @@ Interface:
                  cache_dir=None (= disk_cache.default_cache_dir()),
                  cache_size=None (= disk_cache.default_cache_size(cache_dir); 0: no disk cache),
                  attr_timeout=1.0, entry_timeout=None (= attr_timeout), retry_for=30.0,
-                 timeout=30.0, max_dirty=32 MiB, debug=False)
+                 timeout=30.0, max_dirty=32 MiB, debug=False, sync_dirops=False,
+                 writeback=False)
     parse_size(text) -> int                     "512M", "10G", "1GiB", "1048576" -> bytes
     check_server(opts) -> None                  health check; raises MountError with a clear message
     run_mount(opts) -> int                      the mount, in this process, until unmounted or
@@ -78,6 +79,7 @@ class MountOptions:
     max_dirty: int = MAX_DIRTY_DEFAULT
     debug: bool = False
     sync_dirops: bool = False       # send every unlink before answering (docs/LEASES.md)
+    writeback: bool = False         # a small file's close returns before its commit (LEASES.md)
 
     def to_argv(self) -> list[str]:
         argv = [self.address, self.mountpoint, "--namespace", self.namespace,
@@ -100,6 +102,8 @@ class MountOptions:
             argv.append("--read-only")
         if self.sync_dirops:
             argv.append("--sync-dirops")
+        if self.writeback:
+            argv.append("--writeback")
         if self.debug:
             argv.append("--debug")
         return argv
@@ -225,7 +229,7 @@ def run_mount(opts: MountOptions) -> int:
         client, attr_timeout=opts.attr_timeout,
         entry_timeout=opts.attr_timeout if opts.entry_timeout is None else opts.entry_timeout,
         cache_bytes=opts.mem_cache_size, max_dirty_bytes=opts.max_dirty, read_only=opts.read_only,
-        sync_dirops=opts.sync_dirops or None)
+        sync_dirops=opts.sync_dirops or None, writeback=opts.writeback)
     ops.synthetic.assets_for_all = opts.assets_for_all
     disk = _open_disk_cache(opts)
     ops.reader.disk = disk
@@ -402,7 +406,16 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
                    help="send each unlink to the server before answering it, instead of in "
                         "batches under an exclusive directory lease (docs/LEASES.md: batched "
                         "unlinks not yet sent are lost if the mount dies)")
+    add_writeback_argument(p)
     p.add_argument("--debug", action="store_true")
+
+
+def add_writeback_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--writeback", action="store_true",
+                   help="the close of a small file created here returns before the server "
+                        "has it (sent within milliseconds, grouped; another client still sees "
+                        "it at once). A file closed in the last moments before the mount dies "
+                        "is lost; fsync waits for it (docs/LEASES.md)")
 
 
 def add_disk_cache_arguments(p: argparse.ArgumentParser) -> None:
@@ -422,7 +435,8 @@ def options_from_args(a: argparse.Namespace) -> MountOptions:
         read_only=a.read_only, mem_cache_size=a.mem_cache_size, cache_dir=a.cache_dir,
         cache_size=a.cache_size, attr_timeout=a.attr_timeout,
         entry_timeout=a.entry_timeout, retry_for=a.retry_for, timeout=a.timeout,
-        max_dirty=a.max_dirty, debug=a.debug, sync_dirops=a.sync_dirops)
+        max_dirty=a.max_dirty, debug=a.debug, sync_dirops=a.sync_dirops,
+        writeback=a.writeback)
 
 
 def main(argv: list[str] | None = None) -> int:

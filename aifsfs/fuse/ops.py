@@ -124,6 +124,10 @@ SPILL_MIN = FRAME_SIZE      # a fill queues for the disk cache only files of a f
 # A leased directory that keeps getting lookups of absent names (creates in an existing
 # directory: tar, cp -r) is listed whole after this many, so that it becomes complete and the
 # next creates ask no negative Lookup -- when it has at most LIST_MAX_PAGES pages.
+# --writeback: closes whose commit may be under way at once, and their bytes (past either,
+# a close waits for its commit)
+WRITEBACK_MAX = 256
+WRITEBACK_BYTES = 16 << 20
 NEGATIVES_BEFORE_LISTING = 8
 LIST_MAX_PAGES = 10
 # readdir offsets: 1 and 2 resume after "." and ".."; a server cookie c is offset c + _DOTS
@@ -229,7 +233,8 @@ class AIFSOperations(pyfuse3.Operations):
     def __init__(self, client: MountClient, *, attr_timeout: float = 1.0, entry_timeout: float = 1.0,
                  cache_bytes: int = 128 << 20, max_dirty_bytes: int = 64 << 20,
                  readahead_chunks: int = 8, threads: int = 32, read_only: bool = False,
-                 leases: bool | None = None, sync_dirops: bool | None = None) -> None:
+                 leases: bool | None = None, sync_dirops: bool | None = None,
+                 writeback: bool = False) -> None:
         super().__init__()
         self.client = client
         self.fs = client.fs
@@ -263,6 +268,11 @@ class AIFSOperations(pyfuse3.Operations):
                                      on_born=self.leases.own_listed)
                 self._session.want_excl = True
                 self.fs = cast(Any, OrderedFs(self._session.fs, self.dirops))
+        # --writeback (LEASES.md "Closes that return before their commit"): the close of a
+        # small file made here returns once its CreateFile is queued; ino -> commits under way
+        self.writeback = writeback and self.dirops is not None
+        self._behind: dict[int, int] = {}
+        self._behind_bytes = 0
         self.attr_timeout = attr_timeout
         self.entry_timeout = entry_timeout
         self.read_only = read_only
@@ -1479,11 +1489,13 @@ class AIFSOperations(pyfuse3.Operations):
         await self.buffers.write(st, off, buf)
         return len(buf)
 
-    async def _commit(self, st: FileState, durable: bool = False) -> None:
+    async def _commit(self, st: FileState, durable: bool = False,
+                      ready: Callable[[int, tuple[Any, dict[str, Any]]], None] | None = None
+                      ) -> None:
         t0 = time.monotonic()
         mark = self.leases.recalls()
         try:
-            a = await self.buffers.flush(st, durable=durable)
+            a = await self.buffers.flush(st, durable=durable, ready=ready)
         finally:
             self._changed(st.ino)
         if a is not None:
@@ -1511,7 +1523,56 @@ class AIFSOperations(pyfuse3.Operations):
         if not h.state.is_dirty():
             await self._born(h.ino)      # close returns once the file is on the server
             return
+        if await self._commit_behind(h.state):
+            return
         await self._commit(h.state)
+
+    async def _commit_behind(self, st: FileState) -> bool:
+        """--writeback: commit a small file made here (unborn, its bytes inline) in the
+        background, and return once its CreateFile is queued (DirOps.queue_birth): from then
+        on a recall, an fsync or any call that depends on it sends it with its data. An error
+        before that is the close's; one after it is logged and the commit retried. False: not
+        such a file, or WRITEBACK_MAX commits are under way already (commit it now)."""
+        q = self.dirops
+        if (not self.writeback or q is None or self._nursery is None
+                or sum(self._behind.values()) >= WRITEBACK_MAX
+                or self._behind_bytes + st.size > WRITEBACK_BYTES
+                or st.size > self.buffers.inline_max or not q.unborn(st.ino)):
+            return False
+        queued = trio.Event()
+        failed: list[BaseException] = []
+        size = st.size
+
+        def ready(ino: int, commit: tuple[Any, dict[str, Any]]) -> None:
+            if q.queue_birth(ino, commit):
+                queued.set()            # else: born since, the close waits for the commit
+
+        async def commit() -> None:
+            try:
+                await self._commit(st, ready=ready)
+            except Exception as exc:  # noqa: BLE001 - the close's, or logged and retried
+                if not queued.is_set():
+                    failed.append(exc)
+                else:
+                    log.warning("commit of inode %d after its close failed (%s); kept, will "
+                                "retry", st.ino, exc)
+                    self._schedule_retry(st)
+            finally:
+                queued.set()
+                self._behind_bytes -= size
+                n = self._behind.pop(st.ino) - 1
+                if n:
+                    self._behind[st.ino] = n
+            if not failed and st.ino not in self._behind:
+                await self._maybe_drop(st)
+
+        self._behind[st.ino] = self._behind.get(st.ino, 0) + 1
+        self._behind_bytes += size
+        self._nursery.start_soon(commit)
+        await queued.wait()
+        if failed:
+            raise failed[0]
+        return True
 
     @_errors()
     async def fsync(self, fh: pyfuse3.FileHandleT, datasync: bool) -> None:
@@ -1528,6 +1589,8 @@ class AIFSOperations(pyfuse3.Operations):
             return
         st = h.state
         st.handles -= 1
+        if st.ino in self._behind:
+            return                      # committed behind the close: that drops it after
         if st.is_dirty():
             try:
                 await self._commit(st)
@@ -1580,6 +1643,8 @@ class AIFSOperations(pyfuse3.Operations):
 
     async def shutdown(self) -> None:
         """After unmount: commit what is left, then forget unlinked inodes."""
+        while self._behind:                 # --writeback commits under way (each bounded
+            await trio.sleep(0.01)          # by the call's retry time)
         failed = await self.flush_all()
         for ino, exc in failed:
             log.error("inode %d: could not commit buffered data at unmount: %s", ino, exc)

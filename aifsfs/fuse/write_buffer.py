@@ -26,9 +26,10 @@ Interface:
         .start(nursery)                         where background uploads run
         await .write(st, offset, data)          buffer; full slots upload in the background;
                                                 waits while the mount holds too much dirty data
-        await .flush(st, durable=False) -> Attr | None
+        await .flush(st, durable=False, ready=None) -> Attr | None
                                                 upload what is left, CommitFile the changed slots
-                                                (durable for fsync)
+                                                (durable for fsync; ready(ino, commit) just
+                                                before the call: --writeback queues it)
                                                 (+ size; the server computes the file's
                                                 asset id itself, it trusts no claim)
                                                 slots of at most `inline_max` bytes still dirty
@@ -66,6 +67,7 @@ import errno
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import blake3
 import trio
@@ -631,16 +633,16 @@ class WriteBuffers:
             self.held_bytes -= len(got[1])
         self._held.pop((st.ino, idx), None)
 
-    def _commit_blocking(self, st: FileState, refs: list[ChunkRef], size: int, durable: bool,
-                         inline: list[tuple[bytes, bytes]],
+    def _commit_blocking(self, st: FileState, commit: tuple[Any, dict[str, Any]],
                          held: dict[bytes, bytes]) -> Attr:
-        """CommitFile; answered MISSING_CHUNK (a chunk collected before its commit), upload
-        the missing chunks again from `held` (chunk id -> bytes) and commit again."""
-        inline_ids = {cid for cid, _ in inline}
+        """CommitFile (`commit`: its arguments after the inode, see flush); answered
+        MISSING_CHUNK (a chunk collected before its commit), upload the missing chunks again
+        from `held` (chunk id -> bytes) and commit again."""
+        (refs, _size), kw = commit
+        inline_ids = {cid for cid, _ in kw["inline"]}
         for attempt in range(3):
             try:
-                return self.fs.commit_file(st.ino, refs, size, truncated=False,
-                                           mtime_ns=st.mtime_ns, durable=durable, inline=inline)
+                return self.fs.commit_file(st.ino, *commit[0], **kw)
             except MissingChunk:
                 if attempt == 2:
                     raise
@@ -684,9 +686,14 @@ class WriteBuffers:
             err = OSError(what)
         return err.with_traceback(None)
 
-    async def flush(self, st: FileState, durable: bool = False) -> Attr | None:
+    async def flush(self, st: FileState, durable: bool = False,
+                    ready: Callable[[int, tuple[Any, dict[str, Any]]], None] | None = None
+                    ) -> Attr | None:
         """Upload every dirty slot and commit; returns the committed attributes (None if clean).
-        durable (fsync): the commit is on the server's stable storage when this returns."""
+        durable (fsync): the commit is on the server's stable storage when this returns.
+        ready(ino, commit): called in trio's thread once the CommitFile's arguments are made,
+        just before it is sent (commit: its arguments after the inode; --writeback queues it
+        there)."""
         async with st.commit_lock:
             refused = self._refused_error(st)
             if refused is not None:
@@ -748,10 +755,13 @@ class WriteBuffers:
                           if sg.ref.chunk_id]
                 size = st.size
                 held = {ref.chunk_id: data for ref, data in st.held.values()}
+                commit = ((refs, size), dict(truncated=False, mtime_ns=st.mtime_ns,
+                                             durable=durable, inline=inline))
+                if ready is not None:
+                    ready(st.ino, commit)
                 try:
                     attr: Attr = await trio.to_thread.run_sync(
-                        self._commit_blocking, st, refs, size, durable, inline, held,
-                        limiter=self.limiter)
+                        self._commit_blocking, st, commit, held, limiter=self.limiter)
                 except MissingChunk as exc:
                     # data lost for good: as if those writes had been refused (all or nothing)
                     lost_ids: set[bytes] = getattr(exc, "lost_ids", set())

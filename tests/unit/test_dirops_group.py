@@ -6,7 +6,10 @@ is tests/integration/test_create_files.py, the whole over a mount tests/e2e/test
   attributes back;
 - when that call fails, each file is sent alone with the request id it had in the group (so
   the server answers again what the group did), and each close gets its own result or error;
-- a lone close never waits for a group: one create_file.
+- a lone close never waits for a group: one create_file;
+- closes queued by --writeback (queue_birth) go with their data whoever sends them: a recall
+  (the directory's flush) or a call on the file, never the file empty; the close's own send
+  then returns the attributes that send got, with no call of its own.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class RecordingFs:
         self.groups: list[list[tuple[int, bytes]]] = []
         self.group_bytes: list[int] = []                    # inline bytes a call carried
         self.fail_group, self.bad = fail_group, bad
+        self.commits: dict[int, Any] = {}                   # ino -> the commit it went with
         self._lock = threading.Lock()
 
     def create_file(self, parent: int, name: bytes, ino: int, mode: int, uid: int, gid: int,
@@ -49,6 +53,7 @@ class RecordingFs:
         with self._lock:
             first = not self.singles and not self.groups
             self.singles.append((ino, request_id))
+            self.commits[ino] = commit
         if first:
             self.entered.set()
             assert self.release.wait(10)
@@ -59,6 +64,7 @@ class RecordingFs:
     def create_files(self, files: list[dict[str, Any]]) -> list[tuple[Attr, list[Any], int]]:
         with self._lock:
             self.groups.append([(f["ino"], f["request_id"]) for f in files])
+            self.commits.update((f["ino"], f["commit"]) for f in files)
             self.group_bytes.append(sum(len(d) for f in files if f["commit"]
                                         for _c, d in f["commit"][1]["inline"]))
         if self.fail_group or any(f["ino"] == self.bad for f in files):
@@ -150,3 +156,36 @@ def test_a_group_stays_within_its_bytes() -> None:
     sent = [i for g in fs.groups for i, _ in g] + [i for i, _ in fs.singles]
     assert sorted(sent) == list(range(100, 106)), sent          # each file once
     assert len(fs.groups) + len(fs.singles) >= 3                 # 6 MiB: not one call
+
+
+def _wb_commit(ino: int) -> Any:
+    return (((), 5), {"inline": [(b"%032d" % ino, b"data%d" % ino)]})
+
+
+def test_a_recall_sends_the_closes_queued_behind_with_their_data() -> None:
+    fs = RecordingFs()
+    fs.release.set()
+    q = _dirops(fs)
+    for ino in (100, 101, 102):
+        assert q.queue_birth(ino, _wb_commit(ino))
+    assert not q.queue_birth(100, _wb_commit(100)), "queued once"
+    q.recalled([PARENT])                        # the lease stream, before its ack
+    assert fs.commits[100] == _wb_commit(100) and fs.commits[102] == _wb_commit(102)
+    assert [sorted(i for i, _ in g) for g in fs.groups] == [[100, 101, 102]]
+    assert fs.commits[103] is None and fs.commits[105] is None   # open here: made empty
+    calls = len(fs.singles) + len(fs.groups)
+    for ino in (100, 101, 102):                 # each close's own send: answered already
+        assert q.birth(ino, _wb_commit(ino)).ino == ino
+    assert len(fs.singles) + len(fs.groups) == calls
+    assert not any(q.unborn(i) for i in range(100, 106))
+
+
+def test_a_call_on_a_file_queued_behind_sends_it_with_its_data() -> None:
+    fs = RecordingFs()
+    fs.release.set()
+    q = _dirops(fs)
+    assert q.queue_birth(101, _wb_commit(101))
+    assert q.birth(101).ino == 101              # e.g. a rename of it: born first
+    assert fs.commits == {101: _wb_commit(101)}
+    assert q.birth(101, _wb_commit(101)).ino == 101
+    assert len(fs.singles) + len(fs.groups) == 1
