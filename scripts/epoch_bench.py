@@ -106,8 +106,9 @@ def drop() -> None:
 
 
 class AifsRig:
-    def __init__(self, work: Path, tree: Path | None) -> None:
+    def __init__(self, work: Path, tree: Path | None, up_args: tuple[str, ...] = ()) -> None:
         self.work = work
+        self.up_args = up_args          # more `aifs up` flags (--writeback)
         self.data = work / "data"
         self.mnt = work / "mnt"
         self.cache = work / "cache"
@@ -167,8 +168,8 @@ class AifsRig:
 
     def up(self) -> None:
         subprocess.run([AIFS, "up", str(self.mnt), "--data", str(self.data), "--cache-dir",
-                        str(self.cache)], check=True, stdout=subprocess.DEVNULL, env=self.env,
-                       cwd=self.work)
+                        str(self.cache), *self.up_args], check=True, stdout=subprocess.DEVNULL,
+                       env=self.env, cwd=self.work)
 
     def down(self) -> None:
         subprocess.run([AIFS, "down", str(self.mnt)], check=False, stdout=subprocess.DEVNULL,

@@ -1,10 +1,10 @@
 """The bench's small-file phases alone, with calls and CPU per file (issue 9).
 
 usage: .venv/bin/python scripts/smallbench.py WORKDIR [--target aifs|gocryptfs] [--files N]
-           [--rounds N] [--spy PHASE] [--tree DIR] [--writers N]
+           [--rounds N] [--spy PHASE] [--tree DIR] [--writers N] [--writeback]
 
 Runs what `aifs bench` times for small files, in its order: `create` (N 4 KiB files, one
-process, open O_CREAT|O_EXCL + write + close, no fsync) on a fresh mount, then the server
+process, open O_CREAT|O_EXCL + write + close, then one fsync of the directory) on a fresh mount, then the server
 restarted, the mount remounted and the page cache dropped, then `stat` (listing + stat of
 each), `read` (listing + open/read/close of each), `unlink`. --rounds repeats the whole
 sequence in new directories on the same mount (after the first round the directory is new,
@@ -91,7 +91,8 @@ def one_round(rig: AifsRig | GocryptfsRig, sub: Path, a: argparse.Namespace) -> 
 def make_rig(a: argparse.Namespace) -> AifsRig | GocryptfsRig:
     if a.target == "gocryptfs":
         return GocryptfsRig(a.work)
-    aifs = AifsRig(a.work, a.tree.resolve() if a.tree else None)
+    aifs = AifsRig(a.work, a.tree.resolve() if a.tree else None,
+                   ("--writeback",) if a.writeback else ())
     aifs.start_server()
     aifs.up()
     return aifs
@@ -108,6 +109,7 @@ def main() -> None:
                          "commit: before/after on one machine)")
     ap.add_argument("--spy", default="", help="py-spy both processes during this phase")
     ap.add_argument("--writers", type=int, default=1, help="threads creating at once")
+    ap.add_argument("--writeback", action="store_true", help="mount with `aifs up --writeback`")
     ap.add_argument("--keep-mount", action="store_true",
                     help="no server restart and remount after create, only the page cache "
                          "dropped (as `aifs bench` does)")

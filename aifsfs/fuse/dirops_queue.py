@@ -28,6 +28,7 @@ Interface:
                                           commit queued before it is sent (whoever sends
                                           first -- a recall, a call on the file, the close's
                                           own birth -- sends it with its data)
+        .sent_behind(ino) -> Attr | None  its attributes once another send took it
         .held(parent) -> bool
         .made(ino) -> (parent, name, Attr) | None
                                           a file this mount created in a directory it still
@@ -92,9 +93,6 @@ _READS = frozenset({"getattr", "get_chunk_map", "open_chunk_map", "readlink", "g
                     "listxattr", "file_info", "forget", "lookup", "readdir", "readdir_maps"})
 INOS_LOW = 64           # delegated inode numbers left when the mount asks for more
 GROUP_MAX = 64          # closes one CreateFiles carries (the server's CREATE_FILES_MAX)
-# seconds a close queued by --writeback waits for the next closes to join its call (fewer,
-# larger calls: less CPU on both sides for the same files)
-BEHIND_GATHER = 0.003
 GROUP_BYTES = 4 << 20   # and their inline bytes (the server's message limit is 8 MiB)
 # seconds an unlink waits at most for others to join its batch (the tests set it longer, to
 # hold a batch pending)
@@ -196,6 +194,17 @@ class DirOps:
             self._births.setdefault(u[0], []).append(me)
             return True
 
+    def sent_behind(self, ino: int) -> Any:
+        """A queued close's attributes once another send took it (then its close needs no
+        call of its own); None: not sent yet, or born another way (its commit goes as any
+        file's)."""
+        with self._lock:
+            me = self._behind.get(ino)
+            if me is None or not me.done or me.attrs is None:
+                return None
+            del self._behind[ino]
+            return me.attrs
+
     def birth(self, ino: int, commit: tuple[Any, dict[str, Any]] | None = None) -> Any:
         with self._lock:
             me = self._behind.get(ino)
@@ -203,16 +212,6 @@ class DirOps:
                 del self._behind[ino]           # the close that queued it: its own send
                 if me.done:
                     return me.attrs
-                wait = me.queued + BEHIND_GATHER - time.monotonic()
-                if wait > 0 and len(self._births.get(self._unborn[ino][0], ())) < GROUP_MAX:
-                    # let the next closes join its call: fewer, larger calls
-                    self._lock.release()
-                    try:
-                        time.sleep(wait)
-                    finally:
-                        self._lock.acquire()
-                    if me.done:
-                        return me.attrs
             u = self._unborn.get(ino)
             if u is None:
                 return None
@@ -696,14 +695,13 @@ def _group_of(me: _Birth, waiting: list[_Birth]) -> tuple[list[_Birth], list[_Bi
 
 class _Birth:
     """A close waiting for its unborn file's CreateFile (DirOps.birth's group commit)."""
-    __slots__ = ("ino", "commit", "done", "alone", "attrs", "queued")
+    __slots__ = ("ino", "commit", "done", "alone", "attrs")
 
     def __init__(self, ino: int, commit: tuple[Any, dict[str, Any]] | None) -> None:
         self.ino, self.commit = ino, commit
         self.done = False       # sent in a group: `attrs` is the reply (None: born already)
         self.alone = False      # its group's call failed: send it on its own
         self.attrs: Any = None
-        self.queued = time.monotonic()
 
     def finish(self, attrs: Any) -> None:
         self.attrs, self.done = attrs, True

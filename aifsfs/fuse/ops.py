@@ -128,6 +128,7 @@ SPILL_MIN = FRAME_SIZE      # a fill queues for the disk cache only files of a f
 # a close waits for its commit)
 WRITEBACK_MAX = 256
 WRITEBACK_BYTES = 16 << 20
+BEHIND_GATHER = 0.003       # seconds a queued close waits for the next ones to join its call
 NEGATIVES_BEFORE_LISTING = 8
 LIST_MAX_PAGES = 10
 # readdir offsets: 1 and 2 resume after "." and ".."; a server cookie c is offset c + _DOTS
@@ -951,8 +952,14 @@ class AIFSOperations(pyfuse3.Operations):
             await self.reader.fence(inode)    # no pushed page may land past the new size
         st = self.inodes.state(inode)
         if st is not None and st.is_dirty() and bits & (SET_SIZE | SET_MTIME | SET_ATIME):
-            # Commit first: a later commit must not undo a truncate or a preserved mtime.
-            await self._commit(st)
+            if not bits & SET_SIZE and self.dirops is not None and self.dirops.unborn(inode):
+                # tar's utimens before its close: folded into the CreateFile, whose commit
+                # then stores this mtime (a write after it marks a new one, as it should)
+                if bits & SET_MTIME:
+                    st.mtime_ns = kw["mtime_ns"]
+            else:
+                # Commit first: a later commit must not undo a truncate or a preserved mtime.
+                await self._commit(st)
         if not bits:
             # chown(f, -1, -1) and the like: the kernel asks for a change of nothing, which
             # still marks ctime for update (Linux's notify_change with ATTR_CTIME only).
@@ -1490,8 +1497,8 @@ class AIFSOperations(pyfuse3.Operations):
         return len(buf)
 
     async def _commit(self, st: FileState, durable: bool = False,
-                      ready: Callable[[int, tuple[Any, dict[str, Any]]], None] | None = None
-                      ) -> None:
+                      ready: Callable[[int, tuple[Any, dict[str, Any]]],
+                                      Awaitable[Attr | None]] | None = None) -> None:
         t0 = time.monotonic()
         mark = self.leases.recalls()
         try:
@@ -1543,9 +1550,14 @@ class AIFSOperations(pyfuse3.Operations):
         failed: list[BaseException] = []
         size = st.size
 
-        def ready(ino: int, commit: tuple[Any, dict[str, Any]]) -> None:
-            if q.queue_birth(ino, commit):
-                queued.set()            # else: born since, the close waits for the commit
+        async def ready(ino: int, commit: tuple[Any, dict[str, Any]]) -> Attr | None:
+            if not q.queue_birth(ino, commit):
+                return None             # born since: the close waits for its commit
+            queued.set()
+            # the next closes join its call meanwhile (fewer, larger calls); most are then
+            # sent by another's call, and need no thread of their own
+            await trio.sleep(BEHIND_GATHER)
+            return q.sent_behind(ino)
 
         async def commit() -> None:
             try:

@@ -28,7 +28,7 @@ Interface:
                                                 waits while the mount holds too much dirty data
         await .flush(st, durable=False, ready=None) -> Attr | None
                                                 upload what is left, CommitFile the changed slots
-                                                (durable for fsync; ready(ino, commit) just
+                                                (durable for fsync; await ready(ino, commit)
                                                 before the call: --writeback queues it)
                                                 (+ size; the server computes the file's
                                                 asset id itself, it trusts no claim)
@@ -687,13 +687,14 @@ class WriteBuffers:
         return err.with_traceback(None)
 
     async def flush(self, st: FileState, durable: bool = False,
-                    ready: Callable[[int, tuple[Any, dict[str, Any]]], None] | None = None
+                    ready: Callable[[int, tuple[Any, dict[str, Any]]],
+                                    Awaitable[Attr | None]] | None = None
                     ) -> Attr | None:
         """Upload every dirty slot and commit; returns the committed attributes (None if clean).
         durable (fsync): the commit is on the server's stable storage when this returns.
-        ready(ino, commit): called in trio's thread once the CommitFile's arguments are made,
-        just before it is sent (commit: its arguments after the inode; --writeback queues it
-        there)."""
+        await ready(ino, commit): once the CommitFile's arguments are made, before it is sent
+        (commit: its arguments after the inode; --writeback queues it there); attributes it
+        returns are the commit's, sent by someone else (no call of ours then)."""
         async with st.commit_lock:
             refused = self._refused_error(st)
             if refused is not None:
@@ -757,10 +758,9 @@ class WriteBuffers:
                 held = {ref.chunk_id: data for ref, data in st.held.values()}
                 commit = ((refs, size), dict(truncated=False, mtime_ns=st.mtime_ns,
                                              durable=durable, inline=inline))
-                if ready is not None:
-                    ready(st.ino, commit)
                 try:
-                    attr: Attr = await trio.to_thread.run_sync(
+                    got = None if ready is None else await ready(st.ino, commit)
+                    attr: Attr = got if got is not None else await trio.to_thread.run_sync(
                         self._commit_blocking, st, commit, held, limiter=self.limiter)
                 except MissingChunk as exc:
                     # data lost for good: as if those writes had been refused (all or nothing)
