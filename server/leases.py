@@ -112,8 +112,10 @@ class LeaseManager:
         self._tree_changing: dict[Any, int] = {}        # whole-tree changes running
         self._tree_started: dict[Any, int] = {}         # last whole-tree change per tree
         self.bus: Any = None                            # lease_bus.LeaseBus (other servers)
-        # exclusive directory leases: covered inode -> (holding session id, its directory)
-        self._excl: dict[Key, tuple[str, int]] = {}
+        # exclusive directory leases: covered inode -> (holding session id, its directories
+        # covering it). One session per inode, but several of its directories: a directory
+        # held inside another is covered by both (the outer one's recall leaves it held)
+        self._excl: dict[Key, tuple[str, set[int]]] = {}
         # directories whose exclusive grant was refused for a child another session caches:
         # not listed again for a term (each try lists the directory on a caller's path)
         self._excl_refused: OrderedDict[Key, float] = OrderedDict()
@@ -319,8 +321,9 @@ class LeaseManager:
             for k in keys:
                 ex = self._excl.get(k)
                 if ex is not None and (origin is None or ex[0] != origin.id):
-                    self._drop_excl(k[0], *ex)
-                    per.setdefault(ex[0], []).append(ex[1])
+                    for d in list(ex[1]):
+                        self._drop_excl(k[0], ex[0], d)
+                        per.setdefault(ex[0], []).append(d)
                 if not reads:
                     continue
                 for sid in list(self._holders.get(k, ())):
@@ -357,8 +360,11 @@ class LeaseManager:
         s = self._sessions.get(sid)
         covered = s.excl.pop(d, set()) if s is not None else set()
         for ino in covered | {d}:
-            if self._excl.get((tree, ino), (None,))[0] == sid:
-                del self._excl[(tree, ino)]
+            ex = self._excl.get((tree, ino))
+            if ex is not None and ex[0] == sid:
+                ex[1].discard(d)
+                if not ex[1]:
+                    del self._excl[(tree, ino)]
 
     # --- exclusive directory leases -------------------------------------------------------------
     def _excl_ok(self, sess: Session | None) -> bool:
@@ -370,7 +376,8 @@ class LeaseManager:
         if sess is None:
             return False
         with self._cv:
-            return d in sess.excl and self._excl.get((tree, d), (None,))[0] == sess.id
+            ex = self._excl.get((tree, d))
+            return d in sess.excl and ex is not None and ex[0] == sess.id and d in ex[1]
 
     def may_excl(self, sess: Session | None, tree: Any, d: int) -> bool:
         if not self._excl_ok(sess):
@@ -412,7 +419,7 @@ class LeaseManager:
                 if ex is not None and ex[0] != sess.id:
                     return False
             for k in keys:
-                self._excl[k] = (sess.id, d)
+                self._excl.setdefault(k, (sess.id, set()))[1].add(d)
             sess.excl[d] = {k[1] for k in keys}
             return True
 
@@ -421,9 +428,10 @@ class LeaseManager:
             return
         with self._cv:
             covered = sess.excl.get(d)
-            if covered is not None and (tree, ino) not in self._excl:
+            ex = self._excl.get((tree, ino))
+            if covered is not None and (ex is None or ex[0] == sess.id):
                 covered.add(ino)
-                self._excl[(tree, ino)] = (sess.id, d)
+                self._excl.setdefault((tree, ino), (sess.id, set()))[1].add(d)
 
     def excl_other(self, tree: Any, inos: Iterable[int], origin: Session | None) -> bool:
         if not self._excl:

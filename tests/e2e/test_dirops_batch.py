@@ -118,6 +118,31 @@ def test_a_lookup_elsewhere_recalls_a_pending_batch(
     assert not _opens(b.path / "d" / "f0010")
 
 
+def test_a_directory_held_inside_another_is_still_recalled_after_the_outer_one(
+        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+    """A holds d, whose grant covers its child directory d/in, then d/in itself (its first
+    create's reply). B's lookup in d recalls d's lease only. A then creates d/in/new (held
+    open: made only in A) and B's lookup of it must recall in's lease, so that A makes it
+    first (the server once dropped in's own lease with d's, which covered it: B got ENOENT)."""
+    a = mount_factory(metered)
+    b = mount_factory(metered)
+    _ready(a, metered)
+    d = a.path / "d"
+    inner = d / "in"
+    inner.mkdir(parents=True)
+    (d / "first").write_bytes(b"1")                 # d held, covering `in`
+    (inner / "g0").write_bytes(b"0")                # d/in held too
+    assert (b.path / "d" / "first").read_bytes() == b"1"    # recalls d
+    before = calls(metered)
+    with open(inner / "new", "wb") as f:
+        f.write(b"hello")
+        f.flush()
+        c = _delta(metered, before)                 # (A's lookups of d and d/in: d's
+        assert not c.get("Create") and not c.get("CreateFile"), c   # recall dropped them)
+        assert _opens(b.path / "d" / "in" / "new")  # B's lookup recalls it: A makes it
+    assert (b.path / "d" / "in" / "new").read_bytes() == b"hello"
+
+
 def test_fsync_of_the_directory_sends_the_batch(
         long_interval: None, metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
     a = mount_factory(metered)

@@ -88,3 +88,34 @@ def test_a_dead_holder_is_not_waited_for() -> None:
     mgr.close_session(s1.id)            # its stream ended: the lease and its queue are gone
     assert mgr.stats()["exclusive"] == 0
     assert not mgr.read_excl(TREE, [D], None, None)     # nothing left to recall or wait for
+
+
+def test_a_directory_held_inside_another_stays_held_when_the_outer_one_is_recalled() -> None:
+    """Nested: D is held with its child A (a directory made there), then A is held too (its
+    first create). A read of D recalls D's lease only; A's stays, and a read of A's child B
+    must still recall it (the holder may have changes of B pending)."""
+    mgr = LeaseManager(term=5)
+    s1, s2 = mgr.open_session(TREE), mgr.open_session(TREE)
+    assert mgr.grant_excl(s1, TREE, D, [A], mgr.mark())
+    assert mgr.grant_excl(s1, TREE, A, [B], mgr.mark())
+    seen: list[list[int]] = []
+    stop = threading.Event()
+    t = threading.Thread(target=_ack_recalls, args=(mgr, s1, seen, stop))
+    t.start()
+    try:
+        assert mgr.read_excl(TREE, [D], s2, None)
+        assert seen == [[D]]
+        assert not mgr.holds_excl(s1, TREE, D) and mgr.holds_excl(s1, TREE, A)
+        assert mgr.read_excl(TREE, [B], s2, None)        # A's child: A's lease recalled
+        assert seen == [[D], [A]]
+        assert not mgr.holds_excl(s1, TREE, A)
+        # the other way round: the inner one recalled first leaves the outer one whole
+        assert mgr.grant_excl(s1, TREE, D, [A], mgr.mark())
+        assert mgr.grant_excl(s1, TREE, A, [B], mgr.mark())
+        assert mgr.read_excl(TREE, [B], s2, None)
+        assert seen[-1] == [A] and mgr.holds_excl(s1, TREE, D)
+        assert mgr.read_excl(TREE, [A], s2, None)        # still D's child: D's recalled
+        assert seen[-1] == [D] and not mgr.holds_excl(s1, TREE, D)
+    finally:
+        stop.set()
+        t.join(5)
