@@ -1167,13 +1167,26 @@ class AIFSOperations(pyfuse3.Operations):
         self._check_writable(parent_inode_old, name_old)
         self._check_writable(parent_inode_new, name_new)
         forget = self._nothing_open() and not self.dirs   # the replaced one may be an open dir
+        # what a rename changes: both directories, the moved inode (its ctime; a directory's
+        # ".."), a replaced one. The rest of the lease cache stands (an atomic save -- write a
+        # temporary file, rename it over the old one -- must not make every other cached
+        # listing and file ask the server again); an inode we cannot name drops it all.
+        moved = self.leases.lookup(parent_inode_old, name_old)
+        target = self.leases.lookup(parent_inode_new, name_new)
         t0 = time.monotonic()
         try:
             r = await self._call(self.fs.rename_entry, parent_inode_old, name_old,
                                  parent_inode_new, name_new, flags, forget=forget)
-        finally:
-            # the moved inode, a replaced one, both directories: drop everything (renames
-            # are rare; the cache refills from the next leased replies)
+        except BaseException:
+            self._changed()
+            self.leases.reset()
+            raise
+        if isinstance(moved, Attr) and (target is NEGATIVE or isinstance(target, Attr)
+                                        or r.replaced is not None):
+            self._changed(parent_inode_old, parent_inode_new, moved.ino,
+                          target.ino if isinstance(target, Attr) else None,
+                          r.replaced.ino if r.replaced is not None else None)
+        else:
             self._changed()
             self.leases.reset()
         # a moved directory's ctime changed and we do not know its inode: forget them all

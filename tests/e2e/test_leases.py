@@ -93,6 +93,41 @@ def test_warm_stat_open_readdir_cost_zero_calls(metered: ServerProc,
 
 
 
+def test_an_atomic_save_elsewhere_keeps_the_other_leases(
+        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+    """Write a temporary file and rename it over another (an atomic save: a checkpoint, a
+    config) while a leased directory elsewhere is read: its stats, opens and listing still
+    cost no call (a rename once dropped the mount's whole lease cache), and the saved file
+    is the new one, here and on another mount."""
+    a = mount_factory(metered, "--attr-timeout", "0", "--entry-timeout", "0")
+    b = mount_factory(metered)
+    (a.path / "data").mkdir()
+    (a.path / "out").mkdir()
+    files = [a.path / "data" / f"s{i}" for i in range(20)]
+    for i, f in enumerate(files):
+        f.write_bytes(b"%d" % i * 100)
+    saved = a.path / "out" / "ckpt"
+    saved.write_bytes(b"old")
+    _wait_leased(a, files[-1], metered)
+    for f in files:
+        f.read_bytes()
+    os.listdir(a.path / "data")
+    os.stat(saved)
+    for k in range(5):
+        tmp = a.path / "out" / f"ckpt.tmp{k}"
+        tmp.write_bytes(b"new %d" % k)
+        os.replace(tmp, saved)
+        before = calls(metered)
+        for i, f in enumerate(files):
+            assert f.read_bytes() == b"%d" % i * 100
+        assert len(os.listdir(a.path / "data")) == 20
+        c = calls(metered)
+        assert total(c) == total(before), {m: c[m] - before.get(m, 0) for m in c}
+        assert saved.read_bytes() == b"new %d" % k
+        assert (b.path / "out" / "ckpt").read_bytes() == b"new %d" % k
+        assert sorted(os.listdir(a.path / "out")) == ["ckpt"]
+
+
 @pytest.mark.parametrize("writer", ["this mount", "another mount"])
 def test_a_leased_listing_after_a_rewrite_shows_the_new_size(
         writer: str, metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
