@@ -4,7 +4,9 @@ Interface:
 - `summarize(results, config, machine) -> dict`: the JSON document (schema "aifs-bench/1"):
   `machine`, `config`, `targets` (status, reason, version, notes, expected figures),
   `figure_info` (label, unit, better), `figures[target][figure]` = {runs, median, min, max,
-  stdev}, `ratios[peer][figure]` = median(aifs) / median(peer), `processes`, `duration_s`.
+  stdev}, `ratios[peer][figure]` = median(aifs) / median(peer), `variant_ratios[v][peer]
+  [figure]` the same for each other AIFS target v (aifs-writeback, aifs-cluster) against the
+  non-AIFS peers, `processes`, `duration_s`.
 - `render_table(doc) -> str`: the figures (median, with min-max when repeated) and the ratios;
   `render_markdown(doc) -> str`: the same as Markdown tables.
 - `write_json(doc, path)`, `plot_ratios(doc, path)` (matplotlib, Agg backend, log scale).
@@ -41,14 +43,11 @@ def _stats(runs: list[float]) -> dict[str, Any]:
 
 def summarize(res: Results, cfg: BenchConfig, machine: dict[str, object]) -> dict[str, Any]:
     figures = {t: {f: _stats(v) for f, v in figs.items() if v} for t, figs in res.figures.items()}
-    ratios: dict[str, dict[str, float]] = {}
-    base = figures.get(BASE, {})
-    for peer, figs in figures.items():
-        if peer == BASE:
-            continue
-        for f, st in figs.items():
-            if f in base and st["median"] > 0 and base[f]["median"] > 0:
-                ratios.setdefault(peer, {})[f] = base[f]["median"] / st["median"]
+    ratios = _ratios(figures, BASE, [t for t in figures if t != BASE])
+    # each other AIFS target (aifs-writeback, aifs-cluster...) against the non-AIFS peers
+    others = [t for t in figures if not _is_aifs(t)]
+    variant_ratios = {v: r for v in figures if _is_aifs(v) and v != BASE
+                      for r in [_ratios(figures, v, others)] if r}
     targets = {}
     for name, st in res.status.items():
         targets[name] = dict(st, expected_figures=res.expected.get(name, []))
@@ -69,10 +68,27 @@ def summarize(res: Results, cfg: BenchConfig, machine: dict[str, object]) -> dic
         "figure_info": {k: asdict(v) for k, v in wl.FIGURES.items()},
         "figures": figures,
         "ratios": ratios,
+        "variant_ratios": variant_ratios,
         "processes": res.processes,
         "interrupted": res.interrupted,
         "duration_s": round(res.duration_s, 1),
     }
+
+
+def _is_aifs(target: str) -> bool:
+    return target == BASE or target.startswith(BASE + "-")
+
+
+def _ratios(figures: dict[str, dict[str, Any]], base_name: str, peers: list[str]
+            ) -> dict[str, dict[str, float]]:
+    """median(base) / median(peer) per peer and figure both have."""
+    out: dict[str, dict[str, float]] = {}
+    base = figures.get(base_name, {})
+    for peer in peers:
+        for f, st in figures[peer].items():
+            if f in base and st["median"] > 0 and base[f]["median"] > 0:
+                out.setdefault(peer, {})[f] = base[f]["median"] / st["median"]
+    return out
 
 
 def _fmt(x: float) -> str:
@@ -137,6 +153,14 @@ def render_table(doc: dict[str, Any]) -> str:
                 [info[k]["label"] + mark, *(_ratio_cell(doc["ratios"][p].get(k)) for p in peers)]
             )
         out.append(_grid(["figure", *(f"aifs/{p}" for p in peers)], rows))
+    for v, vr in doc.get("variant_ratios", {}).items():
+        vpeers = [p for p in ran if p in vr]
+        rows = [[info[k]["label"] + (" (lower better)" if info[k]["better"] == "lower" else ""),
+                 *(_ratio_cell(vr[p].get(k)) for p in vpeers)]
+                for k in keys if any(k in vr[p] for p in vpeers)]
+        if rows:
+            out += ["", f"{v} / peer (same run)",
+                    _grid(["figure", *(f"{v}/{p}" for p in vpeers)], rows)]
     skipped = [(t, st) for t, st in doc["targets"].items() if st["status"] != "ran"]
     for t, st in skipped:
         out.append(f"{t}: {st['status']} - {st['reason']}")
@@ -162,6 +186,17 @@ def render_markdown(doc: dict[str, Any]) -> str:
             if any(k in doc["ratios"][p] for p in peers):
                 mark = " (lower better)" if info[k]["better"] == "lower" else ""
                 cells = [_ratio_cell(doc["ratios"][p].get(k)) for p in peers]
+                lines.append(f"| {info[k]['label']}{mark} | " + " | ".join(cells) + " |")
+    for v, vr in doc.get("variant_ratios", {}).items():
+        vpeers = [p for p in ran if p in vr]
+        if not vpeers:
+            continue
+        lines += ["", f"| {v} / peer | " + " | ".join(vpeers) + " |",
+                  "|---|" + "---:|" * len(vpeers)]
+        for k in keys:
+            if any(k in vr[p] for p in vpeers):
+                mark = " (lower better)" if info[k]["better"] == "lower" else ""
+                cells = [_ratio_cell(vr[p].get(k)) for p in vpeers]
                 lines.append(f"| {info[k]['label']}{mark} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
