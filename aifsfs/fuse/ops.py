@@ -121,14 +121,14 @@ INLINE_BATCH = 4 << 20
 FILL_MAX = 1 << 30
 FILL_PARALLEL_CALLS = 2     # ReadDir calls a fill keeps out: the server decrypts on 2 threads
 SPILL_MIN = FRAME_SIZE      # a fill queues for the disk cache only files of a frame or more
-# A leased directory that keeps getting lookups of absent names (creates in an existing
-# directory: tar, cp -r) is listed whole after this many, so that it becomes complete and the
-# next creates ask no negative Lookup -- when it has at most LIST_MAX_PAGES pages.
 # --writeback: closes whose commit may be under way at once, and their bytes (past either,
 # a close waits for its commit)
 WRITEBACK_MAX = 256
 WRITEBACK_BYTES = 16 << 20
 BEHIND_GATHER = 0.003       # seconds a queued close waits for the next ones to join its call
+# A leased directory that keeps getting lookups of absent names (creates in an existing
+# directory: tar, cp -r) is listed whole after this many, so that it becomes complete and the
+# next creates ask no negative Lookup -- when it has at most LIST_MAX_PAGES pages.
 NEGATIVES_BEFORE_LISTING = 8
 LIST_MAX_PAGES = 10
 # readdir offsets: 1 and 2 resume after "." and ".."; a server cookie c is offset c + _DOTS

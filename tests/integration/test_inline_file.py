@@ -30,6 +30,9 @@ from tests.helpers import (
     start_server,
     stop_server,
 )
+from tests.integration.test_inline_put import (  # noqa: F401 - an autouse fixture: the
+    _no_kept_upload_files,  # files each test counts in /dev/shm are its own
+)
 from tests.integration.test_snapshot_open import metric
 
 MiB = 1 << 20
@@ -55,13 +58,6 @@ def _dir_of(c: AIFSClient, sizes: list[int]) -> tuple[int, list[bytes]]:
         c.commit_file(ino, [ChunkRef(0, cid, len(data))], len(data), inline=[(cid, data)])
     return d, datas
 
-
-
-@pytest.fixture(autouse=True)
-def _no_kept_upload_files() -> None:
-    """The upload files kept by earlier puts in this process (other test modules of the same
-    worker too): the files each test counts in /dev/shm are its own."""
-    rpc_data._upload_files.close()
 
 
 def _ours() -> list[str]:
