@@ -138,29 +138,13 @@ def render_table(doc: dict[str, Any]) -> str:
     title = f"median of {doc['config']['repeat']} run(s)" + (", (min-max)" if repeated else "")
     out.append(f"aifs bench: {title}")
     out.append(_grid(header, rows))
-    peers = [p for p in ran if p in doc["ratios"]]
-    if peers:
+    for base, peers, rows in _ratio_tables(doc, ran, keys):
         out.append("")
         out.append(
             "AIFS / peer (same run): >1 is better for AIFS except where marked (lower better)"
+            if base == BASE else f"{base} / peer (same run)"
         )
-        rows = []
-        for k in keys:
-            if not any(k in doc["ratios"][p] for p in peers):
-                continue
-            mark = " (lower better)" if info[k]["better"] == "lower" else ""
-            rows.append(
-                [info[k]["label"] + mark, *(_ratio_cell(doc["ratios"][p].get(k)) for p in peers)]
-            )
-        out.append(_grid(["figure", *(f"aifs/{p}" for p in peers)], rows))
-    for v, vr in doc.get("variant_ratios", {}).items():
-        vpeers = [p for p in ran if p in vr]
-        rows = [[info[k]["label"] + (" (lower better)" if info[k]["better"] == "lower" else ""),
-                 *(_ratio_cell(vr[p].get(k)) for p in vpeers)]
-                for k in keys if any(k in vr[p] for p in vpeers)]
-        if rows:
-            out += ["", f"{v} / peer (same run)",
-                    _grid(["figure", *(f"{v}/{p}" for p in vpeers)], rows)]
+        out.append(_grid(["figure", *(f"{base}/{p}" for p in peers)], rows))
     skipped = [(t, st) for t, st in doc["targets"].items() if st["status"] != "ran"]
     for t, st in skipped:
         out.append(f"{t}: {st['status']} - {st['reason']}")
@@ -179,26 +163,29 @@ def render_markdown(doc: dict[str, Any]) -> str:
     for k in keys:
         cells = [_cell(doc["figures"][t].get(k), repeated) for t in ran]
         lines.append(f"| {info[k]['label']} | {info[k]['unit']} | " + " | ".join(cells) + " |")
-    peers = [p for p in ran if p in doc["ratios"]]
-    if peers:
-        lines += ["", "| AIFS / peer | " + " | ".join(peers) + " |", "|---|" + "---:|" * len(peers)]
-        for k in keys:
-            if any(k in doc["ratios"][p] for p in peers):
-                mark = " (lower better)" if info[k]["better"] == "lower" else ""
-                cells = [_ratio_cell(doc["ratios"][p].get(k)) for p in peers]
-                lines.append(f"| {info[k]['label']}{mark} | " + " | ".join(cells) + " |")
-    for v, vr in doc.get("variant_ratios", {}).items():
-        vpeers = [p for p in ran if p in vr]
-        if not vpeers:
-            continue
-        lines += ["", f"| {v} / peer | " + " | ".join(vpeers) + " |",
-                  "|---|" + "---:|" * len(vpeers)]
-        for k in keys:
-            if any(k in vr[p] for p in vpeers):
-                mark = " (lower better)" if info[k]["better"] == "lower" else ""
-                cells = [_ratio_cell(vr[p].get(k)) for p in vpeers]
-                lines.append(f"| {info[k]['label']}{mark} | " + " | ".join(cells) + " |")
+    for base, peers, rows in _ratio_tables(doc, ran, keys):
+        title = "AIFS" if base == BASE else base
+        lines += ["", f"| {title} / peer | " + " | ".join(peers) + " |",
+                  "|---|" + "---:|" * len(peers)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def _ratio_tables(doc: dict[str, Any], ran: list[str], keys: list[str]
+                  ) -> list[tuple[str, list[str], list[list[str]]]]:
+    """The ratio tables both renderings show: AIFS's, then each other AIFS target's, as
+    (target, its peers that ran, rows of [label (lower better), a cell per peer]); a table
+    with no figure is left out."""
+    info = doc["figure_info"]
+    tables = []
+    for base, ratios in [(BASE, doc["ratios"]), *doc.get("variant_ratios", {}).items()]:
+        peers = [p for p in ran if p in ratios]
+        rows = [[info[k]["label"] + (" (lower better)" if info[k]["better"] == "lower" else ""),
+                 *(_ratio_cell(ratios[p].get(k)) for p in peers)]
+                for k in keys if any(k in ratios[p] for p in peers)]
+        if rows:
+            tables.append((base, peers, rows))
+    return tables
 
 
 def _ratio_cell(r: float | None) -> str:

@@ -235,15 +235,9 @@ class DirOps:
                 # needed); queued attribute changes alone may wait (they name other inodes)
                 if self.pending_unlinks(parent):
                     self._send_queued_locked(parent, skip_unborn=True)
-                with self._lock:
-                    group = [b for b in self._births.pop(parent, []) if b is not me]
-                if group:
-                    take, rest = _group_of(me, group)
-                    self._births_locked(parent, take)
-                    with self._lock:      # past the call's limits: the next group's
-                        self._births.setdefault(parent, [])[:0] = rest
-                    if me.done:
-                        return me.attrs
+                self._send_group_locked(parent, me)
+                if me.done:
+                    return me.attrs
             with self._lock:        # sent alone: out of the queue a flush sends from
                 q = self._births.get(parent)
                 if q is not None and me in q:
@@ -251,6 +245,22 @@ class DirOps:
             a = self._birth_locked(ino, me.commit)
             me.finish(a)
             return a
+
+    def _send_group_locked(self, parent: int, first: _Birth | None = None) -> list[_Birth]:
+        """With the directory's sending lock held: `first` (default: the first close queued
+        in `parent`) and the closes queued after it that fit one call go in _births_locked;
+        the rest stay queued for the next group. Returns the group ([]: nothing queued)."""
+        with self._lock:
+            queued = [b for b in self._births.pop(parent, []) if b is not first]
+            if first is None:
+                if not queued:
+                    return []
+                first, queued = queued[0], queued[1:]
+            take, rest = _group_of(first, queued)
+            if rest:                # past the call's limits: the next group's
+                self._births.setdefault(parent, [])[:0] = rest
+        self._births_locked(parent, take)
+        return take
 
     def _births_locked(self, parent: int, group: list[_Birth]) -> None:
         """With the directory's sending lock held: the unborn files of `group` in one
@@ -506,15 +516,9 @@ class DirOps:
         for the lock, or queued behind a --writeback close) go with their commits, grouped;
         each is then done, or left to its own close to send (a failure is logged)."""
         while True:
-            with self._lock:
-                group = self._births.pop(parent, [])
-            if not group:
+            take = self._send_group_locked(parent)
+            if not take:
                 return
-            take, rest = _group_of(group[0], group[1:])
-            with self._lock:
-                if rest:
-                    self._births.setdefault(parent, [])[:0] = rest
-            self._births_locked(parent, take)
             for b in take:
                 if b.done:
                     continue

@@ -1174,21 +1174,20 @@ class AIFSOperations(pyfuse3.Operations):
         moved = self.leases.lookup(parent_inode_old, name_old)
         target = self.leases.lookup(parent_inode_new, name_new)
         t0 = time.monotonic()
+        r = None
         try:
             r = await self._call(self.fs.rename_entry, parent_inode_old, name_old,
                                  parent_inode_new, name_new, flags, forget=forget)
-        except BaseException:
-            self._changed()
-            self.leases.reset()
-            raise
-        if isinstance(moved, Attr) and (target is NEGATIVE or isinstance(target, Attr)
-                                        or r.replaced is not None):
-            self._changed(parent_inode_old, parent_inode_new, moved.ino,
-                          target.ino if isinstance(target, Attr) else None,
-                          r.replaced.ino if r.replaced is not None else None)
-        else:
-            self._changed()
-            self.leases.reset()
+        finally:
+            if r is not None and isinstance(moved, Attr) and (
+                    target is NEGATIVE or isinstance(target, Attr) or r.replaced is not None):
+                self._changed(parent_inode_old, parent_inode_new, moved.ino,
+                              target.ino if isinstance(target, Attr) else None,
+                              r.replaced.ino if r.replaced is not None else None)
+            else:
+                self._changed()
+                self.leases.reset()
+        assert r is not None
         # a moved directory's ctime changed and we do not know its inode: forget them all
         self.inodes.clear_fresh()
         if parent_inode_old != parent_inode_new:

@@ -638,11 +638,11 @@ class WriteBuffers:
         """CommitFile (`commit`: its arguments after the inode, see flush); answered
         MISSING_CHUNK (a chunk collected before its commit), upload the missing chunks again
         from `held` (chunk id -> bytes) and commit again."""
-        (refs, _size), kw = commit
+        (refs, size), kw = commit
         inline_ids = {cid for cid, _ in kw["inline"]}
         for attempt in range(3):
             try:
-                return self.fs.commit_file(st.ino, *commit[0], **kw)
+                return self.fs.commit_file(st.ino, refs, size, **kw)
             except MissingChunk:
                 if attempt == 2:
                     raise
