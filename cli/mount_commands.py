@@ -36,6 +36,7 @@ from aifsfs.fuse.mounter import (
     check_server,
     is_mounted,
     options_from_args,
+    pid_alive,
     run_mount,
     spawn_mount,
     unmount,
@@ -69,16 +70,6 @@ def _save_state(state: dict[str, Any]) -> None:
     tmp = p.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
     os.replace(tmp, p)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 # --- mount / umount -------------------------------------------------------------------------
@@ -115,6 +106,8 @@ def _health(address: str, retry_for: float) -> bool:
     from aifs_core.errors import AIFSError
     from aifsfs.client import AIFSClient
 
+    if address.startswith("unix:") and not os.path.exists(address[len("unix:"):]):
+        return False    # nothing listens there yet: no connect retries to wait out
     try:
         with AIFSClient(address, retry_for=retry_for, timeout=5.0) as c:
             return c.health() == "SERVING"
@@ -138,7 +131,7 @@ def _start_server(data: Path, address: str) -> int:
                              f"log {log_path}:\n{tail}")
         if _health(address, 0.5):
             return proc.pid
-        time.sleep(0.1)
+        time.sleep(0.05)
     proc.terminate()
     raise MountError(f"the server did not answer within 30 s; see {log_path}")
 
@@ -236,7 +229,7 @@ def cmd_down(args: argparse.Namespace) -> int:
         _save_state(state)
         pid = int(entry.get("server_pid") or 0)
         if entry.get("started_server") and pid and not _other_users(state, pid):
-            if _alive(pid):
+            if pid_alive(pid):
                 _stop_pid(pid)
                 print(f"aifs: stopped the server (pid {pid})")
             with contextlib.suppress(OSError):

@@ -620,7 +620,10 @@ def run(args: argparse.Namespace) -> int:
     if args.metrics_port is not None:
         mport = srv.metrics.serve(args.metrics_port)
         extra = f" (metrics on http://127.0.0.1:{mport}/metrics)"
-    print(f"aifs server: listening on {', '.join(srv.addresses)}{extra}", flush=True)
+    # one write: with an unbuffered stdout, print() writes the line and its newline apart,
+    # and a log line of another thread could land between them (tools parse this line)
+    sys.stdout.write(f"aifs server: listening on {', '.join(srv.addresses)}{extra}\n")
+    sys.stdout.flush()
     from aifs_core.gc_tuning import tune_gc
 
     # started: freeze what start-up built and collect cycles less often (gc_tuning.py: the

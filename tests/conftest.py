@@ -10,12 +10,15 @@ Fixtures:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from xdist.scheduler import LoadFileScheduling
 
 from tests.helpers import ServerProc, make_data_dir, start_server, stop_server
 from tests.services import (
@@ -102,3 +105,34 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         print("\nsession services: " + ", ".join(
             f"{k} started in {started.get(k, 0):.1f} s, stopped in {v:.1f} s"
             for k, v in took.items()))
+
+
+# --- scheduling (pytest-xdist) -------------------------------------------------------------------
+_CACHE_FIXTURES = ("caches_kept", "drops_caches")    # tests/e2e/conftest.py
+
+
+class _CacheGroupScheduling(LoadFileScheduling):
+    """`--dist loadfile`, except that every module using the page-cache lock (`caches_kept`,
+    `drops_caches`) is one unit, run by one worker one after the other. Why: a test holding
+    `drops_caches` (the bench's) made the other worker's `caches_kept` test wait on the lock
+    for its whole run (40 s in CI); run in one unit, they never wait, and the other worker
+    runs everything else meanwhile. The lock stays: it is what keeps them apart when run
+    another way."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        path = nodeid.split("::", 1)[0]
+        return "page-cache-lock-group" if _uses_cache_lock(self.config.rootpath / path) else path
+
+
+@functools.cache
+def _uses_cache_lock(module: Path) -> bool:
+    try:
+        text = module.read_text(errors="replace")
+    except OSError:
+        return False
+    return any(name in text for name in _CACHE_FIXTURES)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    return _CacheGroupScheduling(config, log) if config.getvalue("dist") == "loadfile" else None

@@ -20,7 +20,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import workloads as wl
 from .procs import BenchError
 
 MiB = 1 << 20
@@ -143,6 +142,7 @@ def _install_peers(names: list[str], say: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from . import report, sysinfo
+    from . import workloads as wl  # numpy: only when a bench runs (every `aifs` starts faster)
     from .runner import BenchConfig, run_bench
     from .targets import ALL_TARGETS
 

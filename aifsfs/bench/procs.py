@@ -25,6 +25,8 @@ import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from aifsfs.fuse.mounter import pid_alive
+
 
 class BenchError(Exception):
     """A benchmark step failed; the message says what happened and what to do."""
@@ -121,19 +123,11 @@ def kill_pids(pids: Iterable[int]) -> None:
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and any(_alive(p) for p in live):
+        while time.monotonic() < deadline and any(pid_alive(p) for p in live):
             time.sleep(0.05)
-        live = [p for p in live if _alive(p)]
+        live = [p for p in live if pid_alive(p)]
         if not live:
             return
-
-
-def _alive(pid: int) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return False
-    return "State:\tZ" not in status
 
 
 def cmdline(pid: int) -> str:
@@ -152,7 +146,7 @@ def find_pids(needles: Iterable[str]) -> list[int]:
         if not entry.isdigit() or int(entry) == me:
             continue
         line = cmdline(int(entry))
-        if line and any(n in line for n in wanted) and _alive(int(entry)):
+        if line and any(n in line for n in wanted) and pid_alive(int(entry)):
             found.append(int(entry))
     return sorted(found)
 

@@ -357,17 +357,26 @@ def unmount(mountpoint: str | os.PathLike[str], timeout: float = 10.0) -> None:
                          f"(close the files open there and retry)")
 
 
+def pid_alive(pid: int) -> bool:
+    """True while `pid` runs. A zombie counts as gone: a detached server or mount is reaped by
+    init, which may take seconds (this machine's init reaps every ~2 s; `aifs down` waited that
+    long after the server had exited)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in status
+
+
 def wait_pid_exit(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
         with contextlib.suppress(ChildProcessError):
-            done, _ = os.waitpid(pid, os.WNOHANG)
+            done, _ = os.waitpid(pid, os.WNOHANG)   # our own child: reap it
             if done:
                 return True
+        if not pid_alive(pid):
+            return True
         time.sleep(0.05)
     return False
 

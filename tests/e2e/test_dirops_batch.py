@@ -182,7 +182,7 @@ def test_rmtree_right_after_batches_went_in_the_background(
     a = mount_factory(metered)
     b = mount_factory(metered)
     _ready(a, metered)
-    for round_ in range(3):
+    for round_ in range(3 if files < 1000 else 1):   # the 2,000 one: 8 batches in flight
         d = _files(a, f"t{round_}", files)
         os.listdir(d)
         shutil.rmtree(d)
