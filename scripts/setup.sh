@@ -21,7 +21,7 @@ fi
 
 PY=${PYTHON:-python3}
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
-stamp=.venv/.installed-$(cat pyproject.toml scripts/pyfuse3-noflush.patch | sha256sum | cut -c1-16)
+stamp=.venv/.installed-$(cat pyproject.toml scripts/pyfuse3.patch | sha256sum | cut -c1-16)
 if [[ ! -f "$stamp" ]]; then
   echo "setup: installing the project into .venv"
   .venv/bin/pip install -q --upgrade pip >/dev/null
@@ -29,18 +29,19 @@ if [[ ! -f "$stamp" ]]; then
   # The machine image ships that wheel locally (pip's find-links), so this pulls no CUDA packages.
   .venv/bin/pip install -q "torch==2.13.0"
   .venv/bin/pip install -q -e ".[test]"
-  # pyfuse3 rebuilt from its sdist with FileInfo.noflush (scripts/pyfuse3-noflush.patch): a
-  # read-only handle's close then costs no FUSE request. The mount works without it (it
-  # checks), so a patch that does not apply only warns.
-  if ! .venv/bin/python -c "import pyfuse3, sys; sys.exit(not hasattr(pyfuse3.FileInfo(), 'noflush'))"; then
+  # pyfuse3 rebuilt from its sdist with scripts/pyfuse3.patch: FileInfo.noflush (a read-only
+  # handle's close costs no FUSE request) and a request loop that takes a queued request
+  # without waiting. The mount works without them, so a patch that does not apply only warns.
+  if ! .venv/bin/python -c "import pyfuse3, sys; sys.exit('fast-loop' not in getattr(pyfuse3, 'aifs_patches', ()))"; then
     ver=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('pyfuse3'))")
     tmp=$(mktemp -d)
     if .venv/bin/pip download -q --no-deps --no-binary :all: "pyfuse3==$ver" -d "$tmp" &&
        tar xzf "$tmp/pyfuse3-$ver.tar.gz" -C "$tmp" &&
-       patch -s -d "$tmp/pyfuse3-$ver" -p1 < scripts/pyfuse3-noflush.patch; then
-      .venv/bin/pip install -q --no-deps "$tmp/pyfuse3-$ver"
+       patch -s -d "$tmp/pyfuse3-$ver" -p1 < scripts/pyfuse3.patch; then
+      .venv/bin/pip install -q --no-deps --force-reinstall "$tmp/pyfuse3-$ver"
     else
-      echo "setup: WARNING: pyfuse3 $ver not patched (noflush): every close costs a FLUSH request"
+      echo "setup: WARNING: pyfuse3 $ver not patched: every close costs a FLUSH request and" \
+           "each FUSE request a trio task switch"
     fi
     rm -rf "$tmp"
   fi

@@ -169,7 +169,7 @@ def _errors(xattr: bool = False) -> Callable[[F], F]:
 # with it. A handle that cannot write has nothing to commit at its close, and numpy closes each
 # sample twice (a dup): 2 of the 4 FUSE requests of a warm epoch's sample (BENCHMARKS "Read-only
 # closes without FLUSH"). pyfuse3 3.5 lacks the field; scripts/setup.sh builds it with
-# scripts/pyfuse3-noflush.patch. Without it, FLUSH arrives and is answered as before.
+# scripts/pyfuse3.patch. Without it, FLUSH arrives and is answered as before.
 _NOFLUSH = hasattr(pyfuse3.FileInfo(), "noflush")
 
 

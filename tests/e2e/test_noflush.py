@@ -17,10 +17,12 @@ from tests.helpers import ServerProc
 N = 20
 
 
-def test_the_setup_built_pyfuse3_with_noflush() -> None:
-    # scripts/setup.sh rebuilds pyfuse3 with scripts/pyfuse3-noflush.patch: without it every
-    # close costs a FLUSH request (the mount still works; this says the setup did its job)
+def test_the_setup_built_pyfuse3_with_our_patch() -> None:
+    # scripts/setup.sh rebuilds pyfuse3 with scripts/pyfuse3.patch: without it every close
+    # costs a FLUSH request and every request a task switch (the mount still works; this says
+    # the setup did its job)
     assert hasattr(pyfuse3.FileInfo(), "noflush")
+    assert "fast-loop" in getattr(pyfuse3, "aifs_patches", ())
 
 
 def test_read_only_closes_send_no_flush_and_writing_ones_do(
