@@ -389,29 +389,32 @@ class LeaseCache:
                 d.names[name] = ino
 
     def _unlist(self, parent: int, d: _Entry, name: bytes) -> None:
-        """`name` left `parent`: it leaves every kept page that shows it (found by the cookie
-        its listing gave it: entries are in cookie order). The pages go instead when that is
-        not known, or would break their chain (the last entry of a page before the end: the
-        next page is keyed by its cookie). Under the lock."""
+        """`name` left `parent`: it leaves every kept page that shows it, or the pages go (and
+        the names waiting for them) when that cannot be done. Under the lock."""
         if d.unlisted.pop(name, None) is not None:
             return                              # never listed: an unborn file
+        if not self._cut_from_pages(parent, d, name):
+            d.pages, d.unlisted = {}, {}
+
+    def _cut_from_pages(self, parent: int, d: _Entry, name: bytes) -> bool:
+        """Take `name` out of the kept pages that show it (found by the cookie its listing
+        gave it: entries are in cookie order). False when that is not known, or would break
+        the pages' chain (the last entry of a page before the end: the next page is keyed by
+        its cookie)."""
         ino = d.names.get(name)
         pos = None if ino is None else self._pos.get(ino)
         if pos is None or pos[0] != parent:
-            d.pages, d.unlisted = {}, {}
-            return
+            return False
         cookie, found = pos[2], False
         for k, (entries, eof) in list(d.pages.items()):
             i = bisect.bisect_left(entries, cookie, key=_cookie)
             if i == len(entries) or entries[i].cookie != cookie:
                 continue
             if entries[i].name != name or (i == len(entries) - 1 and not eof):
-                d.pages, d.unlisted = {}, {}
-                return
+                return False
             d.pages[k] = (entries[:i] + entries[i + 1:], eof)
             found = True
-        if not found:
-            d.pages, d.unlisted = {}, {}
+        return found
 
     def own_listed(self, parent: int, name: bytes, a: Attr, cookie: int) -> None:
         """The server made `name` (own_entry(listed_later=True)) at listing cookie `cookie`

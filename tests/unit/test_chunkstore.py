@@ -352,7 +352,9 @@ def test_full_disk_is_no_space_and_leaves_nothing(tiny_fs: Path) -> None:
     assert exc.value.reason == "NO_SPACE"
     with pytest.raises(NoSpace):  # in a batch too, after the rest of it settled
         store.put_many([("33" * 32, b"fits"), ("44" * 32, os.urandom(2 << 20))])
-    assert store.has_many(["11" * 32, "33" * 32, "44" * 32]) == [False, True, False]
+    # "33" may or may not be there: its write runs beside the big one, which can fill the
+    # 512 KiB first (a CI run saw that); the failed call promised neither
+    assert store.has_many(["11" * 32, "44" * 32]) == [False, False]
     leftovers = [f for f in _files(tiny_fs / "store") if ".tmp" in f]
     assert leftovers == []
     # the store still works once there is room
