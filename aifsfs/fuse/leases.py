@@ -47,6 +47,9 @@ Interface:
         .take_changed(ino) -> bool   whether a recall named the inode since the last ask: a
                                      file this mount holds open was changed by another client
                                      (close-to-open: the next open takes the new map)
+        .held_mark() -> int | None   taken when a held file's state was read under a lease;
+                                     the state may answer a later open only while the mark
+                                     is the same (no reset since) and not None
         .stats -> {"hits": n, "misses": n}
 
 Every entry is covered by the lease on one inode: attributes and chunk map by the inode's,
@@ -129,6 +132,7 @@ class LeaseCache:
         self._recalls = 0         # recalls and resets so far (own_entry's check)
         self._pos: dict[int, tuple[int, int, int]] = {}     # position hints (put_page)
         self._changed: set[int] = set()                      # recalled since take_changed
+        self._resets = 0          # session resets so far (held_mark)
         self.stats = {"hits": 0, "misses": 0}
 
     @property
@@ -461,6 +465,13 @@ class LeaseCache:
             e.refs = None
         e.attr = a
 
+    def held_mark(self) -> int | None:
+        """A mark for a file's state read under a lease: equal to a later held_mark() only if
+        no reset came between and the session still holds (None: it does not now). After a
+        reset the server recalls nothing of what it dropped, so take_changed() cannot tell."""
+        with self._lock:
+            return self._resets if self._valid() else None
+
     def take_changed(self, ino: int) -> bool:
         with self._lock:
             if ino in self._changed:
@@ -480,4 +491,5 @@ class LeaseCache:
     def reset(self) -> None:
         with self._lock:
             self._recalls += 1
+            self._resets += 1
             self._e.clear()

@@ -1029,11 +1029,14 @@ class AIFSOperations(pyfuse3.Operations):
         return a
 
     async def _reload(self, st: FileState) -> None:
-        """Refresh a clean state's chunk map (after a truncate)."""
+        """Refresh a clean state's chunk map (after a truncate, or another client's change),
+        keeping it in the lease cache when the reply was leased (st.lease_mark says so)."""
         t0 = time.monotonic()
-        a, cs, refs = await self._call(self.fs.get_chunk_map, st.ino)
+        mark = self.leases.held_mark()
+        a, cs, refs, _ = await self._call(self._open_map_sync, st.ino, 0, None)
         self._note_attr(a, t0)
         st.reload(a, cs, refs)
+        st.lease_mark = mark if self.leases.has_map(st.ino, a.generation) else None
 
     # --- directory entries ------------------------------------------------------------------
     @_errors()
@@ -1338,11 +1341,16 @@ class AIFSOperations(pyfuse3.Operations):
                                  ) -> tuple[FileState, bool]:
         st = self.inodes.state(ino)
         if st is not None and (st.handles > 0 or st.is_dirty()):
-            if st.is_dirty() or not self.leases.take_changed(ino):
+            if st.is_dirty():
+                return st, True
+            changed = self.leases.take_changed(ino)
+            if not changed and st.lease_mark is not None \
+                    and st.lease_mark == self.leases.held_mark():
                 return st, True
             # Held open here (or its last release not yet arrived: the kernel sends RELEASE
             # after close returns) while another client changed it, which recalled our
-            # lease: an open after that change must see it (close-to-open).
+            # lease -- or without a lease that would have told us (a grant refused, or the
+            # session reset since): an open after such a change must see it (close-to-open).
             gen = st.generation
             try:
                 await self._reload(st)
@@ -1351,6 +1359,7 @@ class AIFSOperations(pyfuse3.Operations):
                 raise
             self.inodes.set_seen_gen(ino, st.generation)
             return st, st.generation == gen
+        mark = self.leases.held_mark()
         t0 = time.monotonic()
         self.leases.take_changed(ino)      # what is loaded now is newer than that recall
         hit = self.leases.chunk_map(ino)
@@ -1377,6 +1386,7 @@ class AIFSOperations(pyfuse3.Operations):
         if cs:
             self.chunk_size = self.chunk_size or cs
         st = FileState(ino, cs or self.chunk_size or (1 << 20), a, refs)
+        st.lease_mark = mark if self.leases.has_map(ino, a.generation) else None
         self.inodes.set_state(st)
         # keep_cache when the kernel's pages are of this generation -- or when it can hold
         # none: pages come only through an open here, which records the generation, and
@@ -1450,6 +1460,7 @@ class AIFSOperations(pyfuse3.Operations):
             _, cs, _ = await self._call(self.fs.get_chunk_map, a.ino)
             self.chunk_size = cs or (1 << 20)
         st = FileState(a.ino, self.chunk_size, a, [])
+        st.lease_mark = self.leases.held_mark()   # made here: trusted while no reset comes
         self.inodes.set_state(st)
         self.inodes.set_seen_gen(a.ino, a.generation)
         st.handles += 1

@@ -213,6 +213,10 @@ class FileState:
         # collected before the commit
         self.held: dict[int, tuple[ChunkRef, bytes]] = {}
         self.handles = 0
+        # LeaseCache.held_mark() when this state was last read under a lease of ours (None:
+        # not leased): while a handle is open, another open reuses the state only if the
+        # mark still holds, since only a lease makes the server recall us before a change
+        self.lease_mark: int | None = None
         self.unlinked = False
         self.commit_lock = trio.Lock()
         self.mtime_ns = 0

@@ -22,7 +22,7 @@ from tests.e2e.conftest import Mount
 from tests.e2e.test_leases import _wait_leased, long_term  # noqa: F401 - a fixture
 from tests.helpers import ServerProc
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("caches_kept")]  # _wait_leased counts calls
 
 READERS = 8
 FILES = 40
