@@ -1028,6 +1028,14 @@ class AIFSOperations(pyfuse3.Operations):
             self.leases.own_attr(mark, a)
         return a
 
+    def _still_trusted(self, st: FileState) -> bool:
+        """Whether a state held open here may answer another open without a call: read under
+        a lease that no reset has lost since (a recall is take_changed's business), or made
+        here under the directory's exclusive lease that still holds."""
+        if st.lease_mark is not None and st.lease_mark == self.leases.held_mark():
+            return True
+        return st.made_here and self.dirops is not None and self.dirops.made(st.ino) is not None
+
     async def _reload(self, st: FileState) -> None:
         """Refresh a clean state's chunk map (after a truncate, or another client's change),
         keeping it in the lease cache when the reply was leased (st.lease_mark says so)."""
@@ -1036,6 +1044,7 @@ class AIFSOperations(pyfuse3.Operations):
         a, cs, refs, _ = await self._call(self._open_map_sync, st.ino, 0, None)
         self._note_attr(a, t0)
         st.reload(a, cs, refs)
+        st.made_here = False
         st.lease_mark = mark if self.leases.has_map(st.ino, a.generation) else None
 
     # --- directory entries ------------------------------------------------------------------
@@ -1344,8 +1353,7 @@ class AIFSOperations(pyfuse3.Operations):
             if st.is_dirty():
                 return st, True
             changed = self.leases.take_changed(ino)
-            if not changed and st.lease_mark is not None \
-                    and st.lease_mark == self.leases.held_mark():
+            if not changed and self._still_trusted(st):
                 return st, True
             # Held open here (or its last release not yet arrived: the kernel sends RELEASE
             # after close returns) while another client changed it, which recalled our
@@ -1358,6 +1366,7 @@ class AIFSOperations(pyfuse3.Operations):
                 _stale_if_gone(exc)
                 raise
             self.inodes.set_seen_gen(ino, st.generation)
+            self._kernel_catch_up(st.attr)
             return st, st.generation == gen
         mark = self.leases.held_mark()
         t0 = time.monotonic()
@@ -1395,16 +1404,19 @@ class AIFSOperations(pyfuse3.Operations):
         seen = self.inodes.seen_gen(ino)
         keep = seen is None or seen == a.generation
         self.inodes.set_seen_gen(ino, a.generation)
-        kernel = self.inodes.kernel_gen(ino)
+        self._kernel_catch_up(a)
+        return st, keep
+
+    def _kernel_catch_up(self, a: Attr) -> None:
+        """Another mount changed the file since the kernel cached its attributes: make it
+        fetch them again, or reads would stop at the old size (close-to-open)."""
+        kernel = self.inodes.kernel_gen(a.ino)
         if kernel is not None and kernel != a.generation:
-            # Another mount changed the file since the kernel cached its attributes: make it
-            # fetch them again, or reads would stop at the old size (close-to-open).
             self.inodes.kernel_sees(a)
             try:
-                pyfuse3.invalidate_inode(cast(pyfuse3.InodeT, ino), attr_only=True)
+                pyfuse3.invalidate_inode(cast(pyfuse3.InodeT, a.ino), attr_only=True)
             except OSError as exc:
-                log.debug("invalidate_inode %d: %s", ino, exc)
-        return st, keep
+                log.debug("invalidate_inode %d: %s", a.ino, exc)
 
     @_errors()
     async def open(self, inode: pyfuse3.InodeT, flags: int,
@@ -1460,7 +1472,10 @@ class AIFSOperations(pyfuse3.Operations):
             _, cs, _ = await self._call(self.fs.get_chunk_map, a.ino)
             self.chunk_size = cs or (1 << 20)
         st = FileState(a.ino, self.chunk_size, a, [])
-        st.lease_mark = self.leases.held_mark()   # made here: trusted while no reset comes
+        # Made here under the directory's exclusive lease, the file is ours until a recall of
+        # the directory (DirOps.made says so). Made by a Create call, it is not leased to us
+        # (Create grants none on the new inode): another open while it is held asks again.
+        st.made_here = local is not None
         self.inodes.set_state(st)
         self.inodes.set_seen_gen(a.ino, a.generation)
         st.handles += 1

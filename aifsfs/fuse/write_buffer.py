@@ -217,6 +217,8 @@ class FileState:
         # not leased): while a handle is open, another open reuses the state only if the
         # mark still holds, since only a lease makes the server recall us before a change
         self.lease_mark: int | None = None
+        # created by this mount (ops.create): trusted while DirOps.made(ino) holds instead
+        self.made_here = False
         self.unlinked = False
         self.commit_lock = trio.Lock()
         self.mtime_ns = 0

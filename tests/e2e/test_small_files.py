@@ -287,6 +287,38 @@ def test_a_file_held_open_across_a_server_restart_is_read_again_after_a_change(
             stop_server(sp)
 
 
+@pytest.mark.parametrize("shared", [False, True], ids=["own-dir", "shared-dir"])
+def test_a_file_made_here_and_held_open_is_read_again_after_another_mounts_change(
+        shared: bool, metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:  # noqa: F811
+    """A file A created is held open by A while B rewrites it: A's next open must see B's
+    bytes and size. In a directory A made (exclusive lease, the file created without a call)
+    the trust A kept from the create ended with the recall of the directory, not with a
+    recall of the file (A read its own 'a0' back); in a directory B lists too, Create leases
+    nothing on the new file, so nothing would recall A. Both read the old bytes before."""
+    a = mount_factory(metered)
+    b = mount_factory(metered)
+    _ready(a, metered)
+    _ready(b, metered)
+    if shared:
+        (b.path / "d").mkdir()
+        (b.path / "d" / "x").write_bytes(b"x")
+        os.listdir(a.path / "d")       # both list it: neither holds it alone
+        os.listdir(b.path / "d")
+    else:
+        (a.path / "d").mkdir()
+    for i in range(12):
+        mine = a.path / "d" / f"g{i}"
+        with open(mine, "wb") as held:
+            held.write(b"a%d" % i)
+            held.flush()
+            os.fsync(held.fileno())   # committed: what A holds is clean (dirty bytes are A's own)
+            data = b"from B, round %d " % i * (1 + i % 3)
+            (b.path / "d" / f"g{i}").write_bytes(data)
+            with open(mine, "rb") as f:
+                assert f.read() == data, i
+            assert os.stat(mine).st_size == len(data), i
+
+
 def test_cold_reads_in_name_order_of_a_directory_listed_in_another_order(
         metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:  # noqa: F811
     a = mount_factory(metered)
