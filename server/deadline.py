@@ -10,6 +10,12 @@ Interface:
     deadline.check(doing: str)                  raise TimedOut("<doing>: ...") once it has passed
     NEVER                                       a Deadline that never passes (offline tools)
 
+    call_deadline() -> Deadline                 the deadline of the call this thread serves now
+                                                (NEVER outside one): for waits far from the
+                                                handler's arguments (a pooled database connection)
+    in_call(context)                            context manager the `rpc` wrapper enters per call
+    bounded_by(deadline)                        the same for work that is not a call (a scrape)
+
 A loop calls `check` once per unit of work (a chunk, a row page, a MiB hashed), so a call stops
 within one unit of its deadline and its worker thread is free again; shutdown then finishes in
 bounded time too.
@@ -17,7 +23,10 @@ bounded time too.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 from aifs_core.errors import TimedOut
@@ -51,3 +60,25 @@ class Deadline:
 
 
 NEVER = Deadline(None)
+
+
+# grpc runs each call's handler (and its interceptors) in a contextvars.Context of its own
+_CALL: ContextVar[Deadline] = ContextVar("aifs_call_deadline", default=NEVER)
+
+
+def call_deadline() -> Deadline:
+    return _CALL.get()
+
+
+@contextlib.contextmanager
+def bounded_by(deadline: Deadline) -> Iterator[None]:
+    token = _CALL.set(deadline)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):   # a generator finalized in another context
+            _CALL.reset(token)
+
+
+def in_call(context: Any) -> contextlib.AbstractContextManager[None]:
+    return bounded_by(Deadline.of_call(context))

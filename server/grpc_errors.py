@@ -8,7 +8,9 @@ Interface (the status tables themselves are `aifs_core.status`):
                                                     (`request_limits`); AIFSError -> its status;
                                                     anything else -> INTERNAL, traceback logged
                                                     (rate-limited); a unary or client-stream
-                                                    call runs in an upload_pins.call_scope
+                                                    call runs in an upload_pins.call_scope;
+                                                    every call in a deadline.in_call (waits far
+                                                    from the handler read its deadline)
     LogLimiter(burst=5, period=60.0)                at most `burst` lines per period per kind
         .pass_failed(log, what, exc, next_in)       a background pass's failure, limited
     log_limited(level, kind, msg, *args)            one line, unless LIMITER suppresses it;
@@ -33,6 +35,7 @@ from google.protobuf.message import Message
 
 from aifs_core.errors import AIFSError, NoSpace
 from aifs_core.status import status_for, status_of
+from aifs_server.deadline import in_call
 from aifs_server.request_limits import check_request, checked_stream
 from aifs_server.space_reserve import FREES_SPACE
 from aifs_server.upload_pins import call_scope
@@ -178,7 +181,7 @@ def rpc(fn: F) -> F:
         @functools.wraps(fn)
         def gen_wrapper(self: Any, request: Any, context: grpc.ServicerContext
                         ) -> Iterator[Any]:
-            with IN_FLIGHT:
+            with IN_FLIGHT, in_call(context):
                 try:
                     yield from fn(self, _checked(request), context)
                 except Exception as exc:  # noqa: BLE001 - mapped to a status
@@ -189,7 +192,7 @@ def rpc(fn: F) -> F:
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
         # call_scope: chunks this call uploads stay safe from the collector until it returns
         token = FREES_SPACE.set(frees_space)
-        with IN_FLIGHT, call_scope():
+        with IN_FLIGHT, call_scope(), in_call(context):
             try:
                 try:
                     return fn(self, _checked(request), context)

@@ -29,7 +29,10 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import start_http_server
 
+from aifs_server.deadline import Deadline, bounded_by
+
 StatsFn = Callable[[], dict[str, tuple[int, int]]]
+SCRAPE_WAIT = 2.0   # seconds a scrape waits for the metadata database's stored-bytes figures
 
 
 class ListingCacheCollector:
@@ -63,7 +66,9 @@ class _StoredBytesCollector:
         logical = GaugeMetricFamily("aifs_logical_bytes", "Plaintext bytes of stored chunks",
                                     labels=["namespace"])
         try:
-            stats = self._fn()
+            # a database that went away must not hold the scrape past a scraper's timeout
+            with bounded_by(Deadline.after(SCRAPE_WAIT)):
+                stats = self._fn()
         except Exception:  # a scrape must not fail because the store is busy
             stats = {}
         for ns, (s, lg) in sorted(stats.items()):

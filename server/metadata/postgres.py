@@ -37,8 +37,8 @@ default `on`: flushed to its WAL before COMMIT returns); `durable=True` sets it 
 transaction even where an operator turned it off. A closed file's commit is thus a committed
 transaction, which survives a crash of this server in every case.
 
-Errors: a database that cannot be reached (refused, gone, pool exhausted for `timeout` seconds)
-is `StoreUnavailable` (clients retry UNAVAILABLE); a call cut off before its COMMIT is re-run on
+Errors: a database that cannot be reached (refused, gone, pool exhausted for `timeout` seconds,
+or for what is left of the served call's deadline when that is sooner) is `StoreUnavailable` (clients retry UNAVAILABLE); a call cut off before its COMMIT is re-run on
 a fresh connection first, a statement that may have committed is not.
 """
 
@@ -57,6 +57,7 @@ import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from aifs_core.errors import AlreadyExists, InvalidArgument, StoreUnavailable
+from aifs_server.deadline import call_deadline
 from aifs_server.metadata.base import MetadataEngine
 from aifs_server.metadata.posix import PosixMeta
 from aifs_server.metadata.postgres_schema import migrate
@@ -185,10 +186,18 @@ class PostgresStore:
         except PoolTimeout as e:
             self._pool.close()
             raise _unavailable(self.where, e) from e
+        self._timeout = timeout
         self._single = SQLTx(_Autocommit(self), POSTGRES, self._mac)  # bind() shares its caches
 
+    def _wait(self) -> float:
+        """Seconds to wait for a pooled connection: the pool's timeout, cut to what is left of
+        the call this thread serves (a database that went away must not hold a call, and
+        its worker thread, past the call's deadline)."""
+        left = call_deadline().remaining()
+        return self._timeout if left is None else max(0.001, min(self._timeout, left))
+
     def connection(self) -> Any:
-        return self._pool.connection()
+        return self._pool.connection(timeout=self._wait())
 
     def single(self) -> SQLTx:
         return self._single
@@ -197,7 +206,7 @@ class PostgresStore:
     def write(self, durable: bool = False) -> Iterator[SQLTx]:
         committing = False
         try:
-            with self._pool.connection() as conn:
+            with self._pool.connection(timeout=self._wait()) as conn:
                 tx = conn.transaction()
                 with tx:
                     if durable:
@@ -210,7 +219,7 @@ class PostgresStore:
     @contextmanager
     def read(self) -> Iterator[SQLTx]:
         try:
-            with self._pool.connection() as conn:
+            with self._pool.connection(timeout=self._wait()) as conn:
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 try:
                     yield self._single.bind(conn, locking=False)  # shared caches
