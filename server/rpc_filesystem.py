@@ -455,6 +455,9 @@ class FilesystemServicer(filesystem_pb2_grpc.FilesystemServicer):
         # mark, and entries may have come into it since.
         if made:
             self._grant(context, sess, tree, [a.ino], since)
+            # ... and hold it exclusively: the first file made in it is then made by the
+            # mount without a call too (one CreateFile at its close, not Create + CommitFile)
+            excl_after(self, context, tree, sess, a.ino)
         return self._entry_reply(tree, a, request.parent, sess, request.name)
 
     @rpc

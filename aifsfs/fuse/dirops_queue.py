@@ -16,9 +16,11 @@ Interface:
                                           came since `mark`, we hold it; inode numbers the
                                           reply delegated join the pool
         .take_ino() -> int | None         a delegated inode number (None: the pool is empty)
-        .add_unborn(parent, name, ino, mode, uid, gid) -> bool
+        .add_unborn(parent, name, ino, mode, uid, gid, born_ns=0) -> bool
                                           a create answered here (we hold `parent`): the file
-                                          exists on the server only once born
+                                          exists on the server only once born, with the
+                                          times answered here (`born_ns`, sent as its first
+                                          setattr), not the time of its CreateFile
         .unborn(ino) -> bool
         .birth(ino, commit=None) -> Attr | None
                                           send an unborn file's CreateFile, with its first
@@ -81,6 +83,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from aifs_core.types import SET_ATIME, SET_CTIME, SET_MTIME
 from aifsfs.rpc.filesystem import new_request_id
 
 log = logging.getLogger("aifsfs.dirops")
@@ -165,7 +168,7 @@ class DirOps:
             return ino
 
     def add_unborn(self, parent: int, name: bytes, ino: int, mode: int, uid: int,
-                   gid: int) -> bool:
+                   gid: int, born_ns: int = 0) -> bool:
         if time.monotonic() >= self.session.valid_until:
             return False
         with self._lock:
@@ -173,6 +176,13 @@ class DirOps:
                 return False
             self._unborn[ino] = (parent, name, mode, uid, gid, new_request_id())
             self._unborn_in.setdefault(parent, {})[name] = ino
+            if born_ns:
+                # The kernel was told these times at the create; the server would otherwise
+                # stamp the file when the CreateFile comes (at the close, or later), and a
+                # stat after a chown would show an mtime that moved with no write.
+                self._unborn_attrs[ino] = {"fields": SET_ATIME | SET_MTIME | SET_CTIME,
+                                           "atime_ns": born_ns, "mtime_ns": born_ns,
+                                           "ctime_ns": born_ns}
             return True
 
     def unborn(self, ino: int) -> bool:
@@ -792,7 +802,10 @@ class OrderedFs:
 
     def mkdir_entry(self, parent: int, name: bytes, *a: Any, **kw: Any) -> Any:
         self._dir_before_new(parent, name)
-        return self._fs.mkdir_entry(parent, name, *a, **kw)
+        mark = self._q.mark()
+        r = self._fs.mkdir_entry(parent, name, *a, **kw)
+        self._q.took(r[0].ino, mark)        # the new directory, if the reply leased it alone
+        return r
 
     def symlink_entry(self, parent: int, name: bytes, *a: Any, **kw: Any) -> Any:
         self._dir_before_new(parent, name)

@@ -448,9 +448,9 @@ class AIFSOperations(pyfuse3.Operations):
         # as the server's create: a setgid directory gives its group
         gid = pa.gid if pa.mode & stat.S_ISGID else ctx.gid
         mark = self.leases.recalls()
-        if not q.add_unborn(parent, name, ino, mode & 0o7777, ctx.uid, gid):
-            return None     # the number is not used: a gap in the tree's numbers, harmless
         now = time.time_ns()
+        if not q.add_unborn(parent, name, ino, mode & 0o7777, ctx.uid, gid, born_ns=now):
+            return None     # the number is not used: a gap in the tree's numbers, harmless
         a = Attr(ino, stat.S_IFREG | (mode & 0o7777), 1, ctx.uid, gid, 0, 0, now, now, now,
                  0, 0)
         pa = dataclasses.replace(pa, mtime_ns=now, ctime_ns=now)

@@ -20,6 +20,7 @@ import random
 import signal
 import subprocess
 import tarfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -90,6 +91,60 @@ def test_creates_and_unlinks_in_own_directory_ask_no_lookup(
     assert c.get("Lookup", 0) <= SLACK and c.get("Unlink", 0) <= SLACK, c
     assert 1 <= c.get("UnlinkBatch", 0) <= N // 10, c
     assert sum(c.values()) <= N // 10 + SLACK, c
+
+
+def test_a_tree_of_small_directories_costs_one_call_a_directory_and_one_a_file(
+        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:  # noqa: F811
+    """cp -r of many directories of a few files (a source tree, a dataset split in
+    folders): the MkDir reply leases the new directory to its maker exclusively, so its
+    first file is made without a call too. Before, each directory's first file cost a Create
+    and a CommitFile (and took the lease), the others one CreateFile each."""
+    m = mount_factory(metered)
+    _ready(m, metered)
+    dirs, files = 40, 4
+    before = calls(metered)
+    for i in range(dirs):
+        d = m.path / "tree" / f"d{i}"
+        d.mkdir(parents=True)
+        for j in range(files):
+            (d / f"f{j}").write_bytes(b"%d/%d " % (i, j) * 100)
+    c = _delta(metered, before)
+    assert c.get("MkDir", 0) == dirs + 1, c
+    assert c.get("CreateFile", 0) >= dirs * files - SLACK, c
+    assert c.get("Create", 0) + c.get("CommitFile", 0) <= SLACK, c
+    # what was made is there, for this mount and another one
+    other = mount_factory(metered)
+    for i in range(dirs):
+        for root in (m.path, other.path):
+            d = root / "tree" / f"d{i}"
+            assert sorted(os.listdir(d)) == [f"f{j}" for j in range(files)]
+            assert (d / "f3").read_bytes() == b"%d/3 " % i * 100
+
+
+def test_a_file_made_without_a_call_keeps_the_times_it_was_made_with(
+        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:  # noqa: F811
+    """A file made under the directory's exclusive lease is stamped by the mount; its
+    CreateFile comes at the close or later, and the server used to stamp it then: a chmod
+    (which sends it) moved an mtime nothing had written, and another mount saw other times."""
+    m = mount_factory(metered)
+    _ready(m, metered)
+    d = m.path / "t"
+    d.mkdir()
+    for i in range(6):
+        f = d / f"f{i}"
+        fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        os.close(fd)
+        made = os.stat(f)
+        time.sleep(0.02)                             # the clock moves past the create
+        os.chmod(f, 0o600)                           # sends the CreateFile with the change
+        after = os.stat(f)
+        assert after.st_mtime_ns == made.st_mtime_ns, i
+        assert after.st_ctime_ns >= made.st_ctime_ns, i
+        assert (after.st_mode & 0o777) == 0o600, i
+    other = mount_factory(metered)
+    for i in range(6):
+        assert os.stat(other.path / "t" / f"f{i}").st_mtime_ns == \
+            os.stat(d / f"f{i}").st_mtime_ns, i
 
 
 def test_other_mounts_changes_seen_in_a_complete_directory(
