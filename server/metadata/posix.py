@@ -71,6 +71,7 @@ from aifs_server.metadata.store import Store, Tx
 from aifs_server.request_log import record
 
 FROZEN_PREFIX = "@snap:"
+_TIMES = SET_ATIME | SET_MTIME | SET_CTIME   # a setattr of the three times only
 
 PATH_MAX = 4096           # longest symlink target (Linux PATH_MAX)
 # path_of gives up past this many levels: their names and slashes alone would pass PATH_MAX
@@ -326,7 +327,8 @@ class PosixMeta(Records):
 
     def _new_inode(self, tx: Tx, t: _Tree, parent: int, name: bytes, mode: int, nlink: int,
                    uid: int, gid: int, rdev: int, now: int, symlink: bytes | None = None,
-                   ino: int = 0, log: bool = True) -> Attr:
+                   ino: int = 0, log: bool = True,
+                   times: tuple[int, int, int] | None = None) -> Attr:
         """Allocate an inode, name it `name` in `parent` and touch the parent (one transaction).
         A setgid parent gives the new inode its gid, and a new subdirectory its S_ISGID bit
         (BSD group semantics, as Linux's inode_init_owner): decided here, where the parent's
@@ -342,7 +344,7 @@ class PosixMeta(Records):
         if not tx.insert_dentry(t.tree_id, parent, name, ino):
             raise AlreadyExists(f"{_text(name)!r} already exists in directory {parent} of "
                                 f"{t.where()}")
-        a = Attr(ino, mode, nlink, uid, gid, rdev, size, now, now, now, 0, 0)
+        a = Attr(ino, mode, nlink, uid, gid, rdev, size, *(times or (now, now, now)), 0, 0)
         tx.insert_inode(t.tree_id, a, parent if is_dir else 0, symlink)
         self._touch_dir(tx, t, parent, now, 1 if is_dir else 0)
         if log:     # else the caller records what it does next in this transaction
@@ -405,8 +407,14 @@ class PosixMeta(Records):
             if not delegated_inos.use(tx, t.tree_id, ino):
                 raise InvalidArgument(f"inode {ino} was not given out to a client in "
                                       f"{t.where()}, or is used already")
+            times = None
+            if attrs and attrs["fields"] == _TIMES:
+                # only the times the client answered at its create (DirOps.add_unborn): the
+                # new row takes them, no update of it
+                times = (attrs["atime_ns"], attrs["mtime_ns"], attrs["ctime_ns"])
+                attrs = None
             a = self._new_inode(tx, t, parent, name, stat.S_IFREG | (mode & 0o7777), 1, uid,
-                                gid, 0, now, ino=ino, log=False)
+                                gid, 0, now, ino=ino, log=False, times=times)
             if attrs:
                 a = self._setattr_in(tx, t, ino, now=now, **attrs)
             if slots is not None and commit is not None:
