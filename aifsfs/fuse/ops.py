@@ -68,7 +68,17 @@ from typing import Any, TypeVar, cast
 import pyfuse3
 import trio
 
-from aifs_core.errors import NotFound
+from aifs_core.errors import (
+    AlreadyExists,
+    CrossDevice,
+    InvalidArgument,
+    IsADirectory,
+    NameTooLong,
+    NotADirectory,
+    NotEmpty,
+    NotFound,
+    PermissionDenied,
+)
 from aifs_core.types import (
     NAME_MAX,
     ROOT_INO,
@@ -98,6 +108,9 @@ from aifsfs.rpc.channel import Channel
 from aifsfs.rpc.session import LeaseSession
 
 log = logging.getLogger("aifsfs.fuse")
+# what a server answers when it refused a change and applied nothing of it
+_REFUSED = (AlreadyExists, CrossDevice, InvalidArgument, IsADirectory, NameTooLong,
+            NotADirectory, NotEmpty, NotFound, PermissionDenied)
 
 AIFS_XATTRS = (b"user.aifs.asset_id", b"user.aifs.uri", b"user.aifs.kind",
                b"user.aifs.stored_bytes", b"user.aifs.logical_bytes")
@@ -1186,20 +1199,25 @@ class AIFSOperations(pyfuse3.Operations):
         moved = self.leases.lookup(parent_inode_old, name_old)
         target = self.leases.lookup(parent_inode_new, name_new)
         t0 = time.monotonic()
-        r = None
+        named = [moved.ino if isinstance(moved, Attr) else None,
+                 target.ino if isinstance(target, Attr) else None]
         try:
             r = await self._call(self.fs.rename_entry, parent_inode_old, name_old,
                                  parent_inode_new, name_new, flags, forget=forget)
-        finally:
-            if r is not None and isinstance(moved, Attr) and (
-                    target is NEGATIVE or isinstance(target, Attr) or r.replaced is not None):
-                self._changed(parent_inode_old, parent_inode_new, moved.ino,
-                              target.ino if isinstance(target, Attr) else None,
-                              r.replaced.ino if r.replaced is not None else None)
-            else:
-                self._changed()
-                self.leases.reset()
-        assert r is not None
+        except _REFUSED:
+            # the server refused it and changed nothing (a retried call that had applied
+            # would answer its result): only what we knew of these names is in doubt
+            self._changed(parent_inode_old, parent_inode_new, *named)
+            raise
+        except BaseException:
+            self.leases.reset()         # applied or not, we cannot tell what moved
+            raise
+        if isinstance(moved, Attr) and (
+                target is NEGATIVE or isinstance(target, Attr) or r.replaced is not None):
+            self._changed(parent_inode_old, parent_inode_new, *named,
+                          r.replaced.ino if r.replaced is not None else None)
+        else:
+            self.leases.reset()
         # a moved directory's ctime changed and we do not know its inode: forget them all
         self.inodes.clear_fresh()
         if parent_inode_old != parent_inode_new:

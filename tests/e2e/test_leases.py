@@ -6,6 +6,7 @@ hangs (SIGSTOP) at most one lease term."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -126,6 +127,37 @@ def test_an_atomic_save_elsewhere_keeps_the_other_leases(
         assert saved.read_bytes() == b"new %d" % k
         assert (b.path / "out" / "ckpt").read_bytes() == b"new %d" % k
         assert sorted(os.listdir(a.path / "out")) == ["ckpt"]
+
+
+def test_a_refused_rename_keeps_the_other_leases(
+        metered: ServerProc, mount_factory: Callable[..., Mount]) -> None:
+    """A rename the server refuses (a directory over a non-empty one: ENOTEMPTY) changed
+    nothing: the mount's leases elsewhere stand (it once dropped them all, as for a rename
+    whose outcome is unknown), and what it knows of the two directories is asked again."""
+    a = mount_factory(metered, "--attr-timeout", "0", "--entry-timeout", "0")
+    (a.path / "data").mkdir()
+    files = [a.path / "data" / f"s{i}" for i in range(20)]
+    for i, f in enumerate(files):
+        f.write_bytes(b"%d" % i * 100)
+    (a.path / "src").mkdir()
+    (a.path / "dst").mkdir()
+    (a.path / "dst" / "keep").write_bytes(b"k")
+    _wait_leased(a, files[-1], metered)
+    for f in files:
+        f.read_bytes()
+    os.listdir(a.path / "data")
+    for _ in range(3):
+        with pytest.raises(OSError) as err:
+            os.rename(a.path / "src", a.path / "dst")
+        assert err.value.errno == errno.ENOTEMPTY
+        before = calls(metered)
+        for i, f in enumerate(files):
+            assert f.read_bytes() == b"%d" % i * 100
+        assert len(os.listdir(a.path / "data")) == 20
+        c = calls(metered)
+        assert total(c) == total(before), {m: c[m] - before.get(m, 0) for m in c}
+    assert sorted(os.listdir(a.path / "dst")) == ["keep"]
+    assert (a.path / "src").is_dir()
 
 
 @pytest.mark.parametrize("writer", ["this mount", "another mount"])
