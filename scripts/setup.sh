@@ -32,18 +32,29 @@ if [[ ! -f "$stamp" ]]; then
   # pyfuse3 rebuilt from its sdist with scripts/pyfuse3.patch: FileInfo.noflush (a read-only
   # handle's close costs no FUSE request) and a request loop that takes a queued request
   # without waiting. The mount works without them, so a patch that does not apply only warns.
+  # The built wheel is kept in the user's cache (keyed by pyfuse3's version, the patch, the
+  # Python and libfuse3 versions): the build is ~45 s of Cython and C, once per machine.
   if ! .venv/bin/python -c "import pyfuse3, sys; sys.exit('fast-loop' not in getattr(pyfuse3, 'aifs_patches', ()))"; then
     ver=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('pyfuse3'))")
-    tmp=$(mktemp -d)
-    if .venv/bin/pip download -q --no-deps --no-binary :all: "pyfuse3==$ver" -d "$tmp" &&
-       tar xzf "$tmp/pyfuse3-$ver.tar.gz" -C "$tmp" &&
-       patch -s -d "$tmp/pyfuse3-$ver" -p1 < scripts/pyfuse3.patch; then
-      .venv/bin/pip install -q --no-deps --force-reinstall "$tmp/pyfuse3-$ver"
+    key=$( { echo "$ver"; .venv/bin/python -c 'import sys; print(sys.version)';
+             pkg-config --modversion fuse3; cat scripts/pyfuse3.patch; } | sha256sum | cut -c1-16)
+    wheels="${XDG_CACHE_HOME:-$HOME/.cache}/aifs/wheels/pyfuse3-$ver-$key"
+    if ! ls "$wheels"/pyfuse3-*.whl >/dev/null 2>&1; then
+      tmp=$(mktemp -d)
+      if .venv/bin/pip download -q --no-deps --no-binary :all: "pyfuse3==$ver" -d "$tmp" &&
+         tar xzf "$tmp/pyfuse3-$ver.tar.gz" -C "$tmp" &&
+         patch -s -d "$tmp/pyfuse3-$ver" -p1 < scripts/pyfuse3.patch &&
+         .venv/bin/pip wheel -q --no-deps -w "$tmp/wheel" "$tmp/pyfuse3-$ver"; then
+        mkdir -p "$wheels" && mv "$tmp"/wheel/pyfuse3-*.whl "$wheels"/
+      fi
+      rm -rf "$tmp"
+    fi
+    if ls "$wheels"/pyfuse3-*.whl >/dev/null 2>&1; then
+      .venv/bin/pip install -q --no-deps --force-reinstall "$wheels"/pyfuse3-*.whl
     else
       echo "setup: WARNING: pyfuse3 $ver not patched: every close costs a FLUSH request and" \
            "each FUSE request a trio task switch"
     fi
-    rm -rf "$tmp"
   fi
   rm -f .venv/.installed-*; touch "$stamp"
 fi
