@@ -14,7 +14,8 @@ Interface:
         initdb into base_dir, a unix socket only (listen_addresses=''), fsync off; run as the
         unprivileged `postgres` user (or `nobody`) when we are root, since root cannot.
     Postgres: .socket_dir, .port, .dsn(dbname="postgres") -> libpq URL, .create_database(name)
-        -> dsn of a fresh database, .proc, .log(), .stop()
+        -> dsn of a fresh database, .drop_database(dsn) (its sessions cut off: a database
+        that goes away), .proc, .log(), .stop()
     stop_process(proc, grace=10.0)     SIGTERM to its process group, SIGKILL after `grace`
 
 Once per test session, started on first use (tests/conftest.py's fixtures and the chunk store
@@ -256,6 +257,15 @@ class Postgres:
         with psycopg.connect(self.dsn(), autocommit=True, connect_timeout=10) as conn:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.dsn(name)
+
+    def drop_database(self, dsn: str) -> None:
+        """Drop the database `dsn` names, its sessions cut off (WITH FORCE)."""
+        import psycopg
+        from psycopg import sql
+
+        name = str(psycopg.conninfo.conninfo_to_dict(dsn)["dbname"])
+        with psycopg.connect(self.dsn(), autocommit=True, connect_timeout=10) as conn:
+            conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
 
     def log(self) -> str:
         return _tail(self.log_path, 200)

@@ -38,8 +38,9 @@ transaction even where an operator turned it off. A closed file's commit is thus
 transaction, which survives a crash of this server in every case.
 
 Errors: a database that cannot be reached (refused, gone, pool exhausted for `timeout` seconds,
-or for what is left of the served call's deadline when that is sooner) is `StoreUnavailable` (clients retry UNAVAILABLE); a call cut off before its COMMIT is re-run on
-a fresh connection first, a statement that may have committed is not.
+or for what is left of the served call's deadline when that is sooner) is `StoreUnavailable`
+(clients retry UNAVAILABLE); a call cut off before its COMMIT is re-run on a fresh connection
+first, a statement that may have committed is not.
 """
 
 from __future__ import annotations
@@ -206,7 +207,7 @@ class PostgresStore:
     def write(self, durable: bool = False) -> Iterator[SQLTx]:
         committing = False
         try:
-            with self._pool.connection(timeout=self._wait()) as conn:
+            with self.connection() as conn:
                 tx = conn.transaction()
                 with tx:
                     if durable:
@@ -219,7 +220,7 @@ class PostgresStore:
     @contextmanager
     def read(self) -> Iterator[SQLTx]:
         try:
-            with self._pool.connection(timeout=self._wait()) as conn:
+            with self.connection() as conn:
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
                 try:
                     yield self._single.bind(conn, locking=False)  # shared caches

@@ -17,12 +17,11 @@ import urllib.request
 from pathlib import Path
 
 import grpc
-import psycopg
 
 from aifs_proto.v1 import filesystem_pb2, filesystem_pb2_grpc
 from tests.cluster import start_cluster
 from tests.helpers import call_md, open_channel
-from tests.services import S3Location
+from tests.services import Postgres, S3Location
 
 CALL_TIMEOUT = 1.5   # seconds the client gives each call
 POOL_TIMEOUT = 10.0  # server/metadata/postgres.POOL_TIMEOUT, the wait before this change
@@ -31,19 +30,18 @@ POOL_TIMEOUT = 10.0  # server/metadata/postgres.POOL_TIMEOUT, the wait before th
 def _getattr_seconds(url: str) -> tuple[float, int]:
     """(seconds spent, calls) in GetAttr calls that failed, from the server's histogram."""
     text = urllib.request.urlopen(url, timeout=30).read().decode()
-    total, count = 0.0, 0
+    got = {"sum": 0.0, "count": 0.0}
     for line in text.splitlines():
-        if line.startswith("aifs_rpc_seconds_sum{") and 'method="GetAttr"' in line \
-                and 'code="OK"' not in line:
-            total += float(line.split()[-1])
-        if line.startswith("aifs_rpc_seconds_count{") and 'method="GetAttr"' in line \
-                and 'code="OK"' not in line:
-            count += int(float(line.split()[-1]))
-    return total, count
+        series, _, value = line.rpartition(" ")
+        for kind in got:
+            if series.startswith(f"aifs_rpc_seconds_{kind}{{") \
+                    and 'method="GetAttr"' in series and 'code="OK"' not in series:
+                got[kind] += float(value)
+    return got["sum"], int(got["count"])
 
 
 def test_calls_end_at_their_deadline_when_the_database_is_gone(
-        tmp_path: Path, pg_dsn: str, s3_bucket: S3Location) -> None:
+        tmp_path: Path, postgres: Postgres, pg_dsn: str, s3_bucket: S3Location) -> None:
     c = start_cluster(tmp_path / "c", n=1, meta_url=pg_dsn, s3=s3_bucket,
                       server_args=("--metrics-port", "0"))
     try:
@@ -55,10 +53,7 @@ def test_calls_end_at_their_deadline_when_the_database_is_gone(
             fs = filesystem_pb2_grpc.FilesystemStub(ch)
             assert fs.GetAttr(filesystem_pb2.InodeRequest(ino=1), metadata=call_md(token),
                               timeout=30).attr.ino == 1
-            dbname = psycopg.conninfo.conninfo_to_dict(pg_dsn)["dbname"]
-            admin = pg_dsn.replace(f"/{dbname}?", "/postgres?")
-            with psycopg.connect(admin, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE "{dbname}" WITH (FORCE)')
+            postgres.drop_database(pg_dsn)
             codes = []
             for _ in range(3):
                 try:

@@ -18,6 +18,7 @@ from aifs_core.errors import AlreadyExists, InvalidArgument, NotFound, StoreUnav
 from aifs_core.types import ROOT_INO, ChunkRef, Namespace, TreeRef
 from aifs_server.metadata.postgres import PostgresMetadata
 from aifs_server.metadata.postgres_schema import SCHEMA_VERSION
+from tests.services import Postgres
 
 CS = 1 << 16
 T = TreeRef("ns1")
@@ -213,7 +214,7 @@ def test_newer_schema_is_refused(pg_dsn: str) -> None:
 
 
 def test_lost_connections_are_replaced_and_a_dropped_database_is_unavailable(
-        pg_dsn: str, postgres: object) -> None:
+        pg_dsn: str, postgres: Postgres) -> None:
     md = PostgresMetadata(pg_dsn, pool_size=2, timeout=2.0)  # 2 s: how long a call waits
     try:
         md.create_namespace(Namespace("ns1", CS, 3, "k"))
@@ -228,8 +229,7 @@ def test_lost_connections_are_replaced_and_a_dropped_database_is_unavailable(
         with psycopg.connect(admin, autocommit=True) as c:
             c.execute(kill, (dbname,)).fetchall()
         assert md.mkdir(T, ROOT_INO, b"after", 0o755, 0, 0).nlink == 2
-        with psycopg.connect(admin, autocommit=True) as c:
-            c.execute(f'DROP DATABASE "{dbname}" WITH (FORCE)')
+        postgres.drop_database(pg_dsn)
         with pytest.raises(StoreUnavailable, match="metadata database .* cannot be reached"):
             md.mkdir(T, ROOT_INO, b"gone", 0o755, 0, 0)
         with pytest.raises(StoreUnavailable, match="cannot be reached"):
