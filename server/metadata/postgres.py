@@ -40,7 +40,9 @@ transaction, which survives a crash of this server in every case.
 Errors: a database that cannot be reached (refused, gone, pool exhausted for `timeout` seconds,
 or for what is left of the served call's deadline when that is sooner) is `StoreUnavailable`
 (clients retry UNAVAILABLE); a call cut off before its COMMIT is re-run on a fresh connection
-first, a statement that may have committed is not.
+first, a statement that may have committed is not. A statement the database has not answered
+by the call's deadline (a lock held elsewhere, a host that stopped answering) has its
+connection cut then (pg_cut.py): `TimedOut`.
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ import psycopg.errors
 from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from aifs_core.errors import AlreadyExists, InvalidArgument, StoreUnavailable
-from aifs_server.deadline import call_deadline
+from aifs_server.deadline import Deadline, call_deadline
 from aifs_server.metadata.base import MetadataEngine
+from aifs_server.metadata.pg_cut import DeadlineCutter
 from aifs_server.metadata.posix import PosixMeta
 from aifs_server.metadata.postgres_schema import migrate
 from aifs_server.metadata.row_mac import RowMac
@@ -188,17 +191,24 @@ class PostgresStore:
             self._pool.close()
             raise _unavailable(self.where, e) from e
         self._timeout = timeout
+        self._cutter = DeadlineCutter(f"metadata database {self.where}")
         self._single = SQLTx(_Autocommit(self), POSTGRES, self._mac)  # bind() shares its caches
 
-    def _wait(self) -> float:
+    def _wait(self, deadline: Deadline) -> float:
         """Seconds to wait for a pooled connection: the pool's timeout, cut to what is left of
         the call this thread serves (a database that went away must not hold a call, and
         its worker thread, past the call's deadline)."""
-        left = call_deadline().remaining()
+        left = deadline.remaining()
         return self._timeout if left is None else max(0.001, min(self._timeout, left))
 
-    def connection(self) -> Any:
-        return self._pool.connection(timeout=self._wait())
+    @contextmanager
+    def connection(self) -> Iterator[Any]:
+        """A pooled connection for the call this thread serves, cut at the call's deadline
+        (pg_cut.py: a statement the database does not answer ends with the call)."""
+        deadline = call_deadline()
+        with self._pool.connection(timeout=self._wait(deadline)) as conn, \
+                self._cutter.hold(conn, deadline):
+            yield conn
 
     def single(self) -> SQLTx:
         return self._single
