@@ -83,6 +83,10 @@ class DeadlineCutter:
         finally:
             with self._cv:
                 self._held.discard(h)
+            if h.cut:
+                # cut as the block ended (no error reached it): closed, the pool discards it
+                # rather than hand the next call a connection whose socket is shut down
+                conn.close()
 
     def _start(self) -> None:
         if self._thread is None:
