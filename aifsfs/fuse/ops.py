@@ -1657,6 +1657,8 @@ class AIFSOperations(pyfuse3.Operations):
             return
         st = h.state
         st.handles -= 1
+        if st.handles == 0:
+            self.reader.closed(st.ino)      # a fill of it stops pushing pages nobody reads
         if st.ino in self._behind:
             return                      # committed behind the close: that drops it after
         if st.is_dirty():
