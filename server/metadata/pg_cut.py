@@ -8,6 +8,7 @@ Interface:
                                 TimedOut (from the psycopg error the cut caused) instead.
                                 A deadline already passed raises TimedOut before the block.
         .cuts                   connections cut so far (tests, metrics)
+        .close()                end the watcher thread (the store closes)
 
 Why: the pool wait is bounded by the call's deadline (postgres.PostgresStore._wait), but a
 statement already sent waits for its answer as long as the database takes: a lock another
@@ -53,6 +54,7 @@ class DeadlineCutter:
         self._cv = threading.Condition()
         self._next = float("inf")       # the earliest deadline the watcher sleeps towards
         self._thread: threading.Thread | None = None
+        self._closed = False
 
     @contextlib.contextmanager
     def hold(self, conn: Any, deadline: Deadline) -> Iterator[None]:
@@ -88,15 +90,23 @@ class DeadlineCutter:
                 # rather than hand the next call a connection whose socket is shut down
                 conn.close()
 
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(5)
+
     def _start(self) -> None:
-        if self._thread is None:
+        if self._thread is None and not self._closed:
             self._thread = threading.Thread(target=self._watch, name="aifs-pg-cutter",
                                             daemon=True)
             self._thread.start()
 
     def _watch(self) -> None:
         with self._cv:
-            while True:
+            while not self._closed:
                 now = time.monotonic()
                 for h in [h for h in self._held if h.at <= now and not h.cut]:
                     # under the lock: the holder cannot leave (and its connection go back to

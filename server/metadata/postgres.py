@@ -5,7 +5,8 @@ Interface:
                                             implements `MetadataEngine` (metadata/base.py):
                                             `posix.PosixMeta` over a `PostgresStore`, every call
                                             re-run (bounded) when the database aborted it for a
-                                            conflict; `close()` closes the pool
+                                            conflict; `close()` closes the pool (and the
+                                            deadline cutter's thread)
     PostgresStore(dsn, *, pool_size=10, timeout=POOL_TIMEOUT, row_key=None)
                                             implements `store.Store` over a psycopg 3 connection
                                             pool of at most `pool_size` (creating or migrating
@@ -242,6 +243,7 @@ class PostgresStore:
 
     def close(self) -> None:
         self._pool.close()
+        self._cutter.close()
 
 
 F = TypeVar("F", bound=Callable[..., Any])
