@@ -63,8 +63,8 @@ class _Server:
                               timeout=timeout).attr.ino)
 
     def failed_getattrs(self, n: int) -> tuple[float, int]:
-        """(seconds, calls) of the failed GetAttrs once `n` have ended (or after ~10 s)."""
-        for _ in range(50):
+        """(seconds, calls) of the failed GetAttrs once `n` have ended (or after ~20 s)."""
+        for _ in range(100):
             spent, got = _getattr_seconds(self.url)
             if got >= n:
                 break
