@@ -1,12 +1,13 @@
 """ReadDir's inline bytes written into a file the client made under /dev/shm, not the reply.
 
 Interface:
-    InlineSink.open(path, peer, limit=FILE_MAX) -> InlineSink | None
+    InlineSink.open(path, peer, limit=FILE_MAX, reused=False) -> InlineSink | None
         the client's file (ReadDirRequest.inline_file, GetChunksRequest.inline_file) opened
         for writing, or None when it may not be used: not over a unix socket, a name
         inline_file.py's client side would not make, in a directory that is not a real one
-        owned by this process's user and closed to everyone else (0700), not an empty
-        regular file with one link owned by this process's user, or gone
+        owned by this process's user and closed to everyone else (0700), not a regular file
+        with one link owned by this process's user, not empty unless `reused` (GetChunks:
+        the client reuses its files, written over from offset 0), or gone
     .place(pieces) -> int | None write the pieces (bytes-like, back to back) at the end of
                                  what was placed: their offset, or None (the file would pass
                                  `limit`, or a write failed, e.g. /dev/shm full: these and
@@ -34,7 +35,11 @@ directory of our user's that nobody else may enter: the names of a call's file a
 to our user only, so another local user's client (a token of its own) cannot name a mount's
 in-flight file and have its bytes written where that mount's reply says its bytes are
 (/dev/shm itself is listed by anyone). What it writes is what the caller may read anyway. The
-client unlinks the name when its call ends, whatever the outcome.
+client unlinks the name when its call ends, whatever the outcome, or, for GetChunks and
+PutChunks after a call that ended well, keeps the file for its next call: GetChunks therefore
+takes a file that is not empty (`reused`) and writes it over from offset 0. Emptiness was
+never what kept a file safe (the 0700 directory and the owner are); ReadDir still asks for it
+because its client never reuses a file.
 """
 
 from __future__ import annotations
@@ -94,8 +99,9 @@ class InlineSink:
         self.limit = limit
 
     @classmethod
-    def open(cls, path: str, peer: str, limit: int = FILE_MAX) -> InlineSink | None:
-        fd = _open_checked(path, peer, os.O_WRONLY, empty=True)
+    def open(cls, path: str, peer: str, limit: int = FILE_MAX, reused: bool = False
+             ) -> InlineSink | None:
+        fd = _open_checked(path, peer, os.O_WRONLY, empty=not reused)
         return None if fd is None else cls(fd, limit)
 
     def place(self, pieces: Sequence[bytes | bytearray | memoryview]) -> int | None:

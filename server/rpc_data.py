@@ -331,9 +331,10 @@ class DataServicer(data_pb2_grpc.DataServicer):
         accepted = {e.lower() for e in request.accept_encodings}
         zstd_ok = "zstd" in accepted
         multi = "zstd-frames" in accepted
-        # raw bytes into the client's file when it gave one (server/inline_file.py)
-        sink = InlineSink.open(request.inline_file, context.peer()) if request.inline_file \
-            else None
+        # raw bytes into the client's file when it gave one (server/inline_file.py); a file
+        # the client reuses from an earlier call is written over from offset 0
+        sink = (InlineSink.open(request.inline_file, context.peer(), reused=True)
+                if request.inline_file else None)
         opened = self._opened(ns, ranges, ids, zstd_ok)
         try:
             for i, (r, cid) in enumerate(zip(ranges, ids, strict=True)):

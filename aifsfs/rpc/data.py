@@ -44,10 +44,11 @@ log = logging.getLogger("aifsfs.rpc.data")
 # The most one PutChunks call writes into its /dev/shm file (the mount's calls are at most
 # 16 MiB; an SDK caller's long list sends the rest in the messages)
 PUT_FILE_MAX = 32 << 20
-# /dev/shm bytes the upload files kept between PutChunks calls may hold (inline_file.UploadFiles)
-UPLOAD_FILES_KEEP = 16 << 20
+# /dev/shm bytes the call files kept between PutChunks and GetChunks calls may hold
+# (inline_file.CallFiles)
+CALL_FILES_KEEP = 32 << 20
 # one pool per process, not per client: an SDK program making many clients keeps no more
-_upload_files = inline_file.UploadFiles(UPLOAD_FILES_KEEP)
+_call_files = inline_file.CallFiles(CALL_FILES_KEEP)
 
 
 class Piece(NamedTuple):
@@ -221,10 +222,10 @@ class GrpcData:
         """PutChunks with the chunks' bytes written into a file of the call's own (one pwritev)
         and each message naming its offset; a chunk the file could not take (/dev/shm full)
         travels in its message. None: no file could be made (the caller sends messages).
-        The file is kept for the next call after a success (inline_file.UploadFiles), else
+        The file is kept for the next call after a success (inline_file.CallFiles), else
         unlinked."""
         result = PutChunksResult()
-        side = _upload_files.take()
+        side = _call_files.take()
         if side is None:
             return None
         ok = False
@@ -258,7 +259,7 @@ class GrpcData:
             ok = True
             return self._put_result(result, reply)
         finally:
-            _upload_files.give_back(side, ok)
+            _call_files.give_back(side, ok)
 
     def get_chunks(self, ranges: Sequence[tuple[bytes, int, int]],
                    accept_zstd: bool | None = None, timeout: float | None = None
@@ -274,14 +275,19 @@ class GrpcData:
         t = timeout or self._ch.timeout
 
         def attempt() -> list[bytes]:
-            # raw bytes through a file of this call's own (aifsfs/rpc/inline_file.py)
-            side = inline_file.InlineFile.make() if self._inline_files else None
+            # raw bytes through a file of this call's (aifsfs/rpc/inline_file.py): one kept
+            # from an earlier call that ended well, or a fresh one; kept again only if this
+            # call ends well too (the server may still write into a failed call's file)
+            side = _call_files.take() if self._inline_files else None
             req.inline_file = side.path if side is not None else ""
+            ok = False
             try:
-                return self._get_chunks_once(req, ranges, t, side)
+                got = self._get_chunks_once(req, ranges, t, side)
+                ok = True
+                return got
             finally:
                 if side is not None:
-                    side.close()
+                    _call_files.give_back(side, ok)
         return self._ch.retrying(attempt, True, t)
 
     def _get_chunks_once(self, req: data_pb2.GetChunksRequest,

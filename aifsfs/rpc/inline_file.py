@@ -20,7 +20,8 @@ Interface:
         .write_all(datas, at) -> [offset | None]   the same from offset `at` (a reused file)
         .close()                      unlink the name and close our descriptor: the mapping
                                       lives while a slice of it does, then its pages go
-    UploadFiles(keep_bytes)           PutChunks' files, reused call after call (see there)
+    CallFiles(keep_bytes)             PutChunks' and GetChunks' files, reused call after call
+                                      (see there)
         .take() -> InlineFile | None  a kept file (its old bytes stay until overwritten) or
                                       a fresh one; None when none can be made
         .give_back(f, reusable)       keep it for the next call (while the kept files hold at
@@ -39,10 +40,12 @@ and the server would write that client's bytes into our file, where our reply sa
 are. In a 0700 directory of ours the names (128 random bits) are seen by our user only, and the
 server refuses a file whose directory others may enter.
 
-Why, and what it saves: server/inline_file.py. One file per call, never reused, so a server
-still writing after the call gave up (a deadline) writes into a file nobody reads. Slices
-handed out are memoryviews of the mapping: the page pusher hands them to the kernel as they
-are (no copy here), and anything kept longer (the memory cache) takes bytes of them.
+Why, and what it saves: server/inline_file.py. ReadDir's files are one per call, never
+reused: slices of them are handed out and live on, and a server still writing after the call
+gave up (a deadline) writes into a file nobody reads. Those slices are memoryviews of the
+mapping: the page pusher hands them to the kernel as they are (no copy here), and anything
+kept longer (the memory cache) takes bytes of them. PutChunks' and GetChunks' files are reused
+after a call that succeeded (CallFiles); GetChunks' bytes are read out (pread), never mapped.
 """
 
 from __future__ import annotations
@@ -154,18 +157,21 @@ class InlineFile:
         self.close()
 
 
-class UploadFiles:
-    """PutChunks' files, kept from one call to the next.
+class CallFiles:
+    """PutChunks' and GetChunks' files, kept from one call to the next.
 
-    A fresh file per upload cost the mount a tmpfs page allocation for every byte sent and its
-    freeing at the call's end: a sixth of the mount's CPU in a sequential write (BENCHMARKS
-    "Upload files reused"). A kept file is written over from offset 0, its pages reused.
-    Reuse is safe where GetChunks' files are not (those stay one per call): the server only
-    reads an upload file, into bytes of its own, and checks each chunk's BLAKE3 against its id,
-    so bytes a later call wrote under a reader that outlived its call (a deadline) are refused,
-    never stored. A file is kept only after a call that succeeded (the server is done reading
-    it) and while the kept files hold at most `keep_bytes` of /dev/shm: that much RAM stays
-    taken between calls, outside any process's RSS."""
+    A fresh file per call cost the mount a tmpfs page allocation for every byte moved and its
+    freeing at the call's end (and the server its allocation on GetChunks' writes): a sixth of
+    the mount's CPU in a sequential write (BENCHMARKS "Upload files reused"), 8 % of the
+    server's and 7 % of the mount's in a cold read. A kept file is written over from offset 0,
+    its pages reused. A file is kept only after a call that succeeded, which is what makes
+    reuse safe both ways: the server only reads an upload file (into bytes of its own, each
+    chunk's BLAKE3 checked against its id), and it writes a GetChunks file only before it
+    sends the piece that names those bytes and closes it before the call's status goes out,
+    so once a call has ended well nobody touches its file; a failed call's file (a deadline:
+    the server may still be writing or reading it) is unlinked, never reused. Kept while the
+    kept files hold at most `keep_bytes` of /dev/shm: that much RAM stays taken between calls,
+    outside any process's RSS."""
 
     def __init__(self, keep_bytes: int) -> None:
         self.keep_bytes = keep_bytes

@@ -1,11 +1,13 @@
 """A cold shuffled epoch through a real mount whose ReadDir pages bring the samples' bytes
 through /dev/shm (server/inline_file.py, aifsfs/rpc/inline_file.py): bytes exact, the bytes
 counted by the server's metrics as written to the mount's files (not in replies), calls as
-before (a few ReadDir pages, no per-file GetChunkMap or GetChunks), no file left behind, and a
-rewrite on another mount read new afterwards (close-to-open)."""
+before (a few ReadDir pages, no per-file GetChunkMap or GetChunks), a rewrite on another mount
+read new afterwards (close-to-open), and no file left behind once the mount is gone (before,
+only the call files it keeps for reuse)."""
 
 from __future__ import annotations
 
+import os
 import random
 import urllib.request
 from collections.abc import Callable
@@ -14,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from aifsfs.rpc import inline_file
+from aifsfs.rpc.data import CALL_FILES_KEEP
 from tests.e2e.conftest import Mount
 from tests.e2e.test_leases import _wait_leased, calls, lease_term  # noqa: F401 - fixture
 from tests.helpers import ServerProc
@@ -62,9 +65,14 @@ def test_cold_epoch_bytes_come_through_the_inline_file(
     assert _file_bytes(metered) - placed >= (N - 2) * (SIZE - N), delta
     assert delta.get("GetChunkMap", 0) + delta.get("GetChunks", 0) <= 4, delta
     assert delta.get("ReadDir", 0) <= 8, delta
-    assert _left_by(b.proc.pid) == []
+    # ReadDir's files are gone with their calls; what stays is at most the GetChunks /
+    # PutChunks files kept for reuse (CallFiles), and nothing once the mount is gone
+    kept = _left_by(b.proc.pid)
+    assert sum(os.path.getsize(f"{inline_file.SHM}/{f}") for f in kept) <= CALL_FILES_KEEP
     # close-to-open still: a rewrite on the other mount is read new
     for i in range(0, N, 13):
         p = f"ds/s{i:04d}.npy"
         (a.path / p).write_bytes(b"new %d" % i)
         assert (b.path / p).read_bytes() == b"new %d" % i
+    b.unmount()
+    assert _left_by(b.proc.pid) == []

@@ -3,7 +3,7 @@
 metrics as "in_file"; fsync'd and closed, it survives a SIGKILL of the server byte for byte
 (read back through a new mount on a server restarted on the same data dir, whose read-ahead
 gets the bytes through /dev/shm too: "out_file"); the files the mount keeps for its next
-uploads hold at most UPLOAD_FILES_KEEP bytes, and none is left once it has unmounted. With
+uploads hold at most CALL_FILES_KEEP bytes, and none is left once it has unmounted. With
 AIFS_INLINE_FILE=0 the mount sends the same bytes in the messages."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Callable
 import pytest
 
 from aifsfs.rpc import inline_file
-from aifsfs.rpc.data import UPLOAD_FILES_KEEP
+from aifsfs.rpc.data import CALL_FILES_KEEP
 from tests.e2e.conftest import Mount
 from tests.helpers import ServerProc, start_server, stop_server
 from tests.integration.test_snapshot_open import metric
@@ -53,7 +53,7 @@ def test_big_file_through_the_file_survives_a_server_kill(
     # with the file itself)
     assert through_file >= 24 * MiB, through_file
     kept = inline_file.files_of(m.proc.pid)
-    assert sum(os.path.getsize(f"{inline_file.SHM}/{f}") for f in kept) <= UPLOAD_FILES_KEEP
+    assert sum(os.path.getsize(f"{inline_file.SHM}/{f}") for f in kept) <= CALL_FILES_KEEP
     metered.proc.send_signal(signal.SIGKILL)
     metered.proc.wait(10)
     m.unmount()

@@ -20,6 +20,7 @@ import pytest
 from aifs_core.types import ChunkRef
 from aifs_proto.v1 import filesystem_pb2, filesystem_pb2_grpc
 from aifsfs.client import AIFSClient
+from aifsfs.errors import IncompleteRead
 from aifsfs.rpc import data as rpc_data
 from aifsfs.rpc import inline_file
 from tests.helpers import (
@@ -31,7 +32,7 @@ from tests.helpers import (
     stop_server,
 )
 from tests.integration.test_inline_put import (  # noqa: F401 - an autouse fixture: the
-    _no_kept_upload_files,  # files each test counts in /dev/shm are its own
+    _no_kept_call_files,  # files each test counts in /dev/shm are its own
 )
 from tests.integration.test_snapshot_open import metric
 
@@ -197,7 +198,9 @@ def _out_file(sp: ServerProc) -> float:
 def test_get_chunks_raw_pieces_come_through_the_file(metered: ServerProc) -> None:
     """GetChunks: raw (incompressible) pieces of a unix client's call are written into its
     file (counted as out_file), compressed frames still travel in the messages, ranges are
-    exact, and nothing is left in /dev/shm; a TCP client gets every byte in the messages."""
+    exact; the file is kept for the next call (written over from offset 0, whatever it held)
+    and none is left once the kept files are closed; a TCP client gets every byte in the
+    messages."""
     rand = os.urandom(3 * MiB + 12_345)
     text = b"".join(b"line %d of some text\n" % i for i in range(60_000))[:MiB]
     with AIFSClient(metered.address, token_file=metered.token_file) as c:
@@ -206,22 +209,37 @@ def test_get_chunks_raw_pieces_come_through_the_file(metered: ServerProc) -> Non
             cid = blake3.blake3(data).digest()
             c.data.put_chunks([(cid, data)])
             refs.append((cid, len(data)))
-        rpc_data._upload_files.close()    # the puts' kept file: what is left below is gets'
+        rpc_data._call_files.close()    # the puts' kept file: what is left below is gets'
         wanted = [(cid, 0, 0) for cid, _ in refs] + [(refs[1][0], 70_000, 200_000),
                                                       (refs[4][0], 5, 100)]
         before = _out_file(metered)
+        kept: list[list[str]] = []
         for zstd in (False, True):
             got = c.data.get_chunks(wanted, accept_zstd=zstd)
             assert got[:3] == [rand[:MiB], rand[MiB:2 * MiB], rand[2 * MiB:3 * MiB]]
             assert got[3] == rand[3 * MiB:] and got[4] == text
             assert got[5] == rand[MiB + 70_000:MiB + 270_000] and got[6] == text[5:105]
             assert all(type(g) is bytes for g in got)
-            assert _ours() == []
+            kept.append(_ours())
+        # one file, kept after the first call and written over by the second (which placed
+        # fewer bytes than the file held: the reply's offsets are what counts)
+        assert len(kept[0]) == 1 and kept[1] == kept[0], kept
         placed = _out_file(metered) - before
         random_bytes = len(rand) + 200_000
         # both calls' random bytes through the file; the text as zstd frames (in the
         # messages) when zstd was accepted, through the file when not
         assert placed == 2 * random_bytes + len(text) + 100, placed
+        # a small call into the same big file, then the kept files closed: nothing left
+        assert c.data.get_chunks([(refs[4][0], 10, 20)], accept_zstd=False) == [text[10:30]]
+        assert _ours() == kept[0]
+        rpc_data._call_files.close()
+        assert _ours() == []
+        # a call that fails after the server wrote into its file (the second range is past
+        # its chunk's end): the file is not kept, whatever the server may still do with it
+        with pytest.raises(IncompleteRead):
+            c.data.get_chunks([(refs[0][0], 0, 0), (refs[0][0], 2 * MiB, 10)],
+                              accept_zstd=False)
+        assert _ours() == []
     tcp_ok = False
     with AIFSClient(metered.address, token_file=metered.token_file) as c:
         c.data._inline_files = False          # as a TCP client: no file asked for

@@ -37,10 +37,10 @@ pytestmark = pytest.mark.skipif(not inline_file.available(["unix:x"]), reason="n
 
 
 @pytest.fixture(autouse=True)
-def _no_kept_upload_files() -> None:
+def _no_kept_call_files() -> None:
     """The upload files kept by earlier puts in this process (other test modules of the same
     worker too): the files each test counts in /dev/shm are its own."""
-    rpc_data._upload_files.close()
+    rpc_data._call_files.close()
 
 
 def _in_file(sp: ServerProc) -> int:
@@ -104,7 +104,7 @@ def test_the_upload_file_is_reused_and_written_over(metered: ServerProc,
     """A kept file serves the next call from offset 0: a shorter second call (its file's
     tail still the first call's bytes) stores exactly its own bytes, through the same file;
     a call that fails leaves no file kept."""
-    rpc_data._upload_files.close()
+    rpc_data._call_files.close()
     first = _chunks([MiB, MiB, 300_000])
     unix_client.data.put_chunks(first)
     kept = inline_file.files_of(os.getpid())
@@ -155,7 +155,7 @@ def test_no_file_to_make_or_a_full_one_falls_back_to_messages(
         metered: ServerProc, unix_client: AIFSClient,
         monkeypatch: pytest.MonkeyPatch) -> None:
     # no /dev/shm to make the file in: the whole call in the messages
-    rpc_data._upload_files.close()      # (no file kept from an earlier call)
+    rpc_data._call_files.close()      # (no file kept from an earlier call)
     with monkeypatch.context() as mp:
         mp.setattr(inline_file, "SHM", "/nonexistent-aifs-shm")
         mp.setattr(inline_file, "_dir", None)
@@ -299,4 +299,5 @@ def test_client_whose_file_is_refused_sends_messages(
         assert _read_back(unix_client, chunks + more) == [d for _, d in chunks + more]
     finally:
         os.chmod(d, 0o700)
+    rpc_data._call_files.close()        # the read-back's GetChunks file, kept for reuse
     assert inline_file.files_of(os.getpid()) == []

@@ -35,11 +35,19 @@ def test_pieces_land_back_to_back_until_the_limit() -> None:
         assert f.view_upto(10) is view and f.view_upto(11) is None   # no more than written
 
 
-def test_a_file_written_already_is_refused(tmp_path: Path) -> None:
+def test_a_file_written_already_is_refused_unless_reused(tmp_path: Path) -> None:
     path = f"{inline_file.private_dir()}/{secrets.token_hex(16)}"
     Path(path).write_bytes(b"x")
     try:
         assert InlineSink.open(path, "unix:/s.sock") is None
+        # GetChunks' file, reused by the client after an earlier call: written over from 0
+        sink = InlineSink.open(path, "unix:/s.sock", reused=True)
+        assert sink is not None
+        try:
+            assert sink.place([b"yz"]) == 0
+        finally:
+            sink.close()
+        assert Path(path).read_bytes() == b"yz"
     finally:
         os.unlink(path)
 
