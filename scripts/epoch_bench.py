@@ -324,6 +324,14 @@ def main() -> None:
                 phase("ml3", lambda: pool.epoch(root, seed=2), a.samples)
         print("peak RSS MiB", {f"{r}:{p}": round(peak_mib(p)) for p, r in rig.pids()},
               flush=True)
+        if isinstance(rig, AifsRig):
+            from aifsfs.fuse.disk_cache import scan
+            time.sleep(1.0)         # the mount publishes its counters when idle (0.5 s)
+            for row in scan(str(rig.cache)):
+                st = row["stats"]
+                print("disk cache", {k: st.get(k) for k in (
+                    "entries", "packs", "hits", "misses", "corrupt", "dropped", "evicted",
+                    "errors")}, flush=True)
     finally:
         rig.close()
 

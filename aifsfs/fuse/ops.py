@@ -724,8 +724,9 @@ class AIFSOperations(pyfuse3.Operations):
                 # best effort (dropped when the writer is behind): the next epoch after the
                 # page cache lost these pages reads them here, not through GetChunks. Not
                 # files under a frame: a cache file each cost more (small read 1,367 -> 872
-                # files/s) than refetching them in the prefetch's batched calls
-                disk.submit(refs[0].chunk_id, 0, data)
+                # files/s) than refetching them in the prefetch's batched calls. The whole
+                # chunk: a small one goes into a pack, no file of its own (disk_cache.py)
+                disk.submit(refs[0].chunk_id, 0, data, whole=True)
             self._push_whole(e.attr, cs, data, refs[0].chunk_id)
 
     def _push_whole(self, a: Attr, cs: int, data: bytes, chunk_id: bytes) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from aifsfs.fuse.chunk_cache import FRAME_SIZE
-from aifsfs.fuse.disk_cache import SLOT, DiskCache, clear_dir, scan
+from aifsfs.fuse.disk_cache import PACK_ENTRY_MAX, SLOT, DiskCache, clear_dir, scan
 
 MiB = 1 << 20
 
@@ -231,3 +231,79 @@ def test_a_file_system_refusing_direct_reads_is_read_buffered(
     finally:
         monkeypatch.undo()
         c.close()
+
+
+def _packs(c: DiskCache) -> list[Path]:
+    return sorted((c.dir / "packs").glob("*"), key=lambda p: int(p.name))
+
+
+def test_small_whole_chunks_share_packs_not_files(cache: DiskCache) -> None:
+    """Whole chunks up to PACK_ENTRY_MAX go into pack files (no file each), read back exact
+    in any range; a chunk filled frame by frame or a bigger one still gets its own file."""
+    sizes = [1, 4096, FRAME_SIZE - 1, FRAME_SIZE, FRAME_SIZE + 1, 150_000, PACK_ENTRY_MAX]
+    chunks = {bytes([i]) * 32: _chunk(100 + i, n) for i, n in enumerate(sizes * 3)}
+    for cid, d in chunks.items():
+        cache.submit(cid, 0, d, whole=True)
+    cache.submit(b"F" * 32, 0, _chunk(9, MiB), whole=True)          # too big to pack
+    cache.submit(b"G" * 32, FRAME_SIZE, _chunk(8, FRAME_SIZE))     # not whole
+    assert cache.flush(10)
+    packs = _packs(cache)
+    assert len(packs) == 1 and cache.stats()["packs"] == 1
+    assert len([p for p in _files(cache) if p.parent.name != "packs"]) == 2
+    for cid, d in chunks.items():
+        assert cache.has(cid, 0, len(d))
+        assert cache.read(cid, 0, len(d)) == d
+        assert cache.read(cid, len(d) // 2, len(d)) == d[len(d) // 2:]
+    raw = packs[0].read_bytes()
+    assert all(d[:64] not in raw for d in chunks.values() if len(d) >= 64)   # sealed
+    s = cache.stats()
+    assert s["corrupt"] == 0 and s["entries"] == len(chunks) + 2
+    # the packs' bytes, whole, and each own file's slots
+    assert cache.used_bytes == packs[0].stat().st_size + sum(
+        e.nbytes for e in cache._index.values())
+
+
+def test_packs_are_evicted_whole_oldest_first(tmp_path: Path) -> None:
+    c = DiskCache(str(tmp_path / "dc"), 3 * PACK_ENTRY_MAX // FRAME_SIZE * SLOT * 8).open()
+    try:
+        per_pack = c._pack_bytes // (2 * SLOT)              # two-frame entries a pack takes
+        ids = [i.to_bytes(4, "big") * 8 for i in range(per_pack * 5)]
+        for cid in ids:
+            c.submit(cid, 0, _chunk(int.from_bytes(cid[:4], "big"), FRAME_SIZE + 7),
+                     whole=True)
+            assert c.flush(10)
+        assert c.used_bytes <= c.capacity
+        assert c.used_bytes == sum(p.stat().st_size for p in _packs(c))
+        kept = [cid for cid in ids if c.has(cid, 0, FRAME_SIZE + 7)]
+        # whole packs went, the oldest first: what is left is the newest, in one run
+        assert kept == ids[len(ids) - len(kept):] and len(kept) % per_pack == 0
+        assert 0 < len(kept) < len(ids) and c.stats()["evicted"] == len(ids) - len(kept)
+        assert int(_packs(c)[0].name) > 1                   # pack 1 is gone
+        assert c.read(ids[-1], 0, FRAME_SIZE + 7) == _chunk(len(ids) - 1, FRAME_SIZE + 7)
+    finally:
+        c.close()
+
+
+def test_a_damaged_packed_entry_is_dropped_alone(cache: DiskCache) -> None:
+    chunks = {bytes([i]) * 32: _chunk(200 + i, 2 * FRAME_SIZE + i) for i in range(3)}
+    for cid, d in chunks.items():
+        cache.submit(cid, 0, d, whole=True)
+    assert cache.flush(10)
+    (pack,) = _packs(cache)
+    victim = bytes([1]) * 32
+    with open(pack, "r+b") as f:                 # a flipped bit in the middle entry's slot
+        at = cache._index[victim].base * SLOT + 40
+        f.seek(at)
+        b = f.read(1)
+        f.seek(at)
+        f.write(bytes([b[0] ^ 1]))
+    assert cache.read(victim, 0, 10) is None
+    assert not cache.has(victim, 0, 10) and cache.stats()["corrupt"] == 1
+    for cid, d in chunks.items():
+        if cid != victim:
+            assert cache.read(cid, 0, len(d)) == d
+    cache.clear()
+    assert cache.used_bytes == 0 and _packs(cache) == [] and cache.stats()["packs"] == 0
+    cache.submit(victim, 0, chunks[victim], whole=True)          # a new pack after a clear
+    assert cache.flush(10)
+    assert cache.read(victim, 0, len(chunks[victim])) == chunks[victim]
