@@ -42,12 +42,13 @@ index and no fsync: after a crash the entries are unreadable anyway, and the nex
 the same root removes them (the dead mount's flock is released). The index (chunk id ->
 frame bit mask, LRU order, bytes) is in memory; eviction removes a chunk's file.
 
-Small whole chunks share pack files (packs/<n>, PACK_BYTES each, numbers never reused): the
-same slots, an entry's frames back to back from its `base` slot, appended through one open
-descriptor. Why: a file per entry cost the mount a create (and later an unlink) per small
-file of a data set, and creating files on this machine's ext4 (no journal: each new inode is
-checked against recently deleted ones) took 20-500 us of CPU each, 16 % of the mount's CPU in
-a cold epoch of 147 KiB samples. A pack is evicted whole (when its oldest entry is the least
+Whole chunks (up to PACK_ENTRY_MAX: a data set's small files, default 1 MiB chunks read
+whole) share pack files (packs/<n>, PACK_BYTES each, numbers never reused): the same slots,
+an entry's frames back to back from its `base` slot, appended through one open descriptor.
+Why: a file per entry cost the mount a create (and later an unlink) per chunk, and creating
+files on this machine's ext4 (no journal: each new inode is checked against recently deleted
+ones) took 20-500 us of CPU each: 16 % of the mount's CPU in a cold epoch of 147 KiB samples,
+5 % in a cold sequential read. A pack is evicted whole (when its oldest entry is the least
 recently used one): its entries go together, FIFO, as a log-structured cache's segments do;
 one packed entry dropped alone (damaged) leaves its bytes counted until its pack goes.
 
@@ -95,9 +96,10 @@ SLOT = -(-(_HDR.size + FRAME_SIZE + _TAG) // _DIO_ALIGN) * _DIO_ALIGN
 _BUF_SLOTS = 16                        # slots sealed and written per pwrite (1 MiB chunk)
 _AAD = b"aifs-disk-cache-v1"
 READ_BUFFERS = 4                       # chunk-sized read buffers kept between reads (~4 MiB)
-# Whole chunks up to this size go into packs (a data set's small files); bigger ones, and
-# chunks filled frame by frame, get a file of their own (evicted one by one, LRU)
-PACK_ENTRY_MAX = 8 * FRAME_SIZE
+# Whole chunks up to this size go into packs (a data set's small files, a default 1 MiB
+# chunk read whole); bigger ones, and chunks filled frame by frame, get a file of their own
+# (evicted one by one, LRU)
+PACK_ENTRY_MAX = 16 * FRAME_SIZE
 # A pack's size: evicted whole, so a small part of the capacity
 PACK_BYTES = 16 << 20
 PACKS_DIR = "packs"
@@ -183,7 +185,7 @@ class DiskCache:
         self._pack_no = 0                       # the pack being appended to (writer thread)
         self._pack_fd = -1
         self._pack_end = 0                      # slots written into it
-        self._pack_bytes = max(8 * PACK_ENTRY_MAX // FRAME_SIZE * SLOT,
+        self._pack_bytes = max(2 * PACK_ENTRY_MAX // FRAME_SIZE * SLOT,
                                min(PACK_BYTES, self.capacity // 16))
         self._queue: queue.Queue[tuple[bytes, int, bytes, bool] | None] = queue.Queue()
         self._pending = 0
@@ -439,6 +441,8 @@ class DiskCache:
                 e = _Entry(name)
                 self._index[chunk_id] = e
             self._index.move_to_end(chunk_id)
+            if e.pack >= 0:
+                return          # packed: whole already
             frames = [i for i in _frames(start, start + n) if not e.mask >> i & 1]
         if not frames:
             return
@@ -481,9 +485,11 @@ class DiskCache:
             return
         frames = list(_frames(0, n))
         with self._lock:
-            if chunk_id in self._index:
-                return          # cached meanwhile (a file of its own: frames from elsewhere)
+            known = chunk_id in self._index
             pack = self._packs.get(self._pack_no) if self._pack_fd >= 0 else None
+        if known:       # packed already, or a file of its own: the frames it lacks go there
+            self._write(chunk_id, 0, data)
+            return
         if pack is None or (self._pack_end + len(frames)) * SLOT > self._pack_bytes:
             pack = self._new_pack()
         base = self._pack_end

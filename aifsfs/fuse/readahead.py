@@ -79,11 +79,12 @@ from aifsfs.protocols import DataClient
 
 
 class _Fetch:
-    __slots__ = ("start", "end", "done", "data", "error")
+    __slots__ = ("start", "end", "whole", "done", "data", "error")
 
-    def __init__(self, start: int, end: int) -> None:
+    def __init__(self, start: int, end: int, whole: bool = False) -> None:
         self.start = start
         self.end = end
+        self.whole = whole      # the entire chunk (the disk cache may pack it)
         self.done = trio.Event()
         self.data: bytes | None = None
         self.error: BaseException | None = None
@@ -304,21 +305,22 @@ class ChunkReader:
                     return f.data[offset - f.start:end - f.start]
                 break  # that fetch failed: try ourselves, and report our own error
         start, stop = (0, stored) if whole else frame_align(offset, length, stored)
-        data = await self._fetch(chunk_id, start, stop)
+        data = await self._fetch(chunk_id, start, stop, whole=start == 0 and stop == stored)
         return data[offset - start:end - start]
 
-    def _register(self, chunk_id: bytes, start: int, stop: int) -> _Fetch:
-        f = _Fetch(start, stop)
+    def _register(self, chunk_id: bytes, start: int, stop: int, whole: bool = False) -> _Fetch:
+        f = _Fetch(start, stop, whole)
         self._inflight.setdefault(chunk_id, []).append(f)
         return f
 
     async def _fetch(self, chunk_id: bytes, start: int, stop: int,
-                     f: _Fetch | None = None, keep: bool = True, to_disk: bool = True
-                     ) -> bytes:
+                     f: _Fetch | None = None, keep: bool = True, to_disk: bool = True,
+                     whole: bool = False) -> bytes:
         """keep=False: a fill's fetch, for the disk cache only (when there is one);
-        to_disk=False: not for the disk cache either (a fill larger than its budget)."""
+        to_disk=False: not for the disk cache either (a fill larger than its budget);
+        whole: [start, stop) is the entire chunk."""
         if f is None:
-            f = self._register(chunk_id, start, stop)
+            f = self._register(chunk_id, start, stop, whole)
         try:
             disk = self.disk
             if disk is not None and disk.has(chunk_id, start, stop):
@@ -359,7 +361,7 @@ class ChunkReader:
             # cache keeps the reader's working set instead
             self.cache.put(chunk_id, start, data)
         if disk is not None and to_disk:
-            disk.submit(chunk_id, start, data)
+            disk.submit(chunk_id, start, data, whole=f.whole)
         f.data = data
         return data
 
@@ -467,7 +469,7 @@ class ChunkReader:
             if any(f.start == 0 and f.end >= ref.length
                    for f in self._inflight.get(ref.chunk_id, ())):
                 continue
-            group.append((ref.chunk_id, self._register(ref.chunk_id, 0, ref.length)))
+            group.append((ref.chunk_id, self._register(ref.chunk_id, 0, ref.length, True)))
             if len(group) >= PREFETCH_GROUP:
                 nursery.start_soon(self._fetch_group, nursery, group)
                 group = []
@@ -500,7 +502,7 @@ class ChunkReader:
                                                                             ref.length):
                 on_disk = disk is not None and disk.has(ref.chunk_id, 0, ref.length)
                 (local if on_disk else items).append(
-                    (i, ref.chunk_id, self._register(ref.chunk_id, 0, ref.length)))
+                    (i, ref.chunk_id, self._register(ref.chunk_id, 0, ref.length, True)))
         if not items and not local:
             return out
 
@@ -674,7 +676,7 @@ class ChunkReader:
                 await trio.sleep(0.005)
             try:
                 data = await self._fetch(ref.chunk_id, 0, ref.length, keep=False,
-                                         to_disk=to_disk)
+                                         to_disk=to_disk, whole=True)
             except Exception:  # noqa: BLE001 - a hint: the reads fetch what they need
                 return
             self.filled_chunks += 1

@@ -120,27 +120,33 @@ def test_a_damaged_cache_file_is_refetched_never_served(
     _epoch(m)
     _live_stats(tmp_path / "dc", _written)
     files = sorted(p for p in (tmp_path / "dc").glob("m-*/*/*") if p.is_file())
-    assert len(files) >= TOTAL // MiB
-    # slots are SLOT bytes apart, a sealed frame then zero padding (which holds nothing to
-    # serve): the damage goes into sealed bytes (header 16 bytes, ciphertext, tag)
+    assert files
+    # Chunks are files of their own or runs of slots in packs (a whole 1 MiB chunk: 16 slots
+    # from a multiple of 16 in a pack of such chunks). Slots are SLOT bytes apart, a sealed
+    # frame then zero padding (which holds nothing to serve): the damage goes into sealed
+    # bytes (header 16 bytes, ciphertext, tag), one frame in every run of 16 slots, so each
+    # chunk cached gets one; and every third file loses its last slot too (a torn tail).
+    damaged = 0
     for k, p in enumerate(files):
-        last = (p.stat().st_size - 1) // SLOT
-        if k % 3 == 0:
-            os.truncate(p, last * SLOT + 16)             # torn tail: the last slot cut
-        else:
-            with open(p, "r+b") as f:                    # a flipped bit in the middle
-                f.seek(last // 2 * SLOT + 20)
+        slots = p.stat().st_size // SLOT
+        with open(p, "r+b") as f:
+            for first in range(0, slots, 16):
+                f.seek((first + min(7, slots - 1 - first)) * SLOT + 20)
                 b = f.read(1)
                 f.seek(-1, os.SEEK_CUR)
                 f.write(bytes([b[0] ^ 0x40]))
+                damaged += 1
+        if k % 3 == 0:
+            os.truncate(p, (slots - 1) * SLOT + 16)
+    assert damaged >= TOTAL // MiB
     _drop_page_cache(m)
     before = get_chunks_calls(metered)
     _epoch(m)                                            # the right bytes, from the server
     assert get_chunks_calls(metered) > before
-    # at least half the damaged files were caught as corrupt (fails after 20 s otherwise); the
+    # at least half the damaged chunks were caught as corrupt (fails after 20 s otherwise); the
     # counters are published every 0.5 s, so this waits for the whole epoch's instead of
     # reading the first count published (which could be from mid-epoch)
-    _live_stats(tmp_path / "dc", lambda s: s["corrupt"] >= len(files) // 2)
+    _live_stats(tmp_path / "dc", lambda s: s["corrupt"] >= damaged // 2)
 
 
 def test_a_restarted_mount_starts_cold(metered: ServerProc, mount_factory: Callable[..., Mount],
