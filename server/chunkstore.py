@@ -45,6 +45,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import mmap
 import os
 import re
 import sqlite3
@@ -72,6 +74,17 @@ FREE_RECHECK_S = 1.0
 FREE_RECHECK_MARGIN = 256 << 20
 
 Data = bytes | bytearray | memoryview
+
+# Envelopes of at least DIRECT_MIN bytes have their block-aligned head written with O_DIRECT
+# from an aligned buffer (the tail, under a block, through the page cache). Why: a buffered
+# write copied every byte into fresh page-cache pages, 30 % of the server's CPU in a 1 GiB
+# sequential write here (perf: copy_folio_from_iter_atomic), for pages nobody reads soon (a
+# chunk is read back when a cold reader asks, long after). Where the file system refuses
+# O_DIRECT (EINVAL), writes are buffered from then on.
+DIRECT_MIN = 256 << 10
+DIRECT_MAX = 16 << 20          # bigger envelopes are written buffered (the buffers' bound)
+DIRECT_BUFFERS = WRITE_WORKERS  # aligned buffers kept; a writer finding none writes buffered
+_BLOCK = 4096
 
 
 class StoreUsage(NamedTuple):
@@ -237,8 +250,7 @@ class LocalChunkStore:
             nbytes = len(view)
             self._check_room(directory, nbytes)
             try:
-                while view:
-                    view = view[os.write(fd, view) :]
+                _DIRECT.write(fd, view)
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -546,3 +558,78 @@ class LocalChunkStore:
         except FileNotFoundError:
             return None
         return size
+
+
+class _DirectWriter:
+    """Writes an envelope into a fresh file: the block-aligned head with O_DIRECT when it is
+    big enough and a buffer is free (see DIRECT_MIN), the rest through the page cache."""
+
+    def __init__(self) -> None:
+        self.enabled = hasattr(os, "O_DIRECT")
+        self._free: list[mmap.mmap] = []
+        self._made = 0
+        self._lock = threading.Lock()
+
+    def write(self, fd: int, view: memoryview) -> None:
+        n = len(view)
+        head = n - n % _BLOCK
+        done = 0
+        if self.enabled and DIRECT_MIN <= n and head <= DIRECT_MAX:
+            buf = self._take(head)
+            if buf is not None:
+                try:
+                    done = self._direct(fd, buf, view, head)
+                finally:
+                    self._give(buf)
+        while done < n:
+            done += os.pwrite(fd, view[done:], done)
+
+    def _direct(self, fd: int, buf: mmap.mmap, view: memoryview, head: int) -> int:
+        """Bytes written directly: `head`, or 0 when the file system refuses O_DIRECT (or a
+        short write left the rest unaligned): the caller then writes it all buffered."""
+        flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+        try:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_DIRECT)
+        except OSError:
+            self.enabled = False
+            return 0
+        try:
+            mv = memoryview(buf)
+            mv[:head] = view[:head]
+            done = 0
+            while done < head:
+                done += os.pwrite(fd, mv[done:head], done)
+            return head
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise               # ENOSPC and the like: the put fails as before
+            self.enabled = False
+            return 0
+        finally:
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags)
+
+    def _take(self, n: int) -> mmap.mmap | None:
+        with self._lock:
+            for i, b in enumerate(self._free):
+                if len(b) >= n:
+                    return self._free.pop(i)
+            if self._made >= DIRECT_BUFFERS and not self._free:
+                return None
+            if self._free:              # all too small: replace one
+                self._free.pop().close()
+                self._made -= 1
+            self._made += 1
+        try:
+            # page-aligned; sized in whole MiB so a few sizes of envelope share one
+            return mmap.mmap(-1, -(-n // (1 << 20)) * (1 << 20))
+        except OSError:
+            with self._lock:
+                self._made -= 1
+            return None
+
+    def _give(self, buf: mmap.mmap) -> None:
+        with self._lock:
+            self._free.append(buf)
+
+
+_DIRECT = _DirectWriter()   # one per process: the buffers are shared by every store
