@@ -9,6 +9,9 @@ Interface:
         .read(chunk_id, start, stop) -> bytes | None   blocking (file I/O + AES-GCM); None is
                                 a miss: absent, evicted meanwhile, or a frame that fails its
                                 tag (a torn or altered entry: dropped, counted, never served)
+        .read_many(ranges) -> [bytes | None]     read() of each (chunk_id, start, stop); whole
+                                entries lying back to back in one pack (a directory's
+                                samples, packed in listing order) are read with one pread
         .submit(chunk_id, start, data, whole=False)   queue a write (start frame-aligned, data
                                 up to the chunk's end or whole frames; whole: the entire chunk,
                                 which, up to PACK_ENTRY_MAX, goes into a pack); dropped when
@@ -96,6 +99,7 @@ SLOT = -(-(_HDR.size + FRAME_SIZE + _TAG) // _DIO_ALIGN) * _DIO_ALIGN
 _BUF_SLOTS = 16                        # slots sealed and written per pwrite (1 MiB chunk)
 _AAD = b"aifs-disk-cache-v1"
 READ_BUFFERS = 4                       # chunk-sized read buffers kept between reads (~4 MiB)
+_RUN_SLOTS = _BUF_SLOTS                # slots read_many reads with one pread (a kept buffer)
 # Whole chunks up to this size go into packs (a data set's small files, a default 1 MiB
 # chunk read whole); bigger ones, and chunks filled frame by frame, get a file of their own
 # (evicted one by one, LRU)
@@ -256,6 +260,89 @@ class DiskCache:
             want = _bits(start, stop)
             return e.mask & want == want
 
+    def read_many(self, ranges: list[tuple[bytes, int, int]]) -> list[bytes | None]:
+        out: list[bytes | None] = [None] * len(ranges)
+        run: list[tuple[int, _Entry, int]] = []        # (index, entry, frames), back to back
+        for i, (chunk_id, start, stop) in enumerate(ranges):
+            e = self._index.get(chunk_id)
+            n = len(_frames(start, stop)) if stop > start else 0
+            whole = (e is not None and e.pack >= 0 and start == 0 and n
+                     and e.mask == (1 << n) - 1)
+            if whole and run and e is not None and (
+                    e.pack != run[-1][1].pack or e.base != run[-1][1].base + run[-1][2]
+                    or sum(k for _, _, k in run) + n > _RUN_SLOTS):
+                self._read_run(ranges, run, out)
+                run = []
+            if whole and e is not None:
+                run.append((i, e, n))
+            else:
+                out[i] = self.read(chunk_id, start, stop)
+        self._read_run(ranges, run, out)
+        return out
+
+    def _read_run(self, ranges: list[tuple[bytes, int, int]], run: list[tuple[int, _Entry, int]],
+                  out: list[bytes | None]) -> None:
+        """Entries back to back in one pack: one pread of their slots, each then opened as
+        read() would (an entry evicted or damaged meanwhile: a miss, as there)."""
+        if len(run) < 2:
+            for i, _e, _n in run:
+                out[i] = self.read(*ranges[i])
+            return
+        with self._lock:
+            live = all(self._index.get(ranges[i][0]) is e for i, e, _n in run)
+            if live:
+                for i, _e, _n in run:
+                    self._index.move_to_end(ranges[i][0])
+        if not live:
+            for i, _e, _n in run:
+                out[i] = self.read(*ranges[i])
+            return
+        first = run[0][1]
+        total = sum(n for _, _, n in run)
+        buf = self._take_buffer(total * SLOT)
+        try:
+            try:
+                got = self._pread(self._pack_path(first.pack), buf[:total * SLOT],
+                                  first.base * SLOT)
+            except OSError:
+                got = 0         # the pack went meanwhile: each entry below is a miss
+            at = 0
+            for i, e, n in run:
+                chunk_id, start, stop = ranges[i]
+                try:
+                    # a slot cut short (the pack went, or was torn) fails as "short slot"
+                    pieces = [self._open_slot(buf[max(0, min(got, (at + k) * SLOT)):
+                                                  min(got, (at + k + 1) * SLOT)],
+                                              chunk_id, k) for k in range(n)]
+                except (InvalidTag, ValueError) as exc:
+                    self._failed(chunk_id, e, FileNotFoundError() if got == 0 else exc)
+                    at += n
+                    continue
+                at += n
+                data = pieces[0] if n == 1 else b"".join(pieces)
+                with self._lock:
+                    if len(data) < stop:     # the caller's range was wrong: a miss
+                        self.counters["misses"] += 1
+                        continue
+                    self.counters["hits"] += 1
+                    self.counters["hit_bytes"] += stop
+                out[i] = data if len(data) == stop else data[:stop]
+        finally:
+            self._give_buffer(buf)
+
+    def _failed(self, chunk_id: bytes, e: _Entry, exc: BaseException) -> None:
+        """A read of entry `e` that failed: missing (cleared or evicted meanwhile) or torn /
+        altered (dropped and counted: never served)."""
+        corrupt = not isinstance(exc, FileNotFoundError)
+        with self._lock:
+            if corrupt:
+                self.counters["corrupt"] += 1
+            self.counters["misses"] += 1
+            if self._index.get(chunk_id) is e:
+                self._drop(chunk_id)
+        if corrupt:
+            log.warning("disk cache: dropped a damaged entry (%s)", type(exc).__name__)
+
     def read(self, chunk_id: bytes, start: int, stop: int) -> bytes | None:
         with self._lock:
             e = self._index.get(chunk_id)
@@ -269,16 +356,7 @@ class DiskCache:
         try:
             pieces = self._read_slots(path, chunk_id, frames.start, len(frames), base)
         except (OSError, InvalidTag, ValueError) as exc:
-            # missing (cleared or evicted meanwhile) or torn/altered: never served
-            corrupt = not isinstance(exc, FileNotFoundError)
-            with self._lock:
-                if corrupt:
-                    self.counters["corrupt"] += 1
-                self.counters["misses"] += 1
-                if self._index.get(chunk_id) is e:
-                    self._drop(chunk_id)
-            if corrupt:
-                log.warning("disk cache: dropped a damaged entry (%s)", type(exc).__name__)
+            self._failed(chunk_id, e, exc)
             return None
         first = start - frames.start * FRAME_SIZE
         data = pieces[0] if len(pieces) == 1 else b"".join(pieces)

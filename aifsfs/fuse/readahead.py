@@ -509,8 +509,9 @@ class ChunkReader:
         def load() -> tuple[list[bytes | None], list[bytes]]:
             # the disk entries first: they are what a waiting reader most likely wants
             # (a pass over a directory the page cache lost), and cost no call
-            found = [disk.read(c, 0, f.end) if disk is not None else None
-                     for _i, c, f in local]
+            # (entries packed side by side, as a directory's samples are, in one pread each)
+            found = disk.read_many([(c, 0, f.end) for _i, c, f in local]) \
+                if disk is not None else [None] * len(local)
             fetched = fetch_ranges(self.data, [(c, 0, f.end) for _i, c, f in items]) \
                 if items else []
             return found, fetched

@@ -310,3 +310,44 @@ def test_a_damaged_packed_entry_is_dropped_alone(cache: DiskCache) -> None:
     cache.submit(victim, 0, chunks[victim], whole=True)          # a new pack after a clear
     assert cache.flush(10)
     assert cache.read(victim, 0, len(chunks[victim])) == chunks[victim]
+
+
+def test_read_many_reads_neighbours_in_a_pack_together(cache: DiskCache,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole entries back to back in a pack come from one pread per run (counted), exact;
+    ranges that are not whole entries, absent ones and a damaged one are read() as before."""
+    chunks = {bytes([i]) * 32: _chunk(300 + i, FRAME_SIZE * 2 + 1000 * i) for i in range(8)}
+    for cid, d in chunks.items():
+        cache.submit(cid, 0, d, whole=True)
+    assert cache.flush(10)
+    preads: list[int] = []
+    real = cache._pread
+
+    def counted(path: str, view: memoryview, offset: int) -> int:
+        preads.append(len(view))
+        return real(path, view, offset)
+
+    monkeypatch.setattr(cache, "_pread", counted)
+    ids = list(chunks)
+    asked = [(cid, 0, len(chunks[cid])) for cid in ids[:5]] + [
+        (b"Q" * 32, 0, 10),                        # absent
+        (ids[6], 5, 70_000),                       # part of an entry
+        (ids[7], 0, len(chunks[ids[7]]))]
+    got = cache.read_many(asked)
+    assert got[:5] == [chunks[cid] for cid in ids[:5]]
+    assert got[5] is None and got[6] == chunks[ids[6]][5:70_000]
+    assert got[7] == chunks[ids[7]]
+    # the first 5 entries (2 + 4 x 3 slots, under the 16 of a run): one pread; the part and
+    # the last entry (not next to the fifth) one each
+    assert sorted(preads) == [2 * SLOT, 3 * SLOT, 14 * SLOT], preads
+    # a damaged entry in the middle of a run: dropped, counted, its neighbours still served
+    (pack,) = _packs(cache)
+    with open(pack, "r+b") as f:
+        at = cache._index[ids[2]].base * SLOT + 40
+        f.seek(at)
+        b = f.read(1)
+        f.seek(at)
+        f.write(bytes([b[0] ^ 1]))
+    got = cache.read_many([(cid, 0, len(chunks[cid])) for cid in ids[:4]])
+    assert got[2] is None and [got[k] for k in (0, 1, 3)] == [chunks[ids[k]] for k in (0, 1, 3)]
+    assert cache.stats()["corrupt"] == 1 and not cache.has(ids[2], 0, 10)
