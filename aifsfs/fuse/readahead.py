@@ -510,8 +510,9 @@ class ChunkReader:
             # the disk entries first: they are what a waiting reader most likely wants
             # (a pass over a directory the page cache lost), and cost no call
             # (entries packed side by side, as a directory's samples are, in one pread each)
-            found = disk.read_many([(c, 0, f.end) for _i, c, f in local]) \
-                if disk is not None else [None] * len(local)
+            found: list[bytes | None] = [None] * len(local)
+            if disk is not None:
+                found = disk.read_many([(c, 0, f.end) for _i, c, f in local])
             fetched = fetch_ranges(self.data, [(c, 0, f.end) for _i, c, f in items]) \
                 if items else []
             return found, fetched
