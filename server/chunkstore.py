@@ -615,8 +615,9 @@ class _DirectWriter:
                     return self._free.pop(i)
             if self._made >= DIRECT_BUFFERS and not self._free:
                 return None
-            if self._free:              # all too small: replace one
-                self._free.pop().close()
+            if self._free:              # all too small: replace one (unmapped once unused)
+                with contextlib.suppress(BufferError):
+                    self._free.pop().close()
                 self._made -= 1
             self._made += 1
         try:
