@@ -1471,6 +1471,7 @@ class AIFSOperations(pyfuse3.Operations):
             await self.reader.fence(inode)    # pushed pages of the old content land first
         st.handles += 1
         self.handles[fh] = _Handle(inode, st, self.readahead_chunks)
+        self.reader.opened(inode)         # a fill stopping after the last close runs on
         if not writable:
             self.prefetch.opened(inode)
         return _file_info(fh, keep, writable)

@@ -44,7 +44,9 @@ Interface:
         files at once. With a page_push.Target, each chunk (also one the disk cache holds) is
         pushed into the kernel's page cache as well: the reader's next pages cost no request.
     ChunkReader.closed(key)      the file's last handle closed: its fill pushes no more (and
-        stops if it was for the page cache only)
+        stops if it was for the page cache only; one for the disk cache stops
+        FILL_AFTER_CLOSE seconds later)
+    ChunkReader.opened(key)      the file is open again: its fill for the disk cache runs on
     ChunkReader.pages            a page_push.PagePusher, or None (the mount attaches it)
     ChunkReader.push_read(target, st, offset, end)   after a random read of [offset, end):
         push the whole frames it touched (held in the memory cache) into the page cache;
@@ -64,6 +66,7 @@ so the server reads and decrypts them in parallel. `.calls` counts calls, `.fetc
 from __future__ import annotations
 
 import errno
+import math
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -148,6 +151,10 @@ RANDOM_RECHECK = 256
 # sequential speed, few enough to leave the random reads' own calls room.
 FILL_PARALLEL = 4
 FILL_FILES_MAX = 2
+# Seconds a fill that also fills the disk cache goes on after its file's last close (unless
+# the file is opened again): a few random reads of a big file, then a close, no longer cost
+# the whole file's fetching in the background. AIFS_FILL_AFTER_CLOSE overrides it (tests: 0).
+FILL_AFTER_CLOSE = float(os.environ.get("AIFS_FILL_AFTER_CLOSE", "5"))
 
 
 # A handle that keeps reading sequentially has its window doubled at each new slot it
@@ -572,6 +579,13 @@ class ChunkReader:
             run.target = None
             if not run.to_disk:
                 run.cancel.cancel()
+            else:
+                run.cancel.deadline = trio.current_time() + FILL_AFTER_CLOSE
+
+    def opened(self, key: Any) -> None:
+        run = self._filling.get(key)
+        if run is not None and run.to_disk:
+            run.cancel.deadline = math.inf
 
     # --- the page pusher's hooks for the FUSE operations (no-ops without one) ----------------
     def target(self, st: Any) -> Target | None:

@@ -238,3 +238,37 @@ def test_a_fill_for_the_page_cache_stops_when_its_file_is_closed(
     # the reads' own (at most one each) and the fill's first few in flight at the close;
     # a fill that went on fetched every chunk (~96 calls more)
     assert 0 < calls < chunks // 2, calls
+
+
+def _random_reads_then_close(m: Mount, name: str, data: bytes, seed: int) -> None:
+    fd = os.open(m.path / name, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
+        rng = random.Random(seed)
+        for i in range(12):     # past RANDOM_READS: the fill starts
+            off = rng.randrange(len(data) - 4096)
+            assert os.pread(fd, 4096, off) == data[off:off + 4096], i
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("after_close", ["0", "60"])
+def test_a_fill_for_the_disk_cache_stops_a_while_after_the_close(
+        metered: ServerProc, mount_factory: Callable[..., Mount], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, after_close: str) -> None:
+    """A fill that also fills the disk cache goes on after the last close for
+    FILL_AFTER_CLOSE seconds (AIFS_FILL_AFTER_CLOSE), then stops: with 0 it stops at the
+    close (GetChunks counted: well under one a chunk), with 60 it fetches the rest of the
+    file (one call or more a chunk, the reads' own included)."""
+    chunks = 96
+    data = _data("after-close", chunks * MiB)
+    _put(mount_factory, metered, "a.bin", data)
+    monkeypatch.setenv("AIFS_FILL_AFTER_CLOSE", after_close)
+    m = _reader(mount_factory, metered, tmp_path)
+    before = get_chunks_calls(metered)
+    _random_reads_then_close(m, "a.bin", data, 7)
+    calls = _settled_calls(metered) - before
+    if after_close == "0":
+        assert 0 < calls < chunks // 2, calls
+    else:
+        assert calls >= chunks - 12, calls     # every chunk, but the reads' whole frames
