@@ -263,6 +263,7 @@ class DiskCache:
     def read_many(self, ranges: list[tuple[bytes, int, int]]) -> list[bytes | None]:
         out: list[bytes | None] = [None] * len(ranges)
         run: list[tuple[int, _Entry, int]] = []        # (index, entry, frames), back to back
+        run_slots = 0
         for i, (chunk_id, start, stop) in enumerate(ranges):
             e = self._index.get(chunk_id)
             n = len(_frames(start, stop)) if stop > start else 0
@@ -270,11 +271,12 @@ class DiskCache:
                      and e.mask == (1 << n) - 1)
             if whole and run and e is not None and (
                     e.pack != run[-1][1].pack or e.base != run[-1][1].base + run[-1][2]
-                    or sum(k for _, _, k in run) + n > _RUN_SLOTS):
+                    or run_slots + n > _RUN_SLOTS):
                 self._read_run(ranges, run, out)
-                run = []
+                run, run_slots = [], 0
             if whole and e is not None:
                 run.append((i, e, n))
+                run_slots += n
             else:
                 out[i] = self.read(chunk_id, start, stop)
         self._read_run(ranges, run, out)
@@ -310,10 +312,8 @@ class DiskCache:
             for i, e, n in run:
                 chunk_id, start, stop = ranges[i]
                 try:
-                    # a slot cut short (the pack went, or was torn) fails as "short slot"
-                    pieces = [self._open_slot(buf[max(0, min(got, (at + k) * SLOT)):
-                                                  min(got, (at + k + 1) * SLOT)],
-                                              chunk_id, k) for k in range(n)]
+                    pieces = self._open_slots(buf[at * SLOT:], max(0, got - at * SLOT),
+                                              chunk_id, 0, n)
                 except (InvalidTag, ValueError) as exc:
                     self._failed(chunk_id, e, FileNotFoundError() if got == 0 else exc)
                     at += n
@@ -384,10 +384,16 @@ class DiskCache:
         view = buf[:n]
         try:
             got = self._pread(path, view, (base + first) * SLOT)
-            return [self._open_slot(view[k * SLOT:min(got, (k + 1) * SLOT)], chunk_id,
-                                    first + k) for k in range(count)]
+            return self._open_slots(view, got, chunk_id, first, count)
         finally:
             self._give_buffer(buf)
+
+    def _open_slots(self, view: memoryview, got: int, chunk_id: bytes, first: int,
+                    count: int) -> list[bytes]:
+        """Frames [first, first + count) of a chunk from `view`, of which `got` bytes were
+        read: a slot cut short (a torn file, a pack gone) fails as a short slot."""
+        return [self._open_slot(view[k * SLOT:min(got, (k + 1) * SLOT)], chunk_id, first + k)
+                for k in range(count)]
 
     def _pread(self, path: str, view: memoryview, offset: int) -> int:
         """Read into `view` at `offset`: with O_DIRECT until the file system refuses it
