@@ -575,7 +575,7 @@ class _DirectWriter:
         head = n - n % _BLOCK
         done = 0
         if self.enabled and DIRECT_MIN <= n and head <= DIRECT_MAX:
-            buf = self._take(head)
+            buf = self._take()
             if buf is not None:
                 try:
                     done = self._direct(fd, buf, view, head)
@@ -608,21 +608,18 @@ class _DirectWriter:
         finally:
             fcntl.fcntl(fd, fcntl.F_SETFL, flags)
 
-    def _take(self, n: int) -> mmap.mmap | None:
+    def _take(self) -> mmap.mmap | None:
+        """A kept buffer, a new one while fewer than DIRECT_BUFFERS exist, else None. Each
+        maps DIRECT_MAX bytes (page-aligned); only the pages an envelope touches become
+        resident, so one size serves every envelope."""
         with self._lock:
-            for i, b in enumerate(self._free):
-                if len(b) >= n:
-                    return self._free.pop(i)
-            if self._made >= DIRECT_BUFFERS and not self._free:
+            if self._free:
+                return self._free.pop()
+            if self._made >= DIRECT_BUFFERS:
                 return None
-            if self._free:              # all too small: replace one (unmapped once unused)
-                with contextlib.suppress(BufferError):
-                    self._free.pop().close()
-                self._made -= 1
             self._made += 1
         try:
-            # page-aligned; sized in whole MiB so a few sizes of envelope share one
-            return mmap.mmap(-1, -(-n // (1 << 20)) * (1 << 20))
+            return mmap.mmap(-1, DIRECT_MAX)
         except OSError:
             with self._lock:
                 self._made -= 1
