@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need_pkgs=(fuse3 libfuse3-dev pkg-config patch rsync git attr fio postgresql)
+# util-linux-extra: fincore (a test counts a chunk file's pages in the page cache)
+need_pkgs=(fuse3 libfuse3-dev pkg-config patch rsync git attr fio postgresql util-linux-extra)
 if [[ "${1:-}" == "--peers" || "${AIFS_SETUP_PEERS:-}" == 1 ]]; then
   need_pkgs+=(bindfs gocryptfs rclone borgbackup)
 fi
